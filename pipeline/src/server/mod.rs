@@ -1,0 +1,508 @@
+//! Listeners and workers: running pipelines on sockets.
+//!
+//! ```text
+//!               Server::apply(listeners)            (binds in the caller: errors come back)
+//!                        │ std sockets, one per worker per listener (SO_REUSEPORT)
+//!        ┌───────────────┼───────────────┐
+//!     worker 0        worker 1   …    worker N-1     (a thread with a current-thread runtime)
+//!   accept loop     accept loop                      (one per listener)
+//!        │ spawn per connection: load the listener's current pipeline (ArcSwap)
+//!   serve(conn) — socket → pipeline → socket, in one task
+//! ```
+//!
+//! Reload is [`Server::apply`] with new pipelines: listeners with the same address keep their
+//! sockets and swap the pipeline, so new connections get the new one while live connections
+//! finish on the old one; new addresses are bound; missing ones stop accepting and drain.
+//! [`Server::shutdown`] stops accepting everywhere and waits for live connections, up to a
+//! deadline, then closes what is left.
+
+mod tcp;
+mod udp;
+
+pub use tcp::{READ_SIZE, TcpSource, conn_info, io_error, serve as serve_tcp};
+pub use udp::Datagram;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
+use tokio::sync::{Notify, mpsc};
+
+use crate::Pipeline;
+
+/// The transport of a listener.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP: one stream per connection.
+    #[default]
+    Tcp,
+    /// UDP: one stream per peer address, one message per datagram.
+    Udp,
+}
+
+/// How a listener listens.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// The address to bind, such as `0.0.0.0:8080` or `[::1]:53`.
+    pub listen: SocketAddr,
+    /// `tcp` (default) or `udp`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Connections (UDP: peer sessions) per worker beyond which new ones are refused.
+    /// Default 100 000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// TCP_NODELAY on accepted sockets. Default true.
+    #[serde(default = "default_true")]
+    pub nodelay: bool,
+    /// Read the original destination (`SO_ORIGINAL_DST`) of redirected connections.
+    /// Default false.
+    #[serde(default)]
+    pub transparent: bool,
+    /// The listen backlog. Default 1024.
+    #[serde(default = "default_backlog")]
+    pub backlog: i32,
+    /// A UDP peer's stream ends after this long without a datagram. Default 60 s.
+    #[serde(default = "default_udp_idle", with = "crate::serde_duration")]
+    pub udp_idle_timeout: Duration,
+}
+
+fn default_max_connections() -> usize {
+    100_000
+}
+fn default_true() -> bool {
+    true
+}
+fn default_backlog() -> i32 {
+    1024
+}
+fn default_udp_idle() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl ListenerConfig {
+    /// A TCP listener on `listen` with default settings.
+    pub fn tcp(listen: SocketAddr) -> Self {
+        ListenerConfig {
+            listen,
+            protocol: Protocol::Tcp,
+            max_connections: default_max_connections(),
+            nodelay: true,
+            transparent: false,
+            backlog: default_backlog(),
+            udp_idle_timeout: default_udp_idle(),
+        }
+    }
+
+    /// A UDP listener on `listen` with default settings.
+    pub fn udp(listen: SocketAddr) -> Self {
+        ListenerConfig {
+            protocol: Protocol::Udp,
+            ..Self::tcp(listen)
+        }
+    }
+}
+
+/// Why the server could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({protocol:?}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The transport.
+        protocol: Protocol,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A worker thread could not be started.
+    #[error("cannot start worker thread: {0}")]
+    Spawn(io::Error),
+    /// The server has been shut down.
+    #[error("the server is shut down")]
+    Stopped,
+}
+
+/// A listener shared by all workers: its settings and its current pipeline.
+pub(crate) struct Listener {
+    config: ListenerConfig,
+    pipeline: ArcSwap<Pipeline>,
+}
+
+type ListenerKey = (SocketAddr, Protocol);
+
+enum Command {
+    Start {
+        key: ListenerKey,
+        listener: Arc<Listener>,
+        socket: Socket,
+    },
+    Stop {
+        key: ListenerKey,
+    },
+    Shutdown,
+}
+
+/// Counts a worker's live connections and wakes the drainer when none are left.
+#[derive(Clone, Default)]
+pub(crate) struct Live(Arc<(AtomicUsize, Notify)>);
+
+pub(crate) struct LiveGuard(Live);
+
+impl Live {
+    fn enter(&self) -> LiveGuard {
+        self.0.0.fetch_add(1, Ordering::AcqRel);
+        LiveGuard(self.clone())
+    }
+    fn count(&self) -> usize {
+        self.0.0.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        if self.0.0.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.0.1.notify_waiters();
+        }
+    }
+}
+
+struct Worker {
+    tx: mpsc::UnboundedSender<Command>,
+    live: Live,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Settings of a [`Server`].
+#[derive(Clone, Debug)]
+pub struct ServerBuilder {
+    workers: usize,
+    drain_timeout: Duration,
+}
+
+impl ServerBuilder {
+    /// The number of worker threads (default: the number of CPUs).
+    #[must_use]
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n.max(1);
+        self
+    }
+
+    /// How long [`Server::shutdown`] waits for live connections. Default 30 s.
+    #[must_use]
+    pub fn drain_timeout(mut self, d: Duration) -> Self {
+        self.drain_timeout = d;
+        self
+    }
+
+    /// Starts the worker threads (with no listeners yet).
+    pub fn start(self) -> Result<Server, ServerError> {
+        let mut workers = Vec::with_capacity(self.workers);
+        for index in 0..self.workers {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let live = Live::default();
+            let l = live.clone();
+            let drain = self.drain_timeout;
+            let thread = std::thread::Builder::new()
+                .name(format!("flowgate-worker-{index}"))
+                .spawn(move || worker_main(index, rx, l, drain))
+                .map_err(ServerError::Spawn)?;
+            workers.push(Worker {
+                tx,
+                live,
+                thread: Some(thread),
+            });
+        }
+        Ok(Server {
+            workers,
+            listeners: Mutex::new(HashMap::new()),
+            bound: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+/// A set of worker threads running listeners. See the [module documentation](self).
+pub struct Server {
+    workers: Vec<Worker>,
+    listeners: Mutex<HashMap<ListenerKey, Arc<Listener>>>,
+    bound: Mutex<HashMap<ListenerKey, SocketAddr>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Server {
+    /// Settings with defaults: one worker per CPU, 30 s drain timeout.
+    pub fn builder() -> ServerBuilder {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        ServerBuilder {
+            workers: cpus,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// The number of workers.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Makes the running listeners match `listeners`: same address → swap the pipeline (and
+    /// keep the socket); new address → bind on every worker; gone → stop accepting (live
+    /// connections finish). Nothing changes if any new address fails to bind.
+    pub fn apply(
+        &self,
+        listeners: Vec<(ListenerConfig, Arc<Pipeline>)>,
+    ) -> Result<(), ServerError> {
+        let mut current = lock(&self.listeners);
+        let mut bound = lock(&self.bound);
+        let wanted: HashMap<ListenerKey, (ListenerConfig, Arc<Pipeline>)> = listeners
+            .into_iter()
+            .map(|(c, p)| ((c.listen, c.protocol), (c, p)))
+            .collect();
+        // Bind everything new first, so a failure leaves the server as it was.
+        let mut fresh = Vec::new();
+        for (key, (config, _)) in &wanted {
+            if !current.contains_key(key) {
+                let sockets = bind_all(config, self.workers.len())?;
+                fresh.push((*key, sockets));
+            }
+        }
+        for key in current.keys().copied().collect::<Vec<_>>() {
+            if !wanted.contains_key(&key) {
+                current.remove(&key);
+                bound.remove(&key);
+                for w in &self.workers {
+                    let _ = w.tx.send(Command::Stop { key });
+                }
+            }
+        }
+        for (key, (config, pipeline)) in wanted {
+            if let Some(l) = current.get(&key) {
+                l.pipeline.store(pipeline);
+            } else {
+                current.insert(
+                    key,
+                    Arc::new(Listener {
+                        config,
+                        pipeline: ArcSwap::new(pipeline),
+                    }),
+                );
+            }
+        }
+        for (key, (actual, sockets)) in fresh {
+            let Some(listener) = current.get(&key) else {
+                continue;
+            };
+            bound.insert(key, actual);
+            for (w, socket) in self.workers.iter().zip(sockets) {
+                let _ = w.tx.send(Command::Start {
+                    key,
+                    listener: listener.clone(),
+                    socket,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The address actually bound for a configured listen address (differs when the
+    /// configured port is 0).
+    pub fn local_addr(&self, listen: SocketAddr, protocol: Protocol) -> Option<SocketAddr> {
+        lock(&self.bound).get(&(listen, protocol)).copied()
+    }
+
+    /// Live connections (TCP) and peer sessions (UDP) over all workers.
+    pub fn connections(&self) -> usize {
+        self.workers.iter().map(|w| w.live.count()).sum()
+    }
+
+    /// Stops accepting, waits for live connections up to the drain timeout, closes the rest,
+    /// and joins the workers.
+    pub fn shutdown(mut self) {
+        for w in &self.workers {
+            let _ = w.tx.send(Command::Shutdown);
+        }
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for w in &self.workers {
+            let _ = w.tx.send(Command::Shutdown);
+        }
+    }
+}
+
+/// Binds one socket per worker with SO_REUSEPORT; returns the bound address and the sockets.
+fn bind_all(config: &ListenerConfig, n: usize) -> Result<(SocketAddr, Vec<Socket>), ServerError> {
+    let err = |source| ServerError::Bind {
+        addr: config.listen,
+        protocol: config.protocol,
+        source,
+    };
+    let mut addr = config.listen;
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = bind_one(config, addr).map_err(err)?;
+        if addr.port() == 0 {
+            // The first socket picked a port: the others share it.
+            addr = s
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .unwrap_or(addr);
+        }
+        sockets.push(s);
+    }
+    Ok((addr, sockets))
+}
+
+fn bind_one(config: &ListenerConfig, addr: SocketAddr) -> io::Result<Socket> {
+    let (ty, proto) = match config.protocol {
+        Protocol::Tcp => (Type::STREAM, SockProtocol::TCP),
+        Protocol::Udp => (Type::DGRAM, SockProtocol::UDP),
+    };
+    let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    if config.protocol == Protocol::Tcp {
+        s.listen(config.backlog)?;
+    }
+    Ok(s)
+}
+
+fn worker_main(
+    index: usize,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    live: Live,
+    drain: Duration,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(worker = index, error = %e, "cannot build the worker runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let mut accepting: HashMap<ListenerKey, tokio::task::JoinHandle<()>> = HashMap::new();
+        while let Some(cmd) = rx.recv().await {
+            match cmd {
+                Command::Start { key, listener, socket } => {
+                    let task = match listener.config.protocol {
+                        Protocol::Tcp => {
+                            let std: std::net::TcpListener = socket.into();
+                            match tokio::net::TcpListener::from_std(std) {
+                                Ok(l) => tokio::spawn(accept_loop(l, listener, index, live.clone())),
+                                Err(e) => {
+                                    tracing::error!(worker = index, error = %e, "listener setup failed");
+                                    continue;
+                                }
+                            }
+                        }
+                        Protocol::Udp => {
+                            let std: std::net::UdpSocket = socket.into();
+                            match tokio::net::UdpSocket::from_std(std) {
+                                Ok(s) => tokio::spawn(udp::serve(s, listener, index, live.clone())),
+                                Err(e) => {
+                                    tracing::error!(worker = index, error = %e, "listener setup failed");
+                                    continue;
+                                }
+                            }
+                        }
+                    };
+                    if let Some(old) = accepting.insert(key, task) {
+                        old.abort();
+                    }
+                }
+                Command::Stop { key } => {
+                    if let Some(t) = accepting.remove(&key) {
+                        t.abort();
+                    }
+                }
+                Command::Shutdown => break,
+            }
+        }
+        for (_, t) in accepting.drain() {
+            t.abort();
+        }
+        let (count, notify) = (&live.0.0, &live.0.1);
+        let deadline = tokio::time::Instant::now() + drain;
+        while count.load(Ordering::Acquire) > 0 {
+            let wait = notify.notified();
+            if count.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, wait).await.is_err() {
+                tracing::warn!(
+                    worker = index,
+                    left = count.load(Ordering::Acquire),
+                    "drain deadline passed; closing the remaining connections"
+                );
+                break;
+            }
+        }
+    });
+    // Dropping the runtime cancels whatever is still running.
+    drop(rt);
+}
+
+async fn accept_loop(
+    l: tokio::net::TcpListener,
+    listener: Arc<Listener>,
+    worker: usize,
+    live: Live,
+) {
+    loop {
+        match l.accept().await {
+            Ok((stream, peer)) => {
+                if live.count() >= listener.config.max_connections {
+                    tracing::warn!(%peer, "connection limit reached; connection refused");
+                    continue;
+                }
+                if listener.config.nodelay {
+                    let _ = stream.set_nodelay(true);
+                }
+                let conn = conn_info(&stream, peer, worker, listener.config.transparent);
+                let pipeline = listener.pipeline.load_full();
+                let guard = live.enter();
+                tokio::spawn(async move {
+                    tcp::serve(stream, pipeline, conn).await;
+                    drop(guard);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}

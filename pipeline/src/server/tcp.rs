@@ -1,0 +1,147 @@
+//! TCP: reading a socket as events, and serving one accepted connection.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskCx, Poll, ready};
+
+use bytes::BytesMut;
+use futures_core::Stream;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+
+use crate::{ConnInfo, Context, ErrorKind, Event, Filter, Pipeline, Side, StreamError};
+
+/// How much a socket read may take at once.
+pub const READ_SIZE: usize = 16 * 1024;
+
+/// The read half of a TCP socket as a stream of events: `Data*` then `StreamEnd`.
+///
+/// The socket is read only when the stream is polled, which is what carries back-pressure
+/// from the far end of a pipeline to this socket.
+pub struct TcpSource {
+    read: OwnedReadHalf,
+    buf: BytesMut,
+    side: Side,
+    done: bool,
+}
+
+impl TcpSource {
+    /// Reads `read`; errors are reported as failures of `side`.
+    pub fn new(read: OwnedReadHalf, side: Side) -> Self {
+        TcpSource {
+            read,
+            buf: BytesMut::new(),
+            side,
+            done: false,
+        }
+    }
+}
+
+/// Maps an I/O error to a stream error of `side`.
+pub fn io_error(e: io::Error, kind: ErrorKind, side: Side) -> StreamError {
+    let kind = match e.kind() {
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => {
+            ErrorKind::ConnectionReset
+        }
+        io::ErrorKind::TimedOut if kind == ErrorKind::ConnectFailed => ErrorKind::ConnectTimeout,
+        _ => kind,
+    };
+    StreamError::new(kind, side).with_cause(e)
+}
+
+impl Stream for TcpSource {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Option<Event>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let sock: &TcpStream = this.read.as_ref();
+            if let Err(e) = ready!(sock.poll_read_ready(cx)) {
+                this.done = true;
+                return Poll::Ready(Some(Event::StreamEnd(Some(io_error(
+                    e,
+                    ErrorKind::ReadFailed,
+                    this.side,
+                )))));
+            }
+            if this.buf.capacity() - this.buf.len() < 1024 {
+                this.buf.reserve(READ_SIZE);
+            }
+            match sock.try_read_buf(&mut this.buf) {
+                Ok(0) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Event::END));
+                }
+                Ok(_) => return Poll::Ready(Some(Event::Data(this.buf.split().freeze()))),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Event::StreamEnd(Some(io_error(
+                        e,
+                        ErrorKind::ReadFailed,
+                        this.side,
+                    )))));
+                }
+            }
+        }
+    }
+}
+
+/// Serves one accepted connection: the socket's bytes go into `pipeline`, and the
+/// pipeline's output `Data` goes back to the socket, until the output ends.
+pub async fn serve(stream: TcpStream, pipeline: Arc<Pipeline>, conn: ConnInfo) {
+    let cx = Context::with_conn(conn);
+    let (read, mut write) = stream.into_split();
+    let mut out = pipeline.attach(Box::pin(TcpSource::new(read, Side::Downstream)), &cx);
+    while let Some(ev) = out.next().await {
+        match ev {
+            Event::Data(b) => {
+                if let Err(e) = write.write_all(&b).await {
+                    tracing::debug!(peer = ?cx.conn().peer, error = %e, "write to client failed");
+                    return;
+                }
+            }
+            Event::StreamEnd(Some(e)) => {
+                tracing::debug!(peer = ?cx.conn().peer, error = %e, "stream ended with error");
+                break;
+            }
+            Event::StreamEnd(None) => break,
+            _ => {}
+        }
+    }
+    let _ = write.shutdown().await;
+}
+
+/// The connection facts of an accepted socket.
+pub fn conn_info(
+    stream: &TcpStream,
+    peer: SocketAddr,
+    worker: usize,
+    transparent: bool,
+) -> ConnInfo {
+    let local = stream.local_addr().ok();
+    let original_dst = if transparent {
+        socket2::SockRef::from(stream)
+            .original_dst()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .filter(|a| Some(*a) != local)
+    } else {
+        None
+    };
+    ConnInfo {
+        peer: Some(peer),
+        local,
+        original_dst,
+        tls: None,
+        worker,
+    }
+}

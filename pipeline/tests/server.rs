@@ -1,0 +1,110 @@
+//! Listeners on loopback: TCP and UDP echo pipelines, reload that keeps live connections on
+//! the old pipeline, and a graceful drain.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flowgate_pipeline::server::{ListenerConfig, Protocol, Server};
+use flowgate_pipeline::{Event, Pipeline};
+
+fn echo() -> Arc<Pipeline> {
+    Arc::new(Pipeline::builder("echo").build().unwrap())
+}
+
+fn tag(t: &'static str) -> Arc<Pipeline> {
+    Arc::new(
+        Pipeline::builder(t)
+            .transform("tag", move || {
+                move |ev: Event, out: &mut dyn FnMut(Event)| match ev {
+                    Event::Data(b) => {
+                        let mut v = t.as_bytes().to_vec();
+                        v.extend_from_slice(&b);
+                        out(Event::Data(Bytes::from(v)))
+                    }
+                    e => out(e),
+                }
+            })
+            .build()
+            .unwrap(),
+    )
+}
+
+fn roundtrip(c: &mut TcpStream, msg: &[u8], expect: usize) -> Vec<u8> {
+    c.write_all(msg).unwrap();
+    let mut got = vec![0u8; expect];
+    c.read_exact(&mut got).unwrap();
+    got
+}
+
+#[test]
+fn tcp_echo_reload_and_drain() {
+    let server = Server::builder()
+        .workers(2)
+        .drain_timeout(Duration::from_secs(5))
+        .start()
+        .unwrap();
+    let cfg = ListenerConfig::tcp("127.0.0.1:0".parse().unwrap());
+    server.apply(vec![(cfg.clone(), tag("v1:"))]).unwrap();
+    let addr = server.local_addr(cfg.listen, Protocol::Tcp).unwrap();
+    let mut old = TcpStream::connect(addr).unwrap();
+    old.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(roundtrip(&mut old, b"a", 4), b"v1:a");
+
+    // Reload: new connections see v2, the live one stays on v1.
+    server.apply(vec![(cfg.clone(), tag("v2:"))]).unwrap();
+    let mut new = TcpStream::connect(addr).unwrap();
+    new.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(roundtrip(&mut new, b"b", 4), b"v2:b");
+    assert_eq!(roundtrip(&mut old, b"c", 4), b"v1:c");
+
+    // Half-close: the echo finishes and the server closes its side.
+    new.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    new.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+
+    // Shutdown drains: the live connection keeps working until it closes.
+    let t = std::thread::spawn(move || server.shutdown());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err(),
+        "no longer accepting"
+    );
+    assert_eq!(roundtrip(&mut old, b"d", 4), b"v1:d");
+    drop(old);
+    t.join().unwrap();
+}
+
+#[test]
+fn bind_conflict_is_a_clear_error_and_changes_nothing() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = Server::builder().workers(1).start().unwrap();
+    let cfg = ListenerConfig::tcp(taken.local_addr().unwrap());
+    let err = server.apply(vec![(cfg, echo())]).unwrap_err();
+    assert!(err.to_string().contains("cannot listen on"), "{err}");
+    server.shutdown();
+}
+
+#[test]
+fn udp_datagrams_are_messages_per_peer() {
+    let server = Server::builder().workers(2).start().unwrap();
+    let cfg = ListenerConfig::udp("127.0.0.1:0".parse().unwrap());
+    server.apply(vec![(cfg.clone(), tag("u:"))]).unwrap();
+    let addr = server.local_addr(cfg.listen, Protocol::Udp).unwrap();
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    for msg in [&b"one"[..], b"two"] {
+        client.send_to(msg, addr).unwrap();
+        let (n, from) = client.recv_from(&mut buf).unwrap();
+        assert_eq!(from, addr);
+        assert_eq!(&buf[..n], [&b"u:"[..], msg].concat().as_slice());
+    }
+    server.shutdown();
+}
