@@ -227,7 +227,7 @@ where
 ///     .unwrap_err();
 /// assert!(matches!(err, BuildError::MissingSubPipeline { .. }));
 /// ```
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct Module {
     pipelines: HashMap<String, Arc<Pipeline>>,
     order: Vec<String>,
