@@ -9,6 +9,7 @@
 //! | [`Fork`] | one sub-pipeline per target, fed a copy of the input | mirror / join / race |
 
 mod branch;
+pub mod config;
 mod demux;
 mod fork;
 mod mux;

@@ -1,0 +1,373 @@
+//! `Connect`: writes its input to an upstream TCP connection and outputs what comes back.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context as TaskCx, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig};
+use flowgate_pipeline::server::{TcpSource, io_error};
+use flowgate_pipeline::{
+    Context, Description, Dyn, ErrorKind, Event, Events, Filter, Side, StreamError,
+};
+use futures_core::Stream;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::time::{Instant, Sleep};
+
+/// One upstream address, or several to spread connections over.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Targets {
+    /// One `host:port`.
+    One(String),
+    /// Several `host:port`s, picked round robin.
+    Many(Vec<String>),
+}
+
+/// Configuration of [`Connect`] (`connect:` in YAML).
+///
+/// ```yaml
+/// - connect:
+///     target: [127.0.0.1:9001, 127.0.0.1:9002]   # or one address
+///     connect_timeout: 5s
+///     idle_timeout: 10m
+/// ```
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectConfig {
+    /// Where to connect: `host:port`, or a list picked round robin. Optional when
+    /// `original_dst` is set.
+    #[serde(default)]
+    pub target: Option<Targets>,
+    /// Connect to the stream's original destination (from `SO_ORIGINAL_DST` or PROXY
+    /// protocol) when it has one. Default false.
+    #[serde(default)]
+    pub original_dst: bool,
+    /// How long connecting may take. Default 5 s.
+    #[serde(default = "default_connect_timeout", with = "flowgate_pipeline::serde_duration")]
+    pub connect_timeout: Duration,
+    /// Close the connection after this long with no bytes in either direction. Default 10 m.
+    #[serde(default = "default_idle_timeout", with = "flowgate_pipeline::serde_duration")]
+    pub idle_timeout: Duration,
+    /// TCP_NODELAY on the upstream socket. Default true.
+    #[serde(default = "default_true")]
+    pub nodelay: bool,
+    /// TCP keep-alive idle time on the upstream socket; none by default.
+    #[serde(default, with = "flowgate_pipeline::serde_duration::option", skip_serializing_if = "Option::is_none")]
+    pub keepalive: Option<Duration>,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for ConnectConfig {
+    fn default() -> Self {
+        ConnectConfig {
+            target: None,
+            original_dst: false,
+            connect_timeout: default_connect_timeout(),
+            idle_timeout: default_idle_timeout(),
+            nodelay: true,
+            keepalive: None,
+        }
+    }
+}
+
+impl FilterConfig for ConnectConfig {
+    fn build(self: Box<Self>, _cx: &BuildContext) -> Result<Arc<dyn Filter>, ConfigError> {
+        let targets = match &self.target {
+            None => Vec::new(),
+            Some(Targets::One(t)) => vec![t.clone()],
+            Some(Targets::Many(v)) => v.clone(),
+        };
+        if targets.is_empty() && !self.original_dst {
+            return Err(ConfigError::new("target", "give a `host:port` (or a list), or set `original_dst: true`"));
+        }
+        for (i, t) in targets.iter().enumerate() {
+            check_target(t).map_err(|p| ConfigError::new(format!("target[{i}]"), p))?;
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(ConfigError::new("connect_timeout", "must be more than zero"));
+        }
+        Ok(Arc::new(Connect::from_config(*self, targets)))
+    }
+}
+
+fn check_target(t: &str) -> Result<(), String> {
+    let Some((host, port)) = t.rsplit_once(':') else {
+        return Err(format!("`{t}` is not `host:port`"));
+    };
+    if host.is_empty() {
+        return Err(format!("`{t}` has no host"));
+    }
+    port.parse::<u16>().map_err(|_| format!("`{t}` has no valid port"))?;
+    Ok(())
+}
+
+/// Connects upstream for each stream: its input is written to the connection and its output
+/// is what the upstream sends back, so a TCP proxy is `[Connect]`.
+///
+/// The connection opens when the stream starts; until it is up, input is not read. A failed
+/// connect ends the stream with `ConnectFailed`/`ConnectTimeout` (upstream, retry safe).
+/// When the input ends, the upstream write side is shut down (half-close) and the output
+/// goes on until the upstream closes. No bytes either way for `idle_timeout` ends the stream
+/// with `IdleTimeout`.
+pub struct Connect {
+    config: ConnectConfig,
+    targets: Vec<String>,
+    dynamic: Option<Dyn<String>>,
+    next: AtomicUsize,
+}
+
+impl Connect {
+    /// Connects to `target` (`host:port`).
+    pub fn to(target: impl Into<String>) -> Self {
+        Self::round_robin([target.into()])
+    }
+
+    /// Spreads connections over `targets`, round robin.
+    pub fn round_robin<S: Into<String>>(targets: impl IntoIterator<Item = S>) -> Self {
+        let targets: Vec<String> = targets.into_iter().map(Into::into).collect();
+        let config = ConnectConfig { target: Some(Targets::Many(targets.clone())), ..Default::default() };
+        Self::from_config(config, targets)
+    }
+
+    /// Connects to an address computed per stream from the context.
+    pub fn dynamic(target: Dyn<String>) -> Self {
+        Connect { config: ConnectConfig::default(), targets: Vec::new(), dynamic: Some(target), next: AtomicUsize::new(0) }
+    }
+
+    fn from_config(config: ConnectConfig, targets: Vec<String>) -> Self {
+        Connect { config, targets, dynamic: None, next: AtomicUsize::new(0) }
+    }
+
+    /// Sets the connect timeout.
+    #[must_use]
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.config.connect_timeout = d;
+        self
+    }
+
+    /// Sets the idle timeout.
+    #[must_use]
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.config.idle_timeout = d;
+        self
+    }
+
+    /// Prefers the stream's original destination when it has one.
+    #[must_use]
+    pub fn original_dst(mut self, on: bool) -> Self {
+        self.config.original_dst = on;
+        self
+    }
+
+    /// Sets TCP keep-alive on upstream sockets.
+    #[must_use]
+    pub fn keepalive(mut self, idle: Option<Duration>) -> Self {
+        self.config.keepalive = idle;
+        self
+    }
+
+    fn pick(&self, cx: &Context) -> Option<String> {
+        if self.config.original_dst {
+            if let Some(a) = cx.conn().original_dst {
+                return Some(a.to_string());
+            }
+        }
+        if let Some(d) = &self.dynamic {
+            return Some(d.eval(cx, None));
+        }
+        match self.targets.len() {
+            0 => None,
+            1 => self.targets.first().cloned(),
+            n => self.targets.get(self.next.fetch_add(1, Ordering::Relaxed) % n).cloned(),
+        }
+    }
+}
+
+impl Filter for Connect {
+    fn describe(&self) -> Description {
+        Description::filter("connect").options(&self.config)
+    }
+
+    fn attach(&self, input: Events, cx: &Context) -> Events {
+        let Some(target) = self.pick(cx) else {
+            return flowgate_pipeline::error_stream(StreamError::new(ErrorKind::NoRoute, Side::Internal));
+        };
+        let c = self.config.clone();
+        let connecting = Box::pin(async move {
+            let addr = resolve(&target).await?;
+            let s = tokio::time::timeout(c.connect_timeout, TcpStream::connect(addr))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {target} timed out")))??;
+            s.set_nodelay(c.nodelay)?;
+            if let Some(idle) = c.keepalive {
+                let ka = socket2::TcpKeepalive::new().with_time(idle);
+                socket2::SockRef::from(&s).set_tcp_keepalive(&ka)?;
+            }
+            Ok(s)
+        });
+        Box::pin(ConnectStream {
+            input,
+            state: State::Connecting(connecting),
+            idle: self.config.idle_timeout,
+        })
+    }
+}
+
+async fn resolve(target: &str) -> io::Result<SocketAddr> {
+    if let Ok(a) = target.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    tokio::net::lookup_host(target)
+        .await?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("`{target}` resolves to no address")))
+}
+
+type Connecting = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
+
+enum State {
+    Connecting(Connecting),
+    Open(Box<Open>),
+    Done,
+}
+
+struct Open {
+    read: TcpSource,
+    write: OwnedWriteHalf,
+    pending: Option<Bytes>,
+    input_done: bool,
+    shut: bool,
+    last_activity: Instant,
+    timer: Pin<Box<Sleep>>,
+}
+
+struct ConnectStream {
+    input: Events,
+    state: State,
+    idle: Duration,
+}
+
+impl ConnectStream {
+    fn fail(&mut self, e: StreamError) -> Poll<Option<Event>> {
+        self.state = State::Done;
+        Poll::Ready(Some(Event::StreamEnd(Some(e))))
+    }
+}
+
+impl Stream for ConnectStream {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Option<Event>> {
+        let this = &mut *self;
+        loop {
+            match &mut this.state {
+                State::Done => return Poll::Ready(None),
+                State::Connecting(fut) => match fut.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => {
+                        let err = io_error(e, ErrorKind::ConnectFailed, Side::Upstream).retry_safe(true);
+                        return this.fail(err);
+                    }
+                    Poll::Ready(Ok(s)) => {
+                        let (r, w) = s.into_split();
+                        let now = Instant::now();
+                        this.state = State::Open(Box::new(Open {
+                            read: TcpSource::new(r, Side::Upstream),
+                            write: w,
+                            pending: None,
+                            input_done: false,
+                            shut: false,
+                            last_activity: now,
+                            timer: Box::pin(tokio::time::sleep_until(now + this.idle)),
+                        }));
+                    }
+                },
+                State::Open(open) => {
+                    // Upstream-bound: write what we have, then pull more input.
+                    loop {
+                        if let Some(b) = &mut open.pending {
+                            match Pin::new(&mut open.write).poll_write(cx, b) {
+                                Poll::Ready(Ok(n)) => {
+                                    b.advance(n);
+                                    if b.is_empty() {
+                                        open.pending = None;
+                                    }
+                                    open.last_activity = Instant::now();
+                                    continue;
+                                }
+                                Poll::Ready(Err(e)) => {
+                                    return this.fail(io_error(e, ErrorKind::WriteFailed, Side::Upstream));
+                                }
+                                Poll::Pending => break,
+                            }
+                        }
+                        if open.input_done {
+                            if !open.shut && Pin::new(&mut open.write).poll_shutdown(cx).is_ready() {
+                                open.shut = true;
+                            }
+                            break;
+                        }
+                        match this.input.as_mut().poll_next(cx) {
+                            Poll::Ready(Some(Event::Data(b))) => {
+                                if !b.is_empty() {
+                                    open.pending = Some(b);
+                                }
+                            }
+                            Poll::Ready(Some(Event::StreamEnd(Some(e)))) => {
+                                // The client failed: drop the upstream connection too.
+                                return this.fail(e);
+                            }
+                            Poll::Ready(Some(Event::StreamEnd(None)) | None) => open.input_done = true,
+                            Poll::Ready(Some(_)) => {}
+                            Poll::Pending => break,
+                        }
+                    }
+                    // Client-bound.
+                    match Pin::new(&mut open.read).poll_next(cx) {
+                        Poll::Ready(Some(ev @ Event::Data(_))) => {
+                            open.last_activity = Instant::now();
+                            return Poll::Ready(Some(ev));
+                        }
+                        Poll::Ready(Some(ev)) => {
+                            this.state = State::Done;
+                            return Poll::Ready(Some(ev));
+                        }
+                        Poll::Ready(None) => {
+                            this.state = State::Done;
+                            return Poll::Ready(Some(Event::END));
+                        }
+                        Poll::Pending => {}
+                    }
+                    // Idle timer: armed once, pushed back lazily when it fires early.
+                    if open.timer.as_mut().poll(cx).is_ready() {
+                        let deadline = open.last_activity + this.idle;
+                        if Instant::now() >= deadline {
+                            return this.fail(StreamError::new(ErrorKind::IdleTimeout, Side::Upstream));
+                        }
+                        open.timer.as_mut().reset(deadline);
+                        let _ = open.timer.as_mut().poll(cx);
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! Registers every filter of the enabled features under its configuration name.
+
+use flowgate_pipeline::registry::Registry;
+
+/// A registry with every filter of this crate's enabled features.
+///
+/// ```
+/// let reg = flowgate_filters::registry::standard();
+/// assert!(reg.names().any(|n| n == "connect"));
+/// ```
+pub fn standard() -> Registry {
+    let mut r = Registry::new();
+    register(&mut r);
+    r
+}
+
+/// Adds every filter of this crate's enabled features to `r`.
+pub fn register(r: &mut Registry) {
+    #[cfg(feature = "net")]
+    crate::net::register(r);
+    #[cfg(not(feature = "net"))]
+    let _ = r;
+}

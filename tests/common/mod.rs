@@ -1,0 +1,228 @@
+//! Helpers shared by the end-to-end tests: free ports, temp dirs, the `flowgate` binary and
+//! real peers started and stopped by PID.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A fresh temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("flowgate-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process stopped (SIGTERM, then SIGKILL) by its PID on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
+        assert!(ok.success(), "kill -{sig} {}", self.pid());
+    }
+    /// Stops the process and returns its stderr.
+    pub fn stop(mut self) -> String {
+        self.terminate();
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        err
+    }
+    fn terminate(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// Starts `flowgate run CONFIG` and waits until `port` accepts connections.
+pub fn flowgate_run(config: &Path, ports: &[u16]) -> Proc {
+    flowgate_run_log(config, ports, "warn")
+}
+
+/// Like [`flowgate_run`], with a log level.
+pub fn flowgate_run_log(config: &Path, ports: &[u16], log: &str) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .arg("run")
+        .arg(config)
+        .env("RUST_LOG", log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let p = Proc { child, name: "flowgate".into() };
+    for port in ports {
+        wait_port(*port);
+    }
+    p
+}
+
+/// Runs `flowgate check FILE` and returns (exit code, stderr).
+pub fn flowgate_check(config: &Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_flowgate")).arg("check").arg(config).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Waits up to 10 s for a TCP port on 127.0.0.1 to accept.
+pub fn wait_port(port: u16) {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listens on {addr}");
+}
+
+/// Whether a program is installed.
+pub fn have(program: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {program}")).stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+}
+
+/// A TCP echo server on a thread per connection; replies are prefixed with `tag` when set.
+/// Stops when the returned guard is dropped (it stops accepting).
+pub struct Echo {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Echo {
+    pub fn start(tag: Option<&str>) -> Echo {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        l.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let tag = tag.map(|t| t.as_bytes().to_vec());
+        std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        let tag = tag.clone();
+                        c.set_nonblocking(false).unwrap();
+                        std::thread::spawn(move || {
+                            let mut buf = vec![0u8; 64 * 1024];
+                            if let Some(t) = &tag {
+                                if c.write_all(t).is_err() {
+                                    return;
+                                }
+                            }
+                            loop {
+                                match c.read(&mut buf) {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => {
+                                        if c.write_all(&buf[..n]).is_err() {
+                                            break;
+                                        }
+                                    }
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Echo { port, stop }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// nginx in the foreground as a single process, on a config written into `dir`.
+pub fn nginx(dir: &TempDir, server_blocks: &str) -> Proc {
+    assert!(have("nginx"), "nginx is required (scripts/test installs it)");
+    std::fs::create_dir_all(dir.path("logs")).unwrap();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {pid};\nerror_log {err} warn;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n \
+         fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n{server_blocks}\n}}\n",
+        pid = dir.path("nginx.pid").display(),
+        err = dir.path("logs/error.log").display(),
+        d = dir.0.display(),
+    );
+    let path = dir.write("nginx.conf", &conf);
+    let child = Command::new("nginx")
+        .arg("-p")
+        .arg(&dir.0)
+        .arg("-c")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    Proc { child, name: "nginx".into() }
+}
+
+/// Sends an HTTP/1.0 GET over `stream` and returns the response body.
+pub fn http_get(mut stream: TcpStream, path: &str) -> String {
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    stream.read_to_string(&mut resp).unwrap();
+    match resp.split_once("\r\n\r\n") {
+        Some((_, body)) => body.to_string(),
+        None => panic!("not an HTTP response: {resp:?}"),
+    }
+}

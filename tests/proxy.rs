@@ -1,0 +1,103 @@
+//! End-to-end on loopback through the `flowgate` binary: a round-robin TCP proxy over three
+//! real upstream echo servers, PROXY protocol v2 carrying the client address to nginx, and
+//! `flowgate check` on broken configurations.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn round_robin_over_three_real_upstreams() {
+    let ups = [Echo::start(Some("A:")), Echo::start(Some("B:")), Echo::start(Some("C:"))];
+    let port = free_port();
+    let dir = TempDir::new("rr");
+    let cfg = dir.write(
+        "proxy.yaml",
+        &format!(
+            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: proxy\npipelines:\n  proxy:\n    - connect:\n        target: [127.0.0.1:{}, 127.0.0.1:{}, 127.0.0.1:{}]\n",
+            ups[0].port, ups[1].port, ups[2].port
+        ),
+    );
+    let fg = flowgate_run(&cfg, &[port]);
+    // wait_port opened (and closed) one connection: count from here.
+    let mut seen = std::collections::HashMap::new();
+    for i in 0..30 {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let msg = format!("message {i}");
+        c.write_all(msg.as_bytes()).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).unwrap();
+        let (tag, rest) = reply.split_at(2);
+        assert_eq!(rest, msg);
+        *seen.entry(tag.to_string()).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    // Round robin: 30 connections (plus the readiness probe) spread evenly.
+    let (min, max) = (seen.values().min().unwrap(), seen.values().max().unwrap());
+    assert!(max - min <= 1, "an even spread: {seen:?}");
+    drop(fg);
+}
+
+#[test]
+fn proxy_protocol_v2_carries_the_client_address_to_nginx() {
+    let dir = TempDir::new("ppv2");
+    let nginx_port = free_port();
+    let _nginx = nginx(
+        &dir,
+        &format!(
+            "server {{ listen 127.0.0.1:{nginx_port} proxy_protocol; \
+             location / {{ return 200 \"client=$proxy_protocol_addr:$proxy_protocol_port\"; }} }}"
+        ),
+    );
+    wait_port(nginx_port);
+    // Front: reads a PROXY header from the client, writes a v2 header to nginx.
+    let port = free_port();
+    let cfg = dir.write(
+        "proxy.yaml",
+        &format!(
+            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: front\npipelines:\n  front:\n    - accept-proxy-protocol: {{ required: false }}\n    - connect-proxy-protocol: {{ version: 2 }}\n    - connect: {{ target: 127.0.0.1:{nginx_port} }}\n"
+        ),
+    );
+    let _fg = flowgate_run(&cfg, &[port]);
+
+    // A direct client: nginx sees the client's own address and port.
+    let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let local = c.local_addr().unwrap();
+    assert_eq!(http_get(c, "/"), format!("client={}:{}", local.ip(), local.port()));
+
+    // A client behind another proxy (it sends a v1 header): nginx sees the original client.
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 40001 80\r\n").unwrap();
+    assert_eq!(http_get(c, "/"), "client=203.0.113.7:40001");
+}
+
+#[test]
+fn check_reports_the_place_of_each_mistake_and_exits_2() {
+    let dir = TempDir::new("check");
+    let good = "listeners:\n  - listen: 127.0.0.1:1\n    pipeline: main\npipelines:\n  main:\n    - demux: { pipeline: req }\n  req:\n    - connect:\n        target: 127.0.0.1:9\n";
+    let (code, err) = flowgate_check(&dir.write("good.yaml", good));
+    assert_eq!(code, 0, "{err}");
+
+    let cases = [
+        ("malformed.yaml", good.replace("pipeline: main", "pipeline: [main"), ":", "malformed"),
+        ("unknown-filter.yaml", good.replace("- connect:", "- conect:"), ":8:", "unknown filter `conect`"),
+        ("unknown-field.yaml", good.replace("target: 127.0.0.1:9", "target: 127.0.0.1:9\n        colour: red"), ":10:", "unknown field `colour`"),
+        ("missing-sub.yaml", good.replace("{ pipeline: req }", "{ pipeline: requests }"), ":6:", "sub-pipeline `requests` is not defined"),
+    ];
+    for (name, text, place, what) in cases {
+        let path = dir.write(name, &text);
+        let (code, err) = flowgate_check(&path);
+        assert_eq!(code, 2, "{name}: {err}");
+        assert!(err.contains(&format!("{}{place}", path.display())), "{name} names file and line: {err}");
+        if what != "malformed" {
+            assert!(err.contains(what), "{name}: {err}");
+        }
+    }
+}
