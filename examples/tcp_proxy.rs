@@ -46,7 +46,10 @@ fn tagging_echo(tag: String) -> Result<Pipeline, Box<dyn Error>> {
 }
 
 /// Starts the upstreams and the proxy; returns the server and the proxy's bound address.
-fn start(proxy: SocketAddr, upstream_ports: [u16; 3]) -> Result<(Server, SocketAddr), Box<dyn Error>> {
+fn start(
+    proxy: SocketAddr,
+    upstream_ports: [u16; 3],
+) -> Result<(Server, SocketAddr), Box<dyn Error>> {
     let server = Server::builder().workers(1).start()?;
     let mut listeners = Vec::new();
     let mut upstreams = Vec::new();
@@ -57,7 +60,9 @@ fn start(proxy: SocketAddr, upstream_ports: [u16; 3]) -> Result<(Server, SocketA
     // Bind the upstreams first so port 0 (tests) resolves to real ports.
     server.apply(listeners.clone())?;
     for (cfg, _) in &listeners {
-        let bound = server.local_addr(cfg.listen, Protocol::Tcp).ok_or("upstream not bound")?;
+        let bound = server
+            .local_addr(cfg.listen, Protocol::Tcp)
+            .ok_or("upstream not bound")?;
         upstreams.push(bound.to_string());
     }
     let proxy_pipeline = Pipeline::builder("proxy")
@@ -66,7 +71,9 @@ fn start(proxy: SocketAddr, upstream_ports: [u16; 3]) -> Result<(Server, SocketA
         .build()?;
     listeners.push((ListenerConfig::tcp(proxy), Arc::new(proxy_pipeline)));
     server.apply(listeners)?;
-    let bound = server.local_addr(proxy, Protocol::Tcp).ok_or("proxy not bound")?;
+    let bound = server
+        .local_addr(proxy, Protocol::Tcp)
+        .ok_or("proxy not bound")?;
     Ok((server, bound))
 }
 
@@ -98,7 +105,11 @@ mod tests {
         }
         tags.sort();
         tags.dedup();
-        assert_eq!(tags.len(), 3, "three different upstreams answered: {tags:?}");
+        assert_eq!(
+            tags.len(),
+            3,
+            "three different upstreams answered: {tags:?}"
+        );
         server.shutdown();
     }
 }

@@ -107,33 +107,54 @@ pub fn load_with(path: &Path, registry: &Arc<Registry>) -> Result<Config, Config
         column: 0,
         message: format!("cannot read: {e}"),
     })?;
-    let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     parse(&text, &file, &dir, registry)
 }
 
 /// Parses and validates configuration text; `file` names it in errors and `base_dir`
 /// anchors relative paths.
-pub fn parse(text: &str, file: &str, base_dir: &Path, registry: &Arc<Registry>) -> Result<Config, ConfigFileError> {
+pub fn parse(
+    text: &str,
+    file: &str,
+    base_dir: &Path,
+    registry: &Arc<Registry>,
+) -> Result<Config, ConfigFileError> {
     let at = |loc: Location, message: String| ConfigFileError {
         file: file.to_string(),
         line: loc.line(),
         column: loc.column(),
         message,
     };
-    let raw: RawFile = registry.activate(|| serde_saphyr::from_str(text)).map_err(|e| {
-        let (inner, message) = split_position(&e.to_string());
-        let (line, column) = match (inner, e.location()) {
-            (Some(pos), _) => pos,
-            (None, Some(loc)) => (loc.line(), loc.column()),
-            (None, None) => (0, 0),
-        };
-        ConfigFileError { file: file.to_string(), line, column, message }
-    })?;
+    let raw: RawFile = registry
+        .activate(|| serde_saphyr::from_str(text))
+        .map_err(|e| {
+            let (inner, message) = split_position(&e.to_string());
+            let (line, column) = match (inner, e.location()) {
+                (Some(pos), _) => pos,
+                (None, Some(loc)) => (loc.line(), loc.column()),
+                (None, None) => (0, 0),
+            };
+            ConfigFileError {
+                file: file.to_string(),
+                line,
+                column,
+                message,
+            }
+        })?;
     if raw.listeners.is_empty() {
-        return Err(at(Location::UNKNOWN, "`listeners` is empty: nothing would run".into()));
+        return Err(at(
+            Location::UNKNOWN,
+            "`listeners` is empty: nothing would run".into(),
+        ));
     }
     if raw.workers == Some(0) {
-        return Err(at(Location::UNKNOWN, "field `workers`: must be at least 1".into()));
+        return Err(at(
+            Location::UNKNOWN,
+            "field `workers`: must be at least 1".into(),
+        ));
     }
     let bcx = BuildContext::new(base_dir);
     let mut places: HashMap<(String, usize), (Location, String)> = HashMap::new();
@@ -144,7 +165,13 @@ pub fn parse(text: &str, file: &str, base_dir: &Path, registry: &Arc<Registry>) 
             let loc = spec.referenced;
             let kind = spec.value.name.clone();
             let f = spec.value.config.build(&bcx).map_err(|e| {
-                at(loc, format!("pipelines.{name}[{i}] ({kind}): field `{}`: {}", e.field, e.problem))
+                at(
+                    loc,
+                    format!(
+                        "pipelines.{name}[{i}] ({kind}): field `{}`: {}",
+                        e.field, e.problem
+                    ),
+                )
             })?;
             places.insert((name.clone(), i), (loc, kind));
             pb = pb.filter_arc(f);
@@ -152,13 +179,26 @@ pub fn parse(text: &str, file: &str, base_dir: &Path, registry: &Arc<Registry>) 
         mb.add(pb);
     }
     let module = mb.build().map_err(|e| match &e {
-        BuildError::MissingSubPipeline { pipeline, index, .. } | BuildError::NoSubPipeline { pipeline, index, .. } => {
-            let (loc, kind) = places.get(&(pipeline.clone(), *index)).cloned().unwrap_or((Location::UNKNOWN, String::new()));
+        BuildError::MissingSubPipeline {
+            pipeline, index, ..
+        }
+        | BuildError::NoSubPipeline {
+            pipeline, index, ..
+        } => {
+            let (loc, kind) = places
+                .get(&(pipeline.clone(), *index))
+                .cloned()
+                .unwrap_or((Location::UNKNOWN, String::new()));
             let why = match &e {
-                BuildError::MissingSubPipeline { missing, .. } => format!("sub-pipeline `{missing}` is not defined under `pipelines`"),
+                BuildError::MissingSubPipeline { missing, .. } => {
+                    format!("sub-pipeline `{missing}` is not defined under `pipelines`")
+                }
                 _ => "needs a sub-pipeline and has none".to_string(),
             };
-            at(loc, format!("pipelines.{pipeline}[{index}] ({kind}): field `pipeline`: {why}"))
+            at(
+                loc,
+                format!("pipelines.{pipeline}[{index}] ({kind}): field `pipeline`: {why}"),
+            )
         }
         other => at(Location::UNKNOWN, other.to_string()),
     })?;
@@ -168,7 +208,10 @@ pub fn parse(text: &str, file: &str, base_dir: &Path, registry: &Arc<Registry>) 
         let Some(p) = module.get(&r.pipeline.value) else {
             return Err(at(
                 r.pipeline.referenced,
-                format!("listeners[{i}]: field `pipeline`: pipeline `{}` is not defined under `pipelines`", r.pipeline.value),
+                format!(
+                    "listeners[{i}]: field `pipeline`: pipeline `{}` is not defined under `pipelines`",
+                    r.pipeline.value
+                ),
             ));
         };
         let mut c = ListenerConfig::tcp(r.listen);
@@ -205,10 +248,10 @@ fn split_position(text: &str) -> (Option<(u64, u64)>, String) {
     let first = text.lines().next().unwrap_or("invalid configuration");
     let mut msg = first.strip_prefix("error: ").unwrap_or(first);
     // A leading "line 9 column 9: " is the outer, less precise position.
-    if let Some(rest) = msg.strip_prefix("line ") {
-        if let Some(i) = rest.find(": ") {
-            msg = &rest[i + 2..];
-        }
+    if let Some(rest) = msg.strip_prefix("line ")
+        && let Some(i) = rest.find(": ")
+    {
+        msg = &rest[i + 2..];
     }
     let mut pos = None;
     let mut clean = msg.to_string();
@@ -233,7 +276,12 @@ mod tests {
     use super::*;
 
     fn check(text: &str) -> Result<Config, ConfigFileError> {
-        parse(text, "t.yaml", Path::new("."), &Arc::new(default_registry()))
+        parse(
+            text,
+            "t.yaml",
+            Path::new("."),
+            &Arc::new(default_registry()),
+        )
     }
 
     const GOOD: &str = "listeners:\n  - listen: 127.0.0.1:0\n    pipeline: main\npipelines:\n  main:\n    - demux: { pipeline: req }\n  req:\n    - connect:\n        target: 127.0.0.1:9\n";
@@ -255,17 +303,28 @@ mod tests {
         assert_eq!(e.line, 8, "{e}");
         assert!(e.message.contains("unknown filter `conect`"), "{e}");
 
-        let e = check(&GOOD.replace("target: 127.0.0.1:9", "target: 127.0.0.1:9\n        colour: red")).unwrap_err();
+        let e = check(&GOOD.replace(
+            "target: 127.0.0.1:9",
+            "target: 127.0.0.1:9\n        colour: red",
+        ))
+        .unwrap_err();
         assert_eq!(e.line, 10, "{e}");
         assert!(e.message.contains("colour"), "{e}");
 
         let e = check(&GOOD.replace("{ pipeline: req }", "{ pipeline: nope }")).unwrap_err();
         assert_eq!(e.line, 6, "{e}");
-        assert!(e.message.contains("sub-pipeline `nope` is not defined"), "{e}");
+        assert!(
+            e.message.contains("sub-pipeline `nope` is not defined"),
+            "{e}"
+        );
 
         let e = check(&GOOD.replace("target: 127.0.0.1:9", "target: nowhere")).unwrap_err();
         assert_eq!(e.line, 8, "{e}");
-        assert!(e.message.contains("pipelines.req[0] (connect): field `target[0]`"), "{e}");
+        assert!(
+            e.message
+                .contains("pipelines.req[0] (connect): field `target[0]`"),
+            "{e}"
+        );
 
         let e = check(&GOOD.replace("pipeline: main", "pipeline: mian")).unwrap_err();
         assert_eq!(e.line, 3, "{e}");

@@ -36,7 +36,10 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { workers: None, watch_interval: Some(Duration::from_secs(1)) }
+        RunOptions {
+            workers: None,
+            watch_interval: Some(Duration::from_secs(1)),
+        }
     }
 }
 
@@ -48,11 +51,17 @@ pub fn run(path: &Path, registry: Arc<Registry>, opts: RunOptions) -> Result<(),
         builder = builder.workers(n);
     }
     let server = builder.start()?;
-    let listening: Vec<String> = cfg.listeners.iter().map(|(l, p)| format!("{} -> {}", l.listen, p.name())).collect();
+    let listening: Vec<String> = cfg
+        .listeners
+        .iter()
+        .map(|(l, p)| format!("{} -> {}", l.listen, p.name()))
+        .collect();
     server.apply(cfg.listeners)?;
     tracing::info!(workers = server.workers(), listeners = ?listening, "flowgate is running");
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let path: PathBuf = path.to_path_buf();
     let result = rt.block_on(async {
         let mut hup = signal(SignalKind::hangup())?;
@@ -79,7 +88,10 @@ pub fn run(path: &Path, registry: Arc<Registry>, opts: RunOptions) -> Result<(),
         }
         Ok::<(), std::io::Error>(())
     });
-    tracing::info!(connections = server.connections(), "shutting down: draining live connections");
+    tracing::info!(
+        connections = server.connections(),
+        "shutting down: draining live connections"
+    );
     server.shutdown();
     result.map_err(RunError::Io)
 }
@@ -87,14 +99,18 @@ pub fn run(path: &Path, registry: Arc<Registry>, opts: RunOptions) -> Result<(),
 /// Loads the file again and applies it; a bad file keeps the running configuration.
 fn reload(server: &Server, path: &Path, registry: &Arc<Registry>, why: &str) {
     match config::load_with(path, registry) {
-        Err(e) => tracing::error!(reason = why, error = %e, "reload refused; the running configuration stays"),
+        Err(e) => {
+            tracing::error!(reason = why, error = %e, "reload refused; the running configuration stays")
+        }
         Ok(cfg) => {
             if cfg.workers.is_some_and(|n| n != server.workers()) {
                 tracing::warn!("`workers` changes take effect on restart only");
             }
             match server.apply(cfg.listeners) {
                 Ok(()) => tracing::info!(reason = why, "configuration reloaded"),
-                Err(e) => tracing::error!(reason = why, error = %e, "reload failed; the running configuration stays"),
+                Err(e) => {
+                    tracing::error!(reason = why, error = %e, "reload failed; the running configuration stays")
+                }
             }
         }
     }

@@ -13,7 +13,11 @@ use common::*;
 
 #[test]
 fn round_robin_over_three_real_upstreams() {
-    let ups = [Echo::start(Some("A:")), Echo::start(Some("B:")), Echo::start(Some("C:"))];
+    let ups = [
+        Echo::start(Some("A:")),
+        Echo::start(Some("B:")),
+        Echo::start(Some("C:")),
+    ];
     let port = free_port();
     let dir = TempDir::new("rr");
     let cfg = dir.write(
@@ -70,11 +74,15 @@ fn proxy_protocol_v2_carries_the_client_address_to_nginx() {
     // A direct client: nginx sees the client's own address and port.
     let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let local = c.local_addr().unwrap();
-    assert_eq!(http_get(c, "/"), format!("client={}:{}", local.ip(), local.port()));
+    assert_eq!(
+        http_get(c, "/"),
+        format!("client={}:{}", local.ip(), local.port())
+    );
 
     // A client behind another proxy (it sends a v1 header): nginx sees the original client.
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 40001 80\r\n").unwrap();
+    c.write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 40001 80\r\n")
+        .unwrap();
     assert_eq!(http_get(c, "/"), "client=203.0.113.7:40001");
 }
 
@@ -86,16 +94,42 @@ fn check_reports_the_place_of_each_mistake_and_exits_2() {
     assert_eq!(code, 0, "{err}");
 
     let cases = [
-        ("malformed.yaml", good.replace("pipeline: main", "pipeline: [main"), ":", "malformed"),
-        ("unknown-filter.yaml", good.replace("- connect:", "- conect:"), ":8:", "unknown filter `conect`"),
-        ("unknown-field.yaml", good.replace("target: 127.0.0.1:9", "target: 127.0.0.1:9\n        colour: red"), ":10:", "unknown field `colour`"),
-        ("missing-sub.yaml", good.replace("{ pipeline: req }", "{ pipeline: requests }"), ":6:", "sub-pipeline `requests` is not defined"),
+        (
+            "malformed.yaml",
+            good.replace("pipeline: main", "pipeline: [main"),
+            ":",
+            "malformed",
+        ),
+        (
+            "unknown-filter.yaml",
+            good.replace("- connect:", "- conect:"),
+            ":8:",
+            "unknown filter `conect`",
+        ),
+        (
+            "unknown-field.yaml",
+            good.replace(
+                "target: 127.0.0.1:9",
+                "target: 127.0.0.1:9\n        colour: red",
+            ),
+            ":10:",
+            "unknown field `colour`",
+        ),
+        (
+            "missing-sub.yaml",
+            good.replace("{ pipeline: req }", "{ pipeline: requests }"),
+            ":6:",
+            "sub-pipeline `requests` is not defined",
+        ),
     ];
     for (name, text, place, what) in cases {
         let path = dir.write(name, &text);
         let (code, err) = flowgate_check(&path);
         assert_eq!(code, 2, "{name}: {err}");
-        assert!(err.contains(&format!("{}{place}", path.display())), "{name} names file and line: {err}");
+        assert!(
+            err.contains(&format!("{}{place}", path.display())),
+            "{name} names file and line: {err}"
+        );
         if what != "malformed" {
             assert!(err.contains(what), "{name}: {err}");
         }

@@ -33,7 +33,10 @@ fn config(port: u16, ups: &[u16], variant: usize) -> String {
 
 #[test]
 fn reload_under_load_loses_nothing() {
-    let secs: u64 = std::env::var("FLOWGATE_RELOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let secs: u64 = std::env::var("FLOWGATE_RELOAD_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
     let ups = [Echo::start(None), Echo::start(None), Echo::start(None)];
     let up_ports: Vec<u16> = ups.iter().map(|e| e.port).collect();
     let port = free_port();
@@ -55,7 +58,9 @@ fn reload_under_load_loses_nothing() {
                     break;
                 }
                 // A payload that differs per connection and round.
-                let payload: Vec<u8> = (0..PAYLOAD).map(|i| ((i * 31 + id * 7 + round * 13) % 251) as u8).collect();
+                let payload: Vec<u8> = (0..PAYLOAD)
+                    .map(|i| ((i * 31 + id * 7 + round * 13) % 251) as u8)
+                    .collect();
                 match exchange(port, &payload) {
                     Ok(back) if back == payload => {
                         ok.fetch_add(1, Ordering::Relaxed);
@@ -63,7 +68,10 @@ fn reload_under_load_loses_nothing() {
                     }
                     Ok(back) => {
                         failed.fetch_add(1, Ordering::Relaxed);
-                        first_error.get_or_insert(format!("conn {id} round {round}: {} bytes back, content differs", back.len()));
+                        first_error.get_or_insert(format!(
+                            "conn {id} round {round}: {} bytes back, content differs",
+                            back.len()
+                        ));
                     }
                     Err(e) => {
                         failed.fetch_add(1, Ordering::Relaxed);
@@ -80,14 +88,26 @@ fn reload_under_load_loses_nothing() {
         std::fs::write(&path, config(port, &up_ports, r)).unwrap();
         fg.signal("HUP");
     }
-    let errors: Vec<String> = clients.into_iter().filter_map(|c| c.join().unwrap()).collect();
+    let errors: Vec<String> = clients
+        .into_iter()
+        .filter_map(|c| c.join().unwrap())
+        .collect();
     let stderr = fg.stop();
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    eprintln!("reload under load: {ok} connections ok, {failed} failed, {} MiB echoed, {RELOADS} reloads", bytes.load(Ordering::Relaxed) >> 20);
+    eprintln!(
+        "reload under load: {ok} connections ok, {failed} failed, {} MiB echoed, {RELOADS} reloads",
+        bytes.load(Ordering::Relaxed) >> 20
+    );
     assert_eq!(failed, 0, "failures: {errors:?}");
     assert!(ok >= CONNECTIONS as u64, "the load ran ({ok} connections)");
-    assert!(stderr.matches("configuration reloaded").count() >= RELOADS, "every reload applied: {stderr}");
-    assert!(!stderr.contains("reload refused") && !stderr.contains("reload failed"), "{stderr}");
+    assert!(
+        stderr.matches("configuration reloaded").count() >= RELOADS,
+        "every reload applied: {stderr}"
+    );
+    assert!(
+        !stderr.contains("reload refused") && !stderr.contains("reload failed"),
+        "{stderr}"
+    );
 }
 
 fn exchange(port: u16, payload: &[u8]) -> std::io::Result<Vec<u8>> {

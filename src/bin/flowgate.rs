@@ -46,11 +46,15 @@ fn usage() -> ExitCode {
 }
 
 fn file_arg(rest: &[String]) -> Option<PathBuf> {
-    rest.iter().find(|a| !a.starts_with("--")).map(PathBuf::from)
+    rest.iter()
+        .find(|a| !a.starts_with("--"))
+        .map(PathBuf::from)
 }
 
 fn check(rest: &[String]) -> ExitCode {
-    let Some(path) = file_arg(rest) else { return usage() };
+    let Some(path) = file_arg(rest) else {
+        return usage();
+    };
     match config::load(&path) {
         Err(e) => {
             eprintln!("error: {e}");
@@ -59,8 +63,16 @@ fn check(rest: &[String]) -> ExitCode {
         Ok(cfg) => {
             let json = rest.iter().any(|a| a == "--json");
             if json {
-                let listeners: Vec<_> = cfg.listeners.iter().map(|(l, p)| serde_json::json!({"listener": l, "pipeline": p.name()})).collect();
-                let pipelines: Vec<_> = cfg.module.pipelines().map(|p| p.describe().to_json()).collect();
+                let listeners: Vec<_> = cfg
+                    .listeners
+                    .iter()
+                    .map(|(l, p)| serde_json::json!({"listener": l, "pipeline": p.name()}))
+                    .collect();
+                let pipelines: Vec<_> = cfg
+                    .module
+                    .pipelines()
+                    .map(|p| p.describe().to_json())
+                    .collect();
                 let doc = serde_json::json!({ "listeners": listeners, "pipelines": pipelines });
                 println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
             } else if rest.iter().any(|a| a == "--describe") {
@@ -71,7 +83,12 @@ fn check(rest: &[String]) -> ExitCode {
                     print!("{}", p.describe());
                 }
             } else {
-                println!("{}: ok ({} listeners, {} pipelines)", path.display(), cfg.listeners.len(), cfg.module.pipelines().count());
+                println!(
+                    "{}: ok ({} listeners, {} pipelines)",
+                    path.display(),
+                    cfg.listeners.len(),
+                    cfg.module.pipelines().count()
+                );
             }
             ExitCode::SUCCESS
         }
@@ -79,7 +96,9 @@ fn check(rest: &[String]) -> ExitCode {
 }
 
 fn run_cmd(rest: &[String]) -> ExitCode {
-    let Some(path) = file_arg(rest) else { return usage() };
+    let Some(path) = file_arg(rest) else {
+        return usage();
+    };
     let mut opts = RunOptions::default();
     let mut it = rest.iter();
     while let Some(a) = it.next() {
@@ -94,7 +113,10 @@ fn run_cmd(rest: &[String]) -> ExitCode {
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     match run(&path, Arc::new(config::default_registry()), opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(RunError::Config(e)) => {

@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A fresh temporary directory, removed on drop.
@@ -52,7 +56,11 @@ impl Proc {
         self.child.id()
     }
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
         assert!(ok.success(), "kill -{sig} {}", self.pid());
     }
     /// Stops the process and returns its stderr.
@@ -68,7 +76,10 @@ impl Proc {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -103,7 +114,10 @@ pub fn flowgate_run_log(config: &Path, ports: &[u16], log: &str) -> Proc {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let p = Proc { child, name: "flowgate".into() };
+    let p = Proc {
+        child,
+        name: "flowgate".into(),
+    };
     for port in ports {
         wait_port(*port);
     }
@@ -112,8 +126,15 @@ pub fn flowgate_run_log(config: &Path, ports: &[u16], log: &str) -> Proc {
 
 /// Runs `flowgate check FILE` and returns (exit code, stderr).
 pub fn flowgate_check(config: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_flowgate")).arg("check").arg(config).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .arg("check")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Waits up to 10 s for a TCP port on 127.0.0.1 to accept.
@@ -131,7 +152,13 @@ pub fn wait_port(port: u16) {
 
 /// Whether a program is installed.
 pub fn have(program: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {program}")).stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 /// A TCP echo server on a thread per connection; replies are prefixed with `tag` when set.
@@ -157,10 +184,10 @@ impl Echo {
                         c.set_nonblocking(false).unwrap();
                         std::thread::spawn(move || {
                             let mut buf = vec![0u8; 64 * 1024];
-                            if let Some(t) = &tag {
-                                if c.write_all(t).is_err() {
-                                    return;
-                                }
+                            if let Some(t) = &tag
+                                && c.write_all(t).is_err()
+                            {
+                                return;
                             }
                             loop {
                                 match c.read(&mut buf) {
@@ -190,7 +217,10 @@ impl Drop for Echo {
 
 /// nginx in the foreground as a single process, on a config written into `dir`.
 pub fn nginx(dir: &TempDir, server_blocks: &str) -> Proc {
-    assert!(have("nginx"), "nginx is required (scripts/test installs it)");
+    assert!(
+        have("nginx"),
+        "nginx is required (scripts/test installs it)"
+    );
     std::fs::create_dir_all(dir.path("logs")).unwrap();
     let conf = format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {pid};\nerror_log {err} warn;\n\
@@ -212,12 +242,17 @@ pub fn nginx(dir: &TempDir, server_blocks: &str) -> Proc {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    Proc { child, name: "nginx".into() }
+    Proc {
+        child,
+        name: "nginx".into(),
+    }
 }
 
 /// Sends an HTTP/1.0 GET over `stream` and returns the response body.
 pub fn http_get(mut stream: TcpStream, path: &str) -> String {
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
     let mut resp = String::new();
     stream.read_to_string(&mut resp).unwrap();
@@ -225,4 +260,121 @@ pub fn http_get(mut stream: TcpStream, path: &str) -> String {
         Some((_, body)) => body.to_string(),
         None => panic!("not an HTTP response: {resp:?}"),
     }
+}
+
+/// A test PKI made with the `openssl` command line: a CA and leaves it signs, as PEM files.
+pub struct OpensslPki<'a> {
+    pub dir: &'a TempDir,
+    pub name: String,
+}
+
+impl<'a> OpensslPki<'a> {
+    /// Makes `<name>-ca.pem` / `<name>-ca.key` in `dir`.
+    pub fn new(dir: &'a TempDir, name: &str) -> Self {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{name}-ca.key"),
+                "-out",
+                &format!("{name}-ca.pem"),
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=Flowgate test CA {name}"),
+            ],
+        );
+        OpensslPki {
+            dir,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path(&format!("{}-ca.pem", self.name))
+    }
+
+    /// Makes `<leaf>.pem` / `<leaf>.key` for `dns` (server) or a client certificate.
+    pub fn leaf(&self, leaf: &str, dns: &str, client: bool) -> (PathBuf, PathBuf) {
+        let usage = if client { "clientAuth" } else { "serverAuth" };
+        self.dir.write(
+            &format!("{leaf}.ext"),
+            &format!("subjectAltName=DNS:{dns}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage={usage}\n"),
+        );
+        openssl(
+            self.dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{leaf}.key"),
+                "-out",
+                &format!("{leaf}.csr"),
+                "-subj",
+                &format!("/CN={dns}"),
+            ],
+        );
+        openssl(
+            self.dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{leaf}.csr"),
+                "-CA",
+                &format!("{}-ca.pem", self.name),
+                "-CAkey",
+                &format!("{}-ca.key", self.name),
+                "-CAcreateserial",
+                "-out",
+                &format!("{leaf}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{leaf}.ext"),
+            ],
+        );
+        (
+            self.dir.path(&format!("{leaf}.pem")),
+            self.dir.path(&format!("{leaf}.key")),
+        )
+    }
+}
+
+fn openssl(dir: &TempDir, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(&dir.0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs curl with `args`; returns (success, stdout, stderr).
+pub fn curl(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -52,16 +52,26 @@ pub struct ConnectConfig {
     #[serde(default)]
     pub original_dst: bool,
     /// How long connecting may take. Default 5 s.
-    #[serde(default = "default_connect_timeout", with = "flowgate_pipeline::serde_duration")]
+    #[serde(
+        default = "default_connect_timeout",
+        with = "flowgate_pipeline::serde_duration"
+    )]
     pub connect_timeout: Duration,
     /// Close the connection after this long with no bytes in either direction. Default 10 m.
-    #[serde(default = "default_idle_timeout", with = "flowgate_pipeline::serde_duration")]
+    #[serde(
+        default = "default_idle_timeout",
+        with = "flowgate_pipeline::serde_duration"
+    )]
     pub idle_timeout: Duration,
     /// TCP_NODELAY on the upstream socket. Default true.
     #[serde(default = "default_true")]
     pub nodelay: bool,
     /// TCP keep-alive idle time on the upstream socket; none by default.
-    #[serde(default, with = "flowgate_pipeline::serde_duration::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "flowgate_pipeline::serde_duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub keepalive: Option<Duration>,
 }
 
@@ -96,13 +106,19 @@ impl FilterConfig for ConnectConfig {
             Some(Targets::Many(v)) => v.clone(),
         };
         if targets.is_empty() && !self.original_dst {
-            return Err(ConfigError::new("target", "give a `host:port` (or a list), or set `original_dst: true`"));
+            return Err(ConfigError::new(
+                "target",
+                "give a `host:port` (or a list), or set `original_dst: true`",
+            ));
         }
         for (i, t) in targets.iter().enumerate() {
             check_target(t).map_err(|p| ConfigError::new(format!("target[{i}]"), p))?;
         }
         if self.connect_timeout.is_zero() {
-            return Err(ConfigError::new("connect_timeout", "must be more than zero"));
+            return Err(ConfigError::new(
+                "connect_timeout",
+                "must be more than zero",
+            ));
         }
         Ok(Arc::new(Connect::from_config(*self, targets)))
     }
@@ -115,7 +131,8 @@ fn check_target(t: &str) -> Result<(), String> {
     if host.is_empty() {
         return Err(format!("`{t}` has no host"));
     }
-    port.parse::<u16>().map_err(|_| format!("`{t}` has no valid port"))?;
+    port.parse::<u16>()
+        .map_err(|_| format!("`{t}` has no valid port"))?;
     Ok(())
 }
 
@@ -143,17 +160,30 @@ impl Connect {
     /// Spreads connections over `targets`, round robin.
     pub fn round_robin<S: Into<String>>(targets: impl IntoIterator<Item = S>) -> Self {
         let targets: Vec<String> = targets.into_iter().map(Into::into).collect();
-        let config = ConnectConfig { target: Some(Targets::Many(targets.clone())), ..Default::default() };
+        let config = ConnectConfig {
+            target: Some(Targets::Many(targets.clone())),
+            ..Default::default()
+        };
         Self::from_config(config, targets)
     }
 
     /// Connects to an address computed per stream from the context.
     pub fn dynamic(target: Dyn<String>) -> Self {
-        Connect { config: ConnectConfig::default(), targets: Vec::new(), dynamic: Some(target), next: AtomicUsize::new(0) }
+        Connect {
+            config: ConnectConfig::default(),
+            targets: Vec::new(),
+            dynamic: Some(target),
+            next: AtomicUsize::new(0),
+        }
     }
 
     fn from_config(config: ConnectConfig, targets: Vec<String>) -> Self {
-        Connect { config, targets, dynamic: None, next: AtomicUsize::new(0) }
+        Connect {
+            config,
+            targets,
+            dynamic: None,
+            next: AtomicUsize::new(0),
+        }
     }
 
     /// Sets the connect timeout.
@@ -185,10 +215,10 @@ impl Connect {
     }
 
     fn pick(&self, cx: &Context) -> Option<String> {
-        if self.config.original_dst {
-            if let Some(a) = cx.conn().original_dst {
-                return Some(a.to_string());
-            }
+        if self.config.original_dst
+            && let Some(a) = cx.conn().original_dst
+        {
+            return Some(a.to_string());
         }
         if let Some(d) = &self.dynamic {
             return Some(d.eval(cx, None));
@@ -196,7 +226,10 @@ impl Connect {
         match self.targets.len() {
             0 => None,
             1 => self.targets.first().cloned(),
-            n => self.targets.get(self.next.fetch_add(1, Ordering::Relaxed) % n).cloned(),
+            n => self
+                .targets
+                .get(self.next.fetch_add(1, Ordering::Relaxed) % n)
+                .cloned(),
         }
     }
 }
@@ -208,14 +241,22 @@ impl Filter for Connect {
 
     fn attach(&self, input: Events, cx: &Context) -> Events {
         let Some(target) = self.pick(cx) else {
-            return flowgate_pipeline::error_stream(StreamError::new(ErrorKind::NoRoute, Side::Internal));
+            return flowgate_pipeline::error_stream(StreamError::new(
+                ErrorKind::NoRoute,
+                Side::Internal,
+            ));
         };
         let c = self.config.clone();
         let connecting = Box::pin(async move {
             let addr = resolve(&target).await?;
             let s = tokio::time::timeout(c.connect_timeout, TcpStream::connect(addr))
                 .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {target} timed out")))??;
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("connecting to {target} timed out"),
+                    )
+                })??;
             s.set_nodelay(c.nodelay)?;
             if let Some(idle) = c.keepalive {
                 let ka = socket2::TcpKeepalive::new().with_time(idle);
@@ -238,7 +279,12 @@ async fn resolve(target: &str) -> io::Result<SocketAddr> {
     tokio::net::lookup_host(target)
         .await?
         .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("`{target}` resolves to no address")))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("`{target}` resolves to no address"),
+            )
+        })
 }
 
 type Connecting = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
@@ -283,7 +329,8 @@ impl Stream for ConnectStream {
                 State::Connecting(fut) => match fut.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Err(e)) => {
-                        let err = io_error(e, ErrorKind::ConnectFailed, Side::Upstream).retry_safe(true);
+                        let err =
+                            io_error(e, ErrorKind::ConnectFailed, Side::Upstream).retry_safe(true);
                         return this.fail(err);
                     }
                     Poll::Ready(Ok(s)) => {
@@ -314,13 +361,18 @@ impl Stream for ConnectStream {
                                     continue;
                                 }
                                 Poll::Ready(Err(e)) => {
-                                    return this.fail(io_error(e, ErrorKind::WriteFailed, Side::Upstream));
+                                    return this.fail(io_error(
+                                        e,
+                                        ErrorKind::WriteFailed,
+                                        Side::Upstream,
+                                    ));
                                 }
                                 Poll::Pending => break,
                             }
                         }
                         if open.input_done {
-                            if !open.shut && Pin::new(&mut open.write).poll_shutdown(cx).is_ready() {
+                            if !open.shut && Pin::new(&mut open.write).poll_shutdown(cx).is_ready()
+                            {
                                 open.shut = true;
                             }
                             break;
@@ -335,7 +387,9 @@ impl Stream for ConnectStream {
                                 // The client failed: drop the upstream connection too.
                                 return this.fail(e);
                             }
-                            Poll::Ready(Some(Event::StreamEnd(None)) | None) => open.input_done = true,
+                            Poll::Ready(Some(Event::StreamEnd(None)) | None) => {
+                                open.input_done = true
+                            }
                             Poll::Ready(Some(_)) => {}
                             Poll::Pending => break,
                         }
@@ -360,7 +414,8 @@ impl Stream for ConnectStream {
                     if open.timer.as_mut().poll(cx).is_ready() {
                         let deadline = open.last_activity + this.idle;
                         if Instant::now() >= deadline {
-                            return this.fail(StreamError::new(ErrorKind::IdleTimeout, Side::Upstream));
+                            return this
+                                .fail(StreamError::new(ErrorKind::IdleTimeout, Side::Upstream));
                         }
                         open.timer.as_mut().reset(deadline);
                         let _ = open.timer.as_mut().poll(cx);

@@ -42,7 +42,12 @@ pub struct Dump {
 impl Dump {
     /// A dump with a prefix.
     pub fn new(prefix: impl Into<String>) -> Self {
-        Dump { config: DumpConfig { prefix: prefix.into(), preview: default_preview() } }
+        Dump {
+            config: DumpConfig {
+                prefix: prefix.into(),
+                preview: default_preview(),
+            },
+        }
     }
 }
 
@@ -96,10 +101,19 @@ impl FilterConfig for TeeConfig {
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|e| ConfigError::new("path", format!("cannot open {}: {e}", path.display())))?;
-        Tee::with_writer(Box::new(file), self.queue.max(1), TeeConfig { path, queue: self.queue })
-            .map(|t| Arc::new(t) as Arc<dyn Filter>)
-            .map_err(|e| ConfigError::new("path", format!("cannot start the writer thread: {e}")))
+            .map_err(|e| {
+                ConfigError::new("path", format!("cannot open {}: {e}", path.display()))
+            })?;
+        Tee::with_writer(
+            Box::new(file),
+            self.queue.max(1),
+            TeeConfig {
+                path,
+                queue: self.queue,
+            },
+        )
+        .map(|t| Arc::new(t) as Arc<dyn Filter>)
+        .map_err(|e| ConfigError::new("path", format!("cannot start the writer thread: {e}")))
     }
 }
 
@@ -119,25 +133,45 @@ impl Tee {
     /// A tee that appends to `path`.
     pub fn to_file(path: impl Into<PathBuf>) -> std::io::Result<Self> {
         let path = path.into();
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
-        Self::with_writer(Box::new(file), default_queue(), TeeConfig { path, queue: default_queue() })
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        Self::with_writer(
+            Box::new(file),
+            default_queue(),
+            TeeConfig {
+                path,
+                queue: default_queue(),
+            },
+        )
     }
 
-    fn with_writer(mut w: Box<dyn Write + Send>, queue: usize, config: TeeConfig) -> std::io::Result<Self> {
+    fn with_writer(
+        mut w: Box<dyn Write + Send>,
+        queue: usize,
+        config: TeeConfig,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel::<Bytes>(queue);
-        std::thread::Builder::new().name("flowgate-tee".into()).spawn(move || {
-            while let Ok(first) = rx.recv() {
-                // Write everything queued, then flush once.
-                for b in std::iter::once(first).chain(rx.try_iter()) {
-                    if let Err(e) = w.write_all(&b) {
-                        tracing::warn!(error = %e, "tee write failed");
+        std::thread::Builder::new()
+            .name("flowgate-tee".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    // Write everything queued, then flush once.
+                    for b in std::iter::once(first).chain(rx.try_iter()) {
+                        if let Err(e) = w.write_all(&b) {
+                            tracing::warn!(error = %e, "tee write failed");
+                        }
                     }
+                    let _ = w.flush();
                 }
                 let _ = w.flush();
-            }
-            let _ = w.flush();
-        })?;
-        Ok(Tee { config, tx: Mutex::new(tx), dropped: Arc::default() })
+            })?;
+        Ok(Tee {
+            config,
+            tx: Mutex::new(tx),
+            dropped: Arc::default(),
+        })
     }
 
     /// How many chunks were left out of the copy because the writer fell behind.
@@ -155,10 +189,11 @@ impl Filter for Tee {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let dropped = self.dropped.clone();
         Some(Box::new(move |ev: Event, out: &mut dyn FnMut(Event)| {
-            if let Event::Data(b) = &ev {
-                if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(b.clone()) {
-                    dropped.fetch_add(1, Ordering::Relaxed);
-                }
+            if let Event::Data(b) = &ev
+                && let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+                    tx.try_send(b.clone())
+            {
+                dropped.fetch_add(1, Ordering::Relaxed);
             }
             out(ev)
         }))

@@ -8,7 +8,10 @@ pub mod tls;
 
 pub use connect::{Connect, ConnectConfig};
 pub use dump::{Dump, DumpConfig, Tee, TeeConfig};
-pub use proxy_protocol::{AcceptProxyProtocol, AcceptProxyProtocolConfig, ConnectProxyProtocol, ConnectProxyProtocolConfig};
+pub use proxy_protocol::{
+    AcceptProxyProtocol, AcceptProxyProtocolConfig, ConnectProxyProtocol,
+    ConnectProxyProtocolConfig,
+};
 pub use throttle::{Throttle, ThrottleConfig};
 
 use flowgate_pipeline::registry::Registry;

@@ -110,7 +110,13 @@ fn decode_v1(buf: &[u8]) -> Result<Option<(Header, usize)>, ProxyError> {
     let proto = parts.next().ok_or(ProxyError::BadV1("no protocol"))?;
     let used = end + 2;
     if proto == "UNKNOWN" {
-        let h = Header { version: 1, command: Command::Proxy, source: None, destination: None, tlvs: vec![] };
+        let h = Header {
+            version: 1,
+            command: Command::Proxy,
+            source: None,
+            destination: None,
+            tlvs: vec![],
+        };
         return Ok(Some((h, used)));
     }
     let fields: Vec<&str> = parts.collect();
@@ -171,7 +177,13 @@ fn decode_v2(buf: &[u8], max: usize) -> Result<Option<(Header, usize)>, ProxyErr
             let d = Ipv4Addr::new(body[4], body[5], body[6], body[7]);
             let sp = u16::from_be_bytes([body[8], body[9]]);
             let dp = u16::from_be_bytes([body[10], body[11]]);
-            ((Some(SocketAddr::new(s.into(), sp)), Some(SocketAddr::new(d.into(), dp))), &body[12..])
+            (
+                (
+                    Some(SocketAddr::new(s.into(), sp)),
+                    Some(SocketAddr::new(d.into(), dp)),
+                ),
+                &body[12..],
+            )
         }
         2 => {
             if body.len() < 36 {
@@ -203,12 +215,27 @@ fn decode_v2(buf: &[u8], max: usize) -> Result<Option<(Header, usize)>, ProxyErr
         }
         let ty = t[0];
         let l = u16::from_be_bytes([t[1], t[2]]) as usize;
-        let v = t.get(3..3 + l).ok_or(ProxyError::BadV2("TLV longer than the header"))?;
+        let v = t
+            .get(3..3 + l)
+            .ok_or(ProxyError::BadV2("TLV longer than the header"))?;
         tlvs.push((ty, Bytes::copy_from_slice(v)));
         t = &t[3 + l..];
     }
-    let (source, destination) = if command == Command::Local { (None, None) } else { addrs };
-    Ok(Some((Header { version: 2, command, source, destination, tlvs }, total)))
+    let (source, destination) = if command == Command::Local {
+        (None, None)
+    } else {
+        addrs
+    };
+    Ok(Some((
+        Header {
+            version: 2,
+            command,
+            source,
+            destination,
+            tlvs,
+        },
+        total,
+    )))
 }
 
 /// Writes a version 1 header (`PROXY UNKNOWN` when the addresses are missing or of
@@ -216,10 +243,22 @@ fn decode_v2(buf: &[u8], max: usize) -> Result<Option<(Header, usize)>, ProxyErr
 pub fn encode_v1(addrs: Option<(SocketAddr, SocketAddr)>) -> Bytes {
     let line = match addrs {
         Some((s, d)) if s.is_ipv4() && d.is_ipv4() => {
-            format!("PROXY TCP4 {} {} {} {}\r\n", s.ip(), d.ip(), s.port(), d.port())
+            format!(
+                "PROXY TCP4 {} {} {} {}\r\n",
+                s.ip(),
+                d.ip(),
+                s.port(),
+                d.port()
+            )
         }
         Some((s, d)) if s.is_ipv6() && d.is_ipv6() => {
-            format!("PROXY TCP6 {} {} {} {}\r\n", s.ip(), d.ip(), s.port(), d.port())
+            format!(
+                "PROXY TCP6 {} {} {} {}\r\n",
+                s.ip(),
+                d.ip(),
+                s.port(),
+                d.port()
+            )
         }
         _ => "PROXY UNKNOWN\r\n".to_string(),
     };
@@ -288,7 +327,11 @@ fn default_max() -> usize {
 
 impl Default for AcceptProxyProtocolConfig {
     fn default() -> Self {
-        AcceptProxyProtocolConfig { versions: default_versions(), required: true, max_header: default_max() }
+        AcceptProxyProtocolConfig {
+            versions: default_versions(),
+            required: true,
+            max_header: default_max(),
+        }
     }
 }
 
@@ -298,7 +341,10 @@ impl FilterConfig for AcceptProxyProtocolConfig {
             return Err(ConfigError::new("versions", "list 1, 2 or both"));
         }
         if self.max_header < 16 || self.max_header > 65_551 {
-            return Err(ConfigError::new("max_header", "must be between 16 and 65551"));
+            return Err(ConfigError::new(
+                "max_header",
+                "must be between 16 and 65551",
+            ));
         }
         Ok(Arc::new(AcceptProxyProtocol { config: *self }))
     }
@@ -315,7 +361,9 @@ pub struct AcceptProxyProtocol {
 impl AcceptProxyProtocol {
     /// Accepts versions 1 and 2 and requires a header.
     pub fn new() -> Self {
-        AcceptProxyProtocol { config: AcceptProxyProtocolConfig::default() }
+        AcceptProxyProtocol {
+            config: AcceptProxyProtocolConfig::default(),
+        }
     }
 }
 
@@ -347,12 +395,16 @@ struct AcceptState {
 }
 
 fn refuse(e: ProxyError) -> Event {
-    Event::StreamEnd(Some(StreamError::new(ErrorKind::Protocol, Side::Downstream).with_cause(e)))
+    Event::StreamEnd(Some(
+        StreamError::new(ErrorKind::Protocol, Side::Downstream).with_cause(e),
+    ))
 }
 
 impl Transform for AcceptState {
     fn on_event(&mut self, ev: Event, out: &mut dyn FnMut(Event)) {
-        let Some(buf) = &mut self.buf else { return out(ev) };
+        let Some(buf) = &mut self.buf else {
+            return out(ev);
+        };
         match ev {
             Event::Data(b) => {
                 buf.extend_from_slice(&b);
@@ -420,7 +472,9 @@ impl FilterConfig for ConnectProxyProtocolConfig {
         if self.version != 1 && self.version != 2 {
             return Err(ConfigError::new("version", "must be 1 or 2"));
         }
-        Ok(Arc::new(ConnectProxyProtocol { version: self.version }))
+        Ok(Arc::new(ConnectProxyProtocol {
+            version: self.version,
+        }))
     }
 }
 
@@ -434,13 +488,16 @@ pub struct ConnectProxyProtocol {
 impl ConnectProxyProtocol {
     /// Writes headers of `version` (1 or 2; anything else means 2).
     pub fn new(version: u8) -> Self {
-        ConnectProxyProtocol { version: if version == 1 { 1 } else { 2 } }
+        ConnectProxyProtocol {
+            version: if version == 1 { 1 } else { 2 },
+        }
     }
 }
 
 impl Filter for ConnectProxyProtocol {
     fn describe(&self) -> Description {
-        Description::filter("connect-proxy-protocol").options(serde_json::json!({ "version": self.version }))
+        Description::filter("connect-proxy-protocol")
+            .options(serde_json::json!({ "version": self.version }))
     }
 
     fn transform(&self, cx: &Context) -> Option<Box<dyn Transform>> {
@@ -454,7 +511,11 @@ impl Filter for ConnectProxyProtocol {
                 sent = true;
                 let conn = cx.conn();
                 let addrs = conn.peer.zip(conn.original_dst.or(conn.local));
-                out(Event::Data(if version == 1 { encode_v1(addrs) } else { encode_v2(addrs) }));
+                out(Event::Data(if version == 1 {
+                    encode_v1(addrs)
+                } else {
+                    encode_v2(addrs)
+                }));
             }
             out(ev)
         }))
@@ -468,26 +529,48 @@ mod tests {
 
     #[test]
     fn v1_vectors() {
-        let (h, n) = decode(b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\nGET", 4096).unwrap().unwrap();
+        let (h, n) = decode(
+            b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\nGET",
+            4096,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(n, 47);
         assert_eq!(h.source, Some("192.168.0.1:56324".parse().unwrap()));
         assert_eq!(h.destination, Some("192.168.0.11:443".parse().unwrap()));
-        let (h, _) = decode(b"PROXY TCP6 ::1 ::2 1 2\r\n", 4096).unwrap().unwrap();
+        let (h, _) = decode(b"PROXY TCP6 ::1 ::2 1 2\r\n", 4096)
+            .unwrap()
+            .unwrap();
         assert_eq!(h.source, Some("[::1]:1".parse().unwrap()));
         let (h, _) = decode(b"PROXY UNKNOWN\r\n", 4096).unwrap().unwrap();
         assert_eq!(h.source, None);
         assert_eq!(decode(b"PROXY TCP4 1.2.3.4", 4096), Ok(None));
         assert_eq!(decode(b"PRO", 4096), Ok(None));
-        assert!(matches!(decode(b"PROXY TCP4 ::1 1.2.3.4 1 2\r\n", 4096), Err(ProxyError::BadV1(_))));
-        assert!(matches!(decode(b"PROXY TCP4 1.2.3.4 1.2.3.4 01 2\r\n", 4096), Err(ProxyError::BadV1(_))));
-        assert!(matches!(decode(&[b'P'; 200], 4096), Err(ProxyError::NotProxy)));
+        assert!(matches!(
+            decode(b"PROXY TCP4 ::1 1.2.3.4 1 2\r\n", 4096),
+            Err(ProxyError::BadV1(_))
+        ));
+        assert!(matches!(
+            decode(b"PROXY TCP4 1.2.3.4 1.2.3.4 01 2\r\n", 4096),
+            Err(ProxyError::BadV1(_))
+        ));
+        assert!(matches!(
+            decode(&[b'P'; 200], 4096),
+            Err(ProxyError::NotProxy)
+        ));
         let mut long = b"PROXY TCP4 ".to_vec();
         long.extend(std::iter::repeat_n(b'1', 200));
         assert_eq!(decode(&long, 4096), Err(ProxyError::TooLong(V1_MAX)));
-        assert_eq!(decode(b"GET / HTTP/1.1\r\n", 4096), Err(ProxyError::NotProxy));
+        assert_eq!(
+            decode(b"GET / HTTP/1.1\r\n", 4096),
+            Err(ProxyError::NotProxy)
+        );
         let s = "10.0.0.1:1000".parse().unwrap();
         let d = "10.0.0.2:80".parse().unwrap();
-        assert_eq!(&encode_v1(Some((s, d)))[..], b"PROXY TCP4 10.0.0.1 10.0.0.2 1000 80\r\n");
+        assert_eq!(
+            &encode_v1(Some((s, d)))[..],
+            b"PROXY TCP4 10.0.0.1 10.0.0.2 1000 80\r\n"
+        );
     }
 
     #[test]
@@ -506,7 +589,11 @@ mod tests {
         let (h, _) = decode(&encode_v2(None), 4096).unwrap().unwrap();
         assert_eq!((h.command, h.source), (Command::Local, None));
         // A TLV and an oversized length.
-        let mut v = encode_v2(Some(("1.1.1.1:1".parse().unwrap(), "2.2.2.2:2".parse().unwrap()))).to_vec();
+        let mut v = encode_v2(Some((
+            "1.1.1.1:1".parse().unwrap(),
+            "2.2.2.2:2".parse().unwrap(),
+        )))
+        .to_vec();
         v[15] += 5;
         v.extend_from_slice(&[0x04, 0x00, 0x02, b'h', b'i']);
         let (h, _) = decode(&v, 4096).unwrap().unwrap();
@@ -525,8 +612,14 @@ mod tests {
 
     #[test]
     fn accept_records_addresses_and_passes_the_rest() {
-        let cx = Context::with_conn(ConnInfo { peer: Some("127.0.0.1:9".parse().unwrap()), ..Default::default() });
-        let header = encode_v2(Some(("203.0.113.9:4444".parse().unwrap(), "10.1.1.1:80".parse().unwrap())));
+        let cx = Context::with_conn(ConnInfo {
+            peer: Some("127.0.0.1:9".parse().unwrap()),
+            ..Default::default()
+        });
+        let header = encode_v2(Some((
+            "203.0.113.9:4444".parse().unwrap(),
+            "10.1.1.1:80".parse().unwrap(),
+        )));
         let (a, b) = header.split_at(7);
         let input = vec![
             Event::Data(Bytes::copy_from_slice(a)),
@@ -534,7 +627,9 @@ mod tests {
             "payload".into(),
             Event::END,
         ];
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let out = rt.block_on(testing::run_with(&AcceptProxyProtocol::new(), input, &cx));
         assert_eq!(testing::data_of(&out), b"payload");
         assert_eq!(cx.conn().peer, Some("203.0.113.9:4444".parse().unwrap()));
@@ -543,12 +638,25 @@ mod tests {
 
     #[test]
     fn accept_refuses_garbage_and_wrong_versions() {
-        let out = testing::run_blocking(&AcceptProxyProtocol::new(), vec!["GET / HTTP/1.1\r\n".into(), "more".into(), Event::END]);
+        let out = testing::run_blocking(
+            &AcceptProxyProtocol::new(),
+            vec!["GET / HTTP/1.1\r\n".into(), "more".into(), Event::END],
+        );
         assert_eq!(testing::kinds_of(&out), ["StreamEnd(error)"]);
-        let only2 = AcceptProxyProtocol { config: AcceptProxyProtocolConfig { versions: vec![2], ..Default::default() } };
+        let only2 = AcceptProxyProtocol {
+            config: AcceptProxyProtocolConfig {
+                versions: vec![2],
+                ..Default::default()
+            },
+        };
         let out = testing::run_blocking(&only2, vec!["PROXY UNKNOWN\r\n".into(), Event::END]);
         assert_eq!(testing::kinds_of(&out), ["StreamEnd(error)"]);
-        let optional = AcceptProxyProtocol { config: AcceptProxyProtocolConfig { required: false, ..Default::default() } };
+        let optional = AcceptProxyProtocol {
+            config: AcceptProxyProtocolConfig {
+                required: false,
+                ..Default::default()
+            },
+        };
         let out = testing::run_blocking(&optional, vec!["GET /".into(), Event::END]);
         assert_eq!(testing::data_of(&out), b"GET /");
     }
@@ -560,8 +668,17 @@ mod tests {
             local: Some("192.0.2.1:80".parse().unwrap()),
             ..Default::default()
         });
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let out = rt.block_on(testing::run_with(&ConnectProxyProtocol::new(1), vec!["x".into(), Event::END], &cx));
-        assert_eq!(testing::data_of(&out), b"PROXY TCP4 192.0.2.5 192.0.2.1 1234 80\r\nx");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let out = rt.block_on(testing::run_with(
+            &ConnectProxyProtocol::new(1),
+            vec!["x".into(), Event::END],
+            &cx,
+        ));
+        assert_eq!(
+            testing::data_of(&out),
+            b"PROXY TCP4 192.0.2.5 192.0.2.1 1234 80\r\nx"
+        );
     }
 }

@@ -60,7 +60,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size like 64K or 10MiB"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 64K or 10MiB"))?;
     let mul: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -68,7 +70,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 1 << 30,
         other => return Err(format!("`{other}` is not a size unit (K, M, G)")),
     };
-    n.checked_mul(mul).ok_or_else(|| format!("`{s}` is too large"))
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 impl FilterConfig for ThrottleConfig {
@@ -79,10 +82,13 @@ impl FilterConfig for ThrottleConfig {
         if self.data_rate.is_some_and(|s| s.0 == 0) {
             return Err(ConfigError::new("data_rate", "must be more than zero"));
         }
-        if let Some(r) = self.message_rate {
-            if !(r.is_finite() && r > 0.0) {
-                return Err(ConfigError::new("message_rate", "must be a positive number"));
-            }
+        if let Some(r) = self.message_rate
+            && !(r.is_finite() && r > 0.0)
+        {
+            return Err(ConfigError::new(
+                "message_rate",
+                "must be a positive number",
+            ));
         }
         Ok(Arc::new(Throttle::new(*self)))
     }
@@ -99,7 +105,12 @@ struct Bucket {
 
 impl Bucket {
     fn new(rate: f64) -> Self {
-        Bucket { rate, burst: rate, tokens: rate, last: Instant::now() }
+        Bucket {
+            rate,
+            burst: rate,
+            tokens: rate,
+            last: Instant::now(),
+        }
     }
 
     /// Takes `cost` tokens; returns how long the taker must wait.
@@ -132,10 +143,15 @@ impl Throttle {
     pub fn new(config: ThrottleConfig) -> Self {
         let shared = Shared {
             permits: config.concurrency.map(|n| Arc::new(Semaphore::new(n))),
-            data: config.data_rate.map(|s| Mutex::new(Bucket::new(s.0 as f64))),
+            data: config
+                .data_rate
+                .map(|s| Mutex::new(Bucket::new(s.0 as f64))),
             messages: config.message_rate.map(|r| Mutex::new(Bucket::new(r))),
         };
-        Throttle { config, shared: Arc::new(shared) }
+        Throttle {
+            config,
+            shared: Arc::new(shared),
+        }
     }
 }
 
@@ -145,9 +161,11 @@ impl Filter for Throttle {
     }
 
     fn attach(&self, input: Events, _cx: &Context) -> Events {
-        let acquiring = self.shared.permits.clone().map(|s| {
-            Box::pin(s.acquire_owned()) as Pin<Box<dyn Future<Output = _> + Send>>
-        });
+        let acquiring = self
+            .shared
+            .permits
+            .clone()
+            .map(|s| Box::pin(s.acquire_owned()) as Pin<Box<dyn Future<Output = _> + Send>>);
         Box::pin(ThrottleStream {
             input,
             shared: self.shared.clone(),
@@ -159,7 +177,8 @@ impl Filter for Throttle {
     }
 }
 
-type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send>>;
+type Acquire =
+    Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send>>;
 
 struct ThrottleStream {
     input: Events,
@@ -171,7 +190,9 @@ struct ThrottleStream {
 }
 
 fn take(bucket: &Option<Mutex<Bucket>>, cost: f64) -> Option<Duration> {
-    bucket.as_ref().and_then(|b| b.lock().unwrap_or_else(|p| p.into_inner()).take(cost))
+    bucket
+        .as_ref()
+        .and_then(|b| b.lock().unwrap_or_else(|p| p.into_inner()).take(cost))
 }
 
 impl Stream for ThrottleStream {
@@ -235,20 +256,32 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn data_rate_spreads_bytes_over_time() {
-        let t = Throttle::new(ThrottleConfig { data_rate: Some(Size(1000)), ..Default::default() });
+        let t = Throttle::new(ThrottleConfig {
+            data_rate: Some(Size(1000)),
+            ..Default::default()
+        });
         let start = Instant::now();
         let chunk = Bytes::from(vec![0u8; 500]);
-        let input: Vec<Event> = (0..6).map(|_| Event::Data(chunk.clone())).chain([Event::END]).collect();
+        let input: Vec<Event> = (0..6)
+            .map(|_| Event::Data(chunk.clone()))
+            .chain([Event::END])
+            .collect();
         let out = testing::run(&t, input).await;
         assert_eq!(testing::data_of(&out).len(), 3000);
         // 1000 bytes of burst, then 2000 more at 1000 B/s.
         let took = start.elapsed();
-        assert!(took >= Duration::from_millis(1900) && took <= Duration::from_millis(2100), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(1900) && took <= Duration::from_millis(2100),
+            "{took:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn concurrency_holds_extra_streams_until_one_ends() {
-        let t = Throttle::new(ThrottleConfig { concurrency: Some(1), ..Default::default() });
+        let t = Throttle::new(ThrottleConfig {
+            concurrency: Some(1),
+            ..Default::default()
+        });
         let mut first = Harness::new(&t);
         let mut second = Harness::new(&t);
         first.push("a".into());

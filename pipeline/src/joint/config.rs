@@ -50,8 +50,13 @@ impl FilterConfig for DemuxConfig {
         if self.max_pending == 0 {
             return Err(ConfigError::new("max_pending", "must be at least 1"));
         }
-        let opts = DemuxOptions { max_pending: self.max_pending, ..Default::default() };
-        Ok(Arc::new(Demux::new(SubPipeline::named(self.pipeline)).options(opts)))
+        let opts = DemuxOptions {
+            max_pending: self.max_pending,
+            ..Default::default()
+        };
+        Ok(Arc::new(
+            Demux::new(SubPipeline::named(self.pipeline)).options(opts),
+        ))
     }
 }
 
@@ -90,7 +95,11 @@ impl FilterConfig for MuxConfig {
             max_messages: self.max_messages,
             ..Default::default()
         };
-        Ok(Arc::new(Mux::with(SubPipeline::named(self.pipeline), Dyn::value(String::new()), opts)))
+        Ok(Arc::new(Mux::with(
+            SubPipeline::named(self.pipeline),
+            Dyn::value(String::new()),
+            opts,
+        )))
     }
 }
 
@@ -110,7 +119,10 @@ impl<'de> Deserialize<'de> for ForkMode {
             "mirror" => Ok(ForkMode::Mirror),
             "join" => Ok(ForkMode::Join),
             "race" => Ok(ForkMode::Race),
-            other => Err(serde::de::Error::unknown_variant(other, &["mirror", "join", "race"])),
+            other => Err(serde::de::Error::unknown_variant(
+                other,
+                &["mirror", "join", "race"],
+            )),
         }
     }
 }
