@@ -48,14 +48,18 @@ fn tagging_echo(tag: String) -> Result<Pipeline, Box<dyn Error>> {
 /// Starts the upstreams and the proxy; returns the server and the proxy's bound address.
 fn start(
     proxy: SocketAddr,
-    upstream_ports: [u16; 3],
+    upstreams_at: [SocketAddr; 3],
 ) -> Result<(Server, SocketAddr), Box<dyn Error>> {
     let server = Server::builder().workers(1).start()?;
     let mut listeners = Vec::new();
     let mut upstreams = Vec::new();
-    for port in upstream_ports {
-        let cfg = ListenerConfig::tcp(SocketAddr::from(([127, 0, 0, 1], port)));
-        listeners.push((cfg, Arc::new(tagging_echo(port.to_string())?)));
+    for (i, addr) in upstreams_at.into_iter().enumerate() {
+        let tag = if addr.port() == 0 {
+            format!("u{i}")
+        } else {
+            addr.port().to_string()
+        };
+        listeners.push((ListenerConfig::tcp(addr), Arc::new(tagging_echo(tag)?)));
     }
     // Bind the upstreams first so port 0 (tests) resolves to real ports.
     server.apply(listeners.clone())?;
@@ -78,7 +82,12 @@ fn start(
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let (_server, addr) = start("127.0.0.1:8000".parse()?, [9001, 9002, 9003])?;
+    let upstreams = [
+        "127.0.0.1:9001".parse()?,
+        "127.0.0.1:9002".parse()?,
+        "127.0.0.1:9003".parse()?,
+    ];
+    let (_server, addr) = start("127.0.0.1:8000".parse()?, upstreams)?;
     println!("tcp proxy on {addr}, round robin over 127.0.0.1:9001-9003 (Ctrl-C to stop)");
     loop {
         std::thread::park();
@@ -92,7 +101,10 @@ mod tests {
 
     #[test]
     fn smoke_round_robin_over_three_upstreams() {
-        let (server, addr) = start("127.0.0.1:0".parse().unwrap(), [0, 0, 0]).unwrap();
+        // Port 0 everywhere: listeners are told apart by their loopback IPs.
+        let ups = ["127.0.0.11:0", "127.0.0.12:0", "127.0.0.13:0"]
+            .map(|a: &str| a.parse::<SocketAddr>().unwrap());
+        let (server, addr) = start("127.0.0.1:0".parse().unwrap(), ups).unwrap();
         let mut tags = Vec::new();
         for _ in 0..3 {
             let mut c = std::net::TcpStream::connect(addr).unwrap();

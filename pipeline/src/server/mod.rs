@@ -129,9 +129,16 @@ pub enum ServerError {
     /// A worker thread could not be started.
     #[error("cannot start worker thread: {0}")]
     Spawn(io::Error),
-    /// The server has been shut down.
-    #[error("the server is shut down")]
-    Stopped,
+    /// Two listeners of one `apply` have the same address and protocol.
+    #[error(
+        "two listeners on {addr} ({protocol:?}): listeners are identified by address and protocol"
+    )]
+    Duplicate {
+        /// The address.
+        addr: SocketAddr,
+        /// The transport.
+        protocol: Protocol,
+    },
 }
 
 /// A listener shared by all workers: its settings and its current pipeline.
