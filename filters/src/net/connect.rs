@@ -303,6 +303,7 @@ struct Open {
     shut: bool,
     last_activity: Instant,
     timer: Pin<Box<Sleep>>,
+    timer_armed: bool,
 }
 
 struct ConnectStream {
@@ -344,6 +345,7 @@ impl Stream for ConnectStream {
                             shut: false,
                             last_activity: now,
                             timer: Box::pin(tokio::time::sleep_until(now + this.idle)),
+                            timer_armed: false,
                         }));
                     }
                 },
@@ -410,15 +412,19 @@ impl Stream for ConnectStream {
                         }
                         Poll::Pending => {}
                     }
-                    // Idle timer: armed once, pushed back lazily when it fires early.
-                    if open.timer.as_mut().poll(cx).is_ready() {
+                    // Idle timer: registered once; when it fires early (there was activity),
+                    // it is pushed back to the last activity + idle and registered again.
+                    // Between those, only its elapsed flag is read.
+                    if open.timer.is_elapsed() || !open.timer_armed {
                         let deadline = open.last_activity + this.idle;
-                        if Instant::now() >= deadline {
-                            return this
-                                .fail(StreamError::new(ErrorKind::IdleTimeout, Side::Upstream));
+                        if open.timer_armed && Instant::now() >= deadline {
+                            return this.fail(StreamError::new(ErrorKind::IdleTimeout, Side::Upstream));
                         }
                         open.timer.as_mut().reset(deadline);
-                        let _ = open.timer.as_mut().poll(cx);
+                        open.timer_armed = true;
+                        if open.timer.as_mut().poll(cx).is_ready() {
+                            return this.fail(StreamError::new(ErrorKind::IdleTimeout, Side::Upstream));
+                        }
                     }
                     return Poll::Pending;
                 }

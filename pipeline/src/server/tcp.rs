@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use futures_core::Stream;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 
@@ -27,16 +28,25 @@ pub struct TcpSource {
     buf: BytesMut,
     side: Side,
     done: bool,
+    /// Treat a short read as "drained" and skip the read that would say `WouldBlock`.
+    short_read_drains: bool,
 }
 
 impl TcpSource {
     /// Reads `read`; errors are reported as failures of `side`.
     pub fn new(read: OwnedReadHalf, side: Side) -> Self {
+        // A short read means the socket buffer is empty, so readiness can be cleared without
+        // one more `recv` that returns EAGAIN (one syscall less per read). That is only safe
+        // when no other thread can run the I/O driver between our read and the clearing,
+        // i.e. on a current-thread runtime (Flowgate's workers are).
+        let short_read_drains = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
         TcpSource {
             read,
             buf: BytesMut::new(),
             side,
             done: false,
+            short_read_drains,
         }
     }
 }
@@ -74,12 +84,20 @@ impl Stream for TcpSource {
             if this.buf.capacity() - this.buf.len() < 1024 {
                 this.buf.reserve(READ_SIZE);
             }
+            let room = this.buf.capacity() - this.buf.len();
             match sock.try_read_buf(&mut this.buf) {
                 Ok(0) => {
                     this.done = true;
                     return Poll::Ready(Some(Event::END));
                 }
-                Ok(_) => return Poll::Ready(Some(Event::Data(this.buf.split().freeze()))),
+                Ok(n) => {
+                    if n < room && this.short_read_drains {
+                        let _ = sock.try_io(Interest::READABLE, || {
+                            Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+                        });
+                    }
+                    return Poll::Ready(Some(Event::Data(this.buf.split().freeze())));
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
