@@ -418,12 +418,14 @@ impl Stream for ConnectStream {
                     if open.timer.is_elapsed() || !open.timer_armed {
                         let deadline = open.last_activity + this.idle;
                         if open.timer_armed && Instant::now() >= deadline {
-                            return this.fail(StreamError::new(ErrorKind::IdleTimeout, Side::Upstream));
+                            return this
+                                .fail(StreamError::new(ErrorKind::IdleTimeout, Side::Upstream));
                         }
                         open.timer.as_mut().reset(deadline);
                         open.timer_armed = true;
                         if open.timer.as_mut().poll(cx).is_ready() {
-                            return this.fail(StreamError::new(ErrorKind::IdleTimeout, Side::Upstream));
+                            return this
+                                .fail(StreamError::new(ErrorKind::IdleTimeout, Side::Upstream));
                         }
                     }
                     return Poll::Pending;
