@@ -21,7 +21,8 @@ use crate::{Context, Description, ErrorKind, Event, Pipeline, Side, StreamError}
 /// A stream of events: the input and the output of every filter.
 pub type Events = Pin<Box<dyn Stream<Item = Event> + Send + 'static>>;
 
-/// A filter prototype. See the [module documentation](self).
+/// A filter prototype: an immutable, shared description of a step of a pipeline, whose
+/// [`attach`](Filter::attach) makes the instance for one stream.
 pub trait Filter: Send + Sync + 'static {
     /// What this filter is, how it is set up and which sub-pipelines it starts.
     fn describe(&self) -> Description;
