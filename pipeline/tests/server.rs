@@ -108,3 +108,28 @@ fn udp_datagrams_are_messages_per_peer() {
     }
     server.shutdown();
 }
+
+#[test]
+fn drain_deadline_closes_connections_that_do_not_finish() {
+    let server = Server::builder()
+        .workers(1)
+        .drain_timeout(Duration::from_millis(500))
+        .start()
+        .unwrap();
+    let cfg = ListenerConfig::tcp("127.0.0.1:0".parse().unwrap());
+    server.apply(vec![(cfg.clone(), echo())]).unwrap();
+    let addr = server.local_addr(cfg.listen, Protocol::Tcp).unwrap();
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(roundtrip(&mut idle, b"x", 1), b"x");
+    let started = std::time::Instant::now();
+    server.shutdown();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    // The connection was closed by the deadline.
+    let mut buf = [0u8; 1];
+    assert_eq!(idle.read(&mut buf).unwrap_or(0), 0);
+}
