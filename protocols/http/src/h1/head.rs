@@ -1,0 +1,320 @@
+//! Parsing message heads with `httparse`, strictly, into `http` types without copying
+//! header values.
+
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, request, response,
+};
+
+use super::{H1Error, Limits};
+
+/// Header slots parsed on the stack; `Limits::max_headers` is capped to this.
+pub(crate) const MAX_HEADERS: usize = 128;
+
+/// How the body of a message is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Until the connection closes (responses only).
+    Close,
+    /// After this message the connection carries raw bytes (CONNECT, 101 Switching Protocols).
+    Tunnel,
+}
+
+/// Finds the end of a head (just after its empty line) in `buf`, scanning only bytes not
+/// scanned before: feeding a head one byte at a time costs linear, not quadratic, time.
+/// Every LF must follow a CR (no bare LF). `scanned` keeps the position between calls; it
+/// is reset when a head is found.
+pub(crate) fn find_end(buf: &[u8], scanned: &mut usize) -> Result<Option<usize>, H1Error> {
+    let start = (*scanned).min(buf.len());
+    for i in memchr::memchr_iter(b'\n', &buf[start..]).map(|i| i + start) {
+        if i == 0 || buf[i - 1] != b'\r' {
+            return Err(H1Error::BareLf);
+        }
+        // An empty line: this LF ends "\r\n\r\n" (i >= 3 and the line before is empty).
+        if i >= 3 && buf[i - 2] == b'\n' {
+            *scanned = 0;
+            return Ok(Some(i + 1));
+        }
+    }
+    // Resume at the last byte: a CR there may be followed by the LF we look for.
+    *scanned = buf.len().saturating_sub(1).max(start);
+    Ok(None)
+}
+
+fn map_err(e: httparse::Error) -> H1Error {
+    match e {
+        httparse::Error::TooManyHeaders => H1Error::TooManyHeaders(MAX_HEADERS),
+        httparse::Error::Version => H1Error::Version,
+        httparse::Error::HeaderName => H1Error::BadHead("invalid header field name"),
+        httparse::Error::HeaderValue => H1Error::BadHead("invalid header field value"),
+        httparse::Error::NewLine => H1Error::BadHead("invalid line ending"),
+        httparse::Error::Status => H1Error::BadHead("invalid status"),
+        httparse::Error::Token => H1Error::BadHead("invalid token"),
+    }
+}
+
+/// Where a parsed field's name and value sit in the head buffer.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct FieldAt {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
+/// Records the positions of `fields` relative to `base` (the start of the parsed buffer),
+/// so the buffer can be frozen and shared once the parser lets go of it.
+pub(crate) fn positions(
+    base: &[u8],
+    fields: &[httparse::Header<'_>],
+    out: &mut [FieldAt; MAX_HEADERS],
+) -> usize {
+    let start = base.as_ptr() as usize;
+    let mut n = 0;
+    for (f, slot) in fields.iter().zip(out.iter_mut()) {
+        let name = f.name.as_ptr() as usize - start;
+        let value = f.value.as_ptr() as usize - start;
+        *slot = FieldAt {
+            name: (name, f.name.len()),
+            value: (value, f.value.len()),
+        };
+        n += 1;
+    }
+    n
+}
+
+/// Builds a header map from field positions, sharing the frozen head buffer.
+pub(crate) fn header_map(
+    head: &Bytes,
+    fields: &[FieldAt],
+    limits: &Limits,
+) -> Result<HeaderMap, H1Error> {
+    if fields.len() > limits.max_headers {
+        return Err(H1Error::TooManyHeaders(limits.max_headers));
+    }
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for f in fields {
+        if f.name.1 + f.value.1 + 4 > limits.max_line {
+            return Err(H1Error::LineTooLong(limits.max_line));
+        }
+        let name_bytes = head.get(f.name.0..f.name.0 + f.name.1).unwrap_or_default();
+        let name = HeaderName::from_bytes(name_bytes)
+            .map_err(|_| H1Error::BadHead("invalid header field name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(f.value.0..f.value.0 + f.value.1))
+            .map_err(|_| H1Error::BadHead("invalid header field value"))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn version(v: Option<u8>) -> Result<Version, H1Error> {
+    match v {
+        Some(0) => Ok(Version::HTTP_10),
+        Some(1) => Ok(Version::HTTP_11),
+        _ => Err(H1Error::Version),
+    }
+}
+
+/// Content-Length and Transfer-Encoding rules shared by requests and responses
+/// (RFC 9112 §6): `Some(framing)` when either is present. Requests accept only a single
+/// `chunked` coding; responses accept codings before a final `chunked`, and are read until
+/// close when `chunked` is not final.
+fn length_or_chunked(
+    headers: &HeaderMap,
+    v: Version,
+    limits: &Limits,
+    request: bool,
+) -> Result<Option<Framing>, H1Error> {
+    let mut te = headers.get_all(TRANSFER_ENCODING).iter().peekable();
+    let mut cl = headers.get_all(CONTENT_LENGTH).iter();
+    let has_te = te.peek().is_some();
+    let first_cl = cl.next();
+    if has_te && first_cl.is_some() {
+        return Err(H1Error::LengthAndChunked);
+    }
+    if has_te {
+        if v == Version::HTTP_10 {
+            return Err(H1Error::BadTransferEncoding);
+        }
+        // Over all Transfer-Encoding fields: `chunked` at most once, and last.
+        let (mut codings, mut chunked_at) = (0usize, None);
+        for value in te {
+            let text = value.to_str().map_err(|_| H1Error::BadTransferEncoding)?;
+            for coding in text.split(',') {
+                let coding = coding.trim_matches([' ', '\t']);
+                if coding.is_empty() || !coding.bytes().all(is_token_byte) {
+                    return Err(H1Error::BadTransferEncoding);
+                }
+                if coding.eq_ignore_ascii_case("chunked") {
+                    if chunked_at.is_some() {
+                        return Err(H1Error::BadTransferEncoding);
+                    }
+                    chunked_at = Some(codings);
+                }
+                codings += 1;
+            }
+        }
+        let chunked_last = chunked_at.is_some_and(|i| i + 1 == codings);
+        return match (request, chunked_last, codings) {
+            (true, true, 1) => Ok(Some(Framing::Chunked)),
+            (true, _, _) => Err(H1Error::BadTransferEncoding),
+            (false, true, _) => Ok(Some(Framing::Chunked)),
+            (false, false, _) if chunked_at.is_none() => Ok(Some(Framing::Close)),
+            (false, false, _) => Err(H1Error::BadTransferEncoding),
+        };
+    }
+    let Some(value) = first_cl else {
+        return Ok(None);
+    };
+    if cl.next().is_some() {
+        return Err(H1Error::DuplicateContentLength);
+    }
+    let digits = value.as_bytes();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(H1Error::BadContentLength);
+    }
+    let n = digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    if limits.max_body.is_some_and(|max| n > max) {
+        return Err(H1Error::BodyTooLarge(limits.max_body.unwrap_or(u64::MAX)));
+    }
+    Ok(Some(if n == 0 {
+        Framing::Empty
+    } else {
+        Framing::Length(n)
+    }))
+}
+
+/// Parses a request head at the start of `buf`: `Ok(None)` needs more bytes.
+pub(crate) fn parse_request(
+    buf: &mut BytesMut,
+    limits: &Limits,
+    scanned: &mut usize,
+) -> Result<Option<(request::Parts, Framing)>, H1Error> {
+    let Some(end) = find_end(buf, scanned)? else {
+        if buf.len() > limits.max_head_bytes {
+            return Err(H1Error::HeadTooLarge(limits.max_head_bytes));
+        }
+        return Ok(None);
+    };
+    // Uninitialised slots: the parser writes only the fields it finds (no 4 KiB memset).
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let n = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut req,
+        &buf[..end],
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > limits.max_head_bytes {
+                return Err(H1Error::HeadTooLarge(limits.max_head_bytes));
+            }
+            return Ok(None);
+        }
+        Err(e) => return Err(map_err(e)),
+    };
+    if n > limits.max_head_bytes {
+        return Err(H1Error::HeadTooLarge(limits.max_head_bytes));
+    }
+    let v = version(req.version)?;
+    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
+        .map_err(|_| H1Error::BadHead("invalid method"))?;
+    let path = req.path.unwrap_or("");
+    let path_at = (path.as_ptr() as usize - buf.as_ptr() as usize, path.len());
+    let mut at = [FieldAt::default(); MAX_HEADERS];
+    let count = positions(&buf[..], req.headers, &mut at);
+    // The head's bytes become shared storage for the URI and the header values.
+    let head = buf.split_to(n).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(path_at.0..path_at.0 + path_at.1))
+        .map_err(|_| H1Error::BadHead("invalid request target"))?;
+    let headers = header_map(&head, &at[..count], limits)?;
+    if v == Version::HTTP_11 {
+        let mut hosts = headers.get_all(HOST).iter();
+        if hosts.next().is_none() || hosts.next().is_some() {
+            return Err(H1Error::Host);
+        }
+    }
+    let framing = if method == Method::CONNECT {
+        Framing::Tunnel
+    } else {
+        length_or_chunked(&headers, v, limits, true)?.unwrap_or(Framing::Empty)
+    };
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = v;
+    parts.headers = headers;
+    Ok(Some((parts, framing)))
+}
+
+/// Parses a response head at the start of `buf`, given the method of the request it answers.
+pub(crate) fn parse_response(
+    buf: &mut BytesMut,
+    limits: &Limits,
+    request_method: &Method,
+    scanned: &mut usize,
+) -> Result<Option<(response::Parts, Framing)>, H1Error> {
+    let Some(end) = find_end(buf, scanned)? else {
+        if buf.len() > limits.max_head_bytes {
+            return Err(H1Error::HeadTooLarge(limits.max_head_bytes));
+        }
+        return Ok(None);
+    };
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let n = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        &buf[..end],
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > limits.max_head_bytes {
+                return Err(H1Error::HeadTooLarge(limits.max_head_bytes));
+            }
+            return Ok(None);
+        }
+        Err(e) => return Err(map_err(e)),
+    };
+    if n > limits.max_head_bytes {
+        return Err(H1Error::HeadTooLarge(limits.max_head_bytes));
+    }
+    let v = version(res.version)?;
+    let status = StatusCode::from_u16(res.code.unwrap_or(0))
+        .map_err(|_| H1Error::BadHead("invalid status"))?;
+    let mut at = [FieldAt::default(); MAX_HEADERS];
+    let count = positions(&buf[..], res.headers, &mut at);
+    let head = buf.split_to(n).freeze();
+    let headers = header_map(&head, &at[..count], limits)?;
+    let framing = if status == StatusCode::SWITCHING_PROTOCOLS
+        || (*request_method == Method::CONNECT && status.is_success())
+    {
+        Framing::Tunnel
+    } else if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || *request_method == Method::HEAD
+    {
+        Framing::Empty
+    } else {
+        length_or_chunked(&headers, v, limits, false)?.unwrap_or(Framing::Close)
+    };
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = status;
+    parts.version = v;
+    parts.headers = headers;
+    Ok(Some((parts, framing)))
+}
