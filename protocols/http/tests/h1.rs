@@ -435,11 +435,15 @@ fn encode_decode_round_trip() {
     assert_eq!(&out[..], &input[..]);
     encode_chunk(b"hello", &mut out);
     encode_chunk(b"", &mut out);
+    let big = vec![b'z'; 300];
+    let before = out.len();
+    encode_chunk(&big, &mut out);
+    assert_eq!(&out[before..before + 5], b"12c\r\n");
     let mut trailers = http::HeaderMap::new();
     trailers.insert("x-sum", http::HeaderValue::from_static("7"));
     encode_last_chunk(Some(&trailers), &mut out);
     let m = requests(&out, 0, Limits::default()).unwrap();
-    assert_eq!(m[0].body, b"hello");
+    assert_eq!(m[0].body, [&b"hello"[..], &big].concat());
     assert_eq!(m[0].trailers, vec![("x-sum".to_string(), "7".to_string())]);
 
     let (mut res, ()) = http::Response::new(()).into_parts();

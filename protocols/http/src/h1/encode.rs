@@ -71,9 +71,27 @@ pub fn encode_chunk(data: &[u8], dst: &mut BytesMut) {
         return;
     }
     dst.reserve(data.len() + 20);
-    dst.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    put_hex(data.len(), dst);
+    dst.put_slice(b"\r\n");
     dst.put_slice(data);
     dst.put_slice(b"\r\n");
+}
+
+/// Writes `n` in lower-case hex without allocating.
+fn put_hex(n: usize, dst: &mut BytesMut) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut tmp = [0u8; 16];
+    let mut i = tmp.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        tmp[i] = DIGITS[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    dst.put_slice(&tmp[i..]);
 }
 
 /// Writes the last chunk and the trailer section.
