@@ -294,6 +294,21 @@ mod tests {
     }
 
     #[test]
+    fn branch_by_connection_facts() {
+        use flowgate_pipeline::Filter;
+        let text = "listeners:\n  - listen: 127.0.0.1:0\n    pipeline: main\npipelines:\n  main:\n    - branch:\n        arms:\n          - { when: { sni: \"*.a.test\", peer: 10.0.0.0/8 }, pipeline: a }\n        otherwise: b\n  a: []\n  b: []\n";
+        let c = check(text).unwrap();
+        let d = c.module.get("main").unwrap().describe().to_json();
+        assert_eq!(d["filters"][0]["kind"], "branch");
+        assert_eq!(d["filters"][0]["subs"], serde_json::json!(["a", "b"]));
+        let e = check(&text.replace("10.0.0.0/8", "10.0.0.0/80")).unwrap_err();
+        assert_eq!(e.line, 6, "{e}");
+        assert!(e.message.contains("field `arms[0].when.peer`"), "{e}");
+        let e = check(&text.replace("otherwise: b", "otherwise: c")).unwrap_err();
+        assert!(e.message.contains("sub-pipeline `c` is not defined"), "{e}");
+    }
+
+    #[test]
     fn errors_name_file_line_and_field() {
         let e = check("listeners: [\n").unwrap_err();
         assert_eq!(e.file, "t.yaml");

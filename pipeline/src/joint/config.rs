@@ -5,6 +5,11 @@
 //! - demux: { pipeline: per-request, max_pending: 32 }
 //! - mux: { pipeline: upstream-session, max_idle: 10s, max_queue: 1, max_messages: 1000 }
 //! - fork: { mode: mirror, pipelines: [shadow] }
+//! - branch:
+//!     arms:
+//!       - { when: { sni: "*.internal.example" }, pipeline: internal }
+//!       - { when: { peer: 10.0.0.0/8, port: 8443 }, pipeline: admin }
+//!     otherwise: public
 //! ```
 
 use std::sync::Arc;
@@ -12,9 +17,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Demux, DemuxOptions, Fork, ForkMode, Mux, MuxOptions, Pipe};
+use super::{Branch, Demux, DemuxOptions, Fork, ForkMode, Mux, MuxOptions, Pipe};
 use crate::registry::{BuildContext, ConfigError, FilterConfig, Registry};
-use crate::{Dyn, Filter, SubPipeline};
+use crate::{Context, Dyn, Filter, SubPipeline};
 
 /// `pipe:` — run the stream through another pipeline.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -137,10 +142,231 @@ impl FilterConfig for ForkConfig {
     }
 }
 
-/// Registers `pipe`, `demux`, `mux` and `fork`.
+/// `branch:` — the first arm whose conditions all hold on the stream's connection facts.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BranchConfig {
+    /// The arms, tried in order.
+    pub arms: Vec<ArmConfig>,
+    /// Where streams go when no arm matches; without it they pass through unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otherwise: Option<String>,
+}
+
+/// One arm of a `branch`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArmConfig {
+    /// The conditions (all must hold).
+    pub when: Match,
+    /// The pipeline for matching streams.
+    pub pipeline: String,
+}
+
+/// Conditions on connection facts; an absent field always holds.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    /// The TLS server name: exact (case-insensitive) or `*.suffix` for one or more labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// The ALPN protocol agreed in the TLS handshake (`h2`, `http/1.1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpn: Option<String>,
+    /// The local port the stream arrived on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The peer's address is inside this prefix (`10.0.0.0/8`, `2001:db8::/32`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+}
+
+/// A parsed IP prefix.
+#[derive(Clone, Copy, Debug)]
+struct Prefix {
+    addr: std::net::IpAddr,
+    len: u8,
+}
+
+impl Prefix {
+    fn parse(s: &str) -> Result<Prefix, String> {
+        let (a, l) = s.split_once('/').unwrap_or((s, ""));
+        let addr: std::net::IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IP prefix"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = if l.is_empty() {
+            max
+        } else {
+            l.trim()
+                .parse::<u8>()
+                .map_err(|_| format!("`{s}` has a bad length"))?
+        };
+        if len > max {
+            return Err(format!("`{s}`: length above {max}"));
+        }
+        Ok(Prefix { addr, len })
+    }
+
+    fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (std::net::IpAddr::V4(p), std::net::IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(p) & mask == u32::from(a) & mask
+            }
+            (std::net::IpAddr::V6(p), std::net::IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                u128::from(p) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+fn sni_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => {
+            name.len() > suffix.len() + 1
+                && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
+        }
+        None => pattern.eq_ignore_ascii_case(name),
+    }
+}
+
+impl Match {
+    fn compile(&self) -> Result<impl Fn(&Context) -> bool + Send + Sync + 'static, ConfigError> {
+        let peer = self
+            .peer
+            .as_deref()
+            .map(Prefix::parse)
+            .transpose()
+            .map_err(|e| ConfigError::new("peer", e))?;
+        let (sni, alpn, port) = (self.sni.clone(), self.alpn.clone(), self.port);
+        Ok(move |cx: &Context| {
+            let conn = cx.conn();
+            let tls = conn.tls.as_deref();
+            sni.as_deref().is_none_or(|p| {
+                tls.and_then(|t| t.sni.as_deref())
+                    .is_some_and(|n| sni_matches(p, n))
+            }) && alpn
+                .as_deref()
+                .is_none_or(|p| tls.and_then(|t| t.alpn.as_deref()) == Some(p.as_bytes()))
+                && port.is_none_or(|p| conn.local.map(|a| a.port()) == Some(p))
+                && peer.is_none_or(|p| conn.peer.is_some_and(|a| p.contains(a.ip())))
+        })
+    }
+}
+
+impl FilterConfig for BranchConfig {
+    fn build(self: Box<Self>, _cx: &BuildContext) -> Result<Arc<dyn Filter>, ConfigError> {
+        if self.arms.is_empty() {
+            return Err(ConfigError::new("arms", "give at least one arm"));
+        }
+        let mut b = Branch::new();
+        for (i, arm) in self.arms.iter().enumerate() {
+            let cond = arm
+                .when
+                .compile()
+                .map_err(|e| ConfigError::new(format!("arms[{i}].when.{}", e.field), e.problem))?;
+            let label = serde_json::to_string(&arm.when).unwrap_or_default();
+            b = b.when(
+                label,
+                move |cx, _| cond(cx),
+                SubPipeline::named(arm.pipeline.clone()),
+            );
+        }
+        if let Some(o) = self.otherwise {
+            b = b.otherwise(SubPipeline::named(o));
+        }
+        Ok(Arc::new(b))
+    }
+}
+
+/// Registers `pipe`, `demux`, `mux`, `fork` and `branch`.
 pub fn register(r: &mut Registry) {
+    r.register::<BranchConfig>("branch");
     r.register::<PipeConfig>("pipe");
     r.register::<DemuxConfig>("demux");
     r.register::<MuxConfig>("mux");
     r.register::<ForkConfig>("fork");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ConnInfo, TlsInfo};
+
+    fn cx(peer: &str, port: u16, sni: Option<&str>, alpn: Option<&str>) -> Context {
+        Context::with_conn(ConnInfo {
+            peer: Some(peer.parse().unwrap()),
+            local: Some(format!("127.0.0.1:{port}").parse().unwrap()),
+            tls: Some(Arc::new(TlsInfo {
+                sni: sni.map(str::to_string),
+                alpn: alpn.map(|a| a.as_bytes().to_vec()),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn match_conditions() {
+        let m = Match {
+            sni: Some("*.example.com".into()),
+            ..Default::default()
+        }
+        .compile()
+        .unwrap();
+        assert!(m(&cx("1.2.3.4:1", 1, Some("a.b.Example.COM"), None)));
+        assert!(!m(&cx("1.2.3.4:1", 1, Some("example.com"), None)));
+        assert!(!m(&cx("1.2.3.4:1", 1, Some("xexample.com"), None)));
+        assert!(!m(&cx("1.2.3.4:1", 1, None, None)));
+        let m = Match {
+            peer: Some("10.0.0.0/8".into()),
+            port: Some(8443),
+            alpn: Some("h2".into()),
+            ..Default::default()
+        }
+        .compile()
+        .unwrap();
+        assert!(m(&cx("10.9.8.7:5", 8443, None, Some("h2"))));
+        assert!(m(&cx("[::ffff:10.1.1.1]:5", 8443, None, Some("h2"))));
+        assert!(!m(&cx("11.0.0.1:5", 8443, None, Some("h2"))));
+        assert!(!m(&cx("10.0.0.1:5", 80, None, Some("h2"))));
+        assert!(!m(&cx("10.0.0.1:5", 8443, None, Some("http/1.1"))));
+        let m = Match {
+            peer: Some("2001:db8::/32".into()),
+            ..Default::default()
+        }
+        .compile()
+        .unwrap();
+        assert!(m(&cx("[2001:db8::1]:5", 1, None, None)));
+        assert!(!m(&cx("[2001:db9::1]:5", 1, None, None)));
+        assert!(
+            Match {
+                peer: Some("10.0.0.0/33".into()),
+                ..Default::default()
+            }
+            .compile()
+            .is_err()
+        );
+        assert!(
+            Match {
+                peer: Some("nope".into()),
+                ..Default::default()
+            }
+            .compile()
+            .is_err()
+        );
+        let all = Match::default().compile().unwrap();
+        assert!(all(&Context::new()));
+    }
 }
