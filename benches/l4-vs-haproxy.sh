@@ -14,6 +14,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 harness=${FLOWGATE_BENCH_HARNESS:-$root/../shared/bench}
 [ -x "$harness/run.sh" ] || { echo "l4-vs-haproxy: no bench harness at $harness" >&2; exit 2; }
 (cd "$root" && cargo build --release --bin flowgate -q)
+bin=${CARGO_TARGET_DIR:-$root/target}/release/flowgate
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cat > "$work/l4.yaml" <<'YAML'
@@ -27,5 +28,5 @@ pipelines:
 YAML
 out=$root/benches/results/l4-$(date +%Y%m%d-%H%M%S)
 "$harness/run.sh" haproxy-tcp \
-  custom:"env RUST_LOG=warn $root/target/release/flowgate run $work/l4.yaml --workers 1 --no-watch" \
+  custom:"env RUST_LOG=warn $bin run $work/l4.yaml --workers 1 --no-watch" \
   --proto tcp --port 18089 --name flowgate-l4 --out "$out" "$@"

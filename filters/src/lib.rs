@@ -22,6 +22,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(feature = "net")]
 pub mod net;
 pub mod registry;

@@ -18,6 +18,8 @@ pub fn standard() -> Registry {
 pub fn register(r: &mut Registry) {
     #[cfg(feature = "net")]
     crate::net::register(r);
-    #[cfg(not(feature = "net"))]
+    #[cfg(feature = "http")]
+    crate::http::register(r);
+    #[cfg(not(any(feature = "net", feature = "http")))]
     let _ = r;
 }

@@ -1,0 +1,245 @@
+//! The codec transforms: HTTP/1 bytes ↔ messages whose heads are `http` parts.
+
+use bytes::{Bytes, BytesMut};
+use flowgate_http::h1::{
+    Frame, H1Error, Limits, RequestDecoder, encode_chunk, encode_last_chunk, encode_response_head,
+};
+use flowgate_pipeline::{ErrorKind, Event, Head, Side, StreamError, Tail, Transform};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, StatusCode, Version, request, response};
+
+/// Trailers travel in the `MessageEnd` tail as this type.
+pub type Trailers = HeaderMap;
+
+/// A decoder failure as a stream error whose cause is the [`H1Error`].
+pub(crate) fn protocol_error(e: H1Error, side: Side) -> Event {
+    Event::StreamEnd(Some(
+        StreamError::new(ErrorKind::Protocol, side).with_cause(e),
+    ))
+}
+
+fn tail(trailers: Option<HeaderMap>) -> Tail {
+    match trailers {
+        Some(t) => Tail::new(t),
+        None => Tail::none(),
+    }
+}
+
+/// Whether the client asked to close the connection after this request.
+pub(crate) fn wants_close(head: &request::Parts) -> bool {
+    let has = |token: &str| {
+        head.headers.get_all(CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    match head.version {
+        Version::HTTP_10 => !has("keep-alive"),
+        _ => has("close"),
+    }
+}
+
+/// Server side: request bytes in, request messages out. After a request that asks to close
+/// the connection, further input is ignored; a malformed request ends the stream with a
+/// `Protocol` error carrying the [`H1Error`].
+pub(crate) struct DecodeRequests {
+    decoder: RequestDecoder,
+    buf: BytesMut,
+    closing: bool,
+    done: bool,
+}
+
+impl DecodeRequests {
+    pub(crate) fn new(limits: Limits) -> Self {
+        DecodeRequests {
+            decoder: RequestDecoder::new(limits),
+            buf: BytesMut::new(),
+            closing: false,
+            done: false,
+        }
+    }
+
+    fn drain(&mut self, out: &mut dyn FnMut(Event), eof: bool) {
+        loop {
+            let r = if eof {
+                self.decoder.decode_eof(&mut self.buf)
+            } else {
+                self.decoder.decode(&mut self.buf)
+            };
+            match r {
+                Ok(Some(Frame::Head(parts, _))) => {
+                    self.closing = wants_close(&parts);
+                    out(Event::MessageStart(Head::new(parts)));
+                }
+                Ok(Some(Frame::Data(b))) => out(Event::Data(b)),
+                Ok(Some(Frame::End(t))) => {
+                    out(Event::MessageEnd(tail(t)));
+                    if self.closing {
+                        self.done = true;
+                        out(Event::END);
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    if eof {
+                        self.done = true;
+                        out(Event::END);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    self.done = true;
+                    out(protocol_error(e, Side::Downstream));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Transform for DecodeRequests {
+    fn on_event(&mut self, ev: Event, out: &mut dyn FnMut(Event)) {
+        if self.done {
+            return;
+        }
+        match ev {
+            Event::Data(b) => {
+                self.buf.extend_from_slice(&b);
+                self.drain(out, false);
+            }
+            Event::StreamEnd(None) => self.drain(out, true),
+            Event::StreamEnd(Some(e)) => {
+                self.done = true;
+                out(Event::StreamEnd(Some(e)));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// How the body of an outgoing message is written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BodyMode {
+    Raw,
+    Chunked,
+    None,
+}
+
+/// Server side: response messages in, bytes out. A response without Content-Length gets a
+/// chunked body. A `Protocol` error whose cause is an [`H1Error`] becomes the matching error
+/// response (400, 413, 431, 501, 505) with `connection: close`, then the end.
+pub(crate) struct EncodeResponses {
+    mode: BodyMode,
+    out: BytesMut,
+    /// Between a response's head and its end.
+    in_response: bool,
+}
+
+impl EncodeResponses {
+    pub(crate) fn new() -> Self {
+        EncodeResponses {
+            mode: BodyMode::Raw,
+            out: BytesMut::new(),
+            in_response: false,
+        }
+    }
+}
+
+/// The status a failed stream is answered with, when no response has started yet: the
+/// decoder's own status for a malformed request, 504 for upstream timeouts, 502 for other
+/// upstream failures.
+fn status_for(e: &StreamError) -> Option<u16> {
+    if let Some(h1) = e.cause().and_then(|c| c.downcast_ref::<H1Error>()) {
+        return Some(if e.side() == Side::Downstream {
+            h1.status()
+        } else {
+            502
+        });
+    }
+    match (e.side(), e.kind()) {
+        (Side::Upstream, ErrorKind::ConnectTimeout | ErrorKind::IdleTimeout) => Some(504),
+        (Side::Upstream, _) => Some(502),
+        (Side::Internal, ErrorKind::NoRoute) => Some(404),
+        (Side::Internal, _) => Some(500),
+        (Side::Downstream, _) => None,
+    }
+}
+
+/// The bytes of a bodiless error response.
+pub(crate) fn error_response(status: u16) -> Bytes {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    Bytes::from(format!(
+        "HTTP/1.1 {} {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or("Error")
+    ))
+}
+
+impl Transform for EncodeResponses {
+    fn on_event(&mut self, ev: Event, out: &mut dyn FnMut(Event)) {
+        match ev {
+            Event::MessageStart(head) => {
+                let Some(parts) = head.get::<response::Parts>() else {
+                    out(Event::StreamEnd(Some(StreamError::new(
+                        ErrorKind::Internal,
+                        Side::Internal,
+                    ))));
+                    return;
+                };
+                let bodiless = parts.status.is_informational()
+                    || parts.status == StatusCode::NO_CONTENT
+                    || parts.status == StatusCode::NOT_MODIFIED;
+                self.mode = if bodiless {
+                    BodyMode::None
+                } else if parts.headers.contains_key(CONTENT_LENGTH) {
+                    BodyMode::Raw
+                } else {
+                    BodyMode::Chunked
+                };
+                self.in_response = true;
+                encode_response_head(parts, &mut self.out);
+                if self.mode == BodyMode::Chunked && !parts.headers.contains_key(TRANSFER_ENCODING)
+                {
+                    // Put the framing field in before the empty line.
+                    self.out.truncate(self.out.len() - 2);
+                    self.out
+                        .extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+                }
+            }
+            Event::Data(b) => match self.mode {
+                BodyMode::Raw => {
+                    if !self.out.is_empty() {
+                        out(Event::Data(self.out.split().freeze()));
+                    }
+                    out(Event::Data(b));
+                }
+                BodyMode::Chunked => encode_chunk(&b, &mut self.out),
+                BodyMode::None => {}
+            },
+            Event::MessageEnd(t) => {
+                self.in_response = false;
+                if self.mode == BodyMode::Chunked {
+                    encode_last_chunk(t.get::<Trailers>(), &mut self.out);
+                }
+                if !self.out.is_empty() {
+                    out(Event::Data(self.out.split().freeze()));
+                }
+            }
+            Event::StreamEnd(Some(e)) => {
+                if !self.out.is_empty() {
+                    out(Event::Data(self.out.split().freeze()));
+                }
+                if let (false, Some(status)) = (self.in_response, status_for(&e)) {
+                    out(Event::Data(error_response(status)));
+                }
+                out(Event::StreamEnd(Some(e)));
+            }
+            Event::StreamEnd(None) => {
+                if !self.out.is_empty() {
+                    out(Event::Data(self.out.split().freeze()));
+                }
+                out(Event::END);
+            }
+        }
+    }
+}

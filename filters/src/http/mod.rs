@@ -1,0 +1,367 @@
+//! HTTP/1 filters: a server side that turns a connection into one sub-pipeline per request,
+//! a client side that pools keep-alive upstream connections, and a static responder.
+//!
+//! ```yaml
+//! pipelines:
+//!   main:
+//!     - demux-http: { pipeline: request }     # one `request` stream per HTTP request
+//!   request:
+//!     - mux-http: { pipeline: upstream }      # pooled keep-alive connections
+//!   upstream:
+//!     - connect: { target: 127.0.0.1:8080 }
+//!   hello:
+//!     - respond: { status: 200, body: "hello\n" }
+//! ```
+//!
+//! Messages inside carry `http::request::Parts` / `http::response::Parts` heads (get them
+//! with `Head::get`), bodies as Data, and trailers in the `MessageEnd` tail as a
+//! `http::HeaderMap`. This is the first cut of the HTTP data plane: HTTP/1.1 only (HTTP/2,
+//! routing, retries and the rest are still to come).
+
+mod client;
+mod codec;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flowgate_http::h1::Limits;
+use flowgate_pipeline::joint::{Demux, DemuxOptions, Mux, MuxOptions};
+use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig, Registry};
+use flowgate_pipeline::{
+    Context, Description, Dyn, Event, Events, Filter, Head, Pipeline, SubPipeline, Tail, Transform,
+    TransformStream,
+};
+use http::{HeaderName, HeaderValue, StatusCode};
+use serde::{Deserialize, Serialize};
+
+pub use codec::Trailers;
+
+/// Registers `demux-http`, `mux-http` and `respond`.
+pub fn register(r: &mut Registry) {
+    r.register::<DemuxHttpConfig>("demux-http");
+    r.register::<MuxHttpConfig>("mux-http");
+    r.register::<RespondConfig>("respond");
+}
+
+/// Limits on what an HTTP/1 peer may send, in configuration form.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest head in bytes. Default 64 KiB.
+    #[serde(default = "d_head")]
+    pub max_head_bytes: usize,
+    /// Most header fields (at most 128). Default 100.
+    #[serde(default = "d_headers")]
+    pub max_headers: usize,
+    /// Largest body in bytes; none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<u64>,
+}
+
+fn d_head() -> usize {
+    Limits::default().max_head_bytes
+}
+fn d_headers() -> usize {
+    Limits::default().max_headers
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_head_bytes: d_head(),
+            max_headers: d_headers(),
+            max_body: None,
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_head_bytes: self.max_head_bytes,
+            max_headers: self.max_headers,
+            max_body: self.max_body,
+            ..Limits::default()
+        }
+        .normalized()
+    }
+}
+
+// === DemuxHttp ===
+
+/// `demux-http:` — see [`DemuxHttp`].
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemuxHttpConfig {
+    /// The pipeline each request runs through; it answers with one response message.
+    pub pipeline: String,
+    /// Pipelined requests in flight before the connection stops being read. Default 32.
+    #[serde(default = "d_pending")]
+    pub max_pending: usize,
+    /// Limits on requests.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+fn d_pending() -> usize {
+    32
+}
+
+impl FilterConfig for DemuxHttpConfig {
+    fn build(self: Box<Self>, _cx: &BuildContext) -> Result<Arc<dyn Filter>, ConfigError> {
+        if self.max_pending == 0 {
+            return Err(ConfigError::new("max_pending", "must be at least 1"));
+        }
+        Ok(Arc::new(
+            DemuxHttp::new(
+                SubPipeline::named(self.pipeline.clone()),
+                self.limits.limits(),
+            )
+            .max_pending(self.max_pending),
+        ))
+    }
+}
+
+/// The server side of HTTP/1: decodes requests from the connection, runs each through its
+/// own instance of a sub-pipeline (concurrently, with a child context), and writes the
+/// responses back in request order (pipelining). A malformed request is answered with its
+/// status (400, 413, 431, 501, 505) and the connection is closed; a failed upstream with
+/// 502 (504 on timeouts). `Connection: close` (or HTTP/1.0 without keep-alive) closes the
+/// connection after that response.
+pub struct DemuxHttp {
+    demux: Demux,
+    limits: Limits,
+    max_pending: usize,
+}
+
+impl DemuxHttp {
+    /// Runs `sub` per request.
+    pub fn new(sub: impl Into<SubPipeline>, limits: Limits) -> Self {
+        DemuxHttp {
+            demux: Demux::new(sub),
+            limits,
+            max_pending: d_pending(),
+        }
+    }
+
+    /// Sets how many pipelined requests may be in flight.
+    #[must_use]
+    pub fn max_pending(mut self, n: usize) -> Self {
+        self.max_pending = n.max(1);
+        self.demux = self.demux.options(DemuxOptions {
+            max_pending: self.max_pending,
+            ..Default::default()
+        });
+        self
+    }
+}
+
+impl Filter for DemuxHttp {
+    fn describe(&self) -> Description {
+        let mut d = Description::filter("demux-http").options(serde_json::json!({
+            "max_pending": self.max_pending,
+            "max_head_bytes": self.limits.max_head_bytes,
+            "max_headers": self.limits.max_headers,
+        }));
+        d.subs = self.demux.describe().subs;
+        d
+    }
+
+    fn attach(&self, input: Events, cx: &Context) -> Events {
+        let decoded = Box::pin(TransformStream::new(
+            input,
+            vec![Box::new(codec::DecodeRequests::new(self.limits))],
+        ));
+        let replies = self.demux.attach(decoded, cx);
+        Box::pin(TransformStream::new(
+            replies,
+            vec![Box::new(codec::EncodeResponses::new())],
+        ))
+    }
+
+    fn subs(&self) -> Vec<SubPipeline> {
+        self.demux.subs()
+    }
+}
+
+// === MuxHttp ===
+
+/// `mux-http:` — see [`MuxHttp`].
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MuxHttpConfig {
+    /// The pipeline of one upstream connection (usually `[connect]`).
+    pub pipeline: String,
+    /// Close an upstream connection idle this long. Default 60 s.
+    #[serde(default = "d_idle", with = "flowgate_pipeline::serde_duration")]
+    pub max_idle: Duration,
+    /// Requests per upstream connection before it is retired (0: no limit). Default 0.
+    #[serde(default)]
+    pub max_requests: u64,
+    /// Limits on responses.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+fn d_idle() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl FilterConfig for MuxHttpConfig {
+    fn build(self: Box<Self>, _cx: &BuildContext) -> Result<Arc<dyn Filter>, ConfigError> {
+        let opts = MuxOptions {
+            max_idle: self.max_idle,
+            max_queue: 1,
+            max_messages: self.max_requests,
+            ..Default::default()
+        };
+        let f = MuxHttp::new(
+            SubPipeline::named(self.pipeline.clone()),
+            self.limits.limits(),
+            opts,
+        )
+        .map_err(|e| ConfigError::new("pipeline", e))?;
+        Ok(Arc::new(f))
+    }
+}
+
+/// The client side of HTTP/1: sends each request message over a pooled keep-alive upstream
+/// connection (one request at a time per connection, a new connection when all are busy)
+/// and outputs the response message.
+pub struct MuxHttp {
+    mux: Mux,
+    sub: SubPipeline,
+}
+
+impl MuxHttp {
+    /// Pools connections made by `sub` (usually a pipeline with `Connect`).
+    pub fn new(
+        sub: impl Into<SubPipeline>,
+        limits: Limits,
+        opts: MuxOptions,
+    ) -> Result<Self, flowgate_pipeline::BuildError> {
+        let sub = sub.into();
+        let session = Pipeline::builder("mux-http-session")
+            .filter(client::ClientCodec {
+                sub: sub.clone(),
+                limits,
+            })
+            .build()?;
+        let mux = Mux::with(
+            session,
+            Dyn::value(String::new()),
+            MuxOptions {
+                max_queue: 1,
+                ..opts
+            },
+        );
+        Ok(MuxHttp { mux, sub })
+    }
+}
+
+impl Filter for MuxHttp {
+    fn describe(&self) -> Description {
+        let mut d = Description::filter("mux-http").options(self.mux.describe().options);
+        d.subs = vec![self.sub.name().to_string()];
+        d
+    }
+
+    fn attach(&self, input: Events, cx: &Context) -> Events {
+        self.mux.attach(input, cx)
+    }
+
+    fn subs(&self) -> Vec<SubPipeline> {
+        vec![self.sub.clone()]
+    }
+}
+
+// === Respond ===
+
+/// `respond:` — see [`Respond`].
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespondConfig {
+    /// The status. Default 200.
+    #[serde(default = "d_status")]
+    pub status: u16,
+    /// Header fields to send.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The body. Default empty.
+    #[serde(default)]
+    pub body: String,
+}
+
+fn d_status() -> u16 {
+    200
+}
+
+impl FilterConfig for RespondConfig {
+    fn build(self: Box<Self>, _cx: &BuildContext) -> Result<Arc<dyn Filter>, ConfigError> {
+        let status =
+            StatusCode::from_u16(self.status).map_err(|e| ConfigError::new("status", e))?;
+        let mut headers = http::HeaderMap::new();
+        for (k, v) in &self.headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| ConfigError::new(format!("headers.{k}"), e))?;
+            let value = HeaderValue::from_str(v)
+                .map_err(|e| ConfigError::new(format!("headers.{k}"), e))?;
+            headers.append(name, value);
+        }
+        Ok(Arc::new(
+            Respond::new(status, headers, Bytes::from(self.body.clone())).described_by(&self),
+        ))
+    }
+}
+
+/// Answers every request message with a fixed response (Content-Length set from the body).
+pub struct Respond {
+    head: Arc<http::response::Parts>,
+    body: Bytes,
+    options: serde_json::Value,
+}
+
+impl Respond {
+    /// A response with `status`, `headers` and `body`.
+    pub fn new(status: StatusCode, mut headers: http::HeaderMap, body: Bytes) -> Self {
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = status;
+        parts.headers = headers;
+        Respond {
+            head: Arc::new(parts),
+            body,
+            options: serde_json::json!({ "status": status.as_u16() }),
+        }
+    }
+
+    fn described_by(mut self, c: &RespondConfig) -> Self {
+        self.options = serde_json::to_value(c).unwrap_or_default();
+        self
+    }
+}
+
+impl Filter for Respond {
+    fn describe(&self) -> Description {
+        Description::filter("respond").options(&self.options)
+    }
+
+    fn transform(&self, _cx: &Context) -> Option<Box<dyn Transform>> {
+        let head = self.head.clone();
+        let body = self.body.clone();
+        Some(Box::new(
+            move |ev: Event, out: &mut dyn FnMut(Event)| match ev {
+                Event::MessageEnd(_) => {
+                    out(Event::MessageStart(Head::new(head.as_ref().clone())));
+                    if !body.is_empty() {
+                        out(Event::Data(body.clone()));
+                    }
+                    out(Event::MessageEnd(Tail::none()));
+                }
+                Event::StreamEnd(e) => out(Event::StreamEnd(e)),
+                _ => {}
+            },
+        ))
+    }
+}

@@ -1,0 +1,153 @@
+//! The HTTP/1 data plane through the `flowgate` binary: a reverse proxy (demux-http →
+//! mux-http → connect) in front of a real nginx, checked with curl, and the smuggling and
+//! limit vectors answered with their status and a closed connection.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+
+fn proxy(dir: &TempDir, nginx_port: u16) -> (Proc, u16) {
+    let port = free_port();
+    let cfg = dir.write(
+        "http.yaml",
+        &format!(
+            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: main\npipelines:\n  main:\n    - demux-http: {{ pipeline: request, limits: {{ max_head_bytes: 8192 }} }}\n  request:\n    - mux-http: {{ pipeline: upstream }}\n  upstream:\n    - connect: {{ target: 127.0.0.1:{nginx_port} }}\n"
+        ),
+    );
+    (flowgate_run(&cfg, &[port]), port)
+}
+
+fn nginx_echo(dir: &TempDir) -> (Proc, u16) {
+    let port = free_port();
+    let p = nginx(
+        dir,
+        &format!(
+            "server {{ listen 127.0.0.1:{port}; keepalive_requests 10000; \
+             location /hello {{ return 200 \"hello $request_method $request_uri\"; }} \
+             location /echo {{ client_body_buffer_size 1m; proxy_pass http://127.0.0.1:{port}/sink; }} \
+             location /sink {{ return 200 \"got $content_length\"; }} }}"
+        ),
+    );
+    wait_port(port);
+    (p, port)
+}
+
+#[test]
+fn reverse_proxy_in_front_of_nginx_with_curl() {
+    let dir = TempDir::new("http-proxy");
+    let (_nginx, up) = nginx_echo(&dir);
+    let (_fg, port) = proxy(&dir, up);
+    let base = format!("http://127.0.0.1:{port}");
+    let (ok, body, err) = curl(&[&format!("{base}/hello?x=1")]);
+    assert!(ok, "{err}");
+    assert_eq!(body, "hello GET /hello?x=1");
+    // Three requests on one keep-alive connection.
+    let (ok, body, err) = curl(&[
+        "-v",
+        &format!("{base}/hello/a"),
+        &format!("{base}/hello/b"),
+        &format!("{base}/hello/c"),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        body,
+        "hello GET /hello/ahello GET /hello/bhello GET /hello/c"
+    );
+    assert!(
+        err.contains("Re-using existing connection") || err.contains("Reusing existing connection"),
+        "{err}"
+    );
+    // HEAD: no body.
+    let (ok, body, _) = curl(&["-I", &format!("{base}/hello")]);
+    assert!(ok && body.starts_with("HTTP/1.1 200"), "{body}");
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let dir = TempDir::new("http-pipeline");
+    let (_nginx, up) = nginx_echo(&dir);
+    let (_fg, port) = proxy(&dir, up);
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /hello/1 HTTP/1.1\r\nHost: a\r\n\r\nGET /hello/2 HTTP/1.1\r\nHost: a\r\n\r\nGET /hello/3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+    let mut all = String::new();
+    c.read_to_string(&mut all).unwrap();
+    let bodies: Vec<&str> = all
+        .match_indices("hello GET /hello/")
+        .map(|(i, _)| &all[i + 17..i + 18])
+        .collect();
+    assert_eq!(bodies, ["1", "2", "3"], "{all}");
+}
+
+fn raw(port: u16, request: &[u8]) -> String {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = c.write_all(request);
+    let mut all = Vec::new();
+    // The proxy answers and closes: read to the end.
+    let _ = c.read_to_end(&mut all);
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+#[test]
+fn smuggling_and_oversized_requests_get_their_status_and_a_closed_connection() {
+    let dir = TempDir::new("http-smuggle");
+    let (_nginx, up) = nginx_echo(&dir);
+    let (fg, port) = proxy(&dir, up);
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"POST /hello HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /hello/smuggled HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(), "HTTP/1.1 400"),
+        (b"POST /hello HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n".to_vec(), "HTTP/1.1 501"),
+        (b"POST /hello HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".to_vec(), "HTTP/1.1 400"),
+        (format!("GET /hello HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "b".repeat(10_000)).into_bytes(), "HTTP/1.1 431"),
+        (b"GET /hello HTTP/1.1\r\nHost: a\r\nX: a\r\n folded\r\n\r\n".to_vec(), "HTTP/1.1 400"),
+    ];
+    for (req, want) in cases {
+        let got = raw(port, &req);
+        assert!(
+            got.starts_with(want),
+            "{:?} -> {got:?}",
+            String::from_utf8_lossy(&req[..40.min(req.len())])
+        );
+        assert!(!got.contains("smuggled"), "{got}");
+        assert_eq!(
+            got.matches("HTTP/1.1 ").count(),
+            1,
+            "one response, then the connection closes: {got}"
+        );
+    }
+    // The proxy still serves others.
+    let (ok, body, err) = curl(&[&format!("http://127.0.0.1:{port}/hello")]);
+    assert!(ok && body == "hello GET /hello", "{err}");
+    let stderr = fg.stop();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn request_bodies_reach_the_upstream() {
+    let dir = TempDir::new("http-body");
+    let (_nginx, up) = nginx_echo(&dir);
+    let (_fg, port) = proxy(&dir, up);
+    let body = "x".repeat(100_000);
+    let (ok, got, err) = curl(&[
+        "--data-binary",
+        &body,
+        &format!("http://127.0.0.1:{port}/echo"),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(got, "got 100000");
+    let (ok, got, err) = curl(&[
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &body,
+        &format!("http://127.0.0.1:{port}/echo"),
+    ]);
+    assert!(ok, "{err}");
+    // nginx reads the chunked body and forwards it with a length.
+    assert_eq!(got, "got 100000");
+}
