@@ -46,7 +46,11 @@ fn round_robin_over_three_real_upstreams() {
     let order = ["A:", "B:", "C:"];
     for pair in tags.windows(2) {
         let at = order.iter().position(|t| *t == pair[0]).unwrap();
-        assert_eq!(pair[1], order[(at + 1) % 3], "round robin order broken: {tags:?}");
+        assert_eq!(
+            pair[1],
+            order[(at + 1) % 3],
+            "round robin order broken: {tags:?}"
+        );
     }
     drop(fg);
 }
