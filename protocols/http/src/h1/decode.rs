@@ -223,6 +223,9 @@ fn chunk_size(buf: &mut BytesMut, max_line: usize) -> Result<Option<u64>, H1Erro
     Ok(Some(size))
 }
 
+/// The most fields a trailer section may have.
+const MAX_TRAILERS: usize = 32;
+
 /// Reads the trailer section up to its empty line: `Ok(None)` needs more input.
 fn trailers(
     buf: &mut BytesMut,
@@ -242,22 +245,18 @@ fn trailers(
         }
         return Ok(None);
     };
-    let mut fields = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
-    let n = match httparse::parse_headers(&buf[..end], &mut fields) {
-        Ok(httparse::Status::Complete((n, _))) => n,
-        Ok(httparse::Status::Partial) => {
-            if buf.len() > limits.max_head_bytes {
-                return Err(H1Error::HeadTooLarge(limits.max_head_bytes));
-            }
-            return Ok(None);
+    if end > limits.max_head_bytes {
+        return Err(H1Error::HeadTooLarge(limits.max_head_bytes));
+    }
+    let section = buf.split_to(end).freeze();
+    let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILERS];
+    let parsed = match httparse::parse_headers(&section, &mut fields) {
+        Ok(httparse::Status::Complete((_, parsed))) => parsed,
+        Ok(httparse::Status::Partial) | Err(_) => {
+            return Err(H1Error::BadChunk("malformed trailer section"));
         }
-        Err(_) => return Err(H1Error::BadChunk("malformed trailer section")),
     };
-    let mut at = [head::FieldAt::default(); head::MAX_HEADERS];
-    let count = fields.iter().take_while(|f| !f.name.is_empty()).count();
-    let count = head::positions(buf, &fields[..count], &mut at);
-    let section = buf.split_to(n).freeze();
-    let map = header_map(&section, &at[..count], limits)?;
+    let map = header_map(&section, parsed, limits)?;
     Ok(Some((!map.is_empty()).then_some(map)))
 }
 

@@ -62,38 +62,10 @@ fn map_err(e: httparse::Error) -> H1Error {
     }
 }
 
-/// Where a parsed field's name and value sit in the head buffer.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct FieldAt {
-    name: (usize, usize),
-    value: (usize, usize),
-}
-
-/// Records the positions of `fields` relative to `base` (the start of the parsed buffer),
-/// so the buffer can be frozen and shared once the parser lets go of it.
-pub(crate) fn positions(
-    base: &[u8],
-    fields: &[httparse::Header<'_>],
-    out: &mut [FieldAt; MAX_HEADERS],
-) -> usize {
-    let start = base.as_ptr() as usize;
-    let mut n = 0;
-    for (f, slot) in fields.iter().zip(out.iter_mut()) {
-        let name = f.name.as_ptr() as usize - start;
-        let value = f.value.as_ptr() as usize - start;
-        *slot = FieldAt {
-            name: (name, f.name.len()),
-            value: (value, f.value.len()),
-        };
-        n += 1;
-    }
-    n
-}
-
-/// Builds a header map from field positions, sharing the frozen head buffer.
+/// Builds a header map from parsed fields whose slices point into `head`, sharing it.
 pub(crate) fn header_map(
     head: &Bytes,
-    fields: &[FieldAt],
+    fields: &[httparse::Header<'_>],
     limits: &Limits,
 ) -> Result<HeaderMap, H1Error> {
     if fields.len() > limits.max_headers {
@@ -101,17 +73,42 @@ pub(crate) fn header_map(
     }
     let mut map = HeaderMap::with_capacity(fields.len());
     for f in fields {
-        if f.name.1 + f.value.1 + 4 > limits.max_line {
+        if f.name.len() + f.value.len() + 4 > limits.max_line {
             return Err(H1Error::LineTooLong(limits.max_line));
         }
-        let name_bytes = head.get(f.name.0..f.name.0 + f.name.1).unwrap_or_default();
-        let name = HeaderName::from_bytes(name_bytes)
+        let name = HeaderName::from_bytes(f.name.as_bytes())
             .map_err(|_| H1Error::BadHead("invalid header field name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(f.value.0..f.value.0 + f.value.1))
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(f.value))
             .map_err(|_| H1Error::BadHead("invalid header field value"))?;
         map.append(name, value);
     }
     Ok(map)
+}
+
+/// Splits a complete head (up to and including its empty line) off `buf`, or says why not.
+fn take_head(
+    buf: &mut BytesMut,
+    limits: &Limits,
+    scanned: &mut usize,
+) -> Result<Option<Bytes>, H1Error> {
+    match find_end(buf, scanned)? {
+        // The head is frozen first: the URI and the header values are slices of it.
+        Some(end) if end <= limits.max_head_bytes => Ok(Some(buf.split_to(end).freeze())),
+        Some(_) => Err(H1Error::HeadTooLarge(limits.max_head_bytes)),
+        None if buf.len() > limits.max_head_bytes => {
+            Err(H1Error::HeadTooLarge(limits.max_head_bytes))
+        }
+        None => Ok(None),
+    }
+}
+
+fn complete(r: Result<httparse::Status<usize>, httparse::Error>) -> Result<(), H1Error> {
+    match r {
+        Ok(httparse::Status::Complete(_)) => Ok(()),
+        // Cannot happen: the head ends with its empty line.
+        Ok(httparse::Status::Partial) => Err(H1Error::BadHead("incomplete head")),
+        Err(e) => Err(map_err(e)),
+    }
 }
 
 fn is_token_byte(b: u8) -> bool {
@@ -203,44 +200,25 @@ pub(crate) fn parse_request(
     limits: &Limits,
     scanned: &mut usize,
 ) -> Result<Option<(request::Parts, Framing)>, H1Error> {
-    let Some(end) = find_end(buf, scanned)? else {
-        if buf.len() > limits.max_head_bytes {
-            return Err(H1Error::HeadTooLarge(limits.max_head_bytes));
-        }
+    let Some(head) = take_head(buf, limits, scanned)? else {
         return Ok(None);
     };
     // Uninitialised slots: the parser writes only the fields it finds (no 4 KiB memset).
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
-    let n = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
-        &mut req,
-        &buf[..end],
-        &mut fields,
-    ) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            if buf.len() > limits.max_head_bytes {
-                return Err(H1Error::HeadTooLarge(limits.max_head_bytes));
-            }
-            return Ok(None);
-        }
-        Err(e) => return Err(map_err(e)),
-    };
-    if n > limits.max_head_bytes {
-        return Err(H1Error::HeadTooLarge(limits.max_head_bytes));
-    }
+    complete(
+        httparse::ParserConfig::default().parse_request_with_uninit_headers(
+            &mut req,
+            &head,
+            &mut fields,
+        ),
+    )?;
     let v = version(req.version)?;
     let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
         .map_err(|_| H1Error::BadHead("invalid method"))?;
-    let path = req.path.unwrap_or("");
-    let path_at = (path.as_ptr() as usize - buf.as_ptr() as usize, path.len());
-    let mut at = [FieldAt::default(); MAX_HEADERS];
-    let count = positions(&buf[..], req.headers, &mut at);
-    // The head's bytes become shared storage for the URI and the header values.
-    let head = buf.split_to(n).freeze();
-    let uri = Uri::from_maybe_shared(head.slice(path_at.0..path_at.0 + path_at.1))
+    let uri = Uri::from_maybe_shared(head.slice_ref(req.path.unwrap_or("").as_bytes()))
         .map_err(|_| H1Error::BadHead("invalid request target"))?;
-    let headers = header_map(&head, &at[..count], limits)?;
+    let headers = header_map(&head, req.headers, limits)?;
     if v == Version::HTTP_11 {
         let mut hosts = headers.get_all(HOST).iter();
         if hosts.next().is_none() || hosts.next().is_some() {
@@ -267,38 +245,22 @@ pub(crate) fn parse_response(
     request_method: &Method,
     scanned: &mut usize,
 ) -> Result<Option<(response::Parts, Framing)>, H1Error> {
-    let Some(end) = find_end(buf, scanned)? else {
-        if buf.len() > limits.max_head_bytes {
-            return Err(H1Error::HeadTooLarge(limits.max_head_bytes));
-        }
+    let Some(head) = take_head(buf, limits, scanned)? else {
         return Ok(None);
     };
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut []);
-    let n = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut res,
-        &buf[..end],
-        &mut fields,
-    ) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            if buf.len() > limits.max_head_bytes {
-                return Err(H1Error::HeadTooLarge(limits.max_head_bytes));
-            }
-            return Ok(None);
-        }
-        Err(e) => return Err(map_err(e)),
-    };
-    if n > limits.max_head_bytes {
-        return Err(H1Error::HeadTooLarge(limits.max_head_bytes));
-    }
+    complete(
+        httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut res,
+            &head,
+            &mut fields,
+        ),
+    )?;
     let v = version(res.version)?;
     let status = StatusCode::from_u16(res.code.unwrap_or(0))
         .map_err(|_| H1Error::BadHead("invalid status"))?;
-    let mut at = [FieldAt::default(); MAX_HEADERS];
-    let count = positions(&buf[..], res.headers, &mut at);
-    let head = buf.split_to(n).freeze();
-    let headers = header_map(&head, &at[..count], limits)?;
+    let headers = header_map(&head, res.headers, limits)?;
     let framing = if status == StatusCode::SWITCHING_PROTOCOLS
         || (*request_method == Method::CONNECT && status.is_success())
     {
