@@ -151,3 +151,59 @@ fn request_bodies_reach_the_upstream() {
     // nginx reads the chunked body and forwards it with a length.
     assert_eq!(got, "got 100000");
 }
+
+#[test]
+fn slowloris_gets_408_after_the_header_timeout_and_others_are_served() {
+    let dir = TempDir::new("http-slowloris");
+    let (_nginx, up) = nginx_echo(&dir);
+    let port = free_port();
+    let cfg = dir.write(
+        "slow.yaml",
+        &format!(
+            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: main\npipelines:\n  main:\n    - demux-http: {{ pipeline: request, header_timeout: 1s, keepalive_timeout: 2s }}\n  request:\n    - mux-http: {{ pipeline: upstream }}\n  upstream:\n    - connect: {{ target: 127.0.0.1:{up} }}\n"
+        ),
+    );
+    let _fg = flowgate_run(&cfg, &[port]);
+    let started = std::time::Instant::now();
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // A head that trickles in and never ends.
+    let writer = {
+        let mut w = slow.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for b in b"GET /hello HTTP/1.1\r\nHost: a\r\nX-Slow: " {
+                if w.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    // Meanwhile another client is served.
+    let (ok, body, err) = curl(&[&format!("http://127.0.0.1:{port}/hello")]);
+    assert!(ok && body == "hello GET /hello", "{err}");
+    let mut got = String::new();
+    let _ = slow.read_to_string(&mut got);
+    let took = started.elapsed();
+    assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    let _ = writer.join();
+
+    // An idle keep-alive connection is closed after the keep-alive timeout, without a response.
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let _ = idle.read_to_end(&mut got);
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}

@@ -1,12 +1,21 @@
 //! The codec transforms: HTTP/1 bytes ↔ messages whose heads are `http` parts.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context as TaskCx, Poll};
+use std::time::Duration;
+
 use bytes::{Bytes, BytesMut};
 use flowgate_http::h1::{
     Frame, H1Error, Limits, RequestDecoder, encode_chunk, encode_last_chunk, encode_response_head,
 };
+use flowgate_pipeline::Events;
 use flowgate_pipeline::{ErrorKind, Event, Head, Side, StreamError, Tail, Transform};
+use futures_core::Stream;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, StatusCode, Version, request, response};
+use tokio::time::{Instant, Sleep};
 
 /// Trailers travel in the `MessageEnd` tail as this type.
 pub type Trailers = HeaderMap;
@@ -48,6 +57,111 @@ pub(crate) struct DecodeRequests {
     closing: bool,
     done: bool,
 }
+
+/// Timeouts of the server side while it waits for a request head.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HeadTimeouts {
+    /// From the first byte of a head to its end.
+    pub(crate) header: Duration,
+    /// With no request in progress (between keep-alive requests, or before the first).
+    pub(crate) idle: Duration,
+}
+
+/// [`DecodeRequests`] as a stream with its timers: a head that does not complete within
+/// `header` (a slowloris client) is answered with 408 and the connection closed; a
+/// connection idle for `idle` between requests is closed.
+pub(crate) struct RequestStream {
+    input: Events,
+    decoder: DecodeRequests,
+    out: VecDeque<Event>,
+    timeouts: HeadTimeouts,
+    timer: Pin<Box<Sleep>>,
+    /// What the timer is armed for: `Some(true)` a head in progress, `Some(false)` idle.
+    armed_for: Option<bool>,
+    finished: bool,
+}
+
+impl RequestStream {
+    pub(crate) fn new(input: Events, limits: Limits, timeouts: HeadTimeouts) -> Self {
+        RequestStream {
+            input,
+            decoder: DecodeRequests::new(limits),
+            out: VecDeque::new(),
+            timeouts,
+            timer: Box::pin(tokio::time::sleep(timeouts.idle)),
+            armed_for: None,
+            finished: false,
+        }
+    }
+
+    /// Arms the timer for the state the decoder is in, when that state changed.
+    fn rearm(&mut self) {
+        let waiting = self.decoder.decoder.is_idle();
+        let want = waiting.then(|| !self.decoder.buf.is_empty());
+        if want != self.armed_for {
+            self.armed_for = want;
+            if let Some(in_head) = want {
+                let d = if in_head {
+                    self.timeouts.header
+                } else {
+                    self.timeouts.idle
+                };
+                self.timer.as_mut().reset(Instant::now() + d);
+            }
+        }
+    }
+}
+
+impl Stream for RequestStream {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Option<Event>> {
+        let this = &mut *self;
+        loop {
+            if let Some(ev) = this.out.pop_front() {
+                if ev.is_end() {
+                    this.finished = true;
+                    this.out.clear();
+                }
+                return Poll::Ready(Some(ev));
+            }
+            if this.finished {
+                return Poll::Ready(None);
+            }
+            match this.input.as_mut().poll_next(cx) {
+                Poll::Ready(ev) => {
+                    let out = &mut this.out;
+                    this.decoder
+                        .on_event(ev.unwrap_or(Event::END), &mut |e| out.push_back(e));
+                    this.rearm();
+                    continue;
+                }
+                Poll::Pending => {}
+            }
+            this.rearm();
+            if let Some(in_head) = this.armed_for {
+                if this.timer.as_mut().poll(cx).is_ready() {
+                    this.armed_for = None;
+                    let kind = if in_head {
+                        ErrorKind::IdleTimeout
+                    } else {
+                        ErrorKind::Cancelled
+                    };
+                    let e =
+                        StreamError::new(kind, Side::Downstream).with_cause(HeadTimedOut(in_head));
+                    this.out.push_back(Event::StreamEnd(Some(e)));
+                    continue;
+                }
+            }
+            return Poll::Pending;
+        }
+    }
+}
+
+/// The request head did not arrive in time (`true`: it had started), as a stream error cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", if *.0 { "request head not completed in time" } else { "idle connection closed" })]
+pub(crate) struct HeadTimedOut(pub(crate) bool);
 
 impl DecodeRequests {
     pub(crate) fn new(limits: Limits) -> Self {
@@ -149,6 +263,9 @@ impl EncodeResponses {
 /// decoder's own status for a malformed request, 504 for upstream timeouts, 502 for other
 /// upstream failures.
 fn status_for(e: &StreamError) -> Option<u16> {
+    if let Some(t) = e.cause().and_then(|c| c.downcast_ref::<HeadTimedOut>()) {
+        return t.0.then_some(408);
+    }
     if let Some(h1) = e.cause().and_then(|c| c.downcast_ref::<H1Error>()) {
         return Some(if e.side() == Side::Downstream {
             h1.status()

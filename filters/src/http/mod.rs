@@ -102,10 +102,29 @@ pub struct DemuxHttpConfig {
     /// Limits on requests.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// A request head must be complete this long after its first byte, or the client gets
+    /// 408 and the connection closes (slowloris). Default 10 s.
+    #[serde(
+        default = "d_header_timeout",
+        with = "flowgate_pipeline::serde_duration"
+    )]
+    pub header_timeout: Duration,
+    /// A connection with no request in progress is closed after this long. Default 60 s.
+    #[serde(
+        default = "d_keepalive_timeout",
+        with = "flowgate_pipeline::serde_duration"
+    )]
+    pub keepalive_timeout: Duration,
 }
 
 fn d_pending() -> usize {
     32
+}
+fn d_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn d_keepalive_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 impl FilterConfig for DemuxHttpConfig {
@@ -113,12 +132,19 @@ impl FilterConfig for DemuxHttpConfig {
         if self.max_pending == 0 {
             return Err(ConfigError::new("max_pending", "must be at least 1"));
         }
+        if self.header_timeout.is_zero() || self.keepalive_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "header_timeout",
+                "timeouts must be more than zero",
+            ));
+        }
         Ok(Arc::new(
             DemuxHttp::new(
                 SubPipeline::named(self.pipeline.clone()),
                 self.limits.limits(),
             )
-            .max_pending(self.max_pending),
+            .max_pending(self.max_pending)
+            .timeouts(self.header_timeout, self.keepalive_timeout),
         ))
     }
 }
@@ -128,21 +154,38 @@ impl FilterConfig for DemuxHttpConfig {
 /// responses back in request order (pipelining). A malformed request is answered with its
 /// status (400, 413, 431, 501, 505) and the connection is closed; a failed upstream with
 /// 502 (504 on timeouts). `Connection: close` (or HTTP/1.0 without keep-alive) closes the
-/// connection after that response.
+/// connection after that response. A request head not completed within the header
+/// timeout gets 408 (slowloris); a connection idle past the keep-alive timeout is closed.
 pub struct DemuxHttp {
     demux: Demux,
     limits: Limits,
     max_pending: usize,
+    timeouts: codec::HeadTimeouts,
 }
 
 impl DemuxHttp {
     /// Runs `sub` per request.
     pub fn new(sub: impl Into<SubPipeline>, limits: Limits) -> Self {
+        let timeouts = codec::HeadTimeouts {
+            header: d_header_timeout(),
+            idle: d_keepalive_timeout(),
+        };
         DemuxHttp {
             demux: Demux::new(sub),
             limits,
             max_pending: d_pending(),
+            timeouts,
         }
+    }
+
+    /// Sets the header timeout (slowloris) and the keep-alive idle timeout.
+    #[must_use]
+    pub fn timeouts(mut self, header: Duration, keepalive: Duration) -> Self {
+        self.timeouts = codec::HeadTimeouts {
+            header,
+            idle: keepalive,
+        };
+        self
     }
 
     /// Sets how many pipelined requests may be in flight.
@@ -163,16 +206,15 @@ impl Filter for DemuxHttp {
             "max_pending": self.max_pending,
             "max_head_bytes": self.limits.max_head_bytes,
             "max_headers": self.limits.max_headers,
+            "header_timeout": flowgate_pipeline::serde_duration::format(self.timeouts.header),
+            "keepalive_timeout": flowgate_pipeline::serde_duration::format(self.timeouts.idle),
         }));
         d.subs = self.demux.describe().subs;
         d
     }
 
     fn attach(&self, input: Events, cx: &Context) -> Events {
-        let decoded = Box::pin(TransformStream::new(
-            input,
-            vec![Box::new(codec::DecodeRequests::new(self.limits))],
-        ));
+        let decoded = Box::pin(codec::RequestStream::new(input, self.limits, self.timeouts));
         let replies = self.demux.attach(decoded, cx);
         Box::pin(TransformStream::new(
             replies,
