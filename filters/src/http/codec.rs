@@ -139,19 +139,18 @@ impl Stream for RequestStream {
                 Poll::Pending => {}
             }
             this.rearm();
-            if let Some(in_head) = this.armed_for {
-                if this.timer.as_mut().poll(cx).is_ready() {
-                    this.armed_for = None;
-                    let kind = if in_head {
-                        ErrorKind::IdleTimeout
-                    } else {
-                        ErrorKind::Cancelled
-                    };
-                    let e =
-                        StreamError::new(kind, Side::Downstream).with_cause(HeadTimedOut(in_head));
-                    this.out.push_back(Event::StreamEnd(Some(e)));
-                    continue;
-                }
+            if let Some(in_head) = this.armed_for
+                && this.timer.as_mut().poll(cx).is_ready()
+            {
+                this.armed_for = None;
+                let kind = if in_head {
+                    ErrorKind::IdleTimeout
+                } else {
+                    ErrorKind::Cancelled
+                };
+                let e = StreamError::new(kind, Side::Downstream).with_cause(HeadTimedOut(in_head));
+                this.out.push_back(Event::StreamEnd(Some(e)));
+                continue;
             }
             return Poll::Pending;
         }
