@@ -207,3 +207,64 @@ fn slowloris_gets_408_after_the_header_timeout_and_others_are_served() {
         "{took:?}"
     );
 }
+
+#[test]
+fn routes_by_host_path_and_header_with_weighted_split_and_header_edits() {
+    let dir = TempDir::new("http-route");
+    let port = free_port();
+    let cfg = dir.write(
+        "route.yaml",
+        &format!(
+            r#"listeners:
+  - listen: 127.0.0.1:{port}
+    pipeline: main
+pipelines:
+  main:
+    - demux-http: {{ pipeline: request }}
+  request:
+    - route:
+        routes:
+          - match: {{ host: "*.api.test" }}
+            pipeline: api
+          - match: {{ headers: {{ x-canary: "1" }} }}
+            pipeline: canary
+          - match: {{ path_prefix: /v1/, method: [GET] }}
+            split: [{{ pipeline: a, weight: 1 }}, {{ pipeline: b, weight: 3 }}]
+        default: not-found
+    # After the route, the messages that pass are the responses.
+    - headers: {{ response: {{ set: {{ x-served-by: flowgate }} }} }}
+  api: [{{ respond: {{ body: api }} }}]
+  canary: [{{ respond: {{ body: canary }} }}]
+  a: [{{ respond: {{ body: a }} }}]
+  b: [{{ respond: {{ body: b }} }}]
+  not-found: [{{ respond: {{ status: 404, body: none }} }}]
+"#
+        ),
+    );
+    let (code, err) = flowgate_check(&cfg);
+    assert_eq!(code, 0, "{err}");
+    let _fg = flowgate_run(&cfg, &[port]);
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    let (ok, body, _) = curl(&["-H", "Host: x.api.test", &url("/anything")]);
+    assert!(ok && body == "api", "{body}");
+    let (ok, body, _) = curl(&["-H", "x-canary: 1", &url("/v1/x")]);
+    assert!(ok && body == "canary", "{body}");
+    let (ok, body, _) = curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", &url("/v2/x")]);
+    assert!(ok && body == "404", "{body}");
+    let (_, body, _) = curl(&["-X", "POST", &url("/v1/x")]);
+    assert_eq!(body, "none", "POST is not routed to the split");
+    let (ok, head, _) = curl(&["-s", "-D", "-", "-o", "/dev/null", &url("/v1/x")]);
+    assert!(
+        ok && head.to_ascii_lowercase().contains("x-served-by: flowgate"),
+        "{head}"
+    );
+    // The 1:3 split over 8 more requests (one keep-alive connection): exactly 2 a and 6 b.
+    let urls: Vec<String> = (0..8).map(|_| url("/v1/x")).collect();
+    let args: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let (ok, body, err) = curl(&args);
+    assert!(ok, "{err}");
+    // The earlier request took one pick too; 8 more cover two whole rotations of 4.
+    let (a, b) = (body.matches('a').count(), body.matches('b').count());
+    assert_eq!(a + b, 8, "{body}");
+    assert_eq!((a, b), (2, 6), "{body}");
+}

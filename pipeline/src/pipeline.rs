@@ -187,6 +187,13 @@ impl PipelineBuilder {
         Ok(p)
     }
 
+    /// Builds the pipeline without checking that its sub-pipeline references are bound: for
+    /// a filter that wraps a pipeline of its own and reports the inner references from its
+    /// [`Filter::subs`], so the enclosing [`Module`] binds them.
+    pub fn build_deferred(self) -> Pipeline {
+        self.build_unchecked()
+    }
+
     fn build_unchecked(self) -> Pipeline {
         Pipeline {
             name: self.name,

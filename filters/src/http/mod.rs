@@ -20,6 +20,11 @@
 
 mod client;
 mod codec;
+mod route;
+
+pub use route::{
+    HeaderEdits, HeadersConfig, RouteConfig, RouteEntry, RouteMatch, WeightedPipeline,
+};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,11 +42,13 @@ use serde::{Deserialize, Serialize};
 
 pub use codec::Trailers;
 
-/// Registers `demux-http`, `mux-http` and `respond`.
+/// Registers `demux-http`, `mux-http`, `respond`, `route` and `headers`.
 pub fn register(r: &mut Registry) {
     r.register::<DemuxHttpConfig>("demux-http");
     r.register::<MuxHttpConfig>("mux-http");
     r.register::<RespondConfig>("respond");
+    r.register::<RouteConfig>("route");
+    r.register::<HeadersConfig>("headers");
 }
 
 /// Limits on what an HTTP/1 peer may send, in configuration form.
