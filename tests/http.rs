@@ -268,3 +268,50 @@ pipelines:
     assert_eq!(a + b, 8, "{body}");
     assert_eq!((a, b), (2, 6), "{body}");
 }
+
+#[test]
+fn rewrite_before_the_upstream_and_redirect() {
+    let dir = TempDir::new("http-rewrite");
+    let (_nginx, up) = nginx_echo(&dir);
+    let port = free_port();
+    let cfg = dir.write(
+        "rewrite.yaml",
+        &format!(
+            r#"listeners:
+  - listen: 127.0.0.1:{port}
+    pipeline: main
+pipelines:
+  main:
+    - demux-http: {{ pipeline: request }}
+  request:
+    - route:
+        routes:
+          - match: {{ path_prefix: /old/ }}
+            pipeline: moved
+        default: proxied
+  moved: [{{ redirect: {{ status: 308, scheme: https, path_prefix: {{ from: /old/, to: /new/ }} }} }}]
+  proxied:
+    - rewrite: {{ path_prefix: {{ from: /api/, to: /hello/ }} }}
+    - mux-http: {{ pipeline: upstream }}
+  upstream:
+    - connect: {{ target: 127.0.0.1:{up} }}
+"#
+        ),
+    );
+    let _fg = flowgate_run(&cfg, &[port]);
+    let (ok, body, err) = curl(&[&format!("http://127.0.0.1:{port}/api/x?y=1")]);
+    assert!(ok, "{err}");
+    assert_eq!(body, "hello GET /hello/x?y=1");
+    let (ok, out, err) = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        "-H",
+        "Host: site.test",
+        &format!("http://127.0.0.1:{port}/old/page?q"),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "308 https://site.test/new/page?q");
+}

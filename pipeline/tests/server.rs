@@ -80,6 +80,30 @@ fn tcp_echo_reload_and_drain() {
 }
 
 #[test]
+fn a_port_held_by_another_server_is_refused_even_with_reuseport() {
+    // Another process's SO_REUSEPORT listener would let us bind too and share its
+    // connections; the probe bind makes that an error.
+    let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    other.set_reuse_port(true).unwrap();
+    other
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    other.listen(16).unwrap();
+    let addr = other.local_addr().unwrap().as_socket().unwrap();
+    let server = Server::builder().workers(1).start().unwrap();
+    let err = server
+        .apply(vec![(ListenerConfig::tcp(addr), echo())])
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot listen on"), "{err}");
+    server.shutdown();
+}
+
+#[test]
 fn bind_conflict_is_a_clear_error_and_changes_nothing() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let server = Server::builder().workers(1).start().unwrap();

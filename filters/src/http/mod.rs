@@ -20,8 +20,10 @@
 
 mod client;
 mod codec;
+mod rewrite;
 mod route;
 
+pub use rewrite::{PrefixRewrite, RedirectConfig, RewriteConfig};
 pub use route::{
     HeaderEdits, HeadersConfig, RouteConfig, RouteEntry, RouteMatch, WeightedPipeline,
 };
@@ -42,13 +44,15 @@ use serde::{Deserialize, Serialize};
 
 pub use codec::Trailers;
 
-/// Registers `demux-http`, `mux-http`, `respond`, `route` and `headers`.
+/// Registers `demux-http`, `mux-http`, `respond`, `route`, `headers`, `rewrite` and `redirect`.
 pub fn register(r: &mut Registry) {
     r.register::<DemuxHttpConfig>("demux-http");
     r.register::<MuxHttpConfig>("mux-http");
     r.register::<RespondConfig>("respond");
     r.register::<RouteConfig>("route");
     r.register::<HeadersConfig>("headers");
+    r.register::<RewriteConfig>("rewrite");
+    r.register::<RedirectConfig>("redirect");
 }
 
 /// Limits on what an HTTP/1 peer may send, in configuration form.

@@ -367,6 +367,12 @@ fn bind_all(config: &ListenerConfig, n: usize) -> Result<(SocketAddr, Vec<Socket
         source,
     };
     let mut addr = config.listen;
+    if addr.port() != 0 {
+        // SO_REUSEPORT would let us share the port with another process of the same user,
+        // which then silently gets part of our connections: bind once without it first, so
+        // a port that is already in use is an error, as it is for any other server.
+        probe(config, addr).map_err(err)?;
+    }
     let mut sockets = Vec::with_capacity(n);
     for _ in 0..n {
         let s = bind_one(config, addr).map_err(err)?;
@@ -381,6 +387,20 @@ fn bind_all(config: &ListenerConfig, n: usize) -> Result<(SocketAddr, Vec<Socket
         sockets.push(s);
     }
     Ok((addr, sockets))
+}
+
+/// Binds `addr` without SO_REUSEPORT and lets it go again: fails if anyone holds the port.
+fn probe(config: &ListenerConfig, addr: SocketAddr) -> io::Result<()> {
+    let (ty, proto) = match config.protocol {
+        Protocol::Tcp => (Type::STREAM, SockProtocol::TCP),
+        Protocol::Udp => (Type::DGRAM, SockProtocol::UDP),
+    };
+    let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&addr.into())
 }
 
 fn bind_one(config: &ListenerConfig, addr: SocketAddr) -> io::Result<Socket> {

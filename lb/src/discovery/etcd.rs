@@ -1,0 +1,327 @@
+//! etcd v3 through its JSON gateway (`/v3/kv/*`, `/v3/watch`) over plain HTTP/1.1.
+//!
+//! Keys and values travel base64-encoded; 64-bit numbers arrive as strings. A watch is one
+//! long response of newline-delimited JSON objects, chunked. Everything read is bounded:
+//! 4 MiB per unary response, 1 MiB per watch message.
+//!
+//! Each key under the prefix is one backend; its value is `host:port` or a backend object
+//! (`{"addr": "10.0.0.1:80", "weight": 2, "metadata": {"zone": "a"}}`). Values that parse
+//! as neither are skipped with a warning.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Value, json};
+use tokio::io::BufReader;
+use tokio::net::TcpStream;
+
+use super::{Discovery, DiscoveryError, NextSet};
+use crate::backend::Backend;
+use crate::http1::{self, Body, HttpError};
+
+const MAX_UNARY: usize = 4 * 1024 * 1024;
+const MAX_EVENT: usize = 1024 * 1024;
+
+/// A tiny etcd v3 client: range, put and delete by the JSON gateway.
+#[derive(Debug, Clone)]
+pub struct EtcdClient {
+    addr: SocketAddr,
+    timeout: Duration,
+}
+
+/// The end of the range of keys that start with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0] // every key
+}
+
+fn as_i64(v: &Value) -> i64 {
+    match v {
+        Value::String(s) => s.parse().unwrap_or(0),
+        Value::Number(n) => n.as_i64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn b64_field(v: &Value, field: &str) -> Result<Vec<u8>, DiscoveryError> {
+    match v.get(field).and_then(Value::as_str) {
+        Some(s) => Ok(B64.decode(s)?),
+        None => Ok(Vec::new()),
+    }
+}
+
+impl EtcdClient {
+    /// A client for the etcd listening at `addr` (its client URL), `timeout` per call.
+    pub fn new(addr: SocketAddr, timeout: Duration) -> Self {
+        Self { addr, timeout }
+    }
+
+    async fn open(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<Body<BufReader<TcpStream>>, DiscoveryError> {
+        let payload = serde_json::to_vec(body)?;
+        let io = http1::connect(self.addr, self.timeout).await?;
+        let host = self.addr.to_string();
+        let body = tokio::time::timeout(
+            self.timeout,
+            http1::send(io, "POST", &host, path, Some(&payload)),
+        )
+        .await
+        .map_err(|_| HttpError::Timeout(self.timeout))??;
+        if body.status() != 200 {
+            return Err(DiscoveryError::Status {
+                status: body.status(),
+            });
+        }
+        Ok(body)
+    }
+
+    async fn call(&self, path: &str, body: Value) -> Result<Value, DiscoveryError> {
+        let mut resp = self.open(path, &body).await?;
+        let bytes = tokio::time::timeout(self.timeout, resp.read_all(MAX_UNARY))
+            .await
+            .map_err(|_| HttpError::Timeout(self.timeout))??;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    /// Sets `key` to `value`.
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), DiscoveryError> {
+        self.call(
+            "/v3/kv/put",
+            json!({"key": B64.encode(key), "value": B64.encode(value)}),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Deletes `key`.
+    pub async fn delete(&self, key: &[u8]) -> Result<(), DiscoveryError> {
+        self.call("/v3/kv/deleterange", json!({"key": B64.encode(key)}))
+            .await
+            .map(drop)
+    }
+
+    /// Every key under `prefix` with its value, and the store's revision.
+    pub async fn range_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> Result<(i64, Vec<(Vec<u8>, Vec<u8>)>), DiscoveryError> {
+        let v = self
+            .call(
+                "/v3/kv/range",
+                json!({"key": B64.encode(prefix), "range_end": B64.encode(prefix_end(prefix))}),
+            )
+            .await?;
+        let revision = as_i64(&v["header"]["revision"]);
+        let mut kvs = Vec::new();
+        for kv in v["kvs"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+            kvs.push((b64_field(kv, "key")?, b64_field(kv, "value")?));
+        }
+        Ok((revision, kvs))
+    }
+}
+
+/// An open watch: lines of JSON from a chunked response.
+struct Watch {
+    body: Body<BufReader<TcpStream>>,
+    buf: Vec<u8>,
+}
+
+impl Watch {
+    async fn next_message(&mut self) -> Result<Option<Value>, DiscoveryError> {
+        loop {
+            if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=nl).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return Ok(Some(serde_json::from_slice(&line)?));
+            }
+            match self.body.next_piece(MAX_EVENT).await? {
+                Some(piece) => {
+                    self.buf.extend_from_slice(&piece);
+                    if self.buf.len() > MAX_EVENT {
+                        return Err(HttpError::TooLarge { limit: MAX_EVENT }.into());
+                    }
+                }
+                None if self.buf.is_empty() => return Ok(None),
+                None => {
+                    let line = std::mem::take(&mut self.buf);
+                    return Ok(Some(serde_json::from_slice(&line)?));
+                }
+            }
+        }
+    }
+}
+
+/// Backends from the keys under an etcd prefix, following a watch.
+pub struct EtcdDiscovery {
+    client: EtcdClient,
+    prefix: Vec<u8>,
+    kvs: BTreeMap<Vec<u8>, Backend>,
+    revision: Option<i64>,
+    watch: Option<Watch>,
+}
+
+impl EtcdDiscovery {
+    /// Watches the keys under `prefix`.
+    pub fn new(client: EtcdClient, prefix: impl Into<Vec<u8>>) -> Self {
+        Self {
+            client,
+            prefix: prefix.into(),
+            kvs: BTreeMap::new(),
+            revision: None,
+            watch: None,
+        }
+    }
+
+    fn set(&self) -> Vec<Backend> {
+        self.kvs.values().cloned().collect()
+    }
+
+    fn put_kv(&mut self, key: Vec<u8>, value: &[u8]) {
+        match std::str::from_utf8(value).ok().and_then(Backend::parse) {
+            Some(b) => {
+                self.kvs.insert(key, b);
+            }
+            None => {
+                tracing::warn!(key = %String::from_utf8_lossy(&key), "etcd value is not a backend");
+                self.kvs.remove(&key);
+            }
+        }
+    }
+
+    async fn resync(&mut self) -> Result<(), DiscoveryError> {
+        let (rev, kvs) = self.client.range_prefix(&self.prefix).await?;
+        self.kvs.clear();
+        for (k, v) in kvs {
+            self.put_kv(k, &v);
+        }
+        self.revision = Some(rev);
+        Ok(())
+    }
+
+    /// Applies one watch message; true when the set may have changed.
+    fn apply(&mut self, msg: &Value) -> Result<bool, DiscoveryError> {
+        let result = &msg["result"];
+        if result["canceled"].as_bool() == Some(true) || as_i64(&result["compact_revision"]) > 0 {
+            // Compacted past our revision: start over from a fresh range.
+            self.revision = None;
+            self.watch = None;
+            return Ok(false);
+        }
+        let rev = as_i64(&result["header"]["revision"]);
+        let mut changed = false;
+        for ev in result["events"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+        {
+            let kv = &ev["kv"];
+            let key = b64_field(kv, "key")?;
+            if ev["type"].as_str() == Some("DELETE") {
+                changed |= self.kvs.remove(&key).is_some();
+            } else {
+                let value = b64_field(kv, "value")?;
+                self.put_kv(key, &value);
+                changed = true;
+            }
+        }
+        if rev > 0 {
+            self.revision = Some(rev);
+        }
+        Ok(changed)
+    }
+
+    async fn step(&mut self) -> Result<Option<Vec<Backend>>, DiscoveryError> {
+        let Some(rev) = self.revision else {
+            self.resync().await?;
+            return Ok(Some(self.set()));
+        };
+        let watch = match &mut self.watch {
+            Some(w) => w,
+            None => {
+                let req = json!({"create_request": {
+                    "key": B64.encode(&self.prefix),
+                    "range_end": B64.encode(prefix_end(&self.prefix)),
+                    "start_revision": (rev + 1).to_string(),
+                }});
+                let body = self.client.open("/v3/watch", &req).await?;
+                self.watch.insert(Watch {
+                    body,
+                    buf: Vec::new(),
+                })
+            }
+        };
+        match watch.next_message().await {
+            Ok(Some(msg)) => Ok(self.apply(&msg)?.then(|| self.set())),
+            Ok(None) => {
+                self.watch = None;
+                Ok(None)
+            }
+            Err(e) => {
+                self.watch = None;
+                self.revision = None;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Discovery for EtcdDiscovery {
+    fn next(&mut self) -> NextSet<'_> {
+        Box::pin(async move {
+            loop {
+                if let Some(set) = self.step().await? {
+                    return Ok(set);
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"/svc/"), b"/svc0".to_vec());
+        assert_eq!(prefix_end(&[b'a', 0xff]), b"b".to_vec());
+        assert_eq!(prefix_end(&[0xff]), vec![0]);
+    }
+
+    #[test]
+    fn applies_watch_events() {
+        let mut d = EtcdDiscovery::new(
+            EtcdClient::new(([127, 0, 0, 1], 2379).into(), Duration::from_secs(1)),
+            "/s/",
+        );
+        let put = json!({"result": {"header": {"revision": "7"}, "events": [
+            {"kv": {"key": B64.encode("/s/a"), "value": B64.encode("127.0.0.1:80")}},
+            {"kv": {"key": B64.encode("/s/b"), "value": B64.encode("{\"addr\":\"127.0.0.1:81\",\"weight\":2}")}}
+        ]}});
+        assert!(d.apply(&put).unwrap());
+        assert_eq!(d.set().len(), 2);
+        assert_eq!(d.revision, Some(7));
+        let del = json!({"result": {"header": {"revision": "8"}, "events": [
+            {"type": "DELETE", "kv": {"key": B64.encode("/s/a")}}
+        ]}});
+        assert!(d.apply(&del).unwrap());
+        assert_eq!(d.set()[0].weight, 2);
+        let compacted = json!({"result": {"canceled": true, "compact_revision": "5"}});
+        assert!(!d.apply(&compacted).unwrap());
+        assert_eq!(d.revision, None);
+    }
+}

@@ -1,0 +1,170 @@
+//! A real etcd (Debian's `etcd-server`) on loopback: register endpoints under a prefix,
+//! change them, and see the balancer follow within 1 s.
+//!
+//! Needs the `etcd` binary on PATH (`apt-get install -y etcd-server`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flowgate_lb::discovery::{EtcdClient, EtcdDiscovery, follow};
+use flowgate_lb::{Algorithm, Balancer, BalancerConfig};
+
+/// The etcd child process, killed and its data removed on drop.
+struct Etcd {
+    child: Child,
+    dir: std::path::PathBuf,
+    client: SocketAddr,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_etcd() -> Etcd {
+    let dir = std::env::temp_dir().join(format!("flowgate-lb-etcd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cp, pp, mp) = (free_port(), free_port(), free_port());
+    let client = format!("http://127.0.0.1:{cp}");
+    let peer = format!("http://127.0.0.1:{pp}");
+    let child = Command::new("etcd")
+        .args(["--name", "t", "--data-dir"])
+        .arg(dir.join("data"))
+        .args([
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args(["--initial-cluster", &format!("t={peer}")])
+        .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{mp}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd not found: apt-get install -y etcd-server");
+    Etcd {
+        child,
+        dir,
+        client: SocketAddr::from(([127, 0, 0, 1], cp)),
+    }
+}
+
+async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+fn addrs(lb: &Balancer) -> Vec<String> {
+    let mut v: Vec<String> = lb.eligible().iter().map(|a| a.to_string()).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn balancer_follows_etcd_prefix() {
+    let etcd = start_etcd();
+    let client = EtcdClient::new(etcd.client, Duration::from_secs(2));
+    // Wait (bounded) for etcd to serve.
+    let start = Instant::now();
+    loop {
+        if client.range_prefix(b"/").await.is_ok() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "etcd did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    client.put(b"/svc/web/a", b"127.0.0.1:9001").await.unwrap();
+    client
+        .put(b"/svc/web/b", br#"{"addr":"127.0.0.1:9002","weight":3}"#)
+        .await
+        .unwrap();
+    client
+        .put(b"/svc/other/x", b"127.0.0.1:9999")
+        .await
+        .unwrap();
+
+    let lb = Balancer::new(BalancerConfig::new(Algorithm::WeightedRoundRobin)).unwrap();
+    let source = EtcdDiscovery::new(client.clone(), "/svc/web/");
+    let task = tokio::spawn(follow(source, lb.clone(), Duration::from_millis(100)));
+
+    let second = Duration::from_secs(1);
+    let want = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let t = wait_until(second, || {
+        addrs(&lb) == want(&["127.0.0.1:9001", "127.0.0.1:9002"])
+    })
+    .await;
+    assert!(t.is_some(), "initial set not seen: {:?}", addrs(&lb));
+    assert_eq!(lb.backends().iter().map(|b| b.weight).sum::<u32>(), 4);
+
+    // Add one.
+    client.put(b"/svc/web/c", b"127.0.0.1:9003").await.unwrap();
+    let t = wait_until(second, || addrs(&lb).len() == 3).await;
+    assert!(
+        t.is_some(),
+        "added endpoint not seen within 1 s: {:?}",
+        addrs(&lb)
+    );
+
+    // Remove one.
+    client.delete(b"/svc/web/a").await.unwrap();
+    let t = wait_until(second, || {
+        addrs(&lb) == want(&["127.0.0.1:9002", "127.0.0.1:9003"])
+    })
+    .await;
+    assert!(
+        t.is_some(),
+        "deleted endpoint still there after 1 s: {:?}",
+        addrs(&lb)
+    );
+
+    // Change one's weight and address.
+    client
+        .put(b"/svc/web/b", br#"{"addr":"127.0.0.1:9012","weight":5}"#)
+        .await
+        .unwrap();
+    let t = wait_until(second, || {
+        addrs(&lb) == want(&["127.0.0.1:9003", "127.0.0.1:9012"])
+    })
+    .await;
+    assert!(
+        t.is_some(),
+        "changed endpoint not seen within 1 s: {:?}",
+        addrs(&lb)
+    );
+    assert!(lb.backends().iter().any(|b| b.weight == 5));
+
+    // Keys outside the prefix never showed up.
+    assert!(!addrs(&lb).contains(&"127.0.0.1:9999".to_string()));
+    task.abort();
+}
