@@ -6,8 +6,8 @@ use super::{Discovery, DiscoveryError, NextSet, poll_changes};
 use crate::backend::Backend;
 
 /// Backends from a name's A and AAAA records (via `getaddrinfo`), re-resolved every
-/// `interval`, each with the given port and weight 1. SRV records are not supported: a
-/// SRV lookup needs a DNS client, which this crate does not carry.
+/// `interval`, each with the given port and weight 1. For SRV records, see
+/// [`SrvDiscovery`](super::SrvDiscovery).
 #[derive(Debug)]
 pub struct DnsDiscovery {
     host: String,

@@ -8,7 +8,8 @@
 //! |---|---|
 //! | [`StaticList`] | nothing: one set, forever |
 //! | [`FileDiscovery`] | re-reading a file every `interval` (JSON array of backends, or one `host:port` / JSON object per line) |
-//! | [`DnsDiscovery`] | re-resolving a name's A/AAAA records every `interval` (system resolver; SRV records are not supported) |
+//! | [`DnsDiscovery`] | re-resolving a name's A/AAAA records every `interval` (system resolver) |
+//! | [`SrvDiscovery`] | re-resolving a name's SRV records (and their targets' A/AAAA) every `interval`, with a small bounded DNS client |
 //! | [`EtcdDiscovery`] | an etcd v3 watch on a key prefix, over the JSON gateway |
 //!
 //! ```
@@ -23,6 +24,7 @@
 mod dns;
 mod etcd;
 mod file;
+mod srv;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -37,6 +39,7 @@ use crate::http1::HttpError;
 pub use dns::DnsDiscovery;
 pub use etcd::{EtcdClient, EtcdDiscovery};
 pub use file::FileDiscovery;
+pub use srv::SrvDiscovery;
 
 /// The future [`Discovery::next`] returns.
 pub type NextSet<'a> =
