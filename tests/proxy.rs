@@ -206,3 +206,55 @@ fn back_pressure_a_stalled_upstream_stops_the_client() {
     };
     drop(fg);
 }
+
+fn exchange_tag(port: u16) -> Option<String> {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    c.write_all(b"x").ok()?;
+    c.shutdown(std::net::Shutdown::Write).ok()?;
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).ok()?;
+    (reply.len() == 3).then(|| reply[..2].to_string())
+}
+
+#[test]
+fn connect_balances_with_flowgate_lb_maglev_and_outlier_ejection() {
+    let ups = [
+        Echo::start(Some("A:")),
+        Echo::start(Some("B:")),
+        Echo::start(Some("C:")),
+    ];
+    let dead = free_port(); // nothing listens there
+    let (maglev_port, rr_port) = (free_port(), free_port());
+    let dir = TempDir::new("lb");
+    let targets = format!(
+        "127.0.0.1:{}, 127.0.0.1:{}, 127.0.0.1:{}",
+        ups[0].port, ups[1].port, ups[2].port
+    );
+    let cfg = dir.write(
+        "lb.yaml",
+        &format!(
+            "listeners:\n  - listen: 127.0.0.1:{maglev_port}\n    pipeline: maglev\n  - listen: 127.0.0.1:{rr_port}\n    pipeline: rr\npipelines:\n  maglev:\n    - connect:\n        target: [{targets}]\n        balance: {{ algorithm: {{ type: maglev }} }}\n  rr:\n    - connect:\n        target: [127.0.0.1:{dead}, {targets}]\n        balance:\n          algorithm: {{ type: round_robin }}\n          outlier: {{ consecutive_connect_failures: 1, max_ejection_percent: 50 }}\n"
+        ),
+    );
+    let _fg = flowgate_run(&cfg, &[maglev_port, rr_port]);
+    // Maglev keyed by the client IP: every connection from 127.0.0.1 lands on one upstream.
+    let tags: Vec<String> = (0..10)
+        .map(|_| exchange_tag(maglev_port).expect("served"))
+        .collect();
+    assert!(tags.iter().all(|t| *t == tags[0]), "{tags:?}");
+    // Round robin with a dead target: at most one connection fails (the connect failure
+    // ejects it), then every connection is served by the live three in turn.
+    let results: Vec<Option<String>> = (0..13).map(|_| exchange_tag(rr_port)).collect();
+    let failed = results.iter().filter(|r| r.is_none()).count();
+    assert!(failed <= 1, "{results:?}");
+    let served: Vec<&String> = results.iter().flatten().collect();
+    let tail = &served[served.len() - 9..];
+    for t in ["A:", "B:", "C:"] {
+        assert_eq!(
+            tail.iter().filter(|x| x.as_str() == t).count(),
+            3,
+            "{results:?}"
+        );
+    }
+}

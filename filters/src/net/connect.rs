@@ -66,6 +66,17 @@ pub struct ConnectConfig {
     /// TCP_NODELAY on the upstream socket. Default true.
     #[serde(default = "default_true")]
     pub nodelay: bool,
+    /// Balance connections over `target` with flowgate-lb instead of plain round robin:
+    /// any of its algorithms (`round_robin`, `weighted_round_robin`, `random`,
+    /// `least_request` — least connections here —, `peak_ewma`, `ring_hash`, `maglev`; hash
+    /// algorithms key on the client's IP), passive outlier detection (a failed connect
+    /// counts), slow start and sticky sessions. Targets must then be `IP:port`.
+    ///
+    /// ```yaml
+    /// balance: { algorithm: { type: maglev }, outlier: { consecutive_connect_failures: 1 } }
+    /// ```
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<flowgate_lb::BalancerConfig>,
     /// TCP keep-alive idle time on the upstream socket; none by default.
     #[serde(
         default,
@@ -93,6 +104,7 @@ impl Default for ConnectConfig {
             connect_timeout: default_connect_timeout(),
             idle_timeout: default_idle_timeout(),
             nodelay: true,
+            balance: None,
             keepalive: None,
         }
     }
@@ -120,7 +132,28 @@ impl FilterConfig for ConnectConfig {
                 "must be more than zero",
             ));
         }
-        Ok(Arc::new(Connect::from_config(*self, targets)))
+        let balancer = match &self.balance {
+            None => None,
+            Some(b) => {
+                let mut backends = Vec::with_capacity(targets.len());
+                for (i, t) in targets.iter().enumerate() {
+                    let addr: std::net::SocketAddr = t.parse().map_err(|_| {
+                        ConfigError::new(
+                            format!("target[{i}]"),
+                            "with `balance`, targets are IP:port",
+                        )
+                    })?;
+                    backends.push(flowgate_lb::Backend::new(addr));
+                }
+                let lb = flowgate_lb::Balancer::new(b.clone())
+                    .map_err(|e| ConfigError::new("balance", e))?;
+                lb.set_backends(backends);
+                Some(lb)
+            }
+        };
+        let mut c = Connect::from_config(*self, targets);
+        c.balancer = balancer;
+        Ok(Arc::new(c))
     }
 }
 
@@ -149,6 +182,10 @@ pub struct Connect {
     targets: Vec<String>,
     dynamic: Option<Dyn<String>>,
     next: AtomicUsize,
+    balancer: Option<flowgate_lb::Balancer>,
+    /// When the balancer last expired ejections (ms since `epoch`).
+    refreshed: std::sync::atomic::AtomicU64,
+    epoch: std::time::Instant,
 }
 
 impl Connect {
@@ -170,10 +207,8 @@ impl Connect {
     /// Connects to an address computed per stream from the context.
     pub fn dynamic(target: Dyn<String>) -> Self {
         Connect {
-            config: ConnectConfig::default(),
-            targets: Vec::new(),
             dynamic: Some(target),
-            next: AtomicUsize::new(0),
+            ..Self::from_config(ConnectConfig::default(), Vec::new())
         }
     }
 
@@ -183,6 +218,9 @@ impl Connect {
             targets,
             dynamic: None,
             next: AtomicUsize::new(0),
+            balancer: None,
+            refreshed: std::sync::atomic::AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
         }
     }
 
@@ -214,22 +252,46 @@ impl Connect {
         self
     }
 
-    fn pick(&self, cx: &Context) -> Option<String> {
+    fn pick(&self, cx: &Context) -> Option<(String, Option<flowgate_lb::Lease>)> {
         if self.config.original_dst
             && let Some(a) = cx.conn().original_dst
         {
-            return Some(a.to_string());
+            return Some((a.to_string(), None));
         }
         if let Some(d) = &self.dynamic {
-            return Some(d.eval(cx, None));
+            return Some((d.eval(cx, None), None));
+        }
+        if let Some(lb) = &self.balancer {
+            self.refresh(lb);
+            let key = match cx.conn().peer.map(|p| p.ip()) {
+                Some(std::net::IpAddr::V4(ip)) => flowgate_lb::hash::hash_key(&ip.octets()),
+                Some(std::net::IpAddr::V6(ip)) => flowgate_lb::hash::hash_key(&ip.octets()),
+                None => 0,
+            };
+            let lease = lb.pick(key)?;
+            return Some((lease.addr().to_string(), Some(lease)));
         }
         match self.targets.len() {
             0 => None,
-            1 => self.targets.first().cloned(),
+            1 => self.targets.first().map(|t| (t.clone(), None)),
             n => self
                 .targets
                 .get(self.next.fetch_add(1, Ordering::Relaxed) % n)
-                .cloned(),
+                .map(|t| (t.clone(), None)),
+        }
+    }
+
+    /// Ends expired ejections at most once a second (a lock, so not per connection).
+    fn refresh(&self, lb: &flowgate_lb::Balancer) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self.refreshed.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1000
+            && self
+                .refreshed
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            lb.refresh();
         }
     }
 }
@@ -240,7 +302,7 @@ impl Filter for Connect {
     }
 
     fn attach(&self, input: Events, cx: &Context) -> Events {
-        let Some(target) = self.pick(cx) else {
+        let Some((target, lease)) = self.pick(cx) else {
             return flowgate_pipeline::error_stream(StreamError::new(
                 ErrorKind::NoRoute,
                 Side::Internal,
@@ -268,6 +330,7 @@ impl Filter for Connect {
             input,
             state: State::Connecting(connecting),
             idle: self.config.idle_timeout,
+            lease,
         })
     }
 }
@@ -310,6 +373,9 @@ struct ConnectStream {
     input: Events,
     state: State,
     idle: Duration,
+    /// The balancer's lease on the upstream: held while the connection lives (so least
+    /// request means least connections), told whether connecting worked.
+    lease: Option<flowgate_lb::Lease>,
 }
 
 impl ConnectStream {
@@ -332,9 +398,19 @@ impl Stream for ConnectStream {
                     Poll::Ready(Err(e)) => {
                         let err =
                             io_error(e, ErrorKind::ConnectFailed, Side::Upstream).retry_safe(true);
+                        if let Some(mut l) = this.lease.take() {
+                            l.record(if err.kind() == ErrorKind::ConnectTimeout {
+                                flowgate_lb::Outcome::Timeout
+                            } else {
+                                flowgate_lb::Outcome::ConnectFailure
+                            });
+                        }
                         return this.fail(err);
                     }
                     Poll::Ready(Ok(s)) => {
+                        if let Some(l) = &mut this.lease {
+                            l.record(flowgate_lb::Outcome::Success);
+                        }
                         let (r, w) = s.into_split();
                         let now = Instant::now();
                         this.state = State::Open(Box::new(Open {
@@ -432,5 +508,38 @@ impl Stream for ConnectStream {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowgate_pipeline::ConnInfo;
+
+    #[test]
+    fn maglev_keys_on_the_client_ip() {
+        let targets: Vec<String> = (1..=3).map(|p| format!("127.0.0.1:{p}")).collect();
+        let mut c = Connect::round_robin(targets.clone());
+        let lb = flowgate_lb::Balancer::new(flowgate_lb::BalancerConfig::new(
+            flowgate_lb::Algorithm::maglev(),
+        ))
+        .unwrap();
+        lb.set_backends(
+            targets
+                .iter()
+                .map(|t| flowgate_lb::Backend::new(t.parse().unwrap()))
+                .collect(),
+        );
+        c.balancer = Some(lb);
+        let picks: Vec<String> = (0..10u16)
+            .map(|i| {
+                let cx = Context::with_conn(ConnInfo {
+                    peer: Some(format!("127.0.0.1:{}", 40000 + i).parse().unwrap()),
+                    ..Default::default()
+                });
+                c.pick(&cx).unwrap().0
+            })
+            .collect();
+        assert!(picks.iter().all(|p| *p == picks[0]), "{picks:?}");
     }
 }
