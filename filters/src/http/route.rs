@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use flowgate_pipeline::joint::config::host_matches;
 use flowgate_pipeline::joint::{Branch, Pipe};
 use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig};
 use flowgate_pipeline::{Context, Description, Event, Filter, Head, SubPipeline, Transform};
@@ -104,17 +105,6 @@ fn host_of(p: &request::Parts) -> Option<&str> {
         Some(i) if !raw[i..].contains(']') => &raw[..i],
         _ => raw,
     })
-}
-
-fn host_matches(pattern: &str, host: &str) -> bool {
-    match pattern.strip_prefix("*.") {
-        Some(suffix) => {
-            host.len() > suffix.len() + 1
-                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
-        }
-        None => pattern.eq_ignore_ascii_case(host),
-    }
 }
 
 impl CompiledMatch {

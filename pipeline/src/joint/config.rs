@@ -230,7 +230,17 @@ impl Prefix {
     }
 }
 
-fn sni_matches(pattern: &str, name: &str) -> bool {
+/// Whether a host or server name matches a pattern: exactly (ignoring case), or, for
+/// `*.suffix`, any name that ends in `.suffix` with at least one label before it (routing
+/// semantics: `*.example.com` matches `a.example.com` and `a.b.example.com`).
+///
+/// ```
+/// use flowgate_pipeline::joint::config::host_matches;
+/// assert!(host_matches("*.example.com", "a.b.Example.COM"));
+/// assert!(!host_matches("*.example.com", "example.com"));
+/// assert!(host_matches("api.test", "API.test"));
+/// ```
+pub fn host_matches(pattern: &str, name: &str) -> bool {
     match pattern.strip_prefix("*.") {
         Some(suffix) => {
             name.len() > suffix.len() + 1
@@ -255,7 +265,7 @@ impl Match {
             let tls = conn.tls.as_deref();
             sni.as_deref().is_none_or(|p| {
                 tls.and_then(|t| t.sni.as_deref())
-                    .is_some_and(|n| sni_matches(p, n))
+                    .is_some_and(|n| host_matches(p, n))
             }) && alpn
                 .as_deref()
                 .is_none_or(|p| tls.and_then(|t| t.alpn.as_deref()) == Some(p.as_bytes()))
