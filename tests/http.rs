@@ -315,3 +315,38 @@ pipelines:
     assert!(ok, "{err}");
     assert_eq!(out, "308 https://site.test/new/page?q");
 }
+
+#[test]
+fn access_log_lines_in_common_and_json_formats() {
+    let dir = TempDir::new("http-access");
+    let (_nginx, up) = nginx_echo(&dir);
+    let (common, json) = (free_port(), free_port());
+    let cfg = dir.write(
+        "log.yaml",
+        &format!(
+            "listeners:\n  - listen: 127.0.0.1:{common}\n    pipeline: common\n  - listen: 127.0.0.1:{json}\n    pipeline: json\npipelines:\n  common:\n    - demux-http: {{ pipeline: request, access_log: common }}\n  json:\n    - demux-http: {{ pipeline: request, access_log: json }}\n  request:\n    - mux-http: {{ pipeline: upstream }}\n  upstream:\n    - connect: {{ target: 127.0.0.1:{up} }}\n"
+        ),
+    );
+    let fg = flowgate_run_log(&cfg, &[common, json], "warn,flowgate::access=info");
+    let (ok, body, err) = curl(&[&format!("http://127.0.0.1:{common}/hello?a=1")]);
+    assert!(ok && body == "hello GET /hello?a=1", "{err}");
+    let (ok, _, err) = curl(&["-X", "POST", &format!("http://127.0.0.1:{json}/hello")]);
+    assert!(ok, "{err}");
+    let log = fg.stop();
+    assert!(log.contains("127.0.0.1 - - ["), "{log}");
+    assert!(log.contains("\"GET /hello?a=1 HTTP/1.1\" 200 20 "), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("\"method\":\"POST\""))
+        .unwrap_or_else(|| panic!("{log}"));
+    let json_text = &line[line.find('{').unwrap()..];
+    let v: serde_json::Value = serde_json::from_str(json_text).unwrap();
+    assert_eq!(
+        (
+            v["path"].as_str(),
+            v["status"].as_u64(),
+            v["bytes"].as_u64()
+        ),
+        (Some("/hello"), Some(200), Some(17))
+    );
+}

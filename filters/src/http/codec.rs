@@ -11,6 +11,8 @@ use flowgate_http::h1::{
     Frame, H1Error, Limits, RequestDecoder, encode_chunk, encode_last_chunk, encode_response_head,
 };
 use flowgate_pipeline::Events;
+
+use super::access_log::AccessLog;
 use flowgate_pipeline::{ErrorKind, Event, Head, Side, StreamError, Tail, Transform};
 use futures_core::Stream;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -56,6 +58,7 @@ pub(crate) struct DecodeRequests {
     buf: BytesMut,
     closing: bool,
     done: bool,
+    log: Option<AccessLog>,
 }
 
 /// Timeouts of the server side while it waits for a request head.
@@ -82,10 +85,15 @@ pub(crate) struct RequestStream {
 }
 
 impl RequestStream {
-    pub(crate) fn new(input: Events, limits: Limits, timeouts: HeadTimeouts) -> Self {
+    pub(crate) fn new(
+        input: Events,
+        limits: Limits,
+        timeouts: HeadTimeouts,
+        log: Option<AccessLog>,
+    ) -> Self {
         RequestStream {
             input,
-            decoder: DecodeRequests::new(limits),
+            decoder: DecodeRequests::new(limits, log),
             out: VecDeque::new(),
             timeouts,
             timer: Box::pin(tokio::time::sleep(timeouts.idle)),
@@ -163,12 +171,13 @@ impl Stream for RequestStream {
 pub(crate) struct HeadTimedOut(pub(crate) bool);
 
 impl DecodeRequests {
-    pub(crate) fn new(limits: Limits) -> Self {
+    pub(crate) fn new(limits: Limits, log: Option<AccessLog>) -> Self {
         DecodeRequests {
             decoder: RequestDecoder::new(limits),
             buf: BytesMut::new(),
             closing: false,
             done: false,
+            log,
         }
     }
 
@@ -182,6 +191,9 @@ impl DecodeRequests {
             match r {
                 Ok(Some(Frame::Head(parts, _))) => {
                     self.closing = wants_close(&parts);
+                    if let Some(l) = &self.log {
+                        l.request(&parts);
+                    }
                     out(Event::MessageStart(Head::new(parts)));
                 }
                 Ok(Some(Frame::Data(b))) => out(Event::Data(b)),
@@ -246,14 +258,16 @@ pub(crate) struct EncodeResponses {
     out: BytesMut,
     /// Between a response's head and its end.
     in_response: bool,
+    log: Option<AccessLog>,
 }
 
 impl EncodeResponses {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(log: Option<AccessLog>) -> Self {
         EncodeResponses {
             mode: BodyMode::Raw,
             out: BytesMut::new(),
             in_response: false,
+            log,
         }
     }
 }
@@ -313,6 +327,9 @@ impl Transform for EncodeResponses {
                     BodyMode::Chunked
                 };
                 self.in_response = true;
+                if let Some(l) = &self.log {
+                    l.status(parts.status.as_u16());
+                }
                 encode_response_head(parts, &mut self.out);
                 if self.mode == BodyMode::Chunked && !parts.headers.contains_key(TRANSFER_ENCODING)
                 {
@@ -322,18 +339,26 @@ impl Transform for EncodeResponses {
                         .extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
                 }
             }
-            Event::Data(b) => match self.mode {
-                BodyMode::Raw => {
-                    if !self.out.is_empty() {
-                        out(Event::Data(self.out.split().freeze()));
-                    }
-                    out(Event::Data(b));
+            Event::Data(b) => {
+                if let Some(l) = &self.log {
+                    l.bytes(b.len());
                 }
-                BodyMode::Chunked => encode_chunk(&b, &mut self.out),
-                BodyMode::None => {}
-            },
+                match self.mode {
+                    BodyMode::Raw => {
+                        if !self.out.is_empty() {
+                            out(Event::Data(self.out.split().freeze()));
+                        }
+                        out(Event::Data(b));
+                    }
+                    BodyMode::Chunked => encode_chunk(&b, &mut self.out),
+                    BodyMode::None => {}
+                }
+            }
             Event::MessageEnd(t) => {
                 self.in_response = false;
+                if let Some(l) = &self.log {
+                    l.done();
+                }
                 if self.mode == BodyMode::Chunked {
                     encode_last_chunk(t.get::<Trailers>(), &mut self.out);
                 }

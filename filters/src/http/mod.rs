@@ -18,8 +18,11 @@
 //! `http::HeaderMap`. This is the first cut of the HTTP data plane: HTTP/1.1 only (HTTP/2,
 //! routing, retries and the rest are still to come).
 
+mod access_log;
 mod client;
 mod codec;
+
+pub use access_log::AccessLogFormat;
 mod rewrite;
 mod route;
 
@@ -126,6 +129,10 @@ pub struct DemuxHttpConfig {
         with = "flowgate_pipeline::serde_duration"
     )]
     pub keepalive_timeout: Duration,
+    /// Log each request (`common` or `json`) at info level, target `flowgate::access`.
+    /// Default off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLogFormat>,
 }
 
 fn d_pending() -> usize {
@@ -155,7 +162,8 @@ impl FilterConfig for DemuxHttpConfig {
                 self.limits.limits(),
             )
             .max_pending(self.max_pending)
-            .timeouts(self.header_timeout, self.keepalive_timeout),
+            .timeouts(self.header_timeout, self.keepalive_timeout)
+            .access_log(self.access_log),
         ))
     }
 }
@@ -172,6 +180,7 @@ pub struct DemuxHttp {
     limits: Limits,
     max_pending: usize,
     timeouts: codec::HeadTimeouts,
+    access_log: Option<AccessLogFormat>,
 }
 
 impl DemuxHttp {
@@ -186,7 +195,15 @@ impl DemuxHttp {
             limits,
             max_pending: d_pending(),
             timeouts,
+            access_log: None,
         }
+    }
+
+    /// Logs each request in `format` (or not, with `None`).
+    #[must_use]
+    pub fn access_log(mut self, format: Option<AccessLogFormat>) -> Self {
+        self.access_log = format;
+        self
     }
 
     /// Sets the header timeout (slowloris) and the keep-alive idle timeout.
@@ -225,11 +242,19 @@ impl Filter for DemuxHttp {
     }
 
     fn attach(&self, input: Events, cx: &Context) -> Events {
-        let decoded = Box::pin(codec::RequestStream::new(input, self.limits, self.timeouts));
+        let log = self
+            .access_log
+            .map(|f| access_log::AccessLog::new(f, cx.conn().peer));
+        let decoded = Box::pin(codec::RequestStream::new(
+            input,
+            self.limits,
+            self.timeouts,
+            log.clone(),
+        ));
         let replies = self.demux.attach(decoded, cx);
         Box::pin(TransformStream::new(
             replies,
-            vec![Box::new(codec::EncodeResponses::new())],
+            vec![Box::new(codec::EncodeResponses::new(log))],
         ))
     }
 
