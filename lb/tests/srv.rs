@@ -47,25 +47,43 @@ remote-control:
     );
     let path = dir.join("unbound.conf");
     std::fs::write(&path, conf).unwrap();
+    let log = std::fs::File::create(dir.join("unbound.log")).unwrap();
     let child = Command::new("unbound")
         .arg("-d")
         .arg("-c")
         .arg(&path)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("unbound is required (apt-get install -y unbound)");
     Unbound(child, dir)
 }
 
+impl Unbound {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.1.join("unbound.log")).unwrap_or_default()
+    }
+
+    fn exited(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(Some(_)))
+    }
+}
+
+/// A port free for both UDP and TCP (unbound listens on both).
+fn free_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 #[tokio::test]
 async fn srv_records_become_weighted_backends_of_the_lowest_priority() {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _u = unbound(port);
+    let port = free_port();
+    let mut u = unbound(port);
     let resolver = format!("127.0.0.1:{port}").parse().unwrap();
     let mut d = SrvDiscovery::new("_http._tcp.svc.test", resolver, Duration::from_millis(200))
         .timeout(Duration::from_millis(300));
@@ -77,10 +95,11 @@ async fn srv_records_become_weighted_backends_of_the_lowest_priority() {
                 set = Some(s);
                 break;
             }
+            _ if u.exited() => panic!("unbound exited:\n{}", u.log()),
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-    let set = set.expect("unbound answered");
+    let set = set.unwrap_or_else(|| panic!("unbound did not answer:\n{}", u.log()));
     let got: Vec<(String, u32)> = set.iter().map(|b| (b.addr.to_string(), b.weight)).collect();
     assert_eq!(
         got,
