@@ -12,12 +12,13 @@
 //! cargo run --example tls_terminator          # TLS on 127.0.0.1:8443, upstream on 127.0.0.1:9080
 //! ```
 //!
-//! Poke it (the path of the CA file is printed at start):
+//! Poke it, with the CA path it prints at start (`$TMPDIR/flowgate-tls-example/ca.pem`):
 //!
 //! ```text
-//! curl --cacert /tmp/flowgate-tls-example/ca.pem --resolve localhost:8443:127.0.0.1 https://localhost:8443/
+//! CA=${TMPDIR:-/tmp}/flowgate-tls-example/ca.pem
+//! curl --cacert "$CA" --resolve localhost:8443:127.0.0.1 https://localhost:8443/
 //! # -> hello over TLS
-//! openssl s_client -connect 127.0.0.1:8443 -servername localhost -CAfile /tmp/flowgate-tls-example/ca.pem -quiet
+//! openssl s_client -connect 127.0.0.1:8443 -servername localhost -CAfile "$CA" -quiet
 //! ```
 #![allow(clippy::print_stdout)]
 
