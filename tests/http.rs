@@ -320,14 +320,24 @@ pipelines:
 fn access_log_lines_in_common_and_json_formats() {
     let dir = TempDir::new("http-access");
     let (_nginx, up) = nginx_echo(&dir);
-    let (common, json) = (free_port(), free_port());
+    let (common, json, broken) = (free_port(), free_port(), free_port());
+    let dead = free_port();
     let cfg = dir.write(
         "log.yaml",
         &format!(
-            "listeners:\n  - listen: 127.0.0.1:{common}\n    pipeline: common\n  - listen: 127.0.0.1:{json}\n    pipeline: json\npipelines:\n  common:\n    - demux-http: {{ pipeline: request, access_log: common }}\n  json:\n    - demux-http: {{ pipeline: request, access_log: json }}\n  request:\n    - mux-http: {{ pipeline: upstream }}\n  upstream:\n    - connect: {{ target: 127.0.0.1:{up} }}\n"
+            "listeners:\n  - listen: 127.0.0.1:{common}\n    pipeline: common\n  - listen: 127.0.0.1:{json}\n    pipeline: json\n  - listen: 127.0.0.1:{broken}\n    pipeline: broken\npipelines:\n  common:\n    - demux-http: {{ pipeline: request, access_log: common }}\n  json:\n    - demux-http: {{ pipeline: request, access_log: json }}\n  request:\n    - mux-http: {{ pipeline: upstream }}\n  upstream:\n    - connect: {{ target: 127.0.0.1:{up} }}\n  broken:\n    - demux-http: {{ pipeline: dead, access_log: common }}\n  dead:\n    - mux-http: {{ pipeline: nowhere }}\n  nowhere:\n    - connect: {{ target: 127.0.0.1:{dead} }}\n"
         ),
     );
-    let fg = flowgate_run_log(&cfg, &[common, json], "warn,flowgate::access=info");
+    let fg = flowgate_run_log(&cfg, &[common, json, broken], "warn,flowgate::access=info");
+    let (_, code, _) = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://127.0.0.1:{broken}/down"),
+    ]);
+    assert_eq!(code, "502");
     let (ok, body, err) = curl(&[&format!("http://127.0.0.1:{common}/hello?a=1")]);
     assert!(ok && body == "hello GET /hello?a=1", "{err}");
     let (ok, _, err) = curl(&["-X", "POST", &format!("http://127.0.0.1:{json}/hello")]);
@@ -335,6 +345,10 @@ fn access_log_lines_in_common_and_json_formats() {
     let log = fg.stop();
     assert!(log.contains("127.0.0.1 - - ["), "{log}");
     assert!(log.contains("\"GET /hello?a=1 HTTP/1.1\" 200 20 "), "{log}");
+    assert!(
+        log.contains("\"GET /down HTTP/1.1\" 502 0 "),
+        "failures are logged too: {log}"
+    );
     let line = log
         .lines()
         .find(|l| l.contains("\"method\":\"POST\""))

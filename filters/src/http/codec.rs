@@ -371,6 +371,10 @@ impl Transform for EncodeResponses {
                     out(Event::Data(self.out.split().freeze()));
                 }
                 if let (false, Some(status)) = (self.in_response, status_for(&e)) {
+                    if let Some(l) = &self.log {
+                        l.status(status);
+                        l.done();
+                    }
                     out(Event::Data(error_response(status)));
                 }
                 out(Event::StreamEnd(Some(e)));
