@@ -364,3 +364,47 @@ fn access_log_lines_in_common_and_json_formats() {
         (Some("/hello"), Some(200), Some(17))
     );
 }
+
+#[test]
+fn retries_idempotent_requests_past_a_dead_upstream() {
+    let dir = TempDir::new("http-retry");
+    let (_nginx, up) = nginx_echo(&dir);
+    let dead = free_port();
+    let port = free_port();
+    let cfg = dir.write(
+        "retry.yaml",
+        &format!(
+            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: main\npipelines:\n  main:\n    - demux-http: {{ pipeline: request }}\n  request:\n    - retry: {{ pipeline: call, tries: 2, backoff: 1ms }}\n  call:\n    - mux-http: {{ pipeline: upstream, max_requests: 1 }}\n  upstream:\n    - connect:\n        target: [127.0.0.1:{dead}, 127.0.0.1:{up}]\n        balance: {{ algorithm: {{ type: round_robin }} }}\n"
+        ),
+    );
+    let _fg = flowgate_run(&cfg, &[port]);
+    // One request per upstream connection (max_requests: 1), so round robin alternates the
+    // dead and the live upstream: every GET succeeds on its first or second try.
+    for i in 0..10 {
+        let (ok, body, err) = curl(&[&format!("http://127.0.0.1:{port}/hello/{i}")]);
+        assert!(
+            ok && body == format!("hello GET /hello/{i}"),
+            "{i}: {body} {err}"
+        );
+    }
+    // POST is not idempotent: it is not retried, so some hit the dead upstream and get 502.
+    let codes: Vec<String> = (0..10)
+        .map(|_| {
+            curl(&[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "POST",
+                &format!("http://127.0.0.1:{port}/hello"),
+            ])
+            .1
+        })
+        .collect();
+    assert!(
+        codes.iter().any(|c| c == "502") && codes.iter().any(|c| c == "200"),
+        "{codes:?}"
+    );
+}

@@ -23,9 +23,11 @@ mod client;
 mod codec;
 
 pub use access_log::AccessLogFormat;
+mod retry;
 mod rewrite;
 mod route;
 
+pub use retry::RetryConfig;
 pub use rewrite::{PrefixRewrite, RedirectConfig, RewriteConfig};
 pub use route::{
     HeaderEdits, HeadersConfig, RouteConfig, RouteEntry, RouteMatch, WeightedPipeline,
@@ -47,7 +49,8 @@ use serde::{Deserialize, Serialize};
 
 pub use codec::Trailers;
 
-/// Registers `demux-http`, `mux-http`, `respond`, `route`, `headers`, `rewrite` and `redirect`.
+/// Registers `demux-http`, `mux-http`, `respond`, `route`, `headers`, `rewrite`, `redirect`
+/// and `retry`.
 pub fn register(r: &mut Registry) {
     r.register::<DemuxHttpConfig>("demux-http");
     r.register::<MuxHttpConfig>("mux-http");
@@ -56,6 +59,7 @@ pub fn register(r: &mut Registry) {
     r.register::<HeadersConfig>("headers");
     r.register::<RewriteConfig>("rewrite");
     r.register::<RedirectConfig>("redirect");
+    r.register::<RetryConfig>("retry");
 }
 
 /// Limits on what an HTTP/1 peer may send, in configuration form.
