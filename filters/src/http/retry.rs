@@ -227,15 +227,15 @@ impl Stream for RetryStream {
                 return Poll::Ready(None);
             }
             // Read the request (into the copy and the current try).
-            if !this.input_done {
-                if let Poll::Ready(ev) = this.input.as_mut().poll_next(cx) {
-                    let ev = ev.unwrap_or(Event::END);
-                    if this.attempt.is_none() && this.tries == 0 {
-                        this.start_attempt();
-                    }
-                    this.take_input(ev);
-                    continue;
+            if !this.input_done
+                && let Poll::Ready(ev) = this.input.as_mut().poll_next(cx)
+            {
+                let ev = ev.unwrap_or(Event::END);
+                if this.attempt.is_none() && this.tries == 0 {
+                    this.start_attempt();
                 }
+                this.take_input(ev);
+                continue;
             }
             let Some(attempt) = &mut this.attempt else {
                 // Waiting out the backoff, or not started yet.
@@ -277,18 +277,18 @@ impl Stream for RetryStream {
                 }
                 Poll::Pending => {}
             }
-            if let Some(t) = &mut this.timer {
-                if t.as_mut().poll(cx).is_ready() {
-                    // No response head in time.
-                    if this.can_retry() {
-                        this.schedule_retry();
-                        continue;
-                    }
-                    this.done = true;
-                    this.attempt = None;
-                    let e = StreamError::new(ErrorKind::IdleTimeout, Side::Upstream);
-                    return Poll::Ready(Some(Event::StreamEnd(Some(e))));
+            if let Some(t) = &mut this.timer
+                && t.as_mut().poll(cx).is_ready()
+            {
+                // No response head in time.
+                if this.can_retry() {
+                    this.schedule_retry();
+                    continue;
                 }
+                this.done = true;
+                this.attempt = None;
+                let e = StreamError::new(ErrorKind::IdleTimeout, Side::Upstream);
+                return Poll::Ready(Some(Event::StreamEnd(Some(e))));
             }
             return Poll::Pending;
         }
