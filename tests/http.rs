@@ -408,3 +408,75 @@ fn retries_idempotent_requests_past_a_dead_upstream() {
         "{codes:?}"
     );
 }
+
+#[test]
+fn cors_preflight_and_response_headers() {
+    let dir = TempDir::new("http-cors");
+    let port = free_port();
+    let cfg = dir.write(
+        "cors.yaml",
+        &format!(
+            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: main\npipelines:\n  main:\n    - demux-http: {{ pipeline: request }}\n  request:\n    - cors: {{ pipeline: app, allow_origins: [\"https://a.test\"], allow_methods: [GET, PUT], allow_headers: [content-type], max_age: 60s }}\n  app:\n    - respond: {{ body: app }}\n"
+        ),
+    );
+    let _fg = flowgate_run(&cfg, &[port]);
+    let url = format!("http://127.0.0.1:{port}/x");
+    let head = |args: &[&str]| {
+        let (ok, out, err) =
+            curl(&[&["-s", "-D", "-", "-o", "/dev/null"], args, &[url.as_str()]].concat());
+        assert!(ok, "{err}");
+        out.to_ascii_lowercase()
+    };
+    let pre = head(&[
+        "-X",
+        "OPTIONS",
+        "-H",
+        "Origin: https://a.test",
+        "-H",
+        "Access-Control-Request-Method: PUT",
+    ]);
+    assert!(pre.starts_with("http/1.1 204"), "{pre}");
+    assert!(
+        pre.contains("access-control-allow-origin: https://a.test"),
+        "{pre}"
+    );
+    assert!(
+        pre.contains("access-control-allow-methods: get, put"),
+        "{pre}"
+    );
+    assert!(
+        pre.contains("access-control-allow-headers: content-type"),
+        "{pre}"
+    );
+    assert!(pre.contains("access-control-max-age: 60"), "{pre}");
+    let refused = head(&[
+        "-X",
+        "OPTIONS",
+        "-H",
+        "Origin: https://b.test",
+        "-H",
+        "Access-Control-Request-Method: PUT",
+    ]);
+    assert!(refused.starts_with("http/1.1 403"), "{refused}");
+    let bad_method = head(&[
+        "-X",
+        "OPTIONS",
+        "-H",
+        "Origin: https://a.test",
+        "-H",
+        "Access-Control-Request-Method: DELETE",
+    ]);
+    assert!(bad_method.starts_with("http/1.1 403"), "{bad_method}");
+    let actual = head(&["-H", "Origin: https://a.test"]);
+    assert!(
+        actual.starts_with("http/1.1 200")
+            && actual.contains("access-control-allow-origin: https://a.test")
+            && actual.contains("vary: origin"),
+        "{actual}"
+    );
+    let other = head(&["-H", "Origin: https://b.test"]);
+    assert!(
+        other.starts_with("http/1.1 200") && !other.contains("access-control-allow-origin"),
+        "{other}"
+    );
+}

@@ -21,12 +21,14 @@
 mod access_log;
 mod client;
 mod codec;
+mod cors;
 
 pub use access_log::AccessLogFormat;
 mod retry;
 mod rewrite;
 mod route;
 
+pub use cors::CorsConfig;
 pub use retry::RetryConfig;
 pub use rewrite::{PrefixRewrite, RedirectConfig, RewriteConfig};
 pub use route::{
@@ -49,8 +51,8 @@ use serde::{Deserialize, Serialize};
 
 pub use codec::Trailers;
 
-/// Registers `demux-http`, `mux-http`, `respond`, `route`, `headers`, `rewrite`, `redirect`
-/// and `retry`.
+/// Registers `demux-http`, `mux-http`, `respond`, `route`, `headers`, `rewrite`, `redirect`,
+/// `retry` and `cors`.
 pub fn register(r: &mut Registry) {
     r.register::<DemuxHttpConfig>("demux-http");
     r.register::<MuxHttpConfig>("mux-http");
@@ -60,6 +62,7 @@ pub fn register(r: &mut Registry) {
     r.register::<RewriteConfig>("rewrite");
     r.register::<RedirectConfig>("redirect");
     r.register::<RetryConfig>("retry");
+    r.register::<CorsConfig>("cors");
 }
 
 /// Limits on what an HTTP/1 peer may send, in configuration form.
