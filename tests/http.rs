@@ -480,3 +480,31 @@ fn cors_preflight_and_response_headers() {
         "{other}"
     );
 }
+
+#[test]
+fn a_failed_request_is_answered_and_the_connection_stays_usable() {
+    let dir = TempDir::new("http-keep");
+    let (_nginx, up) = nginx_echo(&dir);
+    let dead = free_port();
+    let port = free_port();
+    let cfg = dir.write(
+        "keep.yaml",
+        &format!(
+            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: main\npipelines:\n  main:\n    - demux-http: {{ pipeline: request }}\n  request:\n    - route:\n        routes:\n          - match: {{ path_prefix: /down }}\n            pipeline: down\n        default: up\n  down:\n    - mux-http: {{ pipeline: nowhere }}\n  nowhere:\n    - connect: {{ target: 127.0.0.1:{dead} }}\n  up:\n    - mux-http: {{ pipeline: upstream }}\n  upstream:\n    - connect: {{ target: 127.0.0.1:{up} }}\n"
+        ),
+    );
+    let _fg = flowgate_run(&cfg, &[port]);
+    let (ok, out, err) = curl(&[
+        "-v",
+        "-w",
+        "[%{http_code}]",
+        &format!("http://127.0.0.1:{port}/down"),
+        &format!("http://127.0.0.1:{port}/hello"),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "[502]hello GET /hello[200]");
+    assert!(
+        err.contains("Re-using existing connection") || err.contains("Reusing existing connection"),
+        "{err}"
+    );
+}

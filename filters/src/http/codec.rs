@@ -295,6 +295,43 @@ fn status_for(e: &StreamError) -> Option<u16> {
     }
 }
 
+/// Turns a per-request stream that fails before its response started into an error
+/// response (502, 504…), so one failed request does not close a keep-alive connection. A
+/// failure after the head has gone out (a truncated body) passes on and closes it.
+#[derive(Default)]
+pub(crate) struct AnswerFailures {
+    started: bool,
+}
+
+impl Transform for AnswerFailures {
+    fn on_event(&mut self, ev: Event, out: &mut dyn FnMut(Event)) {
+        match ev {
+            Event::MessageStart(_) => {
+                self.started = true;
+                out(ev);
+            }
+            Event::StreamEnd(Some(e)) if !self.started && e.side() != Side::Downstream => {
+                match status_for(&e) {
+                    Some(status) => {
+                        tracing::debug!(error = %e, status, "request failed; answered with an error response");
+                        let (mut parts, ()) = http::Response::new(()).into_parts();
+                        parts.status =
+                            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                        parts
+                            .headers
+                            .insert(CONTENT_LENGTH, http::HeaderValue::from_static("0"));
+                        out(Event::MessageStart(Head::new(parts)));
+                        out(Event::MessageEnd(Tail::none()));
+                        out(Event::END);
+                    }
+                    None => out(Event::StreamEnd(Some(e))),
+                }
+            }
+            other => out(other),
+        }
+    }
+}
+
 /// The bytes of a bodiless error response.
 pub(crate) fn error_response(status: u16) -> Bytes {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);

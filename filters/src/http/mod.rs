@@ -184,6 +184,7 @@ impl FilterConfig for DemuxHttpConfig {
 /// timeout gets 408 (slowloris); a connection idle past the keep-alive timeout is closed.
 pub struct DemuxHttp {
     demux: Demux,
+    sub: SubPipeline,
     limits: Limits,
     max_pending: usize,
     timeouts: codec::HeadTimeouts,
@@ -197,8 +198,16 @@ impl DemuxHttp {
             header: d_header_timeout(),
             idle: d_keepalive_timeout(),
         };
+        let sub = sub.into();
+        // Each request runs `sub`, and a failure before its response becomes an error
+        // response, so the connection stays usable. `subs()` reports `sub` for binding.
+        let per_request = Pipeline::builder("demux-http-request")
+            .filter(flowgate_pipeline::joint::Pipe::new(sub.clone()))
+            .transform("answer-failures", codec::AnswerFailures::default)
+            .build_deferred();
         DemuxHttp {
-            demux: Demux::new(sub),
+            demux: Demux::new(per_request),
+            sub,
             limits,
             max_pending: d_pending(),
             timeouts,
@@ -244,7 +253,7 @@ impl Filter for DemuxHttp {
             "header_timeout": flowgate_pipeline::serde_duration::format(self.timeouts.header),
             "keepalive_timeout": flowgate_pipeline::serde_duration::format(self.timeouts.idle),
         }));
-        d.subs = self.demux.describe().subs;
+        d.subs = vec![self.sub.name().to_string()];
         d
     }
 
@@ -266,7 +275,7 @@ impl Filter for DemuxHttp {
     }
 
     fn subs(&self) -> Vec<SubPipeline> {
-        self.demux.subs()
+        vec![self.sub.clone()]
     }
 }
 
