@@ -11,6 +11,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{self, ConfigFileError};
 
+/// How long a changed file must stay the same before it is reloaded.
+const SETTLE: Duration = Duration::from_millis(200);
+
 /// Why `run` stopped with a failure.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -80,8 +83,13 @@ pub fn run(path: &Path, registry: Arc<Registry>, opts: RunOptions) -> Result<(),
                 _ = tokio::time::sleep(watch), if opts.watch_interval.is_some() => {
                     let now = std::fs::read(&path).ok();
                     if now.is_some() && now != last {
-                        last = now;
-                        reload(&server, &path, &registry, "file change");
+                        // A file being written (truncate, then write) can be caught half
+                        // way: reload only once two reads a moment apart agree.
+                        tokio::time::sleep(SETTLE).await;
+                        if std::fs::read(&path).ok() == now {
+                            last = now;
+                            reload(&server, &path, &registry, "file change");
+                        }
                     }
                 }
             }

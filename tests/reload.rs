@@ -85,7 +85,10 @@ fn reload_under_load_loses_nothing() {
     let step = Duration::from_secs(secs) / (RELOADS as u32 + 1);
     for r in 1..=RELOADS {
         std::thread::sleep(step);
-        std::fs::write(&path, config(port, &up_ports, r)).unwrap();
+        // Atomically, as configuration tools do: write a temporary file, then rename it.
+        let tmp = path.with_extension("yaml.tmp");
+        std::fs::write(&tmp, config(port, &up_ports, r)).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
         fg.signal("HUP");
     }
     let errors: Vec<String> = clients
@@ -121,4 +124,37 @@ fn exchange(port: u16, payload: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut back = Vec::with_capacity(payload.len());
     c.read_to_end(&mut back)?;
     Ok(back)
+}
+
+#[test]
+fn a_changed_file_is_reloaded_without_a_signal() {
+    let (a, b) = (Echo::start(Some("A:")), Echo::start(Some("B:")));
+    let port = free_port();
+    let dir = TempDir::new("watch");
+    let cfg = |up: u16| {
+        format!(
+            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: p\npipelines:\n  p:\n    - connect: {{ target: 127.0.0.1:{up} }}\n"
+        )
+    };
+    let path = dir.write("watch.yaml", &cfg(a.port));
+    let _fg = flowgate_run(&path, &[port]);
+    let tag = || {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut s = String::new();
+        c.read_to_string(&mut s).unwrap();
+        s
+    };
+    assert_eq!(tag(), "A:");
+    // A non-atomic write: the watcher must not reload a half-written file.
+    std::fs::write(&path, cfg(b.port)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tag() != "B:" {
+        assert!(
+            Instant::now() < deadline,
+            "the file change was not picked up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
