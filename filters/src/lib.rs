@@ -24,6 +24,8 @@
 
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 #[cfg(feature = "net")]
 pub mod net;
 pub mod registry;

@@ -20,6 +20,8 @@ pub fn register(r: &mut Registry) {
     crate::net::register(r);
     #[cfg(feature = "http")]
     crate::http::register(r);
+    #[cfg(feature = "mqtt")]
+    crate::mqtt::register(r);
     #[cfg(not(any(feature = "net", feature = "http")))]
     let _ = r;
 }

@@ -12,7 +12,7 @@ pub use proxy_protocol::{
     AcceptProxyProtocol, AcceptProxyProtocolConfig, ConnectProxyProtocol,
     ConnectProxyProtocolConfig,
 };
-pub use throttle::{Throttle, ThrottleConfig};
+pub use throttle::{Size, Throttle, ThrottleConfig};
 
 use flowgate_pipeline::registry::Registry;
 

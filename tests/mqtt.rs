@@ -1,0 +1,425 @@
+//! `proxy-mqtt` end to end on loopback, through the `flowgate` binary, with real mosquitto
+//! brokers and real clients (mosquitto_pub/mosquitto_sub and paho-mqtt from PyPI, driven by
+//! `tests/mqtt_clients.py`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A mosquitto broker on a free loopback port.
+fn mosquitto(dir: &TempDir, name: &str) -> (Proc, u16) {
+    let port = free_port();
+    let conf = dir.write(
+        &format!("{name}.conf"),
+        &format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\n"
+        ),
+    );
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let p = Proc {
+        child,
+        name: name.into(),
+    };
+    wait_port(port);
+    (p, port)
+}
+
+/// `flowgate run` with one `proxy-mqtt` over `brokers`; `extra` is more YAML for the
+/// filter's options (indented by 8).
+fn proxy(dir: &TempDir, brokers: &[u16], extra: &str) -> (Proc, u16) {
+    let port = free_port();
+    let list: Vec<String> = brokers.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let cfg = dir.write(
+        "proxy.yaml",
+        &format!(
+            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: mqtt\npipelines:\n  mqtt:\n    - proxy-mqtt:\n        brokers: [{}]\n{extra}",
+            list.join(", ")
+        ),
+    );
+    (flowgate_run(&cfg, &[port]), port)
+}
+
+/// Runs a command with a deadline; (success, stdout + stderr).
+fn run(cmd: &mut Command, limit: Duration) -> (bool, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut out = String::new();
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut out)
+                .unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut out)
+                .unwrap();
+            return (status.success(), out);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (false, format!("timed out: {cmd:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn py(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mqtt_clients.py");
+    let (ok, out) = run(
+        Command::new("python3").arg(script).args(args),
+        Duration::from_secs(60),
+    );
+    assert!(ok, "mqtt_clients.py {args:?}: {out}");
+    out.lines().last().unwrap_or_default().to_string()
+}
+
+fn pub_cli(port: u16, args: &[&str]) -> (bool, String) {
+    run(
+        Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args),
+        Duration::from_secs(20),
+    )
+}
+
+fn peers_present() -> bool {
+    let ok = have("mosquitto") && have("mosquitto_pub") && have("python3");
+    if !ok {
+        eprintln!("skipped: mosquitto, mosquitto-clients and python3 with paho-mqtt are needed");
+    }
+    ok
+}
+
+#[test]
+fn one_client_id_always_lands_on_the_same_broker() {
+    if !peers_present() {
+        return;
+    }
+    let dir = TempDir::new("mqtt-sticky");
+    let (_a, pa) = mosquitto(&dir, "a");
+    let (_b, pb) = mosquitto(&dir, "b");
+    for (port, tag) in [(pa, "A"), (pb, "B")] {
+        let (ok, out) = pub_cli(port, &["-t", "whoami", "-m", tag, "-r", "-q", "1"]);
+        assert!(ok, "{out}");
+    }
+    let (_fg, port) = proxy(&dir, &[pa, pb], "");
+    let ids: Vec<String> = (0..12).map(|i| format!("device-{i}")).collect();
+    let first: Vec<String> = ids
+        .iter()
+        .map(|id| py(&["whoami", &port.to_string(), id]))
+        .collect();
+    let again: Vec<String> = ids
+        .iter()
+        .map(|id| py(&["whoami", &port.to_string(), id]))
+        .collect();
+    assert_eq!(first, again, "a client id moved between brokers");
+    let on_a = first.iter().filter(|b| b.contains("\"A\"")).count();
+    assert!(
+        on_a > 0 && on_a < ids.len(),
+        "12 client ids all on one broker: {first:?}"
+    );
+}
+
+#[test]
+fn paho_and_mosquitto_clients_over_311_and_5() {
+    if !peers_present() {
+        return;
+    }
+    let dir = TempDir::new("mqtt-rt");
+    let (_m, pm) = mosquitto(&dir, "m");
+    let (_fg, port) = proxy(&dir, &[pm], "");
+    for v in ["311", "5"] {
+        let out = py(&["roundtrip", &port.to_string(), v]);
+        assert!(out.contains("\"ok\": true"), "v{v}: {out}");
+    }
+    // mosquitto_sub (MQTT 5) receives what mosquitto_pub (3.1.1) sends at QoS 2.
+    let mut sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-V", "mqttv5", "-t", "cli/t", "-C", "1", "-W", "10", "-q", "2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, out) = pub_cli(
+        port,
+        &["-V", "mqttv311", "-t", "cli/t", "-m", "hello", "-q", "2"],
+    );
+    assert!(ok, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while sub.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = sub.kill();
+    let mut got = String::new();
+    sub.stdout.take().unwrap().read_to_string(&mut got).unwrap();
+    assert_eq!(got.trim(), "hello");
+}
+
+#[test]
+fn wrong_credentials_get_the_right_connack_codes() {
+    if !peers_present() {
+        return;
+    }
+    let dir = TempDir::new("mqtt-auth");
+    let (_m, pm) = mosquitto(&dir, "m");
+    dir.write("users", "# test users\nalice:plain:pw\n");
+    let extra = format!(
+        "        auth: {{ users_file: {}, allow_anonymous: false }}\n",
+        dir.path("users").display()
+    );
+    let (_fg, port) = proxy(&dir, &[pm], &extra);
+    // 3.1.1: return codes 4 and 5, as mosquitto_pub reports them.
+    let (ok, out) = pub_cli(port, &["-u", "alice", "-P", "bad", "-t", "x", "-m", "1"]);
+    assert!(!ok && out.contains("bad user name or password"), "{out}");
+    let (ok, out) = pub_cli(port, &["-t", "x", "-m", "1"]);
+    assert!(!ok && out.contains("not authorised"), "{out}");
+    let (ok, out) = pub_cli(port, &["-u", "alice", "-P", "pw", "-t", "x", "-m", "1"]);
+    assert!(ok, "{out}");
+    // MQTT 5: 0x86 and 0x87.
+    let p = port.to_string();
+    assert_eq!(py(&["connect", &p, "5", "alice", "bad"]), r#"{"rc": 134}"#);
+    assert_eq!(py(&["connect", &p, "5"]), r#"{"rc": 135}"#);
+    assert_eq!(py(&["connect", &p, "5", "alice", "pw"]), r#"{"rc": 0}"#);
+}
+
+#[test]
+fn acl_disconnects_or_drops_denied_publishes() {
+    if !peers_present() {
+        return;
+    }
+    let dir = TempDir::new("mqtt-acl");
+    let (_m, pm) = mosquitto(&dir, "m");
+    let acl = |mode: &str| {
+        format!(
+            "        acl:\n          on_deny: {mode}\n          rules:\n            - {{ action: deny, topic: \"secret/#\", username: \"eve\" }}\n"
+        )
+    };
+    let (fg, port) = proxy(&dir, &[pm], &acl("disconnect"));
+    let p = port.to_string();
+    let out = py(&["acl", &p, "5", "eve"]);
+    assert_eq!(
+        out,
+        r#"{"suback": [1, 135], "received": ["open/a"], "denied_puback": null, "disconnect": 135}"#
+    );
+    drop(fg);
+    let (_fg, port) = proxy(&dir, &[pm], &acl("drop"));
+    let p = port.to_string();
+    let out = py(&["acl", &p, "5", "eve"]);
+    assert_eq!(
+        out,
+        r#"{"suback": [1, 135], "received": ["open/a"], "denied_puback": 135, "disconnect": null}"#
+    );
+    let out = py(&["acl", &p, "311", "eve"]);
+    assert_eq!(
+        out,
+        r#"{"suback": [1, 128], "received": ["open/a"], "denied_puback": 0, "disconnect": null}"#
+    );
+    // The rule is for eve only.
+    let out = py(&["acl", &p, "5", "mallory"]);
+    assert!(out.contains(r#""suback": [1, 1]"#), "{out}");
+}
+
+#[test]
+fn topic_prefix_isolates_tenants() {
+    if !peers_present() {
+        return;
+    }
+    let dir = TempDir::new("mqtt-prefix");
+    let (_m, pm) = mosquitto(&dir, "m");
+    let (_fg, port) = proxy(&dir, &[pm], "        prefix: \"tenants/%u/\"\n");
+    let sub = |port: u16, user: Option<&str>, topic: &str| {
+        let mut c = Command::new("mosquitto_sub");
+        c.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic])
+            .args(["-v", "-C", "1", "-W", "10"]);
+        if let Some(u) = user {
+            c.args(["-u", u]);
+        }
+        c.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let wait = |mut c: std::process::Child| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while c.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let mut s = String::new();
+        c.stdout.take().unwrap().read_to_string(&mut s).unwrap();
+        s.trim().to_string()
+    };
+    // In: alice's `t` is `tenants/alice/t` on the broker.
+    let direct = sub(pm, None, "tenants/#");
+    std::thread::sleep(Duration::from_millis(400));
+    let (ok, out) = pub_cli(port, &["-u", "alice", "-t", "t", "-m", "x"]);
+    assert!(ok, "{out}");
+    assert_eq!(wait(direct), "tenants/alice/t x");
+    // Out: alice sees her tenant's topics without the prefix.
+    let via = sub(port, Some("alice"), "#");
+    std::thread::sleep(Duration::from_millis(400));
+    pub_cli(pm, &["-t", "tenants/bob/in", "-m", "not-for-alice"]);
+    pub_cli(pm, &["-t", "tenants/alice/in/z", "-m", "y"]);
+    assert_eq!(wait(via), "in/z y");
+    // A user name that is not one topic level is refused.
+    let (ok, out) = pub_cli(port, &["-u", "a/b", "-t", "t", "-m", "x"]);
+    assert!(!ok && out.contains("not authorised"), "{out}");
+}
+
+#[test]
+fn publish_rate_limit_slows_a_client_down_without_dropping() {
+    if !peers_present() {
+        return;
+    }
+    let dir = TempDir::new("mqtt-rate");
+    let (_m, pm) = mosquitto(&dir, "m");
+    let (_fg, port) = proxy(
+        &dir,
+        &[pm],
+        "        limits: { publish_rate: 20, publish_burst: 1 }\n",
+    );
+    let mut sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &pm.to_string(), "-t", "rate"])
+        .args(["-C", "30", "-W", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let lines: String = (0..30).map(|i| format!("m{i}\n")).collect();
+    let lines_file = dir.write("lines", &lines);
+    let t0 = Instant::now();
+    let (ok, out) = run(
+        Command::new("sh").arg("-c").arg(format!(
+            "mosquitto_pub -h 127.0.0.1 -p {port} -t rate -q 1 -l < {}",
+            lines_file.display()
+        )),
+        Duration::from_secs(20),
+    );
+    let took = t0.elapsed();
+    assert!(ok, "{out}");
+    // 30 messages at 20/s with a burst of 1 need at least 1.45 s.
+    assert!(
+        took >= Duration::from_millis(1300),
+        "30 publishes took {took:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sub.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = sub.kill();
+    let mut got = String::new();
+    sub.stdout.take().unwrap().read_to_string(&mut got).unwrap();
+    assert_eq!(got.lines().count(), 30, "{got}");
+}
+
+/// Reads until the peer closes (or 5 s pass); what was read.
+fn read_to_close(s: &mut TcpStream) -> (Vec<u8>, bool) {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (got, true),
+            Err(_) => {}
+        }
+    }
+    (got, false)
+}
+
+#[test]
+fn malformed_packets_close_only_that_client() {
+    if !peers_present() {
+        return;
+    }
+    let dir = TempDir::new("mqtt-bad");
+    let (_m, pm) = mosquitto(&dir, "m");
+    let (_fg, port) = proxy(&dir, &[pm], "        max_packet_size: 1KiB\n");
+    // A well-behaved 3.1.1 client, connected throughout.
+    let mut good = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    good.write_all(b"\x10\x10\x00\x04MQTT\x04\x02\x00\x3c\x00\x04good")
+        .unwrap();
+    good.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut ack = [0u8; 4];
+    good.read_exact(&mut ack).unwrap();
+    assert_eq!(ack, [0x20, 0x02, 0x00, 0x00]);
+
+    // An MQTT 5 CONNECT (client id "bad"), then each kind of bad packet.
+    let connect5 = b"\x10\x10\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x03bad";
+    let mut big = vec![0x82, 0x86, 0x10, 0x00, 0x01, 0x00, 0x08, 0x00];
+    big.extend(std::iter::repeat_n(b'a', 2048));
+    big.push(0x00);
+    let cases: [(&str, Vec<u8>, u8); 3] = [
+        // remaining length with a fifth byte
+        (
+            "remaining length",
+            vec![0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
+            0x81,
+        ),
+        // SUBSCRIBE of 2 KiB, over the 1 KiB limit
+        ("oversized", big, 0x95),
+        // PUBLISH topic with invalid UTF-8
+        (
+            "utf-8 topic",
+            b"\x30\x06\x00\x02\xC3\x28\x00x".to_vec(),
+            0x81,
+        ),
+    ];
+    for (what, bytes, code) in cases {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(connect5).unwrap();
+        let mut ack = [0u8; 2];
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.read_exact(&mut ack).unwrap();
+        assert_eq!(ack[0], 0x20, "{what}: no CONNACK");
+        let mut rest = vec![0u8; usize::from(ack[1])];
+        c.read_exact(&mut rest).unwrap();
+        c.write_all(&bytes).unwrap();
+        let (got, closed) = read_to_close(&mut c);
+        assert!(closed, "{what}: connection left open");
+        assert_eq!(
+            got.first(),
+            Some(&0xE0),
+            "{what}: no DISCONNECT: {got:02x?}"
+        );
+        assert_eq!(got.get(2), Some(&code), "{what}: reason {got:02x?}");
+    }
+
+    // The good client is still served.
+    good.write_all(&[0xC0, 0x00]).unwrap();
+    let mut pong = [0u8; 2];
+    good.read_exact(&mut pong).unwrap();
+    assert_eq!(pong, [0xD0, 0x00]);
+    assert!(py(&["alive", &port.to_string()]).contains("\"ok\": true"));
+}
