@@ -66,7 +66,11 @@ fn syn_to_vip_goes_to_the_maglev_backend() {
         assert_eq!(out.action, XdpAction::Tx, "port {port}");
         let want = lb.predict(&flow(client(port), vip_addr())).unwrap();
         assert_eq!(dst_mac(&out.frame), want.mac, "port {port}");
-        assert_eq!(src_mac(&out.frame), LB_MAC, "the LB's MAC becomes the source");
+        assert_eq!(
+            src_mac(&out.frame),
+            LB_MAC,
+            "the LB's MAC becomes the source"
+        );
         // DSR touches nothing past the MACs.
         assert_eq!(out.frame[12..], pkt[12..]);
         let i = backends.iter().position(|b| b.mac == want.mac).unwrap();
@@ -139,8 +143,12 @@ fn other_traffic_passes_untouched() {
         return;
     }
     let mut lb = lb();
-    lb.set_vip(Vip::tcp(vip_addr().into()), Forwarding::Dsr, &[backend(1, 1)])
-        .unwrap();
+    lb.set_vip(
+        Vip::tcp(vip_addr().into()),
+        Forwarding::Dsr,
+        &[backend(1, 1)],
+    )
+    .unwrap();
     let other_ip: SocketAddrV4 = "10.0.0.101:80".parse().unwrap();
     let other_port: SocketAddrV4 = "10.0.0.100:81".parse().unwrap();
     let frames = [
@@ -169,8 +177,12 @@ fn truncated_and_malformed_headers_never_forward() {
         return;
     }
     let mut lb = lb();
-    lb.set_vip(Vip::tcp(vip_addr().into()), Forwarding::Dsr, &[backend(1, 1)])
-        .unwrap();
+    lb.set_vip(
+        Vip::tcp(vip_addr().into()),
+        Forwarding::Dsr,
+        &[backend(1, 1)],
+    )
+    .unwrap();
     let v6vip = SocketAddrV6::new(v6("fd00::100"), 80, 0, 0);
     lb.set_vip(Vip::tcp(v6vip.into()), Forwarding::Dsr, &[backend(1, 1)])
         .unwrap();
@@ -312,10 +324,7 @@ fn vip_without_backends_drops_and_removed_vip_passes() {
     assert_eq!(lb.stats().unwrap().no_backend, 1);
     lb.remove_vip(&vip).unwrap();
     assert_eq!(lb.test_run(&syn).unwrap().action, XdpAction::Pass);
-    assert!(matches!(
-        lb.remove_vip(&vip),
-        Err(Error::UnknownVip { .. })
-    ));
+    assert!(matches!(lb.remove_vip(&vip), Err(Error::UnknownVip { .. })));
 }
 
 #[test]
@@ -336,8 +345,12 @@ fn config_errors_are_typed() {
         conntrack_entries: 16,
     })
     .unwrap();
-    lb.set_vip(Vip::tcp(vip_addr().into()), Forwarding::Dsr, &[backend(1, 1)])
-        .unwrap();
+    lb.set_vip(
+        Vip::tcp(vip_addr().into()),
+        Forwarding::Dsr,
+        &[backend(1, 1)],
+    )
+    .unwrap();
     let second = Vip::tcp("10.0.0.101:80".parse().unwrap());
     assert!(matches!(
         lb.set_vip(second, Forwarding::Dsr, &[backend(1, 1)]),
