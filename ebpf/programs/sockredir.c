@@ -25,7 +25,7 @@ volatile const __u32 sidecar_tgid = 0;
 struct {
     __uint(type, BPF_MAP_TYPE_SOCKHASH);
     __type(key, struct fg_sock_key);
-    __type(value, __u64);
+    __type(value, __u32);
     __uint(max_entries, 65536);
 } socks SEC(".maps");
 

@@ -187,20 +187,22 @@ impl SockRedirect {
     }
 
     /// Attaches to a cgroup v2 directory (e.g. `/sys/fs/cgroup/unified/app`): sockops, and
-    /// connect4 when a sidecar is configured. Other programs on the cgroup stay.
+    /// connect4 when a sidecar is configured. Other programs on the cgroup stay: the
+    /// attachment is a BPF link, which the kernel always runs alongside others (link
+    /// creation takes no `BPF_F_ALLOW_MULTI` flag, so the mode passed is `Single`).
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), Error> {
         let dir = File::open(cgroup).map_err(|source| Error::Cgroup {
             path: cgroup.to_owned(),
             source,
         })?;
         let id = sock_ops(&mut self.bpf)?
-            .attach(&dir, CgroupAttachMode::AllowMultiple)
+            .attach(&dir, CgroupAttachMode::Single)
             .map_err(|e| program_error("fg_sockops", "sockops on cgroup v2".into(), true, e))?;
         self.links
             .push((cgroup.to_owned(), CgroupLink::SockOps(id)));
         if self.steering {
             let id = connect4(&mut self.bpf)?
-                .attach(&dir, CgroupAttachMode::AllowMultiple)
+                .attach(&dir, CgroupAttachMode::Single)
                 .map_err(|e| {
                     program_error(
                         "fg_connect4",

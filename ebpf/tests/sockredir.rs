@@ -1,0 +1,252 @@
+//! Socket redirection with real processes: two python3 processes in a test cgroup, in a
+//! test network namespace (so its loopback counters are ours alone). Needs root and
+//! cgroup v2 at /sys/fs/cgroup/unified.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, SocketAddrV4, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::netns::{Netns, unique};
+use flowgate_ebpf::{Sidecar, SockRedirect, SockRedirectConfig};
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup/unified";
+const PAYLOAD: usize = 4 << 20;
+
+const SERVER: &str = r#"
+import hashlib, socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(1)
+print("ready", flush=True)
+c, _ = s.accept()
+n, got, h = int(sys.argv[2]), 0, hashlib.sha256()
+while got < n:
+    d = c.recv(65536)
+    if not d:
+        break
+    h.update(d)
+    c.sendall(d)
+    got += len(d)
+print(h.hexdigest(), got, flush=True)
+c.close()
+"#;
+
+const CLIENT: &str = r#"
+import hashlib, os, socket, sys, threading
+n = int(sys.argv[2])
+data = os.urandom(n)
+c = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20)
+t = threading.Thread(target=lambda: c.sendall(data))
+t.start()
+got, h = 0, hashlib.sha256()
+while got < n:
+    d = c.recv(65536)
+    if not d:
+        break
+    h.update(d)
+    got += len(d)
+t.join()
+print(hashlib.sha256(data).hexdigest(), h.hexdigest(), got, flush=True)
+"#;
+
+const APP: &str = r#"
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+c.sendall(b"hello")
+print(c.recv(100).decode(), flush=True)
+"#;
+
+/// A cgroup v2 directory, removed on drop (after its processes are gone).
+struct Cgroup(PathBuf);
+
+impl Cgroup {
+    fn new() -> Self {
+        let p = Path::new(CGROUP_ROOT).join(unique("cg"));
+        std::fs::create_dir(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A process started in the namespace and cgroup; killed on drop.
+struct Proc {
+    child: Child,
+    out: BufReader<ChildStdout>,
+}
+
+impl Proc {
+    fn python(ns: &Netns, cg: &Cgroup, script: &str, args: &[&str]) -> Self {
+        // Join the cgroup first: `ip netns exec` mounts a fresh /sys without it.
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"echo $$ > "$0/cgroup.procs" && exec ip netns exec "$@""#)
+            .arg(&cg.0)
+            .args([ns.name.as_str(), "python3", "-c", script])
+            .args(args)
+            .stdout(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Self { child, out }
+    }
+
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.out.read_line(&mut l).unwrap();
+        l.trim().to_owned()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Bytes sent over the namespace's loopback (this thread's view of /proc/net/dev).
+fn lo_bytes(ns: &Netns) -> u64 {
+    ns.run(|| {
+        let dev = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap();
+        let line = dev
+            .lines()
+            .find(|l| l.trim_start().starts_with("lo:"))
+            .unwrap();
+        let fields: Vec<&str> = line.split(':').nth(1).unwrap().split_whitespace().collect();
+        fields[8].parse().unwrap()
+    })
+}
+
+fn can_run(test: &str) -> bool {
+    if !common::can_run(test) {
+        return false;
+    }
+    if !Path::new(CGROUP_ROOT).join("cgroup.procs").exists() {
+        eprintln!("SKIPPED {test}: no cgroup v2 hierarchy at {CGROUP_ROOT}");
+        return false;
+    }
+    true
+}
+
+/// Echoes PAYLOAD bytes between two processes; returns (loopback bytes moved, hashes ok).
+fn exchange(ns: &Netns, cg: &Cgroup, port: u16) -> (u64, bool) {
+    let port_s = port.to_string();
+    let n = PAYLOAD.to_string();
+    let before = lo_bytes(ns);
+    let mut server = Proc::python(ns, cg, SERVER, &[&port_s, &n]);
+    assert_eq!(server.line(), "ready");
+    let mut client = Proc::python(ns, cg, CLIENT, &[&port_s, &n]);
+    let c = client.line();
+    let s = server.line();
+    let moved = lo_bytes(ns) - before;
+    let c: Vec<&str> = c.split_whitespace().collect();
+    let s: Vec<&str> = s.split_whitespace().collect();
+    assert_eq!(c.len(), 3, "client said {c:?}");
+    assert_eq!(s.len(), 2, "server said {s:?}");
+    let ok = c[0] == c[1] && c[0] == s[0] && c[2] == n && s[1] == n;
+    (moved, ok)
+}
+
+#[test]
+fn sk_msg_moves_payload_off_the_loopback_path() {
+    if !can_run("sk_msg_moves_payload_off_the_loopback_path") {
+        return;
+    }
+    let ns = Netns::new("r");
+    let cg = Cgroup::new();
+
+    // Control: without the programs the payload crosses loopback TCP (both directions).
+    let (plain, ok) = exchange(&ns, &cg, 9001);
+    assert!(ok, "data corrupted on plain TCP");
+    assert!(
+        plain >= 2 * PAYLOAD as u64,
+        "plain loopback moved {plain} bytes"
+    );
+
+    let mut redirect = SockRedirect::load(SockRedirectConfig::default()).unwrap();
+    redirect.attach_cgroup(&cg.0).unwrap();
+    let (moved, ok) = exchange(&ns, &cg, 9002);
+    assert!(ok, "data corrupted by the redirect");
+    let stats = redirect.stats().unwrap();
+    eprintln!(
+        "loopback bytes for 2 x {PAYLOAD} payload bytes: plain TCP {plain}, redirected {moved}; {stats:?}"
+    );
+    assert!(
+        moved < 64 * 1024,
+        "with redirection loopback still moved {moved} bytes"
+    );
+    assert_eq!(stats.sockets, 2);
+    assert!(stats.redirected_bytes >= 2 * PAYLOAD as u64, "{stats:?}");
+
+    // Detached: back to the TCP path.
+    redirect.detach_cgroup(&cg.0).unwrap();
+    drop(redirect);
+    let (after, ok) = exchange(&ns, &cg, 9003);
+    assert!(ok);
+    assert!(
+        after >= 2 * PAYLOAD as u64,
+        "after detach loopback moved {after}"
+    );
+}
+
+#[test]
+fn connect4_steers_to_the_sidecar_and_records_the_destination() {
+    if !can_run("connect4_steers_to_the_sidecar_and_records_the_destination") {
+        return;
+    }
+    let ns = Netns::new("k");
+    let cg = Cgroup::new();
+    let sidecar: SocketAddrV4 = "127.0.0.1:15001".parse().unwrap();
+    let mut redirect = SockRedirect::load(SockRedirectConfig {
+        sidecar: Some(Sidecar {
+            addr: sidecar,
+            pid: std::process::id(),
+        }),
+    })
+    .unwrap();
+    redirect.attach_cgroup(&cg.0).unwrap();
+
+    let listener = ns.run(|| TcpListener::bind(sidecar).unwrap());
+    let mut app = Proc::python(&ns, &cg, APP, &["10.9.9.9", "80"]);
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut s, peer) = loop {
+        match listener.accept() {
+            Ok(x) => break x,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("the app never reached the sidecar: {e}"),
+        }
+    };
+    s.set_nonblocking(false).unwrap();
+    let mut hello = [0u8; 5];
+    s.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello, b"hello");
+    let SocketAddr::V4(peer) = peer else {
+        panic!("IPv4 peer expected")
+    };
+    let orig = redirect.original_destination(peer).unwrap();
+    assert_eq!(orig, Some("10.9.9.9:80".parse().unwrap()));
+    s.write_all(format!("orig={}", orig.unwrap()).as_bytes())
+        .unwrap();
+    assert_eq!(app.line(), "orig=10.9.9.9:80");
+    let stats = redirect.stats().unwrap();
+    assert_eq!(stats.steered, 1, "{stats:?}");
+    // Our own connects (the sidecar's) are not in the cgroup and not steered.
+    assert_eq!(redirect.original_destination(sidecar).unwrap(), None);
+}
