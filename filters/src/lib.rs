@@ -22,6 +22,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#[cfg(feature = "dns")]
+pub mod dns;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "mqtt")]

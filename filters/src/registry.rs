@@ -22,6 +22,8 @@ pub fn register(r: &mut Registry) {
     crate::http::register(r);
     #[cfg(feature = "mqtt")]
     crate::mqtt::register(r);
+    #[cfg(feature = "dns")]
+    crate::dns::register(r);
     #[cfg(not(any(feature = "net", feature = "http")))]
     let _ = r;
 }

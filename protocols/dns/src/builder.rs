@@ -125,6 +125,11 @@ impl ResponseWriter {
         self.record(2, owner, rtype, ttl, rdata);
     }
 
+    /// Records written so far: answer, authority, additional (OPT not counted).
+    pub fn counts(&self) -> [u16; 3] {
+        self.counts
+    }
+
     /// The length so far (without the OPT record `finish` may add).
     pub fn len(&self) -> usize {
         self.buf.len()

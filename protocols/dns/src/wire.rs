@@ -441,6 +441,21 @@ impl NameKey {
         Some(k)
     }
 
+    /// This name with its suffix `old` replaced by `new` (`a.old.` → `a.new.`); `None`
+    /// when it is not under `old` or the result is too long.
+    pub fn replace_suffix(&self, old: &NameKey, new: &NameKey) -> Option<NameKey> {
+        let prefix = self.strip_zone(old)?;
+        let n = new.as_bytes();
+        if prefix.len() + n.len() > MAX_NAME {
+            return None;
+        }
+        let mut k = NameKey::root();
+        k.buf[..prefix.len()].copy_from_slice(prefix);
+        k.buf[prefix.len()..prefix.len() + n.len()].copy_from_slice(n);
+        k.len = (prefix.len() + n.len()) as u8;
+        Some(k)
+    }
+
     /// `label` + this name; `None` when too long or the label is empty or over 63 bytes.
     pub fn prepend(&self, label: &[u8]) -> Option<NameKey> {
         let l = label.len();

@@ -1,0 +1,325 @@
+//! `decode-dns` and `encode-dns`: DNS messages from and to UDP datagrams and TCP streams.
+
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use flowgate_dns::types::rcode;
+use flowgate_dns::{
+    Header, Limits, WireInfo, answer_code, error_response, formerr, truncate, validate,
+};
+use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig};
+use flowgate_pipeline::server::Datagram;
+use flowgate_pipeline::{Context, Description, Event, Filter, Head, Tail, Transform};
+use serde::{Deserialize, Serialize};
+
+use super::{DnsMessage, DnsQuery, Gather, Transport, emit};
+
+// === DecodeDns ===
+
+/// Configuration of [`DecodeDns`] (`decode-dns:` in YAML).
+///
+/// ```yaml
+/// - decode-dns: { max_records: 64 }
+/// ```
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeDnsConfig {
+    /// The largest query accepted, in bytes. Default 4096 (a query is a few dozen bytes;
+    /// anything near this is not a query a resolver sends).
+    #[serde(default = "default_max_query")]
+    pub max_query: usize,
+    /// The most records in a query (OPT, TSIG, a few EDNS-carrying extras). Default 8.
+    #[serde(default = "default_max_records")]
+    pub max_records: usize,
+}
+
+fn default_max_query() -> usize {
+    4096
+}
+fn default_max_records() -> usize {
+    8
+}
+
+impl Default for DecodeDnsConfig {
+    fn default() -> Self {
+        DecodeDnsConfig {
+            max_query: default_max_query(),
+            max_records: default_max_records(),
+        }
+    }
+}
+
+impl FilterConfig for DecodeDnsConfig {
+    fn build(self: Box<Self>, _cx: &BuildContext) -> Result<Arc<dyn Filter>, ConfigError> {
+        if self.max_query < 17 {
+            return Err(ConfigError::new("max_query", "must be at least 17 bytes"));
+        }
+        Ok(Arc::new(DecodeDns::new(*self)))
+    }
+}
+
+/// Turns UDP datagrams or TCP bytes into DNS query messages.
+///
+/// Every query passes the `flowgate-dns` validation pass (limits, pointer loops, label and
+/// name lengths, counts). Bytes that fail it are answered FORMERR (as an answered message,
+/// so later filters pass it through) when they carry a query header, and dropped otherwise;
+/// responses are always dropped; opcodes other than QUERY get NOTIMP. The stream goes on
+/// either way, so one bad datagram does not cost a client its session.
+#[derive(Clone, Debug, Default)]
+pub struct DecodeDns {
+    config: DecodeDnsConfig,
+}
+
+impl DecodeDns {
+    /// A decoder with `config`.
+    pub fn new(config: DecodeDnsConfig) -> Self {
+        DecodeDns { config }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_message: self.config.max_query,
+            max_records: self.config.max_records,
+            ..Limits::default()
+        }
+    }
+}
+
+impl Filter for DecodeDns {
+    fn describe(&self) -> Description {
+        Description::filter("decode-dns").options(&self.config)
+    }
+
+    fn transform(&self, cx: &Context) -> Option<Box<dyn Transform>> {
+        Some(Box::new(Decoding {
+            limits: self.limits(),
+            peer: cx.conn().peer,
+            datagram: None,
+            udp_body: Vec::new(),
+            tcp: BytesMut::new(),
+        }))
+    }
+}
+
+struct Decoding {
+    limits: Limits,
+    peer: Option<std::net::SocketAddr>,
+    datagram: Option<Datagram>,
+    udp_body: Vec<u8>,
+    tcp: BytesMut,
+}
+
+impl Decoding {
+    fn query(&self, wire: Bytes, info: WireInfo, transport: Transport) -> Arc<DnsQuery> {
+        Arc::new(DnsQuery {
+            wire,
+            info,
+            transport,
+            peer: self.datagram.map(|d| d.peer).or(self.peer),
+            renamed: None,
+        })
+    }
+
+    fn message(&self, wire: Bytes, transport: Transport, out: &mut dyn FnMut(Event)) {
+        let answer = |code: u8, this: &Self, wire: Bytes, out: &mut dyn FnMut(Event)| {
+            let Some(resp) = error_response(&wire, code) else {
+                return;
+            };
+            let Some(header) = Header::read(&wire) else {
+                return;
+            };
+            let info = WireInfo {
+                header,
+                question: None,
+                question_end: 12,
+                opt: None,
+                len: wire.len(),
+            };
+            emit(
+                out,
+                this.query(wire, info, transport),
+                true,
+                Bytes::from(resp),
+            );
+        };
+        match validate(&wire, &self.limits) {
+            Ok(info) if info.header.is_response() => {
+                tracing::debug!(peer = ?self.peer, "dns: a response where a query belongs; dropped");
+            }
+            Ok(info) if info.header.opcode() != 0 => answer(rcode::NOTIMP, self, wire, out),
+            Ok(info) if info.question.is_none() => answer(rcode::FORMERR, self, wire, out),
+            Ok(info) => {
+                // Queries travel with their bytes as the message data, so a `dump` shows them.
+                let data = wire.clone();
+                emit(out, self.query(wire, info, transport), false, data);
+            }
+            Err(e) => {
+                tracing::debug!(peer = ?self.peer, error = %e, "dns: malformed query");
+                if formerr(&wire).is_some() {
+                    answer(rcode::FORMERR, self, wire, out);
+                }
+            }
+        }
+    }
+}
+
+impl Transform for Decoding {
+    fn on_event(&mut self, ev: Event, out: &mut dyn FnMut(Event)) {
+        match ev {
+            Event::MessageStart(h) => {
+                self.datagram = h.get::<Datagram>().copied();
+                self.udp_body.clear();
+            }
+            Event::Data(b) if self.datagram.is_some() => self.udp_body.extend_from_slice(&b),
+            Event::MessageEnd(_) => {
+                if self.datagram.is_some() {
+                    let wire = Bytes::from(std::mem::take(&mut self.udp_body));
+                    self.message(wire, Transport::Udp, out);
+                }
+            }
+            Event::Data(b) => {
+                self.tcp.extend_from_slice(&b);
+                while self.tcp.len() >= 2 {
+                    let n = usize::from(u16::from_be_bytes([self.tcp[0], self.tcp[1]]));
+                    if self.tcp.len() < 2 + n {
+                        break;
+                    }
+                    self.tcp.advance(2);
+                    let wire = self.tcp.split_to(n).freeze();
+                    self.message(wire, Transport::Tcp, out);
+                }
+            }
+            end @ Event::StreamEnd(_) => out(end),
+        }
+    }
+}
+
+// === EncodeDns ===
+
+/// What `encode-dns` does with a query no filter answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unanswered {
+    /// Answer REFUSED (the default).
+    #[default]
+    Refused,
+    /// Answer SERVFAIL.
+    Servfail,
+    /// Send nothing.
+    Drop,
+}
+
+/// Configuration of [`EncodeDns`] (`encode-dns:` in YAML).
+///
+/// ```yaml
+/// - encode-dns: { max_udp: 1232, unanswered: refused }
+/// ```
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncodeDnsConfig {
+    /// The largest UDP answer we send, whatever the client advertises. Default 1232.
+    #[serde(default = "default_max_udp")]
+    pub max_udp: u16,
+    /// What to do with queries nothing answered. Default `refused`.
+    #[serde(default)]
+    pub unanswered: Unanswered,
+}
+
+fn default_max_udp() -> u16 {
+    1232
+}
+
+impl Default for EncodeDnsConfig {
+    fn default() -> Self {
+        EncodeDnsConfig {
+            max_udp: default_max_udp(),
+            unanswered: Unanswered::default(),
+        }
+    }
+}
+
+impl FilterConfig for EncodeDnsConfig {
+    fn build(self: Box<Self>, _cx: &BuildContext) -> Result<Arc<dyn Filter>, ConfigError> {
+        if self.max_udp < 512 {
+            return Err(ConfigError::new("max_udp", "must be at least 512"));
+        }
+        Ok(Arc::new(EncodeDns::new(*self)))
+    }
+}
+
+/// Turns answered DNS messages back into datagrams (truncated to the client's payload size
+/// with TC=1, so it retries over TCP) or length-prefixed TCP bytes, and renames answers of
+/// rewritten queries back to the name the client asked for.
+#[derive(Clone, Debug, Default)]
+pub struct EncodeDns {
+    config: EncodeDnsConfig,
+}
+
+impl EncodeDns {
+    /// An encoder with `config`.
+    pub fn new(config: EncodeDnsConfig) -> Self {
+        EncodeDns { config }
+    }
+}
+
+impl Filter for EncodeDns {
+    fn describe(&self) -> Description {
+        Description::filter("encode-dns").options(&self.config)
+    }
+
+    fn transform(&self, _cx: &Context) -> Option<Box<dyn Transform>> {
+        Some(Box::new(Encoding {
+            config: self.config.clone(),
+            gather: Gather::default(),
+        }))
+    }
+}
+
+struct Encoding {
+    config: EncodeDnsConfig,
+    gather: Gather,
+}
+
+impl Transform for Encoding {
+    fn on_event(&mut self, ev: Event, out: &mut dyn FnMut(Event)) {
+        let config = &self.config;
+        self.gather.on_event(ev, out, &mut |m, wire, out| {
+            let q = &m.query;
+            let wire = if m.answered {
+                match &q.renamed {
+                    Some(r) => super::policy::rename_back(&wire, r).map_or(wire, Bytes::from),
+                    None => wire,
+                }
+            } else {
+                let code = match config.unanswered {
+                    Unanswered::Refused => rcode::REFUSED,
+                    Unanswered::Servfail => rcode::SERVFAIL,
+                    Unanswered::Drop => return,
+                };
+                Bytes::from(answer_code(&q.wire, &q.info, code, false))
+            };
+            match q.transport {
+                Transport::Udp => {
+                    let max = usize::from(q.info.client_udp_payload().min(config.max_udp));
+                    let wire = if wire.len() > max {
+                        Bytes::from(truncate(&wire, max))
+                    } else {
+                        wire
+                    };
+                    out(Event::MessageStart(Head::new(DnsMessage {
+                        query: q.clone(),
+                        answered: true,
+                    })));
+                    out(Event::Data(wire));
+                    out(Event::MessageEnd(Tail::none()));
+                }
+                Transport::Tcp => {
+                    let mut b = BytesMut::with_capacity(2 + wire.len());
+                    b.extend_from_slice(&(wire.len().min(65_535) as u16).to_be_bytes());
+                    b.extend_from_slice(&wire[..wire.len().min(65_535)]);
+                    out(Event::Data(b.freeze()));
+                }
+            }
+        });
+    }
+}
