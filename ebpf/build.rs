@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
-const PROGRAMS: &[&str] = &["xdp_lb", "sockredir"];
+// xdp_gen is the benchmark traffic generator (benches/xdp_vs_stack.rs).
+const PROGRAMS: &[&str] = &["xdp_lb", "sockredir", "xdp_gen"];
 
 fn main() -> ExitCode {
     println!("cargo:rerun-if-changed=programs");

@@ -425,7 +425,7 @@ impl XdpLb {
         backends: &[Backend],
     ) -> Result<(), Error> {
         if forwarding == Forwarding::Nat {
-            if let IpAddr::V6(_) = vip.addr {
+            if vip.addr.is_ipv6() {
                 return Err(Error::NatNeedsIpv4 { addr: vip.addr });
             }
             if let Some(b) = backends.iter().find(|b| b.addr.is_ipv6()) {
