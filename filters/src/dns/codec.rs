@@ -9,10 +9,10 @@ use flowgate_dns::{
 };
 use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig};
 use flowgate_pipeline::server::Datagram;
-use flowgate_pipeline::{Context, Description, Event, Filter, Head, Tail, Transform};
+use flowgate_pipeline::{Context, Description, Event, Filter, Tail, Transform};
 use serde::{Deserialize, Serialize};
 
-use super::{DnsMessage, DnsQuery, Gather, Transport, emit};
+use super::{DnsQuery, Gather, Transport, emit};
 
 // === DecodeDns ===
 
@@ -95,7 +95,8 @@ impl Filter for DecodeDns {
             limits: self.limits(),
             peer: cx.conn().peer,
             datagram: None,
-            udp_body: Vec::new(),
+            udp_first: None,
+            udp_more: Vec::new(),
             tcp: BytesMut::new(),
         }))
     }
@@ -105,7 +106,8 @@ struct Decoding {
     limits: Limits,
     peer: Option<std::net::SocketAddr>,
     datagram: Option<Datagram>,
-    udp_body: Vec<u8>,
+    udp_first: Option<Bytes>,
+    udp_more: Vec<u8>,
     tcp: BytesMut,
 }
 
@@ -168,12 +170,24 @@ impl Transform for Decoding {
         match ev {
             Event::MessageStart(h) => {
                 self.datagram = h.get::<Datagram>().copied();
-                self.udp_body.clear();
+                self.udp_first = None;
+                self.udp_more.clear();
             }
-            Event::Data(b) if self.datagram.is_some() => self.udp_body.extend_from_slice(&b),
+            Event::Data(b) if self.datagram.is_some() => match &self.udp_first {
+                // A datagram is one `Data`: keep it without a copy.
+                None => self.udp_first = Some(b),
+                Some(_) => self.udp_more.extend_from_slice(&b),
+            },
             Event::MessageEnd(_) => {
                 if self.datagram.is_some() {
-                    let wire = Bytes::from(std::mem::take(&mut self.udp_body));
+                    let first = self.udp_first.take().unwrap_or_default();
+                    let wire = if self.udp_more.is_empty() {
+                        first
+                    } else {
+                        let mut v = first.to_vec();
+                        v.append(&mut self.udp_more);
+                        Bytes::from(v)
+                    };
                     self.message(wire, Transport::Udp, out);
                 }
             }
@@ -283,8 +297,9 @@ struct Encoding {
 impl Transform for Encoding {
     fn on_event(&mut self, ev: Event, out: &mut dyn FnMut(Event)) {
         let config = &self.config;
-        self.gather.on_event(ev, out, &mut |m, wire, out| {
+        self.gather.on_event(ev, out, &mut |m, out| {
             let q = &m.query;
+            let wire = m.wire.clone();
             let wire = if m.answered {
                 match &q.renamed {
                     Some(r) => super::policy::rename_back(&wire, r).map_or(wire, Bytes::from),
@@ -306,10 +321,9 @@ impl Transform for Encoding {
                     } else {
                         wire
                     };
-                    out(Event::MessageStart(Head::new(DnsMessage {
-                        query: q.clone(),
-                        answered: true,
-                    })));
+                    // The UDP listener sends each message as one datagram; the head can
+                    // stay the one the message came with.
+                    out(Event::MessageStart(m.head.clone()));
                     out(Event::Data(wire));
                     out(Event::MessageEnd(Tail::none()));
                 }

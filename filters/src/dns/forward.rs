@@ -575,9 +575,9 @@ impl Stream for ForwardStream {
             let pending = &mut this.pending;
             let out = &mut this.out;
             this.gather
-                .on_event(ev, &mut |e| out.push_back(e), &mut |m, wire, o| {
+                .on_event(ev, &mut |e| out.push_back(e), &mut |m, o| {
                     if m.answered {
-                        return emit(o, m.query, true, wire);
+                        return m.pass(o);
                     }
                     match shared.cached(&m.query) {
                         Some((resp, prefetch)) => {
@@ -589,7 +589,7 @@ impl Stream for ForwardStream {
                                     }
                                 });
                             }
-                            emit(o, m.query, true, Bytes::from(resp));
+                            m.answer(Bytes::from(resp), o);
                         }
                         None => pending.push(resolve_or_fail(shared.clone(), m.query)),
                     }

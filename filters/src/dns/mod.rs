@@ -124,19 +124,46 @@ pub(crate) fn emit(out: &mut dyn FnMut(Event), query: Arc<DnsQuery>, answered: b
     out(Event::MessageEnd(Tail::none()));
 }
 
+/// A whole DNS message, as [`Gather`] hands it over.
+pub(crate) struct Msg {
+    /// The head it came with (re-emitted as is when the message passes unchanged).
+    pub(crate) head: Head,
+    /// The query it is or answers.
+    pub(crate) query: Arc<DnsQuery>,
+    /// Whether it is an answer.
+    pub(crate) answered: bool,
+    /// Its bytes.
+    pub(crate) wire: Bytes,
+}
+
+impl Msg {
+    /// Sends the message on unchanged (no new head).
+    pub(crate) fn pass(self, out: &mut dyn FnMut(Event)) {
+        out(Event::MessageStart(self.head));
+        out(Event::Data(self.wire));
+        out(Event::MessageEnd(Tail::none()));
+    }
+
+    /// Sends `response` as the answer to this message's query.
+    pub(crate) fn answer(self, response: Bytes, out: &mut dyn FnMut(Event)) {
+        emit(out, self.query, true, response);
+    }
+}
+
 /// What [`Gather`] calls with each whole message.
-pub(crate) type OnMessage<'a> = dyn FnMut(DnsMessage, Bytes, &mut dyn FnMut(Event)) + 'a;
+pub(crate) type OnMessage<'a> = dyn FnMut(Msg, &mut dyn FnMut(Event)) + 'a;
 
 /// Gathers the events of DNS messages and hands each whole message to a handler; other
 /// events pass through.
 #[derive(Default)]
 pub(crate) struct Gather {
-    head: Option<DnsMessage>,
-    body: Vec<Bytes>,
+    head: Option<(Head, Arc<DnsQuery>, bool)>,
+    first: Option<Bytes>,
+    more: Vec<u8>,
 }
 
 impl Gather {
-    /// Feeds one event; calls `f(message, wire, out)` at the end of each DNS message.
+    /// Feeds one event; calls `f(message, out)` at the end of each DNS message.
     pub(crate) fn on_event(
         &mut self,
         ev: Event,
@@ -145,18 +172,35 @@ impl Gather {
     ) {
         match ev {
             Event::MessageStart(h) if self.head.is_none() => match h.get::<DnsMessage>() {
-                Some(m) => self.head = Some(m.clone()),
+                Some(m) => {
+                    let (q, a) = (m.query.clone(), m.answered);
+                    self.head = Some((h, q, a));
+                }
                 None => out(Event::MessageStart(h)),
             },
-            Event::Data(b) if self.head.is_some() => self.body.push(b),
+            Event::Data(b) if self.head.is_some() => match &self.first {
+                None => self.first = Some(b),
+                Some(_) => self.more.extend_from_slice(&b),
+            },
             Event::MessageEnd(t) => match self.head.take() {
-                Some(m) => {
-                    let wire = match self.body.len() {
-                        1 => self.body.pop().unwrap_or_default(),
-                        _ => Bytes::from(self.body.concat()),
+                Some((head, query, answered)) => {
+                    let first = self.first.take().unwrap_or_default();
+                    let wire = if self.more.is_empty() {
+                        first
+                    } else {
+                        let mut v = first.to_vec();
+                        v.append(&mut self.more);
+                        Bytes::from(v)
                     };
-                    self.body.clear();
-                    f(m, wire, out);
+                    f(
+                        Msg {
+                            head,
+                            query,
+                            answered,
+                            wire,
+                        },
+                        out,
+                    );
                 }
                 None => out(Event::MessageEnd(t)),
             },

@@ -148,9 +148,9 @@ impl Filter for DnsBlock {
             gather.on_event(
                 ev,
                 out,
-                &mut |m, wire, out| match (m.answered, this.answer(&m.query)) {
-                    (false, Some(r)) => emit(out, m.query, true, Bytes::from(r)),
-                    (answered, _) => emit(out, m.query, answered, wire),
+                &mut |m, out| match (m.answered, this.answer(&m.query)) {
+                    (false, Some(r)) => m.answer(Bytes::from(r), out),
+                    _ => m.pass(out),
                 },
             );
         }))
@@ -254,16 +254,16 @@ impl Filter for DnsRewrite {
         let this = self.clone();
         let mut gather = Gather::default();
         Some(Box::new(move |ev: Event, out: &mut dyn FnMut(Event)| {
-            gather.on_event(ev, out, &mut |m, wire, out| {
+            gather.on_event(ev, out, &mut |m, out| {
                 if m.answered {
-                    return emit(out, m.query, true, wire);
+                    return m.pass(out);
                 }
                 match this.rewrite(&m.query) {
                     Some(q) => {
                         let data = q.wire.clone();
                         emit(out, Arc::new(q), false, data);
                     }
-                    None => emit(out, m.query, false, wire),
+                    None => m.pass(out),
                 }
             });
         }))

@@ -34,7 +34,7 @@ use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig};
 use flowgate_pipeline::{Context, Description, Event, Filter, Transform};
 use serde::{Deserialize, Serialize};
 
-use super::{DnsQuery, Gather, emit};
+use super::{DnsQuery, Gather};
 
 /// Configuration of [`DnsRespond`] (`dns-respond:` in YAML).
 ///
@@ -572,17 +572,17 @@ impl Filter for DnsRespond {
         let refuse = self.config.refuse_outside;
         let mut gather = Gather::default();
         Some(Box::new(move |ev: Event, out: &mut dyn FnMut(Event)| {
-            gather.on_event(ev, out, &mut |m, wire, out| {
+            gather.on_event(ev, out, &mut |m, out| {
                 if m.answered {
-                    return emit(out, m.query, true, wire);
+                    return m.pass(out);
                 }
                 match reg.answer(&m.query) {
-                    Some(resp) => emit(out, m.query, true, Bytes::from(resp)),
+                    Some(resp) => m.answer(Bytes::from(resp), out),
                     None if refuse => {
                         let r = answer_code(&m.query.wire, &m.query.info, rcode::REFUSED, false);
-                        emit(out, m.query, true, Bytes::from(r));
+                        m.answer(Bytes::from(r), out);
                     }
-                    None => emit(out, m.query, false, wire),
+                    None => m.pass(out),
                 }
             });
         }))
