@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
+
 use common::netns::{Netns, tx_checksum_off, unique, veth};
 use flowgate_ebpf::xdp_lb::{
     AttachMode, AttachedMode, Backend, Flow, Forwarding, Protocol, Vip, XdpLb, XdpLbConfig,
@@ -175,18 +177,29 @@ fn small() -> XdpLbConfig {
     }
 }
 
-/// Opens `n` connections to `vip` from the client ns, one at a time; returns each
-/// connection's client port and the backend id that answered.
-fn connect_many(t: &Topology, vip: Ipv4Addr, n: usize) -> Vec<(u16, u8)> {
+/// Opens `n` connections to `vip` from the client ns, one at a time, from source ports
+/// `first_port..` (fixed ports make the run reproducible; the namespace is fresh, so
+/// they are free); returns each connection's client port and the backend id that
+/// answered.
+fn connect_many(t: &Topology, vip: Ipv4Addr, first_port: u16, n: u16) -> Vec<(u16, u8)> {
+    let src_ip = if vip == VIP_NAT {
+        Ipv4Addr::new(10, 78, 0, 1)
+    } else {
+        Ipv4Addr::new(10, 77, 0, 1)
+    };
     t.client.run(|| {
-        let mut got = Vec::with_capacity(n);
+        let mut got = Vec::with_capacity(usize::from(n));
         let addr = SocketAddr::from((vip, PORT));
-        for _ in 0..n {
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+        for port in first_port..first_port + n {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, Some(SockProtocol::TCP)).unwrap();
+            s.bind(&SocketAddr::from((src_ip, port)).into()).unwrap();
+            s.connect_timeout(&addr.into(), Duration::from_secs(3))
+                .unwrap();
+            let mut s = TcpStream::from(s);
             s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
             let mut b = [0u8; 1];
             s.read_exact(&mut b).unwrap();
-            got.push((s.local_addr().unwrap().port(), b[0]));
+            got.push((port, b[0]));
         }
         got
     })
@@ -251,7 +264,7 @@ fn xdp_lb_end_to_end() {
     lb.set_vip(dsr, Forwarding::Dsr, &t.backends).unwrap();
 
     // 1,000 connections, spread by weight 1:2:3.
-    let got = connect_many(&t, VIP_DSR, 1000);
+    let got = connect_many(&t, VIP_DSR, 20_000, 1000);
     check_spread(&lb, &t, VIP_DSR, &got, &[0, 1, 2]);
     let c = lb.vip_counters(&dsr).unwrap();
     assert!(
@@ -287,14 +300,14 @@ fn xdp_lb_end_to_end() {
         assert_eq!(b[0], id, "an existing flow moved");
     }
     // New connections spread over the two remaining backends, 1:2.
-    let got = connect_many(&t, VIP_DSR, 1000);
+    let got = connect_many(&t, VIP_DSR, 22_000, 1000);
     check_spread(&lb, &t, VIP_DSR, &got, &[0, 1]);
     assert!(lb.stats().unwrap().conntrack_hits > 0);
 
     // NAT: the backend sees its own address; replies are translated back to the VIP.
     let nat = Vip::tcp(SocketAddrV4::new(VIP_NAT, PORT).into());
     lb.set_vip(nat, Forwarding::Nat, &t.backends).unwrap();
-    let got = connect_many(&t, VIP_NAT, 60);
+    let got = connect_many(&t, VIP_NAT, 24_000, 60);
     for &(port, id) in &got {
         assert_eq!(
             lb.predict(&flow(port, VIP_NAT)).unwrap(),

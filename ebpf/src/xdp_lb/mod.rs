@@ -87,6 +87,15 @@ impl Vip {
         }
     }
 
+    /// A UDP VIP.
+    pub fn udp(addr: SocketAddr) -> Self {
+        Self {
+            addr: addr.ip(),
+            port: addr.port(),
+            proto: Protocol::Udp,
+        }
+    }
+
     fn key(&self) -> FgVipKey {
         FgVipKey {
             addr: addr_words(self.addr),
