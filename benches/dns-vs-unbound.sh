@@ -8,16 +8,18 @@
 #         unbound answering the same names from local-data
 #
 # For each: max queries/s (closed loop, 100 outstanding, DUR seconds), then latency
-# percentiles from dnsperf -v, at max load and at a fixed rate of RATE queries/s.
+# percentiles from dnsperf -v, at max load and at a fixed rate of RATE queries/s; ROUNDS
+# rounds alternating who goes first, medians reported (about 3 minutes by default).
 #
-#   benches/dns-vs-unbound.sh                 # DUR=10 RATE=20000
-#   DUR=5 benches/dns-vs-unbound.sh           # shorter
+#   benches/dns-vs-unbound.sh                 # DUR=5 RATE=20000 ROUNDS=3
+#   DUR=2 ROUNDS=1 benches/dns-vs-unbound.sh  # quick look
 #
 # Needs: unbound, dnsperf (apt-get install -y unbound dnsperf).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-DUR=${DUR:-10}
+DUR=${DUR:-5}
 RATE=${RATE:-20000}
+ROUNDS=${ROUNDS:-3}
 (cd "$root" && cargo build --release --bin flowgate -q)
 bin=${CARGO_TARGET_DIR:-$root/target}/release/flowgate
 work=$(mktemp -d)
@@ -110,7 +112,9 @@ lost() { awk '/Queries lost/ {print $3}'; }
 pcts() { awk '/^> / {print $NF}' | sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "- -"; exit}
   printf "%.0f %.0f\n", a[int(NR*0.50)+1]*1e6, a[int(NR*0.99)+1]*1e6}'; }
 
-echo "# DNS: Flowgate vs unbound 1.17 — one thread each on CPU 1, dnsperf on CPU 0, ${DUR}s per run"
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+echo "# DNS: Flowgate vs unbound $(unbound -V | awk 'NR==1 {print $2}') — one thread each on CPU 1, dnsperf on CPU 0, ${DUR}s runs, median of $ROUNDS rounds"
 echo
 echo "| workload | server | max q/s | lost | p50 / p99 at max (µs) | p50 / p99 at ${RATE} q/s (µs) |"
 echo "|---|---|---:|---:|---:|---:|"
@@ -118,13 +122,27 @@ for set in auth fwd; do
   # Warm-up: Flowgate's cache fills, both servers' sockets and caches are hot.
   perf $FG "$work/$set.txt" -l 2 > /dev/null 2>&1 || true
   perf $UB "$work/$set.txt" -l 2 > /dev/null 2>&1 || true
-  for who in unbound flowgate; do
-    port=$UB; [ $who = flowgate ] && port=$FG
-    perf $port "$work/$set.txt" > "$work/$set-$who.max" 2>&1
-    perf $port "$work/$set.txt" -v > "$work/$set-$who.maxv" 2>&1
-    perf $port "$work/$set.txt" -v -Q "$RATE" > "$work/$set-$who.rate" 2>&1
-    read -r m50 m99 < <(pcts < "$work/$set-$who.maxv")
-    read -r r50 r99 < <(pcts < "$work/$set-$who.rate")
-    echo "| $set | $who | $(qps < "$work/$set-$who.max") | $(lost < "$work/$set-$who.max") | $m50 / $m99 | $r50 / $r99 |"
+  for r in $(seq 1 "$ROUNDS"); do
+    # Alternate who goes first, so a disturbance of the shared machine hits both.
+    order="unbound flowgate"; [ $((r % 2)) = 0 ] && order="flowgate unbound"
+    for who in $order; do
+      port=$UB; [ $who = flowgate ] && port=$FG
+      perf $port "$work/$set.txt" > "$work/max" 2>&1
+      qps < "$work/max" >> "$work/$set-$who.qps"
+      lost < "$work/max" >> "$work/$set-$who.lost"
+      perf $port "$work/$set.txt" -v | pcts >> "$work/$set-$who.pmax"
+      perf $port "$work/$set.txt" -v -Q "$RATE" | pcts >> "$work/$set-$who.prate"
+    done
   done
+  for who in unbound flowgate; do
+    q=$(median < "$work/$set-$who.qps")
+    l=$(median < "$work/$set-$who.lost")
+    m50=$(awk '{print $1}' "$work/$set-$who.pmax" | median); m99=$(awk '{print $2}' "$work/$set-$who.pmax" | median)
+    r50=$(awk '{print $1}' "$work/$set-$who.prate" | median); r99=$(awk '{print $2}' "$work/$set-$who.prate" | median)
+    echo "| $set | $who | $q | $l | $m50 / $m99 | $r50 / $r99 |"
+    echo "$who $q" >> "$work/$set.summary"
+  done
+  awk -v s=$set '$1=="unbound" {u=$2} $1=="flowgate" {f=$2} END {printf "| %s | ratio | %.2f× | | | |\n", s, f/u}' "$work/$set.summary"
 done
+echo
+echo "all rounds (q/s): $(for f in "$work"/*.qps; do printf '%s=[%s] ' "$(basename "$f" .qps)" "$(paste -sd, "$f")"; done)"
