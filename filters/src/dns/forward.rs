@@ -219,8 +219,8 @@ struct Shared {
     ids: AtomicU64,
 }
 
-/// Forwards queries nothing earlier answered to upstream resolvers; see the
-/// [module docs](self).
+/// Forwards queries nothing earlier answered to upstream resolvers: a cache first, then
+/// the upstreams in order (failover), UDP then TCP after a truncated answer.
 #[derive(Clone)]
 pub struct DnsForward {
     shared: Arc<Shared>,

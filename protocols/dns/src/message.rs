@@ -3,7 +3,7 @@
 //!
 //! hickory-proto owns the record types and their encodings; this crate puts its own
 //! limits in front of hickory's decoder, so every byte string hickory sees has already
-//! passed [`validate`](crate::validate).
+//! passed [`validate`].
 
 use hickory_proto::ProtoError;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
