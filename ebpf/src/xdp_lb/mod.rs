@@ -602,6 +602,16 @@ impl XdpLb {
     /// Runs the balancer once on `frame` with `BPF_PROG_TEST_RUN` (no interface needed;
     /// the maps are the live ones).
     pub fn test_run(&self, frame: &[u8]) -> Result<TestRunOutput, Error> {
+        self.test_run_repeat(frame, 1).map(|(out, _)| out)
+    }
+
+    /// Runs the balancer `repeat` times on `frame` in the kernel and returns the last
+    /// output and the kernel's mean time per run: the program's own cost per packet.
+    pub fn test_run_repeat(
+        &self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(TestRunOutput, std::time::Duration), Error> {
         let prog = self.bpf.program("xdp_lb").ok_or(Error::Missing {
             what: "program",
             name: "xdp_lb",
@@ -614,14 +624,16 @@ impl XdpLb {
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.data_out = Some(&mut out);
+        opts.repeat = repeat.max(1);
         let r = prog
             .test_run(opts)
             .map_err(|e| program_error("xdp_lb", "BPF_PROG_TEST_RUN".into(), false, e))?;
         out.truncate(r.data_size_out as usize);
-        Ok(TestRunOutput {
+        let output = TestRunOutput {
             action: XdpAction::from(r.return_value),
             frame: out,
-        })
+        };
+        Ok((output, r.duration))
     }
 
     fn alloc_vip_id(&mut self) -> Result<u32, Error> {
