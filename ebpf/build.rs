@@ -31,7 +31,11 @@ fn main() -> ExitCode {
         match status {
             Ok(s) if s.success() => {}
             Ok(s) => {
-                eprintln!("flowgate-ebpf build: `{clang}` failed on {src} ({s})");
+                eprintln!(
+                    "flowgate-ebpf build: `{clang}` failed on {src} ({s}); the programs need \
+                     the libbpf headers (apt-get install -y libbpf-dev) and the kernel UAPI \
+                     headers (linux-libc-dev)"
+                );
                 return ExitCode::FAILURE;
             }
             Err(e) => {
