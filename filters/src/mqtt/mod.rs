@@ -49,16 +49,13 @@ mod session;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context as TaskCx, Poll};
 use std::time::{Duration, Instant};
 
 use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig, Registry};
 use flowgate_pipeline::{
-    Context, Description, ErrorKind, Event, Events, Filter, Side, StreamError, error_stream,
+    Context, Description, ErrorKind, Events, Filter, Side, StreamError, error_stream,
 };
-use futures_core::Stream;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
 use crate::net::Size;
 pub use acl::{AclConfig, OnDeny};
@@ -357,22 +354,8 @@ impl Filter for MqttProxy {
         if tokio::runtime::Handle::try_current().is_err() {
             return error_stream(StreamError::new(ErrorKind::Internal, Side::Internal));
         }
-        // Small: back-pressure from a slow client reaches the broker socket quickly.
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = flowgate_pipeline::feed::feed();
         tokio::spawn(session::run(self.shared.clone(), input, cx.clone(), tx));
-        Box::pin(Output { rx })
-    }
-}
-
-/// What the session task sends to the client.
-struct Output {
-    rx: mpsc::Receiver<Event>,
-}
-
-impl Stream for Output {
-    type Item = Event;
-
-    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Option<Event>> {
-        self.rx.poll_recv(cx)
+        Box::pin(rx)
     }
 }

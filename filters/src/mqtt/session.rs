@@ -11,12 +11,12 @@ use flowgate_mqtt::{
     ConnAck, Connect, Decoder, Disconnect, Frame, Limits, MqttError, Packet, ProtocolVersion,
     PubResponse, PublishHead, QoS, ReasonCode, SubAck,
 };
+use flowgate_pipeline::feed::FeedSender;
 use flowgate_pipeline::{Context, Event, Events, StreamError};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
@@ -69,12 +69,7 @@ impl std::fmt::Display for End {
 }
 
 /// Runs one client session to its end; the events for the client go to `tx`.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    mut input: Events,
-    cx: Context,
-    tx: mpsc::Sender<Event>,
-) {
+pub(crate) async fn run(shared: Arc<Shared>, mut input: Events, cx: Context, tx: FeedSender) {
     let m = &shared.metrics;
     m.connections.fetch_add(1, Ordering::Relaxed);
     m.active.fetch_add(1, Ordering::Relaxed);
@@ -190,9 +185,9 @@ pub(crate) async fn run(
 }
 
 /// Ends the client's stream (the send may fail when it is already gone).
-fn finish(shared: &Shared, tx: &mpsc::Sender<Event>, err: Option<StreamError>) {
+fn finish(shared: &Shared, tx: &FeedSender, err: Option<StreamError>) {
     shared.metrics.active.fetch_sub(1, Ordering::Relaxed);
-    let _ = tx.try_send(Event::StreamEnd(err));
+    tx.push(Event::StreamEnd(err));
 }
 
 /// Reads until CONNECT; `None` when the client leaves first.
@@ -233,12 +228,10 @@ fn connack_code(v: ProtocolVersion, r: Refusal) -> ReasonCode {
     }
 }
 
-async fn send_packet(tx: &mpsc::Sender<Event>, v: ProtocolVersion, p: &Packet) -> Result<(), End> {
+async fn send_packet(tx: &FeedSender, v: ProtocolVersion, p: &Packet) -> Result<(), End> {
     let mut out = BytesMut::new();
     p.encode(v, &mut out).map_err(End::Malformed)?;
-    tx.send(Event::Data(out.freeze()))
-        .await
-        .map_err(|_| End::ClientGone)
+    emit(tx, Event::Data(out.freeze())).await
 }
 
 /// Picks a broker by client id and connects; a broker that fails is ejected and the next
@@ -453,12 +446,7 @@ impl Session {
     }
 
     /// Relays until one side ends.
-    async fn relay(
-        &mut self,
-        input: &mut Events,
-        broker: TcpStream,
-        tx: &mpsc::Sender<Event>,
-    ) -> End {
+    async fn relay(&mut self, input: &mut Events, broker: TcpStream, tx: &FeedSender) -> End {
         let (mut br, mut bw) = broker.into_split();
         let mut bdec = Decoder::for_version(self.version, Limits::default());
         let mut bbuf = BytesMut::new();
@@ -482,8 +470,8 @@ impl Session {
             }
             if !self.to_client.is_empty() {
                 let b = self.to_client.split().freeze();
-                if tx.send(Event::Data(b)).await.is_err() {
-                    return End::ClientGone;
+                if let Err(e) = emit(tx, Event::Data(b)).await {
+                    return e;
                 }
             }
             let blocked = self.pending.is_some();
@@ -729,7 +717,7 @@ impl Session {
         br: &mut OwnedReadHalf,
         bdec: &mut Decoder,
         bbuf: &mut BytesMut,
-        tx: &mpsc::Sender<Event>,
+        tx: &FeedSender,
     ) -> Result<(), End> {
         bbuf.reserve(READ_CHUNK);
         match br.try_read_buf(bbuf) {
@@ -741,7 +729,13 @@ impl Session {
                 });
             }
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if bbuf.is_empty() {
+                    // A wake-up with nothing to read: keep no buffer while idle.
+                    *bbuf = BytesMut::new();
+                }
+                return Ok(());
+            }
             Err(e) => return Err(End::BrokerIo(e)),
         }
         let mut to_client = BytesMut::new();
@@ -777,7 +771,7 @@ impl Session {
                         if !to_client.is_empty() {
                             send(tx, to_client.split()).await?;
                         }
-                        tx.send(Event::Data(b)).await.map_err(|_| End::ClientGone)?;
+                        emit(tx, Event::Data(b)).await?;
                     } else {
                         to_client.extend_from_slice(&b);
                     }
@@ -837,10 +831,19 @@ impl Session {
     }
 }
 
-async fn send(tx: &mpsc::Sender<Event>, b: BytesMut) -> Result<(), End> {
-    tx.send(Event::Data(b.freeze()))
-        .await
-        .map_err(|_| End::ClientGone)
+async fn send(tx: &FeedSender, b: BytesMut) -> Result<(), End> {
+    emit(tx, Event::Data(b.freeze())).await
+}
+
+/// Queues an event for the client once fewer than a few wait (back-pressure from a slow
+/// client reaches the broker socket quickly).
+async fn emit(tx: &FeedSender, ev: Event) -> Result<(), End> {
+    std::future::poll_fn(|cx| tx.poll_drained(cx, 4)).await;
+    if tx.push(ev) {
+        Ok(())
+    } else {
+        Err(End::ClientGone)
+    }
 }
 
 async fn sleep_until(at: Option<Instant>) {
