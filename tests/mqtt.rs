@@ -423,3 +423,71 @@ fn malformed_packets_close_only_that_client() {
     assert_eq!(pong, [0xD0, 0x00]);
     assert!(py(&["alive", &port.to_string()]).contains("\"ok\": true"));
 }
+
+#[test]
+fn tls_client_certificate_names_the_user() {
+    if !peers_present() || !have("openssl") {
+        return;
+    }
+    let dir = TempDir::new("mqtt-tls");
+    let pki = OpensslPki::new(&dir, "ca");
+    let (server_cert, server_key) = pki.leaf("server", "localhost", false);
+    let (dev_cert, dev_key) = pki.leaf("dev", "device-7", true);
+    let (_m, pm) = mosquitto(&dir, "m");
+    let port = free_port();
+    let cfg = dir.write(
+        "tls.yaml",
+        &format!(
+            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: tls\npipelines:\n  tls:\n    - accept-tls:\n        pipeline: mqtt\n        certificates: [{{ cert: {}, key: {} }}]\n        client_auth: {{ ca: {}, required: false }}\n  mqtt:\n    - proxy-mqtt:\n        brokers: [127.0.0.1:{pm}]\n        auth: {{ tls_identity: true, allow_anonymous: false }}\n        prefix: \"devices/%u/\"\n",
+            server_cert.display(),
+            server_key.display(),
+            pki.ca().display()
+        ),
+    );
+    let _fg = flowgate_run(&cfg, &[port]);
+    let mut direct = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &pm.to_string(), "-t", "devices/#"])
+        .args(["-v", "-C", "1", "-W", "10"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let ca = pki.ca();
+    let tls = |cert: Option<(&std::path::Path, &std::path::Path)>| {
+        let mut args = vec![
+            "--cafile".to_string(),
+            ca.display().to_string(),
+            "--insecure".into(),
+            "-t".into(),
+            "temp".into(),
+            "-m".into(),
+            "21".into(),
+        ];
+        if let Some((c, k)) = cert {
+            args.extend(["--cert".into(), c.display().to_string()]);
+            args.extend(["--key".into(), k.display().to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        pub_cli(port, &args)
+    };
+    // Without a certificate (and without a user name): not authorised.
+    let (ok, out) = tls(None);
+    assert!(!ok && out.contains("not authorised"), "{out}");
+    // With one: its identity is the user, so the topic lands under devices/device-7/.
+    let (ok, out) = tls(Some((&dev_cert, &dev_key)));
+    assert!(ok, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while direct.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = direct.kill();
+    let mut got = String::new();
+    direct
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut got)
+        .unwrap();
+    assert_eq!(got.trim(), "devices/device-7/temp 21");
+}

@@ -1,5 +1,6 @@
 //! MQTT filters (feature `mqtt`): [`MqttProxy`] (`proxy-mqtt`), an MQTT-aware proxy that
-//! spreads client connections over brokers.
+//! spreads client connections over brokers, and [`DecodeMqtt`] / [`EncodeMqtt`]
+//! (`decode-mqtt`, `encode-mqtt`), which turn MQTT bytes into message events and back.
 //!
 //! ```text
 //!  client ──TCP/TLS──▶ accept-tls? ─▶ proxy-mqtt ──TCP──▶ broker (picked by client id)
@@ -45,6 +46,7 @@
 
 pub mod acl;
 pub mod auth;
+mod codec;
 mod session;
 
 use std::sync::Arc;
@@ -60,10 +62,15 @@ use serde::{Deserialize, Serialize};
 use crate::net::Size;
 pub use acl::{AclConfig, OnDeny};
 pub use auth::{AuthConfig, Authenticator};
+pub use codec::{
+    DecodeMqtt, DecodeMqttConfig, EncodeMqtt, EncodeMqttConfig, MqttHead, MqttMessage, Role,
+};
 
 /// Registers the `mqtt` filters.
 pub fn register(r: &mut Registry) {
     r.register::<MqttProxyConfig>("proxy-mqtt");
+    r.register::<DecodeMqttConfig>("decode-mqtt");
+    r.register::<EncodeMqttConfig>("encode-mqtt");
 }
 
 /// Per-client limits (`limits:` of `proxy-mqtt`). Both work by back-pressure: a client at
