@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 ///         pipeline: api
 ///       - match: { path: /health }
 ///         pipeline: health
+///       - match: { path_regex: "/users/[0-9]+/orders" }
+///         pipeline: orders
 ///       - match: { headers: { x-canary: "1" } }
 ///         split: [{ pipeline: v2, weight: 1 }, { pipeline: v1, weight: 9 }]
 ///     default: not-found
@@ -74,6 +76,10 @@ pub struct RouteMatch {
     /// A path prefix, matched on whole segments when it ends with `/`, else as a string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
+    /// A regular expression (Rust `regex` syntax: linear time, no backreferences) that
+    /// must match the whole path, e.g. `/users/[0-9]+/orders`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_regex: Option<String>,
     /// Allowed methods.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub method: Vec<String>,
@@ -89,6 +95,7 @@ struct CompiledMatch {
     host: Option<String>,
     path: Option<String>,
     path_prefix: Option<String>,
+    path_regex: Option<regex::Regex>,
     methods: Vec<Method>,
     headers: Vec<(HeaderName, HeaderValue)>,
     query: Vec<(String, String)>,
@@ -125,10 +132,20 @@ impl CompiledMatch {
                 Ok((n, v))
             })
             .collect::<Result<_, ConfigError>>()?;
+        let path_regex = match &m.path_regex {
+            None => None,
+            Some(r) => Some(
+                regex::RegexBuilder::new(&format!("^(?:{r})$"))
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|e| ConfigError::new("path_regex", e))?,
+            ),
+        };
         Ok(CompiledMatch {
             host: m.host.clone(),
             path: m.path.clone(),
             path_prefix: m.path_prefix.clone(),
+            path_regex,
             methods,
             headers,
             query: m
@@ -151,6 +168,7 @@ impl CompiledMatch {
                         || path.len() == x.len()
                         || path.as_bytes()[x.len()] == b'/')
             })
+            && self.path_regex.as_ref().is_none_or(|r| r.is_match(path))
             && (self.methods.is_empty() || self.methods.contains(&p.method))
             && self
                 .headers
@@ -465,6 +483,31 @@ mod tests {
             counts[w.pick().unwrap()] += 1;
         }
         assert_eq!(counts, [100, 900]);
+    }
+
+    #[test]
+    fn path_regex_matches_the_whole_path() {
+        let m = CompiledMatch::new(&RouteMatch {
+            path_regex: Some("/users/[0-9]+(/orders)?".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(m.matches(&req("/users/42", "a")));
+        assert!(m.matches(&req("/users/42/orders?x=1", "a")));
+        assert!(
+            !m.matches(&req("/users/42/orders/7", "a")),
+            "anchored at the end"
+        );
+        assert!(
+            !m.matches(&req("/v1/users/42", "a")),
+            "anchored at the start"
+        );
+        assert!(!m.matches(&req("/users/x", "a")));
+        let bad = CompiledMatch::new(&RouteMatch {
+            path_regex: Some("/(unclosed".into()),
+            ..Default::default()
+        });
+        assert!(bad.is_err());
     }
 
     fn req(uri: &str, host: &str) -> request::Parts {
