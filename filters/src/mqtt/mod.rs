@@ -9,9 +9,9 @@
 //!                                      │ broker → client: prefix stripped, SUBACK merged
 //! ```
 //!
-//! One session task per client connection (as `Mux` sessions do): it reads the client's
-//! stream of bytes, decodes it with [`flowgate_mqtt::Decoder`], and talks to its broker
-//! over its own socket. What it does, in order:
+//! One session per client connection, polled inline by the connection's own task: it
+//! reads the client's stream of bytes, decodes it with [`flowgate_mqtt::Decoder`], and
+//! talks to its broker over its own socket. What it does, in order:
 //!
 //! 1. waits up to `connect_wait` for CONNECT (anything else first closes the connection);
 //! 2. authenticates (users file, or the TLS client-certificate identity) and answers a
@@ -362,7 +362,42 @@ impl Filter for MqttProxy {
             return error_stream(StreamError::new(ErrorKind::Internal, Side::Internal));
         }
         let (tx, rx) = flowgate_pipeline::feed::feed();
-        tokio::spawn(session::run(self.shared.clone(), input, cx.clone(), tx));
-        Box::pin(rx)
+        let session = session::run(self.shared.clone(), input, cx.clone(), tx);
+        Box::pin(Output {
+            session: Some(Box::pin(session)),
+            rx,
+        })
+    }
+}
+
+/// The client's side of a session: polls the session inline (in the connection's own
+/// task, no second task and no cross-task wake-ups) and yields what it queued.
+struct Output {
+    session: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    rx: flowgate_pipeline::feed::FeedReceiver,
+}
+
+impl futures_core::Stream for Output {
+    type Item = flowgate_pipeline::Event;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            if let Poll::Ready(ev) = std::pin::Pin::new(&mut this.rx).poll_next(cx) {
+                return Poll::Ready(ev);
+            }
+            let Some(session) = this.session.as_mut() else {
+                return Poll::Pending;
+            };
+            match session.as_mut().poll(cx) {
+                // Finished: what it queued last (at least its end) is in `rx`.
+                Poll::Ready(()) => this.session = None,
+                Poll::Pending => return std::pin::Pin::new(&mut this.rx).poll_next(cx),
+            }
+        }
     }
 }
