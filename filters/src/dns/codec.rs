@@ -298,9 +298,14 @@ impl Transform for Encoding {
     fn on_event(&mut self, ev: Event, out: &mut dyn FnMut(Event)) {
         let config = &self.config;
         self.gather.on_event(ev, out, &mut |m, out| {
-            let q = &m.query;
-            let wire = m.wire.clone();
-            let wire = if m.answered {
+            let super::Msg {
+                head,
+                query,
+                answered,
+                wire,
+            } = m;
+            let q = &query;
+            let wire = if answered {
                 match &q.renamed {
                     Some(r) => super::policy::rename_back(&wire, r).map_or(wire, Bytes::from),
                     None => wire,
@@ -323,7 +328,7 @@ impl Transform for Encoding {
                     };
                     // The UDP listener sends each message as one datagram; the head can
                     // stay the one the message came with.
-                    out(Event::MessageStart(m.head.clone()));
+                    out(Event::MessageStart(head));
                     out(Event::Data(wire));
                     out(Event::MessageEnd(Tail::none()));
                 }
