@@ -14,11 +14,16 @@ use common::*;
 
 /// A mosquitto broker on a free loopback port.
 fn mosquitto(dir: &TempDir, name: &str) -> (Proc, u16) {
+    mosquitto_with(dir, name, "")
+}
+
+/// A mosquitto broker with more configuration lines.
+fn mosquitto_with(dir: &TempDir, name: &str, extra: &str) -> (Proc, u16) {
     let port = free_port();
     let conf = dir.write(
         &format!("{name}.conf"),
         &format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\n"
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\n{extra}"
         ),
     );
     let child = Command::new("mosquitto")
@@ -150,8 +155,40 @@ fn paho_and_mosquitto_clients_over_311_and_5() {
         return;
     }
     let dir = TempDir::new("mqtt-rt");
-    let (_m, pm) = mosquitto(&dir, "m");
-    let (_fg, port) = proxy(&dir, &[pm], "");
+    // Two edge brokers, bridged both ways (as edge brokers are), so clients that land on
+    // different brokers still see each other's messages.
+    let (_a, pa) = mosquitto(&dir, "a");
+    let bridge = format!(
+        "connection ab\naddress 127.0.0.1:{pa}\ntopic # both 2\nbridge_protocol_version mqttv311\nrestart_timeout 1\n"
+    );
+    let (_b, pb) = mosquitto_with(&dir, "b", &bridge);
+    let mut bridged = false;
+    for i in 0..20 {
+        let mut sub = Command::new("mosquitto_sub");
+        sub.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pa.to_string(),
+            "-t",
+            "bridge/check",
+        ])
+        .args(["-C", "1", "-W", "2"]);
+        let sub = sub
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        pub_cli(pb, &["-t", "bridge/check", "-m", &i.to_string()]);
+        let out = sub.wait_with_output().unwrap();
+        if !out.stdout.is_empty() {
+            bridged = true;
+            break;
+        }
+    }
+    assert!(bridged, "the mosquitto bridge did not come up");
+    let (_fg, port) = proxy(&dir, &[pa, pb], "");
     for v in ["311", "5"] {
         let out = py(&["roundtrip", &port.to_string(), v]);
         assert!(out.contains("\"ok\": true"), "v{v}: {out}");
