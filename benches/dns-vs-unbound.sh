@@ -92,9 +92,9 @@ YAML
 for i in $(seq 1 1000); do echo "api.svc.test A"; done > "$work/auth.txt"
 for i in $(seq 1 100); do for n in $(seq 0 9); do echo "n$n.fwd.test A"; done; done > "$work/fwd.txt"
 
-taskset -c 1 unbound -d -c "$work/peer.conf" & pids+=($!)
+taskset -c 1 unbound -d -c "$work/peer.conf" & pids+=($!); pid_unbound=$!
 taskset -c 0 unbound -d -c "$work/upstream.conf" & pids+=($!)
-RUST_LOG=warn taskset -c 1 "$bin" run "$work/flowgate.yaml" --workers 1 --no-watch & pids+=($!)
+RUST_LOG=warn taskset -c 1 "$bin" run "$work/flowgate.yaml" --workers 1 --no-watch & pids+=($!); pid_flowgate=$!
 for port in $UB $UP $FG; do
   for _ in $(seq 1 100); do
     kdig @127.0.0.1 -p $port n0.fwd.test A +short +timeout=1 +retry=0 2>/dev/null | grep -q 192.0.2.1 && break
@@ -112,12 +112,14 @@ lost() { awk '/Queries lost/ {print $3}'; }
 pcts() { awk '/^> / {print $NF}' | sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "- -"; exit}
   printf "%.0f %.0f\n", a[int(NR*0.50)+1]*1e6, a[int(NR*0.99)+1]*1e6}'; }
 
+# CPU time (user + system, in clock ticks) a process has used.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 echo "# DNS: Flowgate vs unbound $(unbound -V | awk 'NR==1 {print $2}') — one thread each on CPU 1, dnsperf on CPU 0, ${DUR}s runs, median of $ROUNDS rounds"
 echo
-echo "| workload | server | max q/s | lost | p50 / p99 at max (µs) | p50 / p99 at ${RATE} q/s (µs) |"
-echo "|---|---|---:|---:|---:|---:|"
+echo "| workload | server | max q/s | lost | p50 / p99 at max (µs) | p50 / p99 at ${RATE} q/s (µs) | server CPU µs/query at ${RATE} q/s |"
+echo "|---|---|---:|---:|---:|---:|---:|"
 for set in auth fwd; do
   # Warm-up: Flowgate's cache fills, both servers' sockets and caches are hot.
   perf $FG "$work/$set.txt" -l 2 > /dev/null 2>&1 || true
@@ -131,7 +133,14 @@ for set in auth fwd; do
       qps < "$work/max" >> "$work/$set-$who.qps"
       lost < "$work/max" >> "$work/$set-$who.lost"
       perf $port "$work/$set.txt" -v | pcts >> "$work/$set-$who.pmax"
-      perf $port "$work/$set.txt" -v -Q "$RATE" | pcts >> "$work/$set-$who.prate"
+      pid=$pid_unbound; [ $who = flowgate ] && pid=$pid_flowgate
+      t0=$(ticks $pid)
+      perf $port "$work/$set.txt" -v -Q "$RATE" > "$work/rate"
+      t1=$(ticks $pid)
+      pcts < "$work/rate" >> "$work/$set-$who.prate"
+      n=$(awk '/Queries completed/ {print $3}' "$work/rate")
+      awk -v a="$t0" -v b="$t1" -v n="$n" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN {printf "%.1f\n", (b - a) / hz * 1e6 / n}' >> "$work/$set-$who.cpu"
     done
   done
   for who in unbound flowgate; do
@@ -139,10 +148,13 @@ for set in auth fwd; do
     l=$(median < "$work/$set-$who.lost")
     m50=$(awk '{print $1}' "$work/$set-$who.pmax" | median); m99=$(awk '{print $2}' "$work/$set-$who.pmax" | median)
     r50=$(awk '{print $1}' "$work/$set-$who.prate" | median); r99=$(awk '{print $2}' "$work/$set-$who.prate" | median)
-    echo "| $set | $who | $q | $l | $m50 / $m99 | $r50 / $r99 |"
-    echo "$who $q" >> "$work/$set.summary"
+    c=$(median < "$work/$set-$who.cpu")
+    echo "| $set | $who | $q | $l | $m50 / $m99 | $r50 / $r99 | $c |"
+    echo "$who $q $c" >> "$work/$set.summary"
   done
-  awk -v s=$set '$1=="unbound" {u=$2} $1=="flowgate" {f=$2} END {printf "| %s | ratio | %.2f× | | | |\n", s, f/u}' "$work/$set.summary"
+  awk -v s=$set '$1=="unbound" {u=$2; uc=$3} $1=="flowgate" {f=$2; fc=$3}
+    END {printf "| %s | flowgate/unbound | %.2f× | | | | %.2f× |\n", s, f/u, fc/uc}' "$work/$set.summary"
 done
 echo
 echo "all rounds (q/s): $(for f in "$work"/*.qps; do printf '%s=[%s] ' "$(basename "$f" .qps)" "$(paste -sd, "$f")"; done)"
+echo "all rounds (CPU µs/query): $(for f in "$work"/*.cpu; do printf '%s=[%s] ' "$(basename "$f" .cpu)" "$(paste -sd, "$f")"; done)"

@@ -5,7 +5,7 @@
 #![no_main]
 
 use flowgate_dns::cache::cache_ttl;
-use flowgate_dns::{Limits, ResponseWriter, Owner, formerr, truncate, validate};
+use flowgate_dns::{Limits, Owner, ResponseWriter, formerr, truncate, validate};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -22,7 +22,11 @@ fuzz_target!(|data: &[u8]| {
     let budget = 12 + (data.len() / 2);
     let t = truncate(data, budget);
     if data.len() > budget {
-        assert!(t.len() <= budget.max(12), "truncate kept {} of {budget}", t.len());
+        assert!(
+            t.len() <= budget.max(12),
+            "truncate kept {} of {budget}",
+            t.len()
+        );
         assert!(validate(&t, &limits).is_ok(), "truncated copy validates");
     }
     if !info.header.is_response() && info.question.is_some() {
