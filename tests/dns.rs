@@ -224,6 +224,15 @@ fn forwards_to_unbound_with_failover_and_cache() {
         out.contains("status: NXDOMAIN") && out.contains("SOA"),
         "{out}"
     );
+    let subnet = [
+        "www.fwd.test",
+        "A",
+        "+subnet=198.51.100.0/24",
+        "+timeout=5",
+        "+retry=0",
+    ];
+    let out = kdig(s.port, &subnet);
+    assert!(out.contains("192.0.2.80"), "{out}");
     // With unbound gone, answers and the negative answer come from the cache, with
     // TTLs that have not grown; a name never asked fails with SERVFAIL.
     s.unbound.take().unwrap().stop();
@@ -232,6 +241,9 @@ fn forwards_to_unbound_with_failover_and_cache() {
     assert!(ttl <= 300 && out.contains("192.0.2.80"), "{out}");
     let out = kdig(s.port, &["nx.fwd.test", "A"]);
     assert!(out.contains("status: NXDOMAIN"), "{out}");
+    // A query with a client subnet bypasses the cache (its answer may be per subnet).
+    let out = kdig(s.port, &subnet);
+    assert!(out.contains("status: SERVFAIL"), "{out}");
     let out = kdig(s.port, &["other.fwd.test", "A", "+timeout=5", "+retry=0"]);
     assert!(out.contains("status: SERVFAIL"), "{out}");
 }

@@ -12,7 +12,8 @@
 //!   answer ─▶ cache (positive: smallest answer TTL; negative: SOA per RFC 2308)
 //! ```
 //!
-//! Queries of one stream are resolved concurrently (up to `max_in_flight`); answers leave
+//! Queries with an EDNS client subnet bypass the cache (their answers may be meant for
+//! that subnet only). Queries of one stream are resolved concurrently (up to `max_in_flight`); answers leave
 //! in the order they complete, as DNS allows over UDP and TCP (RFC 7766 §6.2.1.1).
 
 use std::collections::VecDeque;
@@ -329,7 +330,12 @@ impl Shared {
         (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 48) as u16
     }
 
+    /// The cache key of a query; `None` (never cached) for queries with a client subnet,
+    /// whose answers may hold for that subnet only (RFC 7871 §7.3).
     fn key(info: &WireInfo) -> Option<Key> {
+        if info.opt.is_some_and(|o| o.client_subnet.is_some()) {
+            return None;
+        }
         Some((CacheKey::of(info)?, info.opt.is_some()))
     }
 
