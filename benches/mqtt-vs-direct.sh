@@ -9,7 +9,9 @@
 #   ROUNDS=1 MESSAGES=20000 benches/mqtt-vs-direct.sh
 #
 # Needs: mosquitto. Proxy: one worker. Nothing is pinned (2 cores: broker, proxy and load
-# share them), so compare the ratio, not the absolute figures.
+# share them), so compare the ratio, not the absolute figures. The broker queues without
+# limit (max_queued_messages 0) so that no QoS 1 message is dropped in either mode; a run
+# that received fewer than it sent shows it in the raw lines.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 rounds=${ROUNDS:-3}
@@ -29,7 +31,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 
 broker=18830; proxy=18831
-printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n' "$broker" > "$work/m.conf"
+printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n' "$broker" > "$work/m.conf"
 mosquitto -c "$work/m.conf" 2>"$work/mosquitto.log" & pids+=($!)
 cat > "$work/proxy.yaml" <<YAML
 workers: 1
