@@ -22,8 +22,11 @@ mod access_log;
 mod client;
 mod codec;
 mod cors;
+mod detect;
+mod http2;
 
 pub use access_log::AccessLogFormat;
+pub use http2::{H2ConnError, Http2Config};
 mod retry;
 mod rewrite;
 mod route;
@@ -140,6 +143,9 @@ pub struct DemuxHttpConfig {
     /// Default off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLogFormat>,
+    /// HTTP/2: served when TLS ALPN chose `h2` or the client starts with the h2c preface.
+    #[serde(default)]
+    pub http2: Http2Config,
 }
 
 fn d_pending() -> usize {
@@ -170,7 +176,9 @@ impl FilterConfig for DemuxHttpConfig {
             )
             .max_pending(self.max_pending)
             .timeouts(self.header_timeout, self.keepalive_timeout)
-            .access_log(self.access_log),
+            .access_log(self.access_log)
+            .http2(self.http2)
+            .map_err(|e| ConfigError::new("http2", e))?,
         ))
     }
 }
@@ -183,12 +191,14 @@ impl FilterConfig for DemuxHttpConfig {
 /// connection after that response. A request head not completed within the header
 /// timeout gets 408 (slowloris); a connection idle past the keep-alive timeout is closed.
 pub struct DemuxHttp {
-    demux: Demux,
+    demux: Arc<Demux>,
     sub: SubPipeline,
+    per_request: SubPipeline,
     limits: Limits,
     max_pending: usize,
     timeouts: codec::HeadTimeouts,
     access_log: Option<AccessLogFormat>,
+    http2: Http2Config,
 }
 
 impl DemuxHttp {
@@ -205,14 +215,24 @@ impl DemuxHttp {
             .filter(flowgate_pipeline::joint::Pipe::new(sub.clone()))
             .transform("answer-failures", codec::AnswerFailures::default)
             .build_deferred();
+        let per_request = SubPipeline::from(per_request);
         DemuxHttp {
-            demux: Demux::new(per_request),
+            demux: Arc::new(Demux::new(per_request.clone())),
             sub,
+            per_request,
             limits,
             max_pending: d_pending(),
             timeouts,
             access_log: None,
+            http2: Http2Config::default(),
         }
+    }
+
+    /// Sets the HTTP/2 settings (`enabled: false` serves HTTP/1 only).
+    pub fn http2(mut self, cfg: Http2Config) -> Result<Self, &'static str> {
+        cfg.validate()?;
+        self.http2 = cfg;
+        Ok(self)
     }
 
     /// Logs each request in `format` (or not, with `None`).
@@ -236,10 +256,10 @@ impl DemuxHttp {
     #[must_use]
     pub fn max_pending(mut self, n: usize) -> Self {
         self.max_pending = n.max(1);
-        self.demux = self.demux.options(DemuxOptions {
+        self.demux = Arc::new(Demux::new(self.per_request.clone()).options(DemuxOptions {
             max_pending: self.max_pending,
             ..Default::default()
-        });
+        }));
         self
     }
 }
@@ -252,11 +272,52 @@ impl Filter for DemuxHttp {
             "max_headers": self.limits.max_headers,
             "header_timeout": flowgate_pipeline::serde_duration::format(self.timeouts.header),
             "keepalive_timeout": flowgate_pipeline::serde_duration::format(self.timeouts.idle),
+            "http2": self.http2,
         }));
         d.subs = vec![self.sub.name().to_string()];
         d
     }
 
+    fn attach(&self, input: Events, cx: &Context) -> Events {
+        let h1 = H1 {
+            demux: self.demux.clone(),
+            limits: self.limits,
+            timeouts: self.timeouts,
+            access_log: self.access_log,
+        };
+        if !self.http2.enabled {
+            return h1.attach(input, cx);
+        }
+        let h2 = Arc::new(http2::H2Shared {
+            cfg: self.http2,
+            per_request: self.per_request.clone(),
+            handshake_timeout: self.timeouts.header,
+            idle_timeout: self.timeouts.idle,
+            access_log: self.access_log,
+        });
+        Box::pin(detect::Detect::new(
+            input,
+            cx.clone(),
+            h1,
+            h2,
+            self.timeouts,
+        ))
+    }
+
+    fn subs(&self) -> Vec<SubPipeline> {
+        vec![self.sub.clone()]
+    }
+}
+
+/// What the HTTP/1 side of a connection needs.
+pub(crate) struct H1 {
+    demux: Arc<Demux>,
+    limits: Limits,
+    timeouts: codec::HeadTimeouts,
+    access_log: Option<AccessLogFormat>,
+}
+
+impl H1 {
     fn attach(&self, input: Events, cx: &Context) -> Events {
         let log = self
             .access_log
@@ -272,10 +333,6 @@ impl Filter for DemuxHttp {
             replies,
             vec![Box::new(codec::EncodeResponses::new(log))],
         ))
-    }
-
-    fn subs(&self) -> Vec<SubPipeline> {
-        vec![self.sub.clone()]
     }
 }
 
