@@ -45,6 +45,7 @@ fn respond(zone: &str, services: &[(&str, &[&str])]) -> Result<DnsRespond, Box<d
             name: name.to_string(),
             endpoints,
             balance: None,
+            health_check: None,
         });
     }
     let cfg: DnsRespondConfig = serde_json::from_value(serde_json::json!({ "zone": zone }))?;

@@ -128,6 +128,9 @@ pipelines:
             endpoints:
               - {{ addr: "10.1.0.1:80", metadata: {{ zone: eu }} }}
               - {{ addr: "10.2.0.1:80", metadata: {{ zone: us }} }}
+          - name: hc
+            endpoints: ["127.0.0.1:{port}", "127.0.0.1:{dead_port}"]
+            health_check: {{ interval: 100ms, timeout: 500ms, healthy_threshold: 1, unhealthy_threshold: 1 }}
         geo:
           - {{ source: 198.51.100.0/24, zone: eu }}
           - {{ source: 127.0.0.0/8, zone: us }}
@@ -197,6 +200,24 @@ fn kdig_udp_tcp_edns_and_subnet() {
     );
     let out = kdig(s.port, &["x.blocked.test", "A"]);
     assert!(out.contains("status: NXDOMAIN"), "{out}");
+}
+
+#[test]
+fn health_checks_leave_dead_endpoints_out() {
+    let s = Setup::start();
+    // `hc` has two endpoints: Flowgate's own TCP listener (alive) and a closed port.
+    // Active TCP checks mark the closed one down; its SRV record disappears. (Only `hc`
+    // is checked: the other services' addresses are documentation ranges nobody probes.)
+    let live = format!("0 1 {} e0.hc.svc.test.", s.port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = kdig(s.port, &["hc.svc.test", "SRV", "+short"]);
+        if sorted_lines(&out) == [live.clone()] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still answered: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

@@ -14,14 +14,15 @@
 //! Order: the service's balancer picks the first answer (round robin rotates it, weighted
 //! algorithms favour heavy endpoints, hashing algorithms keep a client on one endpoint),
 //! the other eligible endpoints follow, and `max_answers` cuts the list. Only eligible
-//! endpoints are answered: unhealthy ones ([`ServiceRegistry::set_healthy`]) and weight 0
-//! are left out. Geo steering: a [`GeoRule`] maps a client prefix — the EDNS client
-//! subnet when the query has one, else the source address — to an endpoint zone; clients
-//! in it get that zone's endpoints while any is eligible.
+//! endpoints are answered: unhealthy ones (marked by the `health_check` probes of
+//! flowgate-lb, or by [`ServiceRegistry::set_healthy`]) and weight 0 are left out. Geo
+//! steering: a [`GeoRule`] maps a client prefix — the EDNS client subnet when the query
+//! has one, else the source address — to an endpoint zone; clients in it get that zone's
+//! endpoints while any is eligible.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -29,6 +30,7 @@ use flowgate_dns::hickory::rr::RData;
 use flowgate_dns::hickory::rr::rdata::{NS, SOA, SRV};
 use flowgate_dns::types::{class, rcode, rtype};
 use flowgate_dns::{NameKey, Owner, ResponseWriter, answer_code, name, rdata_wire};
+use flowgate_lb::health::{HealthCheckConfig, HealthChecker};
 use flowgate_lb::{Algorithm, Backend, Balancer, BalancerConfig};
 use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig};
 use flowgate_pipeline::{Context, Description, Event, Filter, Transform};
@@ -99,6 +101,10 @@ pub struct ServiceSpec {
     /// Its own algorithm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balance: Option<Algorithm>,
+    /// Active health checks of its endpoints (flowgate-lb's TCP or HTTP probes);
+    /// endpoints that fail them are not answered. Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckConfig>,
 }
 
 /// An endpoint: `ip:port`, or a `flowgate-lb` backend with weight and metadata.
@@ -535,6 +541,7 @@ impl ServiceRegistry {
 pub struct DnsRespond {
     config: Arc<DnsRespondConfig>,
     registry: Arc<ServiceRegistry>,
+    health_started: Arc<AtomicBool>,
 }
 
 impl DnsRespond {
@@ -550,15 +557,68 @@ impl DnsRespond {
                 )
                 .map_err(|e| ConfigError::new(format!("services[{i}].{}", e.field), e.problem))?;
         }
+        for (i, s) in config.services.iter().enumerate() {
+            if let Some(hc) = &s.health_check {
+                let field = format!("services[{i}].health_check");
+                let probe = Balancer::new(BalancerConfig::new(Algorithm::RoundRobin))
+                    .map_err(|e| ConfigError::new(&field, e))?;
+                HealthChecker::new(probe, hc.clone()).map_err(|e| ConfigError::new(&field, e))?;
+            }
+        }
         Ok(DnsRespond {
             config: Arc::new(config),
             registry: Arc::new(registry),
+            health_started: Arc::new(AtomicBool::new(false)),
         })
     }
 
     /// The registry, to change services, endpoints and health at run time.
     pub fn registry(&self) -> &Arc<ServiceRegistry> {
         &self.registry
+    }
+
+    /// Starts the health checks of the services that have one, on the current runtime,
+    /// once. Each service's task probes its endpoints every `interval`, copies the
+    /// verdicts to the service's zone balancers, and ends when the registry is dropped
+    /// (after a reload) or the service is removed.
+    fn start_health_checks(&self) {
+        let checked: Vec<(String, HealthCheckConfig)> = self
+            .config
+            .services
+            .iter()
+            .filter_map(|s| Some((s.name.to_ascii_lowercase(), s.health_check.clone()?)))
+            .collect();
+        if checked.is_empty()
+            || tokio::runtime::Handle::try_current().is_err()
+            || self.health_started.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        for (name, cfg) in checked {
+            let weak = Arc::downgrade(&self.registry);
+            tokio::spawn(async move {
+                let mut checker: Option<HealthChecker> = None;
+                loop {
+                    let Some(svc) = weak.upgrade().and_then(|r| r.lookup(name.as_bytes())) else {
+                        break;
+                    };
+                    if checker.is_none() {
+                        checker = HealthChecker::new(svc.balancer.clone(), cfg.clone()).ok();
+                    }
+                    let Some(c) = checker.as_mut() else {
+                        break;
+                    };
+                    c.round().await;
+                    for st in svc.balancer.status() {
+                        for zb in svc.by_zone.values() {
+                            zb.set_healthy(st.backend.addr, st.healthy);
+                        }
+                    }
+                    drop(svc);
+                    tokio::time::sleep(cfg.interval).await;
+                }
+            });
+        }
     }
 }
 
@@ -568,6 +628,7 @@ impl Filter for DnsRespond {
     }
 
     fn transform(&self, _cx: &Context) -> Option<Box<dyn Transform>> {
+        self.start_health_checks();
         let reg = self.registry.clone();
         let refuse = self.config.refuse_outside;
         let mut gather = Gather::default();

@@ -27,6 +27,7 @@ fn respond_config(endpoints: Vec<EndpointSpec>) -> DnsRespondConfig {
             name: "api".into(),
             endpoints,
             balance: None,
+            health_check: None,
         }],
         geo: Vec::new(),
         refuse_outside: false,
