@@ -26,20 +26,34 @@ fn mosquitto_with(dir: &TempDir, name: &str, extra: &str) -> (Proc, u16) {
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\n{extra}"
         ),
     );
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let p = Proc {
-        child,
-        name: name.into(),
-    };
+    let p = daemon(Command::new("mosquitto").arg("-c").arg(&conf), name);
     wait_port(port);
     (p, port)
+}
+
+/// Starts `mosquitto_sub` on `port` with `args`; read it with [`sub_output`].
+fn sub_cli(port: u16, args: &[&str]) -> std::process::Child {
+    Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits up to 15 s for a `mosquitto_sub` to finish (killing it then) and returns what it
+/// printed, trimmed.
+fn sub_output(mut c: std::process::Child) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+    let mut s = String::new();
+    c.stdout.take().unwrap().read_to_string(&mut s).unwrap();
+    s.trim().to_string()
 }
 
 /// `flowgate run` with one `proxy-mqtt` over `brokers`; `extra` is more YAML for the
@@ -164,25 +178,10 @@ fn paho_and_mosquitto_clients_over_311_and_5() {
     let (_b, pb) = mosquitto_with(&dir, "b", &bridge);
     let mut bridged = false;
     for i in 0..20 {
-        let mut sub = Command::new("mosquitto_sub");
-        sub.args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pa.to_string(),
-            "-t",
-            "bridge/check",
-        ])
-        .args(["-C", "1", "-W", "2"]);
-        let sub = sub
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let sub = sub_cli(pa, &["-t", "bridge/check", "-C", "1", "-W", "2"]);
         std::thread::sleep(Duration::from_millis(300));
         pub_cli(pb, &["-t", "bridge/check", "-m", &i.to_string()]);
-        let out = sub.wait_with_output().unwrap();
-        if !out.stdout.is_empty() {
+        if !sub_output(sub).is_empty() {
             bridged = true;
             break;
         }
@@ -194,29 +193,19 @@ fn paho_and_mosquitto_clients_over_311_and_5() {
         assert!(out.contains("\"ok\": true"), "v{v}: {out}");
     }
     // mosquitto_sub (MQTT 5) receives what mosquitto_pub (3.1.1) sends at QoS 2.
-    let mut sub = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args([
+    let sub = sub_cli(
+        port,
+        &[
             "-V", "mqttv5", "-t", "cli/t", "-C", "1", "-W", "10", "-q", "2",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+    );
     std::thread::sleep(Duration::from_millis(500));
     let (ok, out) = pub_cli(
         port,
         &["-V", "mqttv311", "-t", "cli/t", "-m", "hello", "-q", "2"],
     );
     assert!(ok, "{out}");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while sub.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = sub.kill();
-    let mut got = String::new();
-    sub.stdout.take().unwrap().read_to_string(&mut got).unwrap();
-    assert_eq!(got.trim(), "hello");
+    assert_eq!(sub_output(sub), "hello");
 }
 
 #[test]
@@ -292,39 +281,24 @@ fn topic_prefix_isolates_tenants() {
     let (_m, pm) = mosquitto(&dir, "m");
     let (_fg, port) = proxy(&dir, &[pm], "        prefix: \"tenants/%u/\"\n");
     let sub = |port: u16, user: Option<&str>, topic: &str| {
-        let mut c = Command::new("mosquitto_sub");
-        c.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic])
-            .args(["-v", "-C", "1", "-W", "10"]);
+        let mut args = vec!["-t", topic, "-v", "-C", "1", "-W", "10"];
         if let Some(u) = user {
-            c.args(["-u", u]);
+            args.extend(["-u", u]);
         }
-        c.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let wait = |mut c: std::process::Child| {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while c.try_wait().unwrap().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = c.kill();
-        let mut s = String::new();
-        c.stdout.take().unwrap().read_to_string(&mut s).unwrap();
-        s.trim().to_string()
+        sub_cli(port, &args)
     };
     // In: alice's `t` is `tenants/alice/t` on the broker.
     let direct = sub(pm, None, "tenants/#");
     std::thread::sleep(Duration::from_millis(400));
     let (ok, out) = pub_cli(port, &["-u", "alice", "-t", "t", "-m", "x"]);
     assert!(ok, "{out}");
-    assert_eq!(wait(direct), "tenants/alice/t x");
+    assert_eq!(sub_output(direct), "tenants/alice/t x");
     // Out: alice sees her tenant's topics without the prefix.
     let via = sub(port, Some("alice"), "#");
     std::thread::sleep(Duration::from_millis(400));
     pub_cli(pm, &["-t", "tenants/bob/in", "-m", "not-for-alice"]);
     pub_cli(pm, &["-t", "tenants/alice/in/z", "-m", "y"]);
-    assert_eq!(wait(via), "in/z y");
+    assert_eq!(sub_output(via), "in/z y");
     // A user name that is not one topic level is refused.
     let (ok, out) = pub_cli(port, &["-u", "a/b", "-t", "t", "-m", "x"]);
     assert!(!ok && out.contains("not authorised"), "{out}");
@@ -342,13 +316,7 @@ fn publish_rate_limit_slows_a_client_down_without_dropping() {
         &[pm],
         "        limits: { publish_rate: 20, publish_burst: 1 }\n",
     );
-    let mut sub = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &pm.to_string(), "-t", "rate"])
-        .args(["-C", "30", "-W", "20"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let sub = sub_cli(pm, &["-t", "rate", "-C", "30", "-W", "20"]);
     std::thread::sleep(Duration::from_millis(400));
     let lines: String = (0..30).map(|i| format!("m{i}\n")).collect();
     let lines_file = dir.write("lines", &lines);
@@ -367,13 +335,7 @@ fn publish_rate_limit_slows_a_client_down_without_dropping() {
         took >= Duration::from_millis(1300),
         "30 publishes took {took:?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while sub.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = sub.kill();
-    let mut got = String::new();
-    sub.stdout.take().unwrap().read_to_string(&mut got).unwrap();
+    let got = sub_output(sub);
     assert_eq!(got.lines().count(), 30, "{got}");
 }
 
@@ -482,13 +444,7 @@ fn tls_client_certificate_names_the_user() {
         ),
     );
     let _fg = flowgate_run(&cfg, &[port]);
-    let mut direct = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &pm.to_string(), "-t", "devices/#"])
-        .args(["-v", "-C", "1", "-W", "10"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let direct = sub_cli(pm, &["-t", "devices/#", "-v", "-C", "1", "-W", "10"]);
     std::thread::sleep(Duration::from_millis(400));
     let ca = pki.ca();
     let tls = |cert: Option<(&std::path::Path, &std::path::Path)>| {
@@ -514,17 +470,5 @@ fn tls_client_certificate_names_the_user() {
     // With one: its identity is the user, so the topic lands under devices/device-7/.
     let (ok, out) = tls(Some((&dev_cert, &dev_key)));
     assert!(ok, "{out}");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while direct.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = direct.kill();
-    let mut got = String::new();
-    direct
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut got)
-        .unwrap();
-    assert_eq!(got.trim(), "devices/device-7/temp 21");
+    assert_eq!(sub_output(direct), "devices/device-7/temp 21");
 }

@@ -232,11 +232,20 @@ pub fn nginx(dir: &TempDir, server_blocks: &str) -> Proc {
         d = dir.0.display(),
     );
     let path = dir.write("nginx.conf", &conf);
-    let child = Command::new("nginx")
-        .arg("-p")
-        .arg(&dir.0)
-        .arg("-c")
-        .arg(&path)
+    daemon(
+        Command::new("nginx")
+            .arg("-p")
+            .arg(&dir.0)
+            .arg("-c")
+            .arg(&path),
+        "nginx",
+    )
+}
+
+/// Starts a server program in the foreground (no stdin, stdout dropped, stderr kept for
+/// [`Proc::stop`]); it is stopped by its PID when the guard drops.
+pub fn daemon(cmd: &mut Command, name: &str) -> Proc {
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -244,7 +253,7 @@ pub fn nginx(dir: &TempDir, server_blocks: &str) -> Proc {
         .unwrap();
     Proc {
         child,
-        name: "nginx".into(),
+        name: name.into(),
     }
 }
 

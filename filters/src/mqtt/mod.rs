@@ -51,7 +51,7 @@ mod session;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig, Registry};
 use flowgate_pipeline::{
@@ -235,23 +235,13 @@ pub(crate) struct Shared {
     pub(crate) auth: Authenticator,
     pub(crate) balancer: flowgate_lb::Balancer,
     pub(crate) metrics: Metrics,
-    epoch: Instant,
-    refreshed: AtomicU64,
+    refresher: crate::net::Refresher,
 }
 
 impl Shared {
     /// Ends expired ejections at most once a second.
     pub(crate) fn refresh(&self) {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        let last = self.refreshed.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= 1000
-            && self
-                .refreshed
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.balancer.refresh();
-        }
+        self.refresher.tick(&self.balancer);
     }
 }
 
@@ -324,8 +314,7 @@ impl MqttProxy {
                 auth,
                 balancer,
                 metrics: Metrics::default(),
-                epoch: Instant::now(),
-                refreshed: AtomicU64::new(0),
+                refresher: crate::net::Refresher::new(),
             }),
         })
     }

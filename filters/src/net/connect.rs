@@ -183,9 +183,7 @@ pub struct Connect {
     dynamic: Option<Dyn<String>>,
     next: AtomicUsize,
     balancer: Option<flowgate_lb::Balancer>,
-    /// When the balancer last expired ejections (ms since `epoch`).
-    refreshed: std::sync::atomic::AtomicU64,
-    epoch: std::time::Instant,
+    refresher: Refresher,
 }
 
 impl Connect {
@@ -219,8 +217,7 @@ impl Connect {
             dynamic: None,
             next: AtomicUsize::new(0),
             balancer: None,
-            refreshed: std::sync::atomic::AtomicU64::new(0),
-            epoch: std::time::Instant::now(),
+            refresher: Refresher::new(),
         }
     }
 
@@ -281,13 +278,33 @@ impl Connect {
         }
     }
 
-    /// Ends expired ejections at most once a second (a lock, so not per connection).
     fn refresh(&self, lb: &flowgate_lb::Balancer) {
+        self.refresher.tick(lb);
+    }
+}
+
+/// Ends a balancer's expired ejections at most once a second (`refresh` takes a lock, so
+/// not on every connection). Shared by the filters that balance with flowgate-lb.
+pub(crate) struct Refresher {
+    epoch: std::time::Instant,
+    /// When the balancer was last refreshed (ms since `epoch`).
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Refresher {
+    pub(crate) fn new() -> Self {
+        Refresher {
+            epoch: std::time::Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn tick(&self, lb: &flowgate_lb::Balancer) {
         let now = self.epoch.elapsed().as_millis() as u64;
-        let last = self.refreshed.load(Ordering::Relaxed);
+        let last = self.last.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= 1000
             && self
-                .refreshed
+                .last
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {

@@ -6,6 +6,7 @@ pub mod proxy_protocol;
 mod throttle;
 pub mod tls;
 
+pub(crate) use connect::Refresher;
 pub use connect::{Connect, ConnectConfig};
 pub use dump::{Dump, DumpConfig, Tee, TeeConfig};
 pub use proxy_protocol::{
