@@ -8,14 +8,13 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::netns::{Netns, unique};
 use flowgate_ebpf::{Sidecar, SockRedirect, SockRedirectConfig};
 
-const CGROUP_ROOT: &str = "/sys/fs/cgroup/unified";
 const PAYLOAD: usize = 4 << 20;
 
 const SERVER: &str = r#"
@@ -24,8 +23,10 @@ s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", int(sys.argv[1])))
 s.listen(1)
+s.settimeout(30)
 print("ready", flush=True)
 c, _ = s.accept()
+c.settimeout(30)
 n, got, h = int(sys.argv[2]), 0, hashlib.sha256()
 while got < n:
     d = c.recv(65536)
@@ -68,7 +69,8 @@ struct Cgroup(PathBuf);
 
 impl Cgroup {
     fn new() -> Self {
-        let p = Path::new(CGROUP_ROOT).join(unique("cg"));
+        let root = common::cgroup2_root().expect("checked by can_run");
+        let p = root.join(unique("cg"));
         std::fs::create_dir(&p).unwrap();
         Self(p)
     }
@@ -137,9 +139,8 @@ fn can_run(test: &str) -> bool {
     if !common::can_run(test) {
         return false;
     }
-    if !Path::new(CGROUP_ROOT).join("cgroup.procs").exists() {
-        eprintln!("SKIPPED {test}: no cgroup v2 hierarchy at {CGROUP_ROOT}");
-        return false;
+    if !common::cgroup2_root().is_some_and(|r| r.join("cgroup.procs").exists()) {
+        return common::skip(test, "no cgroup v2 hierarchy mounted");
     }
     true
 }
@@ -234,6 +235,7 @@ fn connect4_steers_to_the_sidecar_and_records_the_destination() {
         }
     };
     s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut hello = [0u8; 5];
     s.read_exact(&mut hello).unwrap();
     assert_eq!(&hello, b"hello");
