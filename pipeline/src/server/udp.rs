@@ -44,6 +44,9 @@ impl Drop for Peers {
 }
 
 const MAX_DATAGRAM: usize = 65_536;
+/// Datagrams a peer's stream may have waiting before more from that peer are dropped (a
+/// UDP sender cannot be slowed down, so its queue must be bounded).
+const MAX_QUEUED_DATAGRAMS: usize = 128;
 
 /// Receives datagrams and dispatches them to per-peer streams until the task is aborted.
 pub(crate) async fn serve(sock: UdpSocket, listener: Arc<Listener>, worker: usize, live: Live) {
@@ -54,10 +57,11 @@ pub(crate) async fn serve(sock: UdpSocket, listener: Arc<Listener>, worker: usiz
     let max_sessions = listener.config.max_connections;
     let mut peers = Peers::default();
     let peers = &mut peers.0;
+    // One receive buffer, reused: each datagram is copied out at its own size, so a small
+    // datagram held by a slow session never pins 64 KiB.
     let mut buf = BytesMut::with_capacity(MAX_DATAGRAM);
     loop {
         buf.clear();
-        buf.reserve(MAX_DATAGRAM);
         let (n, from) = match sock.recv_buf_from(&mut buf).await {
             Ok(r) => r,
             Err(e) => {
@@ -65,7 +69,7 @@ pub(crate) async fn serve(sock: UdpSocket, listener: Arc<Listener>, worker: usiz
                 continue;
             }
         };
-        let data: Bytes = buf.split_to(n).freeze();
+        let data = Bytes::copy_from_slice(&buf[..n]);
         let now_ms = epoch.elapsed().as_millis() as u64;
         let alive = peers
             .get(&from)
@@ -106,6 +110,11 @@ pub(crate) async fn serve(sock: UdpSocket, listener: Arc<Listener>, worker: usiz
             }
         };
         peer.last.store(now_ms, Ordering::Relaxed);
+        // Three events per datagram.
+        if peer.tx.len() >= 3 * MAX_QUEUED_DATAGRAMS {
+            tracing::debug!(%from, "udp peer queue full; datagram dropped");
+            continue;
+        }
         let head = Head::new(Datagram {
             peer: from,
             local: local.unwrap_or(from),
