@@ -99,7 +99,7 @@ impl FilterConfig for DecodeMqttConfig {
     }
 }
 
-/// Bytes in, MQTT message events out. See the [module documentation](self).
+/// Bytes in, MQTT message events out (see the [`mqtt`](crate::mqtt) module).
 pub struct DecodeMqtt {
     config: DecodeMqttConfig,
 }
