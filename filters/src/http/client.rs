@@ -175,7 +175,14 @@ impl Stream for ClientStream {
                 return Poll::Ready(None);
             }
             let mut progressed = false;
-            while !this.input_done && this.tx.len() < MAX_FEED {
+            while !this.input_done {
+                // A full feed is pulled again once the connection has taken half of it
+                // (`poll_drained` wakes this task then).
+                if this.tx.len() >= MAX_FEED
+                    && this.tx.poll_drained(task, MAX_FEED / 2).is_pending()
+                {
+                    break;
+                }
                 match this.input.as_mut().poll_next(task) {
                     Poll::Ready(ev) => {
                         this.encode(ev.unwrap_or(Event::END));

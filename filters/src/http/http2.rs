@@ -322,7 +322,11 @@ async fn run(shared: Arc<H2Shared>, io: EventIo, cx: Context, tx: Arc<FeedSender
                         progressed = true;
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-                    Poll::Ready(None) => accepting = false,
+                    Poll::Ready(None) => {
+                        // No more requests; `poll_closed` drives the rest.
+                        accepting = false;
+                        continue;
+                    }
                     Poll::Pending => {}
                 }
             } else if let Poll::Ready(r) = conn.poll_closed(task) {
@@ -666,6 +670,14 @@ mod tests {
 
     /// Runs `filter` over an in-memory duplex pipe; returns the client's end.
     fn attach(filter: Arc<DemuxHttp>, cx: Context) -> tokio::io::DuplexStream {
+        attach_watched(filter, cx).0
+    }
+
+    /// [`attach`], and the task that ends when the filter's output ends.
+    fn attach_watched(
+        filter: Arc<DemuxHttp>,
+        cx: Context,
+    ) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<()>) {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let (mut rd, mut wr) = tokio::io::split(server);
         let (tx, rx) = feed();
@@ -681,7 +693,7 @@ mod tests {
                 tx.push(Event::Data(Bytes::copy_from_slice(&buf[..n])));
             }
         });
-        tokio::spawn(async move {
+        let done = tokio::spawn(async move {
             while let Some(ev) = out.next().await {
                 match ev {
                     Event::Data(b) if wr.write_all(&b).await.is_err() => return,
@@ -693,7 +705,7 @@ mod tests {
                 }
             }
         });
-        client
+        (client, done)
     }
 
     async fn h2_client(io: tokio::io::DuplexStream) -> h2::client::SendRequest<Bytes> {
@@ -727,7 +739,9 @@ mod tests {
     #[tokio::test]
     async fn h2c_prior_knowledge_serves_concurrent_streams() {
         let f = Arc::new(DemuxHttp::new(hello(), Limits::default()));
-        let mut send = h2_client(attach(f, Context::new())).await;
+        let (io, done) = attach_watched(f, Context::new());
+        let (mut send, conn) = h2::client::handshake(io).await.unwrap();
+        let conn = tokio::spawn(conn);
         let mut pending = Vec::new();
         for i in 0..20 {
             send = send.ready().await.unwrap();
@@ -740,6 +754,13 @@ mod tests {
             assert_eq!(parts.version, http::Version::HTTP_2);
             assert_eq!(body, b"hello\n");
         }
+        // The client goes away: the server side ends too.
+        drop(send);
+        conn.abort();
+        tokio::time::timeout(Duration::from_secs(5), done)
+            .await
+            .expect("the connection did not end after the client left")
+            .unwrap();
     }
 
     #[tokio::test]

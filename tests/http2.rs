@@ -1,0 +1,284 @@
+//! HTTP/2 through the `flowgate` binary: `demux-http` serves h2c (prior knowledge) and h2
+//! over TLS (ALPN) to curl, answered by `respond` and by a real nginx through `mux-http`;
+//! several streams multiplexed on one connection; request bodies uploaded with and
+//! without a length; HTTP/1.1 still served on the same listeners.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use common::*;
+
+fn nginx_upstream(dir: &TempDir) -> (Proc, u16) {
+    let port = free_port();
+    let p = nginx(
+        dir,
+        &format!(
+            "server {{ listen 127.0.0.1:{port}; keepalive_requests 10000; client_max_body_size 16m; \
+             location /hello {{ return 200 \"hello $request_method $request_uri\"; }} \
+             location /echo {{ client_body_buffer_size 4m; \
+             proxy_pass http://127.0.0.1:{port}/sink; }} \
+             location /sink {{ return 200 \"got $content_length\"; }} \
+             location /small {{ client_max_body_size 1k; return 200 \"small\"; }} }}"
+        ),
+    );
+    wait_port(port);
+    (p, port)
+}
+
+/// `main` on plain TCP, `tls` (ALPN h2 and http/1.1) on a second port; `/static` is answered
+/// by `respond`, the rest goes to nginx.
+fn flowgate(
+    dir: &TempDir,
+    nginx_port: u16,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> (Proc, u16, u16) {
+    let port = free_port();
+    let tls_port = free_port();
+    let cfg = dir.write(
+        "http2.yaml",
+        &format!(
+            "listeners:
+  - listen: 127.0.0.1:{port}
+    pipeline: main
+  - listen: 127.0.0.1:{tls_port}
+    pipeline: tls
+pipelines:
+  tls:
+    - accept-tls:
+        pipeline: main
+        certificates: [{{ cert: {cert}, key: {key} }}]
+        alpn: [h2, http/1.1]
+  main:
+    - demux-http: {{ pipeline: request, http2: {{ max_concurrent_streams: 50 }} }}
+  request:
+    - route:
+        routes:
+          - match: {{ path_prefix: /static }}
+            pipeline: static
+        default: proxy
+  static:
+    - respond: {{ status: 200, body: \"static hello\\n\" }}
+  proxy:
+    - mux-http: {{ pipeline: upstream }}
+  upstream:
+    - connect: {{ target: 127.0.0.1:{nginx_port} }}
+",
+            cert = cert.display(),
+            key = key.display(),
+        ),
+    );
+    (flowgate_run(&cfg, &[port, tls_port]), port, tls_port)
+}
+
+struct Setup {
+    _nginx: Proc,
+    _fg: Proc,
+    port: u16,
+    tls_port: u16,
+    ca: std::path::PathBuf,
+    dir: TempDir,
+}
+
+fn setup(tag: &str) -> Setup {
+    let dir = TempDir::new(tag);
+    let pki = OpensslPki::new(&dir, "h2");
+    let (cert, key) = pki.leaf("server", "localhost", false);
+    let ca = pki.ca();
+    let (nginx, up) = nginx_upstream(&dir);
+    let (fg, port, tls_port) = flowgate(&dir, up, &cert, &key);
+    Setup {
+        _nginx: nginx,
+        _fg: fg,
+        port,
+        tls_port,
+        ca,
+        dir,
+    }
+}
+
+/// curl's body followed by a line with the HTTP version it used.
+fn curl_v(args: &[&str]) -> (String, String) {
+    let mut all = vec!["-w", "\n%{http_version}"];
+    all.extend_from_slice(args);
+    let (ok, out, err) = curl(&all);
+    assert!(ok, "curl {args:?}: {err}");
+    let (body, version) = out.rsplit_once('\n').unwrap();
+    (body.to_string(), version.to_string())
+}
+
+#[test]
+fn h2c_prior_knowledge_to_respond_and_to_nginx() {
+    let s = setup("h2c");
+    let base = format!("http://127.0.0.1:{}", s.port);
+    let (body, v) = curl_v(&["--http2-prior-knowledge", &format!("{base}/static")]);
+    assert_eq!((body.as_str(), v.as_str()), ("static hello\n", "2"));
+    let (body, v) = curl_v(&["--http2-prior-knowledge", &format!("{base}/hello?x=1")]);
+    assert_eq!((body.as_str(), v.as_str()), ("hello GET /hello?x=1", "2"));
+    // The same listener still speaks HTTP/1.1 to a client that does not know better.
+    let (body, v) = curl_v(&["--http1.1", &format!("{base}/hello")]);
+    assert_eq!((body.as_str(), v.as_str()), ("hello GET /hello", "1.1"));
+}
+
+#[test]
+fn h2_over_tls_with_alpn_and_http1_on_the_same_listener() {
+    let s = setup("h2-tls");
+    let host = format!("localhost:{}", s.tls_port);
+    let resolve = format!("{host}:127.0.0.1");
+    let ca = s.ca.display().to_string();
+    let url = |p: &str| format!("https://{host}{p}");
+    let (body, v) = curl_v(&[
+        "--http2",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        &url("/hello"),
+    ]);
+    assert_eq!((body.as_str(), v.as_str()), ("hello GET /hello", "2"));
+    let (body, v) = curl_v(&[
+        "--http2",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        &url("/static"),
+    ]);
+    assert_eq!((body.as_str(), v.as_str()), ("static hello\n", "2"));
+    // A client that offers only http/1.1 in ALPN gets HTTP/1.1.
+    let (body, v) = curl_v(&[
+        "--http1.1",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        &url("/hello"),
+    ]);
+    assert_eq!((body.as_str(), v.as_str()), ("hello GET /hello", "1.1"));
+}
+
+#[test]
+fn many_streams_multiplexed_on_one_connection() {
+    assert!(
+        have("nghttp"),
+        "nghttp is required (scripts/test installs nghttp2-client)"
+    );
+    let s = setup("h2-mux");
+    let base = format!("http://127.0.0.1:{}", s.port);
+    // nghttp opens one connection and sends every request at once, as concurrent streams
+    // (curl 7.88 fails to reuse an h2c prior-knowledge connection — against nginx too — so
+    // it serves for single requests only).
+    let urls: Vec<String> = (0..30)
+        .map(|i| {
+            if i % 3 == 0 {
+                format!("{base}/static?{i}")
+            } else {
+                format!("{base}/hello/{i}")
+            }
+        })
+        .collect();
+    let out = std::process::Command::new("nghttp")
+        .args(["-n", "-s", "-t", "10"])
+        .args(&urls)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The statistics table: one row per stream, `id responseEnd requestStart process code
+    // size path`.
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.len() == 7 && w[0].parse::<u32>().is_ok())
+        .collect();
+    assert_eq!(rows.len(), 30, "{text}");
+    assert!(rows.iter().all(|w| w[4] == "200"), "{text}");
+    for i in 0..30 {
+        let path = if i % 3 == 0 {
+            format!("/static?{i}")
+        } else {
+            format!("/hello/{i}")
+        };
+        assert!(rows.iter().any(|w| w[6] == path), "{path}: {text}");
+    }
+    // The bodies, again all at once on one connection.
+    let out = std::process::Command::new("nghttp")
+        .args(["-t", "10"])
+        .args(&urls)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for i in (0..30).filter(|i| i % 3 != 0) {
+        assert!(
+            text.contains(&format!("hello GET /hello/{i}")),
+            "{i}: {text}"
+        );
+    }
+    assert_eq!(text.matches("static hello\n").count(), 10, "{text}");
+}
+
+#[test]
+fn request_bodies_are_uploaded_with_and_without_a_length() {
+    let s = setup("h2-upload");
+    let base = format!("http://127.0.0.1:{}", s.port);
+    // 3 MiB: more than the stream window (1 MiB), so flow control has to turn over.
+    let payload: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    let file = s.dir.path("payload.bin");
+    std::fs::write(&file, &payload).unwrap();
+    let at = format!("@{}", file.display());
+    let (body, v) = curl_v(&[
+        "--http2-prior-knowledge",
+        "--data-binary",
+        &at,
+        &format!("{base}/echo"),
+    ]);
+    assert_eq!((body.as_str(), v.as_str()), ("got 3145728", "2"));
+    // No Content-Length on the HTTP/2 side (`-T` from a pipe): the HTTP/1 upstream gets it
+    // chunked, nginx reassembles it and its own proxy hop reports the length.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cat {} | curl -sS --max-time 10 --http2-prior-knowledge -T - -X POST -w '\\n%{{http_version}}' {base}/echo",
+            file.display()
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text, "got 3145728\n2");
+    // An upstream that refuses the body early: its answer reaches the client.
+    let (ok, code, err) = curl(&[
+        "--http2-prior-knowledge",
+        "--data-binary",
+        &at,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{response_code} %{http_version}",
+        &format!("{base}/small"),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(code, "413 2");
+    // Over TLS too.
+    let host = format!("localhost:{}", s.tls_port);
+    let (body, v) = curl_v(&[
+        "--http2",
+        "--cacert",
+        &s.ca.display().to_string(),
+        "--resolve",
+        &format!("{host}:127.0.0.1"),
+        "--data-binary",
+        &at,
+        &format!("https://{host}/echo"),
+    ]);
+    assert_eq!((body.as_str(), v.as_str()), ("got 3145728", "2"));
+}
