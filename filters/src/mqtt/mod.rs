@@ -47,6 +47,7 @@
 pub mod acl;
 pub mod auth;
 mod codec;
+mod relay;
 mod session;
 
 use std::sync::Arc;
