@@ -40,6 +40,8 @@ pub(crate) struct AccessLog {
 fn version(v: http::Version) -> &'static str {
     if v == http::Version::HTTP_10 {
         "HTTP/1.0"
+    } else if v == http::Version::HTTP_2 {
+        "HTTP/2.0"
     } else {
         "HTTP/1.1"
     }

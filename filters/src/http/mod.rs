@@ -1,5 +1,6 @@
-//! HTTP/1 filters: a server side that turns a connection into one sub-pipeline per request,
-//! a client side that pools keep-alive upstream connections, and a static responder.
+//! HTTP filters: a server side (HTTP/1.1 and HTTP/2) that turns a connection into one
+//! sub-pipeline per request, a client side that pools keep-alive upstream connections, and
+//! a static responder.
 //!
 //! ```yaml
 //! pipelines:
@@ -15,8 +16,24 @@
 //!
 //! Messages inside carry `http::request::Parts` / `http::response::Parts` heads (get them
 //! with `Head::get`), bodies as Data, and trailers in the `MessageEnd` tail as a
-//! `http::HeaderMap`. This is the first cut of the HTTP data plane: HTTP/1.1 only (HTTP/2,
-//! routing, retries and the rest are still to come).
+//! `http::HeaderMap`.
+//!
+//! `demux-http` also serves HTTP/2 (through the `h2` crate) when TLS ALPN chose `h2` or the
+//! client starts with the HTTP/2 preface (h2c with prior knowledge); every stream runs the
+//! same per-request pipeline, so the filters behind it do not know which version the
+//! client spoke. To offer both over TLS:
+//!
+//! ```yaml
+//! pipelines:
+//!   tls:
+//!     - accept-tls: { pipeline: main, certificates: [...], alpn: [h2, http/1.1] }
+//!   main:
+//!     - demux-http:
+//!         pipeline: request
+//!         http2: { max_concurrent_streams: 100, max_header_list_size: 65536 }
+//! ```
+//!
+//! `mux-http` speaks HTTP/1.1 to upstreams (HTTP/2 upstreams are still to come).
 
 mod access_log;
 mod client;
@@ -183,13 +200,19 @@ impl FilterConfig for DemuxHttpConfig {
     }
 }
 
-/// The server side of HTTP/1: decodes requests from the connection, runs each through its
+/// The server side of HTTP/1 (and HTTP/2, below): decodes requests from the connection, runs each through its
 /// own instance of a sub-pipeline (concurrently, with a child context), and writes the
 /// responses back in request order (pipelining). A malformed request is answered with its
 /// status (400, 413, 431, 501, 505) and the connection is closed; a failed upstream with
 /// 502 (504 on timeouts). `Connection: close` (or HTTP/1.0 without keep-alive) closes the
 /// connection after that response. A request head not completed within the header
 /// timeout gets 408 (slowloris); a connection idle past the keep-alive timeout is closed.
+///
+/// A connection whose TLS session chose ALPN `h2`, or that starts with the HTTP/2 preface,
+/// is served as HTTP/2 instead (unless [`Http2Config::enabled`] is off): every stream runs
+/// the same sub-pipeline, concurrently, with its own child context; limits as set by
+/// [`DemuxHttp::http2`]. The header timeout bounds the HTTP/2 handshake, and a connection
+/// with no open stream for the keep-alive timeout is sent GOAWAY.
 pub struct DemuxHttp {
     demux: Arc<Demux>,
     sub: SubPipeline,
