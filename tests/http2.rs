@@ -282,3 +282,69 @@ fn request_bodies_are_uploaded_with_and_without_a_length() {
     ]);
     assert_eq!((body.as_str(), v.as_str()), ("got 3145728", "2"));
 }
+
+#[test]
+fn rapid_reset_flood_gets_goaway_while_another_client_is_served() {
+    let have_h2 = std::process::Command::new("python3")
+        .args(["-c", "import h2"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        have_h2,
+        "python3 h2 is required (scripts/test installs it from PyPI)"
+    );
+    let s = setup("h2-reset");
+    let port = s.port;
+    let base = format!("http://127.0.0.1:{port}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The well-behaved client: one request after another, each on a new connection.
+    let victim = {
+        let stop = stop.clone();
+        let url = format!("{base}/static");
+        std::thread::spawn(move || {
+            let mut served = 0;
+            let mut slowest = std::time::Duration::ZERO;
+            for _ in 0..2000 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let t = std::time::Instant::now();
+                let (ok, body, err) = curl(&["--http2-prior-knowledge", &url]);
+                assert!(ok && body == "static hello\n", "{err}");
+                slowest = slowest.max(t.elapsed());
+                served += 1;
+            }
+            (served, slowest)
+        })
+    };
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/h2_rapid_reset.py");
+    for _ in 0..20 {
+        let out = std::process::Command::new("python3")
+            .args([script, &port.to_string(), "5000", "5"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        eprintln!("flood: {v}");
+        // GOAWAY ENHANCE_YOUR_CALM (0xb), and the connection closed, long before 5000.
+        assert_eq!(v["goaway"], 11, "{v}");
+        assert_eq!(v["closed"], true, "{v}");
+        assert!(v["sent"].as_u64().unwrap() < 5000, "{v}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (served, slowest) = victim.join().unwrap();
+    eprintln!("served {served} requests during 20 floods, the slowest in {slowest:?}");
+    assert!(served > 0);
+    assert!(
+        slowest < std::time::Duration::from_secs(2),
+        "a request took {slowest:?} during the flood"
+    );
+    // And after it.
+    let (body, v) = curl_v(&["--http2-prior-knowledge", &format!("{base}/hello")]);
+    assert_eq!((body.as_str(), v.as_str()), ("hello GET /hello", "2"));
+}
