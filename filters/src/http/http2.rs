@@ -28,8 +28,8 @@ use flowgate_pipeline::{
     Context, ErrorKind, Event, Events, Head, Side, StreamError, SubPipeline, Tail,
 };
 use futures_core::Stream;
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
@@ -483,8 +483,9 @@ async fn recv_body(mut body: RecvStream, tx: FeedSender) {
     }
 }
 
-/// Sends `data` on `stream` as the peer's flow-control window allows.
-async fn send_data(stream: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), ()> {
+/// Sends `data` on `stream` as the peer's flow-control window allows; the last frame ends
+/// the stream when `end` is set.
+async fn send_data(stream: &mut SendStream<Bytes>, mut data: Bytes, end: bool) -> Result<(), ()> {
     while !data.is_empty() {
         stream.reserve_capacity(data.len());
         let cap = match poll_fn(|c| stream.poll_capacity(c)).await {
@@ -495,7 +496,9 @@ async fn send_data(stream: &mut SendStream<Bytes>, mut data: Bytes) -> Result<()
             continue;
         }
         let chunk = data.split_to(cap.min(data.len()));
-        stream.send_data(chunk, false).map_err(|_| ())?;
+        stream
+            .send_data(chunk, end && data.is_empty())
+            .map_err(|_| ())?;
     }
     Ok(())
 }
@@ -506,7 +509,17 @@ async fn send_response(mut out: Events, mut respond: SendResponse<Bytes>, log: O
     // frame with END_STREAM.
     let mut head: Option<http::Response<()>> = None;
     let mut stream: Option<SendStream<Bytes>> = None;
-    while let Some(ev) = out.next().await {
+    // An event read ahead (to end the stream with the last DATA frame when the end is
+    // already there).
+    let mut peeked: Option<Option<Event>> = None;
+    loop {
+        let next = match peeked.take() {
+            Some(ev) => ev,
+            None => out.next().await,
+        };
+        let Some(ev) = next else {
+            break;
+        };
         match ev {
             Event::MessageStart(h) => {
                 let Some(parts) = h.get::<response::Parts>() else {
@@ -546,9 +559,17 @@ async fn send_response(mut out: Events, mut respond: SendResponse<Bytes>, log: O
                 let Some(s) = stream.as_mut() else {
                     continue;
                 };
-                if send_data(s, b).await.is_err() {
+                let ahead = out.next().now_or_never();
+                let ends = matches!(&ahead, Some(Some(Event::MessageEnd(t)))
+                    if t.get::<Trailers>().is_none_or(HeaderMap::is_empty));
+                if send_data(s, b, ends).await.is_err() {
                     return;
                 }
+                if ends {
+                    finish_log(&log);
+                    return;
+                }
+                peeked = ahead;
             }
             Event::MessageEnd(t) => {
                 let trailers = t.get::<Trailers>().filter(|t| !t.is_empty()).cloned();
