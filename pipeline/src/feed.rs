@@ -67,6 +67,28 @@ impl FeedSender {
         true
     }
 
+    /// Pushes several events under one lock and with one wake-up (a whole message, say);
+    /// the same rules as [`FeedSender::push`]. Returns whether they were queued.
+    pub fn push_all<const N: usize>(&self, evs: [Event; N]) -> bool {
+        let mut s = lock(&self.shared);
+        if s.closed || s.receiver_gone {
+            return false;
+        }
+        for ev in evs {
+            if s.closed {
+                break;
+            }
+            if ev.is_end() {
+                s.closed = true;
+            }
+            s.queue.push_back(ev);
+        }
+        if let Some(w) = s.rx_waker.take() {
+            w.wake();
+        }
+        true
+    }
+
     /// How many events wait in the queue.
     pub fn len(&self) -> usize {
         lock(&self.shared).queue.len()

@@ -119,9 +119,11 @@ pub(crate) async fn serve(sock: UdpSocket, listener: Arc<Listener>, worker: usiz
             peer: from,
             local: local.unwrap_or(from),
         });
-        peer.tx.push(Event::MessageStart(head));
-        peer.tx.push(Event::Data(data));
-        peer.tx.push(Event::MessageEnd(Tail::none()));
+        peer.tx.push_all([
+            Event::MessageStart(head),
+            Event::Data(data),
+            Event::MessageEnd(Tail::none()),
+        ]);
     }
 }
 
@@ -137,8 +139,14 @@ async fn session(
     _guard: super::LiveGuard,
 ) {
     let mut pending = BytesMut::new();
+    // A message of one `Data` (the usual case) is sent as it is, without a copy.
+    let mut single: Option<Bytes> = None;
     let mut in_message = false;
     let mut closing = false;
+    // One timer for the session, moved on only when it fires (not re-armed per event).
+    let idle_since = |peer: &Peer| epoch + Duration::from_millis(peer.last.load(Ordering::Relaxed));
+    let timer = tokio::time::sleep_until(idle_since(&peer) + idle);
+    tokio::pin!(timer);
     loop {
         if closing {
             match out.next().await.unwrap_or(Event::END) {
@@ -146,14 +154,15 @@ async fn session(
                 _ => continue,
             }
         }
-        let last = Duration::from_millis(peer.last.load(Ordering::Relaxed));
-        let deadline = epoch + last + idle;
         let ev = tokio::select! {
             ev = out.next() => ev.unwrap_or(Event::END),
-            _ = tokio::time::sleep_until(deadline) => {
-                if epoch.elapsed() >= Duration::from_millis(peer.last.load(Ordering::Relaxed)) + idle {
+            () = &mut timer => {
+                let deadline = idle_since(&peer) + idle;
+                if Instant::now() >= deadline {
                     peer.tx.push(Event::END);
                     closing = true;
+                } else {
+                    timer.as_mut().reset(deadline);
                 }
                 continue;
             }
@@ -162,13 +171,28 @@ async fn session(
             Event::MessageStart(_) => {
                 in_message = true;
                 pending.clear();
+                single = None;
             }
-            Event::Data(b) if in_message => pending.extend_from_slice(&b),
+            Event::Data(b) if in_message => {
+                if pending.is_empty() && single.is_none() {
+                    single = Some(b);
+                } else {
+                    if let Some(first) = single.take() {
+                        pending.extend_from_slice(&first);
+                    }
+                    pending.extend_from_slice(&b);
+                }
+            }
             Event::Data(b) => send(&sock, &b, to).await,
             Event::MessageEnd(_) => {
                 in_message = false;
-                let d = pending.split().freeze();
-                send(&sock, &d, to).await;
+                match single.take() {
+                    Some(d) => send(&sock, &d, to).await,
+                    None => {
+                        let d = pending.split().freeze();
+                        send(&sock, &d, to).await;
+                    }
+                }
             }
             Event::StreamEnd(_) => break,
         }
