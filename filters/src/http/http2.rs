@@ -871,6 +871,26 @@ mod tests {
         assert!(text.starts_with("HTTP/1.1 505"), "{text}");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_gets_goaway_after_the_keepalive_timeout() {
+        let f = DemuxHttp::new(hello(), Limits::default())
+            .timeouts(Duration::from_secs(10), Duration::from_secs(30));
+        let (io, done) = attach_watched(Arc::new(f), Context::new());
+        let (send, conn) = h2::client::handshake(io).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let mut send = send.ready().await.unwrap();
+        let (resp, _) = send.send_request(get("/"), true).unwrap();
+        assert_eq!(resp.await.unwrap().status(), 200);
+        let t = tokio::time::Instant::now();
+        // The server says GOAWAY and closes; the client's connection future ends with it.
+        tokio::time::timeout(Duration::from_secs(120), done)
+            .await
+            .expect("the idle connection was not closed")
+            .unwrap();
+        assert!(t.elapsed() >= Duration::from_secs(30), "{:?}", t.elapsed());
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    }
+
     #[tokio::test]
     async fn limits_are_advertised_in_settings() {
         let f = DemuxHttp::new(hello(), Limits::default())
