@@ -32,7 +32,9 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, COOKIE, HOST, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE,
+};
 use http::{HeaderMap, request, response};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -366,7 +368,7 @@ async fn run(shared: Arc<H2Shared>, io: EventIo, cx: Context, tx: Arc<FeedSender
 }
 
 /// Converts an h2 request head into the shape HTTP/1 requests have in the pipeline: a
-/// `Host` field from `:authority`, and chunked framing for a body of unknown length (so an
+/// `Host` field from `:authority`, one Cookie field, and chunked framing for a body of unknown length (so an
 /// HTTP/1 upstream gets a well-framed request).
 fn request_head(mut parts: request::Parts, has_body: bool) -> request::Parts {
     if !parts.headers.contains_key(HOST)
@@ -374,6 +376,18 @@ fn request_head(mut parts: request::Parts, has_body: bool) -> request::Parts {
         && let Ok(v) = HeaderValue::from_str(a.as_str())
     {
         parts.headers.insert(HOST, v);
+    }
+    // HTTP/2 may split Cookie into several fields; HTTP/1 wants one (RFC 9113 §8.2.3).
+    if parts.headers.get_all(COOKIE).iter().nth(1).is_some() {
+        let joined: Vec<&[u8]> = parts
+            .headers
+            .get_all(COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+            parts.headers.insert(COOKIE, v);
+        }
     }
     if has_body && !parts.headers.contains_key(CONTENT_LENGTH) {
         parts
@@ -630,6 +644,19 @@ mod tests {
         assert_eq!(p.headers[TRANSFER_ENCODING], "chunked");
         let p = request_head(parts, false);
         assert!(!p.headers.contains_key(TRANSFER_ENCODING));
+        let (mut parts, ()) = http::Request::builder()
+            .uri("https://example.com/")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .body(())
+            .unwrap()
+            .into_parts();
+        parts
+            .headers
+            .append("x-other", HeaderValue::from_static("1"));
+        let p = request_head(parts, false);
+        let cookies: Vec<_> = p.headers.get_all(COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2"]);
     }
 
     #[test]
