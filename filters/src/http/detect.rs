@@ -168,3 +168,55 @@ impl Stream for Detect {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::http::{DemuxHttp, Respond};
+    use flowgate_http::h1::Limits;
+    use flowgate_pipeline::testing::Harness;
+    use flowgate_pipeline::{Pipeline, TlsInfo};
+    use std::time::Duration;
+
+    #[test]
+    fn verdicts_from_the_first_bytes_and_alpn() {
+        let cx = Context::new();
+        assert!(matches!(verdict(&cx, b"P"), Verdict::Undecided));
+        assert!(matches!(verdict(&cx, b"PRI * HTTP/2"), Verdict::Undecided));
+        assert!(matches!(verdict(&cx, PREFACE), Verdict::H2));
+        assert!(matches!(verdict(&cx, b"POST / HTTP/1.1\r\n"), Verdict::H1));
+        assert!(matches!(verdict(&cx, b"GET / HTTP/1.1\r\n"), Verdict::H1));
+        cx.update_conn(|c| {
+            c.tls = Some(Arc::new(TlsInfo {
+                alpn: Some(b"h2".to_vec()),
+                ..TlsInfo::default()
+            }))
+        });
+        assert!(matches!(verdict(&cx, b"x"), Verdict::H2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_preface_that_stalls_is_cut_off_after_the_header_timeout() {
+        let hello = Pipeline::builder("hello")
+            .filter(Respond::new(
+                http::StatusCode::OK,
+                http::HeaderMap::new(),
+                bytes::Bytes::new(),
+            ))
+            .build()
+            .unwrap();
+        let f = DemuxHttp::new(hello, Limits::default())
+            .timeouts(Duration::from_secs(5), Duration::from_secs(60));
+        let mut h = Harness::new(&f);
+        h.push("PRI * HTTP/2.0\r\n".into());
+        let t = tokio::time::Instant::now();
+        let ev = tokio::time::timeout(Duration::from_secs(30), h.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(ev, Event::StreamEnd(Some(_))), "{ev:?}");
+        assert!(t.elapsed() >= Duration::from_secs(5));
+        assert!(t.elapsed() < Duration::from_secs(60));
+    }
+}
