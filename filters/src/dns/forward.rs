@@ -72,6 +72,11 @@ pub struct DnsForwardConfig {
     /// Default 256.
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
+    /// Upstream resolutions at once over all streams of this filter (a UDP listener has
+    /// one stream per client address, and addresses can be spoofed); a miss beyond it is
+    /// answered SERVFAIL at once. Default 4096.
+    #[serde(default = "default_in_flight_total")]
+    pub max_in_flight_total: usize,
     /// The answer cache.
     #[serde(default)]
     pub cache: CacheSettings,
@@ -85,6 +90,10 @@ fn default_down_for() -> Duration {
 }
 fn default_in_flight() -> usize {
     256
+}
+
+fn default_in_flight_total() -> usize {
+    4096
 }
 
 /// The cache of [`DnsForward`]: TTL-respecting, negative caching (RFC 2308), bounded,
@@ -218,6 +227,8 @@ struct Shared {
     cache: Option<Mutex<TtlCache<Key, CachedResponse>>>,
     limits: Limits,
     ids: AtomicU64,
+    /// Upstream resolutions running now, over all streams.
+    in_flight: std::sync::atomic::AtomicUsize,
 }
 
 /// Forwards queries nothing earlier answered to upstream resolvers: a cache first, then
@@ -244,7 +255,7 @@ impl DnsForward {
         if config.timeout.is_zero() {
             return Err(ConfigError::new("timeout", "must be more than zero"));
         }
-        if config.max_in_flight == 0 {
+        if config.max_in_flight == 0 || config.max_in_flight_total == 0 {
             return Err(ConfigError::new("max_in_flight", "must be at least 1"));
         }
         let c = &config.cache;
@@ -280,6 +291,7 @@ impl DnsForward {
                     ..Limits::default()
                 },
                 ids: AtomicU64::new(seed),
+                in_flight: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
     }
@@ -527,11 +539,30 @@ struct ForwardStream {
 }
 
 fn resolve_or_fail(shared: Arc<Shared>, q: Arc<DnsQuery>) -> Pending {
+    use std::sync::atomic::Ordering::Relaxed;
+    /// Gives the slot back however the resolution ends (a dropped stream included).
+    struct Slot<'a>(&'a std::sync::atomic::AtomicUsize);
+    impl Drop for Slot<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Relaxed);
+        }
+    }
     Box::pin(async move {
-        let resp = match shared.resolve(&q).await {
-            Some(r) => r,
-            None => answer_code(&q.wire, &q.info, rcode::SERVFAIL, true),
+        let max = shared.config.max_in_flight_total;
+        let resolved = match shared
+            .in_flight
+            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+        {
+            Ok(_) => {
+                let _slot = Slot(&shared.in_flight);
+                shared.resolve(&q).await
+            }
+            Err(_) => {
+                tracing::debug!("dns-forward: max_in_flight_total reached; SERVFAIL");
+                None
+            }
         };
+        let resp = resolved.unwrap_or_else(|| answer_code(&q.wire, &q.info, rcode::SERVFAIL, true));
         (q, Bytes::from(resp))
     })
 }

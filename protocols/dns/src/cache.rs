@@ -310,6 +310,9 @@ impl<K: Hash + Eq + Clone, V> TtlCache<K, V> {
 
 // === DNS ===
 
+/// The CD (checking disabled) bit of the header flags.
+const CD: u16 = 0x0010;
+
 /// The cache key of a DNS question.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CacheKey {
@@ -321,6 +324,9 @@ pub struct CacheKey {
     pub qclass: u16,
     /// The DO bit (answers with and without DNSSEC records differ).
     pub dnssec_ok: bool,
+    /// The CD bit: a validating upstream answers a checking-disabled query without
+    /// validating, so such an answer must never be served to a query that wants checking.
+    pub checking_disabled: bool,
 }
 
 impl CacheKey {
@@ -332,6 +338,7 @@ impl CacheKey {
             qtype: q.qtype,
             qclass: q.qclass,
             dnssec_ok: info.opt.is_some_and(|o| o.dnssec_ok),
+            checking_disabled: info.header.flags & CD != 0,
         })
     }
 }

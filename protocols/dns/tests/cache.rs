@@ -81,6 +81,18 @@ fn hot_entries_ask_for_prefetch_once() {
     assert!(!c.get(&2).unwrap().prefetch);
 }
 
+#[test]
+fn checking_disabled_queries_have_their_own_cache_key() {
+    let l = Limits::default();
+    let q = query("www.example", RecordType::A, 1, true, None).unwrap();
+    let mut cd = q.clone();
+    cd[3] |= 0x10; // CD
+    let plain = CacheKey::of(&validate(&q, &l).unwrap()).unwrap();
+    let unchecked = CacheKey::of(&validate(&cd, &l).unwrap()).unwrap();
+    assert!(!plain.checking_disabled && unchecked.checking_disabled);
+    assert_ne!(plain, unchecked);
+}
+
 fn answer(ttls: &[u32], code: u8, soa: Option<(u32, u32)>) -> Vec<u8> {
     let q = query("www.example", RecordType::A, 1, true, None).unwrap();
     let info = validate(&q, &Limits::default()).unwrap();
