@@ -23,7 +23,9 @@ fn round_robin_over_three_real_upstreams() {
     let cfg = dir.write(
         "proxy.yaml",
         &format!(
-            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: proxy\npipelines:\n  proxy:\n    - connect:\n        target: [127.0.0.1:{}, 127.0.0.1:{}, 127.0.0.1:{}]\n",
+            // One worker: with several, the readiness probe's connection may be accepted
+            // (and take its round-robin turn) after the test's first one.
+            "workers: 1\nlisteners:\n  - listen: 127.0.0.1:{port}\n    pipeline: proxy\npipelines:\n  proxy:\n    - connect:\n        target: [127.0.0.1:{}, 127.0.0.1:{}, 127.0.0.1:{}]\n",
             ups[0].port, ups[1].port, ups[2].port
         ),
     );
