@@ -6,10 +6,10 @@
 mod common;
 
 use std::net::UdpSocket;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Proc, TempDir, flowgate_run, free_port, have};
+use common::{Proc, TempDir, daemon, flowgate_run, free_port, have};
 
 struct Setup {
     port: u16,
@@ -48,19 +48,10 @@ remote-control:
         d = dir.0.display()
     );
     let path = dir.write("unbound.conf", &conf);
-    let child = Command::new("unbound")
-        .arg("-d")
-        .arg("-c")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let p = Proc {
-        child,
-        name: "unbound".into(),
-    };
+    let p = daemon(
+        Command::new("unbound").arg("-d").arg("-c").arg(&path),
+        "unbound",
+    );
     // Ready when it answers.
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {

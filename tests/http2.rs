@@ -126,34 +126,16 @@ fn h2_over_tls_with_alpn_and_http1_on_the_same_listener() {
     let host = format!("localhost:{}", s.tls_port);
     let resolve = format!("{host}:127.0.0.1");
     let ca = s.ca.display().to_string();
-    let url = |p: &str| format!("https://{host}{p}");
-    let (body, v) = curl_v(&[
-        "--http2",
-        "--cacert",
-        &ca,
-        "--resolve",
-        &resolve,
-        &url("/hello"),
-    ]);
+    let get = |version: &str, path: &str| {
+        let url = format!("https://{host}{path}");
+        curl_v(&[version, "--cacert", &ca, "--resolve", &resolve, &url])
+    };
+    let (body, v) = get("--http2", "/hello");
     assert_eq!((body.as_str(), v.as_str()), ("hello GET /hello", "2"));
-    let (body, v) = curl_v(&[
-        "--http2",
-        "--cacert",
-        &ca,
-        "--resolve",
-        &resolve,
-        &url("/static"),
-    ]);
+    let (body, v) = get("--http2", "/static");
     assert_eq!((body.as_str(), v.as_str()), ("static hello\n", "2"));
     // A client that offers only http/1.1 in ALPN gets HTTP/1.1.
-    let (body, v) = curl_v(&[
-        "--http1.1",
-        "--cacert",
-        &ca,
-        "--resolve",
-        &resolve,
-        &url("/hello"),
-    ]);
+    let (body, v) = get("--http1.1", "/hello");
     assert_eq!((body.as_str(), v.as_str()), ("hello GET /hello", "1.1"));
 }
 

@@ -279,26 +279,9 @@ impl Session {
     }
 
     fn client_publish(&mut self, head: PublishHead, out: &mut BytesMut) -> Result<(), End> {
-        // The topic as the client sees it (an alias stands for an earlier one).
-        let topic = match head.properties.topic_alias {
-            Some(a) if head.topic.is_empty() => match self.aliases.get(&a) {
-                Some(t) => t.clone(),
-                None => return Err(End::Protocol("topic alias not set up", ALIAS_INVALID)),
-            },
-            Some(a) => {
-                if self.aliases.len() >= MAX_ALIASES && !self.aliases.contains_key(&a) {
-                    return Err(End::Protocol("too many topic aliases", ALIAS_INVALID));
-                }
-                self.aliases.insert(a, head.topic.clone());
-                head.topic.clone()
-            }
-            None => head.topic.clone(),
-        };
-        if let Some(acl) = &self.shared.cfg.acl
-            && !acl.may_publish(self.who(), &topic)
-        {
+        if let Some((topic, on_deny)) = self.denied_topic(&head)? {
             self.shared.metrics.denied.fetch_add(1, Ordering::Relaxed);
-            if acl.on_deny == OnDeny::Disconnect {
+            if on_deny == OnDeny::Disconnect {
                 return Err(End::Denied(topic));
             }
             self.payload = Payload::Drop;
@@ -331,6 +314,31 @@ impl Session {
             return Ok(());
         }
         self.forward_publish(head, out)
+    }
+
+    /// Checks a PUBLISH against the ACL: the refused topic and what to do, if it is
+    /// refused. Aliases are tracked (only when there is an ACL) so an aliased PUBLISH is
+    /// checked against the topic its alias stands for.
+    fn denied_topic(&mut self, head: &PublishHead) -> Result<Option<(String, OnDeny)>, End> {
+        let Some(acl) = self.shared.cfg.acl.as_ref() else {
+            return Ok(None);
+        };
+        if let Some(a) = head.properties.topic_alias
+            && !head.topic.is_empty()
+        {
+            if self.aliases.len() >= MAX_ALIASES && !self.aliases.contains_key(&a) {
+                return Err(End::Protocol("too many topic aliases", ALIAS_INVALID));
+            }
+            self.aliases.insert(a, head.topic.clone());
+        }
+        let topic = match head.properties.topic_alias {
+            Some(a) if head.topic.is_empty() => match self.aliases.get(&a) {
+                Some(t) => t.as_str(),
+                None => return Err(End::Protocol("topic alias not set up", ALIAS_INVALID)),
+            },
+            _ => head.topic.as_str(),
+        };
+        Ok((!acl.may_publish(self.who(), topic)).then(|| (topic.to_owned(), acl.on_deny)))
     }
 
     /// Whether a PUBLISH may go now (rate and in-flight limits); takes its token.
