@@ -5,26 +5,36 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context as TaskCx, Poll};
 
-use bytes::BytesMut;
-use flowgate_http::h1::{
-    Frame, Framing, Limits, ResponseDecoder, encode_chunk, encode_last_chunk, encode_request_head,
-};
+use bytes::{BufMut, BytesMut};
+use flowgate_http::h1::{Frame, Framing, Limits, ResponseDecoder, encode_chunk, encode_last_chunk};
 use flowgate_pipeline::feed::{FeedSender, feed};
 use flowgate_pipeline::{
     Context, Description, ErrorKind, Event, Events, Filter, Head, Side, StreamError, SubPipeline,
     Tail,
 };
 use futures_core::Stream;
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::request;
+use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
+use http::{Method, StatusCode, Version, request};
 
 use super::codec::{Trailers, protocol_error};
+use super::tunnel::wants_upgrade;
+
+/// A 101 answered a request that did not ask to upgrade.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream switched protocols without being asked to")]
+pub struct UnaskedUpgrade;
 
 /// Encodes request messages into the sub-pipeline and decodes its bytes as responses.
 ///
 /// A request's body is written as its head says: raw with Content-Length, chunked with
 /// `Transfer-Encoding: chunked`, and not at all with neither. Interim 1xx responses (other
 /// than 101) are dropped, so each request gets exactly one response message.
+///
+/// Hop-by-hop fields are not forwarded (RFC 9110 §7.6.1: `Connection` and the fields it
+/// names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Upgrade`), except that an upgrade
+/// request keeps its `Upgrade` and is sent with `connection: upgrade`. A 101 to a request
+/// that did not ask for it is an upstream protocol error; after a 101 (or a 2xx to
+/// CONNECT) the connection carries raw bytes both ways.
 pub(crate) struct ClientCodec {
     pub(crate) sub: SubPipeline,
     pub(crate) limits: Limits,
@@ -46,6 +56,7 @@ impl Filter for ClientCodec {
             decoder: ResponseDecoder::new(self.limits),
             chunked: false,
             skipping_interim: false,
+            upgrading: false,
             buf: BytesMut::new(),
             wbuf: BytesMut::new(),
             ready: VecDeque::new(),
@@ -64,6 +75,8 @@ struct ClientStream {
     decoder: ResponseDecoder,
     chunked: bool,
     skipping_interim: bool,
+    /// The last request asked to upgrade (a 101 may answer it).
+    upgrading: bool,
     buf: BytesMut,
     wbuf: BytesMut,
     ready: VecDeque<Event>,
@@ -83,7 +96,8 @@ impl ClientStream {
                 self.decoder.expect(parts.method.clone());
                 self.chunked = !parts.headers.contains_key(CONTENT_LENGTH)
                     && parts.headers.get(TRANSFER_ENCODING).is_some();
-                encode_request_head(parts, &mut self.wbuf);
+                self.upgrading = wants_upgrade(parts);
+                encode_proxied_head(parts, self.upgrading, &mut self.wbuf);
             }
             Event::Data(b) => {
                 if self.chunked {
@@ -127,6 +141,15 @@ impl ClientStream {
             };
             match r {
                 Ok(Some(Frame::Head(parts, framing))) => {
+                    if parts.status == StatusCode::SWITCHING_PROTOCOLS
+                        && !std::mem::take(&mut self.upgrading)
+                    {
+                        self.finished = true;
+                        let e = StreamError::new(ErrorKind::Protocol, Side::Upstream)
+                            .with_cause(UnaskedUpgrade);
+                        self.ready.push_back(Event::StreamEnd(Some(e)));
+                        return;
+                    }
                     if parts.status.is_informational() && framing != Framing::Tunnel {
                         self.skipping_interim = true;
                         continue;
@@ -203,5 +226,110 @@ impl Stream for ClientStream {
                 Poll::Pending => {}
             }
         }
+    }
+}
+
+/// Whether `name` is a hop-by-hop field that is never forwarded as it is.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == TE
+        || name == UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+/// Writes a request head for the upstream without the hop-by-hop fields (see
+/// [`ClientCodec`]); `upgrade` keeps `Upgrade` and adds `connection: upgrade`.
+pub(crate) fn encode_proxied_head(head: &request::Parts, upgrade: bool, dst: &mut BytesMut) {
+    let target = if head.method == Method::CONNECT {
+        head.uri.authority().map(|a| a.as_str())
+    } else {
+        None
+    };
+    let target = target.unwrap_or_else(|| head.uri.path_and_query().map_or("/", |p| p.as_str()));
+    dst.reserve(64 + head.headers.len() * 32);
+    dst.put_slice(head.method.as_str().as_bytes());
+    dst.put_u8(b' ');
+    dst.put_slice(target.as_bytes());
+    dst.put_slice(if head.version == Version::HTTP_10 {
+        b" HTTP/1.0\r\n"
+    } else {
+        b" HTTP/1.1\r\n"
+    });
+    // Fields named in Connection (other than its own options) are hop-by-hop too.
+    let listed: Vec<&str> = head
+        .headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case("close")
+                && !t.eq_ignore_ascii_case("keep-alive")
+                && !t.eq_ignore_ascii_case("upgrade")
+        })
+        .collect();
+    for (name, value) in &head.headers {
+        let keep = if is_hop_by_hop(name) {
+            upgrade && name == UPGRADE
+        } else {
+            !listed.iter().any(|l| name.as_str().eq_ignore_ascii_case(l))
+        };
+        if keep {
+            dst.put_slice(name.as_str().as_bytes());
+            dst.put_slice(b": ");
+            dst.put_slice(value.as_bytes());
+            dst.put_slice(b"\r\n");
+        }
+    }
+    if upgrade {
+        dst.put_slice(b"connection: upgrade\r\n");
+    }
+    dst.put_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(req: http::request::Builder) -> String {
+        let (parts, ()) = req.body(()).unwrap().into_parts();
+        let mut out = BytesMut::new();
+        encode_proxied_head(&parts, wants_upgrade(&parts), &mut out);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_dropped_but_an_upgrade_keeps_its_own() {
+        let plain = encoded(
+            http::Request::get("/a?b")
+                .header("host", "x")
+                .header("connection", "keep-alive, x-secret")
+                .header("keep-alive", "timeout=5")
+                .header("x-secret", "1")
+                .header("te", "trailers")
+                .header("upgrade", "websocket")
+                .header("x-kept", "2"),
+        );
+        assert_eq!(plain, "GET /a?b HTTP/1.1\r\nhost: x\r\nx-kept: 2\r\n\r\n");
+        let ws = encoded(
+            http::Request::get("/chat")
+                .header("host", "x")
+                .header("connection", "Upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-key", "k"),
+        );
+        assert_eq!(
+            ws,
+            "GET /chat HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nsec-websocket-key: k\r\nconnection: upgrade\r\n\r\n"
+        );
+        let connect =
+            encoded(http::Request::connect("example.test:443").header("host", "example.test:443"));
+        assert_eq!(
+            connect,
+            "CONNECT example.test:443 HTTP/1.1\r\nhost: example.test:443\r\n\r\n"
+        );
     }
 }

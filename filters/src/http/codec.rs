@@ -13,10 +13,14 @@ use flowgate_http::h1::{
 use flowgate_pipeline::Events;
 
 use super::access_log::AccessLog;
+use super::tunnel::{self, Special, Switch, UpgradeConfig, Verdict};
+use flowgate_http::h1::Framing;
+use flowgate_pipeline::joint::Continued;
 use flowgate_pipeline::{ErrorKind, Event, Head, Side, StreamError, Tail, Transform};
 use futures_core::Stream;
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, StatusCode, Version, request, response};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, Method, StatusCode, Version, request, response};
+use std::sync::Arc;
 use tokio::time::{Instant, Sleep};
 
 /// Trailers travel in the `MessageEnd` tail as this type.
@@ -53,12 +57,34 @@ pub(crate) fn wants_close(head: &request::Parts) -> bool {
 /// Server side: request bytes in, request messages out. After a request that asks to close
 /// the connection, further input is ignored; a malformed request ends the stream with a
 /// `Protocol` error carrying the [`H1Error`].
+///
+/// An upgrade request ends with a [`Continued`] tail and the decoder waits for its
+/// response ([`Switch`]): after a 101 the client's bytes pass as raw `Data`, otherwise
+/// decoding goes on. A CONNECT's body is the tunnel (the decoder's own framing).
 pub(crate) struct DecodeRequests {
     decoder: RequestDecoder,
     buf: BytesMut,
     closing: bool,
     done: bool,
     log: Option<AccessLog>,
+    switch: Arc<Switch>,
+    upgrade: Arc<UpgradeConfig>,
+    /// Requests decoded so far.
+    requests: u64,
+    mode: Mode,
+}
+
+/// Where [`DecodeRequests`] is with respect to protocol switches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Decoding HTTP/1 requests.
+    Http,
+    /// The head of an upgrade request went out; its end is next.
+    UpgradeHead,
+    /// Waiting for the response to the upgrade request.
+    Await,
+    /// Upgraded: the client's bytes pass raw.
+    Raw,
 }
 
 /// Timeouts of the server side while it waits for a request head.
@@ -85,15 +111,10 @@ pub(crate) struct RequestStream {
 }
 
 impl RequestStream {
-    pub(crate) fn new(
-        input: Events,
-        limits: Limits,
-        timeouts: HeadTimeouts,
-        log: Option<AccessLog>,
-    ) -> Self {
+    pub(crate) fn new(input: Events, decoder: DecodeRequests, timeouts: HeadTimeouts) -> Self {
         RequestStream {
             input,
-            decoder: DecodeRequests::new(limits, log),
+            decoder,
             out: VecDeque::new(),
             timeouts,
             timer: Box::pin(tokio::time::sleep(timeouts.idle)),
@@ -104,7 +125,7 @@ impl RequestStream {
 
     /// Arms the timer for the state the decoder is in, when that state changed.
     fn rearm(&mut self) {
-        let waiting = self.decoder.decoder.is_idle();
+        let waiting = self.decoder.mode == Mode::Http && self.decoder.decoder.is_idle();
         let want = waiting.then(|| !self.decoder.buf.is_empty());
         if want != self.armed_for {
             self.armed_for = want;
@@ -135,6 +156,18 @@ impl Stream for RequestStream {
             }
             if this.finished {
                 return Poll::Ready(None);
+            }
+            if this.decoder.mode == Mode::Await {
+                // The socket is not read until the upgrade is decided.
+                match this.decoder.switch.poll_upgraded(cx) {
+                    Poll::Ready(up) => {
+                        let out = &mut this.out;
+                        this.decoder.resume(up, &mut |e| out.push_back(e));
+                        this.rearm();
+                        continue;
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
             }
             match this.input.as_mut().poll_next(cx) {
                 Poll::Ready(ev) => {
@@ -171,13 +204,51 @@ impl Stream for RequestStream {
 pub(crate) struct HeadTimedOut(pub(crate) bool);
 
 impl DecodeRequests {
-    pub(crate) fn new(limits: Limits, log: Option<AccessLog>) -> Self {
+    pub(crate) fn new(
+        limits: Limits,
+        log: Option<AccessLog>,
+        switch: Arc<Switch>,
+        upgrade: Arc<UpgradeConfig>,
+    ) -> Self {
         DecodeRequests {
             decoder: RequestDecoder::new(limits),
             buf: BytesMut::new(),
             closing: false,
             done: false,
             log,
+            switch,
+            upgrade,
+            requests: 0,
+            mode: Mode::Http,
+        }
+    }
+
+    /// The upgrade request's response is known: tunnel (`true`) or go on decoding.
+    pub(crate) fn resume(&mut self, upgraded: bool, out: &mut dyn FnMut(Event)) {
+        if upgraded {
+            self.mode = Mode::Raw;
+            if !self.buf.is_empty() {
+                out(Event::Data(self.buf.split().freeze()));
+            }
+        } else {
+            self.mode = Mode::Http;
+            self.drain(out, false);
+        }
+    }
+
+    /// Marks a CONNECT or a passable upgrade request; strips a refused upgrade.
+    fn classify(&mut self, parts: &mut request::Parts, framing: Framing) {
+        self.requests += 1;
+        if parts.method == Method::CONNECT {
+            self.switch.mark(self.requests, Special::Connect);
+        } else if tunnel::wants_upgrade(parts) {
+            if framing == Framing::Empty && self.upgrade.allows(parts) {
+                self.switch.mark(self.requests, Special::Upgrade);
+                self.mode = Mode::UpgradeHead;
+            } else {
+                // Not passed on: an ordinary request (RFC 9110 §7.8 lets a server ignore it).
+                parts.headers.remove(UPGRADE);
+            }
         }
     }
 
@@ -189,14 +260,21 @@ impl DecodeRequests {
                 self.decoder.decode(&mut self.buf)
             };
             match r {
-                Ok(Some(Frame::Head(parts, _))) => {
+                Ok(Some(Frame::Head(mut parts, framing))) => {
                     self.closing = wants_close(&parts);
+                    self.classify(&mut parts, framing);
                     if let Some(l) = &self.log {
                         l.request(&parts);
                     }
                     out(Event::MessageStart(Head::new(parts)));
                 }
                 Ok(Some(Frame::Data(b))) => out(Event::Data(b)),
+                Ok(Some(Frame::End(_))) if self.mode == Mode::UpgradeHead => {
+                    // The request's child keeps its input for the tunnel's bytes.
+                    self.mode = Mode::Await;
+                    out(Event::MessageEnd(Tail::new(Continued)));
+                    return;
+                }
                 Ok(Some(Frame::End(t))) => {
                     out(Event::MessageEnd(tail(t)));
                     if self.closing {
@@ -227,6 +305,20 @@ impl Transform for DecodeRequests {
         if self.done {
             return;
         }
+        match (self.mode, ev) {
+            (Mode::Raw, Event::Data(b)) => out(Event::Data(b)),
+            (Mode::Raw, Event::StreamEnd(e)) => {
+                self.done = true;
+                out(Event::StreamEnd(e));
+            }
+            (Mode::Await | Mode::UpgradeHead, Event::Data(b)) => self.buf.extend_from_slice(&b),
+            (_, ev) => self.on_http_event(ev, out),
+        }
+    }
+}
+
+impl DecodeRequests {
+    fn on_http_event(&mut self, ev: Event, out: &mut dyn FnMut(Event)) {
         match ev {
             Event::Data(b) => {
                 self.buf.extend_from_slice(&b);
@@ -253,21 +345,32 @@ enum BodyMode {
 /// Server side: response messages in, bytes out. A response without Content-Length gets a
 /// chunked body. A `Protocol` error whose cause is an [`H1Error`] becomes the matching error
 /// response (400, 413, 431, 501, 505) with `connection: close`, then the end.
+///
+/// The response to a CONNECT or upgrade request is checked against the [`Switch`]: one
+/// that opens a tunnel (101, or 2xx to CONNECT) has its body written raw and the stream
+/// ends with it; a refused CONNECT gets `connection: close` and the stream ends after it.
 pub(crate) struct EncodeResponses {
     mode: BodyMode,
     out: BytesMut,
     /// Between a response's head and its end.
     in_response: bool,
     log: Option<AccessLog>,
+    switch: Arc<Switch>,
+    /// Responses started so far.
+    responses: u64,
+    verdict: Verdict,
 }
 
 impl EncodeResponses {
-    pub(crate) fn new(log: Option<AccessLog>) -> Self {
+    pub(crate) fn new(log: Option<AccessLog>, switch: Arc<Switch>) -> Self {
         EncodeResponses {
             mode: BodyMode::Raw,
             out: BytesMut::new(),
             in_response: false,
             log,
+            switch,
+            responses: 0,
+            verdict: Verdict::Plain,
         }
     }
 }
@@ -353,10 +456,14 @@ impl Transform for EncodeResponses {
                     ))));
                     return;
                 };
+                self.responses += 1;
+                self.verdict = self.switch.on_response(self.responses, parts.status);
                 let bodiless = parts.status.is_informational()
                     || parts.status == StatusCode::NO_CONTENT
                     || parts.status == StatusCode::NOT_MODIFIED;
-                self.mode = if bodiless {
+                self.mode = if self.verdict == Verdict::Tunnel {
+                    BodyMode::Raw
+                } else if bodiless {
                     BodyMode::None
                 } else if parts.headers.contains_key(CONTENT_LENGTH) {
                     BodyMode::Raw
@@ -367,13 +474,25 @@ impl Transform for EncodeResponses {
                 if let Some(l) = &self.log {
                     l.status(parts.status.as_u16());
                 }
-                encode_response_head(parts, &mut self.out);
+                if self.verdict == Verdict::Close {
+                    let mut closing = parts.clone();
+                    closing
+                        .headers
+                        .insert(CONNECTION, http::HeaderValue::from_static("close"));
+                    encode_response_head(&closing, &mut self.out);
+                } else {
+                    encode_response_head(parts, &mut self.out);
+                }
                 if self.mode == BodyMode::Chunked && !parts.headers.contains_key(TRANSFER_ENCODING)
                 {
                     // Put the framing field in before the empty line.
                     self.out.truncate(self.out.len() - 2);
                     self.out
                         .extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+                }
+                if self.verdict == Verdict::Tunnel {
+                    // The peer waits for this head before it speaks the new protocol.
+                    out(Event::Data(self.out.split().freeze()));
                 }
             }
             Event::Data(b) => {
@@ -401,6 +520,10 @@ impl Transform for EncodeResponses {
                 }
                 if !self.out.is_empty() {
                     out(Event::Data(self.out.split().freeze()));
+                }
+                if self.verdict != Verdict::Plain {
+                    // A tunnel closed, or a refused CONNECT: nothing more on this connection.
+                    out(Event::END);
                 }
             }
             Event::StreamEnd(Some(e)) => {

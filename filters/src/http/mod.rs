@@ -34,6 +34,29 @@
 //! ```
 //!
 //! `mux-http` speaks HTTP/1.1 to upstreams (HTTP/2 upstreams are still to come).
+//!
+//! WebSocket (any HTTP/1.1 `Upgrade`) passes through `demux-http` → `mux-http` on an
+//! upstream connection of its own; CONNECT is served when `demux-http` has a `connect:`
+//! block; `timeout` bounds a request as a whole. See [`UpgradeConfig`],
+//! [`HttpConnectConfig`] and [`Timeout`]:
+//!
+//! ```yaml
+//! pipelines:
+//!   main:
+//!     - demux-http:
+//!         pipeline: request
+//!         upgrade: { protocols: [websocket] }       # default: any protocol
+//!         connect: { pipeline: tunnel, ports: [443] } # default: CONNECT refused (405)
+//!         tunnel_idle_timeout: 5m
+//!   request:
+//!     - timeout: { pipeline: call, head: 10s }       # 504 when no response head in 10 s
+//!   call:
+//!     - mux-http: { pipeline: upstream }
+//!   upstream:
+//!     - connect: { target: 127.0.0.1:8080 }
+//!   tunnel:
+//!     - connect: { target_from_context: true }      # dials the CONNECT authority
+//! ```
 
 mod access_log;
 mod client;
@@ -47,6 +70,8 @@ pub use http2::{H2ConnError, Http2Config};
 mod retry;
 mod rewrite;
 mod route;
+mod timeout;
+mod tunnel;
 
 pub use cors::CorsConfig;
 pub use retry::RetryConfig;
@@ -54,6 +79,8 @@ pub use rewrite::{PrefixRewrite, RedirectConfig, RewriteConfig};
 pub use route::{
     HeaderEdits, HeadersConfig, RouteConfig, RouteEntry, RouteMatch, WeightedPipeline,
 };
+pub use timeout::{RequestTimedOut, Timeout, TimeoutConfig};
+pub use tunnel::{HttpConnectConfig, TunnelIdle, UpgradeConfig};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +104,7 @@ pub fn register(r: &mut Registry) {
     r.register::<DemuxHttpConfig>("demux-http");
     r.register::<MuxHttpConfig>("mux-http");
     r.register::<RespondConfig>("respond");
+    r.register::<TimeoutConfig>("timeout");
     r.register::<RouteConfig>("route");
     r.register::<HeadersConfig>("headers");
     r.register::<RewriteConfig>("rewrite");
@@ -163,6 +191,21 @@ pub struct DemuxHttpConfig {
     /// HTTP/2: served when TLS ALPN chose `h2` or the client starts with the h2c preface.
     #[serde(default)]
     pub http2: Http2Config,
+    /// Which HTTP/1.1 upgrades (WebSocket…) are passed on. Default: all.
+    #[serde(default)]
+    pub upgrade: UpgradeConfig,
+    /// CONNECT tunnels: where they go and which targets are allowed. Default none
+    /// (CONNECT is answered with 405).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<HttpConnectConfig>,
+    /// An upgraded connection or CONNECT tunnel with no byte either way for this long is
+    /// closed. Default 5 min.
+    #[serde(default = "d_tunnel_idle", with = "flowgate_pipeline::serde_duration")]
+    pub tunnel_idle_timeout: Duration,
+}
+
+fn d_tunnel_idle() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn d_pending() -> usize {
@@ -186,6 +229,16 @@ impl FilterConfig for DemuxHttpConfig {
                 "timeouts must be more than zero",
             ));
         }
+        if self.tunnel_idle_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "tunnel_idle_timeout",
+                "must be more than zero",
+            ));
+        }
+        self.upgrade.validate()?;
+        if let Some(c) = &self.connect {
+            c.validate()?;
+        }
         Ok(Arc::new(
             DemuxHttp::new(
                 SubPipeline::named(self.pipeline.clone()),
@@ -195,7 +248,12 @@ impl FilterConfig for DemuxHttpConfig {
             .timeouts(self.header_timeout, self.keepalive_timeout)
             .access_log(self.access_log)
             .http2(self.http2)
-            .map_err(|e| ConfigError::new("http2", e))?,
+            .map_err(|e| ConfigError::new("http2", e))?
+            .tunnels(
+                self.upgrade.clone(),
+                self.connect.clone(),
+                self.tunnel_idle_timeout,
+            ),
         ))
     }
 }
@@ -213,10 +271,16 @@ impl FilterConfig for DemuxHttpConfig {
 /// the same sub-pipeline, concurrently, with its own child context; limits as set by
 /// [`DemuxHttp::http2`]. The header timeout bounds the HTTP/2 handshake, and a connection
 /// with no open stream for the keep-alive timeout is sent GOAWAY.
+///
+/// HTTP/1.1 upgrades (WebSocket) and, when enabled, CONNECT become byte tunnels (see
+/// [`DemuxHttp::tunnels`]).
 pub struct DemuxHttp {
     demux: Arc<Demux>,
     sub: SubPipeline,
     per_request: SubPipeline,
+    upgrade: Arc<UpgradeConfig>,
+    connect: Option<(Arc<HttpConnectConfig>, SubPipeline)>,
+    tunnel_idle: Duration,
     limits: Limits,
     max_pending: usize,
     timeouts: codec::HeadTimeouts,
@@ -232,23 +296,59 @@ impl DemuxHttp {
             idle: d_keepalive_timeout(),
         };
         let sub = sub.into();
-        // Each request runs `sub`, and a failure before its response becomes an error
-        // response, so the connection stays usable. `subs()` reports `sub` for binding.
-        let per_request = Pipeline::builder("demux-http-request")
-            .filter(flowgate_pipeline::joint::Pipe::new(sub.clone()))
-            .transform("answer-failures", codec::AnswerFailures::default)
-            .build_deferred();
-        let per_request = SubPipeline::from(per_request);
+        let per_request = Self::per_request(&sub, None, d_tunnel_idle());
         DemuxHttp {
             demux: Arc::new(Demux::new(per_request.clone())),
             sub,
             per_request,
+            upgrade: Arc::new(UpgradeConfig::default()),
+            connect: None,
+            tunnel_idle: d_tunnel_idle(),
             limits,
             max_pending: d_pending(),
             timeouts,
             access_log: None,
             http2: Http2Config::default(),
         }
+    }
+
+    /// Each request runs `sub` (through the stage that serves CONNECT and watches tunnels),
+    /// and a failure before its response becomes an error response, so the connection
+    /// stays usable. `subs()` reports `sub` (and the CONNECT pipeline) for binding.
+    fn per_request(
+        sub: &SubPipeline,
+        connect: Option<(Arc<HttpConnectConfig>, SubPipeline)>,
+        idle: Duration,
+    ) -> SubPipeline {
+        let per_request = Pipeline::builder("demux-http-request")
+            .filter(tunnel::RequestStage {
+                sub: sub.clone(),
+                connect,
+                idle,
+            })
+            .transform("answer-failures", codec::AnswerFailures::default)
+            .build_deferred();
+        SubPipeline::from(per_request)
+    }
+
+    /// Sets which upgrades pass, whether (and where) CONNECT tunnels go, and how long a
+    /// tunnel may be idle.
+    #[must_use]
+    pub fn tunnels(
+        mut self,
+        upgrade: UpgradeConfig,
+        connect: Option<HttpConnectConfig>,
+        idle: Duration,
+    ) -> Self {
+        self.upgrade = Arc::new(upgrade);
+        self.connect = connect.map(|c| {
+            let p = SubPipeline::named(c.pipeline.clone());
+            (Arc::new(c), p)
+        });
+        self.tunnel_idle = idle;
+        self.per_request = Self::per_request(&self.sub, self.connect.clone(), idle);
+        let n = self.max_pending;
+        self.max_pending(n)
     }
 
     /// Sets the HTTP/2 settings (`enabled: false` serves HTTP/1 only).
@@ -296,8 +396,11 @@ impl Filter for DemuxHttp {
             "header_timeout": flowgate_pipeline::serde_duration::format(self.timeouts.header),
             "keepalive_timeout": flowgate_pipeline::serde_duration::format(self.timeouts.idle),
             "http2": self.http2,
+            "upgrade": *self.upgrade,
+            "connect": self.connect.as_ref().map(|(c, _)| c.as_ref()),
+            "tunnel_idle_timeout": flowgate_pipeline::serde_duration::format(self.tunnel_idle),
         }));
-        d.subs = vec![self.sub.name().to_string()];
+        d.subs = self.subs().iter().map(|s| s.name().to_string()).collect();
         d
     }
 
@@ -307,6 +410,7 @@ impl Filter for DemuxHttp {
             limits: self.limits,
             timeouts: self.timeouts,
             access_log: self.access_log,
+            upgrade: self.upgrade.clone(),
         };
         if !self.http2.enabled {
             return h1.attach(input, cx);
@@ -328,7 +432,11 @@ impl Filter for DemuxHttp {
     }
 
     fn subs(&self) -> Vec<SubPipeline> {
-        vec![self.sub.clone()]
+        let mut v = vec![self.sub.clone()];
+        if let Some((_, p)) = &self.connect {
+            v.push(p.clone());
+        }
+        v
     }
 }
 
@@ -338,6 +446,7 @@ pub(crate) struct H1 {
     limits: Limits,
     timeouts: codec::HeadTimeouts,
     access_log: Option<AccessLogFormat>,
+    upgrade: Arc<UpgradeConfig>,
 }
 
 impl H1 {
@@ -345,16 +454,18 @@ impl H1 {
         let log = self
             .access_log
             .map(|f| access_log::AccessLog::new(f, cx.conn().peer));
-        let decoded = Box::pin(codec::RequestStream::new(
-            input,
+        let switch = Arc::new(tunnel::Switch::default());
+        let decoder = codec::DecodeRequests::new(
             self.limits,
-            self.timeouts,
             log.clone(),
-        ));
+            switch.clone(),
+            self.upgrade.clone(),
+        );
+        let decoded = Box::pin(codec::RequestStream::new(input, decoder, self.timeouts));
         let replies = self.demux.attach(decoded, cx);
         Box::pin(TransformStream::new(
             replies,
-            vec![Box::new(codec::EncodeResponses::new(log))],
+            vec![Box::new(codec::EncodeResponses::new(log, switch))],
         ))
     }
 }
@@ -403,8 +514,15 @@ impl FilterConfig for MuxHttpConfig {
 /// The client side of HTTP/1: sends each request message over a pooled keep-alive upstream
 /// connection (one request at a time per connection, a new connection when all are busy)
 /// and outputs the response message.
+///
+/// A stream whose first message is an upgrade request (`Connection: upgrade` +
+/// `Upgrade`) or a CONNECT gets an upstream connection of its own, never taken from or
+/// returned to the pool, and is streamed rather than queued: after a 101 (or a 2xx to
+/// CONNECT) the bytes that follow on the stream go upstream raw and the upstream's bytes
+/// are the response body; any other answer ends the stream and closes that connection.
 pub struct MuxHttp {
-    mux: Mux,
+    mux: Arc<Mux>,
+    codec: Arc<client::ClientCodec>,
     sub: SubPipeline,
 }
 
@@ -416,6 +534,10 @@ impl MuxHttp {
         opts: MuxOptions,
     ) -> Result<Self, flowgate_pipeline::BuildError> {
         let sub = sub.into();
+        let codec = Arc::new(client::ClientCodec {
+            sub: sub.clone(),
+            limits,
+        });
         let session = Pipeline::builder("mux-http-session")
             .filter(client::ClientCodec {
                 sub: sub.clone(),
@@ -430,7 +552,11 @@ impl MuxHttp {
                 ..opts
             },
         );
-        Ok(MuxHttp { mux, sub })
+        Ok(MuxHttp {
+            mux: Arc::new(mux),
+            codec,
+            sub,
+        })
     }
 }
 
@@ -442,11 +568,112 @@ impl Filter for MuxHttp {
     }
 
     fn attach(&self, input: Events, cx: &Context) -> Events {
-        self.mux.attach(input, cx)
+        Box::pin(MuxHttpStream {
+            input: Some(input),
+            cx: cx.clone(),
+            mux: self.mux.clone(),
+            codec: self.codec.clone(),
+            out: None,
+            dedicated: None,
+            queue: std::collections::VecDeque::new(),
+            finished: false,
+        })
     }
 
     fn subs(&self) -> Vec<SubPipeline> {
         vec![self.sub.clone()]
+    }
+}
+
+/// A `mux-http` stream: pooled, or on a dedicated connection for a tunnel request.
+struct MuxHttpStream {
+    input: Option<Events>,
+    cx: Context,
+    mux: Arc<Mux>,
+    codec: Arc<client::ClientCodec>,
+    out: Option<Events>,
+    /// On a dedicated connection: whether the request was a CONNECT, and whether the
+    /// response opened a tunnel (`Some` once its head came).
+    dedicated: Option<(bool, Option<bool>)>,
+    queue: std::collections::VecDeque<Event>,
+    finished: bool,
+}
+
+impl futures_core::Stream for MuxHttpStream {
+    type Item = Event;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        task: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Event>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            if let Some(ev) = this.queue.pop_front() {
+                return Poll::Ready(Some(ev));
+            }
+            if this.finished {
+                return Poll::Ready(None);
+            }
+            if let Some(mut input) = this.input.take() {
+                let first = match input.as_mut().poll_next(task) {
+                    Poll::Ready(ev) => ev.unwrap_or(Event::END),
+                    Poll::Pending => {
+                        this.input = Some(input);
+                        return Poll::Pending;
+                    }
+                };
+                let tunnel = match &first {
+                    Event::MessageStart(h) => h.get::<http::request::Parts>().and_then(|p| {
+                        let connect = p.method == http::Method::CONNECT;
+                        (connect || tunnel::wants_upgrade(p)).then_some(connect)
+                    }),
+                    _ => None,
+                };
+                let input: Events = Box::pin(tunnel::Prepend {
+                    first: Some(first),
+                    rest: input,
+                });
+                this.out = Some(match tunnel {
+                    Some(connect) => {
+                        this.dedicated = Some((connect, None));
+                        this.codec.attach(input, &this.cx)
+                    }
+                    None => this.mux.attach(input, &this.cx),
+                });
+                continue;
+            }
+            let Some(out) = &mut this.out else {
+                return Poll::Pending;
+            };
+            let ev = match out.as_mut().poll_next(task) {
+                Poll::Ready(ev) => ev.unwrap_or(Event::END),
+                Poll::Pending => return Poll::Pending,
+            };
+            if ev.is_end() {
+                this.finished = true;
+                this.out = None;
+                return Poll::Ready(Some(ev));
+            }
+            if let Some((connect, opened)) = &mut this.dedicated {
+                match &ev {
+                    Event::MessageStart(h) if opened.is_none() => {
+                        let status = h.get::<http::response::Parts>().map(|p| p.status);
+                        *opened = Some(status.is_some_and(|s| tunnel::opens_tunnel(*connect, s)));
+                    }
+                    Event::MessageEnd(_) if *opened == Some(false) => {
+                        // Not upgraded: the stream is over and the connection is dropped.
+                        this.finished = true;
+                        this.out = None;
+                        this.queue.push_back(ev);
+                        this.queue.push_back(Event::END);
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            return Poll::Ready(Some(ev));
+        }
     }
 }
 

@@ -77,6 +77,11 @@ pub struct ConnectConfig {
     /// ```
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balance: Option<flowgate_lb::BalancerConfig>,
+    /// Connect to the [`DialTarget`] another filter put in the stream's context (demux-http's
+    /// `connect` option puts a CONNECT request's authority there) when there is one,
+    /// before `target`. Default false.
+    #[serde(default)]
+    pub target_from_context: bool,
     /// TCP keep-alive idle time on the upstream socket; none by default.
     #[serde(
         default,
@@ -105,6 +110,7 @@ impl Default for ConnectConfig {
             idle_timeout: default_idle_timeout(),
             nodelay: true,
             balance: None,
+            target_from_context: false,
             keepalive: None,
         }
     }
@@ -117,10 +123,10 @@ impl FilterConfig for ConnectConfig {
             Some(Targets::One(t)) => vec![t.clone()],
             Some(Targets::Many(v)) => v.clone(),
         };
-        if targets.is_empty() && !self.original_dst {
+        if targets.is_empty() && !self.original_dst && !self.target_from_context {
             return Err(ConfigError::new(
                 "target",
-                "give a `host:port` (or a list), or set `original_dst: true`",
+                "give a `host:port` (or a list), or set `original_dst: true` or `target_from_context: true`",
             ));
         }
         for (i, t) in targets.iter().enumerate() {
@@ -167,6 +173,71 @@ fn check_target(t: &str) -> Result<(), String> {
     port.parse::<u16>()
         .map_err(|_| format!("`{t}` has no valid port"))?;
     Ok(())
+}
+
+/// The `host:port` a stream asks [`Connect`] to dial, put in its context by an earlier
+/// filter (`demux-http` puts the authority of an accepted CONNECT request there). Only a
+/// `Connect` built with `target_from_context` uses it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DialTarget(pub String);
+
+/// A signal from [`Connect`] to whoever put it in the stream's context: the upstream
+/// connection is up. `demux-http` waits for it before it answers a CONNECT request with
+/// 200 (and answers 502 when the stream fails first).
+///
+/// ```
+/// use flowgate_filters::net::Dialed;
+/// let d = Dialed::default();
+/// assert!(!d.is_dialed());
+/// d.clone().notify();
+/// assert!(d.is_dialed());
+/// ```
+#[derive(Clone, Default)]
+pub struct Dialed(Arc<DialedInner>);
+
+#[derive(Default)]
+struct DialedInner {
+    done: std::sync::atomic::AtomicBool,
+    waker: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl Dialed {
+    /// Records that the connection is up and wakes the waiting task.
+    pub fn notify(&self) {
+        self.0.done.store(true, Ordering::Release);
+        let w = self
+            .0
+            .waker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+
+    /// Whether the connection is up.
+    pub fn is_dialed(&self) -> bool {
+        self.0.done.load(Ordering::Acquire)
+    }
+
+    /// Ready once the connection is up.
+    pub fn poll_dialed(&self, cx: &mut TaskCx<'_>) -> Poll<()> {
+        if self.is_dialed() {
+            return Poll::Ready(());
+        }
+        *self.0.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+        if self.is_dialed() {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
+impl std::fmt::Debug for Dialed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Dialed({})", self.is_dialed())
+    }
 }
 
 /// Connects upstream for each stream: its input is written to the connection and its output
@@ -235,6 +306,13 @@ impl Connect {
         self
     }
 
+    /// Prefers the [`DialTarget`] in the stream's context when it has one.
+    #[must_use]
+    pub fn target_from_context(mut self, on: bool) -> Self {
+        self.config.target_from_context = on;
+        self
+    }
+
     /// Prefers the stream's original destination when it has one.
     #[must_use]
     pub fn original_dst(mut self, on: bool) -> Self {
@@ -254,6 +332,11 @@ impl Connect {
             && let Some(a) = cx.conn().original_dst
         {
             return Some((a.to_string(), None));
+        }
+        if self.config.target_from_context
+            && let Some(t) = cx.get::<DialTarget>()
+        {
+            return Some((t.0, None));
         }
         if let Some(d) = &self.dynamic {
             return Some((d.eval(cx, None), None));
@@ -348,6 +431,7 @@ impl Filter for Connect {
             state: State::Connecting(connecting),
             idle: self.config.idle_timeout,
             lease,
+            dialed: cx.get::<Dialed>(),
         })
     }
 }
@@ -393,6 +477,8 @@ struct ConnectStream {
     /// The balancer's lease on the upstream: held while the connection lives (so least
     /// request means least connections), told whether connecting worked.
     lease: Option<flowgate_lb::Lease>,
+    /// Told when the connection is up, if someone asked.
+    dialed: Option<Dialed>,
 }
 
 impl ConnectStream {
@@ -427,6 +513,9 @@ impl Stream for ConnectStream {
                     Poll::Ready(Ok(s)) => {
                         if let Some(l) = &mut this.lease {
                             l.record(flowgate_lb::Outcome::Success);
+                        }
+                        if let Some(d) = this.dialed.take() {
+                            d.notify();
                         }
                         let (r, w) = s.into_split();
                         let now = Instant::now();
@@ -532,6 +621,24 @@ impl Stream for ConnectStream {
 mod tests {
     use super::*;
     use flowgate_pipeline::ConnInfo;
+
+    #[test]
+    fn a_dial_target_in_the_context_wins_when_asked_for() {
+        let c = Connect::to("127.0.0.1:1").target_from_context(true);
+        let cx = Context::new();
+        assert_eq!(c.pick(&cx).unwrap().0, "127.0.0.1:1");
+        cx.insert(DialTarget("example.test:443".into()));
+        assert_eq!(c.pick(&cx).unwrap().0, "example.test:443");
+        let plain = Connect::to("127.0.0.1:1");
+        assert_eq!(plain.pick(&cx).unwrap().0, "127.0.0.1:1");
+        // Configured with only `target_from_context`, a stream without one has no route.
+        let only = ConnectConfig {
+            target_from_context: true,
+            ..Default::default()
+        };
+        let only = Connect::from_config(only, Vec::new());
+        assert!(only.pick(&Context::new()).is_none());
+    }
 
     #[test]
     fn maglev_keys_on_the_client_ip() {

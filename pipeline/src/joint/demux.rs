@@ -31,13 +31,19 @@ impl Default for DemuxOptions {
     }
 }
 
+/// The tail of a `MessageEnd` after which the message's child keeps its input open: the
+/// `Data` events that follow (raw bytes after an HTTP/1 Upgrade, say) go to the same child,
+/// until the next `MessageStart` or the end of the input closes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Continued;
+
 /// Starts one sub-pipeline per input message and sends the replies back in request order.
 ///
 /// Each message (`MessageStart Data* MessageEnd`) becomes the whole input of a new child
 /// stream with a child context. Children run concurrently; the output is the front child's
 /// output until that child ends, then the next one's, so replies keep the order of requests
 /// (HTTP/1 pipelining). A child that ends with an error ends the demux with that error.
-/// Data outside a message is dropped.
+/// Data outside a message is dropped, except after a message whose tail is [`Continued`].
 pub struct Demux {
     target: SubPipeline,
     opts: DemuxOptions,
@@ -160,6 +166,11 @@ impl DemuxStream {
                     f.push(ev);
                 }
             }
+            Event::MessageEnd(ref t) if t.get::<Continued>().is_some() => {
+                if let Some(f) = &self.feeding {
+                    f.push(ev);
+                }
+            }
             Event::MessageEnd(_) => {
                 if let Some(f) = self.feeding.take() {
                     f.push(ev);
@@ -217,5 +228,36 @@ impl Stream for DemuxStream {
             }
             return Poll::Pending;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{data_of, kinds_of, run_blocking};
+    use crate::{Head, Pipeline, Tail};
+
+    fn message_then_raw(tail: Tail) -> Vec<Event> {
+        vec![
+            Event::MessageStart(Head::empty()),
+            Event::MessageEnd(tail),
+            "raw".into(),
+            Event::END,
+        ]
+    }
+
+    #[test]
+    fn data_after_a_continued_end_reaches_the_same_child() {
+        let echo = Pipeline::builder("echo").build().unwrap();
+        let demux = Demux::new(echo);
+        let out = run_blocking(&demux, message_then_raw(Tail::new(Continued)));
+        assert_eq!(data_of(&out), b"raw");
+        assert_eq!(
+            kinds_of(&out),
+            ["MessageStart", "MessageEnd", "Data", "StreamEnd"]
+        );
+        // Without the marker the child's input ends with the message: the bytes are dropped.
+        let out = run_blocking(&demux, message_then_raw(Tail::none()));
+        assert!(data_of(&out).is_empty());
     }
 }

@@ -16,7 +16,7 @@ mod mux;
 mod pipe;
 
 pub use branch::{Branch, Condition};
-pub use demux::{Demux, DemuxOptions};
+pub use demux::{Continued, Demux, DemuxOptions};
 pub use fork::{Fork, ForkMode};
 pub use mux::{Mux, MuxOptions};
 pub use pipe::Pipe;
