@@ -244,7 +244,7 @@ pub fn parse(
 /// Errors from inside a filter's options pass through a type-erased deserializer, which keeps
 /// their precise position only in the text (`… at line 10, column 9`). Take the innermost
 /// position from the text and return the message without the positions.
-fn split_position(text: &str) -> (Option<(u64, u64)>, String) {
+pub(crate) fn split_position(text: &str) -> (Option<(u64, u64)>, String) {
     let first = text.lines().next().unwrap_or("invalid configuration");
     let mut msg = first.strip_prefix("error: ").unwrap_or(first);
     // A leading "line 9 column 9: " is the outer, less precise position.

@@ -4,7 +4,7 @@
 //! Flomesh stack (Pipy, FSM/OSM, FLB), plus the thin binaries built from them.
 //!
 //! This facade re-exports the crates and holds the YAML [`config`] loader that the
-//! `flowgate` binary runs:
+//! `flowgate` binary runs (and the `gateway` compiler that `flowgate-gateway` runs):
 //!
 //! - [`pipeline`] — events, filters, joint filters, listeners, workers, hot reload.
 //! - [`filters`] — the standard filter library (`net`: connect, TLS, PROXY protocol, …).
@@ -25,6 +25,8 @@
 //! ```
 
 pub mod config;
+#[cfg(all(feature = "http", feature = "net"))]
+pub mod gateway;
 pub mod runner;
 
 pub use flowgate_filters as filters;

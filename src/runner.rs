@@ -9,7 +9,7 @@ use flowgate_pipeline::registry::Registry;
 use flowgate_pipeline::server::{Server, ServerError};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::config::{self, ConfigFileError};
+use crate::config::{self, Config, ConfigFileError};
 
 /// How long a changed file must stay the same before it is reloaded.
 const SETTLE: Duration = Duration::from_millis(200);
@@ -46,9 +46,18 @@ impl Default for RunOptions {
     }
 }
 
+/// Loads a configuration file into listeners and pipelines (the first load and every
+/// reload).
+pub type Loader = dyn Fn(&Path) -> Result<Config, ConfigFileError>;
+
 /// Runs the configuration in `path` until SIGTERM or SIGINT, then drains.
 pub fn run(path: &Path, registry: Arc<Registry>, opts: RunOptions) -> Result<(), RunError> {
-    let cfg = config::load_with(path, &registry)?;
+    run_with(path, &move |p: &Path| config::load_with(p, &registry), opts)
+}
+
+/// Like [`run`], with the file read by `load` (the gateway binary passes its compiler).
+pub fn run_with(path: &Path, load: &Loader, opts: RunOptions) -> Result<(), RunError> {
+    let cfg = load(path)?;
     let mut builder = Server::builder().drain_timeout(cfg.drain_timeout);
     if let Some(n) = opts.workers.or(cfg.workers) {
         builder = builder.workers(n);
@@ -76,7 +85,7 @@ pub fn run(path: &Path, registry: Arc<Registry>, opts: RunOptions) -> Result<(),
             tokio::select! {
                 _ = hup.recv() => {
                     last = std::fs::read(&path).ok();
-                    reload(&server, &path, &registry, "SIGHUP");
+                    reload(&server, &path, load, "SIGHUP");
                 }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
@@ -88,7 +97,7 @@ pub fn run(path: &Path, registry: Arc<Registry>, opts: RunOptions) -> Result<(),
                         tokio::time::sleep(SETTLE).await;
                         if std::fs::read(&path).ok() == now {
                             last = now;
-                            reload(&server, &path, &registry, "file change");
+                            reload(&server, &path, load, "file change");
                         }
                     }
                 }
@@ -105,8 +114,8 @@ pub fn run(path: &Path, registry: Arc<Registry>, opts: RunOptions) -> Result<(),
 }
 
 /// Loads the file again and applies it; a bad file keeps the running configuration.
-fn reload(server: &Server, path: &Path, registry: &Arc<Registry>, why: &str) {
-    match config::load_with(path, registry) {
+fn reload(server: &Server, path: &Path, load: &Loader, why: &str) {
+    match load(path) {
         Err(e) => {
             tracing::error!(reason = why, error = %e, "reload refused; the running configuration stays")
         }

@@ -1,0 +1,590 @@
+//! `balance-http`: per-request load balancing over a group of HTTP/1.1 upstreams, with
+//! pooled keep-alive connections per endpoint.
+//!
+//! `connect` with `balance:` picks an upstream per *connection*; behind `mux-http` that
+//! spreads pooled connections, not requests. `balance-http` picks per *request*: when a
+//! request head arrives it asks a [`flowgate_lb::Balancer`] for an endpoint (the
+//! algorithm, weights, health and outlier state all come from flowgate-lb), holds the
+//! [`Lease`] until the response has ended (so least request counts requests in flight and
+//! peak-EWMA sees response times), and sends the request through that endpoint's own
+//! connection pool — a [`MuxHttp`] over `[connect]` per endpoint, so keep-alive
+//! connections are reused per endpoint, never shared between endpoints.
+//!
+//! ```text
+//!  request ─▶ balance-http ─ pick(key) ─▶ pool of 10.0.0.1:80 (mux-http → connect) ─▶ response
+//!                  │                  └─▶ pool of 10.0.0.2:80 (mux-http → connect)
+//!                  └─ lease: in flight until the response ends; its outcome (status,
+//!                     connect failure, timeout) feeds outlier detection
+//! ```
+//!
+//! ```yaml
+//! - balance-http:
+//!     targets: [127.0.0.1:8001, { address: 127.0.0.1:8002, weight: 3 }]
+//!     balance: { algorithm: { type: weighted_round_robin }, outlier: { consecutive_connect_failures: 1 } }
+//!     hash_on: { header: x-user }        # or client_ip (default), path
+//!     health_check: { probe: { type: http, path: /health }, interval: 2s }
+//!     connect_timeout: 2s
+//! ```
+//!
+//! Hash algorithms (`ring_hash`, `maglev`) and sticky sessions key on `hash_on`: the
+//! client's IP by default, or a request header (falling back to the client's IP when the
+//! request has no such header), or the path. The picked address is stored in the request's
+//! [`Context`] as [`PickedUpstream`]. When no endpoint is eligible the request is answered
+//! with 503. Put `balance-http` inside a `retry` pipeline to retry on another pick.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context as TaskCx, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use flowgate_lb::health::{HealthCheckConfig, HealthChecker};
+use flowgate_lb::{Algorithm, Backend, Balancer, BalancerConfig, Lease, Outcome};
+use flowgate_pipeline::joint::MuxOptions;
+use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig};
+use flowgate_pipeline::{
+    Context, Description, ErrorKind, Event, Events, Filter, Head, Pipeline, Side, StreamError,
+    SubPipeline, Tail,
+};
+use futures_core::Stream;
+use futures_util::StreamExt;
+use http::{HeaderName, StatusCode, request, response};
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::{LimitsConfig, MuxHttp};
+use crate::net::{Connect, Refresher};
+
+/// One endpoint of a `balance-http` group: `IP:port`, or `{ address, weight }`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BalanceTarget {
+    /// The endpoint's address (`IP:port`).
+    pub address: SocketAddr,
+    /// Its weight for weighted algorithms (1 to 10000). Default 1.
+    pub weight: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetFields {
+    address: SocketAddr,
+    #[serde(default = "one")]
+    weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl<'de> Deserialize<'de> for BalanceTarget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BalanceTarget;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`IP:port` or `{ address: IP:port, weight: N }`")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<BalanceTarget, E> {
+                let address = s.parse().map_err(|_| {
+                    E::custom(format!("`{s}` is not `IP:port` (names are not resolved)"))
+                })?;
+                Ok(BalanceTarget { address, weight: 1 })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<BalanceTarget, A::Error> {
+                let t = TargetFields::deserialize(de::value::MapAccessDeserializer::new(m))?;
+                Ok(BalanceTarget {
+                    address: t.address,
+                    weight: t.weight,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// What hash algorithms and sticky sessions key on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum HashOn {
+    /// The client's IP address (default).
+    #[default]
+    ClientIp,
+    /// A request header's value; requests without it key on the client's IP.
+    Header(String),
+    /// The request path (without the query).
+    Path,
+}
+
+/// `balance-http:` — see the [module docs](self).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalanceHttpConfig {
+    /// The endpoints: at least one, no address twice.
+    pub targets: Vec<BalanceTarget>,
+    /// flowgate-lb's settings: the algorithm (default round robin), outlier detection,
+    /// slow start, sticky sessions.
+    #[serde(default = "d_balance")]
+    pub balance: BalancerConfig,
+    /// What hash algorithms key on. Default `client_ip`.
+    #[serde(default)]
+    pub hash_on: HashOn,
+    /// Active health checks (TCP or HTTP probes); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckConfig>,
+    /// How long connecting to an endpoint may take. Default 5 s.
+    #[serde(default = "d_connect", with = "flowgate_pipeline::serde_duration")]
+    pub connect_timeout: Duration,
+    /// Close a pooled upstream connection idle this long. Default 60 s.
+    #[serde(default = "d_idle", with = "flowgate_pipeline::serde_duration")]
+    pub max_idle: Duration,
+    /// Requests per upstream connection before it is retired (0: no limit). Default 0.
+    #[serde(default)]
+    pub max_requests: u64,
+    /// Limits on responses.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+fn d_balance() -> BalancerConfig {
+    BalancerConfig::new(Algorithm::RoundRobin)
+}
+fn d_connect() -> Duration {
+    Duration::from_secs(5)
+}
+fn d_idle() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl BalanceHttpConfig {
+    /// A group over `targets` with every other setting at its default.
+    pub fn new(targets: Vec<BalanceTarget>) -> Self {
+        BalanceHttpConfig {
+            targets,
+            balance: d_balance(),
+            hash_on: HashOn::default(),
+            health_check: None,
+            connect_timeout: d_connect(),
+            max_idle: d_idle(),
+            max_requests: 0,
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl FilterConfig for BalanceHttpConfig {
+    fn build(self: Box<Self>, _cx: &BuildContext) -> Result<Arc<dyn Filter>, ConfigError> {
+        Ok(Arc::new(BalanceHttp::new(*self)?))
+    }
+}
+
+/// The endpoint `balance-http` picked for this request, stored in the request's
+/// [`Context`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PickedUpstream(pub SocketAddr);
+
+/// Per-request load balancing with a keep-alive pool per endpoint; see the
+/// [module docs](self).
+pub struct BalanceHttp {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: BalanceHttpConfig,
+    lb: Balancer,
+    pools: HashMap<SocketAddr, MuxHttp>,
+    hash_header: Option<HeaderName>,
+    refresher: Refresher,
+    health_started: AtomicBool,
+}
+
+impl BalanceHttp {
+    /// Builds the balancer and one connection pool per endpoint; errors name the field.
+    pub fn new(config: BalanceHttpConfig) -> Result<Self, ConfigError> {
+        if config.targets.is_empty() {
+            return Err(ConfigError::new("targets", "list at least one endpoint"));
+        }
+        let mut backends = Vec::with_capacity(config.targets.len());
+        let mut pools = HashMap::with_capacity(config.targets.len());
+        let opts = MuxOptions {
+            max_idle: config.max_idle,
+            max_queue: 1,
+            max_messages: config.max_requests,
+            ..MuxOptions::default()
+        };
+        if config.connect_timeout.is_zero() || config.max_idle.is_zero() {
+            return Err(ConfigError::new(
+                "connect_timeout",
+                "`connect_timeout` and `max_idle` must be more than zero",
+            ));
+        }
+        for (i, t) in config.targets.iter().enumerate() {
+            if t.weight == 0 || t.weight > 10_000 {
+                return Err(ConfigError::new(
+                    format!("targets[{i}].weight"),
+                    "must be between 1 and 10000",
+                ));
+            }
+            if pools.contains_key(&t.address) {
+                return Err(ConfigError::new(
+                    format!("targets[{i}]"),
+                    format!("`{}` is listed twice", t.address),
+                ));
+            }
+            let conn = Pipeline::builder(format!("balance-http-conn-{}", t.address))
+                .filter(Connect::to(t.address.to_string()).connect_timeout(config.connect_timeout))
+                .build()
+                .map_err(|e| ConfigError::new(format!("targets[{i}]"), e))?;
+            let pool = MuxHttp::new(SubPipeline::from(conn), config.limits.limits(), opts)
+                .map_err(|e| ConfigError::new(format!("targets[{i}]"), e))?;
+            pools.insert(t.address, pool);
+            backends.push(Backend::new(t.address).weight(t.weight));
+        }
+        let lb =
+            Balancer::new(config.balance.clone()).map_err(|e| ConfigError::new("balance", e))?;
+        lb.set_backends(backends);
+        if let Some(hc) = &config.health_check {
+            HealthChecker::new(lb.clone(), hc.clone())
+                .map_err(|e| ConfigError::new("health_check", e))?;
+        }
+        let hash_header = match &config.hash_on {
+            HashOn::Header(h) => Some(
+                HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|e| ConfigError::new("hash_on.header", e))?,
+            ),
+            _ => None,
+        };
+        Ok(BalanceHttp {
+            inner: Arc::new(Inner {
+                config,
+                lb,
+                pools,
+                hash_header,
+                refresher: Refresher::new(),
+                health_started: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The balancer, to inspect endpoint state or mark endpoints up and down.
+    pub fn balancer(&self) -> &Balancer {
+        &self.inner.lb
+    }
+
+    /// Starts the active health checks once, on the current runtime. The task ends when
+    /// the filter is dropped (after a reload).
+    fn start_health_checks(&self) {
+        let Some(cfg) = self.inner.config.health_check.clone() else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_err()
+            || self.inner.health_started.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut checker: Option<HealthChecker> = None;
+            loop {
+                let Some(inner) = weak.upgrade() else { break };
+                if checker.is_none() {
+                    checker = HealthChecker::new(inner.lb.clone(), cfg.clone()).ok();
+                }
+                drop(inner);
+                let Some(c) = checker.as_mut() else { break };
+                c.round().await;
+                tokio::time::sleep(cfg.interval).await;
+            }
+        });
+    }
+}
+
+impl Inner {
+    fn key(&self, cx: &Context, head: &request::Parts) -> u64 {
+        let from_header = self
+            .hash_header
+            .as_ref()
+            .and_then(|h| head.headers.get(h))
+            .map(|v| flowgate_lb::hash::hash_key(v.as_bytes()));
+        if let Some(k) = from_header {
+            return k;
+        }
+        if self.config.hash_on == HashOn::Path {
+            return flowgate_lb::hash::hash_key(head.uri.path().as_bytes());
+        }
+        match cx.conn().peer.map(|p| p.ip()) {
+            Some(std::net::IpAddr::V4(ip)) => flowgate_lb::hash::hash_key(&ip.octets()),
+            Some(std::net::IpAddr::V6(ip)) => flowgate_lb::hash::hash_key(&ip.octets()),
+            None => 0,
+        }
+    }
+}
+
+impl Filter for BalanceHttp {
+    fn describe(&self) -> Description {
+        Description::filter("balance-http").options(&self.inner.config)
+    }
+
+    fn attach(&self, input: Events, cx: &Context) -> Events {
+        self.start_health_checks();
+        Box::pin(BalanceStream {
+            inner: self.inner.clone(),
+            cx: cx.clone(),
+            state: State::Waiting(input),
+            ready: VecDeque::new(),
+        })
+    }
+}
+
+enum State {
+    /// Waiting for the request head.
+    Waiting(Events),
+    /// No endpoint: reading the request to its end, then answering 503.
+    Refusing(Events),
+    /// The request is on its way through an endpoint's pool.
+    Running {
+        out: Events,
+        lease: Option<Lease>,
+    },
+    Done,
+}
+
+struct BalanceStream {
+    inner: Arc<Inner>,
+    cx: Context,
+    state: State,
+    ready: VecDeque<Event>,
+}
+
+/// How a failed try counts for outlier detection.
+fn outcome_of(e: &StreamError) -> Outcome {
+    match (e.side(), e.kind()) {
+        (_, ErrorKind::ConnectFailed) => Outcome::ConnectFailure,
+        (Side::Upstream, ErrorKind::ConnectTimeout | ErrorKind::IdleTimeout) => Outcome::Timeout,
+        (Side::Upstream, _) => Outcome::Status(502),
+        _ => Outcome::Unknown,
+    }
+}
+
+fn unavailable() -> [Event; 4] {
+    let body = Bytes::from_static(b"no healthy upstream\n");
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = StatusCode::SERVICE_UNAVAILABLE;
+    parts
+        .headers
+        .insert(http::header::CONTENT_LENGTH, body.len().into());
+    [
+        Event::MessageStart(Head::new::<response::Parts>(parts)),
+        Event::Data(body),
+        Event::MessageEnd(Tail::none()),
+        Event::END,
+    ]
+}
+
+impl BalanceStream {
+    /// The request head arrived: pick an endpoint and start its pool.
+    fn start(&mut self, input: Events, first: Event) {
+        let inner = &self.inner;
+        let key = match &first {
+            Event::MessageStart(h) => h.get::<request::Parts>().map(|p| inner.key(&self.cx, p)),
+            _ => None,
+        };
+        let Some(key) = key else {
+            // Not a request message: nothing to balance.
+            self.ready.push_back(Event::StreamEnd(Some(StreamError::new(
+                ErrorKind::Protocol,
+                Side::Internal,
+            ))));
+            self.state = State::Done;
+            return;
+        };
+        inner.refresher.tick(&inner.lb);
+        let picked = inner
+            .lb
+            .pick(key)
+            .and_then(|l| inner.pools.get(&l.addr()).map(|p| (l, p)));
+        match picked {
+            None => {
+                tracing::debug!("balance-http: no eligible endpoint; answering 503");
+                if first.is_end() {
+                    self.ready.extend(unavailable());
+                    self.state = State::Done;
+                } else {
+                    self.state = State::Refusing(input);
+                }
+            }
+            Some((lease, pool)) => {
+                self.cx.insert(PickedUpstream(lease.addr()));
+                let input: Events = Box::pin(futures_util::stream::iter([first]).chain(input));
+                let out = pool.attach(input, &self.cx);
+                self.state = State::Running {
+                    out,
+                    lease: Some(lease),
+                };
+            }
+        }
+    }
+}
+
+impl Stream for BalanceStream {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, task: &mut TaskCx<'_>) -> Poll<Option<Event>> {
+        let this = &mut *self;
+        loop {
+            if let Some(ev) = this.ready.pop_front() {
+                return Poll::Ready(Some(ev));
+            }
+            match &mut this.state {
+                State::Done => return Poll::Ready(None),
+                State::Waiting(input) => {
+                    let first = match input.as_mut().poll_next(task) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(ev) => ev.unwrap_or(Event::END),
+                    };
+                    if let Event::StreamEnd(_) = first {
+                        this.state = State::Done;
+                        return Poll::Ready(Some(first));
+                    }
+                    let State::Waiting(input) = std::mem::replace(&mut this.state, State::Done)
+                    else {
+                        return Poll::Ready(None);
+                    };
+                    this.start(input, first);
+                }
+                State::Refusing(input) => match input.as_mut().poll_next(task) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Event::StreamEnd(Some(e)))) => {
+                        this.state = State::Done;
+                        return Poll::Ready(Some(Event::StreamEnd(Some(e))));
+                    }
+                    Poll::Ready(Some(Event::MessageEnd(_) | Event::StreamEnd(None)) | None) => {
+                        this.ready.extend(unavailable());
+                        this.state = State::Done;
+                    }
+                    Poll::Ready(Some(_)) => {}
+                },
+                State::Running { out, lease } => {
+                    let ev = match out.as_mut().poll_next(task) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(ev) => ev.unwrap_or(Event::END),
+                    };
+                    match &ev {
+                        Event::MessageStart(h) => {
+                            if let (Some(l), Some(p)) = (lease.as_mut(), h.get::<response::Parts>())
+                            {
+                                l.record(Outcome::Status(p.status.as_u16()));
+                            }
+                        }
+                        // The response is complete: the request no longer counts as in
+                        // flight.
+                        Event::MessageEnd(_) => drop(lease.take()),
+                        Event::StreamEnd(e) => {
+                            if let (Some(l), Some(e)) = (lease.as_mut(), e) {
+                                l.record(outcome_of(e));
+                            }
+                            drop(lease.take());
+                            this.state = State::Done;
+                        }
+                        Event::Data(_) => {}
+                    }
+                    return Poll::Ready(Some(ev));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<BalanceHttpConfig, String> {
+        serde_json::from_str(yaml).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn targets_as_strings_or_maps() {
+        let c = parse(
+            r#"{"targets": ["127.0.0.1:1", {"address": "127.0.0.1:2", "weight": 3}],
+                "hash_on": {"header": "x-user"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.targets[0].weight, 1);
+        assert_eq!(c.targets[1].weight, 3);
+        assert_eq!(c.hash_on, HashOn::Header("x-user".into()));
+        assert_eq!(c.balance.algorithm, Algorithm::RoundRobin);
+        let e = parse(r#"{"targets": ["localhost:1"]}"#).unwrap_err();
+        assert!(e.contains("is not `IP:port`"), "{e}");
+        let e = parse(r#"{"targets": [{"address": "127.0.0.1:2", "wieght": 3}]}"#).unwrap_err();
+        assert!(e.contains("wieght"), "{e}");
+    }
+
+    #[test]
+    fn bad_groups_name_the_field() {
+        let build = |c: BalanceHttpConfig| BalanceHttp::new(c).err().unwrap().field;
+        assert_eq!(build(BalanceHttpConfig::new(vec![])), "targets");
+        let t = |p: u16, weight: u32| BalanceTarget {
+            address: SocketAddr::from(([127, 0, 0, 1], p)),
+            weight,
+        };
+        assert_eq!(
+            build(BalanceHttpConfig::new(vec![t(1, 1), t(1, 2)])),
+            "targets[1]"
+        );
+        assert_eq!(
+            build(BalanceHttpConfig::new(vec![t(1, 0)])),
+            "targets[0].weight"
+        );
+        let mut c = BalanceHttpConfig::new(vec![t(1, 1)]);
+        c.hash_on = HashOn::Header("bad header".into());
+        assert_eq!(build(c), "hash_on.header");
+    }
+
+    #[test]
+    fn keys_follow_hash_on() {
+        let t = BalanceTarget {
+            address: SocketAddr::from(([127, 0, 0, 1], 1)),
+            weight: 1,
+        };
+        let mut c = BalanceHttpConfig::new(vec![t]);
+        c.hash_on = HashOn::Header("x-user".into());
+        let b = BalanceHttp::new(c).unwrap();
+        let cx = Context::with_conn(flowgate_pipeline::ConnInfo {
+            peer: Some("10.0.0.1:5000".parse().unwrap()),
+            ..Default::default()
+        });
+        let req = |user: Option<&str>| {
+            let mut r = http::Request::get("/a");
+            if let Some(u) = user {
+                r = r.header("x-user", u);
+            }
+            r.body(()).unwrap().into_parts().0
+        };
+        let (a, a2, b2) = (
+            b.inner.key(&cx, &req(Some("alice"))),
+            b.inner.key(&cx, &req(Some("alice"))),
+            b.inner.key(&cx, &req(Some("bob"))),
+        );
+        assert_eq!(a, a2);
+        assert_ne!(a, b2);
+        let ip = flowgate_lb::hash::hash_key(&[10, 0, 0, 1]);
+        assert_eq!(b.inner.key(&cx, &req(None)), ip, "falls back to the IP");
+    }
+
+    #[test]
+    fn outcomes_of_failures() {
+        let e = StreamError::new(ErrorKind::ConnectFailed, Side::Upstream);
+        assert_eq!(outcome_of(&e), Outcome::ConnectFailure);
+        let e = StreamError::new(ErrorKind::ConnectTimeout, Side::Upstream);
+        assert_eq!(outcome_of(&e), Outcome::Timeout);
+        let e = StreamError::new(ErrorKind::ConnectionReset, Side::Upstream);
+        assert_eq!(outcome_of(&e), Outcome::Status(502));
+        let e = StreamError::new(ErrorKind::ConnectionReset, Side::Downstream);
+        assert_eq!(outcome_of(&e), Outcome::Unknown);
+    }
+}
