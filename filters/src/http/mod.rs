@@ -59,6 +59,8 @@
 //! ```
 
 mod access_log;
+#[cfg(feature = "net")]
+mod balance;
 mod client;
 mod codec;
 mod cors;
@@ -66,6 +68,8 @@ mod detect;
 mod http2;
 
 pub use access_log::AccessLogFormat;
+#[cfg(feature = "net")]
+pub use balance::{BalanceHttp, BalanceHttpConfig, BalanceTarget, HashOn, PickedUpstream};
 pub use http2::{H2ConnError, Http2Config};
 mod retry;
 mod rewrite;
@@ -99,7 +103,7 @@ use serde::{Deserialize, Serialize};
 pub use codec::Trailers;
 
 /// Registers `demux-http`, `mux-http`, `respond`, `route`, `headers`, `rewrite`, `redirect`,
-/// `retry` and `cors`.
+/// `retry`, `cors` and (with the `net` feature) `balance-http`.
 pub fn register(r: &mut Registry) {
     r.register::<DemuxHttpConfig>("demux-http");
     r.register::<MuxHttpConfig>("mux-http");
@@ -111,6 +115,8 @@ pub fn register(r: &mut Registry) {
     r.register::<RedirectConfig>("redirect");
     r.register::<RetryConfig>("retry");
     r.register::<CorsConfig>("cors");
+    #[cfg(feature = "net")]
+    r.register::<BalanceHttpConfig>("balance-http");
 }
 
 /// Limits on what an HTTP/1 peer may send, in configuration form.
