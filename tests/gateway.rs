@@ -465,3 +465,37 @@ fn check_prints_the_pipelines_and_names_bad_fields_and_sighup_reloads() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(curl(&[&url]).1, "two\n");
 }
+
+#[test]
+fn the_example_gateway_file_runs() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/configs/gateway.yaml"),
+    )
+    .unwrap();
+    let (web, a, b) = (free_port(), free_port(), free_port());
+    // The gateway proxies to its own listeners, so its pooled upstream connections are live
+    // connections too: drain briefly on stop.
+    let text = format!("drain_timeout: 1s\n{text}")
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{web}"))
+        .replace("127.0.0.1:8001", &format!("127.0.0.1:{a}"))
+        .replace("127.0.0.1:8002", &format!("127.0.0.1:{b}"));
+    let dir = TempDir::new("gw-example");
+    let _gw = gateway(&dir, &text, web);
+    wait_port(a);
+    wait_port(b);
+    let urls: Vec<String> = (0..6)
+        .map(|i| format!("http://127.0.0.1:{web}/api/{i}"))
+        .collect();
+    let (lines, _) = curl_lines(&["-f"], &urls);
+    let mut counts = BTreeMap::new();
+    for l in &lines {
+        *counts.entry(l.as_str()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        counts,
+        BTreeMap::from([("hello from a", 2), ("hello from b", 4)]),
+        "{lines:?}"
+    );
+    let (ok, out, _) = curl(&[&format!("http://127.0.0.1:{web}/health")]);
+    assert!(ok && out == "ok\n", "{out}");
+}
