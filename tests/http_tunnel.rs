@@ -425,3 +425,64 @@ fn a_slow_upstream_gets_504_at_the_deadline() {
     let stderr = fg.stop();
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn an_idle_tunnel_is_closed_after_the_tunnel_idle_timeout() {
+    let dir = TempDir::new("connect-idle");
+    let echo = Echo::start(None);
+    let p = free_port();
+    let cfg = dir.write(
+        "connect.yaml",
+        &format!(
+            "listeners:\n  - listen: 127.0.0.1:{p}\n    pipeline: main\n\
+             pipelines:\n  main:\n    - demux-http: {{ pipeline: request, tunnel_idle_timeout: 1s, connect: {{ pipeline: tunnel, ports: [{e}] }} }}\n\
+             \x20 request:\n    - respond: {{ status: 404 }}\n\
+             \x20 tunnel:\n    - connect: {{ target_from_context: true }}\n",
+            e = echo.port
+        ),
+    );
+    let _fg = flowgate_run(&cfg, &[p]);
+    let mut c = TcpStream::connect(("127.0.0.1", p)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        c,
+        "CONNECT 127.0.0.1:{e} HTTP/1.1\r\nHost: x\r\n\r\n",
+        e = echo.port
+    )
+    .unwrap();
+    let mut buf = [0u8; 256];
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(c.read(&mut buf[..1]).unwrap(), 1);
+        head.push(buf[0]);
+        assert!(head.len() < 4096);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"));
+    let mut got = Vec::new();
+    // Activity keeps it open: a ping every 400 ms for 2 s.
+    for i in 1..=5 {
+        c.write_all(b"ping").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got.len() < 4 * i && Instant::now() < deadline {
+            let n = c.read(&mut buf).unwrap();
+            assert!(
+                n > 0,
+                "closed while active: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    // Then silence: closed about a second later.
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).unwrap();
+    let took = started.elapsed();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_eq!(got, b"ping".repeat(5));
+    assert!(
+        took > Duration::from_millis(300) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+}

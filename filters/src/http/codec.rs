@@ -548,3 +548,159 @@ impl Transform for EncodeResponses {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+
+    fn decoder(switch: &Arc<Switch>, upgrade: UpgradeConfig) -> DecodeRequests {
+        DecodeRequests::new(Limits::default(), None, switch.clone(), Arc::new(upgrade))
+    }
+
+    fn feed(d: &mut DecodeRequests, bytes: &'static [u8]) -> Vec<Event> {
+        let mut out = Vec::new();
+        d.on_event(Event::Data(Bytes::from_static(bytes)), &mut |e| out.push(e));
+        out
+    }
+
+    fn upgraded(switch: &Switch) -> Poll<bool> {
+        switch.poll_upgraded(&mut TaskCx::from_waker(Waker::noop()))
+    }
+
+    const WS: &[u8] = b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n";
+
+    #[test]
+    fn an_upgrade_request_waits_for_its_response_then_goes_raw() {
+        let switch = Arc::new(Switch::default());
+        let mut d = decoder(&switch, UpgradeConfig::default());
+        let mut req = WS.to_vec();
+        req.extend_from_slice(b"\x81\x05early");
+        let out = feed(&mut d, Box::leak(req.into_boxed_slice()));
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(matches!(&out[1], Event::MessageEnd(t) if t.get::<Continued>().is_some()));
+        assert_eq!(d.mode, Mode::Await);
+        assert!(upgraded(&switch).is_pending());
+        // Bytes that arrive meanwhile wait; they are not parsed as a request.
+        assert!(feed(&mut d, b"GET / HTTP/1.1\r\n\r\n").is_empty());
+        assert_eq!(
+            switch.on_response(1, StatusCode::SWITCHING_PROTOCOLS),
+            Verdict::Tunnel
+        );
+        assert_eq!(upgraded(&switch), Poll::Ready(true));
+        let mut out = Vec::new();
+        d.resume(true, &mut |e| out.push(e));
+        assert!(
+            matches!(&out[..], [Event::Data(b)] if &b[..] == b"\x81\x05earlyGET / HTTP/1.1\r\n\r\n")
+        );
+        assert!(matches!(&feed(&mut d, b"more")[..], [Event::Data(b)] if b == "more"));
+        let mut out = Vec::new();
+        d.on_event(Event::END, &mut |e| out.push(e));
+        assert_eq!(flowgate_pipeline::testing::kinds_of(&out), ["StreamEnd"]);
+    }
+
+    #[test]
+    fn a_refused_upgrade_goes_back_to_http() {
+        let switch = Arc::new(Switch::default());
+        let mut d = decoder(&switch, UpgradeConfig::default());
+        feed(&mut d, WS);
+        assert!(feed(&mut d, b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n").is_empty());
+        assert_eq!(switch.on_response(1, StatusCode::OK), Verdict::Plain);
+        assert_eq!(upgraded(&switch), Poll::Ready(false));
+        let mut out = Vec::new();
+        d.resume(false, &mut |e| out.push(e));
+        let Some(Event::MessageStart(h)) = out.first() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(h.get::<request::Parts>().unwrap().uri.path(), "/next");
+        assert_eq!(d.mode, Mode::Http);
+    }
+
+    #[test]
+    fn an_upgrade_not_allowed_loses_its_upgrade_field() {
+        let switch = Arc::new(Switch::default());
+        let mut d = decoder(
+            &switch,
+            UpgradeConfig {
+                enabled: true,
+                protocols: vec!["h2c".into()],
+            },
+        );
+        let out = feed(&mut d, WS);
+        let Some(Event::MessageStart(h)) = out.first() else {
+            panic!("{out:?}")
+        };
+        assert!(
+            !h.get::<request::Parts>()
+                .unwrap()
+                .headers
+                .contains_key(UPGRADE)
+        );
+        assert!(matches!(&out[1], Event::MessageEnd(t) if t.get::<Continued>().is_none()));
+        assert_eq!(d.mode, Mode::Http);
+        // Its response is an ordinary one.
+        assert_eq!(
+            switch.on_response(1, StatusCode::SWITCHING_PROTOCOLS),
+            Verdict::Plain
+        );
+    }
+
+    fn encode(switch: &Arc<Switch>, evs: Vec<Event>) -> (Vec<u8>, Vec<&'static str>) {
+        let mut e = EncodeResponses::new(None, switch.clone());
+        let mut out = Vec::new();
+        for ev in evs {
+            e.on_event(ev, &mut |x| out.push(x));
+        }
+        (
+            flowgate_pipeline::testing::data_of(&out),
+            flowgate_pipeline::testing::kinds_of(&out),
+        )
+    }
+
+    fn head(status: StatusCode) -> Event {
+        super::tunnel::response(status)
+    }
+
+    #[test]
+    fn connect_responses_tunnel_or_close() {
+        let switch = Arc::new(Switch::default());
+        switch.mark(1, Special::Connect);
+        let (bytes, kinds) = encode(
+            &switch,
+            vec![
+                head(StatusCode::OK),
+                "raw".into(),
+                Event::MessageEnd(Tail::none()),
+            ],
+        );
+        assert_eq!(bytes, b"HTTP/1.1 200 OK\r\n\r\nraw");
+        // The head goes out at once (the client waits for it before it speaks), and the
+        // stream ends with the tunnel.
+        assert_eq!(kinds, ["Data", "Data", "StreamEnd"]);
+        switch.mark(1, Special::Connect);
+        let (bytes, kinds) = encode(
+            &switch,
+            vec![head(StatusCode::FORBIDDEN), Event::MessageEnd(Tail::none())],
+        );
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+        assert!(text.contains("connection: close\r\n"), "{text}");
+        assert_eq!(kinds.last(), Some(&"StreamEnd"));
+        // An ordinary response on a connection with no special request: chunked, no end.
+        let plain = Arc::new(Switch::default());
+        let (bytes, kinds) = encode(
+            &plain,
+            vec![
+                head(StatusCode::OK),
+                "x".into(),
+                Event::MessageEnd(Tail::none()),
+            ],
+        );
+        assert!(
+            String::from_utf8(bytes)
+                .unwrap()
+                .contains("transfer-encoding: chunked")
+        );
+        assert!(!kinds.contains(&"StreamEnd"));
+    }
+}

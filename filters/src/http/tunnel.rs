@@ -590,6 +590,7 @@ impl StageStream {
                 activity: d.activity,
                 timer: None,
             });
+            self.arm();
         }
     }
 
@@ -749,5 +750,136 @@ impl Stream for StageStream {
             }
             return Poll::Pending;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(upgrade: &str) -> request::Parts {
+        let (parts, ()) = http::Request::get("/")
+            .header("connection", "Upgrade")
+            .header("upgrade", upgrade)
+            .body(())
+            .unwrap()
+            .into_parts();
+        parts
+    }
+
+    #[test]
+    fn upgrade_policy() {
+        let any = UpgradeConfig::default();
+        assert!(wants_upgrade(&req("websocket")) && any.allows(&req("websocket")));
+        let ws = UpgradeConfig {
+            enabled: true,
+            protocols: vec!["WebSocket".into()],
+        };
+        assert!(ws.allows(&req("websocket/13")));
+        assert!(!ws.allows(&req("h2c")));
+        assert!(!ws.allows(&req("websocket, h2c")));
+        let off = UpgradeConfig {
+            enabled: false,
+            protocols: Vec::new(),
+        };
+        assert!(!off.allows(&req("websocket")));
+        let bad = UpgradeConfig {
+            enabled: true,
+            protocols: vec!["web socket".into()],
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "upgrade.protocols[0]");
+        // Upgrade without `upgrade` in Connection, or over HTTP/1.0, is not a request to switch.
+        let mut p = req("websocket");
+        p.headers
+            .insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+        assert!(!wants_upgrade(&p));
+        let mut p = req("websocket");
+        p.version = Version::HTTP_10;
+        assert!(!wants_upgrade(&p));
+    }
+
+    fn check(c: &HttpConnectConfig, target: &str) -> Result<String, u16> {
+        let (parts, ()) = http::Request::connect(target)
+            .body(())
+            .unwrap()
+            .into_parts();
+        c.check(&parts.uri).map_err(|s| s.as_u16())
+    }
+
+    #[test]
+    fn connect_policy() {
+        let c = HttpConnectConfig {
+            pipeline: "t".into(),
+            ports: d_ports(),
+            hosts: vec!["*.example.com".into(), "10.0.0.1".into(), "::1".into()],
+        };
+        assert!(c.validate().is_ok());
+        assert_eq!(
+            check(&c, "a.example.com:443"),
+            Ok("a.example.com:443".into())
+        );
+        assert_eq!(check(&c, "10.0.0.1:443"), Ok("10.0.0.1:443".into()));
+        assert_eq!(check(&c, "[::1]:443"), Ok("[::1]:443".into()));
+        assert_eq!(check(&c, "example.com:443"), Err(403));
+        assert_eq!(check(&c, "a.example.com:80"), Err(403));
+        assert_eq!(check(&c, "a.example.com"), Err(400));
+        let open = HttpConnectConfig {
+            hosts: Vec::new(),
+            ..c.clone()
+        };
+        assert!(check(&open, "anything.test:443").is_ok());
+        for (bad, field) in [
+            (
+                HttpConnectConfig {
+                    ports: Vec::new(),
+                    ..c.clone()
+                },
+                "connect.ports",
+            ),
+            (
+                HttpConnectConfig {
+                    ports: vec![0],
+                    ..c.clone()
+                },
+                "connect.ports",
+            ),
+            (
+                HttpConnectConfig {
+                    hosts: vec!["a b".into()],
+                    ..c.clone()
+                },
+                "connect.hosts[0]",
+            ),
+            (
+                HttpConnectConfig {
+                    pipeline: String::new(),
+                    ..c.clone()
+                },
+                "connect.pipeline",
+            ),
+        ] {
+            assert_eq!(bad.validate().unwrap_err().field, field);
+        }
+    }
+
+    #[test]
+    fn the_switch_decides_only_for_the_marked_request() {
+        let s = Switch::default();
+        s.mark(3, Special::Upgrade);
+        assert_eq!(
+            s.on_response(2, StatusCode::SWITCHING_PROTOCOLS),
+            Verdict::Plain
+        );
+        assert_eq!(
+            s.on_response(3, StatusCode::SWITCHING_PROTOCOLS),
+            Verdict::Tunnel
+        );
+        // Decided once: a later response is plain.
+        assert_eq!(
+            s.on_response(3, StatusCode::SWITCHING_PROTOCOLS),
+            Verdict::Plain
+        );
+        s.mark(4, Special::Connect);
+        assert_eq!(s.on_response(4, StatusCode::BAD_GATEWAY), Verdict::Close);
     }
 }
