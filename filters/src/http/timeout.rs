@@ -34,7 +34,7 @@ use http::{StatusCode, response};
 use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, Sleep};
 
-/// `timeout:` — see the [module](self) docs.
+/// `timeout:` — see [`Timeout`].
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutConfig {
@@ -62,13 +62,13 @@ impl FilterConfig for TimeoutConfig {
         if self.head.is_zero() {
             return Err(ConfigError::new("head", "must be more than zero"));
         }
-        if let Some(t) = self.total {
-            if t < self.head {
-                return Err(ConfigError::new(
-                    "total",
-                    "must be at least `head` (the head is part of the response)",
-                ));
-            }
+        if let Some(t) = self.total
+            && t < self.head
+        {
+            return Err(ConfigError::new(
+                "total",
+                "must be at least `head` (the head is part of the response)",
+            ));
         }
         Ok(Arc::new(
             Timeout::new(SubPipeline::named(self.pipeline.clone()), self.head).total(self.total),
@@ -88,7 +88,25 @@ pub enum RequestTimedOut {
 }
 
 /// Runs each stream through a sub-pipeline with a deadline for the response head and,
-/// optionally, for the whole response (see the [module](self) docs).
+/// optionally, for the whole response: an overall deadline for a request.
+///
+/// Put it *outside* `retry`: `per_try_timeout` bounds one try, `timeout` bounds them all
+/// (backoffs included). When the head deadline passes before a response head, the
+/// sub-pipeline is dropped and the stream fails with an upstream `IdleTimeout` whose cause
+/// is [`RequestTimedOut`], which `demux-http` answers with 504; when the total deadline
+/// passes after the head, the stream fails the same way and the response is cut off (the
+/// HTTP/1 connection closes, an HTTP/2 stream is reset). A 101 response (a tunnel) is not
+/// bounded by `total`: `demux-http`'s `tunnel_idle_timeout` watches it instead.
+///
+/// ```yaml
+/// pipelines:
+///   request:
+///     - timeout: { pipeline: tries, head: 10s, total: 60s }
+///   tries:
+///     - retry: { pipeline: upstream-call, tries: 3, per_try_timeout: 3s }
+///   upstream-call:
+///     - mux-http: { pipeline: upstream }
+/// ```
 pub struct Timeout {
     sub: SubPipeline,
     head: Duration,

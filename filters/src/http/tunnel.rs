@@ -132,6 +132,15 @@ impl UpgradeConfig {
 
 /// `connect:` of `demux-http` — CONNECT tunnels (off without it).
 ///
+/// A CONNECT whose authority has an allowed port (and host) runs `pipeline` with the
+/// client's raw bytes as input and the authority in its context (a `DialTarget`, with a
+/// `Dialed` signal, from `flowgate_filters::net`); `connect: { target_from_context: true }`
+/// dials it. The client gets 200 once the connection is up, 502 (504 on a connect
+/// timeout) if the pipeline fails first, 403 for a target not allowed, 400 for a malformed
+/// authority, and 405 when `demux-http` has no `connect` block; after a refusal the
+/// connection closes. CONNECT over HTTP/2 (and RFC 8441 extended CONNECT) is answered
+/// with 501.
+///
 /// ```yaml
 /// connect: { pipeline: tunnel, ports: [443], hosts: ["*.example.com"] }
 /// ```
@@ -676,10 +685,10 @@ impl Stream for StageStream {
             };
             match out.as_mut().poll_next(cx) {
                 Poll::Ready(Some(ev)) => {
-                    if let Some(w) = &this.watch {
-                        if matches!(ev, Event::Data(_)) {
-                            w.activity.touch();
-                        }
+                    if let Some(w) = &this.watch
+                        && matches!(ev, Event::Data(_))
+                    {
+                        w.activity.touch();
                     }
                     if this.dialing.is_some() {
                         match ev {
