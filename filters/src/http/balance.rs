@@ -1,36 +1,7 @@
 //! `balance-http`: per-request load balancing over a group of HTTP/1.1 upstreams, with
 //! pooled keep-alive connections per endpoint.
 //!
-//! `connect` with `balance:` picks an upstream per *connection*; behind `mux-http` that
-//! spreads pooled connections, not requests. `balance-http` picks per *request*: when a
-//! request head arrives it asks a [`flowgate_lb::Balancer`] for an endpoint (the
-//! algorithm, weights, health and outlier state all come from flowgate-lb), holds the
-//! [`Lease`] until the response has ended (so least request counts requests in flight and
-//! peak-EWMA sees response times), and sends the request through that endpoint's own
-//! connection pool — a [`MuxHttp`] over `[connect]` per endpoint, so keep-alive
-//! connections are reused per endpoint, never shared between endpoints.
-//!
-//! ```text
-//!  request ─▶ balance-http ─ pick(key) ─▶ pool of 10.0.0.1:80 (mux-http → connect) ─▶ response
-//!                  │                  └─▶ pool of 10.0.0.2:80 (mux-http → connect)
-//!                  └─ lease: in flight until the response ends; its outcome (status,
-//!                     connect failure, timeout) feeds outlier detection
-//! ```
-//!
-//! ```yaml
-//! - balance-http:
-//!     targets: [127.0.0.1:8001, { address: 127.0.0.1:8002, weight: 3 }]
-//!     balance: { algorithm: { type: weighted_round_robin }, outlier: { consecutive_connect_failures: 1 } }
-//!     hash_on: { header: x-user }        # or client_ip (default), path
-//!     health_check: { probe: { type: http, path: /health }, interval: 2s }
-//!     connect_timeout: 2s
-//! ```
-//!
-//! Hash algorithms (`ring_hash`, `maglev`) and sticky sessions key on `hash_on`: the
-//! client's IP by default, or a request header (falling back to the client's IP when the
-//! request has no such header), or the path. The picked address is stored in the request's
-//! [`Context`] as [`PickedUpstream`]. When no endpoint is eligible the request is answered
-//! with 503. Put `balance-http` inside a `retry` pipeline to retry on another pick.
+//! See [`BalanceHttp`].
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -119,7 +90,7 @@ pub enum HashOn {
     Path,
 }
 
-/// `balance-http:` — see the [module docs](self).
+/// `balance-http:` — see [`BalanceHttp`].
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BalanceHttpConfig {
@@ -186,8 +157,38 @@ impl FilterConfig for BalanceHttpConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PickedUpstream(pub SocketAddr);
 
-/// Per-request load balancing with a keep-alive pool per endpoint; see the
-/// [module docs](self).
+/// Per-request load balancing with a keep-alive pool per endpoint.
+///
+/// `connect` with `balance:` picks an upstream per *connection*; behind `mux-http` that
+/// spreads pooled connections, not requests. `balance-http` picks per *request*: when a
+/// request head arrives it asks a [`flowgate_lb::Balancer`] for an endpoint (the
+/// algorithm, weights, health and outlier state all come from flowgate-lb), holds the
+/// [`Lease`] until the response has ended (so least request counts requests in flight and
+/// peak-EWMA sees response times), and sends the request through that endpoint's own
+/// connection pool — a [`MuxHttp`] over `[connect]` per endpoint, so keep-alive
+/// connections are reused per endpoint, never shared between endpoints.
+///
+/// ```text
+///  request ─▶ balance-http ─ pick(key) ─▶ pool of 10.0.0.1:80 (mux-http → connect) ─▶ response
+///                  │                  └─▶ pool of 10.0.0.2:80 (mux-http → connect)
+///                  └─ lease: in flight until the response ends; its outcome (status,
+///                     connect failure, timeout) feeds outlier detection
+/// ```
+///
+/// ```yaml
+/// - balance-http:
+///     targets: [127.0.0.1:8001, { address: 127.0.0.1:8002, weight: 3 }]
+///     balance: { algorithm: { type: weighted_round_robin }, outlier: { consecutive_connect_failures: 1 } }
+///     hash_on: { header: x-user }        # or client_ip (default), path
+///     health_check: { probe: { type: http, path: /health }, interval: 2s }
+///     connect_timeout: 2s
+/// ```
+///
+/// Hash algorithms (`ring_hash`, `maglev`) and sticky sessions key on `hash_on`: the
+/// client's IP by default, or a request header (falling back to the client's IP when the
+/// request has no such header), or the path. The picked address is stored in the request's
+/// [`Context`] as [`PickedUpstream`]. When no endpoint is eligible the request is answered
+/// with 503. Put `balance-http` inside a `retry` pipeline to retry on another pick.
 pub struct BalanceHttp {
     inner: Arc<Inner>,
 }
