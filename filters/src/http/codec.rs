@@ -230,6 +230,11 @@ impl DecodeRequests {
             if !self.buf.is_empty() {
                 out(Event::Data(self.buf.split().freeze()));
             }
+        } else if self.closing {
+            // `Connection: close, upgrade` refused: the connection ends after the response.
+            self.mode = Mode::Http;
+            self.done = true;
+            out(Event::END);
         } else {
             self.mode = Mode::Http;
             self.drain(out, false);
