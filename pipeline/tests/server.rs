@@ -157,3 +157,77 @@ fn drain_deadline_closes_connections_that_do_not_finish() {
     let mut buf = [0u8; 1];
     assert_eq!(idle.read(&mut buf).unwrap_or(0), 0);
 }
+
+/// Tags each datagram and says "bye" when its peer's session ends.
+fn tag_and_bye() -> Arc<Pipeline> {
+    Arc::new(
+        Pipeline::builder("bye")
+            .transform("tag", || {
+                |ev: Event, out: &mut dyn FnMut(Event)| match ev {
+                    Event::Data(b) => out(Event::Data(Bytes::from([&b"u:"[..], &b].concat()))),
+                    Event::StreamEnd(e) => {
+                        out(Event::Data(Bytes::from_static(b"bye")));
+                        out(Event::StreamEnd(e))
+                    }
+                    e => out(e),
+                }
+            })
+            .build()
+            .unwrap(),
+    )
+}
+
+fn recv(c: &UdpSocket) -> Vec<u8> {
+    let mut buf = [0u8; 64];
+    let (n, _) = c.recv_from(&mut buf).unwrap();
+    buf[..n].to_vec()
+}
+
+#[test]
+fn udp_sessions_end_when_idle_and_drain_when_the_listener_goes() {
+    let server = Server::builder()
+        .workers(1)
+        .drain_timeout(Duration::from_secs(5))
+        .start()
+        .unwrap();
+    let mut cfg = ListenerConfig::udp("127.0.0.1:0".parse().unwrap());
+    cfg.udp_idle_timeout = Duration::from_millis(300);
+    server.apply(vec![(cfg.clone(), tag_and_bye())]).unwrap();
+    let addr = server.local_addr(cfg.listen, Protocol::Udp).unwrap();
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for c in [&a, &b] {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+
+    // Idle: a's session ends after the timeout (not before), b's stays while b talks.
+    let t0 = std::time::Instant::now();
+    a.send_to(b"1", addr).unwrap();
+    assert_eq!(recv(&a), b"u:1");
+    for i in 0..5 {
+        b.send_to(format!("{i}").as_bytes(), addr).unwrap();
+        assert_eq!(recv(&b), format!("u:{i}").as_bytes());
+        if i < 4 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert_eq!(recv(&a), b"bye");
+    let idle = t0.elapsed();
+    assert!(idle >= Duration::from_millis(300), "ended after {idle:?}");
+    assert!(idle < Duration::from_secs(2), "ended after {idle:?}");
+
+    // A peer that comes back gets a new session.
+    a.send_to(b"2", addr).unwrap();
+    assert_eq!(recv(&a), b"u:2");
+
+    // Removing the listener ends both sessions, which still get to say goodbye.
+    let t1 = std::time::Instant::now();
+    server.apply(vec![]).unwrap();
+    assert_eq!(recv(&a), b"bye");
+    assert!(
+        t1.elapsed() < Duration::from_millis(250),
+        "not ended by the removal"
+    );
+    assert_eq!(recv(&b), b"bye");
+    server.shutdown();
+}

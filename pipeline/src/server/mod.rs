@@ -439,15 +439,18 @@ fn worker_main(
         }
     };
     rt.block_on(async move {
-        let mut accepting: HashMap<ListenerKey, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut accepting: HashMap<ListenerKey, Running> = HashMap::new();
         while let Some(cmd) = rx.recv().await {
             match cmd {
                 Command::Start { key, listener, socket } => {
-                    let task = match listener.config.protocol {
+                    let running = match listener.config.protocol {
                         Protocol::Tcp => {
                             let std: std::net::TcpListener = socket.into();
                             match tokio::net::TcpListener::from_std(std) {
-                                Ok(l) => tokio::spawn(accept_loop(l, listener, index, live.clone())),
+                                Ok(l) => Running {
+                                    task: tokio::spawn(accept_loop(l, listener, index, live.clone())),
+                                    stop: None,
+                                },
                                 Err(e) => {
                                     tracing::error!(worker = index, error = %e, "listener setup failed");
                                     continue;
@@ -457,7 +460,19 @@ fn worker_main(
                         Protocol::Udp => {
                             let std: std::net::UdpSocket = socket.into();
                             match tokio::net::UdpSocket::from_std(std) {
-                                Ok(s) => tokio::spawn(udp::serve(s, listener, index, live.clone())),
+                                Ok(s) => {
+                                    let (stop, stopped) = tokio::sync::oneshot::channel();
+                                    Running {
+                                        task: tokio::spawn(udp::serve(
+                                            s,
+                                            listener,
+                                            index,
+                                            live.clone(),
+                                            stopped,
+                                        )),
+                                        stop: Some(stop),
+                                    }
+                                }
                                 Err(e) => {
                                     tracing::error!(worker = index, error = %e, "listener setup failed");
                                     continue;
@@ -465,20 +480,20 @@ fn worker_main(
                             }
                         }
                     };
-                    if let Some(old) = accepting.insert(key, task) {
-                        old.abort();
+                    if let Some(old) = accepting.insert(key, running) {
+                        old.stop();
                     }
                 }
                 Command::Stop { key } => {
                     if let Some(t) = accepting.remove(&key) {
-                        t.abort();
+                        t.stop();
                     }
                 }
                 Command::Shutdown => break,
             }
         }
         for (_, t) in accepting.drain() {
-            t.abort();
+            t.stop();
         }
         let (count, notify) = (&live.0.0, &live.0.1);
         let deadline = tokio::time::Instant::now() + drain;
@@ -499,6 +514,23 @@ fn worker_main(
     });
     // Dropping the runtime cancels whatever is still running.
     drop(rt);
+}
+
+/// A listener's task on a worker.
+struct Running {
+    task: tokio::task::JoinHandle<()>,
+    /// For UDP: dropping it tells the task to stop receiving and let its sessions drain
+    /// (they live in the task). TCP accept loops are aborted; connections have their own tasks.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Running {
+    fn stop(self) {
+        match self.stop {
+            Some(stop) => drop(stop),
+            None => self.task.abort(),
+        }
+    }
 }
 
 async fn accept_loop(

@@ -1,17 +1,28 @@
 //! UDP: each datagram is a message; datagrams from one peer form one stream.
+//!
+//! One task per socket does everything: it receives datagrams, feeds them to the per-peer
+//! sessions, polls the sessions' outputs and sends the replies. A session is a pipeline
+//! stream polled inline (no task, no channel, no timer of its own), so a query costs one
+//! receive, one send and a few calls, and an idle peer costs a map entry and its pipeline.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskCx, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_core::Stream;
 use futures_util::StreamExt;
+use futures_util::stream::SelectAll;
+use tokio::io::ReadBuf;
 use tokio::net::UdpSocket;
-use tokio::time::Instant;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
 
-use super::{Listener, Live};
+use super::{Listener, Live, LiveGuard};
 use crate::feed::{FeedSender, feed};
 use crate::{ConnInfo, Context, Event, Filter, Head, Tail};
 
@@ -24,100 +35,251 @@ pub struct Datagram {
     pub local: SocketAddr,
 }
 
-struct Peer {
-    tx: FeedSender,
-    /// Milliseconds since `epoch` of the last datagram from this peer.
-    last: AtomicU64,
-}
-
-/// The live peers of one socket. When the receive loop stops (the listener is removed or the
-/// server shuts down), every peer's stream is ended so the sessions drain.
-#[derive(Default)]
-struct Peers(HashMap<SocketAddr, Arc<Peer>>);
-
-impl Drop for Peers {
-    fn drop(&mut self) {
-        for p in self.0.values() {
-            p.tx.push(Event::END);
-        }
-    }
-}
-
 const MAX_DATAGRAM: usize = 65_536;
 /// Datagrams a peer's stream may have waiting before more from that peer are dropped (a
 /// UDP sender cannot be slowed down, so its queue must be bounded).
 const MAX_QUEUED_DATAGRAMS: usize = 128;
+/// Datagrams received per turn before the sessions get a turn.
+const RECV_BATCH: usize = 32;
+/// Replies that may wait for the socket before the sessions stop being polled (their
+/// output then waits in the pipelines, which slows them down).
+const MAX_QUEUED_REPLIES: usize = 1024;
+/// Turns of work before the task yields to the other tasks of the worker.
+const TURNS_PER_YIELD: usize = 16;
 
-/// Receives datagrams and dispatches them to per-peer streams until the task is aborted.
-pub(crate) async fn serve(sock: UdpSocket, listener: Arc<Listener>, worker: usize, live: Live) {
-    let sock = Arc::new(sock);
-    let local = sock.local_addr().ok();
-    let epoch = Instant::now();
-    let idle = listener.config.udp_idle_timeout;
-    let max_sessions = listener.config.max_connections;
-    let mut peers = Peers::default();
-    let peers = &mut peers.0;
-    // One receive buffer, reused: each datagram is copied out at its own size, so a small
-    // datagram held by a slow session never pins 64 KiB.
-    let mut buf = BytesMut::with_capacity(MAX_DATAGRAM);
-    loop {
-        buf.clear();
-        let (n, from) = match sock.recv_buf_from(&mut buf).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(error = %e, "udp receive failed");
-                continue;
-            }
-        };
-        let data = Bytes::copy_from_slice(&buf[..n]);
-        let now_ms = epoch.elapsed().as_millis() as u64;
-        let alive = peers
-            .get(&from)
-            .filter(|p| !p.tx.is_closed() && !p.tx.is_receiver_gone());
-        let peer = match alive {
-            Some(p) => p.clone(),
-            None => {
-                peers.retain(|_, p| !p.tx.is_closed() && !p.tx.is_receiver_gone());
-                if peers.len() >= max_sessions {
-                    tracing::debug!(%from, "udp session limit reached; datagram dropped");
-                    continue;
+/// A peer with a session.
+struct Peer {
+    tx: FeedSender,
+    /// Which session (a peer that comes back after its session ended gets a new one).
+    id: u64,
+    /// The last datagram from this peer.
+    last: Instant,
+}
+
+impl Peer {
+    fn ended(&self) -> bool {
+        self.tx.is_closed() || self.tx.is_receiver_gone()
+    }
+}
+
+/// What a session yields.
+enum Out {
+    /// A datagram to send.
+    Reply(Bytes, SocketAddr),
+    /// The session is over.
+    Ended(u64, SocketAddr),
+}
+
+/// A session: one peer's pipeline output turned into datagrams, one per message.
+struct Session {
+    out: crate::Events,
+    to: SocketAddr,
+    id: u64,
+    pending: BytesMut,
+    /// A message of one `Data` (the usual case) is sent as it is, without a copy.
+    single: Option<Bytes>,
+    in_message: bool,
+    done: bool,
+    _guard: LiveGuard,
+}
+
+impl Stream for Session {
+    type Item = Out;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Option<Out>> {
+        let s = &mut *self;
+        if s.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            let ev = match s.out.poll_next_unpin(cx) {
+                Poll::Ready(ev) => ev.unwrap_or(Event::END),
+                Poll::Pending => return Poll::Pending,
+            };
+            match ev {
+                Event::MessageStart(_) => {
+                    s.in_message = true;
+                    s.pending.clear();
+                    s.single = None;
                 }
-                let (tx, rx) = feed();
-                let peer = Arc::new(Peer {
-                    tx,
-                    last: AtomicU64::new(now_ms),
-                });
-                peers.insert(from, peer.clone());
-                let conn = ConnInfo {
-                    peer: Some(from),
-                    local,
-                    worker,
-                    ..ConnInfo::default()
-                };
-                let cx = Context::with_conn(conn);
-                let out = listener.pipeline.load_full().attach(Box::pin(rx), &cx);
-                let guard = live.enter();
-                tokio::spawn(session(
-                    out,
-                    sock.clone(),
-                    from,
-                    peer.clone(),
-                    epoch,
-                    idle,
-                    guard,
-                ));
-                peer
+                Event::Data(b) if s.in_message => {
+                    if s.pending.is_empty() && s.single.is_none() {
+                        s.single = Some(b);
+                    } else {
+                        if let Some(first) = s.single.take() {
+                            s.pending.extend_from_slice(&first);
+                        }
+                        s.pending.extend_from_slice(&b);
+                    }
+                }
+                Event::Data(b) => return Poll::Ready(Some(Out::Reply(b, s.to))),
+                Event::MessageEnd(_) => {
+                    s.in_message = false;
+                    let d = match s.single.take() {
+                        Some(d) => d,
+                        None => s.pending.split().freeze(),
+                    };
+                    return Poll::Ready(Some(Out::Reply(d, s.to)));
+                }
+                Event::StreamEnd(_) => {
+                    s.done = true;
+                    return Poll::Ready(Some(Out::Ended(s.id, s.to)));
+                }
             }
+        }
+    }
+}
+
+/// Receives datagrams, runs the per-peer sessions and sends their replies until `stop`
+/// fires (or its sender is dropped); then it stops receiving, ends every session's input and
+/// returns once the sessions have finished (the worker's drain deadline bounds that).
+pub(crate) async fn serve(
+    sock: UdpSocket,
+    listener: Arc<Listener>,
+    worker: usize,
+    live: Live,
+    stop: oneshot::Receiver<()>,
+) {
+    let local = sock.local_addr().ok();
+    let idle = listener.config.udp_idle_timeout;
+    // Idle sessions are found by a sweep, so a session ends between `idle` and
+    // `idle + sweep` after its last datagram.
+    let sweep = (idle / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
+    let mut st = State {
+        sock,
+        listener,
+        worker,
+        local,
+        live,
+        idle,
+        sweep,
+        stop,
+        stopping: false,
+        peers: HashMap::new(),
+        sessions: SelectAll::new(),
+        replies: VecDeque::new(),
+        // One receive buffer, reused: each datagram is copied out at its own size, so a
+        // small datagram held by a slow session never pins 64 KiB.
+        buf: vec![0; MAX_DATAGRAM],
+        next_id: 0,
+        timer: Box::pin(tokio::time::sleep(sweep)),
+    };
+    std::future::poll_fn(|cx| st.poll(cx)).await;
+}
+
+struct State {
+    sock: UdpSocket,
+    listener: Arc<Listener>,
+    worker: usize,
+    local: Option<SocketAddr>,
+    live: Live,
+    idle: Duration,
+    sweep: Duration,
+    stop: oneshot::Receiver<()>,
+    stopping: bool,
+    peers: HashMap<SocketAddr, Peer>,
+    sessions: SelectAll<Session>,
+    replies: VecDeque<(Bytes, SocketAddr)>,
+    buf: Vec<u8>,
+    next_id: u64,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl State {
+    fn poll(&mut self, cx: &mut TaskCx<'_>) -> Poll<()> {
+        if !self.stopping && Pin::new(&mut self.stop).poll(cx).is_ready() {
+            self.stopping = true;
+            // Dropping a sender ends its stream; the sessions finish what they have.
+            for (_, p) in self.peers.drain() {
+                p.tx.push(Event::END);
+            }
+        }
+        self.poll_timer(cx);
+        for _ in 0..TURNS_PER_YIELD {
+            let mut progress = self.flush(cx);
+            if !self.stopping {
+                progress |= self.receive(cx);
+            }
+            progress |= self.poll_sessions(cx);
+            progress |= self.flush(cx);
+            if self.stopping && self.sessions.is_empty() && self.replies.is_empty() {
+                return Poll::Ready(());
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+        // Busy: let the worker's other tasks run, and come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Receives up to a batch of datagrams; true if any came.
+    fn receive(&mut self, cx: &mut TaskCx<'_>) -> bool {
+        let mut any = false;
+        for _ in 0..RECV_BATCH {
+            let mut rb = ReadBuf::new(&mut self.buf);
+            match self.sock.poll_recv_from(cx, &mut rb) {
+                Poll::Ready(Ok(from)) => {
+                    any = true;
+                    let data = Bytes::copy_from_slice(rb.filled());
+                    self.dispatch(data, from);
+                }
+                Poll::Ready(Err(e)) => {
+                    // E.g. an ICMP error from an earlier send; the socket is still good.
+                    tracing::debug!(error = %e, "udp receive failed");
+                    any = true;
+                }
+                Poll::Pending => break,
+            }
+        }
+        any
+    }
+
+    fn dispatch(&mut self, data: Bytes, from: SocketAddr) {
+        let now = Instant::now();
+        if self.peers.get(&from).is_none_or(Peer::ended) {
+            if self.peers.len() >= self.listener.config.max_connections
+                && !self.peers.contains_key(&from)
+            {
+                tracing::debug!(%from, "udp session limit reached; datagram dropped");
+                return;
+            }
+            self.next_id += 1;
+            let id = self.next_id;
+            let (tx, rx) = feed();
+            let conn = ConnInfo {
+                peer: Some(from),
+                local: self.local,
+                worker: self.worker,
+                ..ConnInfo::default()
+            };
+            let cx = Context::with_conn(conn);
+            let out = self.listener.pipeline.load_full().attach(Box::pin(rx), &cx);
+            self.sessions.push(Session {
+                out,
+                to: from,
+                id,
+                pending: BytesMut::new(),
+                single: None,
+                in_message: false,
+                done: false,
+                _guard: self.live.enter(),
+            });
+            self.peers.insert(from, Peer { tx, id, last: now });
+        }
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return;
         };
-        peer.last.store(now_ms, Ordering::Relaxed);
+        peer.last = now;
         // Three events per datagram.
         if peer.tx.len() >= 3 * MAX_QUEUED_DATAGRAMS {
             tracing::debug!(%from, "udp peer queue full; datagram dropped");
-            continue;
+            return;
         }
         let head = Head::new(Datagram {
             peer: from,
-            local: local.unwrap_or(from),
+            local: self.local.unwrap_or(from),
         });
         peer.tx.push_all([
             Event::MessageStart(head),
@@ -125,88 +287,62 @@ pub(crate) async fn serve(sock: UdpSocket, listener: Arc<Listener>, worker: usiz
             Event::MessageEnd(Tail::none()),
         ]);
     }
-}
 
-/// Sends a session's output back to its peer, one datagram per message, and ends the
-/// session after `idle` without a datagram from the peer.
-async fn session(
-    mut out: crate::Events,
-    sock: Arc<UdpSocket>,
-    to: SocketAddr,
-    peer: Arc<Peer>,
-    epoch: Instant,
-    idle: Duration,
-    _guard: super::LiveGuard,
-) {
-    let mut pending = BytesMut::new();
-    // A message of one `Data` (the usual case) is sent as it is, without a copy.
-    let mut single: Option<Bytes> = None;
-    let mut in_message = false;
-    let mut closing = false;
-    // One timer for the session, moved on only when it fires (not re-armed per event).
-    let idle_since = |peer: &Peer| epoch + Duration::from_millis(peer.last.load(Ordering::Relaxed));
-    let timer = tokio::time::sleep_until(idle_since(&peer) + idle);
-    tokio::pin!(timer);
-    loop {
-        if closing {
-            match out.next().await.unwrap_or(Event::END) {
-                Event::StreamEnd(_) => break,
-                _ => continue,
+    /// Collects replies from the sessions that have output; true if any did.
+    fn poll_sessions(&mut self, cx: &mut TaskCx<'_>) -> bool {
+        let mut any = false;
+        while self.replies.len() < MAX_QUEUED_REPLIES {
+            match self.sessions.poll_next_unpin(cx) {
+                Poll::Ready(Some(Out::Reply(d, to))) => {
+                    any = true;
+                    if d.len() > MAX_DATAGRAM {
+                        tracing::debug!(%to, len = d.len(), "udp reply too large; dropped");
+                        continue;
+                    }
+                    self.replies.push_back((d, to));
+                }
+                Poll::Ready(Some(Out::Ended(id, to))) => {
+                    any = true;
+                    if self.peers.get(&to).is_some_and(|p| p.id == id) {
+                        self.peers.remove(&to);
+                    }
+                }
+                Poll::Ready(None) | Poll::Pending => break,
             }
         }
-        let ev = tokio::select! {
-            ev = out.next() => ev.unwrap_or(Event::END),
-            () = &mut timer => {
-                let deadline = idle_since(&peer) + idle;
-                if Instant::now() >= deadline {
-                    peer.tx.push(Event::END);
-                    closing = true;
-                } else {
-                    timer.as_mut().reset(deadline);
-                }
-                continue;
-            }
-        };
-        match ev {
-            Event::MessageStart(_) => {
-                in_message = true;
-                pending.clear();
-                single = None;
-            }
-            Event::Data(b) if in_message => {
-                if pending.is_empty() && single.is_none() {
-                    single = Some(b);
-                } else {
-                    if let Some(first) = single.take() {
-                        pending.extend_from_slice(&first);
+        any
+    }
+
+    /// Sends queued replies until the socket is full; true if any was sent.
+    fn flush(&mut self, cx: &mut TaskCx<'_>) -> bool {
+        let mut any = false;
+        while let Some((d, to)) = self.replies.front() {
+            match self.sock.poll_send_to(cx, d, *to) {
+                Poll::Ready(r) => {
+                    if let Err(e) = r {
+                        tracing::debug!(to = %to, error = %e, "udp send failed");
                     }
-                    pending.extend_from_slice(&b);
+                    self.replies.pop_front();
+                    any = true;
                 }
+                Poll::Pending => break,
             }
-            Event::Data(b) => send(&sock, &b, to).await,
-            Event::MessageEnd(_) => {
-                in_message = false;
-                match single.take() {
-                    Some(d) => send(&sock, &d, to).await,
-                    None => {
-                        let d = pending.split().freeze();
-                        send(&sock, &d, to).await;
+        }
+        any
+    }
+
+    /// Ends the sessions of peers idle for longer than the idle timeout.
+    fn poll_timer(&mut self, cx: &mut TaskCx<'_>) {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            if !self.stopping {
+                for p in self.peers.values() {
+                    if now.saturating_duration_since(p.last) >= self.idle && !p.tx.is_closed() {
+                        p.tx.push(Event::END);
                     }
                 }
             }
-            Event::StreamEnd(_) => break,
+            self.timer.as_mut().reset(now + self.sweep);
         }
-    }
-    // Let the receive loop see that this peer's stream is over.
-    peer.tx.push(Event::END);
-}
-
-async fn send(sock: &UdpSocket, data: &[u8], to: SocketAddr) {
-    if data.len() > MAX_DATAGRAM {
-        tracing::debug!(%to, len = data.len(), "udp reply too large; dropped");
-        return;
-    }
-    if let Err(e) = sock.send_to(data, to).await {
-        tracing::debug!(%to, error = %e, "udp send failed");
     }
 }
