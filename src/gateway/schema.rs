@@ -92,7 +92,7 @@ pub struct ListenerSpec {
     /// Limits on request heads and bodies.
     #[serde(default)]
     pub limits: LimitsConfig,
-    /// Most connections at once. Default: the listener's default (10 000).
+    /// Most connections at once per worker; more are refused. Default 100 000.
     #[serde(default)]
     pub max_connections: Option<usize>,
 }
