@@ -16,6 +16,7 @@
 //! [`Server::shutdown`] stops accepting everywhere and waits for live connections, up to a
 //! deadline, then closes what is left.
 
+mod mmsg;
 mod tcp;
 mod udp;
 

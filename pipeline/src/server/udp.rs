@@ -17,11 +17,11 @@ use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
 use futures_util::StreamExt;
 use futures_util::stream::SelectAll;
-use tokio::io::ReadBuf;
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
+use super::mmsg::{self, MAX_DATAGRAM, RecvBatch};
 use super::{Listener, Live, LiveGuard};
 use crate::feed::{FeedSender, feed};
 use crate::{ConnInfo, Context, Event, Filter, Head, Tail};
@@ -35,12 +35,9 @@ pub struct Datagram {
     pub local: SocketAddr,
 }
 
-const MAX_DATAGRAM: usize = 65_536;
 /// Datagrams a peer's stream may have waiting before more from that peer are dropped (a
 /// UDP sender cannot be slowed down, so its queue must be bounded).
 const MAX_QUEUED_DATAGRAMS: usize = 128;
-/// Datagrams received per turn before the sessions get a turn.
-const RECV_BATCH: usize = 32;
 /// Replies that may wait for the socket before the sessions stop being polled (their
 /// output then waits in the pipelines, which slows them down).
 const MAX_QUEUED_REPLIES: usize = 1024;
@@ -158,9 +155,11 @@ pub(crate) async fn serve(
         peers: HashMap::new(),
         sessions: SelectAll::new(),
         replies: VecDeque::new(),
-        // One receive buffer, reused: each datagram is copied out at its own size, so a
-        // small datagram held by a slow session never pins 64 KiB.
-        buf: vec![0; MAX_DATAGRAM],
+        // Receive buffers, reused: each datagram is copied out at its own size, so a small
+        // datagram held by a slow session never pins 64 KiB.
+        batch: RecvBatch::new(),
+        received: Vec::with_capacity(mmsg::BATCH),
+
         next_id: 0,
         timer: Box::pin(tokio::time::sleep(sweep)),
     };
@@ -180,7 +179,8 @@ struct State {
     peers: HashMap<SocketAddr, Peer>,
     sessions: SelectAll<Session>,
     replies: VecDeque<(Bytes, SocketAddr)>,
-    buf: Vec<u8>,
+    batch: RecvBatch,
+    received: Vec<(Bytes, SocketAddr)>,
     next_id: u64,
     timer: Pin<Box<Sleep>>,
 }
@@ -216,24 +216,21 @@ impl State {
 
     /// Receives up to a batch of datagrams; true if any came.
     fn receive(&mut self, cx: &mut TaskCx<'_>) -> bool {
-        let mut any = false;
-        for _ in 0..RECV_BATCH {
-            let mut rb = ReadBuf::new(&mut self.buf);
-            match self.sock.poll_recv_from(cx, &mut rb) {
-                Poll::Ready(Ok(from)) => {
-                    any = true;
-                    let data = Bytes::copy_from_slice(rb.filled());
-                    self.dispatch(data, from);
-                }
-                Poll::Ready(Err(e)) => {
-                    // E.g. an ICMP error from an earlier send; the socket is still good.
-                    tracing::debug!(error = %e, "udp receive failed");
-                    any = true;
-                }
-                Poll::Pending => break,
-            }
+        let mut got = std::mem::take(&mut self.received);
+        let r = self.batch.poll_recv(&self.sock, cx, &mut got);
+        for (data, from) in got.drain(..) {
+            self.dispatch(data, from);
         }
-        any
+        self.received = got;
+        match r {
+            Poll::Ready(Ok(_)) => true,
+            Poll::Ready(Err(e)) => {
+                // E.g. an ICMP error from an earlier send; the socket is still good.
+                tracing::debug!(error = %e, "udp receive failed");
+                true
+            }
+            Poll::Pending => false,
+        }
     }
 
     fn dispatch(&mut self, data: Bytes, from: SocketAddr) {
@@ -315,20 +312,7 @@ impl State {
 
     /// Sends queued replies until the socket is full; true if any was sent.
     fn flush(&mut self, cx: &mut TaskCx<'_>) -> bool {
-        let mut any = false;
-        while let Some((d, to)) = self.replies.front() {
-            match self.sock.poll_send_to(cx, d, *to) {
-                Poll::Ready(r) => {
-                    if let Err(e) = r {
-                        tracing::debug!(to = %to, error = %e, "udp send failed");
-                    }
-                    self.replies.pop_front();
-                    any = true;
-                }
-                Poll::Pending => break,
-            }
-        }
-        any
+        mmsg::poll_send(&self.sock, cx, &mut self.replies)
     }
 
     /// Ends the sessions of peers idle for longer than the idle timeout.
