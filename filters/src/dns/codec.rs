@@ -333,9 +333,16 @@ impl Transform for Encoding {
                     out(Event::MessageEnd(Tail::none()));
                 }
                 Transport::Tcp => {
+                    // A TCP message is at most 65 535 bytes: a longer answer is truncated
+                    // (TC=1, whole records only), never cut.
+                    let wire = match u16::try_from(wire.len()) {
+                        Ok(_) => wire,
+                        Err(_) => Bytes::from(truncate(&wire, usize::from(u16::MAX))),
+                    };
+                    let len = u16::try_from(wire.len()).unwrap_or(u16::MAX);
                     let mut b = BytesMut::with_capacity(2 + wire.len());
-                    b.extend_from_slice(&(wire.len().min(65_535) as u16).to_be_bytes());
-                    b.extend_from_slice(&wire[..wire.len().min(65_535)]);
+                    b.extend_from_slice(&len.to_be_bytes());
+                    b.extend_from_slice(&wire);
                     out(Event::Data(b.freeze()));
                 }
             }

@@ -204,6 +204,15 @@ pub enum ForwardError {
         /// The upstream.
         addr: SocketAddr,
     },
+    /// A local failure (no socket, no randomness for the query ID): says nothing about the
+    /// upstream, which is not marked down for it.
+    #[error("cannot query upstream {addr}: {source}")]
+    Local {
+        /// The upstream.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
 type Key = (CacheKey, bool);
@@ -226,7 +235,7 @@ struct Shared {
     epoch: Instant,
     cache: Option<Mutex<TtlCache<Key, CachedResponse>>>,
     limits: Limits,
-    ids: AtomicU64,
+    rng: ring::rand::SystemRandom,
     /// Upstream resolutions running now, over all streams.
     in_flight: std::sync::atomic::AtomicUsize,
 }
@@ -269,10 +278,6 @@ impl DnsForward {
                 prefetch_percent: c.prefetch_percent,
             }))
         });
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
-            | 1;
         Ok(DnsForward {
             shared: Arc::new(Shared {
                 upstreams: config
@@ -290,7 +295,7 @@ impl DnsForward {
                     max_records: 4096,
                     ..Limits::default()
                 },
-                ids: AtomicU64::new(seed),
+                rng: ring::rand::SystemRandom::new(),
                 in_flight: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
@@ -328,18 +333,16 @@ impl Filter for DnsForward {
 
 impl Shared {
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn random_id(&self) -> u16 {
-        // xorshift64*: query IDs that an off-path attacker cannot count on; the kernel's
-        // random source port does the rest.
-        let mut x = self.ids.load(Ordering::Relaxed);
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.ids.store(x, Ordering::Relaxed);
-        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 48) as u16
+    /// A query ID from the system's secure random source, so an off-path attacker cannot
+    /// predict it (the kernel's random source port does the rest).
+    fn random_id(&self) -> Option<u16> {
+        use ring::rand::SecureRandom;
+        let mut b = [0u8; 2];
+        self.rng.fill(&mut b).ok()?;
+        Some(u16::from_ne_bytes(b))
     }
 
     /// The cache key of a query; `None` (never cached) for queries with a client subnet,
@@ -426,9 +429,13 @@ impl Shared {
                     self.store(q, &resp);
                     return Some(resp);
                 }
+                Err(e @ ForwardError::Local { .. }) => {
+                    tracing::debug!(error = %e, "dns-forward: attempt failed");
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "dns-forward: attempt failed");
-                    let until = self.now_ms() + self.config.down_for.as_millis() as u64;
+                    let down = u64::try_from(self.config.down_for.as_millis()).unwrap_or(u64::MAX);
+                    let until = self.now_ms().saturating_add(down);
                     up.down_until.store(until, Ordering::Relaxed);
                 }
             }
@@ -458,7 +465,10 @@ impl Shared {
     async fn exchange(&self, addr: SocketAddr, q: &DnsQuery) -> Result<Vec<u8>, ForwardError> {
         let timeout = self.config.timeout;
         let io = |source| ForwardError::Io { addr, source };
-        let id = self.random_id();
+        let local = |source| ForwardError::Local { addr, source };
+        let id = self
+            .random_id()
+            .ok_or_else(|| local(std::io::Error::other("no random query ID")))?;
         let mut wire = q.wire.to_vec();
         set_id(&mut wire, id);
         let deadline = tokio::time::Instant::now() + timeout;
@@ -467,7 +477,7 @@ impl Shared {
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
-        let sock = UdpSocket::bind(bind).await.map_err(io)?;
+        let sock = UdpSocket::bind(bind).await.map_err(local)?;
         sock.connect(addr).await.map_err(io)?;
         sock.send(&wire).await.map_err(io)?;
         let mut buf = vec![0u8; 65_535];

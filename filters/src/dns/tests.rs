@@ -208,6 +208,31 @@ async fn big_answers_are_truncated_over_udp_and_whole_over_tcp() {
 }
 
 #[tokio::test]
+async fn tcp_answers_over_64k_are_truncated_not_cut() {
+    // 4 500 A records (16 bytes each with compression) do not fit in one TCP message.
+    let many = (0..4500u32)
+        .map(|i| {
+            let [_, a, b, c] = i.to_be_bytes();
+            EndpointSpec::Addr(SocketAddr::from(([10, a, b, c], 80)))
+        })
+        .collect();
+    let p = server(DnsRespond::new(respond_config(many)).unwrap());
+    let qq = q("api.svc.test", RecordType::A);
+    let mut t = (qq.len() as u16).to_be_bytes().to_vec();
+    t.extend_from_slice(&qq);
+    let out = testing::run_with(&p, vec![Event::Data(t.into()), Event::END], &cx()).await;
+    let data = testing::data_of(&out);
+    let n = usize::from(u16::from_be_bytes([data[0], data[1]]));
+    assert_eq!(
+        n + 2,
+        data.len(),
+        "the length prefix is the message's length"
+    );
+    let m = Message::from_vec(&data[2..]).unwrap();
+    assert!(m.metadata.truncation);
+}
+
+#[tokio::test]
 async fn negative_answers_carry_the_soa() {
     let p = server(DnsRespond::new(respond_config(addrs(1))).unwrap());
     let rs = udp(
