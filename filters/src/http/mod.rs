@@ -33,7 +33,20 @@
 //!         http2: { max_concurrent_streams: 100, max_header_list_size: 65536 }
 //! ```
 //!
-//! `mux-http` speaks HTTP/1.1 to upstreams (HTTP/2 upstreams are still to come).
+//! `mux-http` speaks HTTP/1.1 to upstreams by default, and HTTP/2 with `version: http2`
+//! (h2c with prior knowledge over `connect`, or h2 over `connect-tls` with `alpn: [h2]`),
+//! where many requests share one connection:
+//!
+//! ```yaml
+//! pipelines:
+//!   request:
+//!     - mux-http:
+//!         pipeline: upstream
+//!         version: http2
+//!         http2: { max_concurrent_streams: 100, keepalive_interval: 30s }
+//!   upstream:
+//!     - connect: { target: 127.0.0.1:8443 }
+//! ```
 //!
 //! WebSocket (any HTTP/1.1 `Upgrade`) passes through `demux-http` → `mux-http` on an
 //! upstream connection of its own; CONNECT is served when `demux-http` has a `connect:`
@@ -65,11 +78,13 @@ mod client;
 mod codec;
 mod cors;
 mod detect;
+mod h2client;
 mod http2;
 
 pub use access_log::AccessLogFormat;
 #[cfg(feature = "net")]
 pub use balance::{BalanceHttp, BalanceHttpConfig, BalanceTarget, HashOn, PickedUpstream};
+pub use h2client::{H2ClientError, Http2UpstreamConfig, UpstreamScheme, UpstreamVersion};
 pub use http2::{H2ConnError, Http2Config};
 mod retry;
 mod rewrite;
@@ -493,6 +508,12 @@ pub struct MuxHttpConfig {
     /// Limits on responses.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The HTTP version spoken upstream: `http1` (default) or `http2`.
+    #[serde(default)]
+    pub version: UpstreamVersion,
+    /// HTTP/2 settings, used with `version: http2`.
+    #[serde(default)]
+    pub http2: Http2UpstreamConfig,
 }
 
 fn d_idle() -> Duration {
@@ -507,12 +528,17 @@ impl FilterConfig for MuxHttpConfig {
             max_messages: self.max_requests,
             ..Default::default()
         };
-        let f = MuxHttp::new(
+        let mut f = MuxHttp::new(
             SubPipeline::named(self.pipeline.clone()),
             self.limits.limits(),
             opts,
         )
         .map_err(|e| ConfigError::new("pipeline", e))?;
+        if self.version == UpstreamVersion::Http2 {
+            f = f
+                .http2(self.http2)
+                .map_err(|e| ConfigError::new("http2", e))?;
+        }
         Ok(Arc::new(f))
     }
 }
@@ -526,10 +552,18 @@ impl FilterConfig for MuxHttpConfig {
 /// returned to the pool, and is streamed rather than queued: after a 101 (or a 2xx to
 /// CONNECT) the bytes that follow on the stream go upstream raw and the upstream's bytes
 /// are the response body; any other answer ends the stream and closes that connection.
+///
+/// With [`MuxHttp::http2`] requests go upstream as HTTP/2 streams instead, many at once
+/// on each pooled connection (up to the configured cap and the server's
+/// SETTINGS_MAX_CONCURRENT_STREAMS; a new connection when all are full), bodies streamed
+/// both ways under HTTP/2 flow control, trailers passed. Upgrade and CONNECT requests
+/// still get an HTTP/1.1 connection of their own.
 pub struct MuxHttp {
     mux: Arc<Mux>,
     codec: Arc<client::ClientCodec>,
     sub: SubPipeline,
+    opts: MuxOptions,
+    h2: Option<Arc<h2client::H2Pool>>,
 }
 
 impl MuxHttp {
@@ -562,13 +596,46 @@ impl MuxHttp {
             mux: Arc::new(mux),
             codec,
             sub,
+            opts,
+            h2: None,
         })
+    }
+
+    /// Speaks HTTP/2 to the upstream (h2c with prior knowledge, or h2 when the
+    /// sub-pipeline does TLS) with `cfg`; `max_idle` and `max_messages` of the pool
+    /// options apply per connection.
+    pub fn http2(mut self, cfg: Http2UpstreamConfig) -> Result<Self, &'static str> {
+        cfg.validate()?;
+        self.h2 = Some(Arc::new(h2client::H2Pool::new(
+            cfg,
+            self.sub.clone(),
+            self.opts.max_idle,
+            self.opts.max_messages,
+        )));
+        Ok(self)
+    }
+
+    /// How many upstream connections are pooled now (HTTP/2 ones with
+    /// [`MuxHttp::http2`], else HTTP/1 ones), over all workers.
+    pub fn connection_count(&self) -> usize {
+        match &self.h2 {
+            Some(p) => p.connection_count(),
+            None => self.mux.session_count(),
+        }
     }
 }
 
 impl Filter for MuxHttp {
     fn describe(&self) -> Description {
-        let mut d = Description::filter("mux-http").options(self.mux.describe().options);
+        let mut options = self.mux.describe().options;
+        if let (Some(p), Some(o)) = (&self.h2, options.as_object_mut()) {
+            o.insert("version".into(), serde_json::json!("http2"));
+            o.insert(
+                "http2".into(),
+                serde_json::to_value(p.config()).unwrap_or_default(),
+            );
+        }
+        let mut d = Description::filter("mux-http").options(options);
         d.subs = vec![self.sub.name().to_string()];
         d
     }
@@ -579,6 +646,7 @@ impl Filter for MuxHttp {
             cx: cx.clone(),
             mux: self.mux.clone(),
             codec: self.codec.clone(),
+            h2: self.h2.clone(),
             out: None,
             dedicated: None,
             queue: std::collections::VecDeque::new(),
@@ -597,6 +665,7 @@ struct MuxHttpStream {
     cx: Context,
     mux: Arc<Mux>,
     codec: Arc<client::ClientCodec>,
+    h2: Option<Arc<h2client::H2Pool>>,
     out: Option<Events>,
     /// On a dedicated connection: whether the request was a CONNECT, and whether the
     /// response opened a tunnel (`Some` once its head came).
@@ -645,7 +714,10 @@ impl futures_core::Stream for MuxHttpStream {
                         this.dedicated = Some((connect, None));
                         this.codec.attach(input, &this.cx)
                     }
-                    None => this.mux.attach(input, &this.cx),
+                    None => match &this.h2 {
+                        Some(pool) => pool.attach(input, &this.cx),
+                        None => this.mux.attach(input, &this.cx),
+                    },
                 });
                 continue;
             }

@@ -1,0 +1,1063 @@
+//! The HTTP/2 client side of `mux-http`: requests as streams multiplexed over pooled
+//! upstream connections.
+//!
+//! ```text
+//!  request stream ─┐  (polled inline in the downstream connection's task)
+//!  request stream ─┼─ pick: a connection with a free stream slot, or a new one
+//!  request stream ─┘        │
+//!                           ▼  SendRequest (h2)            one task per upstream connection
+//!                ┌────────────────────────────────┐    ┌──────────────────────────────────┐
+//!                │ h2 streams: HEADERS, DATA as   │◀──▶│ h2 Connection over UpstreamIo:    │
+//!                │ the window allows, trailers    │    │ writes → sub-pipeline input feed │
+//!                └────────────────────────────────┘    │ reads  ← sub-pipeline output     │
+//!                                                      │ idle close, PING, SETTINGS limit │
+//!                                                      └──────────────────────────────────┘
+//! ```
+//!
+//! The `h2` crate does the protocol. One upstream connection is one instance of the
+//! sub-pipeline (`[connect]`, or `[connect-tls → connect]` with ALPN `h2`) driven by an
+//! `h2::client::Connection` in its own task on the current worker, like a `Mux` session;
+//! [`UpstreamIo`] turns the sub-pipeline's events into the `AsyncRead + AsyncWrite` h2 wants
+//! and keeps the sub-pipeline's own error (a refused connect, a TLS failure) so requests
+//! fail with it rather than with h2's bare I/O error. Connections are pooled per worker
+//! thread; each carries up to `min(max_concurrent_streams, the server's
+//! SETTINGS_MAX_CONCURRENT_STREAMS)` requests at once, and a new one is opened when all
+//! are full.
+//!
+//! A request stream is one future, polled inline by the `mux-http` stream that owns it (no
+//! task per request): it sends the head (one HEADERS frame with END_STREAM when there is no
+//! body), uploads the body as the stream's send window allows and reads the next event
+//! only then, and hands the response on, releasing receive window only as the pipeline
+//! takes the data. So both directions follow the pipeline's back-pressure.
+//!
+//! Failures: a connection that is going away (GOAWAY) or broken takes no new requests; a
+//! request that could not be started on it is started on another connection (up to three
+//! tries) and then fails as retry-safe. A stream the server refused (REFUSED_STREAM, or
+//! above the last stream id of a graceful GOAWAY) fails retry-safe too, so `retry` can send
+//! it again; any other reset is a plain upstream failure: a 502 before the response head,
+//! an aborted response after. One stream's failure never touches the connection's others.
+
+use std::collections::HashMap;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context as TaskCx, Poll, Waker};
+use std::thread::ThreadId;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flowgate_pipeline::feed::{FeedReceiver, FeedSender, feed};
+use flowgate_pipeline::{
+    Context, ErrorKind, Event, Events, Head, Side, StreamError, SubPipeline, Tail,
+};
+use futures_core::Stream;
+use futures_util::future::{Either, select};
+use futures_util::{FutureExt, StreamExt};
+use h2::client::{Connection, ResponseFuture, SendRequest};
+use h2::{Ping, PingPong, Reason, SendStream};
+use http::header::{CONNECTION, HOST, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, Request, Uri, Version, request};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use super::codec::Trailers;
+
+/// The HTTP version `mux-http` speaks to its upstreams (`version:`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamVersion {
+    /// HTTP/1.1 keep-alive connections, one request at a time each (the default).
+    #[default]
+    Http1,
+    /// HTTP/2: h2c with prior knowledge over `connect`, or h2 over `connect-tls` (give it
+    /// `alpn: [h2]`); many requests share a connection.
+    Http2,
+}
+
+/// The `:scheme` sent to an HTTP/2 upstream for requests that came without one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamScheme {
+    /// `http` (the default; h2c).
+    #[default]
+    Http,
+    /// `https` (h2 over `connect-tls`).
+    Https,
+}
+
+/// HTTP/2 settings and limits of `mux-http` towards its upstreams (`http2:`), used when
+/// `version: http2`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http2UpstreamConfig {
+    /// Requests one connection carries at once; the server's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS lowers it. Default 100.
+    #[serde(default = "d_streams")]
+    pub max_concurrent_streams: u32,
+    /// Largest decoded response header list in bytes (RFC 9113 accounting); a bigger one
+    /// fails the request (502). Default 64 KiB.
+    #[serde(default = "d_header_list")]
+    pub max_header_list_size: u32,
+    /// Each stream's receive window in bytes. Default 1 MiB.
+    #[serde(default = "d_window")]
+    pub initial_window_size: u32,
+    /// The connection's receive window in bytes. Default 4 MiB.
+    #[serde(default = "d_conn_window")]
+    pub initial_connection_window_size: u32,
+    /// Largest frame payload the server may send (16 KiB to 16 MiB). Default 16 KiB.
+    #[serde(default = "d_frame")]
+    pub max_frame_size: u32,
+    /// `:scheme` for requests whose URI has none: `http` (default) or `https`.
+    #[serde(default)]
+    pub scheme: UpstreamScheme,
+    /// Send a PING this often and close the connection when no answer comes within
+    /// `keepalive_timeout`. Default off.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_duration"
+    )]
+    pub keepalive_interval: Option<Duration>,
+    /// How long a PING answer may take. Default 20 s.
+    #[serde(default = "d_ping_timeout", with = "flowgate_pipeline::serde_duration")]
+    pub keepalive_timeout: Duration,
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => flowgate_pipeline::serde_duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        struct W(#[serde(with = "flowgate_pipeline::serde_duration")] Duration);
+        Ok(Option::<W>::deserialize(d)?.map(|w| w.0))
+    }
+}
+
+fn d_streams() -> u32 {
+    100
+}
+fn d_header_list() -> u32 {
+    64 * 1024
+}
+fn d_window() -> u32 {
+    1 << 20
+}
+fn d_conn_window() -> u32 {
+    4 << 20
+}
+fn d_frame() -> u32 {
+    16 * 1024
+}
+fn d_ping_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+
+impl Default for Http2UpstreamConfig {
+    fn default() -> Self {
+        Http2UpstreamConfig {
+            max_concurrent_streams: d_streams(),
+            max_header_list_size: d_header_list(),
+            initial_window_size: d_window(),
+            initial_connection_window_size: d_conn_window(),
+            max_frame_size: d_frame(),
+            scheme: UpstreamScheme::Http,
+            keepalive_interval: None,
+            keepalive_timeout: d_ping_timeout(),
+        }
+    }
+}
+
+impl Http2UpstreamConfig {
+    /// Checks the values against what HTTP/2 allows.
+    pub(crate) fn validate(&self) -> Result<(), &'static str> {
+        const MAX_WINDOW: u32 = (1 << 31) - 1;
+        if self.max_concurrent_streams == 0 {
+            return Err("max_concurrent_streams must be at least 1");
+        }
+        if !(16_384..=16_777_215).contains(&self.max_frame_size) {
+            return Err("max_frame_size must be from 16384 to 16777215");
+        }
+        if self.initial_window_size > MAX_WINDOW || self.initial_connection_window_size > MAX_WINDOW
+        {
+            return Err("window sizes must be below 2^31");
+        }
+        if self.max_header_list_size < 1024 {
+            return Err("max_header_list_size must be at least 1024");
+        }
+        if self.keepalive_interval.is_some_and(|d| d.is_zero()) || self.keepalive_timeout.is_zero()
+        {
+            return Err("keepalive_interval and keepalive_timeout must be more than zero");
+        }
+        Ok(())
+    }
+
+    fn builder(&self) -> h2::client::Builder {
+        let mut b = h2::client::Builder::new();
+        b.max_header_list_size(self.max_header_list_size)
+            .initial_window_size(self.initial_window_size)
+            .initial_connection_window_size(self.initial_connection_window_size)
+            .max_frame_size(self.max_frame_size)
+            // We never accept pushed streams.
+            .enable_push(false);
+        b
+    }
+}
+
+/// Why an HTTP/2 request to an upstream failed, as the cause of its stream error.
+#[derive(Debug, thiserror::Error)]
+pub enum H2ClientError {
+    /// The h2 protocol engine failed on this stream or its connection.
+    #[error("HTTP/2 upstream: {0}")]
+    Protocol(#[from] h2::Error),
+    /// The HTTP/2 client could not start over the sub-pipeline.
+    #[error("HTTP/2 upstream handshake did not start")]
+    Handshake,
+    /// A keep-alive PING got no answer in time.
+    #[error("HTTP/2 upstream did not answer a PING within {0:?}")]
+    KeepaliveTimeout(Duration),
+    /// The request stream ended before its message did.
+    #[error("the request ended before its body was complete")]
+    TruncatedRequest,
+    /// The request stream carried something other than a request head.
+    #[error("expected an HTTP request head")]
+    NotARequest,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+// === H2Pool ===
+
+/// The HTTP/2 connections of one `mux-http`, per worker thread.
+pub(crate) struct H2Pool {
+    cfg: Http2UpstreamConfig,
+    sub: SubPipeline,
+    max_idle: Duration,
+    max_requests: u64,
+    conns: Mutex<HashMap<ThreadId, Vec<Arc<Conn>>>>,
+    next_id: AtomicU64,
+    /// The last SETTINGS_MAX_CONCURRENT_STREAMS a server of this pool sent: a new
+    /// connection assumes it until its own SETTINGS come, so a burst of requests on a
+    /// fresh connection is not refused wholesale by a server with a lower limit.
+    known_server_max: Arc<AtomicUsize>,
+}
+
+/// One upstream connection as the requests see it.
+struct Conn {
+    id: u64,
+    send: SendRequest<Bytes>,
+    state: Mutex<ConnState>,
+    /// The server's SETTINGS_MAX_CONCURRENT_STREAMS as h2 last saw it.
+    server_max: AtomicUsize,
+    /// The sub-pipeline's error, when that is what ended the connection.
+    failure: Arc<Mutex<Option<StreamError>>>,
+}
+
+struct ConnState {
+    in_flight: usize,
+    carried: u64,
+    /// Takes no new requests (going away, broken, idle, or carried `max_requests`).
+    retired: bool,
+    last_used: Instant,
+    /// The connection task, woken when the last request leaves.
+    task: Option<Waker>,
+}
+
+/// A request's claim on a stream slot of a connection; released on drop.
+struct Slot {
+    conn: Arc<Conn>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut st = lock(&self.conn.state);
+        st.in_flight = st.in_flight.saturating_sub(1);
+        st.last_used = Instant::now();
+        if st.in_flight == 0
+            && let Some(w) = st.task.take()
+        {
+            w.wake();
+        }
+    }
+}
+
+impl Conn {
+    fn limit(&self, cap: u32) -> usize {
+        (cap as usize)
+            .min(self.server_max.load(Ordering::Relaxed))
+            .max(1)
+    }
+
+    fn failure(&self) -> Option<StreamError> {
+        lock(&self.failure).clone()
+    }
+}
+
+impl H2Pool {
+    pub(crate) fn new(
+        cfg: Http2UpstreamConfig,
+        sub: SubPipeline,
+        max_idle: Duration,
+        max_requests: u64,
+    ) -> Self {
+        H2Pool {
+            cfg,
+            sub,
+            max_idle,
+            max_requests,
+            conns: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            known_server_max: Arc::new(AtomicUsize::new(cfg.max_concurrent_streams as usize)),
+        }
+    }
+
+    pub(crate) fn config(&self) -> &Http2UpstreamConfig {
+        &self.cfg
+    }
+
+    /// How many connections are open now, over all workers.
+    pub(crate) fn connection_count(&self) -> usize {
+        lock(&self.conns).values().map(Vec::len).sum()
+    }
+
+    /// Runs the request messages of `input` as HTTP/2 streams; the output is their
+    /// responses.
+    pub(crate) fn attach(self: &Arc<Self>, input: Events, cx: &Context) -> Events {
+        let (tx, rx) = feed();
+        let fut = exchange(self.clone(), input, tx, cx.clone());
+        Box::pin(Inline {
+            fut: Some(Box::pin(fut)),
+            rx,
+        })
+    }
+
+    /// A stream slot on a connection with room, or on a new connection.
+    fn pick(self: &Arc<Self>, cx: &Context) -> Result<Slot, StreamError> {
+        let key = std::thread::current().id();
+        let mut conns = lock(&self.conns);
+        let list = conns.entry(key).or_default();
+        let cap = self.cfg.max_concurrent_streams;
+        let found = list
+            .iter()
+            .find(|c| {
+                let st = lock(&c.state);
+                !st.retired && st.in_flight < c.limit(cap)
+            })
+            .cloned();
+        let conn = match found {
+            Some(c) => c,
+            None => {
+                let c = self.open(cx, key)?;
+                list.push(c.clone());
+                c
+            }
+        };
+        let mut st = lock(&conn.state);
+        st.in_flight += 1;
+        st.carried += 1;
+        if self.max_requests > 0 && st.carried >= self.max_requests {
+            st.retired = true;
+            list.retain(|c| c.id != conn.id);
+        }
+        drop(st);
+        Ok(Slot { conn })
+    }
+
+    /// Takes `conn` out of the pool: it gets no new requests.
+    fn retire(&self, conn: &Conn) {
+        let mut conns = lock(&self.conns);
+        lock(&conn.state).retired = true;
+        let key = std::thread::current().id();
+        if let Some(list) = conns.get_mut(&key) {
+            list.retain(|c| c.id != conn.id);
+            if list.is_empty() {
+                conns.remove(&key);
+            }
+        }
+    }
+
+    fn open(self: &Arc<Self>, cx: &Context, key: ThreadId) -> Result<Arc<Conn>, StreamError> {
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|e| StreamError::new(ErrorKind::Internal, Side::Internal).with_cause(e))?;
+        let (tx, rx) = feed();
+        let tx = Arc::new(tx);
+        let failure = Arc::new(Mutex::new(None));
+        let io = UpstreamIo {
+            input: self.sub.attach(Box::pin(rx), cx),
+            rbuf: Bytes::new(),
+            eof: false,
+            tx: tx.clone(),
+            failure: failure.clone(),
+        };
+        let known = self.known_server_max.load(Ordering::Relaxed);
+        let mut builder = self.cfg.builder();
+        builder.initial_max_send_streams(known);
+        // The handshake only writes the preface into the feed, so it is done at once.
+        let (send, connection) = match builder.handshake::<_, Bytes>(io).now_or_never() {
+            Some(Ok(pair)) => pair,
+            Some(Err(e)) => {
+                // Most likely the sub-pipeline already failed (a refused connect).
+                let known = lock(&failure).take();
+                return Err(known
+                    .unwrap_or_else(|| {
+                        StreamError::new(ErrorKind::Protocol, Side::Upstream)
+                            .with_cause(H2ClientError::Protocol(e))
+                    })
+                    .retry_safe(true));
+            }
+            None => {
+                return Err(StreamError::new(ErrorKind::Internal, Side::Internal)
+                    .with_cause(H2ClientError::Handshake));
+            }
+        };
+        let conn = Arc::new(Conn {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            send,
+            state: Mutex::new(ConnState {
+                in_flight: 0,
+                carried: 0,
+                retired: false,
+                last_used: Instant::now(),
+                task: None,
+            }),
+            server_max: AtomicUsize::new(known),
+            failure,
+        });
+        handle.spawn(run_connection(
+            Arc::downgrade(self),
+            self.known_server_max.clone(),
+            conn.clone(),
+            connection,
+            tx,
+            key,
+            self.max_idle,
+            self.cfg
+                .keepalive_interval
+                .map(|i| (i, self.cfg.keepalive_timeout)),
+        ));
+        Ok(conn)
+    }
+}
+
+fn remove_from_pool(pool: &Weak<H2Pool>, key: ThreadId, id: u64) {
+    if let Some(pool) = pool.upgrade() {
+        let mut conns = lock(&pool.conns);
+        if let Some(list) = conns.get_mut(&key) {
+            list.retain(|c| c.id != id);
+            if list.is_empty() {
+                conns.remove(&key);
+            }
+        }
+    }
+}
+
+/// Keep-alive PINGs of one connection.
+struct Keepalive {
+    pings: PingPong,
+    interval: Duration,
+    timeout: Duration,
+    timer: Pin<Box<Sleep>>,
+    waiting: bool,
+}
+
+impl Keepalive {
+    /// Ready with an error when a PING went unanswered.
+    fn poll(&mut self, task: &mut TaskCx<'_>) -> Poll<H2ClientError> {
+        loop {
+            if self.waiting {
+                match self.pings.poll_pong(task) {
+                    Poll::Ready(Ok(_)) => {
+                        self.waiting = false;
+                        self.timer.as_mut().reset(Instant::now() + self.interval);
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(e.into()),
+                    Poll::Pending => {}
+                }
+            }
+            if self.timer.as_mut().poll(task).is_pending() {
+                return Poll::Pending;
+            }
+            if self.waiting {
+                return Poll::Ready(H2ClientError::KeepaliveTimeout(self.timeout));
+            }
+            if let Err(e) = self.pings.send_ping(Ping::opaque()) {
+                return Poll::Ready(e.into());
+            }
+            self.waiting = true;
+            self.timer.as_mut().reset(Instant::now() + self.timeout);
+        }
+    }
+}
+
+/// Drives one upstream connection until it fails, is closed by the server, or is closed
+/// by us (idle for `max_idle`, or retired with nothing in flight).
+async fn run_connection(
+    pool: Weak<H2Pool>,
+    known_server_max: Arc<AtomicUsize>,
+    conn: Arc<Conn>,
+    mut connection: Connection<UpstreamIo, Bytes>,
+    tx: Arc<FeedSender>,
+    key: ThreadId,
+    max_idle: Duration,
+    keepalive: Option<(Duration, Duration)>,
+) {
+    let mut pings = keepalive.and_then(|(interval, timeout)| {
+        connection.ping_pong().map(|pings| Keepalive {
+            pings,
+            interval,
+            timeout,
+            timer: Box::pin(tokio::time::sleep(interval)),
+            waiting: false,
+        })
+    });
+    let mut idle = Box::pin(tokio::time::sleep(max_idle));
+    let mut last_server_max = usize::MAX;
+    let end: Result<(), H2ClientError> = poll_fn(|task| {
+        if let Poll::Ready(r) = Pin::new(&mut connection).poll(task) {
+            return Poll::Ready(r.map_err(H2ClientError::from));
+        }
+        let server_max = connection.max_concurrent_send_streams();
+        conn.server_max.store(server_max, Ordering::Relaxed);
+        // Unlimited (usize::MAX) when the server sets no limit: nothing to learn then.
+        if server_max != usize::MAX && server_max != last_server_max {
+            last_server_max = server_max;
+            known_server_max.store(server_max, Ordering::Relaxed);
+        }
+        if let Some(k) = pings.as_mut()
+            && let Poll::Ready(e) = k.poll(task)
+        {
+            return Poll::Ready(Err(e));
+        }
+        let mut st = lock(&conn.state);
+        if st.in_flight > 0 {
+            st.task = Some(task.waker().clone());
+            return Poll::Pending;
+        }
+        if st.retired {
+            return Poll::Ready(Ok(()));
+        }
+        let deadline = st.last_used + max_idle;
+        st.task = Some(task.waker().clone());
+        drop(st);
+        if idle.deadline() != deadline {
+            idle.as_mut().reset(deadline);
+        }
+        if idle.as_mut().poll(task).is_pending() {
+            return Poll::Pending;
+        }
+        // Idle: retire under the pool lock so that no request picks it meanwhile.
+        let Some(p) = pool.upgrade() else {
+            return Poll::Ready(Ok(()));
+        };
+        let _guard = lock(&p.conns);
+        let mut st = lock(&conn.state);
+        if st.in_flight == 0 {
+            st.retired = true;
+            return Poll::Ready(Ok(()));
+        }
+        Poll::Pending
+    })
+    .await;
+    lock(&conn.state).retired = true;
+    remove_from_pool(&pool, key, conn.id);
+    if let Err(e) = end {
+        tracing::debug!(error = %e, "HTTP/2 upstream connection ended");
+        let mut f = lock(&conn.failure);
+        if f.is_none() {
+            *f = Some(StreamError::new(ErrorKind::ConnectionReset, Side::Upstream).with_cause(e));
+        }
+    }
+    // Close the upstream side; streams still open learn it when `connection` drops.
+    tx.push(Event::END);
+    drop(connection);
+}
+
+// === UpstreamIo ===
+
+/// The sub-pipeline's output events as reads, writes as its input `Data` events; the
+/// sub-pipeline's error is kept in `failure`.
+struct UpstreamIo {
+    input: Events,
+    rbuf: Bytes,
+    eof: bool,
+    tx: Arc<FeedSender>,
+    failure: Arc<Mutex<Option<StreamError>>>,
+}
+
+impl UpstreamIo {
+    /// The sub-pipeline stopped taking bytes: keep its error, if it has one ready, as the
+    /// reason (what it sent before is kept for reading).
+    fn note_failure(&mut self, cx: &mut TaskCx<'_>) {
+        while !self.eof && self.rbuf.is_empty() {
+            match self.input.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Event::Data(b))) => self.rbuf = b,
+                Poll::Ready(Some(Event::StreamEnd(Some(e)))) => {
+                    self.eof = true;
+                    *lock(&self.failure) = Some(e);
+                }
+                Poll::Ready(Some(Event::StreamEnd(None)) | None) => self.eof = true,
+                Poll::Ready(Some(_)) => {}
+                Poll::Pending => return,
+            }
+        }
+    }
+}
+
+/// Output events queued before writes wait for the sub-pipeline.
+const MAX_QUEUED_WRITES: usize = 16;
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskCx<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        while this.rbuf.is_empty() && !this.eof {
+            match this.input.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Event::Data(b))) => this.rbuf = b,
+                Poll::Ready(Some(Event::StreamEnd(Some(e)))) => {
+                    this.eof = true;
+                    *lock(&this.failure) = Some(e.clone());
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, e)));
+                }
+                Poll::Ready(Some(Event::StreamEnd(None)) | None) => this.eof = true,
+                Poll::Ready(Some(_)) => {}
+            }
+        }
+        let n = this.rbuf.len().min(buf.remaining());
+        buf.put_slice(&this.rbuf.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskCx<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.tx.is_receiver_gone() || self.tx.is_closed() {
+            self.note_failure(cx);
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if self.tx.len() >= MAX_QUEUED_WRITES {
+            if self.tx.poll_drained(cx, MAX_QUEUED_WRITES / 2).is_pending() {
+                return Poll::Pending;
+            }
+            if self.tx.is_receiver_gone() {
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            }
+        }
+        self.tx.push(Event::Data(Bytes::copy_from_slice(buf)));
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut TaskCx<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut TaskCx<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+// === request streams ===
+
+/// A `mux-http` stream on HTTP/2: polls its exchange future inline and yields what it
+/// produced.
+struct Inline {
+    fut: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    rx: FeedReceiver,
+}
+
+impl Stream for Inline {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Option<Event>> {
+        let this = &mut *self;
+        loop {
+            if let Poll::Ready(ev) = Pin::new(&mut this.rx).poll_next(cx) {
+                return Poll::Ready(ev);
+            }
+            let Some(fut) = this.fut.as_mut() else {
+                return Poll::Pending;
+            };
+            match fut.as_mut().poll(cx) {
+                // Finished: its last event (at least the end) is in `rx`.
+                Poll::Ready(()) => this.fut = None,
+                Poll::Pending => return Pin::new(&mut this.rx).poll_next(cx),
+            }
+        }
+    }
+}
+
+/// Response events waiting for the pipeline before more response data is read.
+const MAX_QUEUED_EVENTS: usize = 4;
+
+/// Tries to start a request on a fresh connection after the picked one turned out to be
+/// going away or broken.
+const START_TRIES: usize = 3;
+
+/// Whether the server said it did not process the stream (RFC 9113 §8.7): REFUSED_STREAM,
+/// or a stream above the last one a graceful GOAWAY kept.
+fn is_refused(e: &h2::Error) -> bool {
+    e.is_remote()
+        && ((e.is_reset() && e.reason() == Some(Reason::REFUSED_STREAM))
+            || (e.is_go_away() && e.reason() == Some(Reason::NO_ERROR)))
+}
+
+fn upstream_error(e: h2::Error, conn: &Conn) -> StreamError {
+    // Refused streams were never processed: safe to send again.
+    let refused = is_refused(&e);
+    if !refused && let Some(f) = conn.failure() {
+        return f;
+    }
+    let kind = if e.is_io() || e.is_go_away() || e.is_reset() {
+        ErrorKind::ConnectionReset
+    } else {
+        ErrorKind::Protocol
+    };
+    StreamError::new(kind, Side::Upstream)
+        .retry_safe(refused)
+        .with_cause(H2ClientError::Protocol(e))
+}
+
+/// Whether `e` says the connection (not the request) is unusable.
+fn is_connection_error(e: &h2::Error) -> bool {
+    e.is_io() || e.is_go_away() || e.reason().is_some()
+}
+
+/// Runs each request message of `input` as an HTTP/2 stream, one after the other, and
+/// pushes the responses into `out`.
+async fn exchange(pool: Arc<H2Pool>, mut input: Events, out: FeedSender, cx: Context) {
+    loop {
+        let parts = match input.next().await.unwrap_or(Event::END) {
+            Event::MessageStart(h) => match h.get::<request::Parts>() {
+                Some(p) => p.clone(),
+                None => {
+                    out.push(Event::StreamEnd(Some(
+                        StreamError::new(ErrorKind::Internal, Side::Internal)
+                            .with_cause(H2ClientError::NotARequest),
+                    )));
+                    return;
+                }
+            },
+            Event::StreamEnd(e) => {
+                out.push(Event::StreamEnd(e));
+                return;
+            }
+            Event::Data(_) | Event::MessageEnd(_) => continue,
+        };
+        // A request without a body goes out as one HEADERS frame with END_STREAM.
+        let next = input.next().await.unwrap_or(Event::END);
+        let (eos, first) = match next {
+            Event::MessageEnd(t) if t.get::<Trailers>().is_none_or(HeaderMap::is_empty) => {
+                (true, None)
+            }
+            other => (false, Some(other)),
+        };
+        let req = h2_request(&parts, pool.cfg.scheme);
+        if eos {
+            // Nothing to upload, so a refused request can be sent again right here.
+            let outcome = match send_bodiless(&pool, &cx, req).await {
+                Ok((slot, resp)) => forward(resp, &out, &slot.conn).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = outcome {
+                out.push(Event::StreamEnd(Some(e)));
+                return;
+            }
+            continue;
+        }
+        let (slot, response, body) = match start(&pool, &cx, req, eos).await {
+            Ok(started) => started,
+            Err(e) => {
+                out.push(Event::StreamEnd(Some(e)));
+                return;
+            }
+        };
+        let outcome = {
+            let upload = pin!(upload(&mut input, first, body));
+            let download = pin!(download(response, &out, &slot.conn));
+            match select(upload, download).await {
+                Either::Left((Ok(complete), download)) => download.await.map(|()| complete),
+                Either::Left((Err(e), _)) => Err(e),
+                Either::Right((Ok(()), _)) => Ok(false),
+                Either::Right((Err(e), _)) => Err(e),
+            }
+        };
+        drop(slot);
+        match outcome {
+            Ok(true) => {}
+            // The response is over before the request body was sent: the rest of the
+            // request is not wanted, and this stream ends here.
+            Ok(false) => {
+                out.push(Event::END);
+                return;
+            }
+            Err(e) => {
+                out.push(Event::StreamEnd(Some(e)));
+                return;
+            }
+        }
+    }
+}
+
+/// Sends a request without a body and waits for its response head, trying again on
+/// another connection when the server refused the stream.
+async fn send_bodiless(
+    pool: &Arc<H2Pool>,
+    cx: &Context,
+    req: Request<()>,
+) -> Result<(Slot, http::Response<h2::RecvStream>), StreamError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let (slot, response, _body) = start(pool, cx, req.clone(), true).await?;
+        match response.await {
+            Ok(resp) => return Ok((slot, resp)),
+            Err(e) if is_refused(&e) && tries < START_TRIES => {
+                tracing::debug!(error = %e, "HTTP/2 upstream refused a stream; sending it again");
+            }
+            Err(e) => return Err(upstream_error(e, &slot.conn)),
+        }
+    }
+}
+
+/// Picks a connection and opens a stream on it with the request head.
+async fn start(
+    pool: &Arc<H2Pool>,
+    cx: &Context,
+    req: Request<()>,
+    eos: bool,
+) -> Result<(Slot, ResponseFuture, SendStream<Bytes>), StreamError> {
+    let mut last = None;
+    for _ in 0..START_TRIES {
+        let slot = pool.pick(cx)?;
+        let mut send = slot.conn.send.clone();
+        let sent = match poll_fn(|c| send.poll_ready(c)).await {
+            Ok(()) => send.send_request(req.clone(), eos),
+            Err(e) => Err(e),
+        };
+        match sent {
+            Ok((response, body)) => return Ok((slot, response, body)),
+            Err(e) if is_connection_error(&e) => {
+                pool.retire(&slot.conn);
+                // The sub-pipeline failed (a refused connect…): that is the answer.
+                if let Some(f) = slot.conn.failure() {
+                    return Err(f.retry_safe(true));
+                }
+                // Going away or closed: nothing was sent, so another connection may take it.
+                last = Some(
+                    StreamError::new(ErrorKind::ConnectionReset, Side::Upstream)
+                        .retry_safe(true)
+                        .with_cause(H2ClientError::Protocol(e)),
+                );
+            }
+            Err(e) => {
+                return Err(StreamError::new(ErrorKind::Protocol, Side::Internal)
+                    .with_cause(H2ClientError::Protocol(e)));
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| StreamError::new(ErrorKind::ConnectionReset, Side::Upstream)))
+}
+
+/// Sends the request body (and trailers) as the stream's window allows. `Ok(true)` once
+/// the message is sent whole; `Ok(false)` when the upstream stopped taking it (what went
+/// wrong shows on the response side); an error when the request stream failed.
+async fn upload(
+    input: &mut Events,
+    mut first: Option<Event>,
+    mut body: SendStream<Bytes>,
+) -> Result<bool, StreamError> {
+    if first.is_none() {
+        return Ok(true);
+    }
+    loop {
+        let ev = match first.take() {
+            Some(ev) => ev,
+            None => input.next().await.unwrap_or(Event::END),
+        };
+        match ev {
+            Event::Data(b) => {
+                if send_data(&mut body, b).await.is_err() {
+                    return Ok(false);
+                }
+            }
+            Event::MessageEnd(t) => {
+                let sent = match t.get::<Trailers>().filter(|t| !t.is_empty()) {
+                    Some(t) => body.send_trailers(t.clone()),
+                    None => body.send_data(Bytes::new(), true),
+                };
+                return Ok(sent.is_ok());
+            }
+            Event::StreamEnd(e) => {
+                body.send_reset(Reason::CANCEL);
+                return Err(e.unwrap_or_else(|| {
+                    StreamError::new(ErrorKind::Protocol, Side::Downstream)
+                        .with_cause(H2ClientError::TruncatedRequest)
+                }));
+            }
+            Event::MessageStart(_) => {
+                body.send_reset(Reason::CANCEL);
+                return Err(StreamError::new(ErrorKind::Protocol, Side::Downstream)
+                    .with_cause(H2ClientError::TruncatedRequest));
+            }
+        }
+    }
+}
+
+/// Sends `data` as the peer's window allows.
+async fn send_data(stream: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), ()> {
+    while !data.is_empty() {
+        stream.reserve_capacity(data.len());
+        let cap = match poll_fn(|c| stream.poll_capacity(c)).await {
+            Some(Ok(n)) => n,
+            _ => return Err(()),
+        };
+        if cap == 0 {
+            continue;
+        }
+        let chunk = data.split_to(cap.min(data.len()));
+        stream.send_data(chunk, false).map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+/// Hands the response on: its head, its data as the pipeline takes it (releasing receive
+/// window only then), its trailers.
+async fn download(
+    response: ResponseFuture,
+    out: &FeedSender,
+    conn: &Conn,
+) -> Result<(), StreamError> {
+    let resp = response.await.map_err(|e| upstream_error(e, conn))?;
+    forward(resp, out, conn).await
+}
+
+/// Hands a response on (see [`download`]).
+async fn forward(
+    resp: http::Response<h2::RecvStream>,
+    out: &FeedSender,
+    conn: &Conn,
+) -> Result<(), StreamError> {
+    let (parts, mut body) = resp.into_parts();
+    out.push(Event::MessageStart(Head::new(parts)));
+    while let Some(chunk) = poll_fn(|c| body.poll_data(c)).await {
+        let b = chunk.map_err(|e| upstream_error(e, conn))?;
+        poll_fn(|c| out.poll_drained(c, MAX_QUEUED_EVENTS)).await;
+        if out.is_receiver_gone() {
+            return Err(StreamError::new(ErrorKind::Cancelled, Side::Downstream));
+        }
+        let n = b.len();
+        out.push(Event::Data(b));
+        let _ = body.flow_control().release_capacity(n);
+    }
+    let trailers = poll_fn(|c| body.poll_trailers(c))
+        .await
+        .map_err(|e| upstream_error(e, conn))?;
+    out.push(Event::MessageEnd(match trailers {
+        Some(t) if !t.is_empty() => Tail::new::<Trailers>(t),
+        _ => Tail::none(),
+    }));
+    Ok(())
+}
+
+/// The HTTP/2 form of a pipeline request head: an absolute URI (`:scheme`, `:authority`
+/// from `Host`), and no connection-specific fields (RFC 9113 §8.2.2).
+fn h2_request(parts: &request::Parts, scheme: UpstreamScheme) -> Request<()> {
+    let mut headers = parts.headers.clone();
+    strip_connection_fields(&mut headers);
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+    let scheme = parts.uri.scheme_str().unwrap_or(match scheme {
+        UpstreamScheme::Http => "http",
+        UpstreamScheme::Https => "https",
+    });
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let absolute = authority.and_then(|a| {
+        Uri::builder()
+            .scheme(scheme)
+            .authority(a.as_str())
+            .path_and_query(path)
+            .build()
+            .ok()
+    });
+    let mut req = Request::new(());
+    *req.method_mut() = parts.method.clone();
+    match absolute {
+        Some(uri) => {
+            *req.uri_mut() = uri;
+            *req.version_mut() = Version::HTTP_2;
+            // `:authority` carries it.
+            headers.remove(HOST);
+        }
+        None => {
+            // No authority known: h2 sends `:scheme http` and the path alone.
+            *req.uri_mut() = parts.uri.clone();
+            *req.version_mut() = Version::HTTP_11;
+        }
+    }
+    *req.headers_mut() = headers;
+    req
+}
+
+/// Removes the fields HTTP/2 forbids: `Connection` and what it names, `Keep-Alive`,
+/// `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`, and `TE` unless it is `trailers`.
+fn strip_connection_fields(headers: &mut HeaderMap) {
+    let listed: Vec<http::HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|t| http::HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in listed {
+        headers.remove(n);
+    }
+    for n in [CONNECTION, TRANSFER_ENCODING, UPGRADE] {
+        headers.remove(n);
+    }
+    for n in ["keep-alive", "proxy-connection"] {
+        headers.remove(n);
+    }
+    let te_trailers = headers
+        .get_all(TE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    headers.remove(TE);
+    if te_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+#[cfg(test)]
+#[path = "h2client_tests.rs"]
+mod tests;
