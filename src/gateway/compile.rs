@@ -256,6 +256,7 @@ fn compile_backend(spec: &BackendSpec, bcx: &BuildContext) -> Result<Vec<Pipelin
     cfg.health_check = spec.health_check.clone();
     cfg.connect_timeout = spec.connect_timeout;
     cfg.max_idle = spec.max_idle;
+    cfg.version = spec.protocol;
     let lb = BalanceHttp::new(cfg).map_err(|e| {
         let field = rename_balance_field(&e.field);
         format!("field `{field}`: {}", e.problem)

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use flowgate_filters::http::{
     AccessLogFormat, BalanceTarget, HashOn, HeaderEdits, LimitsConfig, PrefixRewrite,
-    RedirectConfig, RespondConfig, RouteMatch,
+    RedirectConfig, RespondConfig, RouteMatch, UpstreamVersion,
 };
 use flowgate_filters::net::tls::{CertificateConfig, ClientAuthConfig, TlsVersion};
 use flowgate_lb::health::HealthCheckConfig;
@@ -174,6 +174,7 @@ pub struct ProxyAction {
 ///   health_check: { probe: { type: http, path: /health }, interval: 2s }
 ///   connect_timeout: 2s
 ///   retries: 1
+///   protocol: http2                   # h2c to the endpoints; default http1
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -217,6 +218,10 @@ pub struct BackendSpec {
     /// Close a pooled upstream connection idle this long. Default 60 s.
     #[serde(default = "d_idle", with = "flowgate_pipeline::serde_duration")]
     pub max_idle: Duration,
+    /// The protocol spoken to the endpoints: `http1` (default) or `http2` (h2c with prior
+    /// knowledge: many requests share a connection).
+    #[serde(default)]
+    pub protocol: UpstreamVersion,
 }
 
 fn yes() -> bool {

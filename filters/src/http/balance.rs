@@ -27,7 +27,7 @@ use http::{HeaderName, StatusCode, request, response};
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{LimitsConfig, MuxHttp};
+use super::{Http2UpstreamConfig, LimitsConfig, MuxHttp, UpstreamVersion};
 use crate::net::{Connect, Refresher};
 
 /// One endpoint of a `balance-http` group: `IP:port`, or `{ address, weight }`.
@@ -118,6 +118,13 @@ pub struct BalanceHttpConfig {
     /// Limits on responses.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The HTTP version spoken to the endpoints: `http1` (default) or `http2` (h2c with
+    /// prior knowledge; many requests per connection).
+    #[serde(default)]
+    pub version: UpstreamVersion,
+    /// HTTP/2 settings, used with `version: http2`.
+    #[serde(default)]
+    pub http2: Http2UpstreamConfig,
 }
 
 fn d_balance() -> BalancerConfig {
@@ -142,6 +149,8 @@ impl BalanceHttpConfig {
             max_idle: d_idle(),
             max_requests: 0,
             limits: LimitsConfig::default(),
+            version: UpstreamVersion::default(),
+            http2: Http2UpstreamConfig::default(),
         }
     }
 }
@@ -182,7 +191,11 @@ pub struct PickedUpstream(pub SocketAddr);
 ///     hash_on: { header: x-user }        # or client_ip (default), path
 ///     health_check: { probe: { type: http, path: /health }, interval: 2s }
 ///     connect_timeout: 2s
+///     version: http2                     # h2c to the endpoints; default http1
 /// ```
+///
+/// With `version: http2` each endpoint's pool is an HTTP/2 one (see [`MuxHttp::http2`]):
+/// few connections, many requests in flight on each.
 ///
 /// Hash algorithms (`ring_hash`, `maglev`) and sticky sessions key on `hash_on`: the
 /// client's IP by default, or a request header (falling back to the client's IP when the
@@ -239,8 +252,13 @@ impl BalanceHttp {
                 .filter(Connect::to(t.address.to_string()).connect_timeout(config.connect_timeout))
                 .build()
                 .map_err(|e| ConfigError::new(format!("targets[{i}]"), e))?;
-            let pool = MuxHttp::new(SubPipeline::from(conn), config.limits.limits(), opts)
+            let mut pool = MuxHttp::new(SubPipeline::from(conn), config.limits.limits(), opts)
                 .map_err(|e| ConfigError::new(format!("targets[{i}]"), e))?;
+            if config.version == UpstreamVersion::Http2 {
+                pool = pool
+                    .http2(config.http2)
+                    .map_err(|e| ConfigError::new("http2", e))?;
+            }
             pools.insert(t.address, pool);
             backends.push(Backend::new(t.address).weight(t.weight));
         }
