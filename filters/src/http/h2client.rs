@@ -438,18 +438,17 @@ impl H2Pool {
             server_max: AtomicUsize::new(known),
             failure,
         });
-        handle.spawn(run_connection(
-            Arc::downgrade(self),
-            self.known_server_max.clone(),
-            conn.clone(),
-            connection,
-            tx,
+        let env = ConnEnv {
+            pool: Arc::downgrade(self),
+            known_server_max: self.known_server_max.clone(),
             key,
-            self.max_idle,
-            self.cfg
+            max_idle: self.max_idle,
+            keepalive: self
+                .cfg
                 .keepalive_interval
                 .map(|i| (i, self.cfg.keepalive_timeout)),
-        ));
+        };
+        handle.spawn(run_connection(env, conn.clone(), connection, tx));
         Ok(conn)
     }
 }
@@ -464,6 +463,17 @@ fn remove_from_pool(pool: &Weak<H2Pool>, key: ThreadId, id: u64) {
             }
         }
     }
+}
+
+/// What a connection task knows of its pool.
+struct ConnEnv {
+    pool: Weak<H2Pool>,
+    /// The pool's [`H2Pool::known_server_max`].
+    known_server_max: Arc<AtomicUsize>,
+    key: ThreadId,
+    max_idle: Duration,
+    /// PING interval and answer timeout.
+    keepalive: Option<(Duration, Duration)>,
 }
 
 /// Keep-alive PINGs of one connection.
@@ -508,15 +518,18 @@ impl Keepalive {
 /// Drives one upstream connection until it fails, is closed by the server, or is closed
 /// by us (idle for `max_idle`, or retired with nothing in flight).
 async fn run_connection(
-    pool: Weak<H2Pool>,
-    known_server_max: Arc<AtomicUsize>,
+    env: ConnEnv,
     conn: Arc<Conn>,
     mut connection: Connection<UpstreamIo, Bytes>,
     tx: Arc<FeedSender>,
-    key: ThreadId,
-    max_idle: Duration,
-    keepalive: Option<(Duration, Duration)>,
 ) {
+    let ConnEnv {
+        pool,
+        known_server_max,
+        key,
+        max_idle,
+        keepalive,
+    } = env;
     let mut pings = keepalive.and_then(|(interval, timeout)| {
         connection.ping_pong().map(|pings| Keepalive {
             pings,

@@ -41,11 +41,7 @@ impl Filter for Pipe2Server {
         tokio::spawn(async move {
             while let Some(ev) = input.next().await {
                 match ev {
-                    Event::Data(b) => {
-                        if wr.write_all(&b).await.is_err() {
-                            return;
-                        }
-                    }
+                    Event::Data(b) if wr.write_all(&b).await.is_err() => return,
                     Event::StreamEnd(_) => break,
                     _ => {}
                 }
