@@ -225,14 +225,21 @@ fn h2_over_tls_to_hypercorn_and_nginx() {
     let hp = free_port();
     let _hc = hypercorn(hp, Some((&cert, &key)));
     let np = free_port();
+    let sink = free_port();
     let ndir = TempDir::new("h2up-nginx");
+    // /sink reads the whole body before answering (proxy_pass to a plain server block):
+    // an answer before the body is read makes nginx reset the stream with NO_ERROR, which
+    // curl 7.88 takes for an error while it is still uploading.
     let _nginx = nginx(
         &ndir,
         &format!(
             "server {{ listen 127.0.0.1:{np} ssl http2; ssl_certificate {cert}; \
              ssl_certificate_key {key}; client_max_body_size 16m; \
-             location /sink {{ client_body_buffer_size 8m; return 200 \"$server_protocol $request_method $request_uri $content_length\"; }} \
-             location / {{ return 200 \"$server_protocol $request_method $request_uri\"; }} }}",
+             location /sink {{ client_body_buffer_size 8m; proxy_set_header x-proto $server_protocol; \
+             proxy_pass http://127.0.0.1:{sink}; }} \
+             location / {{ return 200 \"$server_protocol $request_method $request_uri\"; }} }} \
+             server {{ listen 127.0.0.1:{sink}; client_max_body_size 16m; \
+             location / {{ return 200 \"$http_x_proto $request_method $request_uri $content_length\"; }} }}",
             cert = cert.display(),
             key = key.display()
         ),

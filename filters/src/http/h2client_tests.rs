@@ -125,6 +125,15 @@ async fn handle(req: http::Request<RecvStream>, mut respond: SendResponse<Bytes>
         "/refuse" => {
             respond.send_reset(Reason::REFUSED_STREAM);
         }
+        "/early" => {
+            // A complete answer without reading the body; dropping the body asks the
+            // client to stop sending it (RST_STREAM NO_ERROR).
+            let mut send = respond
+                .send_response(resp.body(()).unwrap(), false)
+                .unwrap();
+            let _ = send.send_data(Bytes::from_static(b"early"), true);
+            drop(body);
+        }
         "/big-headers" => {
             resp = resp.header("x-big", "a".repeat(100_000));
             let _ = respond.send_response(resp.body(()).unwrap(), true);
@@ -301,6 +310,19 @@ async fn bodies_and_trailers_pass_both_ways_under_flow_control() {
     assert_eq!(body.len(), payload.len());
     assert!(body == payload);
     assert_eq!(trailers.unwrap()["x-sum"], "42");
+}
+
+#[tokio::test]
+async fn an_early_complete_response_ends_the_upload_without_error() {
+    let (_srv, up) = server(ServerOpts::default());
+    let f = mux(up, Http2UpstreamConfig::default(), Duration::from_secs(60));
+    let chunks: Vec<Bytes> = (0..64).map(|_| Bytes::from(vec![7u8; 64 * 1024])).collect();
+    for _ in 0..20 {
+        let req = http::Request::post("/early").header("host", "up.test");
+        let (parts, body, _) = call(&f, req, &chunks, None).await.unwrap();
+        assert_eq!(parts.status, 200);
+        assert_eq!(body, b"early");
+    }
 }
 
 #[tokio::test]
