@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig};
-use flowgate_pipeline::server::{TcpSource, io_error};
+use flowgate_pipeline::server::{TcpSource, WriteGather, io_error};
 use flowgate_pipeline::{
     Context, Description, Dyn, ErrorKind, Event, Events, Filter, Side, StreamError,
 };
@@ -563,9 +563,25 @@ impl Stream for ConnectStream {
                         }
                         match this.input.as_mut().poll_next(cx) {
                             Poll::Ready(Some(Event::Data(b))) => {
-                                if !b.is_empty() {
-                                    open.pending = Some(b);
+                                // What else is ready joins this write (a request head and
+                                // its small body leave in one segment).
+                                let mut gather = WriteGather::default();
+                                gather.push(b);
+                                while gather.has_room() {
+                                    match this.input.as_mut().poll_next(cx) {
+                                        Poll::Ready(Some(Event::Data(b))) => gather.push(b),
+                                        Poll::Ready(Some(Event::StreamEnd(Some(e)))) => {
+                                            return this.fail(e);
+                                        }
+                                        Poll::Ready(Some(Event::StreamEnd(None)) | None) => {
+                                            open.input_done = true;
+                                            break;
+                                        }
+                                        Poll::Ready(Some(_)) => {}
+                                        Poll::Pending => break,
+                                    }
                                 }
+                                open.pending = gather.take();
                             }
                             Poll::Ready(Some(Event::StreamEnd(Some(e)))) => {
                                 // The client failed: drop the upstream connection too.

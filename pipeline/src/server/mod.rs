@@ -20,7 +20,7 @@ mod mmsg;
 mod tcp;
 mod udp;
 
-pub use tcp::{READ_SIZE, TcpSource, conn_info, io_error, serve as serve_tcp};
+pub use tcp::{READ_SIZE, TcpSource, WriteGather, conn_info, io_error, serve as serve_tcp};
 pub use udp::Datagram;
 
 use std::collections::HashMap;
