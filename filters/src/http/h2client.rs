@@ -41,7 +41,7 @@ use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context as TaskCx, Poll, Waker};
 use std::thread::ThreadId;
@@ -58,7 +58,7 @@ use futures_util::{FutureExt, StreamExt};
 use h2::client::{Connection, ResponseFuture, SendRequest};
 use h2::{Ping, PingPong, Reason, SendStream};
 use http::header::{CONNECTION, HOST, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, Request, Uri, Version, request};
+use http::{HeaderMap, Method, Request, Uri, Version, request};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -255,6 +255,45 @@ pub(crate) struct H2Pool {
     /// connection assumes it until its own SETTINGS come, so a burst of requests on a
     /// fresh connection is not refused wholesale by a server with a lower limit.
     known_server_max: Arc<AtomicUsize>,
+    /// What the pool learned of the server's own per-connection request limit (see
+    /// [`Budget`]).
+    budget: Arc<Budget>,
+}
+
+/// The server's per-connection request limit, learned from its GOAWAYs.
+///
+/// Servers retire a connection after so many requests (nginx `keepalive_requests`,
+/// hypercorn `keep_alive_max_requests`, Envoy `max_requests_per_connection`) with a
+/// graceful GOAWAY. Every stream sent in the round trip before that GOAWAY arrives is
+/// refused and must be sent again; under load that is a good part of the traffic, and a
+/// request can be refused several times in a row. When two connections in a row were
+/// refused streams after the same number of accepted ones, that number is taken as the
+/// server's limit: later connections take no more requests than that and close when
+/// drained, so the server never has to refuse. A count seen once (a restart, a reload)
+/// teaches nothing.
+#[derive(Default)]
+struct Budget {
+    /// The accepted-stream count of the last connection that had streams refused.
+    last_seen: AtomicU64,
+    /// The learned limit; 0 while none is known.
+    learned: AtomicU64,
+}
+
+impl Budget {
+    /// A connection ended whose server accepted `served` streams and refused the ones
+    /// after them.
+    fn refused_after(&self, served: u64) {
+        if served == 0 {
+            return;
+        }
+        if self.last_seen.swap(served, Ordering::Relaxed) == served {
+            self.learned.store(served, Ordering::Relaxed);
+        }
+    }
+
+    fn get(&self) -> Option<u64> {
+        Some(self.learned.load(Ordering::Relaxed)).filter(|&n| n > 0)
+    }
 }
 
 /// One upstream connection as the requests see it.
@@ -266,6 +305,23 @@ struct Conn {
     server_max: AtomicUsize,
     /// The sub-pipeline's error, when that is what ended the connection.
     failure: Arc<Mutex<Option<StreamError>>>,
+    /// The lowest stream id the server refused for going away (0: none).
+    first_refused: AtomicU64,
+    /// The server said GOAWAY on this connection.
+    went_away: AtomicBool,
+    /// The pool's [`H2Pool::budget`], told what the server accepted when the connection
+    /// and its last request are gone (the connection task may end before the requests
+    /// have seen their refusals).
+    budget: Arc<Budget>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(served) = self.served_before_refusal() {
+            tracing::debug!(served, "HTTP/2 upstream refused the streams after these");
+            self.budget.refused_after(served);
+        }
+    }
 }
 
 struct ConnState {
@@ -306,6 +362,23 @@ impl Conn {
     fn failure(&self) -> Option<StreamError> {
         lock(&self.failure).clone()
     }
+
+    /// Notes that the server refused stream `id` because it is going away.
+    fn refused_by_goaway(&self, id: u32) {
+        let id = u64::from(id);
+        let _ = self
+            .first_refused
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                (old == 0 || id < old).then_some(id)
+            });
+    }
+
+    /// How many streams the server accepted before those it refused for going away
+    /// (client stream ids are 1, 3, 5…), if it refused any.
+    fn served_before_refusal(&self) -> Option<u64> {
+        let first = self.first_refused.load(Ordering::Relaxed);
+        (first > 0).then(|| first.saturating_sub(1) / 2)
+    }
 }
 
 impl H2Pool {
@@ -323,6 +396,7 @@ impl H2Pool {
             conns: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             known_server_max: Arc::new(AtomicUsize::new(cfg.max_concurrent_streams as usize)),
+            budget: Arc::new(Budget::default()),
         }
     }
 
@@ -370,7 +444,11 @@ impl H2Pool {
         let mut st = lock(&conn.state);
         st.in_flight += 1;
         st.carried += 1;
-        if self.max_requests > 0 && st.carried >= self.max_requests {
+        let max = match (self.max_requests, self.budget.get()) {
+            (0, learned) => learned.unwrap_or(0),
+            (mine, learned) => learned.map_or(mine, |l| l.min(mine)),
+        };
+        if max > 0 && st.carried >= max {
             st.retired = true;
             list.retain(|c| c.id != conn.id);
         }
@@ -437,10 +515,14 @@ impl H2Pool {
             }),
             server_max: AtomicUsize::new(known),
             failure,
+            first_refused: AtomicU64::new(0),
+            went_away: AtomicBool::new(false),
+            budget: self.budget.clone(),
         });
         let env = ConnEnv {
             pool: Arc::downgrade(self),
             known_server_max: self.known_server_max.clone(),
+
             key,
             max_idle: self.max_idle,
             keepalive: self
@@ -476,16 +558,47 @@ struct ConnEnv {
     keepalive: Option<(Duration, Duration)>,
 }
 
-/// Keep-alive PINGs of one connection.
-struct Keepalive {
+/// The PINGs of one connection: keep-alive ones every `interval` (when configured), and
+/// one as soon as the server says GOAWAY while requests are in flight. Either must be
+/// answered within `timeout`, or the connection is taken for dead.
+///
+/// The GOAWAY probe is there for servers that stop serving a connection when they say
+/// GOAWAY although its last stream id promises to finish the streams below it: hypercorn
+/// (python-h2's `close_connection` leaves its connection state machine closed) can then
+/// neither answer those streams nor take any frame, and only closes the connection at its
+/// keep-alive timeout (5 s). The PING makes such a server fail the connection at once
+/// (GOAWAY PROTOCOL_ERROR), so the requests can be sent again (see [`send_bodiless`]); a
+/// server that keeps its promise just answers it.
+struct Pinger {
     pings: PingPong,
-    interval: Duration,
+    interval: Option<Duration>,
     timeout: Duration,
     timer: Pin<Box<Sleep>>,
     waiting: bool,
 }
 
-impl Keepalive {
+impl Pinger {
+    fn new(pings: PingPong, interval: Option<Duration>, timeout: Duration) -> Self {
+        Pinger {
+            pings,
+            interval,
+            timeout,
+            timer: Box::pin(tokio::time::sleep(interval.unwrap_or(timeout))),
+            waiting: false,
+        }
+    }
+
+    /// Sends a PING now unless one is already waiting for its answer.
+    fn probe(&mut self) -> Result<(), H2ClientError> {
+        if self.waiting {
+            return Ok(());
+        }
+        self.pings.send_ping(Ping::opaque())?;
+        self.waiting = true;
+        self.timer.as_mut().reset(Instant::now() + self.timeout);
+        Ok(())
+    }
+
     /// Ready with an error when a PING went unanswered.
     fn poll(&mut self, task: &mut TaskCx<'_>) -> Poll<H2ClientError> {
         loop {
@@ -493,12 +606,16 @@ impl Keepalive {
                 match self.pings.poll_pong(task) {
                     Poll::Ready(Ok(_)) => {
                         self.waiting = false;
-                        self.timer.as_mut().reset(Instant::now() + self.interval);
+                        if let Some(i) = self.interval {
+                            self.timer.as_mut().reset(Instant::now() + i);
+                        }
                         continue;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(e.into()),
                     Poll::Pending => {}
                 }
+            } else if self.interval.is_none() {
+                return Poll::Pending;
             }
             if self.timer.as_mut().poll(task).is_pending() {
                 return Poll::Pending;
@@ -506,11 +623,9 @@ impl Keepalive {
             if self.waiting {
                 return Poll::Ready(H2ClientError::KeepaliveTimeout(self.timeout));
             }
-            if let Err(e) = self.pings.send_ping(Ping::opaque()) {
-                return Poll::Ready(e.into());
+            if let Err(e) = self.probe() {
+                return Poll::Ready(e);
             }
-            self.waiting = true;
-            self.timer.as_mut().reset(Instant::now() + self.timeout);
         }
     }
 }
@@ -530,19 +645,23 @@ async fn run_connection(
         max_idle,
         keepalive,
     } = env;
-    let mut pings = keepalive.and_then(|(interval, timeout)| {
-        connection.ping_pong().map(|pings| Keepalive {
-            pings,
-            interval,
-            timeout,
-            timer: Box::pin(tokio::time::sleep(interval)),
-            waiting: false,
-        })
-    });
+    let (interval, timeout) = match keepalive {
+        Some((i, t)) => (Some(i), t),
+        None => (None, d_ping_timeout()),
+    };
+    let mut pings = connection
+        .ping_pong()
+        .map(|p| Pinger::new(p, interval, timeout));
+    // Polled only to learn that the server said GOAWAY (it fails from then on).
+    let mut probe = conn.send.clone();
+    let mut going_away = false;
     let mut idle = Box::pin(tokio::time::sleep(max_idle));
     let mut last_server_max = usize::MAX;
     let end: Result<(), H2ClientError> = poll_fn(|task| {
         if let Poll::Ready(r) = Pin::new(&mut connection).poll(task) {
+            if r.as_ref().is_err_and(|e| e.is_go_away() && e.is_remote()) {
+                conn.went_away.store(true, Ordering::Relaxed);
+            }
             return Poll::Ready(r.map_err(H2ClientError::from));
         }
         let server_max = connection.max_concurrent_send_streams();
@@ -552,8 +671,22 @@ async fn run_connection(
             last_server_max = server_max;
             known_server_max.store(server_max, Ordering::Relaxed);
         }
-        if let Some(k) = pings.as_mut()
-            && let Poll::Ready(e) = k.poll(task)
+        if !going_away && let Poll::Ready(Err(e)) = probe.poll_ready(task) {
+            going_away = true;
+            conn.went_away.store(e.is_go_away(), Ordering::Relaxed);
+            tracing::debug!(error = %e, "HTTP/2 upstream connection is going away");
+            // No new requests here; make sure the server still serves those in flight.
+            lock(&conn.state).retired = true;
+            remove_from_pool(&pool, key, conn.id);
+            if lock(&conn.state).in_flight > 0
+                && let Some(p) = pings.as_mut()
+                && let Err(e) = p.probe()
+            {
+                return Poll::Ready(Err(e));
+            }
+        }
+        if let Some(p) = pings.as_mut()
+            && let Poll::Ready(e) = p.poll(task)
         {
             return Poll::Ready(Err(e));
         }
@@ -729,6 +862,14 @@ const MAX_QUEUED_EVENTS: usize = 4;
 /// going away or broken.
 const START_TRIES: usize = 3;
 
+/// Sends of a request without a body, the first included, while the server refuses it
+/// (it was not processed, so sending it again is always safe) or, for an idempotent
+/// method, while the server retires its connection without answering it (RFC 9110
+/// §9.2.2 allows sending those again). A server that retires
+/// connections refuses the streams sent in the round trip before its GOAWAY arrived, and
+/// under load a request can land in that window more than once in a row.
+const RESEND_TRIES: usize = 6;
+
 /// Whether the server said it did not process the stream (RFC 9113 §8.7): REFUSED_STREAM,
 /// or a stream above the last one a graceful GOAWAY kept.
 fn is_refused(e: &h2::Error) -> bool {
@@ -756,6 +897,32 @@ fn upstream_error(e: h2::Error, conn: &Conn) -> StreamError {
 /// Whether `e` says the connection (not the request) is unusable.
 fn is_connection_error(e: &h2::Error) -> bool {
     e.is_io() || e.is_go_away() || e.reason().is_some()
+}
+
+/// Whether the stream failed because the server retired its connection and then did not
+/// finish it: a GOAWAY with an error, or the connection closing after a GOAWAY (hypercorn
+/// does both, see [`Pinger`]). Not a reset of this one stream, nor a connection that
+/// failed for another reason (a keep-alive timeout): those are left to `retry`.
+fn is_lost_to_goaway(e: &h2::Error, conn: &Conn) -> bool {
+    (e.is_go_away() && e.is_remote())
+        || ((e.is_io() || e.is_go_away()) && conn.went_away.load(Ordering::Relaxed))
+}
+
+/// Methods that may be sent again after a failure whose effect is unknown (RFC 9110
+/// §9.2.2).
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// A stream refused because of a graceful GOAWAY: noted on its connection, whose server
+/// then has shown how many streams it takes (see [`Budget`]).
+fn note_refusal(e: &h2::Error, conn: &Conn, id: h2::StreamId) {
+    if is_refused(e) && e.is_go_away() {
+        conn.refused_by_goaway(id.as_u32());
+    }
 }
 
 /// Runs each request message of `input` as an HTTP/2 stream, one after the other, and
@@ -834,24 +1001,33 @@ async fn exchange(pool: Arc<H2Pool>, mut input: Events, out: FeedSender, cx: Con
     }
 }
 
-/// Sends a request without a body and waits for its response head, trying again on
-/// another connection when the server refused the stream.
+/// Sends a request without a body and waits for its response head, sending it again on
+/// another connection when the server refused the stream, or when it retired the
+/// connection without answering an idempotent request (up to [`RESEND_TRIES`] sends).
 async fn send_bodiless(
     pool: &Arc<H2Pool>,
     cx: &Context,
     req: Request<()>,
 ) -> Result<(Slot, http::Response<h2::RecvStream>), StreamError> {
+    let idempotent = is_idempotent(req.method());
     let mut tries = 0;
     loop {
         tries += 1;
         let (slot, response, _body) = start(pool, cx, req.clone(), true).await?;
-        match response.await {
+        let id = response.stream_id();
+        let e = match response.await {
             Ok(resp) => return Ok((slot, resp)),
-            Err(e) if is_refused(&e) && tries < START_TRIES => {
-                tracing::debug!(error = %e, "HTTP/2 upstream refused a stream; sending it again");
-            }
-            Err(e) => return Err(upstream_error(e, &slot.conn)),
+            Err(e) => e,
+        };
+        note_refusal(&e, &slot.conn, id);
+        let lost = is_lost_to_goaway(&e, &slot.conn);
+        if !(is_refused(&e) || (idempotent && lost)) || tries >= RESEND_TRIES {
+            return Err(upstream_error(e, &slot.conn));
         }
+        if lost {
+            pool.retire(&slot.conn);
+        }
+        tracing::debug!(error = %e, "HTTP/2 upstream did not process a request; sending it again");
     }
 }
 
@@ -963,7 +1139,11 @@ async fn download(
     out: &FeedSender,
     conn: &Conn,
 ) -> Result<(), StreamError> {
-    let resp = response.await.map_err(|e| upstream_error(e, conn))?;
+    let id = response.stream_id();
+    let resp = response.await.map_err(|e| {
+        note_refusal(&e, conn, id);
+        upstream_error(e, conn)
+    })?;
     forward(resp, out, conn).await
 }
 

@@ -536,3 +536,226 @@ fn config_is_checked_and_parsed() {
         serde_json::from_value(serde_json::json!({ "pipeline": "up" })).unwrap();
     assert_eq!(c.version, UpstreamVersion::Http1);
 }
+
+/// How a [`retiring`] server behaves once it has taken its last request on a connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retire {
+    /// Like nginx (`keepalive_requests`): GOAWAY NO_ERROR naming the last stream it took,
+    /// that stream and those before it answered, later ones ignored (so refused).
+    Graceful,
+    /// Like hypercorn 0.18 (`keep_alive_max_requests`, python-h2's `close_connection`):
+    /// the frames read with the last request are all taken and the GOAWAY names the
+    /// highest of them, but none of them is answered; any frame that comes after it is a
+    /// PROTOCOL_ERROR that closes the connection, and otherwise the connection is closed
+    /// after a 5 s keep-alive timeout.
+    Broken,
+}
+
+/// Counts of a [`retiring`] server.
+#[derive(Default)]
+struct RetiringStats {
+    conns: AtomicUsize,
+    answered: AtomicUsize,
+    /// Streams that came after the GOAWAY.
+    ignored: AtomicUsize,
+}
+
+/// An upstream that retires each connection after `limit` requests, speaking raw
+/// HTTP/2 frames (h2's own server always says GOAWAY in two steps, so a client never
+/// sees a stream refused by it): every request gets `200` with no body, answered once
+/// the bytes read so far are handled.
+fn retiring(limit: usize, how: Retire) -> (Arc<RetiringStats>, Pipe2Server) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<DuplexStream>();
+    let stats = Arc::new(RetiringStats::default());
+    let s = stats.clone();
+    tokio::spawn(async move {
+        while let Some(io) = rx.recv().await {
+            s.conns.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve_retiring(io, limit, how, s.clone()));
+        }
+    });
+    (stats, Pipe2Server { conns: tx })
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn goaway(last: u32, code: u32) -> Vec<u8> {
+    let mut p = last.to_be_bytes().to_vec();
+    p.extend_from_slice(&code.to_be_bytes());
+    frame(7, 0, 0, &p)
+}
+
+async fn serve_retiring(
+    mut io: DuplexStream,
+    limit: usize,
+    how: Retire,
+    stats: Arc<RetiringStats>,
+) {
+    const HEADERS: u8 = 1;
+    const SETTINGS: u8 = 4;
+    const PING: u8 = 6;
+    const ACK: u8 = 1;
+    const PROTOCOL_ERROR: u32 = 1;
+    let mut buf = Vec::new();
+    let mut chunk = vec![0; 64 * 1024];
+    let mut preface = false;
+    let mut taken = 0;
+    let mut highest = 0;
+    let mut gone = false;
+    if io.write_all(&frame(SETTINGS, 0, 0, &[])).await.is_err() {
+        return;
+    }
+    loop {
+        let n = match tokio::time::timeout(Duration::from_secs(5), io.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        if !preface {
+            if buf.len() < 24 {
+                continue;
+            }
+            buf.drain(..24);
+            preface = true;
+        }
+        let mut out = Vec::new();
+        let mut answers = Vec::new();
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (buf[3], buf[4]);
+            let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            let payload: Vec<u8> = buf.drain(..9 + len).skip(9).collect();
+            if gone && how == Retire::Broken {
+                // Its connection state machine is closed: anything is a protocol error.
+                let _ = io.write_all(&goaway(highest, PROTOCOL_ERROR)).await;
+                return;
+            }
+            match kind {
+                SETTINGS if flags & ACK == 0 => out.extend(frame(SETTINGS, ACK, 0, &[])),
+                PING if flags & ACK == 0 => out.extend(frame(PING, ACK, 0, &payload)),
+                HEADERS if gone && how == Retire::Graceful => {
+                    stats.ignored.fetch_add(1, Ordering::SeqCst);
+                }
+                HEADERS => {
+                    taken += 1;
+                    highest = stream;
+                    answers.push(stream);
+                    if taken == limit && how == Retire::Graceful {
+                        gone = true;
+                        out.extend(goaway(stream, 0));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if how == Retire::Broken && taken >= limit {
+            gone = true;
+            out.extend(goaway(highest, 0));
+        } else {
+            for s in answers {
+                // `:status: 200` (static table index 8), END_STREAM | END_HEADERS.
+                out.extend(frame(HEADERS, 0x5, s, &[0x88]));
+                stats.answered.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        if io.write_all(&out).await.is_err() {
+            return;
+        }
+        if gone && how == Retire::Graceful {
+            // Everything it took is answered: done.
+            let _ = io.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// `workers` loops of `each` GET requests one after the other; all must succeed.
+async fn hammer(f: &MuxHttp, workers: usize, each: usize) {
+    let results = futures_util::future::join_all((0..workers).map(|w| async move {
+        let mut failures = Vec::new();
+        for i in 0..each {
+            match call(f, get(&format!("/w{w}/{i}")), &[], None).await {
+                Ok((p, _, _)) if p.status == 200 => {}
+                other => failures.push(format!("{:?}", other.map(|r| r.0.status))),
+            }
+        }
+        failures
+    }))
+    .await;
+    let failures: Vec<String> = results.into_iter().flatten().collect();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
+}
+
+#[tokio::test]
+async fn a_server_retiring_connections_every_n_requests_loses_none() {
+    // 20 requests in flight, a new connection every 10: each GOAWAY finds streams sent
+    // after the last one the server took; they are sent again, not failed, and once two
+    // connections showed the same limit no stream is sent past it.
+    let (stats, up) = retiring(10, Retire::Graceful);
+    let f = mux(up, Http2UpstreamConfig::default(), Duration::from_secs(60));
+    hammer(&f, 20, 10).await;
+    assert!(
+        stats.ignored.load(Ordering::SeqCst) > 0,
+        "no stream was refused"
+    );
+    let (conns, ignored) = (
+        stats.conns.load(Ordering::SeqCst),
+        stats.ignored.load(Ordering::SeqCst),
+    );
+    hammer(&f, 20, 20).await;
+    assert_eq!(
+        stats.ignored.load(Ordering::SeqCst),
+        ignored,
+        "streams were still sent past the learned limit"
+    );
+    // 400 requests more, 10 a connection.
+    assert_eq!(stats.conns.load(Ordering::SeqCst) - conns, 40);
+    assert_eq!(stats.answered.load(Ordering::SeqCst), 600);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_that_drops_its_streams_on_goaway_is_caught_at_once() {
+    // hypercorn-like: the streams below the GOAWAY's last id are never answered. The
+    // PING sent on the GOAWAY makes it fail the connection at once, and the GETs are sent
+    // again, instead of waiting for its 5 s keep-alive timeout.
+    let (stats, up) = retiring(30, Retire::Broken);
+    let f = mux(up, Http2UpstreamConfig::default(), Duration::from_secs(60));
+    let started = Instant::now();
+    hammer(&f, 10, 30).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    // 300 answered, at most 30 a connection.
+    assert!(stats.conns.load(Ordering::SeqCst) >= 10);
+    // A POST is not sent again: its failure shows.
+    let (stats, up) = retiring(2, Retire::Broken);
+    let f = mux(up, Http2UpstreamConfig::default(), Duration::from_secs(60));
+    assert_eq!(call(&f, get("/"), &[], None).await.unwrap().0.status, 200);
+    let post = http::Request::post("/p").header("host", "up.test");
+    let e = call(&f, post, &[], None).await.unwrap_err();
+    assert_eq!(e.side(), Side::Upstream);
+    assert!(!e.is_retry_safe(), "{e:?}");
+    assert_eq!(stats.conns.load(Ordering::SeqCst), 1);
+    // The same for a GET is sent again on a new connection.
+    assert_eq!(call(&f, get("/"), &[], None).await.unwrap().0.status, 200);
+    let (stats, up) = retiring(2, Retire::Broken);
+    let f = mux(up, Http2UpstreamConfig::default(), Duration::from_secs(60));
+    for _ in 0..2 {
+        assert_eq!(call(&f, get("/"), &[], None).await.unwrap().0.status, 200);
+    }
+    assert_eq!(stats.conns.load(Ordering::SeqCst), 2);
+    assert_eq!(stats.answered.load(Ordering::SeqCst), 2);
+}
