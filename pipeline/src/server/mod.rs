@@ -460,7 +460,17 @@ fn worker_main(
                         }
                         Protocol::Udp => {
                             let std: std::net::UdpSocket = socket.into();
-                            match tokio::net::UdpSocket::from_std(std) {
+                            // Read interest only (see `mmsg`). `with_interest` is deprecated
+                            // because an `AsyncFd` over a borrowed or shared descriptor is
+                            // unsound; here it owns the socket, which nothing else can close.
+                            #[allow(deprecated)]
+                            let fd = std.set_nonblocking(true).and_then(|()| {
+                                tokio::io::unix::AsyncFd::with_interest(
+                                    std,
+                                    tokio::io::Interest::READABLE,
+                                )
+                            });
+                            match fd {
                                 Ok(s) => {
                                     let (stop, stopped) = tokio::sync::oneshot::channel();
                                     Running {

@@ -274,7 +274,10 @@ mod tests {
         g.push(Bytes::from_static(b"ok"));
         g.push(Bytes::from_static(b"!"));
         assert_eq!(g.len(), one.len() + 3);
-        assert_eq!(&g.take().unwrap_or_default()[..], b"HTTP/1.1 200 OK\r\n\r\nok!");
+        assert_eq!(
+            &g.take().unwrap_or_default()[..],
+            b"HTTP/1.1 200 OK\r\n\r\nok!"
+        );
         assert!(g.take().is_none());
 
         g.push(Bytes::from(vec![0u8; WriteGather::LIMIT]));

@@ -17,7 +17,6 @@ use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
 use futures_util::StreamExt;
 use futures_util::stream::SelectAll;
-use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
@@ -131,13 +130,13 @@ impl Stream for Session {
 /// fires (or its sender is dropped); then it stops receiving, ends every session's input and
 /// returns once the sessions have finished (the worker's drain deadline bounds that).
 pub(crate) async fn serve(
-    sock: UdpSocket,
+    sock: mmsg::Socket,
     listener: Arc<Listener>,
     worker: usize,
     live: Live,
     stop: oneshot::Receiver<()>,
 ) {
-    let local = sock.local_addr().ok();
+    let local = sock.get_ref().local_addr().ok();
     let idle = listener.config.udp_idle_timeout;
     // Idle sessions are found by a sweep, so a session ends between `idle` and
     // `idle + sweep` after its last datagram.
@@ -162,12 +161,13 @@ pub(crate) async fn serve(
 
         next_id: 0,
         timer: Box::pin(tokio::time::sleep(sweep)),
+        retry: None,
     };
     std::future::poll_fn(|cx| st.poll(cx)).await;
 }
 
 struct State {
-    sock: UdpSocket,
+    sock: mmsg::Socket,
     listener: Arc<Listener>,
     worker: usize,
     local: Option<SocketAddr>,
@@ -183,6 +183,8 @@ struct State {
     received: Vec<(Bytes, SocketAddr)>,
     next_id: u64,
     timer: Pin<Box<Sleep>>,
+    /// Set while replies wait for room in the socket buffer.
+    retry: Option<Pin<Box<Sleep>>>,
 }
 
 impl State {
@@ -310,9 +312,25 @@ impl State {
         any
     }
 
-    /// Sends queued replies until the socket is full; true if any was sent.
+    /// Sends queued replies until the socket buffer is full; true if any was sent.
     fn flush(&mut self, cx: &mut TaskCx<'_>) -> bool {
-        mmsg::poll_send(&self.sock, cx, &mut self.replies)
+        if self.replies.is_empty() {
+            return false;
+        }
+        if let Some(t) = &mut self.retry {
+            if t.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            self.retry = None;
+        }
+        let (sent, full) = mmsg::send(&self.sock, &mut self.replies);
+        if full {
+            let mut t = Box::pin(tokio::time::sleep(mmsg::SEND_RETRY));
+            // Registers the wake-up.
+            let _ = t.as_mut().poll(cx);
+            self.retry = Some(t);
+        }
+        sent > 0
     }
 
     /// Ends the sessions of peers idle for longer than the idle timeout.
