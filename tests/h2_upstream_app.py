@@ -83,6 +83,7 @@ async def app(scope, receive, send):
 if __name__ == "__main__":
     # One process (hypercorn's own runner forks a worker): `h2_upstream_app.py PORT [CERT KEY]`.
     # SIGTERM shuts down gracefully (GOAWAY to HTTP/2 clients).
+    import os
     import signal
     import sys
 
@@ -93,6 +94,9 @@ if __name__ == "__main__":
     config.bind = [f"127.0.0.1:{sys.argv[1]}"]
     config.accesslog = None
     config.graceful_timeout = 1.0
+    # H2_APP_MAX_REQUESTS=N: retire each connection after N requests (hypercorn's default
+    # is 1000), with GOAWAY.
+    config.keep_alive_max_requests = int(os.environ.get("H2_APP_MAX_REQUESTS", "1000"))
     if len(sys.argv) > 3:
         config.certfile, config.keyfile = sys.argv[2], sys.argv[3]
 

@@ -8,7 +8,9 @@
 //! HTTP/1.1 and h2 clients; trailers pass; 100 concurrent requests share at most one
 //! upstream connection per worker (hypercorn counts the client ports it saw); a stream the
 //! upstream resets fails only its own request; an upstream restart (GOAWAY, then refused
-//! connections) does not wedge the pool; a gateway backend with `protocol: http2`.
+//! connections) does not wedge the pool; upstreams that retire connections every 100
+//! requests (nginx `keepalive_requests`, hypercorn `keep_alive_max_requests`) lose no
+//! request; a gateway backend with `protocol: http2`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
@@ -35,8 +37,14 @@ fn need_python(module: &str) {
 
 /// hypercorn serving the test app on `port` (h2c and HTTP/1.1, or TLS with `tls`).
 fn hypercorn(port: u16, tls: Option<(&Path, &Path)>) -> Proc {
+    hypercorn_retiring(port, tls, 1000)
+}
+
+/// [`hypercorn`] retiring each connection after `max_requests` requests.
+fn hypercorn_retiring(port: u16, tls: Option<(&Path, &Path)>, max_requests: u32) -> Proc {
     need_python("hypercorn");
     let mut cmd = Command::new("python3");
+    cmd.env("H2_APP_MAX_REQUESTS", max_requests.to_string());
     cmd.arg(APP).arg(port.to_string());
     if let Some((cert, key)) = tls {
         cmd.arg(cert).arg(key);
@@ -450,4 +458,108 @@ fn a_gateway_backend_with_protocol_http2() {
         100
     );
     assert!(upstream_connections(hp) <= 2);
+}
+
+#[test]
+fn upstreams_retiring_connections_every_100_requests_lose_no_request() {
+    let dir = TempDir::new("h2up-retire");
+    let pki = OpensslPki::new(&dir, "up");
+    let (cert, key) = pki.leaf("upstream", "up.test", false);
+    // nginx, h2 over TLS: GOAWAY after 100 requests; the streams sent meanwhile are refused.
+    let np = free_port();
+    let ndir = TempDir::new("h2up-retire-nginx");
+    let _nginx = nginx(
+        &ndir,
+        &format!(
+            "server {{ listen 127.0.0.1:{np} ssl http2; ssl_certificate {cert}; \
+             ssl_certificate_key {key}; keepalive_requests 100; \
+             location / {{ return 200 \"$request_uri\"; }} }}",
+            cert = cert.display(),
+            key = key.display()
+        ),
+    );
+    wait_port(np);
+    // hypercorn, h2c: after 100 requests it says GOAWAY and answers nothing more on the
+    // connection (not even the streams the GOAWAY says it took).
+    let hp = free_port();
+    let _hc = hypercorn_retiring(hp, None, 100);
+    let (p1, p2) = (free_port(), free_port());
+    let cfg = dir.write(
+        "flowgate.yaml",
+        &format!(
+            "workers: 2
+listeners:
+  - listen: 127.0.0.1:{p1}
+    pipeline: main1
+  - listen: 127.0.0.1:{p2}
+    pipeline: main2
+pipelines:
+  main1:
+    - demux-http: {{ pipeline: to-nginx }}
+  main2:
+    - demux-http: {{ pipeline: to-hypercorn }}
+  to-nginx:
+    - mux-http: {{ pipeline: ng, version: http2, http2: {{ scheme: https }} }}
+  ng:
+    - connect-tls: {{ pipeline: ng-tcp, sni: up.test, ca: {ca}, alpn: [h2] }}
+  ng-tcp:
+    - connect: {{ target: 127.0.0.1:{np} }}
+  to-hypercorn:
+    - mux-http: {{ pipeline: hc, version: http2 }}
+  hc:
+    - connect: {{ target: 127.0.0.1:{hp} }}
+",
+            ca = pki.ca().display()
+        ),
+    );
+    // Its debug log (re-sends, failures) goes to a file, shown when something failed.
+    let log = dir.path("flowgate.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .arg("run")
+        .arg(&cfg)
+        .env("RUST_LOG", "warn,flowgate_filters::http=debug")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _fg = Proc {
+        child,
+        name: "flowgate".into(),
+    };
+    wait_port(p1);
+    wait_port(p2);
+    let failures = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("answered with an error") || l.contains("ERROR"))
+            .take(20)
+            .collect();
+        lines.join("\n")
+    };
+
+    // 80 streams at once, then 640 (several upstream connections at a time).
+    let url = format!("http://127.0.0.1:{p1}/n");
+    assert_eq!(h2load(&["-n", "3000", "-c", "8", "-m", "10", &url]), 3000);
+    assert_eq!(
+        h2load(&["-n", "10000", "-c", "32", "-m", "20", &url]),
+        10000
+    );
+
+    // Every 100 requests hypercorn drops the streams in flight: the GETs are sent again,
+    // at once (a PING on its GOAWAY makes it close the connection), not after its 5 s
+    // keep-alive timeout. (Each retirement loses every stream in flight, so a request can
+    // be lost on several connections in a row: at 10 in flight for 100 a connection that
+    // is about 10 % a try, and six tries make a failure all but impossible; at 80 in
+    // flight it would be 45 % — set `max_requests` below hypercorn's limit instead.)
+    let url = format!("http://127.0.0.1:{p2}/h");
+    let started = Instant::now();
+    let ok = h2load(&["-n", "2000", "-c", "2", "-m", "5", &url]);
+    assert_eq!(ok, 2000, "{}", failures());
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(25),
+        "{took:?} for 20 retirements"
+    );
 }

@@ -33,9 +33,19 @@
 //! Failures: a connection that is going away (GOAWAY) or broken takes no new requests; a
 //! request that could not be started on it is started on another connection (up to three
 //! tries) and then fails as retry-safe. A stream the server refused (REFUSED_STREAM, or
-//! above the last stream id of a graceful GOAWAY) fails retry-safe too, so `retry` can send
-//! it again; any other reset is a plain upstream failure: a 502 before the response head,
-//! an aborted response after. One stream's failure never touches the connection's others.
+//! above the last stream id of a graceful GOAWAY) was not processed: a request without a
+//! body is sent again at once (up to six sends), one with a body fails retry-safe so that
+//! `retry` can send it again. Any other reset is a plain upstream failure: a 502 before the
+//! response head, an aborted response after. One stream's failure never touches the
+//! connection's others.
+//!
+//! Servers that retire connections after so many requests: the streams sent in the round
+//! trip before their GOAWAY arrives are refused, so the pool learns the limit (the same
+//! accepted count on two connections in a row, see [`Budget`]) and then stops each
+//! connection there. hypercorn (0.18, python-h2) breaks its own GOAWAY: it answers none of
+//! the streams in flight, even those the GOAWAY says it took, and fails the connection on
+//! any frame after it; a PING sent on every GOAWAY (see [`Pinger`]) makes that happen at
+//! once, and idempotent requests without a body that it dropped are sent again.
 
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
