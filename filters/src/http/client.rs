@@ -31,7 +31,8 @@ pub struct UnaskedUpgrade;
 /// than 101) are dropped, so each request gets exactly one response message.
 ///
 /// Hop-by-hop fields are not forwarded (RFC 9110 §7.6.1: `Connection` and the fields it
-/// names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Upgrade`), except that an upgrade
+/// names — never `Content-Length`, `Transfer-Encoding` or `Host`, which the request is
+/// framed and routed by —, `Keep-Alive`, `Proxy-Connection`, `TE`, `Upgrade`), except that an upgrade
 /// request keeps its `Upgrade` and is sent with `connection: upgrade`. A 101 to a request
 /// that did not ask for it is an upstream protocol error; after a 101 (or a 2xx to
 /// CONNECT) the connection carries raw bytes both ways.
@@ -256,7 +257,10 @@ pub(crate) fn encode_proxied_head(head: &request::Parts, upgrade: bool, dst: &mu
     } else {
         b" HTTP/1.1\r\n"
     });
-    // Fields named in Connection (other than its own options) are hop-by-hop too.
+    // Fields named in Connection (other than its own options) are hop-by-hop too, except
+    // the ones this head is framed and routed by: the body below is written by
+    // Content-Length / Transfer-Encoding, so `Connection: content-length` must not drop
+    // them (the upstream would read the body as another request).
     let listed: Vec<&str> = head
         .headers
         .get_all(CONNECTION)
@@ -269,6 +273,9 @@ pub(crate) fn encode_proxied_head(head: &request::Parts, upgrade: bool, dst: &mu
                 && !t.eq_ignore_ascii_case("close")
                 && !t.eq_ignore_ascii_case("keep-alive")
                 && !t.eq_ignore_ascii_case("upgrade")
+                && !t.eq_ignore_ascii_case("content-length")
+                && !t.eq_ignore_ascii_case("transfer-encoding")
+                && !t.eq_ignore_ascii_case("host")
         })
         .collect();
     for (name, value) in &head.headers {
@@ -299,6 +306,33 @@ mod tests {
         let mut out = BytesMut::new();
         encode_proxied_head(&parts, wants_upgrade(&parts), &mut out);
         String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn connection_cannot_strip_the_framing_or_the_host() {
+        // `Connection: content-length` must not drop the length the body is written by:
+        // the upstream would read the body as the next request (smuggling).
+        let cl = encoded(
+            http::Request::post("/a")
+                .header("host", "x")
+                .header("connection", "content-length, host, x-hop")
+                .header("content-length", "5")
+                .header("x-hop", "1"),
+        );
+        assert_eq!(
+            cl,
+            "POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n"
+        );
+        let te = encoded(
+            http::Request::post("/a")
+                .header("host", "x")
+                .header("connection", "Transfer-Encoding")
+                .header("transfer-encoding", "chunked"),
+        );
+        assert_eq!(
+            te,
+            "POST /a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
     }
 
     #[test]
