@@ -58,7 +58,7 @@
 //!   main:
 //!     - demux-http:
 //!         pipeline: request
-//!         upgrade: { protocols: [websocket] }       # default: any protocol
+//!         upgrade: { protocols: [websocket] }       # default: any but h2c
 //!         connect: { pipeline: tunnel, ports: [443] } # default: CONNECT refused (405)
 //!         tunnel_idle_timeout: 5m
 //!   request:
@@ -212,7 +212,7 @@ pub struct DemuxHttpConfig {
     /// HTTP/2: served when TLS ALPN chose `h2` or the client starts with the h2c preface.
     #[serde(default)]
     pub http2: Http2Config,
-    /// Which HTTP/1.1 upgrades (WebSocket…) are passed on. Default: all.
+    /// Which HTTP/1.1 upgrades (WebSocket…) are passed on. Default: all but `h2c`.
     #[serde(default)]
     pub upgrade: UpgradeConfig,
     /// CONNECT tunnels: where they go and which targets are allowed. Default none

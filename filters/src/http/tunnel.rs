@@ -67,7 +67,8 @@ pub struct UpgradeConfig {
     pub enabled: bool,
     /// The protocols that may be asked for (the name of each `Upgrade` entry, `websocket`
     /// for `websocket/13`, case-insensitive); a request that asks for one not listed is an
-    /// ordinary request. Empty: any. Default empty.
+    /// ordinary request. Empty: any but `h2c` (an upgrade to h2c would let the client talk
+    /// HTTP/2 straight to the backend, past the proxy's per-request filters). Default empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub protocols: Vec<String>,
 }
@@ -109,9 +110,6 @@ impl UpgradeConfig {
         if !self.enabled {
             return false;
         }
-        if self.protocols.is_empty() {
-            return true;
-        }
         let mut any = false;
         for v in head.headers.get_all(UPGRADE) {
             let Ok(s) = v.to_str() else { return false };
@@ -121,7 +119,14 @@ impl UpgradeConfig {
                     continue;
                 }
                 any = true;
-                if !self.protocols.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+                let listed = if self.protocols.is_empty() {
+                    // h2c only when listed: a backend that takes it serves the client's
+                    // HTTP/2 directly, past every per-request filter (h2c smuggling).
+                    !name.eq_ignore_ascii_case("h2c")
+                } else {
+                    self.protocols.iter().any(|a| a.eq_ignore_ascii_case(name))
+                };
+                if !listed {
                     return false;
                 }
             }
@@ -780,6 +785,14 @@ mod tests {
     fn upgrade_policy() {
         let any = UpgradeConfig::default();
         assert!(wants_upgrade(&req("websocket")) && any.allows(&req("websocket")));
+        // h2c (h2c smuggling) only when listed.
+        assert!(!any.allows(&req("h2c")));
+        assert!(!any.allows(&req("websocket, H2C")));
+        let h2c = UpgradeConfig {
+            enabled: true,
+            protocols: vec!["h2c".into()],
+        };
+        assert!(h2c.allows(&req("h2c")));
         let ws = UpgradeConfig {
             enabled: true,
             protocols: vec!["WebSocket".into()],
