@@ -157,4 +157,5 @@ for set in auth fwd; do
 done
 echo
 echo "all rounds (q/s): $(for f in "$work"/*.qps; do printf '%s=[%s] ' "$(basename "$f" .qps)" "$(paste -sd, "$f")"; done)"
+echo "all rounds (p99 µs at max / at ${RATE} q/s): $(for f in "$work"/*.pmax; do b=$(basename "$f" .pmax); printf '%s=[%s / %s] ' "$b" "$(awk '{print $2}' "$f" | paste -sd,)" "$(awk '{print $2}' "$work/$b.prate" | paste -sd,)"; done)"
 echo "all rounds (CPU µs/query): $(for f in "$work"/*.cpu; do printf '%s=[%s] ' "$(basename "$f" .cpu)" "$(paste -sd, "$f")"; done)"

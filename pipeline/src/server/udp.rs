@@ -220,8 +220,10 @@ impl State {
     fn receive(&mut self, cx: &mut TaskCx<'_>) -> bool {
         let mut got = std::mem::take(&mut self.received);
         let r = self.batch.poll_recv(&self.sock, cx, &mut got);
+        // One clock read per batch.
+        let now = Instant::now();
         for (data, from) in got.drain(..) {
-            self.dispatch(data, from);
+            self.dispatch(data, from, now);
         }
         self.received = got;
         match r {
@@ -235,8 +237,7 @@ impl State {
         }
     }
 
-    fn dispatch(&mut self, data: Bytes, from: SocketAddr) {
-        let now = Instant::now();
+    fn dispatch(&mut self, data: Bytes, from: SocketAddr, now: Instant) {
         if self.peers.get(&from).is_none_or(Peer::ended) {
             if self.peers.len() >= self.listener.config.max_connections
                 && !self.peers.contains_key(&from)
