@@ -426,6 +426,9 @@ fn compile_listener(
     if spec.keepalive_timeout.is_zero() {
         return Err("field `keepalive_timeout`: must be more than zero".into());
     }
+    if spec.max_connections == Some(0) {
+        return Err("field `max_connections`: must be at least 1".into());
+    }
     // Built through serde so that the fields the gateway does not set keep
     // `demux-http`'s own defaults.
     let fmt = flowgate_pipeline::serde_duration::format;

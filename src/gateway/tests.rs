@@ -314,4 +314,11 @@ fn empty_listeners_and_zero_workers_are_errors() {
             .contains("listeners[0] (web): field `header_timeout`"),
         "{e}"
     );
+    // A listener that may hold no connection would refuse every client.
+    let e = fails(&GOOD.replace("    access_log: json\n", "    max_connections: 0\n"));
+    assert!(
+        e.message
+            .contains("listeners[0] (web): field `max_connections`"),
+        "{e}"
+    );
 }
