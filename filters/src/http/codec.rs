@@ -440,6 +440,17 @@ impl Transform for AnswerFailures {
     }
 }
 
+/// Whether the last transfer coding over all `Transfer-Encoding` fields is `chunked`.
+fn ends_chunked(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|c| c.trim_matches([' ', '\t']).eq_ignore_ascii_case("chunked"))
+}
+
 /// The bytes of a bodiless error response.
 pub(crate) fn error_response(status: u16) -> Bytes {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
@@ -488,9 +499,11 @@ impl Transform for EncodeResponses {
                 } else {
                     encode_response_head(parts, &mut self.out);
                 }
-                if self.mode == BodyMode::Chunked && !parts.headers.contains_key(TRANSFER_ENCODING)
-                {
-                    // Put the framing field in before the empty line.
+                if self.mode == BodyMode::Chunked && !ends_chunked(&parts.headers) {
+                    // Put the framing in before the empty line. A second field line joins
+                    // the codings the body already has (an upstream's `gzip` read until
+                    // close becomes `gzip, chunked`), so the client reads the chunks and
+                    // still knows the codings.
                     self.out.truncate(self.out.len() - 2);
                     self.out
                         .extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
@@ -664,6 +677,44 @@ mod tests {
 
     fn head(status: StatusCode) -> Event {
         super::tunnel::response(status)
+    }
+
+    #[test]
+    fn a_body_read_until_close_with_codings_gets_chunked_after_them() {
+        let plain = Arc::new(Switch::default());
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts
+            .headers
+            .insert(TRANSFER_ENCODING, http::HeaderValue::from_static("gzip"));
+        let (bytes, _) = encode(
+            &plain,
+            vec![
+                Event::MessageStart(Head::new(parts.clone())),
+                "zz".into(),
+                Event::MessageEnd(Tail::none()),
+            ],
+        );
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            text.contains(
+                "transfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n2\r\nzz\r\n"
+            ),
+            "{text}"
+        );
+        // Already chunked last: nothing added.
+        parts.headers.insert(
+            TRANSFER_ENCODING,
+            http::HeaderValue::from_static("gzip, Chunked"),
+        );
+        let (bytes, _) = encode(
+            &plain,
+            vec![
+                Event::MessageStart(Head::new(parts)),
+                Event::MessageEnd(Tail::none()),
+            ],
+        );
+        let text = String::from_utf8(bytes).unwrap();
+        assert_eq!(text.matches("transfer-encoding").count(), 1, "{text}");
     }
 
     #[test]
