@@ -160,6 +160,11 @@ pub struct HttpConnectConfig {
     pub ports: Vec<u16>,
     /// The target hosts allowed: names (exact, case-insensitive, or `*.suffix`) or IP
     /// addresses. Empty: any. Default empty.
+    ///
+    /// Names are matched as written, before they are resolved, and no address range is
+    /// refused by itself: with an empty list, or a name that resolves to one, a client can
+    /// reach loopback and private addresses the proxy can reach. List the hosts (or run the
+    /// proxy where it cannot reach what clients must not) when that matters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
 }
