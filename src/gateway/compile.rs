@@ -7,6 +7,7 @@
 //! route:<r>             proxy:    [rewrite?, headers(request)?, pipe → backend:<b>, headers(response)?]
 //!                       redirect: [redirect]      respond: [respond]
 //! backend:<b>           [retry → backend:<b>:try]             (retries > 0)
+//!                       [timeout → backend:<b>:try]           (retries: 0; per_try_timeout)
 //! backend:<b>:try       [balance-http]                        (one flowgate-lb balancer per group)
 //! gateway:not-found     [respond 404]
 //! ```
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use flowgate_filters::http::{
     BalanceHttp, BalanceHttpConfig, DemuxHttpConfig, HeaderEdits, HeadersConfig, RespondConfig,
-    RetryConfig, RewriteConfig, RouteConfig, RouteEntry,
+    RetryConfig, RewriteConfig, RouteConfig, RouteEntry, TimeoutConfig,
 };
 use flowgate_filters::net::tls::{AcceptTlsConfig, DEFAULT_MAX_FEED, TlsVersion};
 use flowgate_lb::BalancerConfig;
@@ -245,7 +246,7 @@ pub(super) fn compile(
     })
 }
 
-/// `backend:<b>` (and `backend:<b>:try` with retries).
+/// `backend:<b>` (a `retry`, or with `retries: 0` a `timeout`) and `backend:<b>:try`.
 fn compile_backend(spec: &BackendSpec, bcx: &BuildContext) -> Result<Vec<PipelineBuilder>, String> {
     let mut balance = BalancerConfig::new(spec.policy.0.clone());
     balance.outlier = Some(spec.outlier.clone());
@@ -262,13 +263,27 @@ fn compile_backend(spec: &BackendSpec, bcx: &BuildContext) -> Result<Vec<Pipelin
         format!("field `{field}`: {}", e.problem)
     })?;
     let name = format!("backend:{}", spec.name);
+    let try_name = format!("{name}:try");
     if spec.retries == 0 {
-        return Ok(vec![Pipeline::builder(name).filter(lb)]);
+        // One try, still bounded: no response head within `per_try_timeout` is a 504.
+        let timeout = TimeoutConfig {
+            pipeline: try_name.clone(),
+            head: spec.per_try_timeout,
+            total: None,
+        };
+        let timeout = build(timeout, bcx, "timeout", &|f| match f {
+            "head" => "per_try_timeout".into(),
+            other => other.into(),
+        })
+        .map_err(|m| m.trim_start_matches("timeout: ").to_string())?;
+        return Ok(vec![
+            Pipeline::builder(name).filter_arc(timeout),
+            Pipeline::builder(try_name).filter(lb),
+        ]);
     }
     if spec.retries > 9 {
         return Err("field `retries`: at most 9".into());
     }
-    let try_name = format!("{name}:try");
     let retry = RetryConfig {
         pipeline: try_name.clone(),
         tries: spec.retries + 1,

@@ -211,8 +211,8 @@ pub struct BackendSpec {
     /// request, each on a new pick. Default 1; 0 turns retries off.
     #[serde(default = "d_retries")]
     pub retries: u32,
-    /// A try with no response head after this long is abandoned (504, or retried).
-    /// Default 15 s.
+    /// A try with no response head after this long is abandoned (504, or retried). With
+    /// `retries: 0` it bounds the one try. Default 15 s.
     #[serde(default = "d_per_try", with = "flowgate_pipeline::serde_duration")]
     pub per_try_timeout: Duration,
     /// Close a pooled upstream connection idle this long. Default 60 s.

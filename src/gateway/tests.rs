@@ -100,6 +100,18 @@ fn a_full_file_compiles_to_the_documented_pipelines() {
 }
 
 #[test]
+fn without_retries_the_one_try_is_still_bounded() {
+    let c = check(
+        "listeners: [{ address: \"127.0.0.1:0\" }]\nroutes: [{ proxy: { backend: b } }]\nbackends: [{ name: b, endpoints: [\"127.0.0.1:1\"], retries: 0, per_try_timeout: 3s }]\n",
+    )
+    .unwrap();
+    let t = c.module.get("backend:b").unwrap().describe().to_json();
+    assert_eq!(t["filters"][0]["kind"], "timeout");
+    assert_eq!(t["filters"][0]["options"]["head"], "3s");
+    assert!(c.module.get("backend:b:try").is_some());
+}
+
+#[test]
 fn defaults_round_robin_one_retry_http2_on() {
     let c = check(
         "listeners: [{ address: \"127.0.0.1:0\" }]\nroutes: [{ proxy: { backend: b } }]\nbackends: [{ name: b, endpoints: [\"127.0.0.1:1\"] }]\n",
