@@ -244,6 +244,9 @@ impl DecodeRequests {
     /// Marks a CONNECT or a passable upgrade request; strips a refused upgrade.
     fn classify(&mut self, parts: &mut request::Parts, framing: Framing) {
         self.requests += 1;
+        if parts.version == Version::HTTP_10 {
+            self.switch.mark_http10();
+        }
         if parts.method == Method::CONNECT {
             self.switch.mark(self.requests, Special::Connect);
         } else if tunnel::wants_upgrade(parts) {
@@ -483,6 +486,13 @@ impl Transform for EncodeResponses {
                     BodyMode::None
                 } else if parts.headers.contains_key(CONTENT_LENGTH) {
                     BodyMode::Raw
+                } else if self.switch.is_http10() {
+                    // An HTTP/1.0 client cannot read chunks: the body runs until the
+                    // connection closes.
+                    if self.verdict == Verdict::Plain {
+                        self.verdict = Verdict::Close;
+                    }
+                    BodyMode::Raw
                 } else {
                     BodyMode::Chunked
                 };
@@ -677,6 +687,48 @@ mod tests {
 
     fn head(status: StatusCode) -> Event {
         super::tunnel::response(status)
+    }
+
+    #[test]
+    fn an_http10_client_gets_a_body_until_close_not_chunks() {
+        let switch = Arc::new(Switch::default());
+        switch.mark_http10();
+        let (bytes, kinds) = encode(
+            &switch,
+            vec![
+                head(StatusCode::OK),
+                "abc".into(),
+                Event::MessageEnd(Tail::none()),
+            ],
+        );
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(!text.contains("transfer-encoding"), "{text}");
+        assert!(text.contains("connection: close\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nabc"), "{text}");
+        assert_eq!(
+            kinds.last(),
+            Some(&"StreamEnd"),
+            "the connection ends the body"
+        );
+        // With a length, nothing changes for it.
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, http::HeaderValue::from_static("3"));
+        let (bytes, kinds) = encode(
+            &switch,
+            vec![
+                Event::MessageStart(Head::new(parts)),
+                "abc".into(),
+                Event::MessageEnd(Tail::none()),
+            ],
+        );
+        assert!(
+            !String::from_utf8(bytes)
+                .unwrap()
+                .contains("connection: close")
+        );
+        assert_ne!(kinds.last(), Some(&"StreamEnd"));
     }
 
     #[test]

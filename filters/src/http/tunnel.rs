@@ -292,6 +292,8 @@ pub(crate) struct Switch {
     /// the lock.
     at: AtomicU64,
     state: Mutex<SwitchState>,
+    /// The client sent an HTTP/1.0 request: it cannot read chunked bodies.
+    http10: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -313,6 +315,16 @@ impl Switch {
         st.special = Some(special);
         st.decided = None;
         self.at.store(n, Ordering::Release);
+    }
+
+    /// The decoder: the client speaks HTTP/1.0.
+    pub(crate) fn mark_http10(&self) {
+        self.http10.store(true, Ordering::Release);
+    }
+
+    /// The encoder: whether the client spoke HTTP/1.0.
+    pub(crate) fn is_http10(&self) -> bool {
+        self.http10.load(Ordering::Acquire)
     }
 
     /// The encoder: the head of the `n`th response has `status`.
