@@ -367,6 +367,8 @@ enum State {
     Running {
         out: Events,
         lease: Option<Lease>,
+        /// A 5xx status was recorded: a later error is the same failure, not a second one.
+        failed: bool,
     },
     Done,
 }
@@ -442,6 +444,7 @@ impl BalanceStream {
                 self.state = State::Running {
                     out,
                     lease: Some(lease),
+                    failed: false,
                 };
             }
         }
@@ -486,7 +489,7 @@ impl Stream for BalanceStream {
                     }
                     Poll::Ready(Some(_)) => {}
                 },
-                State::Running { out, lease } => {
+                State::Running { out, lease, failed } => {
                     let ev = match out.as_mut().poll_next(task) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(ev) => ev.unwrap_or(Event::END),
@@ -496,13 +499,14 @@ impl Stream for BalanceStream {
                             if let (Some(l), Some(p)) = (lease.as_mut(), h.get::<response::Parts>())
                             {
                                 l.record(Outcome::Status(p.status.as_u16()));
+                                *failed = p.status.is_server_error();
                             }
                         }
                         // The response is complete: the request no longer counts as in
                         // flight.
                         Event::MessageEnd(_) => drop(lease.take()),
                         Event::StreamEnd(e) => {
-                            if let (Some(l), Some(e)) = (lease.as_mut(), e) {
+                            if let (Some(l), Some(e), false) = (lease.as_mut(), e, *failed) {
                                 l.record(outcome_of(e));
                             }
                             drop(lease.take());
