@@ -7,7 +7,7 @@
 //!  request stream ─┘        │
 //!                           ▼  SendRequest (h2)            one task per upstream connection
 //!                ┌────────────────────────────────┐    ┌──────────────────────────────────┐
-//!                │ h2 streams: HEADERS, DATA as   │◀──▶│ h2 Connection over UpstreamIo:    │
+//!                │ h2 streams: HEADERS, DATA as   │◀──▶│ h2 Connection over EventIo:       │
 //!                │ the window allows, trailers    │    │ writes → sub-pipeline input feed │
 //!                └────────────────────────────────┘    │ reads  ← sub-pipeline output     │
 //!                                                      │ idle close, PING, SETTINGS limit │
@@ -17,7 +17,7 @@
 //! The `h2` crate does the protocol. One upstream connection is one instance of the
 //! sub-pipeline (`[connect]`, or `[connect-tls → connect]` with ALPN `h2`) driven by an
 //! `h2::client::Connection` in its own task on the current worker, like a `Mux` session;
-//! [`UpstreamIo`] turns the sub-pipeline's events into the `AsyncRead + AsyncWrite` h2 wants
+//! `EventIo` turns the sub-pipeline's events into the `AsyncRead + AsyncWrite` h2 wants
 //! and keeps the sub-pipeline's own error (a refused connect, a TLS failure) so requests
 //! fail with it rather than with h2's bare I/O error. Connections are pooled per worker
 //! thread; each carries up to `min(max_concurrent_streams, the server's
@@ -49,7 +49,6 @@
 
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
-use std::io;
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -70,10 +69,10 @@ use h2::{Ping, PingPong, Reason, SendStream};
 use http::header::{CONNECTION, HOST, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, Method, Request, Uri, Version, request};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::codec::Trailers;
+use super::event_io::EventIo;
 
 /// The HTTP version `mux-http` speaks to its upstreams (`version:`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -485,13 +484,8 @@ impl H2Pool {
         let (tx, rx) = feed();
         let tx = Arc::new(tx);
         let failure = Arc::new(Mutex::new(None));
-        let io = UpstreamIo {
-            input: self.sub.attach(Box::pin(rx), cx),
-            rbuf: Bytes::new(),
-            eof: false,
-            tx: tx.clone(),
-            failure: failure.clone(),
-        };
+        let io = EventIo::new(self.sub.attach(Box::pin(rx), cx), tx.clone())
+            .keep_failure(failure.clone());
         let known = self.known_server_max.load(Ordering::Relaxed);
         let mut builder = self.cfg.builder();
         builder.initial_max_send_streams(known);
@@ -645,7 +639,7 @@ impl Pinger {
 async fn run_connection(
     env: ConnEnv,
     conn: Arc<Conn>,
-    mut connection: Connection<UpstreamIo, Bytes>,
+    mut connection: Connection<EventIo, Bytes>,
     tx: Arc<FeedSender>,
 ) {
     let ConnEnv {
@@ -742,97 +736,6 @@ async fn run_connection(
     // Close the upstream side; streams still open learn it when `connection` drops.
     tx.push(Event::END);
     drop(connection);
-}
-
-// === UpstreamIo ===
-
-/// The sub-pipeline's output events as reads, writes as its input `Data` events; the
-/// sub-pipeline's error is kept in `failure`.
-struct UpstreamIo {
-    input: Events,
-    rbuf: Bytes,
-    eof: bool,
-    tx: Arc<FeedSender>,
-    failure: Arc<Mutex<Option<StreamError>>>,
-}
-
-impl UpstreamIo {
-    /// The sub-pipeline stopped taking bytes: keep its error, if it has one ready, as the
-    /// reason (what it sent before is kept for reading).
-    fn note_failure(&mut self, cx: &mut TaskCx<'_>) {
-        while !self.eof && self.rbuf.is_empty() {
-            match self.input.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Event::Data(b))) => self.rbuf = b,
-                Poll::Ready(Some(Event::StreamEnd(Some(e)))) => {
-                    self.eof = true;
-                    *lock(&self.failure) = Some(e);
-                }
-                Poll::Ready(Some(Event::StreamEnd(None)) | None) => self.eof = true,
-                Poll::Ready(Some(_)) => {}
-                Poll::Pending => return,
-            }
-        }
-    }
-}
-
-/// Output events queued before writes wait for the sub-pipeline.
-const MAX_QUEUED_WRITES: usize = 16;
-
-impl AsyncRead for UpstreamIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskCx<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        while this.rbuf.is_empty() && !this.eof {
-            match this.input.as_mut().poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Event::Data(b))) => this.rbuf = b,
-                Poll::Ready(Some(Event::StreamEnd(Some(e)))) => {
-                    this.eof = true;
-                    *lock(&this.failure) = Some(e.clone());
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, e)));
-                }
-                Poll::Ready(Some(Event::StreamEnd(None)) | None) => this.eof = true,
-                Poll::Ready(Some(_)) => {}
-            }
-        }
-        let n = this.rbuf.len().min(buf.remaining());
-        buf.put_slice(&this.rbuf.split_to(n));
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for UpstreamIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskCx<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if self.tx.is_receiver_gone() || self.tx.is_closed() {
-            self.note_failure(cx);
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        if self.tx.len() >= MAX_QUEUED_WRITES {
-            if self.tx.poll_drained(cx, MAX_QUEUED_WRITES / 2).is_pending() {
-                return Poll::Pending;
-            }
-            if self.tx.is_receiver_gone() {
-                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-            }
-        }
-        self.tx.push(Event::Data(Bytes::copy_from_slice(buf)));
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut TaskCx<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut TaskCx<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
 }
 
 // === request streams ===

@@ -16,7 +16,6 @@
 //! the client down instead of filling memory.
 
 use std::future::{Future, poll_fn};
-use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskCx, Poll};
@@ -37,10 +36,10 @@ use http::header::{
 };
 use http::{HeaderMap, request, response};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::access_log::AccessLog;
 use super::codec::Trailers;
+use super::event_io::EventIo;
 
 /// The HTTP/2 connection preface a client with prior knowledge (h2c) starts with.
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -168,12 +167,7 @@ pub(crate) struct H2Shared {
 pub(crate) fn serve(shared: Arc<H2Shared>, input: Events, cx: &Context) -> Events {
     let (tx, rx) = feed();
     let tx = Arc::new(tx);
-    let io = EventIo {
-        input,
-        rbuf: Bytes::new(),
-        eof: false,
-        tx: tx.clone(),
-    };
+    let io = EventIo::new(input, tx.clone());
     let conn = run(shared, io, cx.clone(), tx);
     Box::pin(Output {
         conn: Some(Box::pin(conn)),
@@ -205,72 +199,6 @@ impl Stream for Output {
                 Poll::Pending => return Pin::new(&mut this.rx).poll_next(cx),
             }
         }
-    }
-}
-
-/// Input events as reads, writes as output `Data` events.
-struct EventIo {
-    input: Events,
-    rbuf: Bytes,
-    eof: bool,
-    tx: Arc<FeedSender>,
-}
-
-/// Output events queued before writes wait for the consumer.
-const MAX_QUEUED_WRITES: usize = 16;
-
-impl AsyncRead for EventIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskCx<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        while this.rbuf.is_empty() && !this.eof {
-            match this.input.as_mut().poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Event::Data(b))) => this.rbuf = b,
-                Poll::Ready(Some(Event::StreamEnd(Some(e)))) => {
-                    this.eof = true;
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, e)));
-                }
-                Poll::Ready(Some(Event::StreamEnd(None)) | None) => this.eof = true,
-                Poll::Ready(Some(_)) => {}
-            }
-        }
-        let n = this.rbuf.len().min(buf.remaining());
-        buf.put_slice(&this.rbuf.split_to(n));
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for EventIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut TaskCx<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if self.tx.is_receiver_gone() || self.tx.is_closed() {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        if self.tx.len() >= MAX_QUEUED_WRITES {
-            if self.tx.poll_drained(cx, MAX_QUEUED_WRITES / 2).is_pending() {
-                return Poll::Pending;
-            }
-            if self.tx.is_receiver_gone() {
-                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-            }
-        }
-        self.tx.push(Event::Data(Bytes::copy_from_slice(buf)));
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut TaskCx<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut TaskCx<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
     }
 }
 

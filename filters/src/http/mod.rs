@@ -78,6 +78,7 @@ mod client;
 mod codec;
 mod cors;
 mod detect;
+mod event_io;
 mod h2client;
 mod http2;
 
