@@ -130,20 +130,7 @@ pub fn parse(
     };
     let raw: RawFile = registry
         .activate(|| serde_saphyr::from_str(text))
-        .map_err(|e| {
-            let (inner, message) = split_position(&e.to_string());
-            let (line, column) = match (inner, e.location()) {
-                (Some(pos), _) => pos,
-                (None, Some(loc)) => (loc.line(), loc.column()),
-                (None, None) => (0, 0),
-            };
-            ConfigFileError {
-                file: file.to_string(),
-                line,
-                column,
-                message,
-            }
-        })?;
+        .map_err(|e| yaml_error(&e, file))?;
     if raw.listeners.is_empty() {
         return Err(at(
             Location::UNKNOWN,
@@ -241,10 +228,26 @@ pub fn parse(
     })
 }
 
+/// A YAML (or option) error as a [`ConfigFileError`] at its most precise position.
+pub(crate) fn yaml_error(e: &serde_saphyr::Error, file: &str) -> ConfigFileError {
+    let (inner, message) = split_position(&e.to_string());
+    let (line, column) = match (inner, e.location()) {
+        (Some(pos), _) => pos,
+        (None, Some(loc)) => (loc.line(), loc.column()),
+        (None, None) => (0, 0),
+    };
+    ConfigFileError {
+        file: file.to_string(),
+        line,
+        column,
+        message,
+    }
+}
+
 /// Errors from inside a filter's options pass through a type-erased deserializer, which keeps
 /// their precise position only in the text (`… at line 10, column 9`). Take the innermost
 /// position from the text and return the message without the positions.
-pub(crate) fn split_position(text: &str) -> (Option<(u64, u64)>, String) {
+fn split_position(text: &str) -> (Option<(u64, u64)>, String) {
     let first = text.lines().next().unwrap_or("invalid configuration");
     let mut msg = first.strip_prefix("error: ").unwrap_or(first);
     // A leading "line 9 column 9: " is the outer, less precise position.

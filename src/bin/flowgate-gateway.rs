@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use flowgate::gateway;
 use flowgate::pipeline::Filter;
-use flowgate::runner::{RunError, RunOptions, run_with};
+use flowgate::runner::{RunError, RunOptions, init_logging, run_with};
 
 const USAGE: &str = "usage:
   flowgate-gateway run FILE [--workers N] [--no-watch]   run a gateway file; SIGHUP or a file change reloads it
@@ -105,26 +105,10 @@ fn run_cmd(rest: &[String]) -> ExitCode {
     let Some(path) = file_arg(rest) else {
         return usage();
     };
-    let mut opts = RunOptions::default();
-    let mut it = rest.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--workers" => match it.next().and_then(|n| n.parse().ok()) {
-                Some(n) => opts.workers = Some(n),
-                None => return usage(),
-            },
-            "--no-watch" => opts.watch_interval = None,
-            _ => {}
-        }
-    }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+    let Some(opts) = RunOptions::from_args(rest) else {
+        return usage();
+    };
+    init_logging();
     match run_with(&path, &gateway::load, opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(RunError::Config(e)) => {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use flowgate::config;
 use flowgate::pipeline::Filter;
-use flowgate::runner::{RunError, RunOptions, run};
+use flowgate::runner::{RunError, RunOptions, init_logging, run};
 
 const USAGE: &str = "usage:
   flowgate run FILE [--workers N] [--no-watch]   run a configuration; SIGHUP or a file change reloads it
@@ -99,26 +99,10 @@ fn run_cmd(rest: &[String]) -> ExitCode {
     let Some(path) = file_arg(rest) else {
         return usage();
     };
-    let mut opts = RunOptions::default();
-    let mut it = rest.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--workers" => match it.next().and_then(|n| n.parse().ok()) {
-                Some(n) => opts.workers = Some(n),
-                None => return usage(),
-            },
-            "--no-watch" => opts.watch_interval = None,
-            _ => {}
-        }
-    }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+    let Some(opts) = RunOptions::from_args(rest) else {
+        return usage();
+    };
+    init_logging();
     match run(&path, Arc::new(config::default_registry()), opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(RunError::Config(e)) => {

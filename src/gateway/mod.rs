@@ -53,7 +53,7 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, ConfigFileError, split_position};
+use crate::config::{Config, ConfigFileError, yaml_error};
 use schema::GatewayFile;
 
 /// Loads, validates and compiles the gateway file at `path`.
@@ -75,19 +75,6 @@ pub fn load(path: &Path) -> Result<Config, ConfigFileError> {
 /// Parses, validates and compiles gateway text; `file` names it in errors and `base_dir`
 /// anchors relative certificate paths.
 pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigFileError> {
-    let raw: GatewayFile = serde_saphyr::from_str(text).map_err(|e| {
-        let (inner, message) = split_position(&e.to_string());
-        let (line, column) = match (inner, e.location()) {
-            (Some(pos), _) => pos,
-            (None, Some(loc)) => (loc.line(), loc.column()),
-            (None, None) => (0, 0),
-        };
-        ConfigFileError {
-            file: file.to_string(),
-            line,
-            column,
-            message,
-        }
-    })?;
+    let raw: GatewayFile = serde_saphyr::from_str(text).map_err(|e| yaml_error(&e, file))?;
     compile::compile(raw, file, base_dir)
 }
