@@ -140,6 +140,11 @@ fn upstream_connections(hc_port: u16) -> u64 {
 
 /// Runs h2load; returns how many requests got a 2xx.
 fn h2load(args: &[&str]) -> u64 {
+    h2load_report(args).0
+}
+
+/// h2load's count of 2xx answers, and what it printed.
+fn h2load_report(args: &[&str]) -> (u64, String) {
     let out = Command::new("h2load").args(args).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let line = text
@@ -151,6 +156,7 @@ fn h2load(args: &[&str]) -> u64 {
         .next()
         .and_then(|s| s.split_whitespace().next())
         .and_then(|n| n.parse().ok())
+        .map(|n| (n, text.clone()))
         .unwrap_or_else(|| panic!("{line}"))
 }
 
@@ -533,8 +539,8 @@ pipelines:
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let lines: Vec<&str> = text
             .lines()
-            .filter(|l| l.contains("answered with an error") || l.contains("ERROR"))
-            .take(20)
+            .filter(|l| !l.contains("sending it again"))
+            .take(60)
             .collect();
         lines.join("\n")
     };
@@ -555,8 +561,20 @@ pipelines:
     // flight it would be 45 % — set `max_requests` below hypercorn's limit instead.)
     let url = format!("http://127.0.0.1:{p2}/h");
     let started = Instant::now();
-    let ok = h2load(&["-n", "2000", "-c", "2", "-m", "5", &url]);
-    assert_eq!(ok, 2000, "{}", failures());
+    let (ok, report) = h2load_report(&["-n", "2000", "-c", "2", "-m", "5", &url]);
+    // hypercorn sometimes retires a connection between a response's head and its body
+    // (the two are separate sends in the app): the head has gone on to the client, so no
+    // proxy can send that request again. Those streams, and only those, may fail; each is
+    // logged. A request lost before its head would be a failure here.
+    let after_head = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches("stream failed after its response head")
+        .count() as u64;
+    assert!(
+        after_head <= 20,
+        "{after_head} streams broken after their heads"
+    );
+    assert_eq!(ok + after_head, 2000, "{report}\n{}", failures());
     let took = started.elapsed();
     assert!(
         took < Duration::from_secs(25),

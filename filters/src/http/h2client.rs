@@ -1069,7 +1069,11 @@ async fn forward(
     let (parts, mut body) = resp.into_parts();
     out.push(Event::MessageStart(Head::new(parts)));
     while let Some(chunk) = poll_fn(|c| body.poll_data(c)).await {
-        let b = chunk.map_err(|e| upstream_error(e, conn))?;
+        let b = chunk.map_err(|e| {
+            // The head is on its way to the client: this stream can no longer be re-sent.
+            tracing::debug!(error = %e, "HTTP/2 upstream stream failed after its response head");
+            upstream_error(e, conn)
+        })?;
         poll_fn(|c| out.poll_drained(c, MAX_QUEUED_EVENTS)).await;
         if out.is_receiver_gone() {
             return Err(StreamError::new(ErrorKind::Cancelled, Side::Downstream));
