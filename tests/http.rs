@@ -84,6 +84,64 @@ fn pipelined_requests_are_answered_in_order() {
     assert_eq!(bodies, ["1", "2", "3"], "{all}");
 }
 
+#[test]
+fn response_hop_by_hop_fields_stay_behind_and_http10_keep_alive_works() {
+    let dir = TempDir::new("http-hop");
+    let up = free_port();
+    // nginx adds its own `Connection: keep-alive`; these lines add fields that belong to
+    // its connection with the proxy only.
+    let _nginx = nginx(
+        &dir,
+        &format!(
+            "server {{ listen 127.0.0.1:{up}; keepalive_requests 10000; \
+             location / {{ add_header Connection \"x-private\"; add_header X-Private 1; \
+             add_header Keep-Alive \"timeout=99\"; add_header Proxy-Connection close; \
+             add_header X-Kept 2; return 200 \"hi\"; }} }}"
+        ),
+    );
+    wait_port(up);
+    let (ok, direct, err) = curl(&["-si", &format!("http://127.0.0.1:{up}/")]);
+    assert!(ok, "{err}");
+    assert!(
+        direct.to_ascii_lowercase().contains("x-private: 1"),
+        "{direct}"
+    );
+    let (_fg, port) = proxy(&dir, up);
+    let (ok, head, err) = curl(&["-si", &format!("http://127.0.0.1:{port}/")]);
+    assert!(ok, "{err}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("x-kept: 2"), "{head}");
+    for gone in [
+        "x-private",
+        "keep-alive: timeout",
+        "proxy-connection",
+        "connection:",
+    ] {
+        assert!(!lower.contains(gone), "{gone} in {head}");
+    }
+    // An HTTP/1.0 client asking for keep-alive is told so, and reuses the connection.
+    let url = format!("http://127.0.0.1:{port}/");
+    let (ok, out, err) = curl(&[
+        "-v",
+        "--http1.0",
+        "-H",
+        "Connection: keep-alive",
+        &url,
+        &url,
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "hihi");
+    assert!(
+        err.to_ascii_lowercase()
+            .contains("< connection: keep-alive"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Re-using existing connection") || err.contains("Reusing existing connection"),
+        "{err}"
+    );
+}
+
 fn raw(port: u16, request: &[u8]) -> String {
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

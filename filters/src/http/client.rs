@@ -14,7 +14,7 @@ use flowgate_pipeline::{
 };
 use futures_core::Stream;
 use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
-use http::{Method, StatusCode, Version, request};
+use http::{Method, StatusCode, Version, request, response};
 
 use super::codec::{Trailers, protocol_error};
 use super::tunnel::wants_upgrade;
@@ -30,10 +30,12 @@ pub struct UnaskedUpgrade;
 /// `Transfer-Encoding: chunked`, and not at all with neither. Interim 1xx responses (other
 /// than 101) are dropped, so each request gets exactly one response message.
 ///
-/// Hop-by-hop fields are not forwarded (RFC 9110 §7.6.1: `Connection` and the fields it
-/// names — never `Content-Length`, `Transfer-Encoding` or `Host`, which the request is
-/// framed and routed by —, `Keep-Alive`, `Proxy-Connection`, `TE`, `Upgrade`), except that an upgrade
-/// request keeps its `Upgrade` and is sent with `connection: upgrade`. A 101 to a request
+/// Hop-by-hop fields are not forwarded, in either direction (RFC 9110 §7.6.1:
+/// `Connection` and the fields it names — never `Content-Length`, `Transfer-Encoding` or
+/// `Host`, which a message is framed and routed by —, `Keep-Alive`, `Proxy-Connection`,
+/// `TE`, `Upgrade`), except that an upgrade request keeps its `Upgrade` and is sent with
+/// `connection: upgrade`, and a 101 keeps its own. A response that says the upstream
+/// closes ends this connection's session after it. A 101 to a request
 /// that did not ask for it is an upstream protocol error; after a 101 (or a 2xx to
 /// CONNECT) the connection carries raw bytes both ways.
 pub(crate) struct ClientCodec {
@@ -62,6 +64,7 @@ impl Filter for ClientCodec {
             wbuf: BytesMut::new(),
             ready: VecDeque::new(),
             finished: false,
+            closing: false,
         })
     }
 
@@ -82,6 +85,8 @@ struct ClientStream {
     wbuf: BytesMut,
     ready: VecDeque<Event>,
     finished: bool,
+    /// The response being decoded said the upstream closes the connection after it.
+    closing: bool,
 }
 
 const MAX_FEED: usize = 64;
@@ -141,7 +146,7 @@ impl ClientStream {
                 self.decoder.decode(&mut self.buf)
             };
             match r {
-                Ok(Some(Frame::Head(parts, framing))) => {
+                Ok(Some(Frame::Head(mut parts, framing))) => {
                     if parts.status == StatusCode::SWITCHING_PROTOCOLS
                         && !std::mem::take(&mut self.upgrading)
                     {
@@ -155,6 +160,8 @@ impl ClientStream {
                         self.skipping_interim = true;
                         continue;
                     }
+                    self.closing =
+                        strip_response_hop_by_hop(&mut parts, framing == Framing::Tunnel);
                     self.ready.push_back(Event::MessageStart(Head::new(parts)));
                 }
                 Ok(Some(Frame::Data(b))) => {
@@ -168,6 +175,13 @@ impl ClientStream {
                     }
                     let tail = t.map_or_else(Tail::none, Tail::new);
                     self.ready.push_back(Event::MessageEnd(tail));
+                    if self.closing {
+                        // The upstream closes after this response: the connection takes
+                        // no further request (its session ends here, not at the EOF).
+                        self.finished = true;
+                        self.ready.push_back(Event::END);
+                        return;
+                    }
                 }
                 Ok(None) => {
                     if eof {
@@ -237,6 +251,58 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == UPGRADE
         || name.as_str() == "keep-alive"
         || name.as_str() == "proxy-connection"
+}
+
+/// Drops the hop-by-hop fields of an upstream's response head before it goes on (RFC 9110
+/// §7.6.1): `Connection` and the fields it names (never `Content-Length` or
+/// `Transfer-Encoding`, which the body is framed by), `Keep-Alive`, `Proxy-Connection`,
+/// `TE` and `Upgrade`. A response that switches protocols (`tunnel`) keeps its `Upgrade`
+/// and says `connection: upgrade`. Returns whether the upstream closes the connection
+/// after this response (`Connection: close`, or HTTP/1.0 without keep-alive).
+pub(crate) fn strip_response_hop_by_hop(parts: &mut response::Parts, tunnel: bool) -> bool {
+    let headers = &mut parts.headers;
+    let http10 = parts.version == Version::HTTP_10;
+    // Most responses have at most `Connection: keep-alive`: one pass over the names.
+    if !headers.keys().any(is_hop_by_hop) {
+        return http10;
+    }
+    let (mut close, mut keep_alive) = (false, false);
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for token in headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+    {
+        if token.eq_ignore_ascii_case("close") {
+            close = true;
+        } else if token.eq_ignore_ascii_case("keep-alive") {
+            keep_alive = true;
+        } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+            && name != CONTENT_LENGTH
+            && name != TRANSFER_ENCODING
+        {
+            listed.push(name);
+        }
+    }
+    for name in listed {
+        if !(tunnel && name == UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    for name in [CONNECTION, TE] {
+        headers.remove(name);
+    }
+    for name in ["keep-alive", "proxy-connection"] {
+        headers.remove(name);
+    }
+    if tunnel {
+        headers.insert(CONNECTION, http::HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(UPGRADE);
+    }
+    close || (http10 && !keep_alive)
 }
 
 /// Writes a request head for the upstream without the hop-by-hop fields (see
@@ -332,6 +398,72 @@ mod tests {
         assert_eq!(
             te,
             "POST /a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+    }
+
+    fn stripped(res: http::response::Builder, tunnel: bool) -> (Vec<String>, bool) {
+        let (mut parts, ()) = res.body(()).unwrap().into_parts();
+        let close = strip_response_hop_by_hop(&mut parts, tunnel);
+        let mut fields: Vec<String> = parts
+            .headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+            .collect();
+        fields.sort();
+        (fields, close)
+    }
+
+    #[test]
+    fn a_response_loses_its_hop_by_hop_fields_and_says_whether_the_upstream_closes() {
+        let (fields, close) = stripped(
+            http::Response::builder()
+                .header("connection", "keep-alive, X-Private")
+                .header("keep-alive", "timeout=5")
+                .header("x-private", "1")
+                .header("proxy-connection", "keep-alive")
+                .header("upgrade", "h2c")
+                .header("content-length", "2")
+                .header("x-kept", "2"),
+            false,
+        );
+        assert_eq!(fields, ["content-length: 2", "x-kept: 2"]);
+        assert!(!close);
+        // `Connection: close`; a framing field it names stays.
+        let (fields, close) = stripped(
+            http::Response::builder()
+                .header("connection", "close, content-length")
+                .header("content-length", "2"),
+            false,
+        );
+        assert_eq!(fields, ["content-length: 2"]);
+        assert!(close);
+        // HTTP/1.0 closes unless it says keep-alive.
+        let (_, close) = stripped(http::Response::builder().version(Version::HTTP_10), false);
+        assert!(close);
+        let (fields, close) = stripped(
+            http::Response::builder()
+                .version(Version::HTTP_10)
+                .header("connection", "keep-alive"),
+            false,
+        );
+        assert!(fields.is_empty() && !close, "{fields:?}");
+        // A 101 keeps what the client needs to switch protocols.
+        let (fields, _) = stripped(
+            http::Response::builder()
+                .status(101)
+                .header("connection", "Upgrade, x-private")
+                .header("upgrade", "websocket")
+                .header("x-private", "1")
+                .header("sec-websocket-accept", "a"),
+            true,
+        );
+        assert_eq!(
+            fields,
+            [
+                "connection: upgrade",
+                "sec-websocket-accept: a",
+                "upgrade: websocket"
+            ]
         );
     }
 

@@ -245,7 +245,7 @@ impl DecodeRequests {
     fn classify(&mut self, parts: &mut request::Parts, framing: Framing) {
         self.requests += 1;
         if parts.version == Version::HTTP_10 {
-            self.switch.mark_http10();
+            self.switch.mark_http10(!wants_close(parts));
         }
         if parts.method == Method::CONNECT {
             self.switch.mark(self.requests, Special::Connect);
@@ -506,6 +506,15 @@ impl Transform for EncodeResponses {
                         .headers
                         .insert(CONNECTION, http::HeaderValue::from_static("close"));
                     encode_response_head(&closing, &mut self.out);
+                } else if self.verdict == Verdict::Plain
+                    && self.switch.is_keep_alive10()
+                    && !parts.headers.contains_key(CONNECTION)
+                {
+                    // An HTTP/1.0 client keeps the connection only when the response says so.
+                    let mut kept = parts.clone();
+                    kept.headers
+                        .insert(CONNECTION, http::HeaderValue::from_static("keep-alive"));
+                    encode_response_head(&kept, &mut self.out);
                 } else {
                     encode_response_head(parts, &mut self.out);
                 }
@@ -692,7 +701,7 @@ mod tests {
     #[test]
     fn an_http10_client_gets_a_body_until_close_not_chunks() {
         let switch = Arc::new(Switch::default());
-        switch.mark_http10();
+        switch.mark_http10(false);
         let (bytes, kinds) = encode(
             &switch,
             vec![
@@ -728,6 +737,23 @@ mod tests {
                 .unwrap()
                 .contains("connection: close")
         );
+        assert_ne!(kinds.last(), Some(&"StreamEnd"));
+        // A client that asked to keep the connection is told it is kept.
+        switch.mark_http10(true);
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, http::HeaderValue::from_static("3"));
+        let (bytes, kinds) = encode(
+            &switch,
+            vec![
+                Event::MessageStart(Head::new(parts)),
+                "abc".into(),
+                Event::MessageEnd(Tail::none()),
+            ],
+        );
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.contains("connection: keep-alive\r\n"), "{text}");
         assert_ne!(kinds.last(), Some(&"StreamEnd"));
     }
 

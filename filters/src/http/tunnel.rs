@@ -294,6 +294,9 @@ pub(crate) struct Switch {
     state: Mutex<SwitchState>,
     /// The client sent an HTTP/1.0 request: it cannot read chunked bodies.
     http10: std::sync::atomic::AtomicBool,
+    /// The client's last request was HTTP/1.0 with `Connection: keep-alive`: its response
+    /// must say so, or the client closes.
+    keep_alive10: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -317,9 +320,16 @@ impl Switch {
         self.at.store(n, Ordering::Release);
     }
 
-    /// The decoder: the client speaks HTTP/1.0.
-    pub(crate) fn mark_http10(&self) {
+    /// The decoder: the client speaks HTTP/1.0, and this request asked to keep the
+    /// connection (or not).
+    pub(crate) fn mark_http10(&self, keep_alive: bool) {
         self.http10.store(true, Ordering::Release);
+        self.keep_alive10.store(keep_alive, Ordering::Release);
+    }
+
+    /// The encoder: whether the last HTTP/1.0 request asked for keep-alive.
+    pub(crate) fn is_keep_alive10(&self) -> bool {
+        self.keep_alive10.load(Ordering::Acquire)
     }
 
     /// The encoder: whether the client spoke HTTP/1.0.
