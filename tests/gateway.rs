@@ -417,6 +417,79 @@ fn tls_certificates_by_sni_and_http2_by_alpn() {
 }
 
 #[test]
+fn https_backends_over_http1_and_h2_with_verified_certificates() {
+    let dir = TempDir::new("gw-uptls");
+    let pki = OpensslPki::new(&dir, "up");
+    let (cert, key) = pki.leaf("upstream", "up.test", false);
+    // Two nginx endpoints over TLS, each speaking HTTP/1.1 and h2 (by ALPN).
+    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    let _nginx: Vec<(Proc, TempDir)> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let ndir = TempDir::new(&format!("gw-uptls-nginx{i}"));
+            let p = nginx(
+                &ndir,
+                &format!(
+                    "server {{ listen 127.0.0.1:{port} ssl http2; ssl_certificate {}; \
+                     ssl_certificate_key {}; keepalive_requests 100000; \
+                     location / {{ return 200 \"tls-{i} $server_protocol $ssl_server_name $request_uri\\n\"; }} }}",
+                    cert.display(),
+                    key.display()
+                ),
+            );
+            (p, ndir)
+        })
+        .collect();
+    for p in &ports {
+        wait_port(*p);
+    }
+    let eps = |ps: &[u16]| {
+        ps.iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let ca = pki.ca().display().to_string();
+    let port = free_port();
+    // A third group trusts another CA: its requests fail the handshake (502).
+    let other = OpensslPki::new(&dir, "other");
+    let yaml = format!(
+        "listeners:\n  - address: 127.0.0.1:{port}\nroutes:\n  - match: {{ path_prefix: /h2 }}\n    proxy: {{ backend: h2 }}\n  - match: {{ path_prefix: /untrusted }}\n    proxy: {{ backend: untrusted }}\n  - proxy: {{ backend: h1 }}\nbackends:\n  - name: h1\n    endpoints: [{e}]\n    tls: {{ sni: up.test, ca: {ca} }}\n  - name: h2\n    endpoints: [{e}]\n    protocol: http2\n    tls: {{ sni: up.test, ca: {ca} }}\n  - name: untrusted\n    endpoints: [{e}]\n    retries: 0\n    tls: {{ sni: up.test, ca: {oca} }}\n",
+        e = eps(&ports),
+        oca = other.ca().display()
+    );
+    let _gw = gateway(&dir, &yaml, port);
+    let urls: Vec<String> = (0..4)
+        .map(|i| format!("http://127.0.0.1:{port}/one/{i}"))
+        .collect();
+    let (lines, _) = curl_lines(&[], &urls);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    for l in &lines {
+        assert!(l.contains(" HTTP/1.1 up.test /one/"), "{l}");
+    }
+    assert_eq!(who(&lines).len(), 2, "{lines:?}");
+    let urls: Vec<String> = (0..4)
+        .map(|i| format!("http://127.0.0.1:{port}/h2/{i}"))
+        .collect();
+    let (lines, _) = curl_lines(&[], &urls);
+    for l in &lines {
+        assert!(l.contains(" HTTP/2.0 up.test /h2/"), "{l}");
+    }
+    assert_eq!(who(&lines).len(), 2, "{lines:?}");
+    let (ok, out, err) = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://127.0.0.1:{port}/untrusted"),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "502");
+}
+
+#[test]
 fn check_prints_the_pipelines_and_names_bad_fields_and_sighup_reloads() {
     let dir = TempDir::new("gw-check");
     let port = free_port();

@@ -258,7 +258,8 @@ fn compile_backend(spec: &BackendSpec, bcx: &BuildContext) -> Result<Vec<Pipelin
     cfg.connect_timeout = spec.connect_timeout;
     cfg.max_idle = spec.max_idle;
     cfg.version = spec.protocol;
-    let lb = BalanceHttp::new(cfg).map_err(|e| {
+    cfg.tls = spec.tls.clone();
+    let lb = BalanceHttp::with_context(cfg, bcx).map_err(|e| {
         let field = rename_balance_field(&e.field);
         format!("field `{field}`: {}", e.problem)
     })?;

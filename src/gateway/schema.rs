@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use flowgate_filters::http::{
     AccessLogFormat, BalanceTarget, HashOn, HeaderEdits, LimitsConfig, PrefixRewrite,
-    RedirectConfig, RespondConfig, RouteMatch, UpstreamVersion,
+    RedirectConfig, RespondConfig, RouteMatch, UpstreamTlsConfig, UpstreamVersion,
 };
 use flowgate_filters::net::tls::{CertificateConfig, ClientAuthConfig, TlsVersion};
 use flowgate_lb::health::HealthCheckConfig;
@@ -219,9 +219,13 @@ pub struct BackendSpec {
     #[serde(default = "d_idle", with = "flowgate_pipeline::serde_duration")]
     pub max_idle: Duration,
     /// The protocol spoken to the endpoints: `http1` (default) or `http2` (h2c with prior
-    /// knowledge: many requests share a connection).
+    /// knowledge, or h2 by ALPN with `tls`: many requests share a connection).
     #[serde(default)]
     pub protocol: UpstreamVersion,
+    /// TLS to the endpoints: `{ sni, ca }` (and optionally `verify`, `client_cert`,
+    /// `handshake_timeout`). Default off.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 fn yes() -> bool {

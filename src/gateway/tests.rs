@@ -334,3 +334,31 @@ fn empty_listeners_and_zero_workers_are_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn backend_tls_needs_a_name_and_a_readable_ca() {
+    let e = fails(&GOOD.replace(
+        "    retries: 2\n",
+        "    retries: 2\n    tls: { ca: ca.pem }\n",
+    ));
+    assert!(
+        e.message.contains("backends[0] (app): field `tls.sni`"),
+        "{e}"
+    );
+    let e = fails(&GOOD.replace(
+        "    retries: 2\n",
+        "    retries: 2\n    tls: { sni: app.internal, ca: /nonexistent/ca.pem }\n",
+    ));
+    assert!(e.message.contains("field `tls.ca`"), "{e}");
+    let e = fails(&GOOD.replace(
+        "    retries: 2\n",
+        "    retries: 2\n    tls: { sni: app.internal, verfy: false }\n",
+    ));
+    assert!(e.message.contains("unknown field `verfy`"), "{e}");
+    // Unverified (tests only) needs neither.
+    check(&GOOD.replace(
+        "    retries: 2\n",
+        "    retries: 2\n    tls: { verify: false }\n",
+    ))
+    .unwrap();
+}

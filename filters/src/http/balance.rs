@@ -6,6 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -27,7 +28,8 @@ use http::{HeaderName, StatusCode, request, response};
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{Http2UpstreamConfig, LimitsConfig, MuxHttp, UpstreamVersion};
+use super::{Http2UpstreamConfig, LimitsConfig, MuxHttp, UpstreamScheme, UpstreamVersion};
+use crate::net::tls::{ClientCertConfig, ConnectTls, ConnectTlsConfig, TlsVersion};
 use crate::net::{Connect, Refresher};
 
 /// One endpoint of a `balance-http` group: `IP:port`, or `{ address, weight }`.
@@ -125,6 +127,73 @@ pub struct BalanceHttpConfig {
     /// HTTP/2 settings, used with `version: http2`.
     #[serde(default)]
     pub http2: Http2UpstreamConfig,
+    /// TLS to the endpoints (HTTPS upstreams). Default off: plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// TLS from `balance-http` to its endpoints. ALPN offers `h2` with `version: http2` and
+/// `http/1.1` otherwise; HTTP/2 requests then carry `:scheme: https`.
+///
+/// ```yaml
+/// tls: { sni: api.internal, ca: upstream-ca.pem }
+/// ```
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// The endpoints' server name: sent as SNI and checked against their certificates.
+    /// Required when `verify` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// PEM file with the CA certificates the endpoints' certificates must chain to.
+    /// Required when `verify` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// Verify the endpoints' certificates. Default true; `false` is for tests only.
+    #[serde(default = "yes")]
+    pub verify: bool,
+    /// A client certificate for endpoints that require mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<ClientCertConfig>,
+    /// How long a handshake may take. Default 10 s.
+    #[serde(default = "d_handshake", with = "flowgate_pipeline::serde_duration")]
+    pub handshake_timeout: Duration,
+}
+
+impl UpstreamTlsConfig {
+    /// Verified TLS to endpoints called `sni`, with certificates chaining to `ca`.
+    pub fn new(sni: impl Into<String>, ca: impl Into<PathBuf>) -> Self {
+        UpstreamTlsConfig {
+            sni: Some(sni.into()),
+            ca: Some(ca.into()),
+            verify: true,
+            client_cert: None,
+            handshake_timeout: d_handshake(),
+        }
+    }
+
+    /// The `connect-tls` settings this stands for, offering `alpn`.
+    fn connect_tls(&self, alpn: &str) -> ConnectTlsConfig {
+        ConnectTlsConfig {
+            pipeline: String::new(),
+            sni: self.sni.clone(),
+            ca: self.ca.clone(),
+            verify: self.verify,
+            alpn: vec![alpn.to_string()],
+            client_cert: self.client_cert.clone(),
+            versions: vec![TlsVersion::Tls12, TlsVersion::Tls13],
+            cipher_suites: None,
+            handshake_timeout: self.handshake_timeout,
+            max_feed: 64,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn d_handshake() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn d_balance() -> BalancerConfig {
@@ -151,13 +220,14 @@ impl BalanceHttpConfig {
             limits: LimitsConfig::default(),
             version: UpstreamVersion::default(),
             http2: Http2UpstreamConfig::default(),
+            tls: None,
         }
     }
 }
 
 impl FilterConfig for BalanceHttpConfig {
-    fn build(self: Box<Self>, _cx: &BuildContext) -> Result<Arc<dyn Filter>, ConfigError> {
-        Ok(Arc::new(BalanceHttp::new(*self)?))
+    fn build(self: Box<Self>, cx: &BuildContext) -> Result<Arc<dyn Filter>, ConfigError> {
+        Ok(Arc::new(BalanceHttp::with_context(*self, cx)?))
     }
 }
 
@@ -217,7 +287,16 @@ struct Inner {
 
 impl BalanceHttp {
     /// Builds the balancer and one connection pool per endpoint; errors name the field.
+    /// Relative paths (the TLS files) resolve against the working directory.
     pub fn new(config: BalanceHttpConfig) -> Result<Self, ConfigError> {
+        Self::with_context(config, &BuildContext::new("."))
+    }
+
+    /// As [`BalanceHttp::new`], with relative paths resolved by `cx`.
+    pub fn with_context(
+        mut config: BalanceHttpConfig,
+        cx: &BuildContext,
+    ) -> Result<Self, ConfigError> {
         if config.targets.is_empty() {
             return Err(ConfigError::new("targets", "list at least one endpoint"));
         }
@@ -235,6 +314,27 @@ impl BalanceHttp {
                 "`connect_timeout` and `max_idle` must be more than zero",
             ));
         }
+        // TLS: one client configuration for every endpoint.
+        let tls = match &config.tls {
+            None => None,
+            Some(t) => {
+                let alpn = if config.version == UpstreamVersion::Http2 {
+                    config.http2.scheme = UpstreamScheme::Https;
+                    "h2"
+                } else {
+                    "http/1.1"
+                };
+                let c = t.connect_tls(alpn);
+                let field =
+                    |e: ConfigError| ConfigError::new(format!("tls.{}", e.field), e.problem);
+                let name = c.server_name().map_err(field)?;
+                Some((
+                    c.client_config(cx).map_err(field)?,
+                    name,
+                    t.handshake_timeout,
+                ))
+            }
+        };
         for (i, t) in config.targets.iter().enumerate() {
             if t.weight == 0 || t.weight > 10_000 {
                 return Err(ConfigError::new(
@@ -248,10 +348,26 @@ impl BalanceHttp {
                     format!("`{}` is listed twice", t.address),
                 ));
             }
-            let conn = Pipeline::builder(format!("balance-http-conn-{}", t.address))
-                .filter(Connect::to(t.address.to_string()).connect_timeout(config.connect_timeout))
-                .build()
-                .map_err(|e| ConfigError::new(format!("targets[{i}]"), e))?;
+            let name = format!("balance-http-conn-{}", t.address);
+            let tcp = Connect::to(t.address.to_string()).connect_timeout(config.connect_timeout);
+            let conn = match &tls {
+                None => Pipeline::builder(name).filter(tcp),
+                Some((client, server_name, handshake)) => {
+                    let under = Pipeline::builder(format!("{name}-tcp"))
+                        .filter(tcp)
+                        .build()
+                        .map_err(|e| ConfigError::new(format!("targets[{i}]"), e))?;
+                    let tls = ConnectTls::new(
+                        client.clone(),
+                        server_name.clone(),
+                        SubPipeline::from(under),
+                    )
+                    .handshake_timeout(*handshake);
+                    Pipeline::builder(name).filter(tls)
+                }
+            }
+            .build()
+            .map_err(|e| ConfigError::new(format!("targets[{i}]"), e))?;
             let mut pool = MuxHttp::new(SubPipeline::from(conn), config.limits.limits(), opts)
                 .map_err(|e| ConfigError::new(format!("targets[{i}]"), e))?;
             if config.version == UpstreamVersion::Http2 {

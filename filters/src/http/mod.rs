@@ -84,7 +84,9 @@ mod http2;
 
 pub use access_log::AccessLogFormat;
 #[cfg(feature = "net")]
-pub use balance::{BalanceHttp, BalanceHttpConfig, BalanceTarget, HashOn, PickedUpstream};
+pub use balance::{
+    BalanceHttp, BalanceHttpConfig, BalanceTarget, HashOn, PickedUpstream, UpstreamTlsConfig,
+};
 pub use h2client::{H2ClientError, Http2UpstreamConfig, UpstreamScheme, UpstreamVersion};
 pub use http2::{H2ConnError, Http2Config};
 mod retry;
