@@ -187,6 +187,38 @@ async fn mux_pools_sessions_by_key_and_limits() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn mux_idle_time_counts_from_the_last_message() {
+    let opened = Arc::new(AtomicUsize::new(0));
+    let session = Arc::new(
+        Pipeline::builder("session")
+            .filter(Counting(opened.clone()))
+            .filter(DelayEcho)
+            .build()
+            .unwrap(),
+    );
+    let mux = Mux::with(
+        session,
+        Dyn::value("k".to_string()),
+        MuxOptions {
+            max_idle: Duration::from_secs(5),
+            ..Default::default()
+        },
+    );
+    // Used every 4 s: never idle for 5 s, so one session throughout (its first timer,
+    // set when it opened, fires while it is still wanted).
+    for _ in 0..4 {
+        let out = testing::run(&mux, messages(&["1"])).await;
+        assert_eq!(data_of(&out), b"1");
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(mux.session_count(), 1);
+    }
+    assert_eq!(opened.load(Ordering::SeqCst), 1);
+    // 4 s idle so far; a little over 5 s in all closes it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(mux.session_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn mux_opens_more_sessions_when_busy_and_retires_after_max_messages() {
     let opened = Arc::new(AtomicUsize::new(0));
     let session = Arc::new(

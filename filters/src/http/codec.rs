@@ -107,6 +107,9 @@ pub(crate) struct RequestStream {
     timer: Pin<Box<Sleep>>,
     /// What the timer is armed for: `Some(true)` a head in progress, `Some(false)` idle.
     armed_for: Option<bool>,
+    /// When that state times out. The timer may be set earlier (it is moved only when the
+    /// new deadline is sooner): when it fires early it is moved here.
+    deadline: Instant,
     finished: bool,
 }
 
@@ -119,8 +122,21 @@ impl RequestStream {
             timeouts,
             timer: Box::pin(tokio::time::sleep(timeouts.idle)),
             armed_for: None,
+            deadline: Instant::now() + timeouts.idle,
             finished: false,
         }
+    }
+
+    /// Whether the armed state's deadline has passed (the timer is polled, and moved to the
+    /// deadline when it fired early).
+    fn timer_expired(&mut self, cx: &mut TaskCx<'_>) -> bool {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= self.deadline {
+                return true;
+            }
+            self.timer.as_mut().reset(self.deadline);
+        }
+        false
     }
 
     /// Arms the timer for the state the decoder is in, when that state changed.
@@ -135,7 +151,12 @@ impl RequestStream {
                 } else {
                     self.timeouts.idle
                 };
-                self.timer.as_mut().reset(Instant::now() + d);
+                self.deadline = Instant::now() + d;
+                // A keep-alive connection goes idle after every response: moving the timer
+                // each time would take the timer wheel's lock twice per request.
+                if self.timer.deadline() > self.deadline {
+                    self.timer.as_mut().reset(self.deadline);
+                }
             }
         }
     }
@@ -181,7 +202,7 @@ impl Stream for RequestStream {
             }
             this.rearm();
             if let Some(in_head) = this.armed_for
-                && this.timer.as_mut().poll(cx).is_ready()
+                && this.timer_expired(cx)
             {
                 this.armed_for = None;
                 let kind = if in_head {

@@ -248,12 +248,31 @@ async fn run_session(
     max_idle: Duration,
 ) {
     let mut current: Option<FeedSender> = None;
+    // One timer for the session's life, moved only when it fires early: a session that goes
+    // idle after every message would otherwise add and remove a timer entry per message.
+    let mut timer = Box::pin(tokio::time::sleep(max_idle));
+    let mut idle_since: Option<tokio::time::Instant> = None;
     let failure = loop {
         let idle = current.is_none() && lock(&session.state).in_flight == 0;
         let ev = if idle {
-            tokio::select! {
-                ev = out.next() => ev,
-                _ = tokio::time::sleep(max_idle) => {
+            let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+            let next = std::future::poll_fn(|cx| {
+                if let Poll::Ready(ev) = out.as_mut().poll_next(cx) {
+                    return Poll::Ready(Some(ev));
+                }
+                while timer.as_mut().poll(cx).is_ready() {
+                    let deadline = since + max_idle;
+                    if tokio::time::Instant::now() >= deadline {
+                        return Poll::Ready(None);
+                    }
+                    timer.as_mut().reset(deadline);
+                }
+                Poll::Pending
+            })
+            .await;
+            match next {
+                Some(ev) => ev,
+                None => {
                     // Idle for max_idle: retire under the pool lock so no stream picks it now.
                     if let Some(p) = pool.upgrade() {
                         let _pool_guard = lock(&p.sessions);
@@ -264,10 +283,14 @@ async fn run_session(
                         }
                     }
                     remove_from_pool(&pool, &key, session.id);
+                    // Stay until the input's end closes the session, without firing again.
+                    timer.as_mut().reset(tokio::time::Instant::now() + max_idle);
+                    idle_since = None;
                     continue;
                 }
             }
         } else {
+            idle_since = None;
             out.next().await
         };
         let ev = ev.unwrap_or(Event::END);
