@@ -237,18 +237,20 @@ fn connect_tunnels_to_allowed_targets_and_refuses_the_rest() {
     let dir = TempDir::new("connect");
     let (_nginx, web) = nginx_hello(&dir);
     let dead = free_port(); // allowed, but nothing listens there
-    let (p, plain) = (free_port(), free_port());
+    let (p, plain, guarded) = (free_port(), free_port(), free_port());
     let cfg = dir.write(
         "connect.yaml",
         &format!(
-            "listeners:\n  - listen: 127.0.0.1:{p}\n    pipeline: main\n  - listen: 127.0.0.1:{plain}\n    pipeline: plain\n\
+            "listeners:\n  - listen: 127.0.0.1:{p}\n    pipeline: main\n  - listen: 127.0.0.1:{plain}\n    pipeline: plain\n  - listen: 127.0.0.1:{guarded}\n    pipeline: guarded\n\
              pipelines:\n  main:\n    - demux-http: {{ pipeline: request, connect: {{ pipeline: tunnel, ports: [{web}, {dead}], hosts: [127.0.0.1, localhost] }} }}\n\
              \x20 plain:\n    - demux-http: {{ pipeline: request }}\n\
+             \x20 guarded:\n    - demux-http: {{ pipeline: request, connect: {{ pipeline: tunnel-guarded, ports: [{web}], hosts: [127.0.0.1, localhost] }} }}\n\
              \x20 request:\n    - respond: {{ status: 200, body: \"not a tunnel\\n\" }}\n\
-             \x20 tunnel:\n    - connect: {{ target_from_context: true, connect_timeout: 2s }}\n"
+             \x20 tunnel:\n    - connect: {{ target_from_context: true, internal_targets: true, connect_timeout: 2s }}\n\
+             \x20 tunnel-guarded:\n    - connect: {{ target_from_context: true }}\n"
         ),
     );
-    let fg = flowgate_run(&cfg, &[p, plain]);
+    let fg = flowgate_run(&cfg, &[p, plain, guarded]);
     let proxy = format!("http://127.0.0.1:{p}");
     // curl's proxytunnel: CONNECT 127.0.0.1:web, then its GET inside the tunnel.
     let (ok, body, err) = curl(&[
@@ -273,6 +275,13 @@ fn connect_tunnels_to_allowed_targets_and_refuses_the_rest() {
     // Allowed but unreachable: 502.
     let (ok, _, err) = curl(&["-p", "-x", &proxy, &format!("http://127.0.0.1:{dead}/")]);
     assert!(!ok && err.contains("502"), "{err}");
+    // Without `internal_targets`, a loopback target is refused after resolution, by
+    // address and by name alike, though the allow-lists let it through: 403.
+    let guard = format!("http://127.0.0.1:{guarded}");
+    for host in ["127.0.0.1", "localhost"] {
+        let (ok, _, err) = curl(&["-p", "-x", &guard, &format!("http://{host}:{web}/")]);
+        assert!(!ok && err.contains("403"), "{host}: {err}");
+    }
     // Without a `connect` block, CONNECT is refused with 405 and the connection closes.
     let mut c = TcpStream::connect(("127.0.0.1", plain)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -302,7 +311,7 @@ fn raw_bytes_flow_both_ways_and_a_client_half_close_is_passed_on() {
             "listeners:\n  - listen: 127.0.0.1:{p}\n    pipeline: main\n\
              pipelines:\n  main:\n    - demux-http: {{ pipeline: request, connect: {{ pipeline: tunnel, ports: [{e}] }} }}\n\
              \x20 request:\n    - respond: {{ status: 404 }}\n\
-             \x20 tunnel:\n    - connect: {{ target_from_context: true }}\n",
+             \x20 tunnel:\n    - connect: {{ target_from_context: true, internal_targets: true }}\n",
             e = echo.port
         ),
     );
@@ -437,7 +446,7 @@ fn an_idle_tunnel_is_closed_after_the_tunnel_idle_timeout() {
             "listeners:\n  - listen: 127.0.0.1:{p}\n    pipeline: main\n\
              pipelines:\n  main:\n    - demux-http: {{ pipeline: request, tunnel_idle_timeout: 1s, connect: {{ pipeline: tunnel, ports: [{e}] }} }}\n\
              \x20 request:\n    - respond: {{ status: 404 }}\n\
-             \x20 tunnel:\n    - connect: {{ target_from_context: true }}\n",
+             \x20 tunnel:\n    - connect: {{ target_from_context: true, internal_targets: true }}\n",
             e = echo.port
         ),
     );

@@ -411,6 +411,12 @@ fn status_for(e: &StreamError) -> Option<u16> {
     if let Some(t) = e.cause().and_then(|c| c.downcast_ref::<HeadTimedOut>()) {
         return t.0.then_some(408);
     }
+    #[cfg(feature = "net")]
+    if e.cause()
+        .is_some_and(|c| c.is::<crate::net::InternalTarget>())
+    {
+        return Some(403);
+    }
     if let Some(h1) = e.cause().and_then(|c| c.downcast_ref::<H1Error>()) {
         return Some(if e.side() == Side::Downstream {
             h1.status()

@@ -23,7 +23,10 @@
 //! malformed authority). The tunnel's pipeline gets the client's raw bytes with the
 //! authority in its context as a [`DialTarget`] and a [`Dialed`] signal; `connect` with
 //! `target_from_context: true` dials it, and the client gets 200 once it is up (502, or
-//! 504 for a connect timeout, when the pipeline fails first). CONNECT over HTTP/2 (and
+//! 504 for a connect timeout, when the pipeline fails first). The allow-lists match the
+//! authority as written; `connect` then refuses a target that resolves to an internal
+//! address (loopback, private, link-local…) unless it has `internal_targets: true`, and
+//! the client gets 403. CONNECT over HTTP/2 (and
 //! extended CONNECT, RFC 8441) is not served: 501.
 //!
 //! Both kinds of tunnel end after `tunnel_idle_timeout` without a byte either way.

@@ -82,6 +82,14 @@ pub struct ConnectConfig {
     /// before `target`. Default false.
     #[serde(default)]
     pub target_from_context: bool,
+    /// Let a target taken from the context (a client's CONNECT) resolve to an internal
+    /// address: loopback, private (RFC 1918, IPv6 unique local), link-local, shared
+    /// (100.64.0.0/10), unspecified, broadcast or multicast. Default false: such a dial
+    /// fails with [`InternalTarget`] (403 through `demux-http`), so a client cannot reach the
+    /// proxy's own network by naming it, whatever name it uses. Targets from the
+    /// configuration are never checked.
+    #[serde(default)]
+    pub internal_targets: bool,
     /// TCP keep-alive idle time on the upstream socket; none by default.
     #[serde(
         default,
@@ -111,6 +119,7 @@ impl Default for ConnectConfig {
             nodelay: true,
             balance: None,
             target_from_context: false,
+            internal_targets: false,
             keepalive: None,
         }
     }
@@ -180,6 +189,47 @@ fn check_target(t: &str) -> Result<(), String> {
 /// `Connect` built with `target_from_context` uses it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DialTarget(pub String);
+
+/// A target from the context resolved to an internal address and `internal_targets` is
+/// off: the dial was refused (see [`ConnectConfig::internal_targets`]).
+#[derive(Debug, thiserror::Error)]
+#[error("`{target}` resolves to {addr}, an internal address (allow with `internal_targets: true`)")]
+pub struct InternalTarget {
+    /// The target as asked for.
+    pub target: String,
+    /// The address it resolved to.
+    pub addr: SocketAddr,
+}
+
+/// Whether `ip` is an address a client-chosen target must not reach (see
+/// [`ConnectConfig::internal_targets`]).
+pub fn is_internal(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_internal(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
 
 /// A signal from [`Connect`] to whoever put it in the stream's context: the upstream
 /// connection is up. `demux-http` waits for it before it answers a CONNECT request with
@@ -327,17 +377,30 @@ impl Connect {
         self
     }
 
-    fn pick(&self, cx: &Context) -> Option<(String, Option<flowgate_lb::Lease>)> {
+    /// The target to dial, its lease, and whether it came from the context.
+    fn pick(&self, cx: &Context) -> Option<(String, Option<flowgate_lb::Lease>, bool)> {
+        let (target, lease) = match self.pick_configured(cx) {
+            Picked::Context(t) => return Some((t, None, true)),
+            Picked::Configured(p) => p?,
+        };
+        Some((target, lease, false))
+    }
+
+    fn pick_configured(&self, cx: &Context) -> Picked {
         if self.config.original_dst
             && let Some(a) = cx.conn().original_dst
         {
-            return Some((a.to_string(), None));
+            return Picked::Configured(Some((a.to_string(), None)));
         }
         if self.config.target_from_context
             && let Some(t) = cx.get::<DialTarget>()
         {
-            return Some((t.0, None));
+            return Picked::Context(t.0);
         }
+        Picked::Configured(self.pick_target(cx))
+    }
+
+    fn pick_target(&self, cx: &Context) -> Option<(String, Option<flowgate_lb::Lease>)> {
         if let Some(d) = &self.dynamic {
             return Some((d.eval(cx, None), None));
         }
@@ -396,21 +459,34 @@ impl Refresher {
     }
 }
 
+/// Where [`Connect::pick`] found its target.
+enum Picked {
+    Context(String),
+    Configured(Option<(String, Option<flowgate_lb::Lease>)>),
+}
+
 impl Filter for Connect {
     fn describe(&self) -> Description {
         Description::filter("connect").options(&self.config)
     }
 
     fn attach(&self, input: Events, cx: &Context) -> Events {
-        let Some((target, lease)) = self.pick(cx) else {
+        let Some((target, lease, from_context)) = self.pick(cx) else {
             return flowgate_pipeline::error_stream(StreamError::new(
                 ErrorKind::NoRoute,
                 Side::Internal,
             ));
         };
         let c = self.config.clone();
+        let guarded = from_context && !c.internal_targets;
         let connecting = Box::pin(async move {
             let addr = resolve(&target).await?;
+            if guarded && is_internal(addr.ip()) {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    InternalTarget { target, addr },
+                ));
+            }
             let s = tokio::time::timeout(c.connect_timeout, TcpStream::connect(addr))
                 .await
                 .map_err(|_| {
@@ -499,6 +575,19 @@ impl Stream for ConnectStream {
                 State::Connecting(fut) => match fut.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Err(e)) => {
+                        if let Some(r) =
+                            e.get_ref().and_then(|r| r.downcast_ref::<InternalTarget>())
+                        {
+                            // A policy refusal, not a failure of the upstream.
+                            let refused = InternalTarget {
+                                target: r.target.clone(),
+                                addr: r.addr,
+                            };
+                            return this.fail(
+                                StreamError::new(ErrorKind::NoRoute, Side::Internal)
+                                    .with_cause(refused),
+                            );
+                        }
                         let err =
                             io_error(e, ErrorKind::ConnectFailed, Side::Upstream).retry_safe(true);
                         if let Some(mut l) = this.lease.take() {
@@ -654,6 +743,50 @@ mod tests {
         };
         let only = Connect::from_config(only, Vec::new());
         assert!(only.pick(&Context::new()).is_none());
+        // Only the context's target is marked as the client's choice.
+        assert!(c.pick(&cx).unwrap().2);
+        assert!(!plain.pick(&cx).unwrap().2);
+    }
+
+    #[test]
+    fn internal_addresses_are_recognised() {
+        for a in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "100.127.255.255",
+            "0.0.0.0",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(is_internal(a.parse().unwrap()), "{a}");
+        }
+        for a in [
+            "1.1.1.1",
+            "172.32.0.1",
+            "100.128.0.1",
+            "192.0.2.1",
+            "8.8.8.8",
+            "2001:db8::1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(!is_internal(a.parse().unwrap()), "{a}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod throttle;
 pub mod tls;
 
 pub(crate) use connect::Refresher;
-pub use connect::{Connect, ConnectConfig, DialTarget, Dialed};
+pub use connect::{Connect, ConnectConfig, DialTarget, Dialed, InternalTarget, is_internal};
 pub use dump::{Dump, DumpConfig, Tee, TeeConfig};
 pub use proxy_protocol::{
     AcceptProxyProtocol, AcceptProxyProtocolConfig, ConnectProxyProtocol,
