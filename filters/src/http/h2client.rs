@@ -133,6 +133,11 @@ pub struct Http2UpstreamConfig {
     /// How long a PING answer may take. Default 20 s.
     #[serde(default = "d_ping_timeout", with = "flowgate_pipeline::serde_duration")]
     pub keepalive_timeout: Duration,
+    /// Connections each worker keeps to the upstream at most. When all of them carry
+    /// their `max_concurrent_streams`, a request waits for a stream to end (or a
+    /// connection to close) instead of opening another. Default 64.
+    #[serde(default = "d_max_conns")]
+    pub max_connections: u32,
 }
 
 mod opt_duration {
@@ -174,6 +179,9 @@ fn d_frame() -> u32 {
 fn d_ping_timeout() -> Duration {
     Duration::from_secs(20)
 }
+fn d_max_conns() -> u32 {
+    64
+}
 
 impl Default for Http2UpstreamConfig {
     fn default() -> Self {
@@ -186,6 +194,7 @@ impl Default for Http2UpstreamConfig {
             scheme: UpstreamScheme::Http,
             keepalive_interval: None,
             keepalive_timeout: d_ping_timeout(),
+            max_connections: d_max_conns(),
         }
     }
 }
@@ -196,6 +205,9 @@ impl Http2UpstreamConfig {
         const MAX_WINDOW: u32 = (1 << 31) - 1;
         if self.max_concurrent_streams == 0 {
             return Err("max_concurrent_streams must be at least 1");
+        }
+        if self.max_connections == 0 {
+            return Err("max_connections must be at least 1");
         }
         if !(16_384..=16_777_215).contains(&self.max_frame_size) {
             return Err("max_frame_size must be from 16384 to 16777215");
@@ -267,6 +279,8 @@ pub(crate) struct H2Pool {
     /// What the pool learned of the server's own per-connection request limit (see
     /// [`Budget`]).
     budget: Arc<Budget>,
+    /// Wakes requests waiting for room (a stream ended, a connection left the pool).
+    freed: Arc<tokio::sync::Notify>,
 }
 
 /// The server's per-connection request limit, learned from its GOAWAYs.
@@ -346,6 +360,7 @@ struct ConnState {
 /// A request's claim on a stream slot of a connection; released on drop.
 struct Slot {
     conn: Arc<Conn>,
+    freed: Arc<tokio::sync::Notify>,
 }
 
 impl Drop for Slot {
@@ -358,6 +373,8 @@ impl Drop for Slot {
         {
             w.wake();
         }
+        drop(st);
+        self.freed.notify_waiters();
     }
 }
 
@@ -406,6 +423,7 @@ impl H2Pool {
             next_id: AtomicU64::new(0),
             known_server_max: Arc::new(AtomicUsize::new(cfg.max_concurrent_streams as usize)),
             budget: Arc::new(Budget::default()),
+            freed: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -430,7 +448,22 @@ impl H2Pool {
     }
 
     /// A stream slot on a connection with room, or on a new connection.
-    fn pick(self: &Arc<Self>, cx: &Context) -> Result<Slot, StreamError> {
+    /// A connection with room for one more stream: a pooled one, a new one, or — when
+    /// this worker has `max_connections` and all are full — the first to make room.
+    async fn pick(self: &Arc<Self>, cx: &Context) -> Result<Slot, StreamError> {
+        loop {
+            // Registered before looking, so a stream that ends meanwhile is not missed.
+            let freed = self.freed.notified();
+            let mut freed = std::pin::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(slot) = self.try_pick(cx)? {
+                return Ok(slot);
+            }
+            freed.await;
+        }
+    }
+
+    fn try_pick(self: &Arc<Self>, cx: &Context) -> Result<Option<Slot>, StreamError> {
         let key = std::thread::current().id();
         let mut conns = lock(&self.conns);
         let list = conns.entry(key).or_default();
@@ -444,6 +477,7 @@ impl H2Pool {
             .cloned();
         let conn = match found {
             Some(c) => c,
+            None if list.len() >= self.cfg.max_connections as usize => return Ok(None),
             None => {
                 let c = self.open(cx, key)?;
                 list.push(c.clone());
@@ -457,12 +491,21 @@ impl H2Pool {
             (0, learned) => learned.unwrap_or(0),
             (mine, learned) => learned.map_or(mine, |l| l.min(mine)),
         };
-        if max > 0 && st.carried >= max {
+        let left = max > 0 && st.carried >= max;
+        if left {
             st.retired = true;
             list.retain(|c| c.id != conn.id);
         }
         drop(st);
-        Ok(Slot { conn })
+        drop(conns);
+        if left {
+            // Room for another connection.
+            self.freed.notify_waiters();
+        }
+        Ok(Some(Slot {
+            conn,
+            freed: self.freed.clone(),
+        }))
     }
 
     /// Takes `conn` out of the pool: it gets no new requests.
@@ -476,6 +519,8 @@ impl H2Pool {
                 conns.remove(&key);
             }
         }
+        drop(conns);
+        self.freed.notify_waiters();
     }
 
     fn open(self: &Arc<Self>, cx: &Context, key: ThreadId) -> Result<Arc<Conn>, StreamError> {
@@ -548,6 +593,8 @@ fn remove_from_pool(pool: &Weak<H2Pool>, key: ThreadId, id: u64) {
                 conns.remove(&key);
             }
         }
+        drop(conns);
+        pool.freed.notify_waiters();
     }
 }
 
@@ -953,7 +1000,7 @@ async fn start(
 ) -> Result<(Slot, ResponseFuture, SendStream<Bytes>), StreamError> {
     let mut last = None;
     for _ in 0..START_TRIES {
-        let slot = pool.pick(cx)?;
+        let slot = pool.pick(cx).await?;
         let mut send = slot.conn.send.clone();
         let sent = match poll_fn(|c| send.poll_ready(c)).await {
             Ok(()) => send.send_request(req.clone(), eos),

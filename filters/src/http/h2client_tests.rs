@@ -263,6 +263,27 @@ async fn concurrent_requests_share_a_connection_up_to_the_cap() {
 }
 
 #[tokio::test]
+async fn at_max_connections_requests_wait_for_a_stream_to_end() {
+    // 2 connections of 5 streams: 30 slow requests at once are served ten at a time over
+    // the same two connections, none refused.
+    let (srv, up) = server(ServerOpts::default());
+    let cfg = Http2UpstreamConfig {
+        max_concurrent_streams: 5,
+        max_connections: 2,
+        ..Http2UpstreamConfig::default()
+    };
+    let f = mux(up, cfg, Duration::from_secs(60));
+    let replies =
+        futures_util::future::join_all((0..30).map(|_| call(&f, get("/slow"), &[], None))).await;
+    assert!(replies.iter().all(|r| {
+        r.as_ref()
+            .is_ok_and(|(p, b, _)| p.status == 200 && b == b"/slow")
+    }));
+    assert_eq!(srv.conns.load(Ordering::SeqCst), 2);
+    assert_eq!(f.connection_count(), 2);
+}
+
+#[tokio::test]
 async fn the_servers_stream_limit_is_respected() {
     let (srv, up) = server(ServerOpts {
         max_streams: Some(5),
@@ -517,6 +538,10 @@ fn config_is_checked_and_parsed() {
         },
         Http2UpstreamConfig {
             keepalive_interval: Some(Duration::ZERO),
+            ..Http2UpstreamConfig::default()
+        },
+        Http2UpstreamConfig {
+            max_connections: 0,
             ..Http2UpstreamConfig::default()
         },
     ] {
