@@ -85,6 +85,38 @@ fn pipelined_requests_are_answered_in_order() {
 }
 
 #[test]
+fn an_upstream_closing_every_ten_requests_loses_none() {
+    let dir = TempDir::new("http-ka-close");
+    let up = free_port();
+    // nginx says `Connection: close` on every tenth response of a connection and closes.
+    let _nginx = nginx(
+        &dir,
+        &format!(
+            "server {{ listen 127.0.0.1:{up}; keepalive_requests 10; \
+             location / {{ return 200 \"ok\"; }} }}"
+        ),
+    );
+    wait_port(up);
+    let (_fg, port) = proxy(&dir, up);
+    let out = std::process::Command::new("h2load")
+        .args([
+            "--h1",
+            "-n",
+            "3000",
+            "-c",
+            "8",
+            &format!("http://127.0.0.1:{port}/"),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("status codes: 3000 2xx"),
+        "every request answered 200 in spite of 300 upstream closes:\n{text}"
+    );
+}
+
+#[test]
 fn response_hop_by_hop_fields_stay_behind_and_http10_keep_alive_works() {
     let dir = TempDir::new("http-hop");
     let up = free_port();
