@@ -68,10 +68,32 @@ pub(crate) fn header_map(
     fields: &[httparse::Header<'_>],
     limits: &Limits,
 ) -> Result<HeaderMap, H1Error> {
+    Ok(fields_of(head, fields, limits)?.map)
+}
+
+/// A head's fields, and how often the ones framing and routing depend on occur (counted
+/// while the map is built, so the common head needs no lookups for them).
+struct Fields {
+    map: HeaderMap,
+    transfer_encoding: usize,
+    content_length: usize,
+    host: usize,
+}
+
+fn fields_of(
+    head: &Bytes,
+    fields: &[httparse::Header<'_>],
+    limits: &Limits,
+) -> Result<Fields, H1Error> {
     if fields.len() > limits.max_headers {
         return Err(H1Error::TooManyHeaders(limits.max_headers));
     }
-    let mut map = HeaderMap::with_capacity(fields.len());
+    let mut out = Fields {
+        map: HeaderMap::with_capacity(fields.len()),
+        transfer_encoding: 0,
+        content_length: 0,
+        host: 0,
+    };
     for f in fields {
         if f.name.len() + f.value.len() + 4 > limits.max_line {
             return Err(H1Error::LineTooLong(limits.max_line));
@@ -80,9 +102,16 @@ pub(crate) fn header_map(
             .map_err(|_| H1Error::BadHead("invalid header field name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice_ref(f.value))
             .map_err(|_| H1Error::BadHead("invalid header field value"))?;
-        map.append(name, value);
+        if name == TRANSFER_ENCODING {
+            out.transfer_encoding += 1;
+        } else if name == CONTENT_LENGTH {
+            out.content_length += 1;
+        } else if name == HOST {
+            out.host += 1;
+        }
+        out.map.append(name, value);
     }
-    Ok(map)
+    Ok(out)
 }
 
 /// Splits a complete head (up to and including its empty line) off `buf`, or says why not.
@@ -128,11 +157,15 @@ fn version(v: Option<u8>) -> Result<Version, H1Error> {
 /// `chunked` coding; responses accept codings before a final `chunked`, and are read until
 /// close when `chunked` is not final.
 fn length_or_chunked(
-    headers: &HeaderMap,
+    fields: &Fields,
     v: Version,
     limits: &Limits,
     request: bool,
 ) -> Result<Option<Framing>, H1Error> {
+    if fields.transfer_encoding == 0 && fields.content_length == 0 {
+        return Ok(None);
+    }
+    let headers = &fields.map;
     let mut te = headers.get_all(TRANSFER_ENCODING).iter().peekable();
     let mut cl = headers.get_all(CONTENT_LENGTH).iter();
     let has_te = te.peek().is_some();
@@ -218,18 +251,16 @@ pub(crate) fn parse_request(
         .map_err(|_| H1Error::BadHead("invalid method"))?;
     let uri = Uri::from_maybe_shared(head.slice_ref(req.path.unwrap_or("").as_bytes()))
         .map_err(|_| H1Error::BadHead("invalid request target"))?;
-    let headers = header_map(&head, req.headers, limits)?;
-    if v == Version::HTTP_11 {
-        let mut hosts = headers.get_all(HOST).iter();
-        if hosts.next().is_none() || hosts.next().is_some() {
-            return Err(H1Error::Host);
-        }
+    let fields = fields_of(&head, req.headers, limits)?;
+    if v == Version::HTTP_11 && fields.host != 1 {
+        return Err(H1Error::Host);
     }
     let framing = if method == Method::CONNECT {
         Framing::Tunnel
     } else {
-        length_or_chunked(&headers, v, limits, true)?.unwrap_or(Framing::Empty)
+        length_or_chunked(&fields, v, limits, true)?.unwrap_or(Framing::Empty)
     };
+    let headers = fields.map;
     let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.method = method;
     parts.uri = uri;
@@ -260,7 +291,7 @@ pub(crate) fn parse_response(
     let v = version(res.version)?;
     let status = StatusCode::from_u16(res.code.unwrap_or(0))
         .map_err(|_| H1Error::BadHead("invalid status"))?;
-    let headers = header_map(&head, res.headers, limits)?;
+    let fields = fields_of(&head, res.headers, limits)?;
     let framing = if status == StatusCode::SWITCHING_PROTOCOLS
         || (*request_method == Method::CONNECT && status.is_success())
     {
@@ -272,8 +303,9 @@ pub(crate) fn parse_response(
     {
         Framing::Empty
     } else {
-        length_or_chunked(&headers, v, limits, false)?.unwrap_or(Framing::Close)
+        length_or_chunked(&fields, v, limits, false)?.unwrap_or(Framing::Close)
     };
+    let headers = fields.map;
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = status;
     parts.version = v;
