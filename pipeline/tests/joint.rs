@@ -70,6 +70,19 @@ fn messages(bodies: &[&'static str]) -> Vec<Event> {
     v
 }
 
+/// A session pipeline that echoes (with delays) and counts its instances.
+fn counted_sessions() -> (Arc<AtomicUsize>, Arc<Pipeline>) {
+    let opened = Arc::new(AtomicUsize::new(0));
+    let session = Arc::new(
+        Pipeline::builder("session")
+            .filter(Counting(opened.clone()))
+            .filter(DelayEcho)
+            .build()
+            .unwrap(),
+    );
+    (opened, session)
+}
+
 fn pipeline(name: &str, f: impl Filter) -> Arc<Pipeline> {
     Arc::new(Pipeline::builder(name).filter(f).build().unwrap())
 }
@@ -154,14 +167,7 @@ async fn demux_child_error_ends_the_stream_with_it() {
 
 #[tokio::test(start_paused = true)]
 async fn mux_pools_sessions_by_key_and_limits() {
-    let opened = Arc::new(AtomicUsize::new(0));
-    let session = Arc::new(
-        Pipeline::builder("session")
-            .filter(Counting(opened.clone()))
-            .filter(DelayEcho)
-            .build()
-            .unwrap(),
-    );
+    let (opened, session) = counted_sessions();
     let mux = Mux::with(
         session,
         Dyn::value("k".to_string()),
@@ -188,14 +194,7 @@ async fn mux_pools_sessions_by_key_and_limits() {
 
 #[tokio::test(start_paused = true)]
 async fn mux_idle_time_counts_from_the_last_message() {
-    let opened = Arc::new(AtomicUsize::new(0));
-    let session = Arc::new(
-        Pipeline::builder("session")
-            .filter(Counting(opened.clone()))
-            .filter(DelayEcho)
-            .build()
-            .unwrap(),
-    );
+    let (opened, session) = counted_sessions();
     let mux = Mux::with(
         session,
         Dyn::value("k".to_string()),
@@ -220,14 +219,7 @@ async fn mux_idle_time_counts_from_the_last_message() {
 
 #[tokio::test(start_paused = true)]
 async fn mux_opens_more_sessions_when_busy_and_retires_after_max_messages() {
-    let opened = Arc::new(AtomicUsize::new(0));
-    let session = Arc::new(
-        Pipeline::builder("session")
-            .filter(Counting(opened.clone()))
-            .filter(DelayEcho)
-            .build()
-            .unwrap(),
-    );
+    let (opened, session) = counted_sessions();
     let mux = Arc::new(Mux::with(
         session,
         Dyn::value(String::new()),

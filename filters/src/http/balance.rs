@@ -29,7 +29,10 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{Http2UpstreamConfig, LimitsConfig, MuxHttp, UpstreamScheme, UpstreamVersion};
-use crate::net::tls::{ClientCertConfig, ConnectTls, ConnectTlsConfig, TlsVersion};
+use crate::net::tls::{
+    ClientCertConfig, ConnectTls, ConnectTlsConfig, TlsVersion, default_handshake_timeout,
+    default_true,
+};
 use crate::net::{Connect, Refresher};
 
 /// One endpoint of a `balance-http` group: `IP:port`, or `{ address, weight }`.
@@ -150,13 +153,16 @@ pub struct UpstreamTlsConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
     /// Verify the endpoints' certificates. Default true; `false` is for tests only.
-    #[serde(default = "yes")]
+    #[serde(default = "default_true")]
     pub verify: bool,
     /// A client certificate for endpoints that require mutual TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_cert: Option<ClientCertConfig>,
     /// How long a handshake may take. Default 10 s.
-    #[serde(default = "d_handshake", with = "flowgate_pipeline::serde_duration")]
+    #[serde(
+        default = "default_handshake_timeout",
+        with = "flowgate_pipeline::serde_duration"
+    )]
     pub handshake_timeout: Duration,
 }
 
@@ -168,7 +174,7 @@ impl UpstreamTlsConfig {
             ca: Some(ca.into()),
             verify: true,
             client_cert: None,
-            handshake_timeout: d_handshake(),
+            handshake_timeout: default_handshake_timeout(),
         }
     }
 
@@ -187,13 +193,6 @@ impl UpstreamTlsConfig {
             max_feed: 64,
         }
     }
-}
-
-fn yes() -> bool {
-    true
-}
-fn d_handshake() -> Duration {
-    Duration::from_secs(10)
 }
 
 fn d_balance() -> BalancerConfig {

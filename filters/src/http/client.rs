@@ -17,7 +17,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, TE, TRANSFER_ENCODING
 use http::{Method, StatusCode, Version, request, response};
 
 use super::codec::{Trailers, protocol_error};
-use super::tunnel::wants_upgrade;
+use super::tunnel::{tokens, wants_upgrade};
 
 /// A 101 answered a request that did not ask to upgrade.
 #[derive(Debug, thiserror::Error)]
@@ -268,13 +268,7 @@ pub(crate) fn strip_response_hop_by_hop(parts: &mut response::Parts, tunnel: boo
     }
     let (mut close, mut keep_alive) = (false, false);
     let mut listed: Vec<HeaderName> = Vec::new();
-    for token in headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .map(str::trim)
-    {
+    for token in tokens(headers, CONNECTION) {
         if token.eq_ignore_ascii_case("close") {
             close = true;
         } else if token.eq_ignore_ascii_case("keep-alive") {
@@ -327,16 +321,9 @@ pub(crate) fn encode_proxied_head(head: &request::Parts, upgrade: bool, dst: &mu
     // the ones this head is framed and routed by: the body below is written by
     // Content-Length / Transfer-Encoding, so `Connection: content-length` must not drop
     // them (the upstream would read the body as another request).
-    let listed: Vec<&str> = head
-        .headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .map(str::trim)
+    let listed: Vec<&str> = tokens(&head.headers, CONNECTION)
         .filter(|t| {
-            !t.is_empty()
-                && !t.eq_ignore_ascii_case("close")
+            !t.eq_ignore_ascii_case("close")
                 && !t.eq_ignore_ascii_case("keep-alive")
                 && !t.eq_ignore_ascii_case("upgrade")
                 && !t.eq_ignore_ascii_case("content-length")

@@ -42,12 +42,7 @@ fn tail(trailers: Option<HeaderMap>) -> Tail {
 
 /// Whether the client asked to close the connection after this request.
 pub(crate) fn wants_close(head: &request::Parts) -> bool {
-    let has = |token: &str| {
-        head.headers.get_all(CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
+    let has = |token: &str| tunnel::has_token(&head.headers, CONNECTION, token);
     match head.version {
         Version::HTTP_10 => !has("keep-alive"),
         _ => has("close"),
@@ -533,17 +528,18 @@ impl Transform for EncodeResponses {
                         .headers
                         .insert(CONNECTION, http::HeaderValue::from_static("close"));
                     encode_response_head(&closing, &mut self.out);
-                } else if self.verdict == Verdict::Plain
-                    && self.switch.is_keep_alive10()
-                    && !parts.headers.contains_key(CONNECTION)
-                {
-                    // An HTTP/1.0 client keeps the connection only when the response says so.
-                    let mut kept = parts.clone();
-                    kept.headers
-                        .insert(CONNECTION, http::HeaderValue::from_static("keep-alive"));
-                    encode_response_head(&kept, &mut self.out);
                 } else {
                     encode_response_head(parts, &mut self.out);
+                    if self.verdict == Verdict::Plain
+                        && self.switch.is_keep_alive10()
+                        && !parts.headers.contains_key(CONNECTION)
+                    {
+                        // An HTTP/1.0 client keeps the connection only when the response
+                        // says so: the field goes in before the empty line.
+                        self.out.truncate(self.out.len() - 2);
+                        self.out
+                            .extend_from_slice(b"connection: keep-alive\r\n\r\n");
+                    }
                 }
                 if self.mode == BodyMode::Chunked && !ends_chunked(&parts.headers) {
                     // Put the framing in before the empty line. A second field line joins
@@ -747,18 +743,21 @@ mod tests {
             "the connection ends the body"
         );
         // With a length, nothing changes for it.
-        let (mut parts, ()) = http::Response::new(()).into_parts();
-        parts
-            .headers
-            .insert(CONTENT_LENGTH, http::HeaderValue::from_static("3"));
-        let (bytes, kinds) = encode(
-            &switch,
-            vec![
-                Event::MessageStart(Head::new(parts)),
-                "abc".into(),
-                Event::MessageEnd(Tail::none()),
-            ],
-        );
+        let with_length = |switch: &Arc<Switch>| {
+            let (mut parts, ()) = http::Response::new(()).into_parts();
+            parts
+                .headers
+                .insert(CONTENT_LENGTH, http::HeaderValue::from_static("3"));
+            encode(
+                switch,
+                vec![
+                    Event::MessageStart(Head::new(parts)),
+                    "abc".into(),
+                    Event::MessageEnd(Tail::none()),
+                ],
+            )
+        };
+        let (bytes, kinds) = with_length(&switch);
         assert!(
             !String::from_utf8(bytes)
                 .unwrap()
@@ -767,18 +766,7 @@ mod tests {
         assert_ne!(kinds.last(), Some(&"StreamEnd"));
         // A client that asked to keep the connection is told it is kept.
         switch.mark_http10(true);
-        let (mut parts, ()) = http::Response::new(()).into_parts();
-        parts
-            .headers
-            .insert(CONTENT_LENGTH, http::HeaderValue::from_static("3"));
-        let (bytes, kinds) = encode(
-            &switch,
-            vec![
-                Event::MessageStart(Head::new(parts)),
-                "abc".into(),
-                Event::MessageEnd(Tail::none()),
-            ],
-        );
+        let (bytes, kinds) = with_length(&switch);
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.contains("connection: keep-alive\r\n"), "{text}");
         assert_ne!(kinds.last(), Some(&"StreamEnd"));

@@ -2,14 +2,16 @@
 //! the client side (an upstream sub-pipeline's output in, its input out) both drive an
 //! `h2` connection over one of these.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskCx, Poll};
 
 use bytes::Bytes;
-use flowgate_pipeline::feed::FeedSender;
+use flowgate_pipeline::feed::{FeedReceiver, FeedSender};
 use flowgate_pipeline::{Event, Events, StreamError};
+use futures_core::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Output events queued before writes wait for the consumer.
@@ -124,5 +126,44 @@ impl AsyncWrite for EventIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut TaskCx<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+/// A stream made by a future that pushes its events into a feed (an HTTP/2 connection on
+/// the server side, a request exchange on the client side): polled inline by whoever
+/// reads the stream, no task of its own.
+pub(crate) struct Inline {
+    fut: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    rx: FeedReceiver,
+}
+
+impl Inline {
+    /// `fut` writes into the feed that `rx` reads.
+    pub(crate) fn new(fut: impl Future<Output = ()> + Send + 'static, rx: FeedReceiver) -> Self {
+        Inline {
+            fut: Some(Box::pin(fut)),
+            rx,
+        }
+    }
+}
+
+impl Stream for Inline {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Option<Event>> {
+        let this = &mut *self;
+        loop {
+            if let Poll::Ready(ev) = Pin::new(&mut this.rx).poll_next(cx) {
+                return Poll::Ready(ev);
+            }
+            let Some(fut) = this.fut.as_mut() else {
+                return Poll::Pending;
+            };
+            match fut.as_mut().poll(cx) {
+                // Finished: what it pushed last (at least the end) is in `rx`.
+                Poll::Ready(()) => this.fut = None,
+                Poll::Pending => return Pin::new(&mut this.rx).poll_next(cx),
+            }
+        }
     }
 }

@@ -57,11 +57,10 @@ use std::thread::ThreadId;
 use std::time::Duration;
 
 use bytes::Bytes;
-use flowgate_pipeline::feed::{FeedReceiver, FeedSender, feed};
+use flowgate_pipeline::feed::{FeedSender, feed};
 use flowgate_pipeline::{
     Context, ErrorKind, Event, Events, Head, Side, StreamError, SubPipeline, Tail,
 };
-use futures_core::Stream;
 use futures_util::future::{Either, select};
 use futures_util::{FutureExt, StreamExt};
 use h2::client::{Connection, ResponseFuture, SendRequest};
@@ -72,7 +71,8 @@ use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, Sleep};
 
 use super::codec::Trailers;
-use super::event_io::EventIo;
+use super::event_io::{EventIo, Inline};
+use super::tunnel::{has_token, tokens};
 
 /// The HTTP version `mux-http` speaks to its upstreams (`version:`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -280,7 +280,7 @@ pub(crate) struct H2Pool {
     /// [`Budget`]).
     budget: Arc<Budget>,
     /// Wakes requests waiting for room (a stream ended, a connection left the pool).
-    freed: Arc<tokio::sync::Notify>,
+    freed: Arc<Room>,
 }
 
 /// The server's per-connection request limit, learned from its GOAWAYs.
@@ -360,7 +360,35 @@ struct ConnState {
 /// A request's claim on a stream slot of a connection; released on drop.
 struct Slot {
     conn: Arc<Conn>,
-    freed: Arc<tokio::sync::Notify>,
+    freed: Arc<Room>,
+}
+
+/// Requests waiting for a stream at `max_connections`, and how to wake them. Freeing a
+/// stream costs an atomic load unless someone waits (no shared lock per request).
+#[derive(Default)]
+struct Room {
+    notify: tokio::sync::Notify,
+    /// Requests between registering for a wake-up and getting a slot. Incremented before
+    /// they look for room, and read after a stream or connection was given back (both
+    /// under a pool or connection lock), so a release they did not see wakes them.
+    waiting: AtomicUsize,
+}
+
+impl Room {
+    fn freed(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+/// Counts a waiting request until dropped.
+struct Waiting<'a>(&'a Room);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Slot {
@@ -374,7 +402,7 @@ impl Drop for Slot {
             w.wake();
         }
         drop(st);
-        self.freed.notify_waiters();
+        self.freed.freed();
     }
 }
 
@@ -423,7 +451,7 @@ impl H2Pool {
             next_id: AtomicU64::new(0),
             known_server_max: Arc::new(AtomicUsize::new(cfg.max_concurrent_streams as usize)),
             budget: Arc::new(Budget::default()),
-            freed: Arc::new(tokio::sync::Notify::new()),
+            freed: Arc::new(Room::default()),
         }
     }
 
@@ -441,19 +469,21 @@ impl H2Pool {
     pub(crate) fn attach(self: &Arc<Self>, input: Events, cx: &Context) -> Events {
         let (tx, rx) = feed();
         let fut = exchange(self.clone(), input, tx, cx.clone());
-        Box::pin(Inline {
-            fut: Some(Box::pin(fut)),
-            rx,
-        })
+        Box::pin(Inline::new(fut, rx))
     }
 
     /// A stream slot on a connection with room, or on a new connection.
     /// A connection with room for one more stream: a pooled one, a new one, or — when
     /// this worker has `max_connections` and all are full — the first to make room.
     async fn pick(self: &Arc<Self>, cx: &Context) -> Result<Slot, StreamError> {
+        if let Some(slot) = self.try_pick(cx)? {
+            return Ok(slot);
+        }
+        self.freed.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.freed);
         loop {
             // Registered before looking, so a stream that ends meanwhile is not missed.
-            let freed = self.freed.notified();
+            let freed = self.freed.notify.notified();
             let mut freed = std::pin::pin!(freed);
             freed.as_mut().enable();
             if let Some(slot) = self.try_pick(cx)? {
@@ -500,7 +530,7 @@ impl H2Pool {
         drop(conns);
         if left {
             // Room for another connection.
-            self.freed.notify_waiters();
+            self.freed.freed();
         }
         Ok(Some(Slot {
             conn,
@@ -520,7 +550,7 @@ impl H2Pool {
             }
         }
         drop(conns);
-        self.freed.notify_waiters();
+        self.freed.freed();
     }
 
     fn open(self: &Arc<Self>, cx: &Context, key: ThreadId) -> Result<Arc<Conn>, StreamError> {
@@ -594,7 +624,7 @@ fn remove_from_pool(pool: &Weak<H2Pool>, key: ThreadId, id: u64) {
             }
         }
         drop(conns);
-        pool.freed.notify_waiters();
+        pool.freed.freed();
     }
 }
 
@@ -786,34 +816,6 @@ async fn run_connection(
 }
 
 // === request streams ===
-
-/// A `mux-http` stream on HTTP/2: polls its exchange future inline and yields what it
-/// produced.
-struct Inline {
-    fut: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-    rx: FeedReceiver,
-}
-
-impl Stream for Inline {
-    type Item = Event;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Option<Event>> {
-        let this = &mut *self;
-        loop {
-            if let Poll::Ready(ev) = Pin::new(&mut this.rx).poll_next(cx) {
-                return Poll::Ready(ev);
-            }
-            let Some(fut) = this.fut.as_mut() else {
-                return Poll::Pending;
-            };
-            match fut.as_mut().poll(cx) {
-                // Finished: its last event (at least the end) is in `rx`.
-                Poll::Ready(()) => this.fut = None,
-                Poll::Pending => return Pin::new(&mut this.rx).poll_next(cx),
-            }
-        }
-    }
-}
 
 /// Response events waiting for the pipeline before more response data is read.
 const MAX_QUEUED_EVENTS: usize = 4;
@@ -1143,7 +1145,7 @@ async fn forward(
 /// from `Host`), and no connection-specific fields (RFC 9113 §8.2.2).
 fn h2_request(parts: &request::Parts, scheme: UpstreamScheme) -> Request<()> {
     let mut headers = parts.headers.clone();
-    strip_connection_fields(&mut headers);
+    strip_connection_fields(&mut headers, true);
     let authority = parts
         .uri
         .authority()
@@ -1186,15 +1188,12 @@ fn h2_request(parts: &request::Parts, scheme: UpstreamScheme) -> Request<()> {
     req
 }
 
-/// Removes the fields HTTP/2 forbids: `Connection` and what it names, `Keep-Alive`,
-/// `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`, and `TE` unless it is `trailers`.
-fn strip_connection_fields(headers: &mut HeaderMap) {
-    let listed: Vec<http::HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .filter_map(|t| http::HeaderName::from_bytes(t.trim().as_bytes()).ok())
+/// Removes the fields HTTP/2 forbids (RFC 9113 §8.2.2): `Connection` and what it names,
+/// `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`, and `TE` — in a
+/// request (`te_trailers`) all but `TE: trailers`. Both HTTP/2 sides use it.
+pub(crate) fn strip_connection_fields(headers: &mut HeaderMap, te_trailers: bool) {
+    let listed: Vec<http::HeaderName> = tokens(headers, CONNECTION)
+        .filter_map(|t| http::HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for n in listed {
         headers.remove(n);
@@ -1205,12 +1204,9 @@ fn strip_connection_fields(headers: &mut HeaderMap) {
     for n in ["keep-alive", "proxy-connection"] {
         headers.remove(n);
     }
-    let te_trailers = headers
-        .get_all(TE)
-        .iter()
-        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let keep_te = te_trailers && has_token(headers, TE, "trailers");
     headers.remove(TE);
-    if te_trailers {
+    if keep_te {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
 }

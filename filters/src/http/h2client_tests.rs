@@ -8,6 +8,7 @@ use crate::http::MuxHttp;
 use flowgate_http::h1::Limits;
 use flowgate_pipeline::joint::MuxOptions;
 use flowgate_pipeline::{Description, Filter, Pipeline, events_from};
+use futures_core::Stream;
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::response;

@@ -18,28 +18,26 @@
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context as TaskCx, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use flowgate_pipeline::feed::{FeedReceiver, FeedSender, feed};
+use flowgate_pipeline::feed::{FeedSender, feed};
 use flowgate_pipeline::{
     Context, ErrorKind, Event, Events, Head, Side, StreamError, SubPipeline, Tail,
 };
-use futures_core::Stream;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
-use http::header::{
-    CONNECTION, CONTENT_LENGTH, COOKIE, HOST, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE,
-};
+use http::header::{CONTENT_LENGTH, COOKIE, HOST, HeaderValue, TRANSFER_ENCODING};
 use http::{HeaderMap, request, response};
 use serde::{Deserialize, Serialize};
 
 use super::access_log::AccessLog;
 use super::codec::Trailers;
-use super::event_io::EventIo;
+use super::event_io::{EventIo, Inline};
+use super::h2client::strip_connection_fields;
 
 /// The HTTP/2 connection preface a client with prior knowledge (h2c) starts with.
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -169,37 +167,7 @@ pub(crate) fn serve(shared: Arc<H2Shared>, input: Events, cx: &Context) -> Event
     let tx = Arc::new(tx);
     let io = EventIo::new(input, tx.clone());
     let conn = run(shared, io, cx.clone(), tx);
-    Box::pin(Output {
-        conn: Some(Box::pin(conn)),
-        rx,
-    })
-}
-
-/// The filter's output: polls the connection future inline and yields what it wrote.
-struct Output {
-    conn: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-    rx: FeedReceiver,
-}
-
-impl Stream for Output {
-    type Item = Event;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Option<Event>> {
-        let this = &mut *self;
-        loop {
-            if let Poll::Ready(ev) = Pin::new(&mut this.rx).poll_next(cx) {
-                return Poll::Ready(ev);
-            }
-            let Some(conn) = this.conn.as_mut() else {
-                return Poll::Pending;
-            };
-            match conn.as_mut().poll(cx) {
-                // Finished: what it wrote last (at least its end) is in `rx`.
-                Poll::Ready(()) => this.conn = None,
-                Poll::Pending => return Pin::new(&mut this.rx).poll_next(cx),
-            }
-        }
-    }
+    Box::pin(Inline::new(conn, rx))
 }
 
 /// Why an HTTP/2 connection ended early, as the cause of its stream error.
@@ -323,27 +291,6 @@ fn request_head(mut parts: request::Parts, has_body: bool) -> request::Parts {
             .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     }
     parts
-}
-
-/// The fields HTTP/2 forbids in a response (RFC 9113 §8.2.2): connection-specific ones.
-fn strip_connection_fields(headers: &mut HeaderMap) {
-    // Names listed in Connection are connection-specific too.
-    let listed: Vec<http::HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .filter_map(|t| http::HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in listed {
-        headers.remove(n);
-    }
-    for n in [CONNECTION, TRANSFER_ENCODING, UPGRADE, TE] {
-        headers.remove(n);
-    }
-    for n in ["keep-alive", "proxy-connection"] {
-        headers.remove(n);
-    }
 }
 
 /// One request: feeds its body into a fresh request pipeline and sends the response back.
@@ -482,7 +429,7 @@ async fn send_response(mut out: Events, mut respond: SendResponse<Bytes>, log: O
                 let mut r = http::Response::new(());
                 *r.status_mut() = parts.status;
                 *r.headers_mut() = parts.headers.clone();
-                strip_connection_fields(r.headers_mut());
+                strip_connection_fields(r.headers_mut(), false);
                 head = Some(r);
             }
             Event::Data(b) => {
@@ -590,12 +537,15 @@ mod tests {
     #[test]
     fn connection_fields_are_stripped() {
         let mut h = HeaderMap::new();
-        h.insert(CONNECTION, HeaderValue::from_static("close, x-hop"));
+        h.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("close, x-hop"),
+        );
         h.insert("x-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         h.insert("x-keep", HeaderValue::from_static("1"));
-        strip_connection_fields(&mut h);
+        strip_connection_fields(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
     }

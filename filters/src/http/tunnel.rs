@@ -243,11 +243,28 @@ impl HttpConnectConfig {
 
 // === which requests tunnel ===
 
-fn has_token(head: &http::HeaderMap, name: http::header::HeaderName, token: &str) -> bool {
-    head.get_all(name).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
+/// The comma-separated tokens of every `name` field (`Connection: close, x-a`), trimmed,
+/// empty ones left out.
+pub(crate) fn tokens(
+    headers: &http::HeaderMap,
+    name: http::header::HeaderName,
+) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether a `name` field lists `token` (case-insensitively).
+pub(crate) fn has_token(
+    headers: &http::HeaderMap,
+    name: http::header::HeaderName,
+    token: &str,
+) -> bool {
+    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// Whether a request asks to upgrade the connection: HTTP/1.1, not CONNECT, `Upgrade`

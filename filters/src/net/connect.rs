@@ -192,7 +192,7 @@ pub struct DialTarget(pub String);
 
 /// A target from the context resolved to an internal address and `internal_targets` is
 /// off: the dial was refused (see [`ConnectConfig::internal_targets`]).
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("`{target}` resolves to {addr}, an internal address (allow with `internal_targets: true`)")]
 pub struct InternalTarget {
     /// The target as asked for.
@@ -379,27 +379,20 @@ impl Connect {
 
     /// The target to dial, its lease, and whether it came from the context.
     fn pick(&self, cx: &Context) -> Option<(String, Option<flowgate_lb::Lease>, bool)> {
-        let (target, lease) = match self.pick_configured(cx) {
-            Picked::Context(t) => return Some((t, None, true)),
-            Picked::Configured(p) => p?,
-        };
-        Some((target, lease, false))
-    }
-
-    fn pick_configured(&self, cx: &Context) -> Picked {
         if self.config.original_dst
             && let Some(a) = cx.conn().original_dst
         {
-            return Picked::Configured(Some((a.to_string(), None)));
+            return Some((a.to_string(), None, false));
         }
         if self.config.target_from_context
             && let Some(t) = cx.get::<DialTarget>()
         {
-            return Picked::Context(t.0);
+            return Some((t.0, None, true));
         }
-        Picked::Configured(self.pick_target(cx))
+        self.pick_target(cx).map(|(t, lease)| (t, lease, false))
     }
 
+    /// A configured target: dynamic, balanced, or round robin.
     fn pick_target(&self, cx: &Context) -> Option<(String, Option<flowgate_lb::Lease>)> {
         if let Some(d) = &self.dynamic {
             return Some((d.eval(cx, None), None));
@@ -457,12 +450,6 @@ impl Refresher {
             lb.refresh();
         }
     }
-}
-
-/// Where [`Connect::pick`] found its target.
-enum Picked {
-    Context(String),
-    Configured(Option<(String, Option<flowgate_lb::Lease>)>),
 }
 
 impl Filter for Connect {
@@ -579,13 +566,9 @@ impl Stream for ConnectStream {
                             e.get_ref().and_then(|r| r.downcast_ref::<InternalTarget>())
                         {
                             // A policy refusal, not a failure of the upstream.
-                            let refused = InternalTarget {
-                                target: r.target.clone(),
-                                addr: r.addr,
-                            };
                             return this.fail(
                                 StreamError::new(ErrorKind::NoRoute, Side::Internal)
-                                    .with_cause(refused),
+                                    .with_cause(r.clone()),
                             );
                         }
                         let err =

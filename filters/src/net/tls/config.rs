@@ -64,13 +64,13 @@ pub struct ClientCertConfig {
     pub key: PathBuf,
 }
 
-fn default_true() -> bool {
+pub(crate) fn default_true() -> bool {
     true
 }
 fn default_versions() -> Vec<TlsVersion> {
     vec![TlsVersion::Tls12, TlsVersion::Tls13]
 }
-fn default_handshake_timeout() -> Duration {
+pub(crate) fn default_handshake_timeout() -> Duration {
     Duration::from_secs(10)
 }
 fn default_max_feed() -> usize {

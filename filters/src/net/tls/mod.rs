@@ -70,6 +70,7 @@ pub use config::{
     AcceptTlsConfig, CertificateConfig, ClientAuthConfig, ClientCertConfig, ConnectTlsConfig,
     TlsVersion,
 };
+pub(crate) use config::{default_handshake_timeout, default_true};
 pub use connect::ConnectTls;
 pub use session::TlsError;
 
