@@ -22,6 +22,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
+use flowgate_http::h1::H1Error;
 use flowgate_pipeline::feed::{FeedSender, feed};
 use flowgate_pipeline::{
     Context, ErrorKind, Event, Events, Head, Side, StreamError, SubPipeline, Tail,
@@ -264,9 +265,12 @@ async fn run(shared: Arc<H2Shared>, io: EventIo, cx: Context, tx: Arc<FeedSender
 }
 
 /// Converts an h2 request head into the shape HTTP/1 requests have in the pipeline: a
-/// `Host` field from `:authority`, one Cookie field, and chunked framing for a body of unknown length (so an
-/// HTTP/1 upstream gets a well-framed request).
-fn request_head(mut parts: request::Parts, has_body: bool) -> request::Parts {
+/// `Host` field from `:authority`, one Cookie field, `Content-Length` in canonical form and
+/// chunked framing for a body of unknown length (so an HTTP/1 upstream gets a well-framed
+/// request, framed as this side parsed it). A malformed `Content-Length` (several fields,
+/// not decimal digits) is an error: the request is malformed (RFC 9113 §8.1.1).
+fn request_head(mut parts: request::Parts, has_body: bool) -> Result<request::Parts, H1Error> {
+    flowgate_http::h1::canonical_content_length(&mut parts.headers, None)?;
     if !parts.headers.contains_key(HOST)
         && let Some(a) = parts.uri.authority()
         && let Ok(v) = HeaderValue::from_str(a.as_str())
@@ -290,19 +294,23 @@ fn request_head(mut parts: request::Parts, has_body: bool) -> request::Parts {
             .headers
             .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     }
-    parts
+    Ok(parts)
 }
 
 /// One request: feeds its body into a fresh request pipeline and sends the response back.
 async fn handle_stream(
     shared: Arc<H2Shared>,
     req: http::Request<RecvStream>,
-    respond: SendResponse<Bytes>,
+    mut respond: SendResponse<Bytes>,
     cx: Context,
 ) {
     let (parts, body) = req.into_parts();
     let has_body = !body.is_end_stream();
-    let parts = request_head(parts, has_body);
+    let Ok(parts) = request_head(parts, has_body) else {
+        tracing::debug!("HTTP/2 request with a malformed content-length: stream reset");
+        respond.send_reset(Reason::PROTOCOL_ERROR);
+        return;
+    };
     let log = shared.access_log.map(|f| AccessLog::new(f, cx.conn().peer));
     if let Some(l) = &log {
         l.request(&parts);
@@ -514,10 +522,10 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        let p = request_head(parts.clone(), true);
+        let p = request_head(parts.clone(), true).unwrap();
         assert_eq!(p.headers[HOST], "example.com:8443");
         assert_eq!(p.headers[TRANSFER_ENCODING], "chunked");
-        let p = request_head(parts, false);
+        let p = request_head(parts, false).unwrap();
         assert!(!p.headers.contains_key(TRANSFER_ENCODING));
         let (mut parts, ()) = http::Request::builder()
             .uri("https://example.com/")
@@ -529,9 +537,33 @@ mod tests {
         parts
             .headers
             .append("x-other", HeaderValue::from_static("1"));
-        let p = request_head(parts, false);
+        let p = request_head(parts, false).unwrap();
         let cookies: Vec<_> = p.headers.get_all(COOKIE).iter().collect();
         assert_eq!(cookies, ["a=1; b=2"]);
+    }
+
+    #[test]
+    fn request_head_content_length_is_canonical_or_refused() {
+        let with_length = |values: &[&'static str]| {
+            let (mut parts, ()) = http::Request::post("https://example.com/")
+                .body(())
+                .unwrap()
+                .into_parts();
+            for v in values {
+                parts
+                    .headers
+                    .append(CONTENT_LENGTH, HeaderValue::from_static(v));
+            }
+            request_head(parts, true)
+        };
+        let p = with_length(&["0300"]).unwrap();
+        assert_eq!(p.headers[CONTENT_LENGTH], "300");
+        assert!(!p.headers.contains_key(TRANSFER_ENCODING));
+        assert_eq!(
+            with_length(&["3", "3"]).unwrap_err(),
+            H1Error::DuplicateContentLength
+        );
+        assert_eq!(with_length(&["+3"]).unwrap_err(), H1Error::BadContentLength);
     }
 
     #[test]

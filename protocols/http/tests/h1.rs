@@ -126,6 +126,71 @@ fn valid_requests() {
     );
 }
 
+#[test]
+fn framing_fields_are_left_in_canonical_form() {
+    // What a proxy forwards is what it parsed: a lenient next hop must not be able to read
+    // a different framing out of the sender's spelling.
+    let cases: [(&[u8], &str, Framing); 6] = [
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0300\r\n\r\n",
+            "POST / HTTP/1.1|host=x|content-length=300",
+            Framing::Length(300),
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 000\r\n\r\n",
+            "POST / HTTP/1.1|host=x|content-length=0",
+            Framing::Empty,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length:   7  \r\n\r\n",
+            "POST / HTTP/1.1|host=x|content-length=7",
+            Framing::Length(7),
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: CHUNKED\r\n\r\n",
+            "POST / HTTP/1.1|host=x|transfer-encoding=chunked",
+            Framing::Chunked,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: \t chunked \r\n\r\n",
+            "POST / HTTP/1.1|host=x|transfer-encoding=chunked",
+            Framing::Chunked,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1|host=x|transfer-encoding=chunked",
+            Framing::Chunked,
+        ),
+    ];
+    for (input, head, framing) in cases {
+        let mut d = RequestDecoder::default();
+        let Some(Frame::Head(p, f)) = d.decode(&mut BytesMut::from(input)).unwrap() else {
+            panic!("no head");
+        };
+        assert_eq!((fmt_req(&p).as_str(), f), (head, framing));
+    }
+    // Responses: several codings in several fields become one list in lower case.
+    let mut d = ResponseDecoder::default();
+    d.expect(Method::GET);
+    let mut buf = BytesMut::from(
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: GZip ,\tBR\r\nTransfer-Encoding: Chunked\r\n\r\n0\r\n\r\n"[..],
+    );
+    let Some(Frame::Head(p, framing)) = d.decode(&mut buf).unwrap() else {
+        panic!("no head");
+    };
+    assert_eq!(framing, Framing::Chunked);
+    let te: Vec<_> = p.headers.get_all("transfer-encoding").iter().collect();
+    assert_eq!(te, ["gzip, br, chunked"]);
+    let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 02\r\n\r\nok"[..]);
+    let mut d = ResponseDecoder::default();
+    d.expect(Method::GET);
+    let Some(Frame::Head(p, framing)) = d.decode(&mut buf).unwrap() else {
+        panic!("no head");
+    };
+    assert_eq!(framing, Framing::Length(2));
+    assert_eq!(p.headers["content-length"], "2");
+}
+
 fn refused(input: &[u8]) -> H1Error {
     let e = requests(input, 0, Limits::default()).unwrap_err();
     // Byte by byte gives the same verdict.

@@ -156,8 +156,14 @@ fn version(v: Option<u8>) -> Result<Version, H1Error> {
 /// (RFC 9112 §6): `Some(framing)` when either is present. Requests accept only a single
 /// `chunked` coding; responses accept codings before a final `chunked`, and are read until
 /// close when `chunked` is not final.
+///
+/// The framing fields are left in their canonical spelling, so what a proxy forwards is
+/// what it parsed, never the sender's spelling (a lenient next hop might read
+/// `Content-Length: 0300` as octal, or skip a `Transfer-Encoding: chunked ,x` it cannot
+/// parse): one `Content-Length` in decimal without leading zeros, and one
+/// `Transfer-Encoding` listing the codings in lower case, separated by `", "`.
 fn length_or_chunked(
-    fields: &Fields,
+    fields: &mut Fields,
     v: Version,
     limits: &Limits,
     request: bool,
@@ -165,49 +171,98 @@ fn length_or_chunked(
     if fields.transfer_encoding == 0 && fields.content_length == 0 {
         return Ok(None);
     }
-    let headers = &fields.map;
-    let mut te = headers.get_all(TRANSFER_ENCODING).iter().peekable();
-    let mut cl = headers.get_all(CONTENT_LENGTH).iter();
-    let has_te = te.peek().is_some();
-    let first_cl = cl.next();
-    if has_te && first_cl.is_some() {
+    if fields.transfer_encoding == 0 {
+        return canonical_content_length(&mut fields.map, limits.max_body).map(|n| {
+            n.map(|n| {
+                if n == 0 {
+                    Framing::Empty
+                } else {
+                    Framing::Length(n)
+                }
+            })
+        });
+    }
+    let headers = &mut fields.map;
+    if headers.contains_key(CONTENT_LENGTH) {
         return Err(H1Error::LengthAndChunked);
     }
-    if has_te {
-        if v == Version::HTTP_10 {
-            return Err(H1Error::BadTransferEncoding);
-        }
-        // Over all Transfer-Encoding fields: `chunked` at most once, and last.
-        let (mut codings, mut chunked_at) = (0usize, None);
-        for value in te {
-            let text = value.to_str().map_err(|_| H1Error::BadTransferEncoding)?;
-            for coding in text.split(',') {
-                let coding = coding.trim_matches([' ', '\t']);
-                if coding.is_empty() || !coding.bytes().all(is_token_byte) {
+    if v == Version::HTTP_10 {
+        return Err(H1Error::BadTransferEncoding);
+    }
+    // Over all Transfer-Encoding fields: `chunked` at most once, and last.
+    let (mut codings, mut chunked_at) = (0usize, None);
+    let mut canonical = true;
+    for value in headers.get_all(TRANSFER_ENCODING) {
+        let text = value.to_str().map_err(|_| H1Error::BadTransferEncoding)?;
+        for coding in text.split(',') {
+            let coding = coding.trim_matches([' ', '\t']);
+            if coding.is_empty() || !coding.bytes().all(is_token_byte) {
+                return Err(H1Error::BadTransferEncoding);
+            }
+            if coding.eq_ignore_ascii_case("chunked") {
+                if chunked_at.is_some() {
                     return Err(H1Error::BadTransferEncoding);
                 }
-                if coding.eq_ignore_ascii_case("chunked") {
-                    if chunked_at.is_some() {
-                        return Err(H1Error::BadTransferEncoding);
-                    }
-                    chunked_at = Some(codings);
+                chunked_at = Some(codings);
+            }
+            canonical &= codings == 0 && coding.len() == text.len();
+            canonical &= !coding.bytes().any(|b| b.is_ascii_uppercase());
+            codings += 1;
+        }
+    }
+    let chunked_last = chunked_at.is_some_and(|i| i + 1 == codings);
+    let framing = match (request, chunked_last, codings) {
+        (true, true, 1) => Framing::Chunked,
+        (true, _, _) => return Err(H1Error::BadTransferEncoding),
+        (false, true, _) => Framing::Chunked,
+        (false, false, _) if chunked_at.is_none() => Framing::Close,
+        (false, false, _) => return Err(H1Error::BadTransferEncoding),
+    };
+    // The common `Transfer-Encoding: chunked` is already canonical; anything else (upper
+    // case, spaces, several fields or codings) is written again as one field.
+    if !canonical {
+        let mut joined = String::new();
+        for value in headers.get_all(TRANSFER_ENCODING) {
+            for coding in value.to_str().unwrap_or_default().split(',') {
+                if !joined.is_empty() {
+                    joined.push_str(", ");
                 }
-                codings += 1;
+                joined.push_str(&coding.trim_matches([' ', '\t']).to_ascii_lowercase());
             }
         }
-        let chunked_last = chunked_at.is_some_and(|i| i + 1 == codings);
-        return match (request, chunked_last, codings) {
-            (true, true, 1) => Ok(Some(Framing::Chunked)),
-            (true, _, _) => Err(H1Error::BadTransferEncoding),
-            (false, true, _) => Ok(Some(Framing::Chunked)),
-            (false, false, _) if chunked_at.is_none() => Ok(Some(Framing::Close)),
-            (false, false, _) => Err(H1Error::BadTransferEncoding),
-        };
+        let value = HeaderValue::from_str(&joined).map_err(|_| H1Error::BadTransferEncoding)?;
+        headers.insert(TRANSFER_ENCODING, value);
     }
-    let Some(value) = first_cl else {
+    Ok(Some(framing))
+}
+
+/// Checks the `Content-Length` of a head and leaves it in canonical form: `Ok(None)`
+/// without one; its value when there is exactly one field holding only decimal digits
+/// (at most 19), written again without leading zeros when it had any. Several fields
+/// (even equal ones), an empty value, signs, spaces or a list are errors, as is a length
+/// above `max_body`.
+///
+/// The HTTP/1 decoders call it on every head; an HTTP/2 or HTTP/3 server calls it on a
+/// request head before the request may be sent on over HTTP/1.
+///
+/// ```
+/// use flowgate_http::h1::{H1Error, canonical_content_length};
+/// let mut headers = http::HeaderMap::new();
+/// headers.insert("content-length", http::HeaderValue::from_static("0300"));
+/// assert_eq!(canonical_content_length(&mut headers, None), Ok(Some(300)));
+/// assert_eq!(headers["content-length"], "300");
+/// headers.append("content-length", http::HeaderValue::from_static("300"));
+/// assert_eq!(canonical_content_length(&mut headers, None), Err(H1Error::DuplicateContentLength));
+/// ```
+pub fn canonical_content_length(
+    headers: &mut HeaderMap,
+    max_body: Option<u64>,
+) -> Result<Option<u64>, H1Error> {
+    let mut all = headers.get_all(CONTENT_LENGTH).iter();
+    let Some(value) = all.next() else {
         return Ok(None);
     };
-    if cl.next().is_some() {
+    if all.next().is_some() {
         return Err(H1Error::DuplicateContentLength);
     }
     let digits = value.as_bytes();
@@ -217,14 +272,15 @@ fn length_or_chunked(
     let n = digits
         .iter()
         .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-    if limits.max_body.is_some_and(|max| n > max) {
-        return Err(H1Error::BodyTooLarge(limits.max_body.unwrap_or(u64::MAX)));
+    if let Some(max) = max_body
+        && n > max
+    {
+        return Err(H1Error::BodyTooLarge(max));
     }
-    Ok(Some(if n == 0 {
-        Framing::Empty
-    } else {
-        Framing::Length(n)
-    }))
+    if digits.len() > 1 && digits[0] == b'0' {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    Ok(Some(n))
 }
 
 /// Parses a request head at the start of `buf`: `Ok(None)` needs more bytes.
@@ -251,14 +307,14 @@ pub(crate) fn parse_request(
         .map_err(|_| H1Error::BadHead("invalid method"))?;
     let uri = Uri::from_maybe_shared(head.slice_ref(req.path.unwrap_or("").as_bytes()))
         .map_err(|_| H1Error::BadHead("invalid request target"))?;
-    let fields = fields_of(&head, req.headers, limits)?;
+    let mut fields = fields_of(&head, req.headers, limits)?;
     if v == Version::HTTP_11 && fields.host != 1 {
         return Err(H1Error::Host);
     }
     let framing = if method == Method::CONNECT {
         Framing::Tunnel
     } else {
-        length_or_chunked(&fields, v, limits, true)?.unwrap_or(Framing::Empty)
+        length_or_chunked(&mut fields, v, limits, true)?.unwrap_or(Framing::Empty)
     };
     let headers = fields.map;
     let (mut parts, ()) = http::Request::new(()).into_parts();
@@ -291,7 +347,7 @@ pub(crate) fn parse_response(
     let v = version(res.version)?;
     let status = StatusCode::from_u16(res.code.unwrap_or(0))
         .map_err(|_| H1Error::BadHead("invalid status"))?;
-    let fields = fields_of(&head, res.headers, limits)?;
+    let mut fields = fields_of(&head, res.headers, limits)?;
     let framing = if status == StatusCode::SWITCHING_PROTOCOLS
         || (*request_method == Method::CONNECT && status.is_success())
     {
@@ -303,7 +359,7 @@ pub(crate) fn parse_response(
     {
         Framing::Empty
     } else {
-        length_or_chunked(&fields, v, limits, false)?.unwrap_or(Framing::Close)
+        length_or_chunked(&mut fields, v, limits, false)?.unwrap_or(Framing::Close)
     };
     let headers = fields.map;
     let (mut parts, ()) = http::Response::new(()).into_parts();

@@ -8,6 +8,10 @@
 //! obs-fold, bare LF line endings in the head and in chunk lines, malformed chunk sizes and
 //! missing CRLF after chunk data are all errors, and after an error the decoder decodes
 //! nothing more: the connection must close. Every input is bounded by [`Limits`].
+//! A head's framing fields are left in canonical form (one `Content-Length` in decimal
+//! without leading zeros, one lower-case `Transfer-Encoding` list; chunk extensions are
+//! dropped with the chunks they came in), so a proxy forwards what it parsed, never the
+//! sender's spelling: see [`canonical_content_length`].
 //!
 //! Heads are `http::request::Parts` / `http::response::Parts` (one head type for HTTP/1 and
 //! HTTP/2); header values share the read buffer instead of being copied.
@@ -20,7 +24,7 @@ mod head;
 pub use decode::{Frame, RequestDecoder, ResponseDecoder};
 pub use encode::{encode_chunk, encode_last_chunk, encode_request_head, encode_response_head};
 pub use error::H1Error;
-pub use head::Framing;
+pub use head::{Framing, canonical_content_length};
 
 /// Bounds on what a decoder accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
