@@ -270,6 +270,95 @@ async fn mux_session_failure_reaches_the_waiting_stream() {
     }
 }
 
+/// Echoes messages; once it has echoed one, a further message makes it fail without a
+/// reply while `stale` is set (a pooled connection the other side closed).
+struct StaleAfterOne {
+    stale: Arc<std::sync::atomic::AtomicBool>,
+    retry_safe: bool,
+}
+
+impl Filter for StaleAfterOne {
+    fn describe(&self) -> Description {
+        Description::filter("stale-after-one")
+    }
+    fn attach(&self, input: Events, _cx: &Context) -> Events {
+        let (stale, safe) = (self.stale.clone(), self.retry_safe);
+        Box::pin(futures_util::stream::unfold(
+            (input, 0usize, false),
+            move |(mut input, served, done)| {
+                let stale = stale.clone();
+                async move {
+                    if done {
+                        return None;
+                    }
+                    let ev = input.next().await.unwrap_or(Event::END);
+                    match ev {
+                        Event::MessageStart(_) if served > 0 && stale.load(Ordering::SeqCst) => {
+                            let e = StreamError::new(ErrorKind::ConnectionReset, Side::Upstream)
+                                .retry_safe(safe);
+                            Some((Event::StreamEnd(Some(e)), (input, served, true)))
+                        }
+                        Event::MessageEnd(_) => Some((ev, (input, served + 1, false))),
+                        ev => {
+                            let end = ev.is_end();
+                            Some((ev, (input, served, end)))
+                        }
+                    }
+                }
+            },
+        ))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn mux_sends_a_message_again_when_a_reused_session_fails_retry_safe() {
+    for (max_resends, retry_safe, resent) in [(3, true, true), (0, true, false), (3, false, false)]
+    {
+        let stale = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let opened = Arc::new(AtomicUsize::new(0));
+        let session = Arc::new(
+            Pipeline::builder("session")
+                .filter(Counting(opened.clone()))
+                .filter(StaleAfterOne {
+                    stale: stale.clone(),
+                    retry_safe,
+                })
+                .build()
+                .unwrap(),
+        );
+        let mux = Mux::with(
+            session,
+            Dyn::value(String::new()),
+            MuxOptions {
+                max_resends,
+                ..Default::default()
+            },
+        );
+        let out = testing::run(&mux, messages(&["1"])).await;
+        assert_eq!(data_of(&out), b"1");
+        // The pooled session now fails its next message without replying.
+        stale.store(true, Ordering::SeqCst);
+        let out = testing::run(&mux, messages(&["2"])).await;
+        if resent {
+            // Sent again on a fresh session, which answers.
+            assert_eq!(data_of(&out), b"2");
+            assert!(
+                matches!(out.last(), Some(Event::StreamEnd(None))),
+                "{out:?}"
+            );
+            assert_eq!(opened.load(Ordering::SeqCst), 2);
+        } else {
+            match out.last() {
+                Some(Event::StreamEnd(Some(e))) => {
+                    assert_eq!(e.kind(), ErrorKind::ConnectionReset);
+                }
+                other => panic!("expected the session's error, got {other:?}"),
+            }
+            assert_eq!(opened.load(Ordering::SeqCst), 1);
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn fork_join_waits_for_children_and_race_takes_the_first() {
     let seen = Arc::new(AtomicUsize::new(0));

@@ -305,6 +305,7 @@ impl BalanceHttp {
             max_idle: config.max_idle,
             max_queue: 1,
             max_messages: config.max_requests,
+            max_resends: super::STALE_RESENDS,
             ..MuxOptions::default()
         };
         if config.connect_timeout.is_zero() || config.max_idle.is_zero() {
@@ -544,7 +545,9 @@ impl BalanceStream {
             .and_then(|l| inner.pools.get(&l.addr()).map(|p| (l, p)));
         match picked {
             None => {
-                tracing::debug!("balance-http: no eligible endpoint; answering 503");
+                tracing::warn!(
+                    "balance-http: no eligible endpoint (all unhealthy, ejected or at their circuit breaker); answering 503"
+                );
                 if first.is_end() {
                     self.ready.extend(unavailable());
                     self.state = State::Done;

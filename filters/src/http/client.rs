@@ -19,6 +19,13 @@ use http::{Method, StatusCode, Version, request, response};
 use super::codec::{Trailers, protocol_error};
 use super::tunnel::{tokens, wants_upgrade};
 
+/// A pooled upstream connection ended before any byte of the response to the request
+/// sent on it (the upstream closed it as the request went out, e.g. at its keep-alive
+/// timeout).
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream closed the connection before responding")]
+pub struct ClosedBeforeResponse;
+
 /// A 101 answered a request that did not ask to upgrade.
 #[derive(Debug, thiserror::Error)]
 #[error("the upstream switched protocols without being asked to")]
@@ -38,6 +45,11 @@ pub struct UnaskedUpgrade;
 /// closes ends this connection's session after it. A 101 to a request
 /// that did not ask for it is an upstream protocol error; after a 101 (or a 2xx to
 /// CONNECT) the connection carries raw bytes both ways.
+///
+/// A connection that ends before any byte of a response fails the request with
+/// [`ClosedBeforeResponse`]; when the connection had answered earlier requests (it came
+/// from the pool) and the request is idempotent, that failure is retry-safe, so the pool
+/// sends the request again on another connection.
 pub(crate) struct ClientCodec {
     pub(crate) sub: SubPipeline,
     pub(crate) limits: Limits,
@@ -65,6 +77,10 @@ impl Filter for ClientCodec {
             ready: VecDeque::new(),
             finished: false,
             closing: false,
+            outstanding: false,
+            idempotent: false,
+            received: false,
+            responses: 0,
         })
     }
 
@@ -87,6 +103,14 @@ struct ClientStream {
     finished: bool,
     /// The response being decoded said the upstream closes the connection after it.
     closing: bool,
+    /// A request was sent and its (final) response has not ended yet.
+    outstanding: bool,
+    /// That request's method is idempotent.
+    idempotent: bool,
+    /// Bytes arrived since that request was sent.
+    received: bool,
+    /// Responses this connection completed.
+    responses: u64,
 }
 
 const MAX_FEED: usize = 64;
@@ -100,6 +124,9 @@ impl ClientStream {
                     return;
                 };
                 self.decoder.expect(parts.method.clone());
+                self.outstanding = true;
+                self.idempotent = parts.method.is_idempotent();
+                self.received = false;
                 self.chunked = !parts.headers.contains_key(CONTENT_LENGTH)
                     && parts.headers.get(TRANSFER_ENCODING).is_some();
                 self.upgrading = wants_upgrade(parts);
@@ -134,8 +161,15 @@ impl ClientStream {
     }
 
     fn fail(&mut self, e: StreamError) {
+        let e = if self.stale() { e.retry_safe(true) } else { e };
         self.finished = true;
         self.ready.push_back(Event::StreamEnd(Some(e)));
+    }
+
+    /// The connection failed under a request that a reused connection took and never
+    /// answered: sending that request again elsewhere is safe when it is idempotent.
+    fn stale(&self) -> bool {
+        self.outstanding && !self.received && self.idempotent && self.responses > 0
     }
 
     fn decode(&mut self, eof: bool) {
@@ -175,6 +209,8 @@ impl ClientStream {
                     }
                     let tail = t.map_or_else(Tail::none, Tail::new);
                     self.ready.push_back(Event::MessageEnd(tail));
+                    self.outstanding = false;
+                    self.responses += 1;
                     if self.closing {
                         // The upstream closes after this response: the connection takes
                         // no further request (its session ends here, not at the EOF).
@@ -184,7 +220,11 @@ impl ClientStream {
                     }
                 }
                 Ok(None) => {
-                    if eof {
+                    if eof && self.outstanding && !self.received {
+                        let e = StreamError::new(ErrorKind::ConnectionReset, Side::Upstream)
+                            .with_cause(ClosedBeforeResponse);
+                        self.fail(e);
+                    } else if eof {
                         self.finished = true;
                         self.ready.push_back(Event::END);
                     }
@@ -231,6 +271,7 @@ impl Stream for ClientStream {
             }
             match this.out.as_mut().poll_next(task) {
                 Poll::Ready(Some(Event::Data(b))) => {
+                    this.received |= !b.is_empty();
                     this.buf.extend_from_slice(&b);
                     this.decode(false);
                 }

@@ -446,7 +446,12 @@ impl Transform for AnswerFailures {
             Event::StreamEnd(Some(e)) if !self.started && e.side() != Side::Downstream => {
                 match status_for(&e) {
                     Some(status) => {
-                        tracing::debug!(error = %e, status, "request failed; answered with an error response");
+                        // A 5xx the proxy makes itself is an operator's business: say why.
+                        if status >= 500 {
+                            tracing::warn!(error = %e, status, "request failed; answered with an error response");
+                        } else {
+                            tracing::debug!(error = %e, status, "request failed; answered with an error response");
+                        }
                         let (mut parts, ()) = http::Response::new(()).into_parts();
                         parts.status =
                             StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);

@@ -523,12 +523,18 @@ fn d_idle() -> Duration {
     Duration::from_secs(60)
 }
 
+/// How often `mux-http` and `balance-http` send an idempotent request again when a pooled
+/// connection closes under it before any byte of the response (each time on another
+/// connection; a new connection's failure is the answer).
+pub(crate) const STALE_RESENDS: usize = 3;
+
 impl FilterConfig for MuxHttpConfig {
     fn build(self: Box<Self>, _cx: &BuildContext) -> Result<Arc<dyn Filter>, ConfigError> {
         let opts = MuxOptions {
             max_idle: self.max_idle,
             max_queue: 1,
             max_messages: self.max_requests,
+            max_resends: STALE_RESENDS,
             ..Default::default()
         };
         let mut f = MuxHttp::new(
@@ -548,7 +554,10 @@ impl FilterConfig for MuxHttpConfig {
 
 /// The client side of HTTP/1: sends each request message over a pooled keep-alive upstream
 /// connection (one request at a time per connection, a new connection when all are busy)
-/// and outputs the response message.
+/// and outputs the response message. An idempotent request that a pooled connection
+/// closes under before any byte of its response (the upstream's keep-alive timeout met
+/// the request on the wire) is sent again on another connection, up to 3 times, as
+/// [`MuxOptions::max_resends`] describes.
 ///
 /// A stream whose first message is an upgrade request (`Connection: upgrade` +
 /// `Upgrade`) or a CONNECT gets an upstream connection of its own, never taken from or

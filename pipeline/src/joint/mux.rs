@@ -30,6 +30,13 @@ pub struct MuxOptions {
     /// The largest message a stream may send through the mux, in bytes: messages are
     /// queued whole, so they are bounded. Default 16 MiB.
     pub max_message_bytes: usize,
+    /// How many times a message is sent again when the session it went to had carried
+    /// messages before and fails with a retry-safe error before any reply to it arrived
+    /// (a pooled connection the other side closed as the message was sent). Each resend
+    /// goes to another session; a fresh session's failure is the answer. Default 0 (off):
+    /// only the session pipeline knows whether a failure is safe to retry, so protocols
+    /// that mark their failures turn this on (`mux-http` does).
+    pub max_resends: usize,
 }
 
 impl Default for MuxOptions {
@@ -39,6 +46,7 @@ impl Default for MuxOptions {
             max_queue: 1,
             max_messages: 0,
             max_message_bytes: 16 << 20,
+            max_resends: 0,
         }
     }
 }
@@ -51,7 +59,8 @@ impl Default for MuxOptions {
 /// instance of the sub-pipeline running in its own task on the current worker; its output
 /// messages are the replies, handed back in the order the messages went in. Sessions are
 /// closed after `max_idle` without work, retired after `max_messages`, and dropped when their
-/// output ends; messages waiting on a failed session end with its error.
+/// output ends; messages waiting on a failed session end with its error, unless
+/// `max_resends` lets a message that went to a reused session be sent again.
 ///
 /// Sessions are kept per worker thread, so a pool never crosses threads.
 pub struct Mux {
@@ -152,22 +161,33 @@ struct MuxStream {
     building: Vec<Event>,
     building_bytes: usize,
     building_key: String,
-    replies: VecDeque<FeedReceiver>,
+    replies: VecDeque<Reply>,
     finished: bool,
+}
+
+/// A message sent to a session, waiting for its reply.
+struct Reply {
+    rx: FeedReceiver,
+    /// The message and its key, kept while it may be sent again: it went to a reused
+    /// session, resends are left and no reply event has arrived yet.
+    resend: Option<(Vec<Event>, String)>,
+    /// How often it was sent again already.
+    resent: usize,
 }
 
 /// How many replies one stream may wait for before it stops reading input.
 const MAX_REPLIES_PER_STREAM: usize = 64;
 
 impl MuxStream {
-    fn dispatch(&mut self) -> Result<FeedReceiver, StreamError> {
-        let message = std::mem::take(&mut self.building);
-        self.building_bytes = 0;
-        let key = (
-            std::thread::current().id(),
-            std::mem::take(&mut self.building_key),
-        );
-        let shared = &self.shared;
+    /// Queues `message` on a session of `key` with room, or on a new one.
+    fn dispatch(
+        shared: &Arc<Shared>,
+        cx: &Context,
+        message: Vec<Event>,
+        key: String,
+        resent: usize,
+    ) -> Result<Reply, StreamError> {
+        let key = (std::thread::current().id(), key);
         let mut sessions = lock(&shared.pool.sessions);
         let list = sessions.entry(key.clone()).or_default();
         let found = list
@@ -177,7 +197,7 @@ impl MuxStream {
         let session = match found {
             Some(s) => s,
             None => {
-                let s = open_session(shared, &self.cx, key)?;
+                let s = open_session(shared, cx, key.clone())?;
                 list.push(s.clone());
                 s
             }
@@ -191,10 +211,18 @@ impl MuxStream {
             list.retain(|s| s.id != session.id);
         }
         st.waiters.push_back(tx);
-        for ev in message {
-            st.input.push(ev);
-        }
-        Ok(rx)
+        let resend = if st.carried > 1 && resent < shared.opts.max_resends {
+            for ev in &message {
+                st.input.push(ev.clone());
+            }
+            Some((message, key.1))
+        } else {
+            for ev in message {
+                st.input.push(ev);
+            }
+            None
+        };
+        Ok(Reply { rx, resend, resent })
     }
 }
 
@@ -339,16 +367,36 @@ impl Stream for MuxStream {
                 return Poll::Ready(None);
             }
             if let Some(front) = this.replies.front_mut() {
-                match Pin::new(front).poll_next(task) {
+                match Pin::new(&mut front.rx).poll_next(task) {
                     Poll::Ready(Some(Event::StreamEnd(None)) | None) => {
                         this.replies.pop_front();
                         continue;
                     }
                     Poll::Ready(Some(Event::StreamEnd(Some(e)))) => {
+                        if e.is_retry_safe()
+                            && let Some((message, key)) = front.resend.take()
+                        {
+                            tracing::debug!(error = %e, "a reused session failed before replying; sending the message again");
+                            let resent = front.resent + 1;
+                            match Self::dispatch(&this.shared, &this.cx, message, key, resent) {
+                                Ok(reply) => {
+                                    *front = reply;
+                                    continue;
+                                }
+                                Err(e) => {
+                                    this.finished = true;
+                                    return Poll::Ready(Some(Event::StreamEnd(Some(e))));
+                                }
+                            }
+                        }
                         this.finished = true;
                         return Poll::Ready(Some(Event::StreamEnd(Some(e))));
                     }
-                    Poll::Ready(Some(ev)) => return Poll::Ready(Some(ev)),
+                    Poll::Ready(Some(ev)) => {
+                        // A reply has started: the message is not sent again.
+                        front.resend = None;
+                        return Poll::Ready(Some(ev));
+                    }
                     Poll::Pending => {}
                 }
             }
@@ -379,8 +427,11 @@ impl Stream for MuxStream {
                         Event::Data(_) => {}
                         Event::MessageEnd(_) if !this.building.is_empty() => {
                             this.building.push(ev);
-                            match this.dispatch() {
-                                Ok(rx) => this.replies.push_back(rx),
+                            let message = std::mem::take(&mut this.building);
+                            let key = std::mem::take(&mut this.building_key);
+                            this.building_bytes = 0;
+                            match Self::dispatch(&this.shared, &this.cx, message, key, 0) {
+                                Ok(reply) => this.replies.push_back(reply),
                                 Err(e) => {
                                     this.finished = true;
                                     return Poll::Ready(Some(Event::StreamEnd(Some(e))));
