@@ -330,3 +330,83 @@ fn rapid_reset_flood_gets_goaway_while_another_client_is_served() {
     let (body, v) = curl_v(&["--http2-prior-knowledge", &format!("{base}/hello")]);
     assert_eq!((body.as_str(), v.as_str()), ("hello GET /hello", "2"));
 }
+
+/// An HTTP/2 frame on stream `id`.
+fn h2_frame(kind: u8, flags: u8, id: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut v = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    v.extend_from_slice(&id.to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+#[test]
+fn an_http2_header_block_left_open_is_closed_after_the_header_timeout() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let dir = TempDir::new("h2-header-timeout");
+    let port = free_port();
+    let cfg = dir.write(
+        "h2.yaml",
+        &format!(
+            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: main\npipelines:\n  main:\n    - demux-http: {{ pipeline: request, header_timeout: 1s, keepalive_timeout: 30s }}\n  request:\n    - respond: {{ status: 200, body: \"ok\" }}\n"
+        ),
+    );
+    let fg = flowgate_run(&cfg, &[port]);
+    let open = |first: &[u8]| {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS
+        hello.extend_from_slice(first);
+        c.write_all(&hello).unwrap();
+        c
+    };
+    // :method GET, :scheme http, :path /, :authority a.
+    let block = [0x82, 0x86, 0x84, 0x41, 0x01, b'a'];
+    // HEADERS with END_STREAM and END_HEADERS: a whole request, then the client idles.
+    let mut whole = open(&h2_frame(0x1, 0x5, 1, &block));
+    // HEADERS without END_HEADERS, and never the CONTINUATION that would end the block.
+    let started = Instant::now();
+    let mut partial = open(&h2_frame(0x1, 0x1, 1, &block[..3]));
+    partial
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut sink = Vec::new();
+    let _ = partial.read_to_end(&mut sink);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "the open header block was closed after {took:?}"
+    );
+    // The client with a whole request got its answer and is still connected, idle for
+    // longer than the header timeout.
+    whole
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match whole.read(&mut buf) {
+            Ok(0) => panic!("the idle client with a whole request was closed"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) if Instant::now() >= deadline => break,
+            Err(_) => {}
+        }
+    }
+    // Its response: a HEADERS frame (type 1) on stream 1 and the body.
+    assert!(
+        got.windows(4)
+            .any(|w| w == [0x01, 0x04, 0x00, 0x00] || w == [0x01, 0x05, 0x00, 0x00]),
+        "no response HEADERS: {got:?}"
+    );
+    assert!(got.ends_with(b"ok"), "{got:?}");
+    let (body, v) = curl_v(&[
+        "--http2-prior-knowledge",
+        &format!("http://127.0.0.1:{port}/"),
+    ]);
+    assert_eq!((body.as_str(), v.as_str()), ("ok", "2"));
+    drop(whole);
+    let stderr = fg.stop();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

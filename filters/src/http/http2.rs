@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use super::access_log::AccessLog;
 use super::codec::Trailers;
 use super::event_io::{EventIo, Inline};
+use super::h2_watch::{BlockState, WatchHeaderBlocks};
 use super::h2client::strip_connection_fields;
 
 /// The HTTP/2 connection preface a client with prior knowledge (h2c) starts with.
@@ -154,7 +155,8 @@ pub(crate) struct H2Shared {
     pub(crate) cfg: Http2Config,
     /// The per-request pipeline (the sub-pipeline plus error answers).
     pub(crate) per_request: SubPipeline,
-    /// How long the preface and settings exchange may take.
+    /// How long the preface and settings exchange may take, and how long a header block
+    /// may stay open (HEADERS without END_HEADERS, until the CONTINUATION that ends it).
     pub(crate) handshake_timeout: Duration,
     /// A connection with no open stream is closed (GOAWAY) after this long.
     pub(crate) idle_timeout: Duration,
@@ -166,8 +168,10 @@ pub(crate) struct H2Shared {
 pub(crate) fn serve(shared: Arc<H2Shared>, input: Events, cx: &Context) -> Events {
     let (tx, rx) = feed();
     let tx = Arc::new(tx);
+    let blocks = Arc::new(BlockState::default());
+    let input = Box::pin(WatchHeaderBlocks::new(input, blocks.clone()));
     let io = EventIo::new(input, tx.clone());
-    let conn = run(shared, io, cx.clone(), tx);
+    let conn = run(shared, io, cx.clone(), tx, blocks);
     Box::pin(Inline::new(conn, rx))
 }
 
@@ -177,6 +181,10 @@ pub enum H2ConnError {
     /// The preface and settings exchange did not finish within the header timeout.
     #[error("HTTP/2 handshake not completed in time")]
     HandshakeTimeout,
+    /// A header block stayed open (no CONTINUATION with END_HEADERS) past the header
+    /// timeout.
+    #[error("HTTP/2 header block not completed in time")]
+    HeaderTimeout,
     /// The h2 protocol engine failed (the peer broke the protocol, or the connection did).
     #[error("HTTP/2: {0}")]
     Protocol(#[from] h2::Error),
@@ -184,7 +192,7 @@ pub enum H2ConnError {
 
 fn end_with(tx: &FeedSender, e: H2ConnError) {
     let kind = match &e {
-        H2ConnError::HandshakeTimeout => ErrorKind::IdleTimeout,
+        H2ConnError::HandshakeTimeout | H2ConnError::HeaderTimeout => ErrorKind::IdleTimeout,
         H2ConnError::Protocol(_) => ErrorKind::Protocol,
     };
     tx.push(Event::StreamEnd(Some(
@@ -194,7 +202,13 @@ fn end_with(tx: &FeedSender, e: H2ConnError) {
 
 type StreamTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-async fn run(shared: Arc<H2Shared>, io: EventIo, cx: Context, tx: Arc<FeedSender>) {
+async fn run(
+    shared: Arc<H2Shared>,
+    io: EventIo,
+    cx: Context,
+    tx: Arc<FeedSender>,
+    blocks: Arc<BlockState>,
+) {
     let handshake = shared.cfg.builder().handshake::<_, Bytes>(io);
     let mut conn = match tokio::time::timeout(shared.handshake_timeout, handshake).await {
         Ok(Ok(c)) => c,
@@ -204,6 +218,10 @@ async fn run(shared: Arc<H2Shared>, io: EventIo, cx: Context, tx: Arc<FeedSender
     let mut streams: FuturesUnordered<StreamTask> = FuturesUnordered::new();
     let idle = tokio::time::sleep(shared.idle_timeout);
     tokio::pin!(idle);
+    // The header block being timed (its number) and its deadline.
+    let mut timed_block: Option<u64> = None;
+    let header_deadline = tokio::time::sleep(shared.handshake_timeout);
+    tokio::pin!(header_deadline);
     let mut accepting = true;
     let mut was_busy = false;
     let result = poll_fn(|task| {
@@ -220,7 +238,7 @@ async fn run(shared: Arc<H2Shared>, io: EventIo, cx: Context, tx: Arc<FeedSender
                         )));
                         progressed = true;
                     }
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
                     Poll::Ready(None) => {
                         // No more requests; `poll_closed` drives the rest.
                         accepting = false;
@@ -230,7 +248,7 @@ async fn run(shared: Arc<H2Shared>, io: EventIo, cx: Context, tx: Arc<FeedSender
                 }
             } else if let Poll::Ready(r) = conn.poll_closed(task) {
                 // Everything sent: the connection is done (or failed).
-                return Poll::Ready(r);
+                return Poll::Ready(r.map_err(H2ConnError::from));
             }
             while let Poll::Ready(Some(())) = streams.poll_next_unpin(task) {}
             let busy = !streams.is_empty();
@@ -246,6 +264,22 @@ async fn run(shared: Arc<H2Shared>, io: EventIo, cx: Context, tx: Arc<FeedSender
                     .reset(tokio::time::Instant::now() + shared.idle_timeout);
                 continue;
             }
+            // After the reads above: a header block left open is timed from when it was
+            // first seen open, whatever else arrives meanwhile.
+            match blocks.open_block() {
+                Some(n) => {
+                    if timed_block != Some(n) {
+                        timed_block = Some(n);
+                        header_deadline
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + shared.handshake_timeout);
+                    }
+                    if header_deadline.as_mut().poll(task).is_ready() {
+                        return Poll::Ready(Err(H2ConnError::HeaderTimeout));
+                    }
+                }
+                None => timed_block = None,
+            }
             if !progressed {
                 return Poll::Pending;
             }
@@ -256,11 +290,17 @@ async fn run(shared: Arc<H2Shared>, io: EventIo, cx: Context, tx: Arc<FeedSender
         Ok(()) => {
             tx.push(Event::END);
         }
-        Err(e) if e.is_io() => {
+        Err(H2ConnError::Protocol(e)) if e.is_io() => {
             // The client's side went away: nothing left to tell it.
             tx.push(Event::END);
         }
-        Err(e) => end_with(&tx, e.into()),
+        Err(H2ConnError::HeaderTimeout) => {
+            tracing::debug!(
+                "HTTP/2 client left a header block open past the header timeout; closing"
+            );
+            end_with(&tx, H2ConnError::HeaderTimeout);
+        }
+        Err(e) => end_with(&tx, e),
     }
 }
 

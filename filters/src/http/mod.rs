@@ -79,6 +79,7 @@ mod codec;
 mod cors;
 mod detect;
 mod event_io;
+mod h2_watch;
 mod h2client;
 mod http2;
 
@@ -196,7 +197,9 @@ pub struct DemuxHttpConfig {
     #[serde(default)]
     pub limits: LimitsConfig,
     /// A request head must be complete this long after its first byte, or the client gets
-    /// 408 and the connection closes (slowloris). Default 10 s.
+    /// 408 and the connection closes (slowloris). Default 10 s. Over HTTP/2 the same bound
+    /// applies to the connection preface and to each header block: a HEADERS frame whose
+    /// block is not ended (CONTINUATION with END_HEADERS) within it closes the connection.
     #[serde(
         default = "d_header_timeout",
         with = "flowgate_pipeline::serde_duration"
