@@ -152,8 +152,6 @@ pub fn veth(a: &str, ns_a: &Netns, mac_a: Option<&str>, b: &str, ns_b: &Netns) {
     try_veth(a, ns_a, mac_a, b, ns_b).unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// `ETHTOOL_SGRO`: turns generic receive offload on or off.
-pub const ETHTOOL_SGRO: u32 = 0x2c;
 /// `ETHTOOL_STXCSUM`: turns TX checksum offload on or off.
 pub const ETHTOOL_STXCSUM: u32 = 0x17;
 
