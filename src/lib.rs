@@ -24,6 +24,7 @@
 //! # Ok::<(), flowgate::config::ConfigFileError>(())
 //! ```
 
+pub mod cli;
 pub mod config;
 #[cfg(all(feature = "http", feature = "net"))]
 pub mod gateway;

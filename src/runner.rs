@@ -46,23 +46,6 @@ impl Default for RunOptions {
     }
 }
 
-impl RunOptions {
-    /// Reads the `run` command's flags (`--workers N`, `--no-watch`; other arguments are
-    /// left to the caller). `None` when `--workers` has no valid number.
-    pub fn from_args(args: &[String]) -> Option<Self> {
-        let mut opts = RunOptions::default();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            match a.as_str() {
-                "--workers" => opts.workers = Some(it.next()?.parse().ok()?),
-                "--no-watch" => opts.watch_interval = None,
-                _ => {}
-            }
-        }
-        Some(opts)
-    }
-}
-
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`), with colours on a terminal.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -159,27 +142,5 @@ fn reload(server: &Server, path: &Path, load: &Loader, why: &str) {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn run_flags() {
-        let o = RunOptions::from_args(&args(&["f.yaml", "--workers", "3", "--no-watch"]));
-        let o = o.unwrap_or_default();
-        assert_eq!(o.workers, Some(3));
-        assert!(o.watch_interval.is_none());
-        let d = RunOptions::from_args(&args(&["f.yaml"])).unwrap_or_default();
-        assert_eq!(d.workers, None);
-        assert!(d.watch_interval.is_some());
-        assert!(RunOptions::from_args(&args(&["--workers", "x"])).is_none());
-        assert!(RunOptions::from_args(&args(&["--workers"])).is_none());
     }
 }
