@@ -17,8 +17,12 @@
 //! ```
 //!
 //! Without an argument it uses the config embedded below (one GoBGP peer on 10.0.0.2).
+//!
+//! A router that should connect to us instead is a `passive: true` peer; the speaker then
+//! needs `listen:` (an address and port to accept on). A passive peer without `listen:` is
+//! refused before anything starts, since it could never connect.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use flowgate_bgp::speaker::{PeerConfig, Speaker, SpeakerConfig};
@@ -53,6 +57,9 @@ struct Config {
     /// Hold time to propose, in seconds (default 90).
     #[serde(default)]
     hold_time: Option<u16>,
+    /// Where to accept connections from routers (required by passive peers).
+    #[serde(default)]
+    listen: Option<SocketAddr>,
     /// Routers to peer with.
     peers: Vec<Peer>,
     /// VIPs and their probes.
@@ -70,13 +77,33 @@ struct Peer {
     /// Our source address (and next hop).
     #[serde(default)]
     local_address: Option<IpAddr>,
-    /// Wait for the router to connect.
+    /// Wait for the router to connect (to `listen`).
     #[serde(default)]
     passive: bool,
 }
 
 fn parse(text: &str) -> Result<Config, Box<dyn std::error::Error>> {
     Ok(serde_saphyr::from_str(text)?)
+}
+
+/// The speaker and peer configurations, checked: every peer must be able to connect.
+fn speaker_config(
+    config: &Config,
+) -> Result<(SpeakerConfig, Vec<PeerConfig>), Box<dyn std::error::Error>> {
+    let mut sc = SpeakerConfig::new(config.asn, config.router_id);
+    if let Some(h) = config.hold_time {
+        sc.hold_time = h;
+    }
+    sc.listen = config.listen;
+    let mut peers = Vec::new();
+    for p in &config.peers {
+        let mut pc = PeerConfig::new(p.address, p.remote_as);
+        pc.local_address = p.local_address;
+        pc.passive = p.passive;
+        sc.check_peer(&pc)?;
+        peers.push(pc);
+    }
+    Ok((sc, peers))
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -86,15 +113,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(path) => parse(&std::fs::read_to_string(path)?)?,
         None => parse(EXAMPLE)?,
     };
-    let mut sc = SpeakerConfig::new(config.asn, config.router_id);
-    if let Some(h) = config.hold_time {
-        sc.hold_time = h;
-    }
+    let (sc, peers) = speaker_config(&config)?;
     let speaker = Speaker::start(sc).await?;
-    for p in &config.peers {
-        let mut pc = PeerConfig::new(p.address, p.remote_as);
-        pc.local_address = p.local_address;
-        pc.passive = p.passive;
+    if let Some(addr) = speaker.local_addr() {
+        tracing::info!(%addr, "listening for routers");
+    }
+    for pc in peers {
         speaker.add_peer(pc)?;
     }
     let vips = HealthDrivenVips::spawn(&speaker, config.vips);
@@ -123,6 +147,24 @@ mod tests {
             let c = parse(text).unwrap();
             assert_eq!(c.asn, 65001);
             assert_eq!(c.vips.len(), 2);
+            speaker_config(&c).unwrap();
         }
+    }
+
+    const PASSIVE: &str = "asn: 65001\nrouter_id: 10.0.0.1\nvips: []\npeers:\n  - { address: 10.0.0.3, remote_as: 65003, passive: true }\n";
+
+    #[test]
+    fn a_passive_peer_without_listen_is_a_config_error() {
+        let err = speaker_config(&parse(PASSIVE).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("10.0.0.3") && err.contains("passive") && err.contains("`listen`"),
+            "{err}"
+        );
+        let with_listen = format!("listen: 10.0.0.1:179\n{PASSIVE}");
+        let (sc, peers) = speaker_config(&parse(&with_listen).unwrap()).unwrap();
+        assert_eq!(sc.listen, Some("10.0.0.1:179".parse().unwrap()));
+        assert!(peers[0].passive);
     }
 }

@@ -26,15 +26,11 @@ async fn until(what: &str, f: impl Fn() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_and_passive_speakers_exchange_routes() {
-    // Find a free port, then let speaker A listen on it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Speaker A listens on a free port; B is told which.
     let mut ca = SpeakerConfig::new(65001, Ipv4Addr::new(1, 1, 1, 1));
-    ca.listen = Some(SocketAddr::new(A, port));
+    ca.listen = Some(SocketAddr::new(A, 0));
     let a = Speaker::start(ca).await.unwrap();
+    let port = a.local_addr().unwrap().port();
     let mut pa = PeerConfig::new(B, 65002);
     pa.passive = true;
     a.add_peer(pa).unwrap();
@@ -106,21 +102,15 @@ async fn active_and_passive_speakers_exchange_routes() {
 /// one stable session (before the fix it stalled for the 240 s OpenSent hold time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_open_converges() {
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (port_a, port_b) = (free(), free());
     let mut speakers = Vec::new();
-    for (me, asn, port) in [(A, 65001, port_a), (B, 65002, port_b)] {
+    for (me, asn) in [(A, 65001), (B, 65002)] {
         let IpAddr::V4(id) = me else { unreachable!() };
         let mut c = SpeakerConfig::new(asn, id);
-        c.listen = Some(SocketAddr::new(me, port));
+        c.listen = Some(SocketAddr::new(me, 0));
         speakers.push(Speaker::start(c).await.unwrap());
     }
+    let port_a = speakers[0].local_addr().unwrap().port();
+    let port_b = speakers[1].local_addr().unwrap().port();
     // Both listeners are up: both peers dial at once.
     for (s, other, other_as, port, me) in [
         (&speakers[0], B, 65002, port_b, A),

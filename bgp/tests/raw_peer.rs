@@ -1,5 +1,5 @@
-//! Malformed input from a raw TCP peer on loopback: a malformed optional attribute is
-//! treated as withdraw and the session stays up; a truncated header gets a NOTIFICATION and
+//! Malformed input from a raw TCP peer on loopback: a malformed optional attribute
+//! (COMMUNITIES, EXTENDED COMMUNITIES) is treated as withdraw and the session stays up; a truncated header gets a NOTIFICATION and
 //! a session reset, and the speaker reconnects unharmed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -140,6 +140,25 @@ async fn malformed_input_from_a_raw_peer() {
     assert_eq!(malformed[0].type_code, 8);
     s.write_all(&update(&[])).await.unwrap();
     wait(&speaker, "the route again on the same session", has_route).await;
+    assert_eq!(speaker.peer(LOOPBACK).unwrap().flaps, 0);
+
+    // 1b. EXTENDED COMMUNITIES of 7 octets (RFC 7606 §7.14): the same.
+    s.write_all(&update(&[0xc0, 16, 7, 0, 2, 0xfd, 0xea, 0, 0, 0]))
+        .await
+        .unwrap();
+    wait(&speaker, "treat-as-withdraw (extended communities)", |s| {
+        !has_route(s)
+    })
+    .await;
+    s.write_all(&update(&[0xc0, 16, 8, 0, 2, 0xfd, 0xea, 0, 0, 0, 1]))
+        .await
+        .unwrap();
+    wait(
+        &speaker,
+        "the route with a good extended community",
+        has_route,
+    )
+    .await;
     assert_eq!(speaker.peer(LOOPBACK).unwrap().flaps, 0);
 
     // 2. A header whose length field says 7: NOTIFICATION Bad Message Length, reset.

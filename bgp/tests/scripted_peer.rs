@@ -75,15 +75,14 @@ async fn wait_state(speaker: &Speaker, state: State) {
     panic!("peer never reached {state:?}: {:?}", speaker.peer(PEER));
 }
 
-/// A speaker (AS 65001) with one passive peer (AS 65002) attached to a scripted peer that
+/// A speaker (AS 65001) with one peer (AS 65002) attached to a scripted peer that
 /// completes the OPEN exchange with hold time 9.
 async fn established() -> (Speaker, ScriptedPeer) {
     let speaker = Speaker::start(SpeakerConfig::new(65001, Ipv4Addr::new(10, 0, 0, 1)))
         .await
         .unwrap();
-    let mut cfg = PeerConfig::new(PEER, 65002);
-    cfg.passive = true;
-    speaker.add_peer(cfg).unwrap();
+    let cfg = PeerConfig::new(PEER, 65002);
+    speaker.add_attached_peer(cfg).unwrap();
     let (ours, theirs) = tokio::io::duplex(1 << 16);
     speaker.attach(PEER, ours).unwrap();
     let mut peer = ScriptedPeer {
@@ -273,9 +272,8 @@ async fn wrong_peer_as_is_refused() {
     let speaker = Speaker::start(SpeakerConfig::new(65001, Ipv4Addr::new(10, 0, 0, 1)))
         .await
         .unwrap();
-    let mut cfg = PeerConfig::new(PEER, 65002);
-    cfg.passive = true;
-    speaker.add_peer(cfg).unwrap();
+    let cfg = PeerConfig::new(PEER, 65002);
+    speaker.add_attached_peer(cfg).unwrap();
     let (ours, theirs) = tokio::io::duplex(1 << 16);
     speaker.attach(PEER, ours).unwrap();
     let mut peer = ScriptedPeer {

@@ -18,10 +18,17 @@ fn without_errors(m: Message) -> Message {
 }
 
 fuzz_target!(|data: &[u8]| {
-    for (four_octet_as, extended_message) in [(true, false), (false, false), (true, true)] {
+    for (four_octet_as, extended_message, ebgp) in [
+        (true, false, false),
+        (false, false, false),
+        (true, true, false),
+        (true, false, true),
+        (false, false, true),
+    ] {
         let options = Options {
             four_octet_as,
             extended_message,
+            ebgp,
         };
         let mut codec = Codec::with_options(options);
         let mut buf = BytesMut::from(data);

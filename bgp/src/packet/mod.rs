@@ -108,6 +108,9 @@ pub struct Options {
     pub four_octet_as: bool,
     /// Messages may be up to 65535 bytes (both sides sent the capability).
     pub extended_message: bool,
+    /// The peer is in another AS. RFC 7606 §7.5, §7.9 and §7.10: LOCAL_PREF, ORIGINATOR_ID
+    /// and CLUSTER_LIST from an external peer are discarded instead of checked.
+    pub ebgp: bool,
 }
 
 impl Default for Options {
@@ -115,6 +118,7 @@ impl Default for Options {
         Self {
             four_octet_as: true,
             extended_message: false,
+            ebgp: false,
         }
     }
 }
@@ -153,7 +157,7 @@ impl Default for Codec {
 }
 
 impl Codec {
-    /// A codec with [`Options::default`]: 4-octet AS, 4096-byte messages.
+    /// A codec with [`Options::default`]: 4-octet AS, 4096-byte messages, iBGP rules.
     pub fn new() -> Self {
         Self::with_options(Options::default())
     }
@@ -221,7 +225,7 @@ impl Codec {
         self.state = DecodeState::Head;
         let msg = match kind {
             1 => Message::Open(Open::decode(&body)?),
-            2 => Message::Update(Update::decode(&body, self.options.four_octet_as)?),
+            2 => Message::Update(Update::decode(&body, self.options)?),
             3 => Message::Notification(Notification::decode(&body).ok_or(
                 DecodeError::BadLength {
                     length: length as u16,

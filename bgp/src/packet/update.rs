@@ -2,6 +2,7 @@
 
 use bytes::{BufMut, BytesMut};
 
+use super::Options;
 use super::attribute::{MpUnreach, PathAttributes, decode_attributes, encode_attributes};
 use super::error::{Action, AttributeError, DecodeError, EncodeError};
 use super::prefix::{Family, Prefix, decode_nlri};
@@ -85,7 +86,7 @@ impl Update {
         u
     }
 
-    pub(crate) fn decode(body: &[u8], four_octet_as: bool) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(body: &[u8], options: Options) -> Result<Self, DecodeError> {
         let list = |reason| DecodeError::MalformedAttributeList { reason };
         let mut r = Reader::new(body);
         let wlen = r.u16().ok_or(list("short"))?;
@@ -101,7 +102,7 @@ impl Update {
         let nlri = decode_nlri(r.rest(), Family::Ipv4Unicast)
             .map_err(|_| DecodeError::InvalidNetworkField)?;
         let mut errors = Vec::new();
-        let attributes = decode_attributes(abytes, four_octet_as, &mut errors)?;
+        let attributes = decode_attributes(abytes, options, &mut errors)?;
         let mut u = Update {
             withdrawn,
             attributes,
@@ -116,27 +117,38 @@ impl Update {
     }
 
     /// RFC 7606 §3.d: announced routes without ORIGIN, AS_PATH (or NEXT_HOP) are withdrawn.
+    /// RFC 7606 §7.3 (RFC 4271 §6.3): so are IPv4 routes whose NEXT_HOP cannot be a
+    /// unicast host (0/8, multicast, 240/4 and broadcast). The NEXT_HOP of an UPDATE that
+    /// only carries MP_REACH_NLRI is not used (RFC 4760 §3), so it is not judged.
     fn check_mandatory(&mut self) {
+        use super::attribute::types;
         let a = &self.attributes;
         let announces =
             !self.nlri.is_empty() || a.mp_reach.as_ref().is_some_and(|m| !m.nlri.is_empty());
         if !announces {
             return;
         }
-        let missing = if a.origin.is_none() {
-            Some(super::attribute::types::ORIGIN)
+        let missing = |type_code| (type_code, "missing well-known attribute");
+        let error = if a.origin.is_none() {
+            Some(missing(types::ORIGIN))
         } else if a.as_path.is_none() {
-            Some(super::attribute::types::AS_PATH)
-        } else if !self.nlri.is_empty() && a.next_hop.is_none() {
-            Some(super::attribute::types::NEXT_HOP)
-        } else {
+            Some(missing(types::AS_PATH))
+        } else if self.nlri.is_empty() {
             None
+        } else {
+            match a.next_hop {
+                None => Some(missing(types::NEXT_HOP)),
+                Some(nh) if nh.octets()[0] == 0 || nh.is_multicast() || nh.octets()[0] >= 240 => {
+                    Some((types::NEXT_HOP, "NEXT_HOP is not a unicast host address"))
+                }
+                Some(_) => None,
+            }
         };
-        if let Some(type_code) = missing {
+        if let Some((type_code, reason)) = error {
             self.errors.push(AttributeError {
                 type_code,
                 action: Action::TreatAsWithdraw,
-                reason: "missing well-known attribute",
+                reason,
             });
         }
     }

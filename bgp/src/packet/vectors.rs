@@ -166,7 +166,7 @@ fn every_attribute_round_trips_in_both_as_widths() {
     // 2-octet sessions: large ASNs become AS_TRANS, small ones survive.
     let two = Options {
         four_octet_as: false,
-        extended_message: false,
+        ..Options::default()
     };
     let decoded = decode_one(&encode(&msg, two), two).unwrap();
     let Message::Update(u) = decoded else {

@@ -13,7 +13,9 @@ pub struct SpeakerConfig {
     pub asn: u32,
     /// Our BGP identifier.
     pub router_id: Ipv4Addr,
-    /// Where to accept connections from passive (and active) peers; `None`: no listener.
+    /// Where to accept connections from routers (port 179, or 0 for any free port, see
+    /// [`Speaker::local_addr`](super::Speaker::local_addr)). Required for passive peers;
+    /// active peers are accepted here too. `None` (default): no listener.
     pub listen: Option<SocketAddr>,
     /// Hold time we propose (default 90 s; 0 disables keepalives).
     pub hold_time: u16,
@@ -36,6 +38,16 @@ impl SpeakerConfig {
             graceful_restart: None,
         }
     }
+
+    /// Checks that `peer` can ever connect to this speaker: a passive peer needs
+    /// [`listen`](Self::listen). [`Speaker::add_peer`](super::Speaker::add_peer) runs this;
+    /// config loaders can run it before starting anything.
+    pub fn check_peer(&self, peer: &PeerConfig) -> Result<(), super::SpeakerError> {
+        if peer.passive && self.listen.is_none() {
+            return Err(super::SpeakerError::PassiveWithoutListener(peer.address));
+        }
+        Ok(())
+    }
 }
 
 /// One neighbour.
@@ -49,7 +61,8 @@ pub struct PeerConfig {
     pub port: u16,
     /// Source address of our connection; also the default next hop of its family.
     pub local_address: Option<IpAddr>,
-    /// Only wait for the neighbour to connect (default: connect actively).
+    /// Only wait for the neighbour to connect (default: connect actively). Needs the
+    /// speaker's [`listen`](SpeakerConfig::listen) address.
     pub passive: bool,
     /// Hold time to propose to this peer (default: the speaker's).
     pub hold_time: Option<u16>,
@@ -139,5 +152,32 @@ impl<'de> serde::Deserialize<'de> for LargeCommunity {
             local1,
             local2,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_passive_peer_needs_a_listener() {
+        let mut speaker = SpeakerConfig::new(65001, Ipv4Addr::new(10, 0, 0, 1));
+        let mut peer = PeerConfig::new("10.0.0.2".parse().unwrap(), 65002);
+        assert!(
+            speaker.check_peer(&peer).is_ok(),
+            "active peers connect out"
+        );
+        peer.passive = true;
+        let err = speaker.check_peer(&peer).unwrap_err();
+        assert!(
+            matches!(err, super::super::SpeakerError::PassiveWithoutListener(a) if a == peer.address)
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("10.0.0.2") && msg.contains("passive") && msg.contains("listen"),
+            "{msg}"
+        );
+        speaker.listen = Some("10.0.0.1:179".parse().unwrap());
+        assert!(speaker.check_peer(&peer).is_ok());
     }
 }

@@ -121,6 +121,7 @@ pub(crate) fn negotiate(
         options: Options {
             four_octet_as,
             extended_message: both(&Capability::ExtendedMessage),
+            ebgp: !ibgp,
         },
         families,
         router_id: theirs.router_id,
@@ -148,7 +149,7 @@ mod tests {
         assert_eq!(n.hold_time, 9);
         assert_eq!(n.keepalive(), Some(Duration::from_secs(3)));
         assert_eq!(n.families, vec![Family::Ipv4Unicast]);
-        assert!(n.options.four_octet_as && !n.options.extended_message);
+        assert!(n.options.four_octet_as && !n.options.extended_message && n.options.ebgp);
     }
 
     #[test]

@@ -19,9 +19,15 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 //! rt.block_on(async {
-//!     let speaker = Speaker::start(SpeakerConfig::new(65001, Ipv4Addr::new(10, 0, 0, 1))).await?;
+//!     let mut config = SpeakerConfig::new(65001, Ipv4Addr::new(10, 0, 0, 1));
 //!     let mut peer = PeerConfig::new("127.0.0.1".parse()?, 65002);
-//!     peer.passive = true; // wait for the router to connect
+//!     peer.passive = true; // wait for the router to connect ...
+//!     // ... which needs a listener: without one the peer is refused.
+//!     assert!(config.check_peer(&peer).is_err());
+//!     config.listen = Some("127.0.0.1:0".parse()?); // port 0: any free port
+//!     let speaker = Speaker::start(config).await?;
+//!     let port = speaker.local_addr().map(|a| a.port()); // tell the router
+//!     assert!(port.is_some_and(|p| p != 0));
 //!     speaker.add_peer(peer)?;
 //!     speaker.announce("192.0.2.10/32".parse()?, RouteAttributes::default());
 //!     assert_eq!(speaker.announced().len(), 1);
@@ -81,6 +87,12 @@ pub enum SpeakerError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A passive peer on a speaker without a listener: it could never connect.
+    #[error(
+        "peer {0} is passive (it waits for the router to connect) but the speaker has no \
+         listen address, so it could never connect: set `listen` or make the peer active"
+    )]
+    PassiveWithoutListener(IpAddr),
     /// A peer with this address exists already.
     #[error("peer {0} is already configured")]
     DuplicatePeer(IpAddr),
@@ -103,6 +115,8 @@ struct PeerSlot {
 
 pub(crate) struct Shared {
     config: SpeakerConfig,
+    /// The listener's bound address (the real port when `listen` asked for port 0).
+    local_addr: Option<std::net::SocketAddr>,
     local: watch::Sender<LocalRib>,
     peers: Mutex<HashMap<IpAddr, PeerSlot>>,
     events: broadcast::Sender<Event>,
@@ -198,19 +212,25 @@ fn canonical(ip: IpAddr) -> IpAddr {
 impl Speaker {
     /// Starts a speaker (and its listener, if configured). Must run inside a tokio runtime.
     pub async fn start(config: SpeakerConfig) -> Result<Self, SpeakerError> {
-        let listen = config.listen;
+        let listener = match config.listen {
+            Some(addr) => {
+                let listen_error = |source| SpeakerError::Listen { addr, source };
+                let l = TcpListener::bind(addr).await.map_err(listen_error)?;
+                let bound = l.local_addr().map_err(listen_error)?;
+                Some((l, bound))
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
             config,
+            local_addr: listener.as_ref().map(|(_, bound)| *bound),
             local: watch::channel(LocalRib::new()).0,
             peers: Mutex::new(HashMap::new()),
             events: broadcast::channel(4096).0,
             tasks: Mutex::new(Vec::new()),
             listener: Mutex::new(None),
         });
-        if let Some(addr) = listen {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| SpeakerError::Listen { addr, source })?;
+        if let Some((listener, _)) = listener {
             let weak = Arc::downgrade(&shared);
             let task = tokio::spawn(async move {
                 while let Ok((stream, remote)) = listener.accept().await {
@@ -231,8 +251,29 @@ impl Speaker {
         Ok(Self { shared })
     }
 
-    /// Adds a peer and starts its task.
+    /// The address the listener is bound to (`None` without a listener): with
+    /// `listen` on port 0, this is where routers must connect.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.shared.local_addr
+    }
+
+    /// Adds a peer and starts its task. A passive peer needs the speaker's listener
+    /// ([`SpeakerConfig::check_peer`]); one fed only by [`Speaker::attach`] is added with
+    /// [`Speaker::add_attached_peer`].
     pub fn add_peer(&self, cfg: PeerConfig) -> Result<(), SpeakerError> {
+        self.shared.config.check_peer(&cfg)?;
+        self.spawn_peer(cfg)
+    }
+
+    /// Adds a peer whose connections come only from [`Speaker::attach`] (sockets accepted
+    /// elsewhere, or in-memory pipes in tests): it never connects by itself, whatever
+    /// `cfg.passive` says, and needs no listener.
+    pub fn add_attached_peer(&self, mut cfg: PeerConfig) -> Result<(), SpeakerError> {
+        cfg.passive = true;
+        self.spawn_peer(cfg)
+    }
+
+    fn spawn_peer(&self, cfg: PeerConfig) -> Result<(), SpeakerError> {
         let (tx, rx) = mpsc::channel(1);
         let ttl = peer::ttl(&cfg, self.shared.config.asn);
         let (stop, stop_rx) = watch::channel(false);
@@ -278,7 +319,8 @@ impl Speaker {
     }
 
     /// Runs the session of `peer` over an already connected stream (a socket accepted
-    /// elsewhere, or an in-memory pipe in tests).
+    /// elsewhere, or an in-memory pipe in tests). Works for any peer; one that should wait
+    /// for nothing else is added with [`Speaker::add_attached_peer`].
     pub fn attach<S>(&self, peer: IpAddr, io: S) -> Result<(), SpeakerError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -381,5 +423,30 @@ impl Speaker {
                 t.abort();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn add_peer_refuses_a_passive_peer_without_a_listener() {
+        let speaker = Speaker::start(SpeakerConfig::new(65001, "10.0.0.1".parse().unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(speaker.local_addr(), None);
+        let mut peer = PeerConfig::new("10.0.0.2".parse().unwrap(), 65002);
+        peer.passive = true;
+        assert!(matches!(
+            speaker.add_peer(peer.clone()),
+            Err(SpeakerError::PassiveWithoutListener(_))
+        ));
+        assert!(speaker.peers().is_empty(), "nothing was added");
+        // Fed through `attach` only: allowed, and it waits.
+        speaker.add_attached_peer(peer).unwrap();
+        tokio::task::yield_now().await;
+        assert_eq!(speaker.peers()[0].state, State::Active);
+        speaker.shutdown().await;
     }
 }

@@ -25,8 +25,26 @@ impl Router {
         }
     }
 
-    /// Starts the router in `ns`, peering with every speaker link in `links`.
+    /// Starts the router in `ns`, peering with every speaker link in `links`; the router
+    /// waits for the speakers to connect.
     pub fn start(self, lab: &mut Lab, ns: &str, links: &[Link], extra_bird: &str) -> u32 {
+        self.start_with(lab, ns, links, extra_bird, None)
+    }
+
+    /// Starts the router in `ns`, connecting actively to the speaker on `link` at
+    /// `port`: the speaker's peer is passive.
+    pub fn start_connecting(self, lab: &mut Lab, ns: &str, link: &Link, port: u16) -> u32 {
+        self.start_with(lab, ns, std::slice::from_ref(link), "", Some(port))
+    }
+
+    fn start_with(
+        self,
+        lab: &mut Lab,
+        ns: &str,
+        links: &[Link],
+        extra_bird: &str,
+        connect_to: Option<u16>,
+    ) -> u32 {
         let me = &links[0];
         let dir = lab.dir.to_str().unwrap().to_owned();
         match self {
@@ -35,11 +53,15 @@ impl Router {
                     "[global.config]\n  as = 65002\n  router-id = \"{}\"\n  port = 179\n",
                     me.ns_v4
                 );
+                let transport = match connect_to {
+                    None => "passive-mode = true".to_owned(),
+                    Some(port) => format!("passive-mode = false\n    remote-port = {port}"),
+                };
                 for l in links {
                     conf += &format!(
                         "[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{}\"\n    peer-as = 65001\n  \
                          [neighbors.timers.config]\n    hold-time = 9\n    keepalive-interval = 3\n    connect-retry = 1\n  \
-                         [neighbors.transport.config]\n    passive-mode = true\n  \
+                         [neighbors.transport.config]\n    {transport}\n  \
                          [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n  \
                          [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv6-unicast\"\n",
                         l.host_v4
@@ -67,9 +89,16 @@ impl Router {
                      protocol static s6 {{ ipv6; route {ROUTER_V6} blackhole; }}\n{extra_bird}\n",
                     me.ns_v4
                 );
+                let (port, connect) = match connect_to {
+                    None => (String::new(), "passive on;"),
+                    Some(port) => (
+                        format!(" port {port}"),
+                        "connect delay time 1; connect retry time 2;",
+                    ),
+                };
                 for (i, l) in links.iter().enumerate() {
                     conf += &format!(
-                        "protocol bgp fg{i} {{\n  local {} as 65002; neighbor {} as 65001; hold time 9; passive on;\n  \
+                        "protocol bgp fg{i} {{\n  local {} as 65002; neighbor {}{port} as 65001; hold time 9; {connect}\n  \
                          ipv4 {{ import all; export where proto = \"s4\"; }};\n  \
                          ipv6 {{ import all; export where proto = \"s6\"; next hop address {}; }};\n}}\n",
                         l.ns_v4, l.host_v4, l.ns_v6
@@ -92,9 +121,16 @@ impl Router {
                 );
                 for l in links {
                     conf += &format!(
-                        " neighbor {h} remote-as 65001\n neighbor {h} timers 3 9\n neighbor {h} passive\n",
+                        " neighbor {h} remote-as 65001\n neighbor {h} timers 3 9\n",
                         h = l.host_v4
                     );
+                    conf += &match connect_to {
+                        None => format!(" neighbor {} passive\n", l.host_v4),
+                        Some(port) => format!(
+                            " neighbor {h} port {port}\n neighbor {h} timers connect 1\n",
+                            h = l.host_v4
+                        ),
+                    };
                 }
                 conf += &format!(
                     " address-family ipv4 unicast\n  network {ROUTER_V4}\n exit-address-family\n"

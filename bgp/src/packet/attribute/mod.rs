@@ -47,10 +47,22 @@ pub mod types {
     pub const AGGREGATOR: u8 = 7;
     /// COMMUNITIES (RFC 1997).
     pub const COMMUNITIES: u8 = 8;
+    /// ORIGINATOR_ID (RFC 4456): checked, kept raw.
+    pub const ORIGINATOR_ID: u8 = 9;
+    /// CLUSTER_LIST (RFC 4456): checked, kept raw.
+    pub const CLUSTER_LIST: u8 = 10;
     /// MP_REACH_NLRI (RFC 4760).
     pub const MP_REACH: u8 = 14;
     /// MP_UNREACH_NLRI (RFC 4760).
     pub const MP_UNREACH: u8 = 15;
+    /// EXTENDED COMMUNITIES (RFC 4360): checked, kept raw.
+    pub const EXTENDED_COMMUNITIES: u8 = 16;
+    /// AS4_PATH (RFC 6793): checked on 2-octet sessions, kept raw.
+    pub const AS4_PATH: u8 = 17;
+    /// AS4_AGGREGATOR (RFC 6793): checked on 2-octet sessions, kept raw.
+    pub const AS4_AGGREGATOR: u8 = 18;
+    /// IPv6 Address Specific Extended Community (RFC 5701): checked, kept raw.
+    pub const IPV6_EXTENDED_COMMUNITIES: u8 = 25;
     /// LARGE_COMMUNITY (RFC 8092).
     pub const LARGE_COMMUNITIES: u8 = 32;
 }
@@ -279,6 +291,8 @@ pub struct PathAttributes {
     pub mp_reach: Option<MpReach>,
     /// MP_UNREACH_NLRI.
     pub mp_unreach: Option<MpUnreach>,
-    /// Other attributes (AS4_PATH, ORIGINATOR_ID, unknown optional ones, ...).
+    /// Other attributes, as received: the ones checked but not interpreted (ORIGINATOR_ID,
+    /// CLUSTER_LIST, EXTENDED COMMUNITIES, AS4_PATH, AS4_AGGREGATOR, IPv6 extended
+    /// communities, MP attributes of other families) and unknown optional ones.
     pub other: Vec<RawAttribute>,
 }
