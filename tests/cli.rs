@@ -54,7 +54,10 @@ fn help_lists_the_subcommands_with_examples_and_version_prints() {
     }
     let (code, out, _) = output(env!("CARGO_BIN_EXE_flowgate"), &["run", "--help"]);
     assert_eq!(code, 0);
-    assert!(out.contains("--no-watch") && out.contains("<FILE>"), "{out}");
+    assert!(
+        out.contains("--no-watch") && out.contains("<FILE>"),
+        "{out}"
+    );
     let (code, out, _) = output(env!("CARGO_BIN_EXE_flowgate-gateway"), &["--version"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("flowgate-gateway "), "{out}");
@@ -62,7 +65,10 @@ fn help_lists_the_subcommands_with_examples_and_version_prints() {
 
 #[test]
 fn describe_prints_the_pipelines_and_check_the_verdict() {
-    let quickstart = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/configs/quickstart.yaml");
+    let quickstart = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/configs/quickstart.yaml"
+    );
     let (code, out, err) = output(env!("CARGO_BIN_EXE_flowgate"), &["describe", quickstart]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("connect") && out.contains("dump"), "{out}");
