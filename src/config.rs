@@ -84,11 +84,19 @@ struct RawListener {
     udp_idle_timeout: Option<Duration>,
 }
 
-/// The registry with every filter this build has: the joint filters and the standard
-/// filter library.
+/// The registry with every filter this build has: the joint filters and the filter
+/// families of the enabled features (`net`, `http`, `dns`, `mqtt`).
 pub fn default_registry() -> Registry {
-    let mut r = flowgate_filters::registry::standard();
+    let mut r = Registry::new();
     flowgate_pipeline::joint::config::register(&mut r);
+    #[cfg(feature = "net")]
+    flowgate_filters_net::register(&mut r);
+    #[cfg(feature = "http")]
+    flowgate_filters_http::register(&mut r);
+    #[cfg(feature = "dns")]
+    flowgate_filters_dns::register(&mut r);
+    #[cfg(feature = "mqtt")]
+    flowgate_filters_mqtt::register(&mut r);
     r
 }
 

@@ -3,11 +3,20 @@
 //! Reusable networking crates for proxies, load balancers and a service mesh, after the
 //! Flomesh stack (Pipy, FSM/OSM, FLB), plus the thin binaries built from them.
 //!
-//! This facade re-exports the crates and holds the YAML [`config`] loader that the
-//! `flowgate` binary runs (and the `gateway` compiler that `flowgate-gateway` runs):
+//! This facade re-exports every crate of the workspace, each behind the feature of the same
+//! name, and holds the YAML [`config`] loader that the `flowgate` binary runs (and the
+//! `gateway` compiler that `flowgate-gateway` runs):
 //!
-//! - [`pipeline`] — events, filters, joint filters, listeners, workers, hot reload.
-//! - [`filters`] — the standard filter library (`net`: connect, TLS, PROXY protocol, …).
+//! | path | crate | feature |
+//! |---|---|---|
+//! | [`pipeline`] | `flowgate-pipeline`: events, filters, joint filters, listeners, workers, hot reload | always |
+//! | [`lb`] | `flowgate-lb`: balancers, health checks, outlier detection, discovery | always |
+//! | `filters::net` | `flowgate-filters-net`: connect, TLS, PROXY protocol, tee/dump, throttle | `net` (default) |
+//! | `filters::http`, `protocols::http` | `flowgate-filters-http` on `flowgate-http`: HTTP/1.1 and HTTP/2 servers and pools, routing, balancing | `http` (default; brings `net`) |
+//! | `filters::dns`, `protocols::dns` | `flowgate-filters-dns` on `flowgate-dns` | `dns` (default) |
+//! | `filters::mqtt`, `protocols::mqtt` | `flowgate-filters-mqtt` on `flowgate-mqtt` | `mqtt` (default) |
+//! | `bgp` | `flowgate-bgp`: the BGP codec and speaker | `bgp` |
+//! | `ebpf` | `flowgate-ebpf`: XDP and sockmap programs and loaders (needs clang to build) | `ebpf` |
 //!
 //! ```
 //! let yaml = r#"
@@ -26,9 +35,36 @@
 
 pub mod cli;
 pub mod config;
-#[cfg(all(feature = "http", feature = "net"))]
+#[cfg(feature = "http")]
 pub mod gateway;
 pub mod runner;
 
-pub use flowgate_filters as filters;
+pub use flowgate_lb as lb;
 pub use flowgate_pipeline as pipeline;
+
+#[cfg(feature = "bgp")]
+pub use flowgate_bgp as bgp;
+#[cfg(feature = "ebpf")]
+pub use flowgate_ebpf as ebpf;
+
+/// The filter families, one crate each, behind the features of the same names.
+pub mod filters {
+    #[cfg(feature = "dns")]
+    pub use flowgate_filters_dns as dns;
+    #[cfg(feature = "http")]
+    pub use flowgate_filters_http as http;
+    #[cfg(feature = "mqtt")]
+    pub use flowgate_filters_mqtt as mqtt;
+    #[cfg(feature = "net")]
+    pub use flowgate_filters_net as net;
+}
+
+/// The sans-IO protocol crates the filter families are built on.
+pub mod protocols {
+    #[cfg(feature = "dns")]
+    pub use flowgate_dns as dns;
+    #[cfg(feature = "http")]
+    pub use flowgate_http as http;
+    #[cfg(feature = "mqtt")]
+    pub use flowgate_mqtt as mqtt;
+}

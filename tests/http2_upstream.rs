@@ -523,7 +523,7 @@ pipelines:
     let child = Command::new(env!("CARGO_BIN_EXE_flowgate"))
         .arg("run")
         .arg(&cfg)
-        .env("RUST_LOG", "warn,flowgate_filters::http=debug")
+        .env("RUST_LOG", "warn,flowgate_filters_http=debug")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())

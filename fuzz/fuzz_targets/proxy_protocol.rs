@@ -3,7 +3,7 @@
 //! addresses.
 #![no_main]
 
-use flowgate_filters::net::proxy_protocol::{Command, decode, encode_v1, encode_v2};
+use flowgate_filters_net::proxy_protocol::{Command, decode, encode_v1, encode_v2};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

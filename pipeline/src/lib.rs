@@ -43,6 +43,7 @@ mod pipeline;
 pub mod registry;
 pub mod serde_duration;
 pub mod server;
+mod size;
 pub mod testing;
 
 pub use context::{ConnInfo, Context, TlsInfo};
@@ -53,3 +54,4 @@ pub use filter::{
     Events, Filter, SubPipeline, Transform, TransformStream, error_stream, events_from,
 };
 pub use pipeline::{BuildError, Module, ModuleBuilder, Pipeline, PipelineBuilder};
+pub use size::{Size, parse_size};

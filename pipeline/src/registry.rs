@@ -231,3 +231,9 @@ impl<'de> Deserialize<'de> for FilterSpec {
         d.deserialize_any(SpecVisitor)
     }
 }
+
+/// `true`: the serde default of every boolean option that is on unless turned off
+/// (`#[serde(default = "flowgate_pipeline::registry::default_true")]`).
+pub fn default_true() -> bool {
+    true
+}

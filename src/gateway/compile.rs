@@ -20,11 +20,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowgate_filters::http::{
+use flowgate_filters_http::{
     BalanceHttp, BalanceHttpConfig, DemuxHttpConfig, HeaderEdits, HeadersConfig, RespondConfig,
     RetryConfig, RewriteConfig, RouteConfig, RouteEntry, TimeoutConfig,
 };
-use flowgate_filters::net::tls::{AcceptTlsConfig, DEFAULT_MAX_FEED, TlsVersion};
+use flowgate_filters_net::tls::{AcceptTlsConfig, DEFAULT_MAX_FEED, TlsVersion};
 use flowgate_lb::BalancerConfig;
 use flowgate_pipeline::joint::Pipe;
 use flowgate_pipeline::registry::{BuildContext, FilterConfig};

@@ -7,11 +7,11 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use flowgate_filters::http::{
+use flowgate_filters_http::{
     AccessLogFormat, BalanceTarget, HashOn, HeaderEdits, LimitsConfig, PrefixRewrite,
     RedirectConfig, RespondConfig, RouteMatch, UpstreamTlsConfig, UpstreamVersion,
 };
-use flowgate_filters::net::tls::{CertificateConfig, ClientAuthConfig, TlsVersion};
+use flowgate_filters_net::tls::{CertificateConfig, ClientAuthConfig, TlsVersion};
 use flowgate_lb::health::HealthCheckConfig;
 use flowgate_lb::{Algorithm, OutlierConfig, SlowStartConfig};
 use serde::de::{self, MapAccess, Visitor};
@@ -74,7 +74,7 @@ pub struct ListenerSpec {
     pub tls: Option<TlsSpec>,
     /// Serve HTTP/2 (ALPN `h2` over TLS, h2c with prior knowledge in plain text).
     /// Default true.
-    #[serde(default = "yes")]
+    #[serde(default = "flowgate_pipeline::registry::default_true")]
     pub http2: bool,
     /// A request head must arrive within this (slowloris). Default 10 s.
     #[serde(default = "d_header", with = "flowgate_pipeline::serde_duration")]
@@ -228,9 +228,6 @@ pub struct BackendSpec {
     pub tls: Option<UpstreamTlsConfig>,
 }
 
-fn yes() -> bool {
-    true
-}
 fn d_header() -> Duration {
     Duration::from_secs(10)
 }

@@ -63,7 +63,7 @@ pub struct ListenerConfig {
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// TCP_NODELAY on accepted sockets. Default true.
-    #[serde(default = "default_true")]
+    #[serde(default = "crate::registry::default_true")]
     pub nodelay: bool,
     /// Read the original destination (`SO_ORIGINAL_DST`) of redirected connections.
     /// Default false.
@@ -79,9 +79,6 @@ pub struct ListenerConfig {
 
 fn default_max_connections() -> usize {
     100_000
-}
-fn default_true() -> bool {
-    true
 }
 fn default_backlog() -> i32 {
     1024

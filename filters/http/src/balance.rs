@@ -1,0 +1,731 @@
+//! `balance-http`: per-request load balancing over a group of HTTP/1.1 upstreams, with
+//! pooled keep-alive connections per endpoint.
+//!
+//! See [`BalanceHttp`].
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context as TaskCx, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use flowgate_lb::health::{HealthCheckConfig, HealthChecker};
+use flowgate_lb::{Algorithm, Backend, Balancer, BalancerConfig, Lease, Outcome};
+use flowgate_pipeline::joint::MuxOptions;
+use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig};
+use flowgate_pipeline::{
+    Context, Description, ErrorKind, Event, Events, Filter, Head, Pipeline, Side, StreamError,
+    SubPipeline, Tail,
+};
+use futures_core::Stream;
+use futures_util::StreamExt;
+use http::{HeaderName, StatusCode, request, response};
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::{Http2UpstreamConfig, LimitsConfig, MuxHttp, UpstreamScheme, UpstreamVersion};
+use flowgate_filters_net::Connect;
+use flowgate_filters_net::tls::{
+    ClientCertConfig, ConnectTls, ConnectTlsConfig, TlsVersion, default_handshake_timeout,
+};
+use flowgate_lb::Refresher;
+
+/// One endpoint of a `balance-http` group: `IP:port`, or `{ address, weight }`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BalanceTarget {
+    /// The endpoint's address (`IP:port`).
+    pub address: SocketAddr,
+    /// Its weight for weighted algorithms (1 to 10000). Default 1.
+    pub weight: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetFields {
+    address: SocketAddr,
+    #[serde(default = "one")]
+    weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl<'de> Deserialize<'de> for BalanceTarget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BalanceTarget;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`IP:port` or `{ address: IP:port, weight: N }`")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<BalanceTarget, E> {
+                let address = s.parse().map_err(|_| {
+                    E::custom(format!("`{s}` is not `IP:port` (names are not resolved)"))
+                })?;
+                Ok(BalanceTarget { address, weight: 1 })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<BalanceTarget, A::Error> {
+                let t = TargetFields::deserialize(de::value::MapAccessDeserializer::new(m))?;
+                Ok(BalanceTarget {
+                    address: t.address,
+                    weight: t.weight,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// What hash algorithms and sticky sessions key on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum HashOn {
+    /// The client's IP address (default).
+    #[default]
+    ClientIp,
+    /// A request header's value; requests without it key on the client's IP.
+    Header(String),
+    /// The request path (without the query).
+    Path,
+}
+
+/// `balance-http:` — see [`BalanceHttp`].
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalanceHttpConfig {
+    /// The endpoints: at least one, no address twice.
+    pub targets: Vec<BalanceTarget>,
+    /// flowgate-lb's settings: the algorithm (default round robin), outlier detection,
+    /// slow start, sticky sessions.
+    #[serde(default = "d_balance")]
+    pub balance: BalancerConfig,
+    /// What hash algorithms key on. Default `client_ip`.
+    #[serde(default)]
+    pub hash_on: HashOn,
+    /// Active health checks (TCP or HTTP probes); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckConfig>,
+    /// How long connecting to an endpoint may take. Default 5 s.
+    #[serde(default = "d_connect", with = "flowgate_pipeline::serde_duration")]
+    pub connect_timeout: Duration,
+    /// Close a pooled upstream connection idle this long. Default 60 s.
+    #[serde(default = "d_idle", with = "flowgate_pipeline::serde_duration")]
+    pub max_idle: Duration,
+    /// Requests per upstream connection before it is retired (0: no limit). Default 0.
+    #[serde(default)]
+    pub max_requests: u64,
+    /// Limits on responses.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The HTTP version spoken to the endpoints: `http1` (default) or `http2` (h2c with
+    /// prior knowledge; many requests per connection).
+    #[serde(default)]
+    pub version: UpstreamVersion,
+    /// HTTP/2 settings, used with `version: http2`.
+    #[serde(default)]
+    pub http2: Http2UpstreamConfig,
+    /// TLS to the endpoints (HTTPS upstreams). Default off: plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// TLS from `balance-http` to its endpoints. ALPN offers `h2` with `version: http2` and
+/// `http/1.1` otherwise; HTTP/2 requests then carry `:scheme: https`.
+///
+/// ```yaml
+/// tls: { sni: api.internal, ca: upstream-ca.pem }
+/// ```
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// The endpoints' server name: sent as SNI and checked against their certificates.
+    /// Required when `verify` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// PEM file with the CA certificates the endpoints' certificates must chain to.
+    /// Required when `verify` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// Verify the endpoints' certificates. Default true; `false` is for tests only.
+    #[serde(default = "flowgate_pipeline::registry::default_true")]
+    pub verify: bool,
+    /// A client certificate for endpoints that require mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<ClientCertConfig>,
+    /// How long a handshake may take. Default 10 s.
+    #[serde(
+        default = "default_handshake_timeout",
+        with = "flowgate_pipeline::serde_duration"
+    )]
+    pub handshake_timeout: Duration,
+}
+
+impl UpstreamTlsConfig {
+    /// Verified TLS to endpoints called `sni`, with certificates chaining to `ca`.
+    pub fn new(sni: impl Into<String>, ca: impl Into<PathBuf>) -> Self {
+        UpstreamTlsConfig {
+            sni: Some(sni.into()),
+            ca: Some(ca.into()),
+            verify: true,
+            client_cert: None,
+            handshake_timeout: default_handshake_timeout(),
+        }
+    }
+
+    /// The `connect-tls` settings this stands for, offering `alpn`.
+    fn connect_tls(&self, alpn: &str) -> ConnectTlsConfig {
+        ConnectTlsConfig {
+            pipeline: String::new(),
+            sni: self.sni.clone(),
+            ca: self.ca.clone(),
+            verify: self.verify,
+            alpn: vec![alpn.to_string()],
+            client_cert: self.client_cert.clone(),
+            versions: vec![TlsVersion::Tls12, TlsVersion::Tls13],
+            cipher_suites: None,
+            handshake_timeout: self.handshake_timeout,
+            max_feed: 64,
+        }
+    }
+}
+
+fn d_balance() -> BalancerConfig {
+    BalancerConfig::new(Algorithm::RoundRobin)
+}
+fn d_connect() -> Duration {
+    Duration::from_secs(5)
+}
+fn d_idle() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl BalanceHttpConfig {
+    /// A group over `targets` with every other setting at its default.
+    pub fn new(targets: Vec<BalanceTarget>) -> Self {
+        BalanceHttpConfig {
+            targets,
+            balance: d_balance(),
+            hash_on: HashOn::default(),
+            health_check: None,
+            connect_timeout: d_connect(),
+            max_idle: d_idle(),
+            max_requests: 0,
+            limits: LimitsConfig::default(),
+            version: UpstreamVersion::default(),
+            http2: Http2UpstreamConfig::default(),
+            tls: None,
+        }
+    }
+}
+
+impl FilterConfig for BalanceHttpConfig {
+    fn build(self: Box<Self>, cx: &BuildContext) -> Result<Arc<dyn Filter>, ConfigError> {
+        Ok(Arc::new(BalanceHttp::with_context(*self, cx)?))
+    }
+}
+
+/// The endpoint `balance-http` picked for this request, stored in the request's
+/// [`Context`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PickedUpstream(pub SocketAddr);
+
+/// Per-request load balancing with a keep-alive pool per endpoint.
+///
+/// `connect` with `balance:` picks an upstream per *connection*; behind `mux-http` that
+/// spreads pooled connections, not requests. `balance-http` picks per *request*: when a
+/// request head arrives it asks a [`flowgate_lb::Balancer`] for an endpoint (the
+/// algorithm, weights, health and outlier state all come from flowgate-lb), holds the
+/// [`Lease`] until the response has ended (so least request counts requests in flight and
+/// peak-EWMA sees response times), and sends the request through that endpoint's own
+/// connection pool — a [`MuxHttp`] over `[connect]` per endpoint, so keep-alive
+/// connections are reused per endpoint, never shared between endpoints.
+///
+/// ```text
+///  request ─▶ balance-http ─ pick(key) ─▶ pool of 10.0.0.1:80 (mux-http → connect) ─▶ response
+///                  │                  └─▶ pool of 10.0.0.2:80 (mux-http → connect)
+///                  └─ lease: in flight until the response ends; its outcome (status,
+///                     connect failure, timeout) feeds outlier detection
+/// ```
+///
+/// ```yaml
+/// - balance-http:
+///     targets: [127.0.0.1:8001, { address: 127.0.0.1:8002, weight: 3 }]
+///     balance: { algorithm: { type: weighted_round_robin }, outlier: { consecutive_connect_failures: 1 } }
+///     hash_on: { header: x-user }        # or client_ip (default), path
+///     health_check: { probe: { type: http, path: /health }, interval: 2s }
+///     connect_timeout: 2s
+///     version: http2                     # h2c to the endpoints; default http1
+/// ```
+///
+/// With `version: http2` each endpoint's pool is an HTTP/2 one (see [`MuxHttp::http2`]):
+/// few connections, many requests in flight on each.
+///
+/// Hash algorithms (`ring_hash`, `maglev`) and sticky sessions key on `hash_on`: the
+/// client's IP by default, or a request header (falling back to the client's IP when the
+/// request has no such header), or the path. The picked address is stored in the request's
+/// [`Context`] as [`PickedUpstream`]. When no endpoint is eligible the request is answered
+/// with 503. Put `balance-http` inside a `retry` pipeline to retry on another pick.
+pub struct BalanceHttp {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: BalanceHttpConfig,
+    lb: Balancer,
+    pools: HashMap<SocketAddr, MuxHttp>,
+    hash_header: Option<HeaderName>,
+    refresher: Refresher,
+    health_started: AtomicBool,
+}
+
+impl BalanceHttp {
+    /// Builds the balancer and one connection pool per endpoint; errors name the field.
+    /// Relative paths (the TLS files) resolve against the working directory.
+    pub fn new(config: BalanceHttpConfig) -> Result<Self, ConfigError> {
+        Self::with_context(config, &BuildContext::new("."))
+    }
+
+    /// As [`BalanceHttp::new`], with relative paths resolved by `cx`.
+    pub fn with_context(
+        mut config: BalanceHttpConfig,
+        cx: &BuildContext,
+    ) -> Result<Self, ConfigError> {
+        if config.targets.is_empty() {
+            return Err(ConfigError::new("targets", "list at least one endpoint"));
+        }
+        let mut backends = Vec::with_capacity(config.targets.len());
+        let mut pools = HashMap::with_capacity(config.targets.len());
+        let opts = MuxOptions {
+            max_idle: config.max_idle,
+            max_queue: 1,
+            max_messages: config.max_requests,
+            max_resends: super::STALE_RESENDS,
+            ..MuxOptions::default()
+        };
+        if config.connect_timeout.is_zero() || config.max_idle.is_zero() {
+            return Err(ConfigError::new(
+                "connect_timeout",
+                "`connect_timeout` and `max_idle` must be more than zero",
+            ));
+        }
+        // TLS: one client configuration for every endpoint.
+        let tls = match &config.tls {
+            None => None,
+            Some(t) => {
+                let alpn = if config.version == UpstreamVersion::Http2 {
+                    config.http2.scheme = UpstreamScheme::Https;
+                    "h2"
+                } else {
+                    "http/1.1"
+                };
+                let c = t.connect_tls(alpn);
+                let field =
+                    |e: ConfigError| ConfigError::new(format!("tls.{}", e.field), e.problem);
+                let name = c.server_name().map_err(field)?;
+                Some((
+                    c.client_config(cx).map_err(field)?,
+                    name,
+                    t.handshake_timeout,
+                ))
+            }
+        };
+        for (i, t) in config.targets.iter().enumerate() {
+            if t.weight == 0 || t.weight > 10_000 {
+                return Err(ConfigError::new(
+                    format!("targets[{i}].weight"),
+                    "must be between 1 and 10000",
+                ));
+            }
+            if pools.contains_key(&t.address) {
+                return Err(ConfigError::new(
+                    format!("targets[{i}]"),
+                    format!("`{}` is listed twice", t.address),
+                ));
+            }
+            let name = format!("balance-http-conn-{}", t.address);
+            let tcp = Connect::to(t.address.to_string()).connect_timeout(config.connect_timeout);
+            let conn = match &tls {
+                None => Pipeline::builder(name).filter(tcp),
+                Some((client, server_name, handshake)) => {
+                    let under = Pipeline::builder(format!("{name}-tcp"))
+                        .filter(tcp)
+                        .build()
+                        .map_err(|e| ConfigError::new(format!("targets[{i}]"), e))?;
+                    let tls = ConnectTls::new(
+                        client.clone(),
+                        server_name.clone(),
+                        SubPipeline::from(under),
+                    )
+                    .handshake_timeout(*handshake);
+                    Pipeline::builder(name).filter(tls)
+                }
+            }
+            .build()
+            .map_err(|e| ConfigError::new(format!("targets[{i}]"), e))?;
+            let mut pool = MuxHttp::new(SubPipeline::from(conn), config.limits.limits(), opts)
+                .map_err(|e| ConfigError::new(format!("targets[{i}]"), e))?;
+            if config.version == UpstreamVersion::Http2 {
+                pool = pool
+                    .http2(config.http2)
+                    .map_err(|e| ConfigError::new("http2", e))?;
+            }
+            pools.insert(t.address, pool);
+            backends.push(Backend::new(t.address).weight(t.weight));
+        }
+        let lb =
+            Balancer::new(config.balance.clone()).map_err(|e| ConfigError::new("balance", e))?;
+        lb.set_backends(backends);
+        if let Some(hc) = &config.health_check {
+            HealthChecker::new(lb.clone(), hc.clone())
+                .map_err(|e| ConfigError::new("health_check", e))?;
+        }
+        let hash_header = match &config.hash_on {
+            HashOn::Header(h) => Some(
+                HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|e| ConfigError::new("hash_on.header", e))?,
+            ),
+            _ => None,
+        };
+        Ok(BalanceHttp {
+            inner: Arc::new(Inner {
+                config,
+                lb,
+                pools,
+                hash_header,
+                refresher: Refresher::new(),
+                health_started: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The balancer, to inspect endpoint state or mark endpoints up and down.
+    pub fn balancer(&self) -> &Balancer {
+        &self.inner.lb
+    }
+
+    /// Starts the active health checks once, on the current runtime. The task ends when
+    /// the filter is dropped (after a reload).
+    fn start_health_checks(&self) {
+        let Some(cfg) = self.inner.config.health_check.clone() else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_err()
+            || self.inner.health_started.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut checker: Option<HealthChecker> = None;
+            loop {
+                let Some(inner) = weak.upgrade() else { break };
+                if checker.is_none() {
+                    checker = HealthChecker::new(inner.lb.clone(), cfg.clone()).ok();
+                }
+                drop(inner);
+                let Some(c) = checker.as_mut() else { break };
+                c.round().await;
+                tokio::time::sleep(cfg.interval).await;
+            }
+        });
+    }
+}
+
+impl Inner {
+    fn key(&self, cx: &Context, head: &request::Parts) -> u64 {
+        let from_header = self
+            .hash_header
+            .as_ref()
+            .and_then(|h| head.headers.get(h))
+            .map(|v| flowgate_lb::hash::hash_key(v.as_bytes()));
+        if let Some(k) = from_header {
+            return k;
+        }
+        if self.config.hash_on == HashOn::Path {
+            return flowgate_lb::hash::hash_key(head.uri.path().as_bytes());
+        }
+        match cx.conn().peer.map(|p| p.ip()) {
+            Some(std::net::IpAddr::V4(ip)) => flowgate_lb::hash::hash_key(&ip.octets()),
+            Some(std::net::IpAddr::V6(ip)) => flowgate_lb::hash::hash_key(&ip.octets()),
+            None => 0,
+        }
+    }
+}
+
+impl Filter for BalanceHttp {
+    fn describe(&self) -> Description {
+        Description::filter("balance-http").options(&self.inner.config)
+    }
+
+    fn attach(&self, input: Events, cx: &Context) -> Events {
+        self.start_health_checks();
+        Box::pin(BalanceStream {
+            inner: self.inner.clone(),
+            cx: cx.clone(),
+            state: State::Waiting(input),
+            ready: VecDeque::new(),
+        })
+    }
+}
+
+enum State {
+    /// Waiting for the request head.
+    Waiting(Events),
+    /// No endpoint: reading the request to its end, then answering 503.
+    Refusing(Events),
+    /// The request is on its way through an endpoint's pool.
+    Running {
+        out: Events,
+        lease: Option<Lease>,
+        /// A 5xx status was recorded: a later error is the same failure, not a second one.
+        failed: bool,
+    },
+    Done,
+}
+
+struct BalanceStream {
+    inner: Arc<Inner>,
+    cx: Context,
+    state: State,
+    ready: VecDeque<Event>,
+}
+
+/// How a failed try counts for outlier detection.
+fn outcome_of(e: &StreamError) -> Outcome {
+    match (e.side(), e.kind()) {
+        (_, ErrorKind::ConnectFailed) => Outcome::ConnectFailure,
+        (Side::Upstream, ErrorKind::ConnectTimeout | ErrorKind::IdleTimeout) => Outcome::Timeout,
+        (Side::Upstream, _) => Outcome::Status(502),
+        _ => Outcome::Unknown,
+    }
+}
+
+fn unavailable() -> [Event; 4] {
+    let body = Bytes::from_static(b"no healthy upstream\n");
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = StatusCode::SERVICE_UNAVAILABLE;
+    parts
+        .headers
+        .insert(http::header::CONTENT_LENGTH, body.len().into());
+    [
+        Event::MessageStart(Head::new::<response::Parts>(parts)),
+        Event::Data(body),
+        Event::MessageEnd(Tail::none()),
+        Event::END,
+    ]
+}
+
+impl BalanceStream {
+    /// The request head arrived: pick an endpoint and start its pool.
+    fn start(&mut self, input: Events, first: Event) {
+        let inner = &self.inner;
+        let key = match &first {
+            Event::MessageStart(h) => h.get::<request::Parts>().map(|p| inner.key(&self.cx, p)),
+            _ => None,
+        };
+        let Some(key) = key else {
+            // Not a request message: nothing to balance.
+            self.ready.push_back(Event::StreamEnd(Some(StreamError::new(
+                ErrorKind::Protocol,
+                Side::Internal,
+            ))));
+            self.state = State::Done;
+            return;
+        };
+        inner.refresher.tick(&inner.lb);
+        let picked = inner
+            .lb
+            .pick(key)
+            .and_then(|l| inner.pools.get(&l.addr()).map(|p| (l, p)));
+        match picked {
+            None => {
+                tracing::warn!(
+                    "balance-http: no eligible endpoint (all unhealthy, ejected or at their circuit breaker); answering 503"
+                );
+                if first.is_end() {
+                    self.ready.extend(unavailable());
+                    self.state = State::Done;
+                } else {
+                    self.state = State::Refusing(input);
+                }
+            }
+            Some((lease, pool)) => {
+                self.cx.insert(PickedUpstream(lease.addr()));
+                let input: Events = Box::pin(futures_util::stream::iter([first]).chain(input));
+                let out = pool.attach(input, &self.cx);
+                self.state = State::Running {
+                    out,
+                    lease: Some(lease),
+                    failed: false,
+                };
+            }
+        }
+    }
+}
+
+impl Stream for BalanceStream {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, task: &mut TaskCx<'_>) -> Poll<Option<Event>> {
+        let this = &mut *self;
+        loop {
+            if let Some(ev) = this.ready.pop_front() {
+                return Poll::Ready(Some(ev));
+            }
+            match &mut this.state {
+                State::Done => return Poll::Ready(None),
+                State::Waiting(input) => {
+                    let first = match input.as_mut().poll_next(task) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(ev) => ev.unwrap_or(Event::END),
+                    };
+                    if let Event::StreamEnd(_) = first {
+                        this.state = State::Done;
+                        return Poll::Ready(Some(first));
+                    }
+                    let State::Waiting(input) = std::mem::replace(&mut this.state, State::Done)
+                    else {
+                        return Poll::Ready(None);
+                    };
+                    this.start(input, first);
+                }
+                State::Refusing(input) => match input.as_mut().poll_next(task) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Event::StreamEnd(Some(e)))) => {
+                        this.state = State::Done;
+                        return Poll::Ready(Some(Event::StreamEnd(Some(e))));
+                    }
+                    Poll::Ready(Some(Event::MessageEnd(_) | Event::StreamEnd(None)) | None) => {
+                        this.ready.extend(unavailable());
+                        this.state = State::Done;
+                    }
+                    Poll::Ready(Some(_)) => {}
+                },
+                State::Running { out, lease, failed } => {
+                    let ev = match out.as_mut().poll_next(task) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(ev) => ev.unwrap_or(Event::END),
+                    };
+                    match &ev {
+                        Event::MessageStart(h) => {
+                            if let (Some(l), Some(p)) = (lease.as_mut(), h.get::<response::Parts>())
+                            {
+                                l.record(Outcome::Status(p.status.as_u16()));
+                                *failed = p.status.is_server_error();
+                            }
+                        }
+                        // The response is complete: the request no longer counts as in
+                        // flight.
+                        Event::MessageEnd(_) => drop(lease.take()),
+                        Event::StreamEnd(e) => {
+                            if let (Some(l), Some(e), false) = (lease.as_mut(), e, *failed) {
+                                l.record(outcome_of(e));
+                            }
+                            drop(lease.take());
+                            this.state = State::Done;
+                        }
+                        Event::Data(_) => {}
+                    }
+                    return Poll::Ready(Some(ev));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<BalanceHttpConfig, String> {
+        serde_json::from_str(yaml).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn targets_as_strings_or_maps() {
+        let c = parse(
+            r#"{"targets": ["127.0.0.1:1", {"address": "127.0.0.1:2", "weight": 3}],
+                "hash_on": {"header": "x-user"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.targets[0].weight, 1);
+        assert_eq!(c.targets[1].weight, 3);
+        assert_eq!(c.hash_on, HashOn::Header("x-user".into()));
+        assert_eq!(c.balance.algorithm, Algorithm::RoundRobin);
+        let e = parse(r#"{"targets": ["localhost:1"]}"#).unwrap_err();
+        assert!(e.contains("is not `IP:port`"), "{e}");
+        let e = parse(r#"{"targets": [{"address": "127.0.0.1:2", "wieght": 3}]}"#).unwrap_err();
+        assert!(e.contains("wieght"), "{e}");
+    }
+
+    #[test]
+    fn bad_groups_name_the_field() {
+        let build = |c: BalanceHttpConfig| BalanceHttp::new(c).err().unwrap().field;
+        assert_eq!(build(BalanceHttpConfig::new(vec![])), "targets");
+        let t = |p: u16, weight: u32| BalanceTarget {
+            address: SocketAddr::from(([127, 0, 0, 1], p)),
+            weight,
+        };
+        assert_eq!(
+            build(BalanceHttpConfig::new(vec![t(1, 1), t(1, 2)])),
+            "targets[1]"
+        );
+        assert_eq!(
+            build(BalanceHttpConfig::new(vec![t(1, 0)])),
+            "targets[0].weight"
+        );
+        let mut c = BalanceHttpConfig::new(vec![t(1, 1)]);
+        c.hash_on = HashOn::Header("bad header".into());
+        assert_eq!(build(c), "hash_on.header");
+    }
+
+    #[test]
+    fn keys_follow_hash_on() {
+        let t = BalanceTarget {
+            address: SocketAddr::from(([127, 0, 0, 1], 1)),
+            weight: 1,
+        };
+        let mut c = BalanceHttpConfig::new(vec![t]);
+        c.hash_on = HashOn::Header("x-user".into());
+        let b = BalanceHttp::new(c).unwrap();
+        let cx = Context::with_conn(flowgate_pipeline::ConnInfo {
+            peer: Some("10.0.0.1:5000".parse().unwrap()),
+            ..Default::default()
+        });
+        let req = |user: Option<&str>| {
+            let mut r = http::Request::get("/a");
+            if let Some(u) = user {
+                r = r.header("x-user", u);
+            }
+            r.body(()).unwrap().into_parts().0
+        };
+        let (a, a2, b2) = (
+            b.inner.key(&cx, &req(Some("alice"))),
+            b.inner.key(&cx, &req(Some("alice"))),
+            b.inner.key(&cx, &req(Some("bob"))),
+        );
+        assert_eq!(a, a2);
+        assert_ne!(a, b2);
+        let ip = flowgate_lb::hash::hash_key(&[10, 0, 0, 1]);
+        assert_eq!(b.inner.key(&cx, &req(None)), ip, "falls back to the IP");
+    }
+
+    #[test]
+    fn outcomes_of_failures() {
+        let e = StreamError::new(ErrorKind::ConnectFailed, Side::Upstream);
+        assert_eq!(outcome_of(&e), Outcome::ConnectFailure);
+        let e = StreamError::new(ErrorKind::ConnectTimeout, Side::Upstream);
+        assert_eq!(outcome_of(&e), Outcome::Timeout);
+        let e = StreamError::new(ErrorKind::ConnectionReset, Side::Upstream);
+        assert_eq!(outcome_of(&e), Outcome::Status(502));
+        let e = StreamError::new(ErrorKind::ConnectionReset, Side::Downstream);
+        assert_eq!(outcome_of(&e), Outcome::Unknown);
+    }
+}
