@@ -36,16 +36,22 @@
 //! ```yaml
 //! listeners:
 //!   - listen: 0.0.0.0:1883
-//!     pipeline:
-//!       - proxy-mqtt:
-//!           brokers: [10.0.0.1:1883, 10.0.0.2:1883]
-//!           auth: { users_file: /etc/flowgate/mqtt-users }
-//!           acl:
-//!             default: deny
-//!             rules: [{ action: allow, topic: "devices/%c/#" }]
-//!           limits: { publish_rate: 100, max_inflight: 20 }
-//!           prefix: "tenants/%u/"
+//!     pipeline: mqtt            # a listener names its pipeline
+//! pipelines:
+//!   mqtt:
+//!     - proxy-mqtt:
+//!         brokers: [10.0.0.1:1883, 10.0.0.2:1883]
+//!         auth: { users_file: /etc/flowgate/mqtt-users }
+//!         acl:
+//!           default: deny
+//!           rules: [{ action: allow, topic: "devices/%c/#" }]
+//!         limits: { publish_rate: 100, max_inflight: 20 }
+//!         max_packet_size: 2MiB   # the whole packet, PUBLISH payload included
+//!         prefix: "tenants/%u/"
 //! ```
+//!
+//! (`tests/configs.rs` loads every YAML example of these docs with the real configuration
+//! loader.)
 
 pub mod acl;
 pub mod auth;
