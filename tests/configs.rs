@@ -87,11 +87,17 @@ fn mqtt_doc_yaml_examples_load() {
             1,
             Box::new(|b| proxy(&indent(b, 8))),
         ),
-        // `pipelines:` without listeners.
+        // A whole configuration, or `pipelines:` that needs a listener.
         (
             "filters/README.md",
             1,
-            Box::new(|b| format!("{}{b}", listener("front"))),
+            Box::new(|b| {
+                if b.lines().any(|l| l.starts_with("listeners:")) {
+                    b.to_string()
+                } else {
+                    format!("{}{b}", listener("front"))
+                }
+            }),
         ),
         ("protocols/mqtt/README.md", 0, Box::new(str::to_string)),
     ];
