@@ -1,6 +1,8 @@
 //! flowgate-dns end to end: the `flowgate` binary serving a zone of registered services
 //! and forwarding the rest to a real unbound, queried with kdig (UDP, TCP, EDNS, client
-//! subnet, a truncated answer retried over TCP) and dnspython, and fed malformed packets.
+//! subnet, a truncated answer retried over TCP) and dnspython, and fed malformed packets;
+//! TCP clients that send nothing or part of a message are closed (RFC 7766 §6.2.3), and a
+//! thousand of them do not stop the answers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
@@ -95,20 +97,28 @@ fn sorted_lines(s: &str) -> Vec<String> {
 
 impl Setup {
     fn start() -> Setup {
+        Setup::start_with("decode-dns", "")
+    }
+
+    /// With `decode` as the first filter and `tcp_extra` added to the TCP listener.
+    fn start_with(decode: &str, tcp_extra: &str) -> Setup {
         let dir = TempDir::new("dns");
         let ub_port = free_port();
         let dead_port = free_port();
         let unbound = unbound(&dir, ub_port);
         let port = free_port();
+        // The health checks probe Flowgate's own TCP listener, unless it has a connection
+        // limit a test counts on (then unbound's).
+        let hc_port = if tcp_extra.is_empty() { port } else { ub_port };
         let big: Vec<String> = (1..=60).map(|i| format!("\"10.9.0.{i}:80\"")).collect();
         let conf = format!(
             r#"workers: 1
 listeners:
   - {{ listen: "127.0.0.1:{port}", protocol: udp, pipeline: dns }}
-  - {{ listen: "127.0.0.1:{port}", pipeline: dns }}
+  - {{ listen: "127.0.0.1:{port}", pipeline: dns{tcp_extra} }}
 pipelines:
   dns:
-    - decode-dns
+    - {decode}
     - dns-block: {{ names: [blocked.test] }}
     - dns-respond:
         zone: svc.test
@@ -120,7 +130,7 @@ pipelines:
               - {{ addr: "10.1.0.1:80", metadata: {{ zone: eu }} }}
               - {{ addr: "10.2.0.1:80", metadata: {{ zone: us }} }}
           - name: hc
-            endpoints: ["127.0.0.1:{port}", "127.0.0.1:{dead_port}"]
+            endpoints: ["127.0.0.1:{hc_port}", "127.0.0.1:{dead_port}"]
             health_check: {{ interval: 100ms, timeout: 500ms, healthy_threshold: 1, unhealthy_threshold: 1 }}
         geo:
           - {{ source: 198.51.100.0/24, zone: eu }}
@@ -384,4 +394,318 @@ print("srv", sorted(str(a.target) for rr in r.answer for a in rr))
         lines[5],
         "srv ['e0.api.svc.test.', 'e1.api.svc.test.', 'e2.api.svc.test.']"
     );
+}
+
+/// Raises this process's open-file limit to at least `want` when the hard limit allows
+/// (with `prlimit`, no unsafe code); children started later inherit it. Returns the soft
+/// limit in force.
+fn raise_nofile(want: u64) -> u64 {
+    let limits = || -> (u64, u64) {
+        let text = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap();
+        let mut f = line["Max open files".len()..].split_whitespace();
+        let num = |s: Option<&str>| s.unwrap().parse::<u64>().unwrap_or(u64::MAX);
+        (num(f.next()), num(f.next()))
+    };
+    let (soft, hard) = limits();
+    if soft < want {
+        let new = want.min(hard);
+        let ok = Command::new("prlimit")
+            .args([
+                "--pid",
+                &std::process::id().to_string(),
+                &format!("--nofile={new}:{hard}"),
+            ])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "prlimit could not raise the open-file limit");
+    }
+    limits().0
+}
+
+/// Whether the server has closed `c`, waiting for it up to `wait`.
+fn closed_within(c: &mut std::net::TcpStream, wait: Duration) -> bool {
+    use std::io::Read;
+    c.set_read_timeout(Some(wait.max(Duration::from_millis(1))))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                eprintln!("read: {e:?}");
+                return false;
+            }
+        }
+    }
+}
+
+/// True when `c` is still open and has nothing to read.
+fn still_open(c: &std::net::TcpStream) -> bool {
+    use std::io::Read;
+    c.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 1];
+    let open = matches!((&*c).read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    c.set_nonblocking(false).unwrap();
+    open
+}
+
+/// A TCP client that has asked one query and got its answer; `None` if it was refused.
+fn answered_client(port: u16) -> Option<std::net::TcpStream> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let q = flowgate_dns_query();
+    let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&q);
+    c.write_all(&framed).ok()?;
+    let mut len = [0u8; 2];
+    c.read_exact(&mut len).ok()?;
+    let mut m = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    c.read_exact(&mut m).ok()?;
+    assert_eq!(&m[..2], b"\x00\x42");
+    Some(c)
+}
+
+/// kdig, bounded: one try of 2 s.
+fn kdig_quick(port: u16, args: &[&str]) -> String {
+    let mut a = args.to_vec();
+    a.extend(["+timeout=2", "+retry=0"]);
+    kdig(port, &a)
+}
+
+/// The answers Flowgate gives itself and those it forwards to unbound, over UDP and TCP.
+fn answers_over_udp_and_tcp(port: u16) {
+    for proto in ["+notcp", "+tcp"] {
+        let t = Instant::now();
+        let out = kdig_quick(port, &["api.svc.test", "A", "+short", proto]);
+        assert_eq!(sorted_lines(&out).len(), 3, "{proto}: {out:?}");
+        let out = kdig_quick(port, &["www.fwd.test", "A", "+short", proto]);
+        assert_eq!(out.trim(), "192.0.2.80", "{proto}: {out:?}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{proto}: slow");
+    }
+}
+
+#[test]
+fn tcp_clients_that_send_nothing_or_part_of_a_message_are_closed() {
+    use std::io::{Read, Write};
+    // The defaults: 10 s without a message, 5 s to finish one once it started.
+    let s = Setup::start();
+    let port = s.port;
+    let connect = move || {
+        let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        (c, Instant::now())
+    };
+    let silent = std::thread::spawn(move || {
+        let (mut c, t0) = connect();
+        assert!(
+            closed_within(&mut c, Duration::from_secs(15)),
+            "never closed"
+        );
+        t0.elapsed()
+    });
+    // A length prefix announcing 255 bytes, followed by two.
+    let partial = std::thread::spawn(move || {
+        let (mut c, t0) = connect();
+        c.write_all(b"\x00\xff\xbe\xef").unwrap();
+        assert!(
+            closed_within(&mut c, Duration::from_secs(15)),
+            "never closed"
+        );
+        t0.elapsed()
+    });
+    // A whole query dribbled a byte every 400 ms: more bytes do not buy more time.
+    let dribble = std::thread::spawn(move || {
+        let (mut c, t0) = connect();
+        let q = flowgate_dns_query();
+        let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&q);
+        for b in &framed {
+            if c.write_all(&[*b]).is_err() {
+                break;
+            }
+            if closed_within(&mut c, Duration::from_millis(400)) {
+                return (t0.elapsed(), true);
+            }
+        }
+        (t0.elapsed(), false)
+    });
+    // A query answered, then silence: closed 10 s after the query.
+    let answered = std::thread::spawn(move || {
+        let (mut c, _) = connect();
+        let q = flowgate_dns_query();
+        c.write_all(&(q.len() as u16).to_be_bytes()).unwrap();
+        c.write_all(&q).unwrap();
+        let t1 = Instant::now();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut len = [0u8; 2];
+        c.read_exact(&mut len).unwrap();
+        let mut m = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        c.read_exact(&mut m).unwrap();
+        assert_eq!(&m[..2], b"\x00\x42");
+        assert!(
+            closed_within(&mut c, Duration::from_secs(15)),
+            "never closed"
+        );
+        t1.elapsed()
+    });
+    // kdig keeps one TCP connection open over several queries (+keepopen) and gets every
+    // answer: the deadlines do not cut a client that asks.
+    let out = kdig_quick(
+        port,
+        &[
+            "+tcp",
+            "+keepopen",
+            "+short",
+            "api.svc.test",
+            "A",
+            "api.svc.test",
+            "SRV",
+            "www.fwd.test",
+            "A",
+        ],
+    );
+    assert_eq!(sorted_lines(&out).len(), 3 + 3 + 1, "{out}");
+
+    let secs = |d: Duration| d.as_secs_f64();
+    let t = silent.join().unwrap();
+    assert!(
+        (9.9..12.0).contains(&secs(t)),
+        "silent client closed after {t:?}"
+    );
+    let t = partial.join().unwrap();
+    assert!(
+        (4.9..7.0).contains(&secs(t)),
+        "partial frame closed after {t:?}"
+    );
+    let (t, closed) = dribble.join().unwrap();
+    assert!(closed, "a dribbling client was never closed ({t:?})");
+    assert!(
+        (4.9..7.0).contains(&secs(t)),
+        "dribbling client closed after {t:?}"
+    );
+    let t = answered.join().unwrap();
+    assert!(
+        (9.9..12.0).contains(&secs(t)),
+        "idle after an answer: closed after {t:?}"
+    );
+    // And the server still answers.
+    answers_over_udp_and_tcp(port);
+}
+
+#[test]
+fn a_thousand_idle_tcp_clients_do_not_stop_answers() {
+    const CLIENTS: usize = 1000;
+    // 1000 sockets here and 1000 in flowgate (which inherits the limit), plus room for
+    // flowgate's upstream sockets and its default `max_connections` (half the limit).
+    let limit = raise_nofile(8192);
+    assert!(
+        limit >= 4 * CLIENTS as u64,
+        "the open-file limit is {limit}; this test needs {}",
+        4 * CLIENTS
+    );
+    let s = Setup::start_with(
+        "decode-dns: { tcp_idle_timeout: 4s, tcp_message_timeout: 2s }",
+        "",
+    );
+    let t0 = Instant::now();
+    let mut idle = Vec::with_capacity(CLIENTS);
+    for i in 0..CLIENTS {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port))
+            .unwrap_or_else(|e| panic!("client {i}: {e}"));
+        if i % 10 == 0 {
+            // Every tenth sends a length prefix and part of a message.
+            use std::io::Write;
+            c.write_all(b"\x01\x00\x12\x34\x01").unwrap();
+        }
+        idle.push(c);
+    }
+    let opened = t0.elapsed();
+    // They are all held (none refused) while kdig asks over UDP and TCP.
+    assert!(idle.iter().all(still_open), "a client was refused");
+    answers_over_udp_and_tcp(s.port);
+    let asked = t0.elapsed();
+    assert!(
+        asked < Duration::from_secs(2),
+        "the answers came after the partial clients' timeout ({opened:?} to open, {asked:?} in all)"
+    );
+    assert!(idle.iter().all(still_open), "a client was closed early");
+    // Every one is closed by its deadline (4 s idle, 2 s partial), plus scheduling room.
+    let deadline = t0 + Duration::from_secs(8);
+    for (i, c) in idle.iter_mut().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            closed_within(c, left),
+            "client {i} still open after {:?}",
+            t0.elapsed()
+        );
+    }
+    println!(
+        "{CLIENTS} clients opened in {opened:?}, kdig answered by {asked:?}, all closed by {:?}",
+        t0.elapsed()
+    );
+    drop(idle);
+    answers_over_udp_and_tcp(s.port);
+}
+
+#[test]
+fn the_tcp_client_limit_refuses_more_and_udp_still_answers() {
+    const LIMIT: usize = 20;
+    let s = Setup::start_with(
+        "decode-dns: { tcp_idle_timeout: 2s }",
+        &format!(", max_connections: {LIMIT}"),
+    );
+    let t0 = Instant::now();
+    // Each held client is answered once, so it surely has a slot (the port probe of the
+    // start-up may still hold one for a moment: a refused client is tried again).
+    let held: Vec<_> = (0..LIMIT)
+        .map(|i| {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                if let Some(c) = answered_client(s.port) {
+                    return c;
+                }
+                assert!(Instant::now() < deadline, "client {i} refused");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .collect();
+    // The listener is full: one more is closed at once, kdig over TCP gets nothing, and
+    // UDP (another listener) answers.
+    let mut extra = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(1)),
+        "not refused"
+    );
+    let out = kdig_quick(s.port, &["api.svc.test", "A", "+short", "+tcp"]);
+    assert!(
+        sorted_lines(&out).is_empty(),
+        "answered over TCP while full: {out}"
+    );
+    let out = kdig_quick(s.port, &["api.svc.test", "A", "+short", "+notcp"]);
+    assert_eq!(sorted_lines(&out).len(), 3, "{out}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "the held clients may have timed out"
+    );
+    // Once the idle ones are closed, TCP answers again.
+    for mut c in held {
+        assert!(closed_within(&mut c, Duration::from_secs(5)));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = kdig_quick(s.port, &["api.svc.test", "A", "+short", "+tcp"]);
+        if sorted_lines(&out).len() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "TCP never answered again: {out}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -1,6 +1,7 @@
 //! `proxy-mqtt` end to end on loopback, through the `flowgate` binary, with real mosquitto
 //! brokers and real clients (mosquitto_pub/mosquitto_sub and paho-mqtt from PyPI, driven by
-//! `tests/mqtt_clients.py`).
+//! `tests/mqtt_clients.py`). `max_packet_size` counts a PUBLISH's payload: a larger
+//! PUBLISH never reaches the broker.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
@@ -471,4 +472,38 @@ fn tls_client_certificate_names_the_user() {
     let (ok, out) = tls(Some((&dev_cert, &dev_key)));
     assert!(ok, "{out}");
     assert_eq!(sub_output(direct), "devices/device-7/temp 21");
+}
+
+#[test]
+fn max_packet_size_counts_the_publish_payload() {
+    if !peers_present() {
+        return;
+    }
+    // mosquitto itself has no packet limit here, so whatever the proxy lets through
+    // arrives: only the proxy can refuse the larger PUBLISH.
+    let dir = TempDir::new("mqtt-limit");
+    let (_m, pm) = mosquitto(&dir, "m");
+    const LIMIT: u32 = 2_097_152;
+    let (_fg, port) = proxy(&dir, &[pm], &format!("        max_packet_size: {LIMIT}\n"));
+    let (p, b) = (port.to_string(), pm.to_string());
+    // The PUBLISH of exactly 2 MiB, whole, arrives; the one of a byte more does not, and
+    // its sender is disconnected: MQTT 5 with DISCONNECT 0x95 (149), after a CONNACK that
+    // said the limit; 3.1.1 by closing (paho reports "unspecified error", 128).
+    let ok = (LIMIT as usize) - 1 - 3 - (2 + "lim/v5/ok".len() + 2 + 1);
+    let out = py(&["packet_limit", &p, &b, "5", &LIMIT.to_string()]);
+    assert_eq!(
+        out,
+        format!(
+            r#"{{"received": [["ok", {ok}], ["marker", 1]], "disconnect": 149, "connack_max": {LIMIT}}}"#
+        )
+    );
+    let ok = (LIMIT as usize) - 1 - 3 - (2 + "lim/v311/ok".len() + 2);
+    let out = py(&["packet_limit", &p, &b, "311", &LIMIT.to_string()]);
+    assert!(
+        out.starts_with(&format!(
+            r#"{{"received": [["ok", {ok}], ["marker", 1]], "disconnect": "#
+        )) && out.ends_with(r#", "connack_max": null}"#)
+            && !out.contains(r#""disconnect": 0,"#),
+        "{out}"
+    );
 }

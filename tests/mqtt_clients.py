@@ -77,7 +77,8 @@ def fail(why):
 
 
 def roundtrip(port, proto):
-    """QoS 0/1/2, a 1 MiB payload, a retained message and a will, through the proxy."""
+    """QoS 0/1/2, a payload of nearly 1 MiB (the default max_packet_size counts the whole
+    PUBLISH), a retained message and a will, through the proxy."""
     tag = "v" + proto
     inbox = Inbox()
     sub = client("sub-" + tag, proto)
@@ -90,7 +91,7 @@ def roundtrip(port, proto):
         fail("publisher refused")
     for q in (0, 1, 2):
         pub.publish(f"rt/{tag}/q{q}", f"qos{q}".encode(), qos=q).wait_for_publish(WAIT)
-    big = os.urandom(1 << 20)
+    big = os.urandom((1 << 20) - 1024)
     pub.publish(f"rt/{tag}/big", big, qos=1).wait_for_publish(WAIT)
     got = inbox.wait(4)
     if len(got) < 4:
@@ -100,7 +101,7 @@ def roundtrip(port, proto):
         if by_topic.get(f"rt/{tag}/q{q}") != (q, f"qos{q}".encode()):
             fail(f"qos {q} message wrong: {by_topic.get(f'rt/{tag}/q{q}')}")
     if hashlib.sha256(by_topic[f"rt/{tag}/big"][1]).digest() != hashlib.sha256(big).digest():
-        fail("1 MiB payload changed on the way")
+        fail("the big payload changed on the way")
 
     # Retained: published first, seen by a subscriber that comes later.
     pub.publish(f"ret/{tag}", b"kept", qos=1, retain=True).wait_for_publish(WAIT)
@@ -211,6 +212,79 @@ def still_works(port):
     print(json.dumps({"ok": True}))
 
 
+def payload_for(total, topic, qos, proto):
+    """The payload length that makes a PUBLISH exactly `total` bytes, whole."""
+    head = 2 + len(topic.encode()) + (2 if qos else 0) + (1 if proto == "5" else 0)
+    for n in (1, 2, 3, 4):
+        rem = total - 1 - n
+        if rem < 128 ** (n - 1) or rem >= 128 ** n:
+            continue
+        return rem - head
+    fail(f"no payload length gives {total} bytes")
+
+
+def packet_limit(port, broker_port, proto, limit):
+    """Through the proxy, a PUBLISH of exactly `limit` bytes whole and then one of a byte
+    more, watched by a subscriber on the broker itself. Reports what the subscriber got
+    (topic and payload length, up to a marker published afterwards), how the publisher was
+    disconnected, and the Maximum Packet Size of its CONNACK (MQTT 5)."""
+    tag = "v" + proto
+    inbox = Inbox()
+    sub = client("lim-sub-" + tag, "5")
+    sub.on_message = inbox.on_message
+    connect(sub, broker_port)
+    subscribe(sub, f"lim/{tag}/#", 1, "5")
+
+    pub = client("lim-pub-" + tag, proto)
+    ended = {}
+    gone = threading.Event()
+
+    def on_disconnect(_c, _u, flags, rc, props):
+        ended["rc"] = rc.value if hasattr(rc, "value") else int(rc)
+        gone.set()
+
+    pub.on_disconnect = on_disconnect
+    connack = {}
+
+    def on_connect(_c, _u, flags, rc, props):
+        connack["max"] = getattr(props, "MaximumPacketSize", None) if props else None
+        connack["rc"] = rc.value if hasattr(rc, "value") else int(rc)
+        done.set()
+
+    done = threading.Event()
+    pub.on_connect = on_connect
+    pub.connect(HOST, port, keepalive=30)
+    pub.loop_start()
+    if not done.wait(WAIT) or connack["rc"] != 0:
+        fail(f"publisher not connected: {connack}")
+
+    ok_topic, big_topic = f"lim/{tag}/ok", f"lim/{tag}/big"
+    n = payload_for(limit, ok_topic, 1, proto)
+    pub.publish(ok_topic, b"o" * n, qos=1).wait_for_publish(WAIT)
+    if len(inbox.wait(1)) < 1:
+        fail("the PUBLISH at the limit did not arrive")
+    n = payload_for(limit + 1, big_topic, 1, proto)
+    pub.publish(big_topic, b"b" * n, qos=1)
+    if not gone.wait(WAIT):
+        fail("the publisher was not disconnected")
+    pub.loop_stop()
+
+    # A marker through the proxy after the refusal: once it is in, the big one would be too.
+    marker = client("lim-marker-" + tag, proto)
+    connect(marker, port)
+    marker.publish(f"lim/{tag}/marker", b"m", qos=1).wait_for_publish(WAIT)
+    got = inbox.wait(2)
+    marker.disconnect()
+    marker.loop_stop()
+    sub.disconnect()
+    sub.loop_stop()
+    print(json.dumps({
+        "received": [[t.split("/")[-1], len(p)] for t, _q, _r, p in got],
+        "disconnect": ended.get("rc"),
+        "connack_max": connack.get("max"),
+    }))
+
+
 def main():
     cmd, port = sys.argv[1], int(sys.argv[2])
     args = sys.argv[3:]
@@ -224,6 +298,8 @@ def main():
         acl(port, args[0], args[1])
     elif cmd == "alive":
         still_works(port)
+    elif cmd == "packet_limit":
+        packet_limit(port, int(args[0]), args[1], int(args[2]))
     else:
         fail("unknown scenario " + cmd)
     os._exit(0)

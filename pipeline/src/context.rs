@@ -43,6 +43,11 @@ pub struct ConnInfo {
     pub tls: Option<Arc<TlsInfo>>,
     /// The index of the worker thread that serves the stream.
     pub worker: usize,
+    /// True for a peer session of a UDP listener, whose messages are datagrams; false for
+    /// TCP connections and for streams that filters make. Filters that keep per-connection
+    /// timers (an idle timeout, say) can leave datagram sessions to the listener's own
+    /// `udp_idle_timeout`.
+    pub datagram: bool,
 }
 
 /// Typed state, one value per type.

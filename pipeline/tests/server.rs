@@ -231,3 +231,89 @@ fn udp_sessions_end_when_idle_and_drain_when_the_listener_goes() {
     assert_eq!(recv(&b), b"bye");
     server.shutdown();
 }
+
+/// True when the server closed `c` without a word (a refused connection).
+fn refused(c: &mut TcpStream) -> bool {
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = c.write_all(b"x");
+    let mut buf = [0u8; 8];
+    matches!(c.read(&mut buf), Ok(0) | Err(_))
+}
+
+#[test]
+fn max_connections_counts_each_listener_over_all_workers() {
+    let server = Server::builder().workers(2).start().unwrap();
+    let mut small = ListenerConfig::tcp("127.0.0.1:0".parse().unwrap());
+    small.max_connections = 3;
+    let other = ListenerConfig::tcp("127.0.0.2:0".parse().unwrap());
+    let mut udp = ListenerConfig::udp("127.0.0.1:0".parse().unwrap());
+    udp.max_connections = 2;
+    server
+        .apply(vec![
+            (small.clone(), echo()),
+            (other.clone(), echo()),
+            (udp.clone(), tag("u:")),
+        ])
+        .unwrap();
+    let a = server.local_addr(small.listen, Protocol::Tcp).unwrap();
+    let b = server.local_addr(other.listen, Protocol::Tcp).unwrap();
+    let u = server.local_addr(udp.listen, Protocol::Udp).unwrap();
+
+    // UDP peer sessions of another listener do not count against a TCP listener (they
+    // did when the count was the worker's).
+    let peers: Vec<UdpSocket> = (0..3)
+        .map(|_| {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            s
+        })
+        .collect();
+    let mut buf = [0u8; 16];
+    for (i, p) in peers.iter().enumerate() {
+        p.send_to(b"hi", u).unwrap();
+        let got = p.recv_from(&mut buf);
+        assert_eq!(got.is_ok(), i < 2, "udp peer {i}: {got:?}");
+    }
+
+    // Three connections of `small`, spread over the two workers, fill it.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(a).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(roundtrip(&mut c, b"a", 1), b"a");
+        held.push(c);
+    }
+    for _ in 0..4 {
+        let mut c = TcpStream::connect(a).unwrap();
+        assert!(refused(&mut c), "a fourth connection of `small` is refused");
+    }
+    // The other listener is not affected.
+    let mut others = Vec::new();
+    for _ in 0..5 {
+        let mut c = TcpStream::connect(b).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(roundtrip(&mut c, b"b", 1), b"b");
+        others.push(c);
+    }
+    // A closed connection gives its slot back.
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut c = TcpStream::connect(a).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"c").unwrap();
+        let mut one = [0u8; 1];
+        if matches!(c.read(&mut one), Ok(1)) {
+            assert_eq!(&one, b"c");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop((held, others));
+    server.shutdown();
+}

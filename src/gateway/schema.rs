@@ -92,7 +92,8 @@ pub struct ListenerSpec {
     /// Limits on request heads and bodies.
     #[serde(default)]
     pub limits: LimitsConfig,
-    /// Most connections at once per worker; more are refused. Default 100 000.
+    /// Most connections at once on this listener (over all workers); more are refused.
+    /// Default 100 000, at most half the open-file limit.
     #[serde(default)]
     pub max_connections: Option<usize>,
 }

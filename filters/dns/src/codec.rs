@@ -1,6 +1,11 @@
 //! `decode-dns` and `encode-dns`: DNS messages from and to UDP datagrams and TCP streams.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskCx, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use flowgate_dns::types::rcode;
@@ -9,7 +14,11 @@ use flowgate_dns::{
 };
 use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig};
 use flowgate_pipeline::server::Datagram;
-use flowgate_pipeline::{Context, Description, Event, Filter, Tail, Transform};
+use flowgate_pipeline::{
+    Context, Description, ErrorKind, Event, Events, Filter, Side, StreamError, Tail, Transform,
+    TransformStream,
+};
+use futures_core::Stream;
 use serde::{Deserialize, Serialize};
 
 use super::{DnsQuery, Gather, Transport, emit};
@@ -19,8 +28,15 @@ use super::{DnsQuery, Gather, Transport, emit};
 /// Configuration of [`DecodeDns`] (`decode-dns:` in YAML).
 ///
 /// ```yaml
-/// - decode-dns: { max_records: 64 }
+/// - decode-dns: { max_records: 64, tcp_idle_timeout: 10s, tcp_message_timeout: 5s }
 /// ```
+///
+/// The two TCP timeouts close connections that hold a socket without asking anything (RFC
+/// 7766 §6.2.3): one that sends nothing, and one that sends part of a message (a length
+/// prefix announcing more bytes than ever come, or a message dribbled a byte at a time).
+/// Answers still being resolved are sent before the connection closes. UDP sessions are
+/// ended by the listener's `udp_idle_timeout` instead; the number of TCP clients at once is
+/// the listener's `max_connections`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecodeDnsConfig {
@@ -31,6 +47,21 @@ pub struct DecodeDnsConfig {
     /// The most records in a query (OPT, TSIG, a few EDNS-carrying extras). Default 8.
     #[serde(default = "default_max_records")]
     pub max_records: usize,
+    /// Over TCP: a connection that starts no message for this long — from when it opened,
+    /// or from the last whole message it sent — is closed. Default 10 s.
+    #[serde(
+        default = "default_tcp_idle",
+        with = "flowgate_pipeline::serde_duration"
+    )]
+    pub tcp_idle_timeout: Duration,
+    /// Over TCP: once the first byte of a message has arrived, the whole message must
+    /// arrive within this, or the connection is closed (more bytes do not extend it).
+    /// Default 5 s.
+    #[serde(
+        default = "default_tcp_message",
+        with = "flowgate_pipeline::serde_duration"
+    )]
+    pub tcp_message_timeout: Duration,
 }
 
 fn default_max_query() -> usize {
@@ -39,12 +70,20 @@ fn default_max_query() -> usize {
 fn default_max_records() -> usize {
     8
 }
+fn default_tcp_idle() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_tcp_message() -> Duration {
+    Duration::from_secs(5)
+}
 
 impl Default for DecodeDnsConfig {
     fn default() -> Self {
         DecodeDnsConfig {
             max_query: default_max_query(),
             max_records: default_max_records(),
+            tcp_idle_timeout: default_tcp_idle(),
+            tcp_message_timeout: default_tcp_message(),
         }
     }
 }
@@ -53,6 +92,18 @@ impl FilterConfig for DecodeDnsConfig {
     fn build(self: Box<Self>, _cx: &BuildContext) -> Result<Arc<dyn Filter>, ConfigError> {
         if self.max_query < 17 {
             return Err(ConfigError::new("max_query", "must be at least 17 bytes"));
+        }
+        if self.tcp_idle_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "tcp_idle_timeout",
+                "must be more than zero",
+            ));
+        }
+        if self.tcp_message_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "tcp_message_timeout",
+                "must be more than zero",
+            ));
         }
         Ok(Arc::new(DecodeDns::new(*self)))
     }
@@ -65,6 +116,10 @@ impl FilterConfig for DecodeDnsConfig {
 /// so later filters pass it through) when they carry a query header, and dropped otherwise;
 /// responses are always dropped; opcodes other than QUERY get NOTIMP. The stream goes on
 /// either way, so one bad datagram does not cost a client its session.
+///
+/// Over TCP the stream ends (with an `IdleTimeout` error) when the client starts no
+/// message for `tcp_idle_timeout`, or does not finish one within `tcp_message_timeout`.
+/// UDP sessions (`ConnInfo::datagram`) take the synchronous path, without a timer.
 #[derive(Clone, Debug, Default)]
 pub struct DecodeDns {
     config: DecodeDnsConfig,
@@ -91,14 +146,44 @@ impl Filter for DecodeDns {
     }
 
     fn transform(&self, cx: &Context) -> Option<Box<dyn Transform>> {
-        Some(Box::new(Decoding {
+        // Datagram sessions need no timer: the synchronous path, fused with the filters
+        // around it. A TCP stream gets `attach`, with its deadlines.
+        let (datagram, peer) = cx.update_conn(|c| (c.datagram, c.peer));
+        datagram.then(|| Box::new(self.decoding(peer)) as Box<dyn Transform>)
+    }
+
+    fn attach(&self, input: Events, cx: &Context) -> Events {
+        let (datagram, peer) = cx.update_conn(|c| (c.datagram, c.peer));
+        let decoding = self.decoding(peer);
+        if datagram {
+            return Box::pin(TransformStream::new(input, vec![Box::new(decoding)]));
+        }
+        Box::pin(TcpDecoding {
+            input,
+            decoding,
+            out: VecDeque::new(),
+            idle: self.config.tcp_idle_timeout,
+            message: self.config.tcp_message_timeout,
+            deadline: tokio::time::Instant::now() + self.config.tcp_idle_timeout,
+            timer: None,
+            datagrams: false,
+            input_done: false,
+            finished: false,
+        })
+    }
+}
+
+impl DecodeDns {
+    fn decoding(&self, peer: Option<std::net::SocketAddr>) -> Decoding {
+        Decoding {
             limits: self.limits(),
-            peer: cx.conn().peer,
+            peer,
             datagram: None,
             udp_first: None,
             udp_more: Vec::new(),
             tcp: BytesMut::new(),
-        }))
+            tcp_messages: 0,
+        }
     }
 }
 
@@ -109,6 +194,8 @@ struct Decoding {
     udp_first: Option<Bytes>,
     udp_more: Vec<u8>,
     tcp: BytesMut,
+    /// Whole TCP messages received so far (the deadlines restart at each).
+    tcp_messages: u64,
 }
 
 impl Decoding {
@@ -200,10 +287,123 @@ impl Transform for Decoding {
                     }
                     self.tcp.advance(2);
                     let wire = self.tcp.split_to(n).freeze();
+                    self.tcp_messages += 1;
                     self.message(wire, Transport::Tcp, out);
                 }
             }
             end @ Event::StreamEnd(_) => out(end),
+        }
+    }
+}
+
+/// `decode-dns` on a TCP stream: [`Decoding`] plus the idle and message deadlines.
+///
+/// The deadline is a plain instant moved as messages arrive; the timer is reset to it only
+/// when it fires early, so a busy connection costs a clock read per message, not a timer
+/// update.
+struct TcpDecoding {
+    input: Events,
+    decoding: Decoding,
+    out: VecDeque<Event>,
+    idle: Duration,
+    message: Duration,
+    deadline: tokio::time::Instant,
+    /// Made at the first poll (a timer needs the runtime, which `attach` may run outside).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The input turned out to be datagrams: no deadlines.
+    datagrams: bool,
+    input_done: bool,
+    finished: bool,
+}
+
+impl TcpDecoding {
+    /// Moves the deadline after an input event that took the buffer from `before` bytes
+    /// and `messages` whole messages to what it holds now.
+    fn track(&mut self, before: usize, messages: u64) {
+        let now_partial = !self.decoding.tcp.is_empty();
+        if self.decoding.tcp_messages != messages {
+            // A whole message came: the idle clock starts again, or the next message's
+            // clock when part of it came along.
+            let d = if now_partial { self.message } else { self.idle };
+            self.deadline = tokio::time::Instant::now() + d;
+        } else if before == 0 && now_partial {
+            self.deadline = tokio::time::Instant::now() + self.message;
+        }
+    }
+
+    /// True once the deadline has passed; otherwise the timer is armed for it.
+    fn expired(&mut self, cx: &mut TaskCx<'_>) -> bool {
+        let deadline = self.deadline;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if tokio::time::Instant::now() >= self.deadline {
+                return true;
+            }
+            timer.as_mut().reset(self.deadline);
+        }
+    }
+}
+
+impl Stream for TcpDecoding {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Option<Event>> {
+        let this = &mut *self;
+        loop {
+            if let Some(ev) = this.out.pop_front() {
+                if ev.is_end() {
+                    this.finished = true;
+                    this.out.clear();
+                }
+                return Poll::Ready(Some(ev));
+            }
+            if this.finished {
+                return Poll::Ready(None);
+            }
+            if this.input_done {
+                this.finished = true;
+                return Poll::Ready(Some(Event::END));
+            }
+            match this.input.as_mut().poll_next(cx) {
+                Poll::Ready(ev) => {
+                    let ev = ev.unwrap_or(Event::END);
+                    this.input_done = ev.is_end();
+                    if let Event::MessageStart(h) = &ev
+                        && h.get::<Datagram>().is_some()
+                    {
+                        this.datagrams = true;
+                    }
+                    let (before, messages) = (this.decoding.tcp.len(), this.decoding.tcp_messages);
+                    let out = &mut this.out;
+                    this.decoding.on_event(ev, &mut |e| out.push_back(e));
+                    if !this.datagrams {
+                        this.track(before, messages);
+                    }
+                }
+                Poll::Pending => {
+                    if this.datagrams || !this.expired(cx) {
+                        return Poll::Pending;
+                    }
+                    let partial = !this.decoding.tcp.is_empty();
+                    tracing::debug!(
+                        peer = ?this.decoding.peer,
+                        partial,
+                        "dns: tcp client idle or too slow; closing"
+                    );
+                    // Answers still being resolved leave before the end (later filters
+                    // finish their work first); what was read of a message is dropped.
+                    this.input_done = true;
+                    this.out.push_back(Event::StreamEnd(Some(StreamError::new(
+                        ErrorKind::IdleTimeout,
+                        Side::Downstream,
+                    ))));
+                }
+            }
         }
     }
 }

@@ -31,10 +31,16 @@
 //! `decode-dns` learns the transport from its input (datagram messages from a UDP listener,
 //! plain bytes from TCP), so the same pipeline serves both.
 //!
+//! Over TCP, `decode-dns` closes a client that starts no query for `tcp_idle_timeout` (10 s)
+//! or leaves one unfinished for `tcp_message_timeout` (5 s), after sending the answers still
+//! being resolved (RFC 7766 §6.2.3); the TCP listener's `max_connections` bounds the clients
+//! at once (beyond it a connection is closed at once; UDP is another listener and answers
+//! on).
+//!
 //! ```yaml
 //! listeners:
 //!   - { listen: 127.0.0.1:5300, protocol: udp, pipeline: dns }
-//!   - { listen: 127.0.0.1:5300, pipeline: dns }
+//!   - { listen: 127.0.0.1:5300, pipeline: dns, max_connections: 10000 }
 //! pipelines:
 //!   dns:
 //!     - decode-dns

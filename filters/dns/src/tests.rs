@@ -443,3 +443,121 @@ fn configs_parse_from_yaml_shaped_json() {
     let e = bad.config.build(&Default::default()).err().unwrap();
     assert_eq!(e.field, "upstreams");
 }
+
+fn tcp_server(idle: u64, message: u64) -> Pipeline {
+    let decode = DecodeDns::new(DecodeDnsConfig {
+        tcp_idle_timeout: std::time::Duration::from_secs(idle),
+        tcp_message_timeout: std::time::Duration::from_secs(message),
+        ..DecodeDnsConfig::default()
+    });
+    Pipeline::builder("dns")
+        .filter(decode)
+        .filter(DnsRespond::new(respond_config(addrs(1))).unwrap())
+        .filter(EncodeDns::default())
+        .build()
+        .unwrap()
+}
+
+fn framed(m: &[u8]) -> Bytes {
+    let mut b = (m.len() as u16).to_be_bytes().to_vec();
+    b.extend_from_slice(m);
+    Bytes::from(b)
+}
+
+/// Waits for the end of the output (skipping answers) and says when it came and why.
+async fn ended(
+    h: &mut testing::Harness,
+) -> (std::time::Duration, Option<flowgate_pipeline::ErrorKind>) {
+    let start = tokio::time::Instant::now();
+    loop {
+        match h.next().await {
+            Some(Event::StreamEnd(e)) => return (start.elapsed(), e.map(|e| e.kind())),
+            Some(_) => {}
+            None => panic!("no StreamEnd"),
+        }
+    }
+}
+
+fn near(got: std::time::Duration, want: u64) -> bool {
+    let want = std::time::Duration::from_secs(want);
+    got >= want && got < want + std::time::Duration::from_millis(100)
+}
+
+#[tokio::test(start_paused = true)]
+async fn tcp_clients_that_send_nothing_or_part_of_a_message_are_closed() {
+    use flowgate_pipeline::ErrorKind::IdleTimeout;
+    let p = tcp_server(10, 5);
+    // Nothing at all: the idle timeout.
+    let mut h = testing::Harness::with_context(&p, &cx());
+    let (t, why) = ended(&mut h).await;
+    assert!(near(t, 10) && why == Some(IdleTimeout), "{t:?} {why:?}");
+
+    // A length prefix announcing 255 bytes, and two of them: the message timeout.
+    let mut h = testing::Harness::with_context(&p, &cx());
+    h.push(Event::Data(Bytes::from_static(b"\x00\xff\x00\x01")));
+    let (t, why) = ended(&mut h).await;
+    assert!(near(t, 5) && why == Some(IdleTimeout), "{t:?} {why:?}");
+
+    // A message dribbled a byte a second: more bytes do not extend the message timeout.
+    let mut h = testing::Harness::with_context(&p, &cx());
+    let query = framed(&q("api.svc.test", RecordType::A));
+    let start = tokio::time::Instant::now();
+    let mut end = None;
+    for b in query.iter() {
+        h.push(Event::Data(Bytes::copy_from_slice(&[*b])));
+        if let Ok(ev) = tokio::time::timeout(std::time::Duration::from_secs(1), h.next()).await {
+            end = Some(ev);
+            break;
+        }
+    }
+    assert!(
+        matches!(&end, Some(Some(Event::StreamEnd(Some(e)))) if e.kind() == IdleTimeout),
+        "{end:?}"
+    );
+    assert!(near(start.elapsed(), 5), "{:?}", start.elapsed());
+
+    // Whole queries are answered; each restarts the idle clock, also when it arrives in
+    // pieces; the connection closes the idle timeout after the last one.
+    let mut h = testing::Harness::with_context(&p, &cx());
+    h.push(Event::Data(query.clone()));
+    assert!(h.next_data().await.is_some(), "answered");
+    tokio::time::sleep(std::time::Duration::from_secs(9)).await;
+    h.push(Event::Data(query.slice(..5)));
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    h.push(Event::Data(query.slice(5..)));
+    assert!(h.next_data().await.is_some(), "answered after 13 s");
+    let (t, why) = ended(&mut h).await;
+    assert!(near(t, 10) && why == Some(IdleTimeout), "{t:?} {why:?}");
+
+    // A client that closes is not an error.
+    let mut h = testing::Harness::with_context(&p, &cx());
+    h.push(Event::Data(query.clone()));
+    h.push(Event::END);
+    assert!(h.next_data().await.is_some());
+    let (_, why) = ended(&mut h).await;
+    assert_eq!(why, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn udp_sessions_have_no_dns_deadline() {
+    let p = tcp_server(10, 5);
+    for datagram in [true, false] {
+        // A UDP listener marks its sessions; datagrams in an unmarked stream are found
+        // out from their heads.
+        let cx = Context::with_conn(ConnInfo {
+            peer: Some(PEER.parse().unwrap()),
+            datagram,
+            ..ConnInfo::default()
+        });
+        let mut h = testing::Harness::with_context(&p, &cx);
+        let mut evs = datagrams(&[q("api.svc.test", RecordType::A)]);
+        evs.pop();
+        for e in evs {
+            h.push(e);
+        }
+        assert!(h.next_data().await.is_some(), "answered");
+        assert!(matches!(h.next().await, Some(Event::MessageEnd(_))));
+        let r = tokio::time::timeout(std::time::Duration::from_secs(60), h.next()).await;
+        assert!(r.is_err(), "datagram={datagram}: {r:?}");
+    }
+}

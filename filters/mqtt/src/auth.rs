@@ -25,7 +25,8 @@ const MAX_FILE: u64 = 16 << 20;
 /// ```yaml
 /// auth:
 ///   users_file: /etc/flowgate/mqtt-users   # name:secret per line
-///   users: { alice: "sha256:2bb80d53…" }   # or inline
+///   users:                                 # or inline (here: SHA-256 of "secret")
+///     alice: "sha256:2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
 ///   allow_anonymous: false                 # default: true only when no users are given
 ///   tls_identity: true                     # a verified client certificate names the user
 /// ```

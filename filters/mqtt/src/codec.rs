@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use flowgate_mqtt::{Decoder, Frame, Limits, MqttError, Packet, ProtocolVersion, PublishHead};
+use flowgate_mqtt::{Decoder, Frame, MqttError, Packet, ProtocolVersion, PublishHead};
 use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig};
 use flowgate_pipeline::{
     Context, Description, ErrorKind, Event, Filter, Head, Side, StreamError, Tail, Transform,
@@ -65,19 +65,20 @@ pub struct DecodeMqttConfig {
     /// Which side's bytes are decoded (default `server`).
     #[serde(default)]
     pub role: Role,
-    /// The largest packet (a PUBLISH without its payload). Default 1 MiB.
+    /// The largest packet, whole: fixed header, variable header and payload, a PUBLISH's
+    /// payload included (MQTT 5's Maximum Packet Size). A larger one ends the stream with a
+    /// `LimitExceeded` error as soon as its fixed header is read, before any of it is
+    /// passed on. At most 256 MiB. Default 1 MiB.
     #[serde(default = "d_packet")]
     pub max_packet_size: Size,
-    /// The largest PUBLISH payload. Default 16 MiB.
-    #[serde(default = "d_payload")]
-    pub max_payload_size: Size,
+    /// A tighter bound for PUBLISH payloads; not larger than `max_packet_size`. Default:
+    /// none beyond `max_packet_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_payload_size: Option<Size>,
 }
 
 fn d_packet() -> Size {
     Size(1 << 20)
-}
-fn d_payload() -> Size {
-    Size(16 << 20)
 }
 
 impl Default for DecodeMqttConfig {
@@ -85,16 +86,14 @@ impl Default for DecodeMqttConfig {
         DecodeMqttConfig {
             role: Role::Server,
             max_packet_size: d_packet(),
-            max_payload_size: d_payload(),
+            max_payload_size: None,
         }
     }
 }
 
 impl FilterConfig for DecodeMqttConfig {
     fn build(self: Box<Self>, _cx: &BuildContext) -> Result<Arc<dyn Filter>, ConfigError> {
-        if self.max_packet_size.0 < 64 {
-            return Err(ConfigError::new("max_packet_size", "at least 64 bytes"));
-        }
+        super::check_packet_limits(self.max_packet_size, self.max_payload_size)?;
         Ok(Arc::new(DecodeMqtt { config: *self }))
     }
 }
@@ -117,11 +116,8 @@ impl Filter for DecodeMqtt {
     }
 
     fn transform(&self, _cx: &Context) -> Option<Box<dyn Transform>> {
-        let limits = Limits {
-            max_packet_size: self.config.max_packet_size.0.min(256 << 20) as usize,
-            max_publish_payload: self.config.max_payload_size.0.min(256 << 20) as usize,
-            ..Limits::default()
-        };
+        let limits =
+            super::packet_limits(self.config.max_packet_size, self.config.max_payload_size);
         let decoder = match self.config.role {
             Role::Server => Decoder::new(limits),
             Role::Client311 => Decoder::for_version(ProtocolVersion::V311, limits),
@@ -339,5 +335,70 @@ mod tests {
         };
         assert_eq!(e.kind(), ErrorKind::LimitExceeded);
         assert!(e.cause().unwrap().to_string().contains("more than 64"));
+    }
+
+    #[test]
+    fn the_packet_limit_counts_the_publish_payload() {
+        let d = DecodeMqtt::new(DecodeMqttConfig {
+            max_packet_size: Size(64),
+            ..DecodeMqttConfig::default()
+        });
+        // A PUBLISH of 64 bytes whole passes; one of 65 ends the stream from its fixed
+        // header: no message of it comes out, not even its head.
+        let publish = |payload: usize| {
+            let mut w = vec![0x30, (5 + payload) as u8, 0x00, 0x03];
+            w.extend_from_slice(b"a/b");
+            w.extend(std::iter::repeat_n(b'x', payload));
+            w
+        };
+        let mut ok = CONNECT.to_vec();
+        ok.extend_from_slice(&publish(64 - 7));
+        let out = testing::run_blocking(&d, vec![Event::Data(ok.into()), Event::END]);
+        assert_eq!(testing::data_of(&out).len(), 64 - 7);
+        assert!(
+            matches!(out.last(), Some(Event::StreamEnd(None))),
+            "{out:?}"
+        );
+        let mut big = CONNECT.to_vec();
+        big.extend_from_slice(&publish(64 - 7 + 1)[..4]);
+        let out = testing::run_blocking(&d, vec![Event::Data(big.into())]);
+        assert_eq!(
+            testing::kinds_of(&out),
+            ["MessageStart", "MessageEnd", "StreamEnd(error)"]
+        );
+        let Some(Event::StreamEnd(Some(e))) = out.last() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(e.kind(), ErrorKind::LimitExceeded);
+        assert!(
+            e.cause()
+                .unwrap()
+                .to_string()
+                .contains("65 bytes, more than 64")
+        );
+    }
+
+    #[test]
+    fn the_payload_limit_may_only_be_tighter() {
+        let build = |packet: u64, payload: Option<u64>| {
+            Box::new(DecodeMqttConfig {
+                max_packet_size: Size(packet),
+                max_payload_size: payload.map(Size),
+                ..DecodeMqttConfig::default()
+            })
+            .build(&BuildContext::default())
+        };
+        assert!(build(1 << 20, None).is_ok());
+        assert!(build(1 << 20, Some(1 << 10)).is_ok());
+        let e = build(1 << 20, Some(16 << 20)).err().unwrap();
+        assert_eq!(e.field, "max_payload_size");
+        // Unset, it is the packet limit.
+        let l = crate::packet_limits(Size(2 << 20), None);
+        assert_eq!(
+            (l.max_packet_size, l.max_publish_payload),
+            (2 << 20, 2 << 20)
+        );
+        let l = crate::packet_limits(Size(u64::MAX), None);
+        assert_eq!(l.max_packet_size, flowgate_mqtt::MAX_PACKET_SIZE);
     }
 }

@@ -37,22 +37,31 @@
 //!    the tenant prefix on the way in and lose it on the way out.
 //!
 //! A malformed packet closes that client's connection (MQTT 5: with a DISCONNECT carrying
-//! the reason code) and nothing else. The broker sees an abrupt close, so it publishes the
+//! the reason code) and nothing else. So does a packet larger than `max_packet_size`, which
+//! counts the whole packet, a PUBLISH's payload included (as MQTT 5 and mosquitto count
+//! it): it is refused from its fixed header, so none of it reaches the broker (MQTT 5:
+//! DISCONNECT 0x95 Packet too large, the limit having been said in CONNACK). The broker sees an abrupt close, so it publishes the
 //! client's will, as it would for any network failure.
 //!
 //! ```yaml
 //! listeners:
 //!   - listen: 0.0.0.0:1883
-//!     pipeline:
-//!       - proxy-mqtt:
-//!           brokers: [10.0.0.1:1883, 10.0.0.2:1883]
-//!           auth: { users_file: /etc/flowgate/mqtt-users }
-//!           acl:
-//!             default: deny
-//!             rules: [{ action: allow, topic: "devices/%c/#" }]
-//!           limits: { publish_rate: 100, max_inflight: 20 }
-//!           prefix: "tenants/%u/"
+//!     pipeline: mqtt            # a listener names its pipeline
+//! pipelines:
+//!   mqtt:
+//!     - proxy-mqtt:
+//!         brokers: [10.0.0.1:1883, 10.0.0.2:1883]
+//!         auth: { users_file: /etc/flowgate/mqtt-users }
+//!         acl:
+//!           default: deny
+//!           rules: [{ action: allow, topic: "devices/%c/#" }]
+//!         limits: { publish_rate: 100, max_inflight: 20 }
+//!         max_packet_size: 2MiB   # the whole packet, PUBLISH payload included
+//!         prefix: "tenants/%u/"
 //! ```
+//!
+//! (`tests/configs.rs` loads every YAML example of these docs with the real configuration
+//! loader.)
 
 pub mod acl;
 pub mod auth;
@@ -121,13 +130,21 @@ pub struct MqttProxyConfig {
     /// How long a new client has to send CONNECT. Default 10 s.
     #[serde(default = "d_connect_wait", with = "flowgate_pipeline::serde_duration")]
     pub connect_wait: Duration,
-    /// The largest packet a client may send (a PUBLISH counts without its payload).
-    /// Default 1 MiB.
+    /// The largest packet a client may send, whole: fixed header, variable header and
+    /// payload, a PUBLISH's payload included — MQTT 5's Maximum Packet Size (§3.1.2.11.4),
+    /// counted as mosquitto's `max_packet_size` counts it. A larger packet is refused from
+    /// its fixed header, before any of it reaches the broker: an MQTT 5 client gets
+    /// DISCONNECT 0x95 (Packet too large), a 3.1.1 client is disconnected. MQTT 5 clients
+    /// are told the limit in CONNACK. Packets other than PUBLISH are held whole while they
+    /// arrive, so this also bounds the memory a client's packet takes. At most 256 MiB
+    /// (what MQTT can carry). Default 1 MiB.
     #[serde(default = "d_max_packet")]
     pub max_packet_size: Size,
-    /// The largest PUBLISH payload a client may send. Default 16 MiB.
-    #[serde(default = "d_max_payload")]
-    pub max_payload_size: Size,
+    /// A tighter bound for PUBLISH payloads (they are streamed, never held whole); it may
+    /// not be larger than `max_packet_size`, which bounds the whole PUBLISH anyway. Default:
+    /// none beyond `max_packet_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_payload_size: Option<Size>,
     /// Authentication; by default every client is accepted.
     #[serde(default)]
     pub auth: AuthConfig,
@@ -157,9 +174,6 @@ fn d_connect_wait() -> Duration {
 fn d_max_packet() -> Size {
     Size(1 << 20)
 }
-fn d_max_payload() -> Size {
-    Size(16 << 20)
-}
 
 impl MqttProxyConfig {
     /// A configuration with every option at its default.
@@ -170,7 +184,7 @@ impl MqttProxyConfig {
             connect_timeout: d_connect_timeout(),
             connect_wait: d_connect_wait(),
             max_packet_size: d_max_packet(),
-            max_payload_size: d_max_payload(),
+            max_payload_size: None,
             auth: AuthConfig::default(),
             acl: None,
             limits: LimitsConfig::default(),
@@ -286,9 +300,7 @@ impl MqttProxy {
                 "connect_timeout and connect_wait must be more than zero",
             ));
         }
-        if cfg.max_packet_size.0 < 64 {
-            return Err(ConfigError::new("max_packet_size", "at least 64 bytes"));
-        }
+        check_packet_limits(cfg.max_packet_size, cfg.max_payload_size)?;
         if let Some(r) = cfg.limits.publish_rate
             && !(r.is_finite() && r > 0.0)
         {
@@ -335,6 +347,42 @@ impl MqttProxy {
     /// The broker balancer (for status pages, health checks or discovery updates).
     pub fn balancer(&self) -> &flowgate_lb::Balancer {
         &self.shared.balancer
+    }
+}
+
+/// Checks `max_packet_size` and `max_payload_size` (of `proxy-mqtt` and `decode-mqtt`).
+pub(crate) fn check_packet_limits(packet: Size, payload: Option<Size>) -> Result<(), ConfigError> {
+    if packet.0 < 64 {
+        return Err(ConfigError::new("max_packet_size", "at least 64 bytes"));
+    }
+    if let Some(p) = payload
+        && p.0 > packet.0
+    {
+        return Err(ConfigError::new(
+            "max_payload_size",
+            format!(
+                "{} bytes is more than max_packet_size ({} bytes), which bounds the whole \
+                 packet, payload included: raise max_packet_size, or leave max_payload_size \
+                 out (it may only be tighter)",
+                p.0, packet.0
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The decoder limits for `max_packet_size` and `max_payload_size` (checked already).
+pub(crate) fn packet_limits(packet: Size, payload: Option<Size>) -> flowgate_mqtt::Limits {
+    let clamp = |s: Size| {
+        usize::try_from(s.0).map_or(flowgate_mqtt::MAX_PACKET_SIZE, |n| {
+            n.min(flowgate_mqtt::MAX_PACKET_SIZE)
+        })
+    };
+    let max_packet_size = clamp(packet);
+    flowgate_mqtt::Limits {
+        max_packet_size,
+        max_publish_payload: payload.map_or(max_packet_size, clamp),
+        ..flowgate_mqtt::Limits::default()
     }
 }
 

@@ -183,7 +183,14 @@ impl Session {
         tx: &FeedSender,
     ) -> End {
         let (mut br, mut bw) = broker.into_split();
-        let mut bdec = Decoder::for_version(self.version, Limits::default());
+        // What the broker sends is bounded by what MQTT can carry (its PUBLISH payloads
+        // are streamed); the client's own limit is the broker's to keep (MQTT 5 clients
+        // tell it in CONNECT).
+        let broker_limits = Limits {
+            max_packet_size: flowgate_mqtt::MAX_PACKET_SIZE,
+            ..Limits::default()
+        };
+        let mut bdec = Decoder::for_version(self.version, broker_limits);
         let mut bbuf = BytesMut::new();
         let mut out = BytesMut::new();
         if let Some(c) = self.connect.take()
@@ -556,6 +563,13 @@ impl Session {
                     let theirs = c.properties.receive_maximum.unwrap_or(u16::MAX);
                     c.properties.receive_maximum = Some(theirs.min(max));
                 }
+                if self.version == ProtocolVersion::V5 {
+                    // The client may send packets up to our limit (or the broker's, if
+                    // smaller); a larger one is refused with 0x95.
+                    let ours = u32::try_from(self.dec.limits().max_packet_size).unwrap_or(u32::MAX);
+                    let theirs = c.properties.maximum_packet_size.unwrap_or(u32::MAX);
+                    c.properties.maximum_packet_size = Some(ours.min(theirs));
+                }
                 Packet::ConnAck(c)
             }
             Packet::SubAck(mut s) => {
@@ -632,6 +646,20 @@ mod tests {
         assert_eq!(expand_prefix("t/%c/", "#", None), None);
         assert_eq!(expand_prefix("t/%c/", "", None), None);
         assert_eq!(expand_prefix("fixed/", "", None).as_deref(), Some("fixed/"));
+    }
+
+    #[test]
+    fn the_payload_limit_of_the_proxy_may_only_be_tighter() {
+        use crate::{MqttProxy, MqttProxyConfig};
+        use flowgate_pipeline::Size;
+        let mut c = MqttProxyConfig::new(["127.0.0.1:1883"]);
+        c.max_packet_size = Size(2 << 20);
+        assert!(MqttProxy::new(c.clone()).is_ok());
+        c.max_payload_size = Some(Size(1 << 20));
+        assert!(MqttProxy::new(c.clone()).is_ok());
+        c.max_payload_size = Some(Size(16 << 20));
+        let e = MqttProxy::new(c).err().map(|e| e.field);
+        assert_eq!(e.as_deref(), Some("max_payload_size"));
     }
 
     #[test]

@@ -4,11 +4,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use flowgate_mqtt::{
-    ConnAck, Connect, Decoder, Disconnect, Frame, Limits, MqttError, Packet, ProtocolVersion,
-    ReasonCode,
+    ConnAck, Connect, Decoder, Disconnect, Frame, MqttError, Packet, ProtocolVersion, ReasonCode,
 };
 use flowgate_pipeline::feed::FeedSender;
 use flowgate_pipeline::{Context, Event, Events, StreamError};
@@ -65,11 +65,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: Events, cx: Context, tx:
     m.active.fetch_add(1, Ordering::Relaxed);
     let peer = cx.conn().peer;
     let started = Instant::now();
-    let limits = Limits {
-        max_packet_size: shared.cfg.max_packet_size.0.min(256 << 20) as usize,
-        max_publish_payload: shared.cfg.max_payload_size.0.min(256 << 20) as usize,
-        ..Limits::default()
-    };
+    let limits = super::packet_limits(shared.cfg.max_packet_size, shared.cfg.max_payload_size);
     let mut dec = Decoder::new(limits);
     let mut buf = BytesMut::new();
 
@@ -159,7 +155,12 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: Events, cx: Context, tx:
             reason_code: code,
             ..Disconnect::default()
         };
-        let _ = send_packet(&tx, version, &Packet::Disconnect(d)).await;
+        if send_packet(&tx, version, &Packet::Disconnect(d))
+            .await
+            .is_ok()
+        {
+            linger(&mut input).await;
+        }
     }
     let err = match end {
         End::BrokerIo(e) => Some(
@@ -172,6 +173,23 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: Events, cx: Context, tx:
         _ => None,
     };
     finish(&shared, &tx, err);
+}
+
+/// How long a client told DISCONNECT may go on sending before its connection is closed.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Reads and drops what the client still sends (the rest of a packet that was too large,
+/// say) until it closes or [`LINGER`] passes. Closing a socket with unread bytes resets the
+/// connection, and the reset can destroy the DISCONNECT on its way to the client.
+async fn linger(input: &mut Events) {
+    let drain = async {
+        while let Some(ev) = input.next().await {
+            if matches!(ev, Event::StreamEnd(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// Ends the client's stream (the send may fail when it is already gone).

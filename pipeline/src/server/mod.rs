@@ -58,8 +58,12 @@ pub struct ListenerConfig {
     /// `tcp` (default) or `udp`.
     #[serde(default)]
     pub protocol: Protocol,
-    /// Connections (UDP: peer sessions) per worker beyond which new ones are refused.
-    /// Default 100 000.
+    /// Live connections (UDP: peer sessions) of this listener, over all workers, beyond
+    /// which new ones are refused: a TCP connection is accepted and closed at once, a
+    /// datagram from a new peer is dropped. Other listeners are not affected. Default
+    /// 100 000, but at most half the process's open-file limit (`ulimit -n`), so a flood of
+    /// connections cannot take the descriptors that upstream sockets and the other
+    /// listeners need.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// TCP_NODELAY on accepted sockets. Default true.
@@ -78,7 +82,28 @@ pub struct ListenerConfig {
 }
 
 fn default_max_connections() -> usize {
-    100_000
+    const DEFAULT: usize = 100_000;
+    match open_file_limit() {
+        Some(n) => DEFAULT.min((n / 2).max(1)),
+        None => DEFAULT,
+    }
+}
+
+/// The soft limit on open files of this process, when there is one.
+fn open_file_limit() -> Option<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::sys::resource::{Resource, getrlimit};
+        let (soft, _hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+        if soft == nix::sys::resource::RLIM_INFINITY {
+            return None;
+        }
+        usize::try_from(soft).ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
 }
 fn default_backlog() -> i32 {
     1024
@@ -139,10 +164,37 @@ pub enum ServerError {
     },
 }
 
-/// A listener shared by all workers: its settings and its current pipeline.
+/// A listener shared by all workers: its settings, its current pipeline and its live
+/// connections.
 pub(crate) struct Listener {
     config: ListenerConfig,
     pipeline: ArcSwap<Pipeline>,
+    conns: Slots,
+}
+
+/// Live connections of one listener over all workers, bounded by its `max_connections`.
+#[derive(Clone, Default)]
+pub(crate) struct Slots(Arc<AtomicUsize>);
+
+/// One taken slot of [`Slots`]; dropping it gives the slot back.
+pub(crate) struct Slot(Arc<AtomicUsize>);
+
+impl Slots {
+    /// Takes a slot unless `max` are taken.
+    fn take(&self, max: usize) -> Option<Slot> {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.0.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 type ListenerKey = (SocketAddr, Protocol);
@@ -304,6 +356,7 @@ impl Server {
                     Arc::new(Listener {
                         config,
                         pipeline: ArcSwap::new(pipeline),
+                        conns: Slots::default(),
                     }),
                 );
             }
@@ -550,10 +603,16 @@ async fn accept_loop(
     loop {
         match l.accept().await {
             Ok((stream, peer)) => {
-                if live.count() >= listener.config.max_connections {
-                    tracing::warn!(%peer, "connection limit reached; connection refused");
+                // Counted per listener: a flood on one listener (or of UDP peers) does not
+                // lock clients out of the others.
+                let Some(slot) = listener.conns.take(listener.config.max_connections) else {
+                    tracing::warn!(
+                        %peer,
+                        max_connections = listener.config.max_connections,
+                        "connection limit of the listener reached; connection refused"
+                    );
                     continue;
-                }
+                };
                 if listener.config.nodelay {
                     let _ = stream.set_nodelay(true);
                 }
@@ -563,6 +622,7 @@ async fn accept_loop(
                 tokio::spawn(async move {
                     tcp::serve(stream, pipeline, conn).await;
                     drop(guard);
+                    drop(slot);
                 });
             }
             Err(e) => {

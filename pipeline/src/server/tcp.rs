@@ -252,6 +252,7 @@ pub fn conn_info(
         original_dst,
         tls: None,
         worker,
+        datagram: false,
     }
 }
 

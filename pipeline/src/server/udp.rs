@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use super::mmsg::{self, MAX_DATAGRAM, RecvBatch};
-use super::{Listener, Live, LiveGuard};
+use super::{Listener, Live, LiveGuard, Slot};
 use crate::feed::{FeedSender, feed};
 use crate::{ConnInfo, Context, Event, Filter, Head, Tail};
 
@@ -77,6 +77,7 @@ struct Session {
     in_message: bool,
     done: bool,
     _guard: LiveGuard,
+    _slot: Slot,
 }
 
 impl Stream for Session {
@@ -239,12 +240,16 @@ impl State {
 
     fn dispatch(&mut self, data: Bytes, from: SocketAddr, now: Instant) {
         if self.peers.get(&from).is_none_or(Peer::ended) {
-            if self.peers.len() >= self.listener.config.max_connections
-                && !self.peers.contains_key(&from)
-            {
-                tracing::debug!(%from, "udp session limit reached; datagram dropped");
+            // A peer whose session is ending still holds its slot until the session is
+            // gone, so a returning peer can be refused for a moment when the listener is full.
+            let Some(slot) = self
+                .listener
+                .conns
+                .take(self.listener.config.max_connections)
+            else {
+                tracing::debug!(%from, "udp session limit of the listener reached; datagram dropped");
                 return;
-            }
+            };
             self.next_id += 1;
             let id = self.next_id;
             let (tx, rx) = feed();
@@ -252,6 +257,7 @@ impl State {
                 peer: Some(from),
                 local: self.local,
                 worker: self.worker,
+                datagram: true,
                 ..ConnInfo::default()
             };
             let cx = Context::with_conn(conn);
@@ -265,6 +271,7 @@ impl State {
                 in_message: false,
                 done: false,
                 _guard: self.live.enter(),
+                _slot: slot,
             });
             self.peers.insert(from, Peer { tx, id, last: now });
         }

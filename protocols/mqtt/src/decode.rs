@@ -160,8 +160,10 @@ impl Decoder {
             return Ok(false);
         };
         let (remaining, header_len) = (remaining as usize, 1 + n);
+        // The whole packet, PUBLISH payload included (MQTT 5 §3.1.2.11.4), is refused here,
+        // from its fixed header, before any of it is handed on.
         let max = self.limits.max_packet_size;
-        if ty != PacketType::Publish && header_len + remaining > max {
+        if header_len + remaining > max {
             return Err(MqttError::PacketTooLarge {
                 size: header_len + remaining,
                 max,

@@ -43,7 +43,8 @@ pub enum MqttError {
     /// The whole packet would be larger than the limit.
     #[error("packet of {size} bytes, more than {max}")]
     PacketTooLarge {
-        /// The packet's size (or its head's, for PUBLISH), fixed header included.
+        /// The packet's size as its fixed header announces it: fixed header, variable
+        /// header and payload (a PUBLISH's included).
         size: usize,
         /// The limit.
         max: usize,

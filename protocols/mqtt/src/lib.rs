@@ -120,14 +120,21 @@ impl QoS {
     }
 }
 
+/// The largest packet the wire can carry: a type byte, four bytes of remaining length
+/// and the 268 435 455 bytes they can announce.
+pub const MAX_PACKET_SIZE: usize = 1 + 4 + 268_435_455;
+
 /// Bounds on what a decoder accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// The largest packet, fixed header included (for PUBLISH: the head without the
-    /// payload). Default 1 MiB.
+    /// The largest packet, whole: fixed header, variable header and payload, a PUBLISH's
+    /// payload included — MQTT 5's Maximum Packet Size (§3.1.2.11.4). A packet over it is
+    /// refused from its fixed header, before any of it is decoded. Every packet but
+    /// PUBLISH is buffered whole, so this also bounds the memory one packet takes. Default
+    /// 1 MiB.
     pub max_packet_size: usize,
-    /// The largest PUBLISH payload (it is streamed, not buffered). Default 256 MiB, the
-    /// most a remaining length can say.
+    /// The largest PUBLISH payload (it is streamed, not buffered): a tighter bound than
+    /// `max_packet_size` for PUBLISH, or none when it is larger. Default 256 MiB.
     pub max_publish_payload: usize,
     /// The longest topic name or filter, in bytes. Default 65 535 (the wire's limit).
     pub max_topic_len: usize,

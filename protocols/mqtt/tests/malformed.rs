@@ -28,9 +28,12 @@ fn malformed_vectors() {
         (Some(V::V311), d, b"\x30\x02\x00\x05abcde", E::Truncated { packet: T::Publish }, R::MALFORMED_PACKET),
         (Some(V::V5), d, b"\x30\xff\xff\xff\xff\x7f", E::VarIntTooLong, R::MALFORMED_PACKET),
         (Some(V::V5), d, b"\xc0\x80\x00", E::VarIntNotMinimal, R::MALFORMED_PACKET),
-        // Over the limits: a packet, a PUBLISH head, a PUBLISH payload.
+        // Over the limits: a packet; a PUBLISH, whole (a long head, or a short head and a
+        // long payload: the payload counts), known from the fixed header alone; a PUBLISH
+        // payload over the payload limit in a packet within the packet limit.
         (Some(V::V5), small, b"\x82\x64", E::PacketTooLarge { size: 102, max: 16 }, R::PACKET_TOO_LARGE),
-        (Some(V::V311), small, b"\x30\x20\x00\x1e", E::PacketTooLarge { size: 32, max: 14 }, R::PACKET_TOO_LARGE),
+        (Some(V::V311), small, b"\x30\x20\x00\x1e", E::PacketTooLarge { size: 34, max: 16 }, R::PACKET_TOO_LARGE),
+        (Some(V::V311), Limits { max_publish_payload: 1 << 20, ..small }, b"\x30\x0f", E::PacketTooLarge { size: 17, max: 16 }, R::PACKET_TOO_LARGE),
         (Some(V::V311), small, b"\x30\x08\x00\x01tabcde", E::PayloadTooLarge { size: 5, max: 4 }, R::PACKET_TOO_LARGE),
         // Topics.
         (Some(V::V311), d, b"\x30\x05\x00\x03a\xffb", E::InvalidUtf8 { field: "topic name" }, R::MALFORMED_PACKET),
