@@ -135,3 +135,56 @@ impl Harness {
         v
     }
 }
+
+// === Real peers in integration tests ===
+
+/// Whether a missing real peer must fail a test rather than skip it: under CI (`CI` set),
+/// with `FLOWGATE_NO_SKIP` set (scripts/test sets it as root), or as root (who can install
+/// anything the tests need). Elsewhere a test without its peer skips, saying why.
+pub fn missing_peer_fails() -> bool {
+    std::env::var_os("CI").is_some()
+        || std::env::var_os("FLOWGATE_NO_SKIP").is_some()
+        || is_root()
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
+/// The one policy for real peers: `true` when `present`; otherwise, under CI or as root
+/// ([`missing_peer_fails`]) the test fails naming `what` and how to get it, and elsewhere
+/// it prints why it is skipped and returns `false` (the caller returns).
+///
+/// ```
+/// use flowgate_pipeline::testing::require_peer;
+/// // In a test: `if !require_peer("nginx", have("nginx"), "apt-get install -y nginx") { return; }`
+/// assert!(require_peer("the shell", std::path::Path::new("/bin/sh").exists(), "apt-get install -y dash"));
+/// ```
+#[allow(
+    clippy::panic,
+    reason = "a test helper: failing the calling test is its job"
+)]
+pub fn require_peer(what: &str, present: bool, how: &str) -> bool {
+    if present {
+        return true;
+    }
+    if missing_peer_fails() {
+        panic!("{what} is required here ({how}; scripts/test installs every peer)");
+    }
+    eprintln!("SKIPPED: {what} is not available ({how})");
+    false
+}
+
+/// Whether `program` is on the `PATH` (or is an existing absolute path).
+pub fn have_program(program: &str) -> bool {
+    if program.starts_with('/') {
+        return std::path::Path::new(program).exists();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
