@@ -11,6 +11,7 @@
 //! |---|---|---|
 //! | [`pipeline`] | `flowgate-pipeline`: events, filters, joint filters, listeners, workers, hot reload | always |
 //! | [`lb`] | `flowgate-lb`: balancers, health checks, outlier detection, discovery | always |
+//! | [`vocabulary`] | `flowgate-config`: durations, sizes and the validation error every crate shares | always |
 //! | `filters::net` | `flowgate-filters-net`: connect, TLS, PROXY protocol, tee/dump, throttle | `net` (default) |
 //! | `filters::http`, `protocols::http` | `flowgate-filters-http` on `flowgate-http`: HTTP/1.1 and HTTP/2 servers and pools, routing, balancing | `http` (default; brings `net`) |
 //! | `filters::dns`, `protocols::dns` | `flowgate-filters-dns` on `flowgate-dns` | `dns` (default) |
@@ -39,6 +40,7 @@ pub mod config;
 pub mod gateway;
 pub mod runner;
 
+pub use flowgate_config as vocabulary;
 pub use flowgate_lb as lb;
 pub use flowgate_pipeline as pipeline;
 

@@ -244,7 +244,7 @@ impl HealthChecker {
             ("health.timeout", cfg.timeout),
         ] {
             if d.is_zero() {
-                return Err(ConfigError::ZeroDuration { field });
+                return Err(ConfigError::new(field, "must be above zero"));
             }
         }
         Ok(Self {

@@ -41,7 +41,8 @@ mod balancer;
 pub mod circuit_breaker;
 mod clock;
 pub mod discovery;
-pub mod duration;
+/// Durations in configurations (`flowgate_config::duration`, re-exported).
+pub use flowgate_config::duration;
 mod endpoint;
 mod error;
 pub mod hash;

@@ -93,9 +93,10 @@ impl RetryBudget {
             1e9,
         )?;
         if cfg.window < Duration::from_millis(10) {
-            return Err(ConfigError::ZeroDuration {
-                field: "retry_budget.window",
-            });
+            return Err(ConfigError::new(
+                "retry_budget.window",
+                "must be at least 10ms",
+            ));
         }
         let now = clock.now();
         Ok(Self {

@@ -56,9 +56,7 @@ impl SlowStartConfig {
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.window.is_zero() {
-            return Err(ConfigError::ZeroDuration {
-                field: "slow_start.window",
-            });
+            return Err(ConfigError::new("slow_start.window", "must be above zero"));
         }
         check_range("slow_start.aggression", self.aggression, 0.01, 100.0)?;
         check_range(

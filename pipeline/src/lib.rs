@@ -41,9 +41,9 @@ mod filter;
 pub mod joint;
 mod pipeline;
 pub mod registry;
-pub mod serde_duration;
+/// Durations in configurations (`flowgate_config::duration`, re-exported).
+pub use flowgate_config::duration as serde_duration;
 pub mod server;
-mod size;
 pub mod testing;
 
 pub use context::{ConnInfo, Context, TlsInfo};
@@ -53,5 +53,5 @@ pub use event::{ErrorKind, Event, Head, Side, StreamError, Tail};
 pub use filter::{
     Events, Filter, SubPipeline, Transform, TransformStream, error_stream, events_from,
 };
+pub use flowgate_config::{Size, parse_size};
 pub use pipeline::{BuildError, Module, ModuleBuilder, Pipeline, PipelineBuilder};
-pub use size::{Size, parse_size};

@@ -44,25 +44,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::Filter;
 
-/// A validation error from a filter's `build`: which field, and what is wrong with it.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("field `{field}`: {problem}")]
-pub struct ConfigError {
-    /// The field (a dotted path inside the filter's options).
-    pub field: String,
-    /// What is wrong.
-    pub problem: String,
-}
-
-impl ConfigError {
-    /// An error about `field`.
-    pub fn new(field: impl Into<String>, problem: impl fmt::Display) -> Self {
-        ConfigError {
-            field: field.into(),
-            problem: problem.to_string(),
-        }
-    }
-}
+pub use flowgate_config::{ConfigError, default_true};
 
 /// What a filter configuration may need while building: where relative paths start.
 #[derive(Clone, Debug, Default)]
@@ -230,10 +212,4 @@ impl<'de> Deserialize<'de> for FilterSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(SpecVisitor)
     }
-}
-
-/// `true`: the serde default of every boolean option that is on unless turned off
-/// (`#[serde(default = "flowgate_pipeline::registry::default_true")]`).
-pub fn default_true() -> bool {
-    true
 }

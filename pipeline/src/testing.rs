@@ -142,9 +142,7 @@ impl Harness {
 /// with `FLOWGATE_NO_SKIP` set (scripts/test sets it as root), or as root (who can install
 /// anything the tests need). Elsewhere a test without its peer skips, saying why.
 pub fn missing_peer_fails() -> bool {
-    std::env::var_os("CI").is_some()
-        || std::env::var_os("FLOWGATE_NO_SKIP").is_some()
-        || is_root()
+    std::env::var_os("CI").is_some() || std::env::var_os("FLOWGATE_NO_SKIP").is_some() || is_root()
 }
 
 fn is_root() -> bool {

@@ -127,7 +127,7 @@ pub struct Http2UpstreamConfig {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        with = "opt_duration"
+        with = "flowgate_pipeline::serde_duration::option"
     )]
     pub keepalive_interval: Option<Duration>,
     /// How long a PING answer may take. Default 20 s.
@@ -138,27 +138,6 @@ pub struct Http2UpstreamConfig {
     /// connection to close) instead of opening another. Default 64.
     #[serde(default = "d_max_conns")]
     pub max_connections: u32,
-}
-
-mod opt_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => flowgate_pipeline::serde_duration::serialize(d, s),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        #[derive(Deserialize)]
-        struct W(#[serde(with = "flowgate_pipeline::serde_duration")] Duration);
-        Ok(Option::<W>::deserialize(d)?.map(|w| w.0))
-    }
 }
 
 fn d_streams() -> u32 {

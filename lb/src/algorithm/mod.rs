@@ -133,13 +133,20 @@ impl Algorithm {
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         match *self {
-            Self::Maglev { table_size } if !maglev::is_prime(table_size) => {
-                Err(ConfigError::MaglevTableSize { table_size })
-            }
+            Self::Maglev { table_size } if !maglev::is_prime(table_size) => Err(ConfigError::new(
+                "algorithm.table_size",
+                format!("maglev table size {table_size} is not a prime"),
+            )),
             Self::RingHash {
                 hashes_per_backend: 0,
-            } => Err(ConfigError::RingPoints),
-            Self::PeakEwma { decay, .. } if decay.is_zero() => Err(ConfigError::ZeroDecay),
+            } => Err(ConfigError::new(
+                "algorithm.hashes_per_backend",
+                "ring hash needs at least one hash per backend",
+            )),
+            Self::PeakEwma { decay, .. } if decay.is_zero() => Err(ConfigError::new(
+                "algorithm.decay",
+                "peak-EWMA decay must be above zero",
+            )),
             _ => Ok(()),
         }
     }

@@ -1,4 +1,6 @@
-//! Durations in configuration: `"250ms"`, `"10s"`, `"5m"`, `"1h"`, or a number of seconds.
+//! Durations in configuration: `"250ms"`, `"10s"`, `"1.5s"`, `"5m"`, `"1h"`, `"42us"` (or
+//! `µs`), or a number of seconds. Use with `#[serde(with = "flowgate_config::duration")]`,
+//! or `flowgate_config::duration::option` for an `Option<Duration>`.
 
 use std::time::Duration;
 
@@ -8,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serializer, de};
 ///
 /// ```
 /// use std::time::Duration;
-/// use flowgate_pipeline::serde_duration::parse;
+/// use flowgate_config::duration::parse;
 /// assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
 /// assert_eq!(parse("1.5s"), Ok(Duration::from_millis(1500)));
 /// assert!(parse("ten seconds").is_err());
@@ -82,8 +84,40 @@ pub mod option {
         }
     }
 
-    /// Serde `deserialize_with`.
+    /// Serde `deserialize_with`: a duration, or `null` for none.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        super::deserialize(d).map(Some)
+        #[derive(Deserialize)]
+        struct W(#[serde(deserialize_with = "super::deserialize")] Duration);
+        Ok(Option::<W>::deserialize(d)?.map(|w| w.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct T {
+        #[serde(with = "super")]
+        d: Duration,
+        #[serde(default, with = "super::option")]
+        o: Option<Duration>,
+    }
+
+    #[test]
+    fn units_numbers_and_none() {
+        let t: T = serde_json::from_str(r#"{"d": "42µs", "o": "1.5s"}"#).unwrap();
+        assert_eq!(t.d, Duration::from_micros(42));
+        assert_eq!(t.o, Some(Duration::from_millis(1500)));
+        let t: T = serde_json::from_str(r#"{"d": 2, "o": null}"#).unwrap();
+        assert_eq!((t.d, t.o), (Duration::from_secs(2), None));
+        let t: T = serde_json::from_str(r#"{"d": "5m"}"#).unwrap();
+        assert_eq!((t.d, t.o), (Duration::from_secs(300), None));
+        assert!(serde_json::from_str::<T>(r#"{"d": "soon"}"#).is_err());
+        assert_eq!(
+            parse(&format(Duration::from_micros(1500))),
+            Ok(Duration::from_micros(1500))
+        );
     }
 }
