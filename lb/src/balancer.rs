@@ -10,77 +10,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use serde::{Deserialize, Serialize};
 
+use crate::algorithm::Algorithm;
 use crate::algorithm::sticky::Sticky;
-use crate::algorithm::{Algorithm, StickyConfig};
 use crate::backend::Backend;
 use crate::clock::{Clock, SystemClock};
-use crate::endpoint::{Endpoint, Shared};
+use crate::config::BalancerConfig;
+use crate::endpoint::{Eject, Endpoint, Shared};
 use crate::error::ConfigError;
 use crate::lease::Lease;
-use crate::locality::LocalityConfig;
-use crate::outlier::OutlierConfig;
 use crate::registry::{Registry, Table};
-use crate::slow_start::SlowStartConfig;
-
-/// Everything a [`Balancer`] is built from.
-///
-/// ```
-/// use flowgate_lb::{Algorithm, BalancerConfig};
-/// let cfg: BalancerConfig = serde_json::from_str(r#"{
-///     "algorithm": {"type": "least_request"},
-///     "outlier": {"consecutive_5xx": 3},
-///     "slow_start": {"window": "30s", "aggression": 2}
-/// }"#).unwrap();
-/// assert_eq!(cfg.algorithm, Algorithm::LeastRequest);
-/// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BalancerConfig {
-    /// The algorithm.
-    pub algorithm: Algorithm,
-    /// Passive outlier detection; off when absent.
-    #[serde(default)]
-    pub outlier: Option<OutlierConfig>,
-    /// Slow start for joining and recovering backends; off when absent.
-    #[serde(default)]
-    pub slow_start: Option<SlowStartConfig>,
-    /// Locality-aware weighting with failover; off when absent.
-    #[serde(default)]
-    pub locality: Option<LocalityConfig>,
-    /// Sticky sessions by key; off when absent.
-    #[serde(default)]
-    pub sticky: Option<StickyConfig>,
-}
-
-impl BalancerConfig {
-    /// `algorithm` with every option off.
-    pub fn new(algorithm: Algorithm) -> Self {
-        Self {
-            algorithm,
-            outlier: None,
-            slow_start: None,
-            locality: None,
-            sticky: None,
-        }
-    }
-
-    /// Checks every part.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.algorithm.validate()?;
-        if let Some(o) = &self.outlier {
-            o.validate()?;
-        }
-        if let Some(s) = &self.slow_start {
-            s.validate()?;
-        }
-        if let Some(l) = &self.locality {
-            l.validate()?;
-        }
-        Ok(())
-    }
-}
 
 /// The state of one known backend, for inspection and tests.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,7 +79,7 @@ impl Balancer {
             (o.consecutive_5xx, o.consecutive_connect_failures)
         });
         let epoch = clock.now();
-        let core = Arc::new_cyclic(|weak| Core {
+        let core = Arc::new_cyclic(|weak: &std::sync::Weak<Core>| Core {
             table: ArcSwap::from_pointee(Table::empty()),
             registry: Mutex::new(Registry::default()),
             sticky: config.sticky.as_ref().map(Sticky::new),
@@ -150,7 +89,7 @@ impl Balancer {
                 max_5xx,
                 max_connect_failures: max_connect,
                 decay_nanos: decay.as_nanos().max(1) as f64,
-                core: weak.clone(),
+                core: weak.clone() as std::sync::Weak<dyn Eject>,
             }),
             config,
         });
@@ -291,6 +230,12 @@ impl std::fmt::Debug for Balancer {
 }
 
 // === impl Core ===
+
+impl Eject for Core {
+    fn eject(&self, ep: &Arc<Endpoint>) {
+        Core::eject(self, ep);
+    }
+}
 
 impl Core {
     fn lock(&self) -> MutexGuard<'_, Registry> {

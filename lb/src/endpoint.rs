@@ -5,8 +5,14 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::backend::Backend;
-use crate::balancer::Core;
 use crate::clock::Clock;
+
+/// What ejects an endpoint when its outlier detection trips (the balancer's core; a trait so
+/// endpoints do not depend on the balancer that owns them).
+pub(crate) trait Eject: Send + Sync {
+    /// Ejects `ep` if the balancer's budget allows.
+    fn eject(&self, ep: &Arc<Endpoint>);
+}
 
 /// Settings every endpoint of one balancer reads on the lease path.
 pub(crate) struct Shared {
@@ -18,7 +24,8 @@ pub(crate) struct Shared {
     pub(crate) max_connect_failures: u32,
     /// Peak-EWMA decay time constant in nanoseconds.
     pub(crate) decay_nanos: f64,
-    pub(crate) core: Weak<Core>,
+    /// Who ejects an endpoint whose outlier detection tripped (the balancer).
+    pub(crate) core: Weak<dyn Eject>,
 }
 
 impl Shared {

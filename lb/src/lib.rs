@@ -40,6 +40,7 @@ mod backend;
 mod balancer;
 pub mod circuit_breaker;
 mod clock;
+mod config;
 pub mod discovery;
 /// Durations in configurations (`flowgate_config::duration`, re-exported).
 pub use flowgate_config::duration;
@@ -60,9 +61,10 @@ pub mod slow_start;
 
 pub use algorithm::{Algorithm, StickyConfig};
 pub use backend::{Backend, Metadata};
-pub use balancer::{Balancer, BalancerConfig, EndpointStatus};
+pub use balancer::{Balancer, EndpointStatus};
 pub use circuit_breaker::{CircuitBreaker, CircuitBreakerConfig};
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
+pub use config::BalancerConfig;
 pub use discovery::Discovery;
 pub use error::ConfigError;
 pub use lease::{Lease, Outcome};

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use crate::algorithm::Picker;
 use crate::backend::Backend;
-use crate::balancer::BalancerConfig;
+use crate::config::BalancerConfig;
 use crate::endpoint::{Endpoint, Held, Shared};
 use crate::locality::PRIORITIES;
 
