@@ -1,12 +1,16 @@
-//! A minimal, bounded HTTP/1.1 client: enough for health checks (status line only) and
-//! etcd's JSON gateway (small request bodies, `Content-Length` or chunked responses,
-//! newline-delimited streams). Every read is capped; callers wrap calls in timeouts.
+//! A small HTTP/1.1 client for health checks (the status) and etcd's JSON gateway (small
+//! request bodies, `Content-Length` or chunked responses, newline-delimited streams), on
+//! the sans-IO codec of `flowgate-http`: no parser of its own. Every read is bounded by the
+//! codec's limits; callers wrap calls in timeouts.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::BytesMut;
+use flowgate_http::h1::{Frame, H1Error, Limits, ResponseDecoder, encode_request_head};
+use http::response;
 use thiserror::Error;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The longest response head accepted.
@@ -36,189 +40,61 @@ pub enum HttpError {
     Closed,
 }
 
-/// A response head: the status and how the body is framed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Head {
-    pub(crate) status: u16,
-    pub(crate) chunked: bool,
-    pub(crate) content_length: Option<usize>,
-}
-
-/// Parses `HTTP/1.1 200 OK` into 200.
-pub(crate) fn parse_status_line(line: &[u8]) -> Result<u16, HttpError> {
-    let line = std::str::from_utf8(line).map_err(|_| HttpError::Malformed("status line"))?;
-    let mut parts = line.trim_end().splitn(3, ' ');
-    let version = parts.next().unwrap_or("");
-    if !version.starts_with("HTTP/1.") {
-        return Err(HttpError::Malformed("not HTTP/1.x"));
-    }
-    let code = parts.next().unwrap_or("");
-    if code.len() != 3 {
-        return Err(HttpError::Malformed("status code"));
-    }
-    code.parse()
-        .map_err(|_| HttpError::Malformed("status code"))
-}
-
-/// Writes a request with `Connection: close` semantics unless `keep` is set.
-pub(crate) async fn write_request<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    method: &str,
-    host: &str,
-    path: &str,
-    body: Option<&[u8]>,
-) -> Result<(), HttpError> {
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: flowgate-lb\r\nConnection: close\r\n"
-    );
-    if let Some(b) = body {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            b.len()
-        ));
-    }
-    req.push_str("\r\n");
-    let mut bytes = req.into_bytes();
-    if let Some(b) = body {
-        bytes.extend_from_slice(b);
-    }
-    w.write_all(&bytes).await?;
-    w.flush().await?;
-    Ok(())
-}
-
-/// Reads one line (ending in `\n`) of at most `max` bytes; `None` at a clean end.
-pub(crate) async fn read_line<R: AsyncBufReadExt + Unpin>(
-    r: &mut R,
-    max: usize,
-) -> Result<Option<Vec<u8>>, HttpError> {
-    let mut line = Vec::new();
-    let n = r.take(max as u64 + 1).read_until(b'\n', &mut line).await?;
-    if n == 0 {
-        return Ok(None);
-    }
-    if !line.ends_with(b"\n") {
-        return if line.len() > max {
-            Err(HttpError::TooLarge { limit: max })
-        } else {
-            Err(HttpError::Closed)
-        };
-    }
-    Ok(Some(line))
-}
-
-/// Reads the status line and headers.
-pub(crate) async fn read_head<R: AsyncBufReadExt + Unpin>(r: &mut R) -> Result<Head, HttpError> {
-    let status_line = read_line(r, MAX_HEAD).await?.ok_or(HttpError::Closed)?;
-    let status = parse_status_line(&status_line)?;
-    let mut used = status_line.len();
-    let mut head = Head {
-        status,
-        chunked: false,
-        content_length: None,
-    };
-    loop {
-        let line = read_line(r, MAX_HEAD.saturating_sub(used))
-            .await?
-            .ok_or(HttpError::Closed)?;
-        used += line.len();
-        let text = String::from_utf8_lossy(&line);
-        let text = text.trim_end();
-        if text.is_empty() {
-            return Ok(head);
-        }
-        let Some((name, value)) = text.split_once(':') else {
-            return Err(HttpError::Malformed("header line"));
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") {
-            head.chunked = value.to_ascii_lowercase().contains("chunked");
-        } else if name.eq_ignore_ascii_case("content-length") {
-            head.content_length = Some(
-                value
-                    .parse()
-                    .map_err(|_| HttpError::Malformed("content-length"))?,
-            );
-        }
+/// Bounds on what a health check or discovery response may send.
+fn limits() -> Limits {
+    Limits {
+        max_head_bytes: MAX_HEAD,
+        max_headers: 64,
+        max_line: MAX_HEAD,
+        max_body: None,
     }
 }
 
-/// A response body being read, chunk by chunk.
-pub(crate) struct Body<R> {
-    r: R,
-    head: Head,
-    left: Option<usize>,
+/// A response being read: its status, and its body in pieces through the HTTP/1 codec of
+/// `flowgate-http` (Content-Length, chunked or until close; every bound it has applies).
+pub(crate) struct Body<IO> {
+    io: IO,
+    buf: BytesMut,
+    decoder: ResponseDecoder,
+    status: u16,
     done: bool,
 }
 
-impl<R: AsyncBufReadExt + Unpin> Body<R> {
-    pub(crate) fn new(r: R, head: Head) -> Self {
-        let left = if head.chunked {
-            None
-        } else {
-            head.content_length
-        };
-        Self {
-            r,
-            head,
-            left,
-            done: false,
+impl<IO: AsyncRead + Unpin> Body<IO> {
+    pub(crate) fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The next frame, reading more bytes while the codec needs them.
+    async fn frame(&mut self) -> Result<Frame<response::Parts>, HttpError> {
+        loop {
+            if let Some(f) = self.decoder.decode(&mut self.buf).map_err(malformed)? {
+                return Ok(f);
+            }
+            let n = self.io.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                return match self.decoder.decode_eof(&mut self.buf).map_err(malformed)? {
+                    Some(f) => Ok(f),
+                    None => Err(HttpError::Closed),
+                };
+            }
         }
     }
 
-    pub(crate) fn status(&self) -> u16 {
-        self.head.status
-    }
-
-    /// The next piece of the body (at most `max` bytes); `None` at its end.
+    /// The next piece of the body (at most `max` bytes each), `None` at its end.
     pub(crate) async fn next_piece(&mut self, max: usize) -> Result<Option<Vec<u8>>, HttpError> {
         if self.done {
             return Ok(None);
         }
-        if self.head.chunked {
-            let size_line = read_line(&mut self.r, 128)
-                .await?
-                .ok_or(HttpError::Closed)?;
-            let text = String::from_utf8_lossy(&size_line);
-            let hex = text.trim().split(';').next().unwrap_or("");
-            let size =
-                usize::from_str_radix(hex, 16).map_err(|_| HttpError::Malformed("chunk size"))?;
-            if size > max {
-                return Err(HttpError::TooLarge { limit: max });
-            }
-            let mut data = vec![0; size];
-            self.r.read_exact(&mut data).await?;
-            let mut crlf = [0u8; 2];
-            self.r.read_exact(&mut crlf).await?;
-            if size == 0 {
+        match self.frame().await? {
+            Frame::Data(b) if b.len() > max => Err(HttpError::TooLarge { limit: max }),
+            Frame::Data(b) => Ok(Some(b.to_vec())),
+            Frame::End(_) => {
                 self.done = true;
-                return Ok(None);
-            }
-            return Ok(Some(data));
-        }
-        let want = match self.left {
-            Some(0) => {
-                self.done = true;
-                return Ok(None);
-            }
-            Some(n) => n.min(max),
-            None => max,
-        };
-        let mut data = vec![0; want.min(8192)];
-        let n = self.r.read(&mut data).await?;
-        if n == 0 {
-            self.done = true;
-            return if self.left.is_some() {
-                Err(HttpError::Closed)
-            } else {
                 Ok(None)
-            };
+            }
+            Frame::Head(..) => Err(HttpError::Malformed("a second response")),
         }
-        data.truncate(n);
-        if let Some(left) = &mut self.left {
-            *left -= n;
-        }
-        Ok(Some(data))
     }
 
     /// The whole body, at most `max` bytes.
@@ -234,6 +110,14 @@ impl<R: AsyncBufReadExt + Unpin> Body<R> {
     }
 }
 
+fn malformed(e: H1Error) -> HttpError {
+    match e {
+        H1Error::HeadTooLarge(limit) | H1Error::LineTooLong(limit) => HttpError::TooLarge { limit },
+        H1Error::Incomplete => HttpError::Closed,
+        _ => HttpError::Malformed("not a valid HTTP/1.x response"),
+    }
+}
+
 /// Connects to `addr` within `timeout`.
 pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, HttpError> {
     let s = tokio::time::timeout(timeout, TcpStream::connect(addr))
@@ -243,34 +127,62 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpSt
     Ok(s)
 }
 
-/// Sends a request over `io` and returns the body reader once the head is in.
+/// Sends a request over `io` (encoded by `flowgate-http`, `Connection: close`, a JSON body
+/// with its length when given) and returns the body reader once the head is in.
 pub(crate) async fn send<IO: AsyncRead + AsyncWrite + Unpin>(
-    io: IO,
+    mut io: IO,
     method: &str,
     host: &str,
     path: &str,
     body: Option<&[u8]>,
-) -> Result<Body<BufReader<IO>>, HttpError> {
-    let mut r = BufReader::new(io);
-    write_request(r.get_mut(), method, host, path, body).await?;
-    let head = read_head(&mut r).await?;
-    Ok(Body::new(r, head))
+) -> Result<Body<IO>, HttpError> {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, host)
+        .header(http::header::USER_AGENT, "flowgate-lb")
+        .header(http::header::CONNECTION, "close");
+    if let Some(b) = body {
+        req = req
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::CONTENT_LENGTH, b.len());
+    }
+    let (head, ()) = req
+        .body(())
+        .map_err(|_| HttpError::Malformed("request target or host"))?
+        .into_parts();
+    let mut out = BytesMut::new();
+    encode_request_head(&head, &mut out);
+    if let Some(b) = body {
+        out.extend_from_slice(b);
+    }
+    io.write_all(&out).await?;
+    io.flush().await?;
+    let mut decoder = ResponseDecoder::new(limits());
+    decoder.expect(head.method);
+    let mut reader = Body {
+        io,
+        buf: BytesMut::with_capacity(4096),
+        decoder,
+        status: 0,
+        done: false,
+    };
+    loop {
+        match reader.frame().await? {
+            // Interim responses (100 Continue…) are not the answer.
+            Frame::Head(parts, _) if parts.status.is_informational() => {}
+            Frame::Head(parts, _) => {
+                reader.status = parts.status.as_u16();
+                return Ok(reader);
+            }
+            _ => return Err(HttpError::Malformed("body before the head")),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn status_lines() {
-        assert_eq!(
-            parse_status_line(b"HTTP/1.1 503 Service Unavailable\r\n").unwrap(),
-            503
-        );
-        assert_eq!(parse_status_line(b"HTTP/1.0 200\r\n").unwrap(), 200);
-        assert!(parse_status_line(b"SSH-2.0-OpenSSH\r\n").is_err());
-        assert!(parse_status_line(b"HTTP/1.1 20 OK\r\n").is_err());
-    }
 
     async fn exchange(response: &'static [u8], max: usize) -> Result<(u16, Vec<u8>), HttpError> {
         let (client, mut server) = tokio::io::duplex(4096);
@@ -308,5 +220,14 @@ mod tests {
         ));
         let short = b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nabc";
         assert!(matches!(exchange(short, 100).await, Err(HttpError::Closed)));
+        // Not HTTP (an SSH banner), and a status code of two digits.
+        assert!(matches!(
+            exchange(b"SSH-2.0-OpenSSH\r\n\r\n", 100).await,
+            Err(HttpError::Malformed(_))
+        ));
+        assert!(matches!(
+            exchange(b"HTTP/1.1 20 OK\r\n\r\n", 100).await,
+            Err(HttpError::Malformed(_))
+        ));
     }
 }

@@ -15,7 +15,6 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
-use tokio::io::BufReader;
 use tokio::net::TcpStream;
 
 use super::{Discovery, DiscoveryError, NextSet};
@@ -65,11 +64,7 @@ impl EtcdClient {
         Self { addr, timeout }
     }
 
-    async fn open(
-        &self,
-        path: &str,
-        body: &Value,
-    ) -> Result<Body<BufReader<TcpStream>>, DiscoveryError> {
+    async fn open(&self, path: &str, body: &Value) -> Result<Body<TcpStream>, DiscoveryError> {
         let payload = serde_json::to_vec(body)?;
         let io = http1::connect(self.addr, self.timeout).await?;
         let host = self.addr.to_string();
@@ -134,7 +129,7 @@ impl EtcdClient {
 
 /// An open watch: lines of JSON from a chunked response.
 struct Watch {
-    body: Body<BufReader<TcpStream>>,
+    body: Body<TcpStream>,
     buf: Vec<u8>,
 }
 
