@@ -1,9 +1,11 @@
-"""A minimal h2c server (python-h2) for tests/http2_upstream.rs: it resets streams.
+"""A minimal h2c server (python-h2) for the tests: it resets streams and sends interim
+responses.
 
 Serves HTTP/2 with prior knowledge on 127.0.0.1:PORT, one thread per connection. A request
 for /reset is answered with RST_STREAM(INTERNAL_ERROR) at once; /reset-late gets a
-response head and some data, then RST_STREAM(INTERNAL_ERROR); any other request gets 200
-with its path as the body, after 0.2 s so that several overlap on one connection.
+response head and some data, then RST_STREAM(INTERNAL_ERROR); /hints gets a 103 Early
+Hints with a Link field at once, then its answer; any other request gets 200 with its path
+as the body, after 0.2 s so that several overlap on one connection.
 
 Usage: h2_reset_server.py PORT
 """
@@ -48,6 +50,11 @@ def serve(sock: socket.socket) -> None:
                         conn.send_data(ev.stream_id, b"partial")
                         conn.reset_stream(ev.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
                     else:
+                        if path == "/hints":
+                            conn.send_headers(
+                                ev.stream_id,
+                                [(":status", "103"), ("link", "</a.css>; rel=preload")],
+                            )
                         threading.Thread(target=answer, args=(ev.stream_id, path), daemon=True).start()
                 elif isinstance(ev, h2.events.DataReceived):
                     conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)

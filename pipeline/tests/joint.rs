@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use flowgate_pipeline::joint::{Branch, Demux, Fork, ForkMode, Mux, MuxOptions, Pipe};
+use flowgate_pipeline::joint::{Branch, Demux, Fork, ForkMode, Interim, Mux, MuxOptions, Pipe};
 use flowgate_pipeline::testing::{self, Harness, data_of, kinds_of};
 use flowgate_pipeline::{
     BuildError, Context, Description, Dyn, ErrorKind, Event, Events, Filter, Head, Module,
@@ -582,4 +582,61 @@ async fn transform_that_ends_early_stops_reading() {
     h.push("b".into());
     let out = h.collect().await;
     assert_eq!(kinds_of(&out), ["Data", "StreamEnd(error)"]);
+}
+
+/// Answers each message with an interim reply (tail [`Interim`]) and then echoes it.
+struct InterimThenEcho;
+
+impl Filter for InterimThenEcho {
+    fn describe(&self) -> Description {
+        Description::filter("interim-then-echo")
+    }
+    fn attach(&self, input: Events, _cx: &Context) -> Events {
+        Box::pin(input.flat_map(|ev| {
+            let evs = match ev {
+                Event::MessageStart(h) => vec![
+                    Event::MessageStart(Head::empty()),
+                    Event::MessageEnd(Tail::new(Interim)),
+                    Event::MessageStart(h),
+                ],
+                ev => vec![ev],
+            };
+            futures_util::stream::iter(evs)
+        }))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn mux_routes_the_final_reply_after_an_interim_one_to_the_same_stream() {
+    let opened = Arc::new(AtomicUsize::new(0));
+    let session = Arc::new(
+        Pipeline::builder("session")
+            .filter(Counting(opened.clone()))
+            .filter(InterimThenEcho)
+            .build()
+            .unwrap(),
+    );
+    let mux = Arc::new(Mux::new(session));
+    // Streams in turn on one pooled session: each gets its own interim and final reply.
+    for body in ["a", "b", "c"] {
+        let out = testing::run(mux.as_ref(), messages(&[body])).await;
+        assert_eq!(data_of(&out), body.as_bytes());
+        assert_eq!(
+            kinds_of(&out),
+            [
+                "MessageStart",
+                "MessageEnd",
+                "MessageStart",
+                "Data",
+                "MessageEnd",
+                "StreamEnd"
+            ]
+        );
+        assert!(matches!(&out[1], Event::MessageEnd(t) if t.get::<Interim>().is_some()));
+    }
+    assert_eq!(opened.load(Ordering::SeqCst), 1, "the session was reused");
+    // Two messages on one stream: two interim + final pairs, in order.
+    let out = testing::run(mux.as_ref(), messages(&["1", "2"])).await;
+    assert_eq!(data_of(&out), b"12");
+    assert_eq!(kinds_of(&out).len(), 11, "{:?}", kinds_of(&out));
 }

@@ -28,6 +28,7 @@ use http::{HeaderName, StatusCode, request, response};
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::codec::{ends_interim, is_interim_head};
 use super::{Http2UpstreamConfig, LimitsConfig, MuxHttp, UpstreamScheme, UpstreamVersion};
 use flowgate_filters_net::Connect;
 use flowgate_filters_net::tls::{
@@ -613,6 +614,9 @@ impl Stream for BalanceStream {
                         Poll::Ready(ev) => ev.unwrap_or(Event::END),
                     };
                     match &ev {
+                        // An interim response (1xx) is neither the outcome nor the end.
+                        Event::MessageStart(h) if is_interim_head(h) => {}
+                        Event::MessageEnd(t) if ends_interim(t) => {}
                         Event::MessageStart(h) => {
                             if let (Some(l), Some(p)) = (lease.as_mut(), h.get::<response::Parts>())
                             {

@@ -16,7 +16,7 @@ use futures_core::Stream;
 use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{Method, StatusCode, Version, request, response};
 
-use super::codec::{Trailers, protocol_error};
+use super::codec::{MAX_INTERIM, TooManyInterim, Trailers, interim_end, protocol_error};
 use super::tunnel::{tokens, wants_upgrade};
 
 /// A pooled upstream connection ended before any byte of the response to the request
@@ -35,7 +35,10 @@ pub struct UnaskedUpgrade;
 ///
 /// A request's body is written as its head says: raw with Content-Length, chunked with
 /// `Transfer-Encoding: chunked`, and not at all with neither. Interim 1xx responses (other
-/// than 101) are dropped, so each request gets exactly one response message.
+/// than 101: 100 Continue, 103 Early Hints…) are passed on as they arrive, each as a
+/// bodiless message whose `MessageEnd` tail is [`Interim`](flowgate_pipeline::joint::Interim),
+/// before the request's final response; more than
+/// [`MAX_INTERIM`] of them to one request is an upstream protocol error.
 ///
 /// Hop-by-hop fields are not forwarded, in either direction (RFC 9110 §7.6.1:
 /// `Connection` and the fields it names — never `Content-Length`, `Transfer-Encoding` or
@@ -70,7 +73,8 @@ impl Filter for ClientCodec {
             out,
             decoder: ResponseDecoder::new(self.limits),
             chunked: false,
-            skipping_interim: false,
+            in_interim: false,
+            interims: 0,
             upgrading: false,
             buf: BytesMut::new(),
             wbuf: BytesMut::new(),
@@ -94,7 +98,10 @@ struct ClientStream {
     out: Events,
     decoder: ResponseDecoder,
     chunked: bool,
-    skipping_interim: bool,
+    /// Between an interim response's head and its end.
+    in_interim: bool,
+    /// Interim responses to the outstanding request so far.
+    interims: usize,
     /// The last request asked to upgrade (a 101 may answer it).
     upgrading: bool,
     buf: BytesMut,
@@ -191,7 +198,19 @@ impl ClientStream {
                         return;
                     }
                     if parts.status.is_informational() && framing != Framing::Tunnel {
-                        self.skipping_interim = true;
+                        self.interims += 1;
+                        if self.interims > MAX_INTERIM {
+                            self.finished = true;
+                            let e = StreamError::new(ErrorKind::Protocol, Side::Upstream)
+                                .with_cause(TooManyInterim);
+                            self.ready.push_back(Event::StreamEnd(Some(e)));
+                            return;
+                        }
+                        // Passed on as it is (less its hop-by-hop fields); whether the
+                        // connection stays open is the final response's to say.
+                        strip_response_hop_by_hop(&mut parts, false);
+                        self.in_interim = true;
+                        self.ready.push_back(Event::MessageStart(Head::new(parts)));
                         continue;
                     }
                     self.closing =
@@ -199,16 +218,19 @@ impl ClientStream {
                     self.ready.push_back(Event::MessageStart(Head::new(parts)));
                 }
                 Ok(Some(Frame::Data(b))) => {
-                    if !self.skipping_interim {
+                    // (An interim response has no body.)
+                    if !self.in_interim {
                         self.ready.push_back(Event::Data(b));
                     }
                 }
                 Ok(Some(Frame::End(t))) => {
-                    if std::mem::take(&mut self.skipping_interim) {
+                    if std::mem::take(&mut self.in_interim) {
+                        self.ready.push_back(interim_end());
                         continue;
                     }
                     let tail = t.map_or_else(Tail::none, Tail::new);
                     self.ready.push_back(Event::MessageEnd(tail));
+                    self.interims = 0;
                     self.outstanding = false;
                     self.responses += 1;
                     if self.closing {
@@ -394,6 +416,12 @@ pub(crate) fn encode_proxied_head(head: &request::Parts, upgrade: bool, dst: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MuxHttp;
+    use crate::codec::ends_interim;
+    use bytes::Bytes;
+    use flowgate_pipeline::joint::MuxOptions;
+    use flowgate_pipeline::{Filter, Pipeline, testing};
+    use futures_util::StreamExt;
 
     fn encoded(req: http::request::Builder) -> String {
         let (parts, ()) = req.body(()).unwrap().into_parts();
@@ -525,5 +553,129 @@ mod tests {
             connect,
             "CONNECT example.test:443 HTTP/1.1\r\nhost: example.test:443\r\n\r\n"
         );
+    }
+
+    /// An "upstream connection" that answers every write with the same bytes.
+    struct Canned(Bytes);
+
+    impl Filter for Canned {
+        fn describe(&self) -> Description {
+            Description::filter("canned")
+        }
+        fn attach(&self, input: Events, _cx: &Context) -> Events {
+            let reply = self.0.clone();
+            Box::pin(input.filter_map(move |ev| {
+                let reply = reply.clone();
+                async move {
+                    match ev {
+                        Event::Data(_) => Some(Event::Data(reply)),
+                        Event::StreamEnd(e) => Some(Event::StreamEnd(e)),
+                        _ => None,
+                    }
+                }
+            }))
+        }
+    }
+
+    fn mux_over(reply: &[u8]) -> MuxHttp {
+        let conn = Pipeline::builder("up")
+            .filter(Canned(Bytes::copy_from_slice(reply)))
+            .build()
+            .unwrap();
+        MuxHttp::new(conn, Limits::default(), MuxOptions::default()).unwrap()
+    }
+
+    /// The response messages as (status, body, interim?) in order, and the stream's end.
+    fn replies(out: &[Event]) -> (Vec<(u16, String, bool)>, Option<&StreamError>) {
+        let mut v: Vec<(u16, String, bool)> = Vec::new();
+        let mut end = None;
+        for ev in out {
+            match ev {
+                Event::MessageStart(h) => {
+                    let p = h.get::<response::Parts>().unwrap();
+                    v.push((p.status.as_u16(), String::new(), false));
+                }
+                Event::Data(b) => v
+                    .last_mut()
+                    .unwrap()
+                    .1
+                    .push_str(std::str::from_utf8(b).unwrap()),
+                Event::MessageEnd(t) => v.last_mut().unwrap().2 = ends_interim(t),
+                Event::StreamEnd(e) => end = e.as_ref(),
+            }
+        }
+        (v, end)
+    }
+
+    fn get(req: http::request::Builder) -> Vec<Event> {
+        let (parts, ()) = req.body(()).unwrap().into_parts();
+        vec![
+            Event::MessageStart(Head::new(parts)),
+            Event::MessageEnd(Tail::none()),
+            Event::END,
+        ]
+    }
+
+    #[tokio::test]
+    async fn interim_responses_come_before_the_final_one_as_messages_of_their_own() {
+        let mux = mux_over(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nConnection: x-hop\r\nx-hop: 1\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        );
+        for _ in 0..2 {
+            // (The second time on the pooled connection.)
+            let out = testing::run(&mux, get(http::Request::get("/").header("host", "a"))).await;
+            let (msgs, end) = replies(&out);
+            assert_eq!(
+                msgs,
+                [
+                    (100, String::new(), true),
+                    (103, String::new(), true),
+                    (200, "ok".into(), false)
+                ]
+            );
+            assert!(end.is_none(), "{end:?}");
+            let Some(Event::MessageStart(h)) = out.get(2) else {
+                panic!("{out:?}")
+            };
+            let hints = h.get::<response::Parts>().unwrap();
+            assert_eq!(hints.headers["link"], "</a.css>; rel=preload");
+            assert!(
+                !hints.headers.contains_key("x-hop") && !hints.headers.contains_key("connection"),
+                "hop-by-hop fields are dropped from interim responses too"
+            );
+        }
+        assert_eq!(mux.connection_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn too_many_interim_responses_are_an_upstream_error() {
+        let mut reply = b"HTTP/1.1 103 Early Hints\r\n\r\n".repeat(MAX_INTERIM + 1);
+        reply.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        let mux = mux_over(&reply);
+        let out = testing::run(&mux, get(http::Request::get("/").header("host", "a"))).await;
+        let (msgs, end) = replies(&out);
+        assert_eq!(msgs.len(), MAX_INTERIM, "{msgs:?}");
+        let e = end.expect("an error end");
+        assert_eq!((e.kind(), e.side()), (ErrorKind::Protocol, Side::Upstream));
+        assert!(e.cause().is_some_and(|c| c.is::<TooManyInterim>()));
+    }
+
+    #[tokio::test]
+    async fn an_interim_response_before_a_101_does_not_end_an_upgrade() {
+        let mux = mux_over(
+            b"HTTP/1.1 103 Early Hints\r\nlink: </a.js>\r\n\r\nHTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nraw",
+        );
+        let out = testing::run(
+            &mux,
+            get(http::Request::get("/chat")
+                .header("host", "a")
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")),
+        )
+        .await;
+        let (msgs, _) = replies(&out);
+        assert_eq!(msgs[0], (103, String::new(), true));
+        assert_eq!(msgs[1].0, 101);
+        assert!(msgs[1].1.starts_with("raw"), "{msgs:?}");
     }
 }

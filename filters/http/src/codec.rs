@@ -15,7 +15,7 @@ use flowgate_pipeline::Events;
 use super::access_log::AccessLog;
 use super::tunnel::{self, Special, Switch, UpgradeConfig, Verdict};
 use flowgate_http::h1::Framing;
-use flowgate_pipeline::joint::Continued;
+use flowgate_pipeline::joint::{Continued, Interim};
 use flowgate_pipeline::{ErrorKind, Event, Head, Side, StreamError, Tail, Transform};
 use futures_core::Stream;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
@@ -25,6 +25,40 @@ use tokio::time::{Instant, Sleep};
 
 /// Trailers travel in the `MessageEnd` tail as this type.
 pub type Trailers = HeaderMap;
+
+/// Whether a response with `status` is interim: 1xx other than 101 (which switches
+/// protocols and is the final answer to its request). An interim response travels as a
+/// bodiless message of its own, `MessageStart(response::Parts) MessageEnd(Interim)`, before
+/// the request's final response.
+pub(crate) fn is_interim(status: StatusCode) -> bool {
+    status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS
+}
+
+/// Whether `head` is an interim response head (see [`is_interim`]).
+pub(crate) fn is_interim_head(head: &Head) -> bool {
+    head.get::<response::Parts>()
+        .is_some_and(|p| is_interim(p.status))
+}
+
+/// Whether `tail` ends an interim response.
+pub(crate) fn ends_interim(tail: &Tail) -> bool {
+    tail.get::<Interim>().is_some()
+}
+
+/// The end of an interim response message.
+pub(crate) fn interim_end() -> Event {
+    Event::MessageEnd(Tail::new(Interim))
+}
+
+/// How many interim (1xx) responses an upstream may send before the final response to one
+/// request; more is an upstream protocol error ([`TooManyInterim`]).
+pub(crate) const MAX_INTERIM: usize = 16;
+
+/// An upstream sent more interim (1xx) responses to one request than `mux-http` takes
+/// (16) before the final one.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent more than {MAX_INTERIM} interim (1xx) responses to one request")]
+pub struct TooManyInterim;
 
 /// A decoder failure as a stream error whose cause is the [`H1Error`].
 pub(crate) fn protocol_error(e: H1Error, side: Side) -> Event {
@@ -373,11 +407,18 @@ enum BodyMode {
 /// The response to a CONNECT or upgrade request is checked against the [`Switch`]: one
 /// that opens a tunnel (101, or 2xx to CONNECT) has its body written raw and the stream
 /// ends with it; a refused CONNECT gets `connection: close` and the stream ends after it.
+///
+/// Interim responses (1xx other than 101, see [`is_interim`]) are written as they come,
+/// head only, before the final response; they are not counted as the request's response
+/// (the switch and the access log see only the final one), and a client that spoke
+/// HTTP/1.0 gets none (RFC 9110 §15.2).
 pub(crate) struct EncodeResponses {
     mode: BodyMode,
     out: BytesMut,
     /// Between a response's head and its end.
     in_response: bool,
+    /// Between an interim response's head and its end.
+    in_interim: bool,
     log: Option<AccessLog>,
     switch: Arc<Switch>,
     /// Responses started so far.
@@ -391,6 +432,7 @@ impl EncodeResponses {
             mode: BodyMode::Raw,
             out: BytesMut::new(),
             in_response: false,
+            in_interim: false,
             log,
             switch,
             responses: 0,
@@ -430,6 +472,10 @@ fn status_for(e: &StreamError) -> Option<u16> {
 /// Turns a per-request stream that fails before its response started into an error
 /// response (502, 504…), so one failed request does not close a keep-alive connection. A
 /// failure after the head has gone out (a truncated body) passes on and closes it.
+///
+/// Interim responses do not count as the start: after a 103 or a 100 the client still
+/// waits for the final response, and the error response is that (a 1xx followed by a 502
+/// is a well-formed exchange in both HTTP versions).
 #[derive(Default)]
 pub(crate) struct AnswerFailures {
     started: bool,
@@ -438,8 +484,8 @@ pub(crate) struct AnswerFailures {
 impl Transform for AnswerFailures {
     fn on_event(&mut self, ev: Event, out: &mut dyn FnMut(Event)) {
         match ev {
-            Event::MessageStart(_) => {
-                self.started = true;
+            Event::MessageStart(ref h) => {
+                self.started |= !is_interim_head(h);
                 out(ev);
             }
             Event::StreamEnd(Some(e)) if !self.started && e.side() != Side::Downstream => {
@@ -501,6 +547,16 @@ impl Transform for EncodeResponses {
                     ))));
                     return;
                 };
+                if is_interim(parts.status) {
+                    // Written at its end, at once; nothing of it for an HTTP/1.0 client.
+                    self.in_interim = true;
+                    self.mode = BodyMode::None;
+                    if !self.switch.is_http10() {
+                        encode_response_head(parts, &mut self.out);
+                    }
+                    return;
+                }
+                self.in_interim = false;
                 self.responses += 1;
                 self.verdict = self.switch.on_response(self.responses, parts.status);
                 let bodiless = parts.status.is_informational()
@@ -559,6 +615,7 @@ impl Transform for EncodeResponses {
                     out(Event::Data(self.out.split().freeze()));
                 }
             }
+            Event::Data(_) if self.in_interim => {}
             Event::Data(b) => {
                 if let Some(l) = &self.log {
                     l.bytes(b.len());
@@ -572,6 +629,11 @@ impl Transform for EncodeResponses {
                     }
                     BodyMode::Chunked => encode_chunk(&b, &mut self.out),
                     BodyMode::None => {}
+                }
+            }
+            Event::MessageEnd(_) if std::mem::take(&mut self.in_interim) => {
+                if !self.out.is_empty() {
+                    out(Event::Data(self.out.split().freeze()));
                 }
             }
             Event::MessageEnd(t) => {
@@ -855,5 +917,122 @@ mod tests {
                 .contains("transfer-encoding: chunked")
         );
         assert!(!kinds.contains(&"StreamEnd"));
+    }
+
+    fn early_hints() -> Event {
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = StatusCode::EARLY_HINTS;
+        parts.headers.insert(
+            http::header::LINK,
+            http::HeaderValue::from_static("</a.css>; rel=preload"),
+        );
+        Event::MessageStart(Head::new(parts))
+    }
+
+    #[test]
+    fn interim_responses_are_written_before_the_final_one() {
+        let switch = Arc::new(Switch::default());
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, http::HeaderValue::from_static("2"));
+        let mut e = EncodeResponses::new(None, switch.clone());
+        let mut out = Vec::new();
+        // The interim head leaves at its end, before anything of the final response.
+        for ev in [early_hints(), interim_end()] {
+            e.on_event(ev, &mut |x| out.push(x));
+        }
+        assert_eq!(
+            flowgate_pipeline::testing::data_of(&out),
+            b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n"
+        );
+        out.clear();
+        for ev in [
+            Event::MessageStart(Head::new(parts.clone())),
+            "ok".into(),
+            Event::MessageEnd(Tail::none()),
+        ] {
+            e.on_event(ev, &mut |x| out.push(x));
+        }
+        assert_eq!(
+            flowgate_pipeline::testing::data_of(&out),
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        );
+        // An HTTP/1.0 client gets no 1xx (RFC 9110 §15.2), only the final response.
+        let old = Arc::new(Switch::default());
+        old.mark_http10(true);
+        let (bytes, kinds) = encode(
+            &old,
+            vec![
+                early_hints(),
+                interim_end(),
+                Event::MessageStart(Head::new(parts)),
+                "ok".into(),
+                Event::MessageEnd(Tail::none()),
+            ],
+        );
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(!text.contains("103"), "{text}");
+        assert!(!kinds.contains(&"StreamEnd"));
+    }
+
+    #[test]
+    fn an_interim_response_does_not_decide_an_upgrade() {
+        let switch = Arc::new(Switch::default());
+        switch.mark(1, Special::Upgrade);
+        let (bytes, kinds) = encode(
+            &switch,
+            vec![
+                early_hints(),
+                interim_end(),
+                head(StatusCode::SWITCHING_PROTOCOLS),
+                "raw".into(),
+                Event::MessageEnd(Tail::none()),
+            ],
+        );
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.starts_with("HTTP/1.1 103 Early Hints\r\n"), "{text}");
+        assert!(text.contains("\r\n\r\nHTTP/1.1 101 "), "{text}");
+        // The 101 opened the tunnel: raw body, then the end.
+        assert!(text.ends_with("\r\n\r\nraw"), "{text}");
+        assert_eq!(kinds.last(), Some(&"StreamEnd"));
+    }
+
+    #[test]
+    fn a_failure_after_an_interim_response_still_gets_an_error_response() {
+        let run = |evs: Vec<Event>| {
+            let mut a = AnswerFailures::default();
+            let mut out = Vec::new();
+            for ev in evs {
+                a.on_event(ev, &mut |x| out.push(x));
+            }
+            out
+        };
+        let failed = StreamError::new(ErrorKind::ConnectionReset, Side::Upstream);
+        let out = run(vec![
+            early_hints(),
+            interim_end(),
+            Event::StreamEnd(Some(failed.clone())),
+        ]);
+        // The 103 went on; the client still waits for a final response, and gets 502.
+        let statuses: Vec<u16> = out
+            .iter()
+            .filter_map(|e| match e {
+                Event::MessageStart(h) => h.get::<response::Parts>().map(|p| p.status.as_u16()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(statuses, [103, 502]);
+        assert!(
+            matches!(out.last(), Some(Event::StreamEnd(None))),
+            "{out:?}"
+        );
+        // After a final head the failure passes on (a truncated response).
+        let out = run(vec![head(StatusCode::OK), Event::StreamEnd(Some(failed))]);
+        assert!(
+            matches!(out.last(), Some(Event::StreamEnd(Some(_)))),
+            "{out:?}"
+        );
     }
 }

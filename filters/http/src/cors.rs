@@ -1,5 +1,5 @@
 //! `cors`: answers CORS preflight requests and adds CORS headers to the responses of a
-//! sub-pipeline.
+//! sub-pipeline (final responses only: interim 1xx pass unchanged).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +14,8 @@ use http::header::{
 };
 use http::{HeaderValue, Method, StatusCode, request, response};
 use serde::{Deserialize, Serialize};
+
+use super::codec::is_interim;
 
 /// `cors:` — cross-origin resource sharing in front of a pipeline.
 ///
@@ -220,14 +222,17 @@ impl Filter for Cors {
             match allow {
                 None => out,
                 Some(allow) => Box::pin(out.map(move |ev| match ev {
-                    Event::MessageStart(h) => match h.get::<response::Parts>() {
-                        Some(p) => {
-                            let mut p = p.clone();
-                            policy.decorate(allow.clone(), &mut p.headers);
-                            Event::MessageStart(Head::new(p))
+                    // The CORS fields belong on the final response, not on a 103 or 100.
+                    Event::MessageStart(h) => {
+                        match h.get::<response::Parts>().filter(|p| !is_interim(p.status)) {
+                            Some(p) => {
+                                let mut p = p.clone();
+                                policy.decorate(allow.clone(), &mut p.headers);
+                                Event::MessageStart(Head::new(p))
+                            }
+                            None => Event::MessageStart(h),
                         }
-                        None => Event::MessageStart(h),
-                    },
+                    }
                     other => other,
                 })),
             }
@@ -238,5 +243,71 @@ impl Filter for Cors {
 
     fn subs(&self) -> Vec<SubPipeline> {
         vec![self.sub.clone()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use flowgate_pipeline::Pipeline;
+
+    #[test]
+    fn only_the_final_response_gets_the_cors_fields() {
+        let answer = Pipeline::builder("hints")
+            .transform("hints", || {
+                |ev: Event, out: &mut dyn FnMut(Event)| match ev {
+                    Event::MessageStart(_) => {
+                        let (mut early, ()) = http::Response::new(()).into_parts();
+                        early.status = StatusCode::EARLY_HINTS;
+                        out(Event::MessageStart(Head::new(early)));
+                        out(crate::codec::interim_end());
+                        let (ok, ()) = http::Response::new(()).into_parts();
+                        out(Event::MessageStart(Head::new(ok)));
+                    }
+                    other => out(other),
+                }
+            })
+            .build()
+            .unwrap();
+        let config: CorsConfig =
+            serde_json::from_str(r#"{"pipeline": "hints", "allow_origins": ["*"]}"#).unwrap();
+        let cors = Cors {
+            policy: Arc::new(Policy {
+                any_origin: true,
+                origins: Vec::new(),
+                methods: vec![Method::GET],
+                allow_methods: HeaderValue::from_static("GET"),
+                allow_headers: None,
+                max_age: HeaderValue::from_static("600"),
+                credentials: false,
+            }),
+            sub: answer.into(),
+            config,
+        };
+        let (req, ()) = http::Request::get("/")
+            .header(ORIGIN, "https://a.test")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let out = flowgate_pipeline::testing::run_blocking(
+            &cors,
+            vec![
+                Event::MessageStart(Head::new(req)),
+                Event::MessageEnd(Tail::none()),
+                Event::END,
+            ],
+        );
+        let heads: Vec<&response::Parts> = out
+            .iter()
+            .filter_map(|e| match e {
+                Event::MessageStart(h) => h.get::<response::Parts>(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(heads.len(), 2);
+        assert_eq!(heads[0].status, StatusCode::EARLY_HINTS);
+        assert!(!heads[0].headers.contains_key(ACCESS_CONTROL_ALLOW_ORIGIN));
+        assert_eq!(heads[1].headers[ACCESS_CONTROL_ALLOW_ORIGIN], "*");
     }
 }

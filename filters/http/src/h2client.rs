@@ -28,7 +28,10 @@
 //! task per request): it sends the head (one HEADERS frame with END_STREAM when there is no
 //! body), uploads the body as the stream's send window allows and reads the next event
 //! only then, and hands the response on, releasing receive window only as the pipeline
-//! takes the data. So both directions follow the pipeline's back-pressure.
+//! takes the data. So both directions follow the pipeline's back-pressure. Interim
+//! responses (103 Early Hints, 100 Continue; h2's `poll_informational`) are handed on as
+//! they arrive, before the final head; a 101, which HTTP/2 does not have, fails the
+//! request.
 //!
 //! Failures: a connection that is going away (GOAWAY) or broken takes no new requests; a
 //! request that could not be started on it is started on another connection (up to three
@@ -70,7 +73,7 @@ use http::{HeaderMap, Method, Request, Uri, Version, request};
 use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, Sleep};
 
-use super::codec::Trailers;
+use super::codec::{MAX_INTERIM, TooManyInterim, Trailers, interim_end};
 use super::event_io::{EventIo, Inline};
 use super::tunnel::{has_token, tokens};
 
@@ -235,6 +238,9 @@ pub enum H2ClientError {
     /// The request stream carried something other than a request head.
     #[error("expected an HTTP request head")]
     NotARequest,
+    /// The upstream answered 101, which HTTP/2 does not have (RFC 9113 §8.6).
+    #[error("HTTP/2 upstream answered 101 Switching Protocols")]
+    SwitchingProtocols,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -898,7 +904,7 @@ async fn exchange(pool: Arc<H2Pool>, mut input: Events, out: FeedSender, cx: Con
         let req = h2_request(&parts, pool.cfg.scheme);
         if eos {
             // Nothing to upload, so a refused request can be sent again right here.
-            let outcome = match send_bodiless(&pool, &cx, req).await {
+            let outcome = match send_bodiless(&pool, &cx, req, &out).await {
                 Ok((slot, resp)) => forward(resp, &out, &slot.conn).await,
                 Err(e) => Err(e),
             };
@@ -944,25 +950,29 @@ async fn exchange(pool: Arc<H2Pool>, mut input: Events, out: FeedSender, cx: Con
 
 /// Sends a request without a body and waits for its response head, sending it again on
 /// another connection when the server refused the stream, or when it retired the
-/// connection without answering an idempotent request (up to [`RESEND_TRIES`] sends).
+/// connection without answering an idempotent request (up to [`RESEND_TRIES`] sends) —
+/// unless an interim response to it already went on to the client.
 async fn send_bodiless(
     pool: &Arc<H2Pool>,
     cx: &Context,
     req: Request<()>,
+    out: &FeedSender,
 ) -> Result<(Slot, http::Response<h2::RecvStream>), StreamError> {
     let idempotent = is_idempotent(req.method());
     let mut tries = 0;
+    let mut interims = 0;
     loop {
         tries += 1;
         let (slot, response, _body) = start(pool, cx, req.clone(), true).await?;
         let id = response.stream_id();
-        let e = match response.await {
+        let e = match final_head(response, out, &mut interims).await {
             Ok(resp) => return Ok((slot, resp)),
-            Err(e) => e,
+            Err(HeadFailure::Invalid(e)) => return Err(e),
+            Err(HeadFailure::H2(e)) => e,
         };
         note_refusal(&e, &slot.conn, id);
         let lost = is_lost_to_goaway(&e, &slot.conn);
-        if !(is_refused(&e) || (idempotent && lost)) || tries >= RESEND_TRIES {
+        if !(is_refused(&e) || (idempotent && lost)) || tries >= RESEND_TRIES || interims > 0 {
             return Err(upstream_error(e, &slot.conn));
         }
         if lost {
@@ -1073,19 +1083,78 @@ async fn send_data(stream: &mut SendStream<Bytes>, mut data: Bytes) -> Result<()
     Ok(())
 }
 
-/// Hands the response on: its head, its data as the pipeline takes it (releasing receive
-/// window only then), its trailers.
+/// Hands the response on: its interim responses, its head, its data as the pipeline takes
+/// it (releasing receive window only then), its trailers.
 async fn download(
     response: ResponseFuture,
     out: &FeedSender,
     conn: &Conn,
 ) -> Result<(), StreamError> {
     let id = response.stream_id();
-    let resp = response.await.map_err(|e| {
-        note_refusal(&e, conn, id);
-        upstream_error(e, conn)
-    })?;
+    let resp = final_head(response, out, &mut 0)
+        .await
+        .map_err(|f| match f {
+            HeadFailure::H2(e) => {
+                note_refusal(&e, conn, id);
+                upstream_error(e, conn)
+            }
+            HeadFailure::Invalid(e) => e,
+        })?;
     forward(resp, out, conn).await
+}
+
+/// Why no final response head came.
+enum HeadFailure {
+    /// The stream or its connection failed.
+    H2(h2::Error),
+    /// The upstream broke HTTP's rules (a 101, too many interim responses).
+    Invalid(StreamError),
+}
+
+/// Waits for the final response head, pushing the interim responses that come before it
+/// (103 Early Hints, 100 Continue) into `out` at once, each as a bodiless message whose
+/// tail is [`Interim`](flowgate_pipeline::joint::Interim); `interims` counts them, up to
+/// [`MAX_INTERIM`].
+async fn final_head(
+    mut response: ResponseFuture,
+    out: &FeedSender,
+    interims: &mut usize,
+) -> Result<http::Response<h2::RecvStream>, HeadFailure> {
+    poll_fn(|c| {
+        // h2 queues interim heads in front of the final one; `poll_informational` takes
+        // them (Pending: nothing has arrived yet; None: the final head is next).
+        loop {
+            match response.poll_informational(c) {
+                Poll::Ready(Some(Ok(r))) => {
+                    let cause = if r.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                        Some(
+                            StreamError::new(ErrorKind::Protocol, Side::Upstream)
+                                .with_cause(H2ClientError::SwitchingProtocols),
+                        )
+                    } else if *interims >= MAX_INTERIM {
+                        Some(
+                            StreamError::new(ErrorKind::Protocol, Side::Upstream)
+                                .with_cause(TooManyInterim),
+                        )
+                    } else {
+                        None
+                    };
+                    if let Some(e) = cause {
+                        return Poll::Ready(Err(HeadFailure::Invalid(e)));
+                    }
+                    *interims += 1;
+                    let (parts, ()) = r.into_parts();
+                    out.push(Event::MessageStart(Head::new(parts)));
+                    out.push(interim_end());
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(HeadFailure::H2(e))),
+                Poll::Ready(None) => break,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Pin::new(&mut response).poll(c).map_err(HeadFailure::H2)
+    })
+    .await
 }
 
 /// Hands a response on (see [`download`]).

@@ -111,6 +111,26 @@ async fn serve(io: DuplexStream, id: usize, opts: ServerOpts) {
 async fn handle(req: http::Request<RecvStream>, mut respond: SendResponse<Bytes>, conn: usize) {
     let (parts, mut body) = req.into_parts();
     let path = parts.uri.path().to_string();
+    // `x-hints: N` asks for N interim responses first (`x-hint-status`, default 103).
+    let field = |n: &str| {
+        parts
+            .headers
+            .get(n)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+    };
+    if let Some(n) = field("x-hints") {
+        let status: u16 = field("x-hint-status").unwrap_or(103);
+        for _ in 0..n {
+            let hint = http::Response::builder()
+                .status(status)
+                .header("link", "</a.css>; rel=preload")
+                .body(())
+                .unwrap();
+            if respond.send_informational(hint).is_err() {
+                return;
+            }
+        }
+    }
     let mut resp = http::Response::builder()
         .status(200)
         .header("x-conn", conn.to_string())
@@ -784,4 +804,85 @@ async fn a_server_that_drops_its_streams_on_goaway_is_caught_at_once() {
     }
     assert_eq!(stats.conns.load(Ordering::SeqCst), 2);
     assert_eq!(stats.answered.load(Ordering::SeqCst), 2);
+}
+
+/// The response messages of one request as (status, interim?) in order, the body bytes and
+/// the stream's end.
+async fn exchange_messages(
+    f: &MuxHttp,
+    req: http::request::Builder,
+    body: &[Bytes],
+) -> (Vec<(u16, bool)>, Vec<u8>, Option<StreamError>) {
+    let (parts, ()) = req.body(()).unwrap().into_parts();
+    let mut evs = vec![Event::MessageStart(Head::new(parts))];
+    evs.extend(body.iter().cloned().map(Event::Data));
+    evs.push(Event::MessageEnd(Tail::none()));
+    evs.push(Event::END);
+    let mut out = f.attach(events_from(evs), &Context::new());
+    let (mut msgs, mut data) = (Vec::new(), Vec::new());
+    while let Some(ev) = out.next().await {
+        match ev {
+            Event::MessageStart(h) => {
+                let p = h.get::<response::Parts>().unwrap();
+                if p.status == 103 {
+                    assert_eq!(p.headers["link"], "</a.css>; rel=preload");
+                }
+                msgs.push((p.status.as_u16(), false));
+            }
+            Event::Data(b) => data.extend_from_slice(&b),
+            Event::MessageEnd(t) => msgs.last_mut().unwrap().1 = crate::codec::ends_interim(&t),
+            Event::StreamEnd(e) => return (msgs, data, e),
+        }
+    }
+    (msgs, data, None)
+}
+
+#[tokio::test]
+async fn interim_responses_are_handed_on_before_the_final_one() {
+    let (_srv, up) = server(ServerOpts::default());
+    let f = mux(up, Http2UpstreamConfig::default(), Duration::from_secs(60));
+    // Without a body (the request is one HEADERS frame) and with one (uploaded while the
+    // interim responses come back).
+    let (msgs, body, end) = exchange_messages(&f, get("/plain").header("x-hints", "2"), &[]).await;
+    assert_eq!(msgs, [(103, true), (103, true), (200, false)]);
+    assert_eq!(body, b"/plain");
+    assert!(end.is_none(), "{end:?}");
+    let chunks = [Bytes::from_static(b"abc"), Bytes::from_static(b"def")];
+    let req = http::Request::post("/echo")
+        .header("host", "up.test")
+        .header("x-hints", "1")
+        .header("x-hint-status", "100");
+    let (msgs, body, end) = exchange_messages(&f, req, &chunks).await;
+    assert_eq!(msgs, [(100, true), (200, false)]);
+    assert_eq!(body, b"abcdef");
+    assert!(end.is_none(), "{end:?}");
+}
+
+#[tokio::test]
+async fn a_101_or_too_many_interim_responses_fail_the_request() {
+    let (_srv, up) = server(ServerOpts::default());
+    let f = mux(up, Http2UpstreamConfig::default(), Duration::from_secs(60));
+    let too_many = (MAX_INTERIM + 1).to_string();
+    let (msgs, _, end) =
+        exchange_messages(&f, get("/many").header("x-hints", too_many.as_str()), &[]).await;
+    assert_eq!(msgs.len(), MAX_INTERIM);
+    let e = end.expect("an error end");
+    assert_eq!((e.kind(), e.side()), (ErrorKind::Protocol, Side::Upstream));
+    assert!(e.cause().is_some_and(|c| c.is::<TooManyInterim>()), "{e}");
+    let (msgs, _, end) = exchange_messages(
+        &f,
+        get("/switch")
+            .header("x-hints", "1")
+            .header("x-hint-status", "101"),
+        &[],
+    )
+    .await;
+    assert!(msgs.is_empty(), "{msgs:?}");
+    let e = end.expect("an error end");
+    assert!(
+        e.cause()
+            .and_then(|c| c.downcast_ref::<H2ClientError>())
+            .is_some_and(|c| matches!(c, H2ClientError::SwitchingProtocols)),
+        "{e}"
+    );
 }

@@ -11,9 +11,10 @@
 //! Each request becomes a stream `MessageStart(request::Parts) Data* MessageEnd(trailers)`
 //! into its own instance of the request pipeline (the one HTTP/1 uses), and its response
 //! message goes back through h2's `SendResponse`/`SendStream`, sending no more than the
-//! peer's flow-control window allows. Request body bytes are acknowledged to the peer
-//! (window updates) only once the sub-pipeline has taken them, so a slow upstream slows
-//! the client down instead of filling memory.
+//! peer's flow-control window allows. Interim responses before it (103 Early Hints, 100
+//! Continue) go out at once as HEADERS frames of their own (`send_informational`). Request
+//! body bytes are acknowledged to the peer (window updates) only once the sub-pipeline has
+//! taken them, so a slow upstream slows the client down instead of filling memory.
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -36,7 +37,7 @@ use http::{HeaderMap, request, response};
 use serde::{Deserialize, Serialize};
 
 use super::access_log::AccessLog;
-use super::codec::Trailers;
+use super::codec::{Trailers, ends_interim, is_interim};
 use super::event_io::{EventIo, Inline};
 use super::h2_watch::{BlockState, WatchHeaderBlocks};
 use super::h2client::strip_connection_fields;
@@ -460,11 +461,25 @@ async fn send_response(mut out: Events, mut respond: SendResponse<Bytes>, log: O
                     respond.send_reset(Reason::INTERNAL_ERROR);
                     return;
                 };
-                if parts.status.is_informational() || stream.is_some() || head.is_some() {
-                    // Interim responses are not relayed; a second response is an error.
+                if stream.is_some() || head.is_some() {
+                    // A second final response is an error.
                     if !parts.status.is_informational() {
                         respond.send_reset(Reason::INTERNAL_ERROR);
                         return;
+                    }
+                    continue;
+                }
+                if parts.status.is_informational() {
+                    // An interim response (103 Early Hints, 100 Continue) goes out at once
+                    // as its own HEADERS frame. 101 has no place in HTTP/2 (RFC 9113 §8.6).
+                    if is_interim(parts.status) {
+                        let mut r = http::Response::new(());
+                        *r.status_mut() = parts.status;
+                        *r.headers_mut() = parts.headers.clone();
+                        strip_connection_fields(r.headers_mut(), false);
+                        if respond.send_informational(r).is_err() {
+                            return;
+                        }
                     }
                     continue;
                 }
@@ -505,6 +520,7 @@ async fn send_response(mut out: Events, mut respond: SendResponse<Bytes>, log: O
                 }
                 peeked = ahead;
             }
+            Event::MessageEnd(t) if ends_interim(&t) => {}
             Event::MessageEnd(t) => {
                 let trailers = t.get::<Trailers>().filter(|t| !t.is_empty()).cloned();
                 if let Some(r) = head.take() {
@@ -926,5 +942,124 @@ mod tests {
             ..Http2Config::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    /// Answers each request with a 103 (with a Link field) and then 200 "ok"; a request
+    /// for `/fail` gets the 103 and then an upstream failure.
+    fn hints() -> Pipeline {
+        Pipeline::builder("hints")
+            .transform("hints", || {
+                let mut fail = false;
+                move |ev: Event, out: &mut dyn FnMut(Event)| match ev {
+                    Event::MessageStart(h) => {
+                        fail = h.get::<request::Parts>().unwrap().uri.path() == "/fail";
+                        let (mut early, ()) = http::Response::new(()).into_parts();
+                        early.status = StatusCode::EARLY_HINTS;
+                        early.headers.insert(
+                            http::header::LINK,
+                            HeaderValue::from_static("</a.css>; rel=preload"),
+                        );
+                        out(Event::MessageStart(Head::new(early)));
+                        out(crate::codec::interim_end());
+                        if fail {
+                            out(Event::StreamEnd(Some(StreamError::new(
+                                ErrorKind::ConnectionReset,
+                                Side::Upstream,
+                            ))));
+                            return;
+                        }
+                        let (mut parts, ()) = http::Response::new(()).into_parts();
+                        parts
+                            .headers
+                            .insert(CONTENT_LENGTH, HeaderValue::from_static("2"));
+                        out(Event::MessageStart(Head::new(parts)));
+                    }
+                    Event::MessageEnd(t) if !fail => {
+                        out(Event::Data(Bytes::from_static(b"ok")));
+                        out(Event::MessageEnd(t));
+                    }
+                    Event::StreamEnd(e) if !fail => out(Event::StreamEnd(e)),
+                    _ => {}
+                }
+            })
+            .build()
+            .unwrap()
+    }
+
+    /// Reads from `io` until `want` has been seen (or 5 s pass); returns all it read.
+    async fn read_until(io: &mut tokio::io::DuplexStream, want: &str) -> String {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !String::from_utf8_lossy(&all).contains(want) {
+            match tokio::time::timeout_at(deadline, io.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => all.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    }
+
+    #[tokio::test]
+    async fn http1_clients_get_interim_responses_and_http10_ones_do_not() {
+        let f = Arc::new(DemuxHttp::new(hints(), Limits::default()));
+        let mut io = attach(f.clone(), Context::new());
+        io.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until(&mut io, "\r\n\r\nok").await;
+        assert!(
+            got.starts_with(
+                "HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\n"
+            ),
+            "{got}"
+        );
+        // A failure after the 103 is still answered: a final 502 on the same connection.
+        io.write_all(b"GET /fail HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until(&mut io, "\r\n\r\nok").await;
+        assert!(
+            got.starts_with("HTTP/1.1 103 Early Hints\r\n")
+                && got.contains("\r\n\r\nHTTP/1.1 502 "),
+            "{got}"
+        );
+        assert!(
+            got.contains("\r\n\r\nHTTP/1.1 103 Early Hints\r\n"),
+            "{got}"
+        );
+        // HTTP/1.0: only the final response (RFC 9110 §15.2).
+        let mut io = attach(f, Context::new());
+        io.write_all(b"GET / HTTP/1.0\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until(&mut io, "\r\n\r\nok").await;
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+        assert!(!got.contains("103"), "{got}");
+    }
+
+    #[tokio::test]
+    async fn http2_clients_get_interim_responses_as_headers_frames() {
+        let f = Arc::new(DemuxHttp::new(hints(), Limits::default()));
+        let mut send = h2_client(attach(f, Context::new()))
+            .await
+            .ready()
+            .await
+            .unwrap();
+        for (path, last) in [("/", 200), ("/fail", 502)] {
+            let (mut resp, _) = send.send_request(get(path), true).unwrap();
+            let hint = poll_fn(|c| resp.poll_informational(c))
+                .await
+                .expect("an interim response")
+                .unwrap();
+            assert_eq!(hint.status(), StatusCode::EARLY_HINTS);
+            assert_eq!(hint.headers()["link"], "</a.css>; rel=preload");
+            let (parts, body, _) = body_of(resp.await.unwrap()).await;
+            assert_eq!(parts.status, last);
+            if last == 200 {
+                assert_eq!(body, b"ok");
+            }
+            send = send.ready().await.unwrap();
+        }
     }
 }

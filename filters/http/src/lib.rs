@@ -40,7 +40,13 @@
 //!
 //! Messages inside carry `http::request::Parts` / `http::response::Parts` heads (get them
 //! with `Head::get`), bodies as Data, and trailers in the `MessageEnd` tail as a
-//! `http::HeaderMap`.
+//! `http::HeaderMap`. An interim response (1xx other than 101: 100 Continue, 103 Early
+//! Hints) is a bodiless message of its own before the final response, its `MessageEnd`
+//! tail marked with [`Interim`](flowgate_pipeline::joint::Interim); `mux-http` passes them
+//! on from HTTP/1.1 and HTTP/2 upstreams as they arrive, and `demux-http` writes them to
+//! HTTP/1.1 and HTTP/2 clients (never to an HTTP/1.0 client, RFC 9110 §15.2). Filters that
+//! look at the response (`retry`, `timeout`, `balance-http`, `cors`, the access log) act on
+//! the final one.
 //!
 //! `demux-http` also serves HTTP/2 (through the `h2` crate) when TLS ALPN chose `h2` or the
 //! client starts with the HTTP/2 preface (h2c with prior knowledge); every stream runs the
@@ -141,7 +147,7 @@ use flowgate_pipeline::{
 use http::{HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 
-pub use codec::Trailers;
+pub use codec::{TooManyInterim, Trailers};
 
 /// Registers `demux-http`, `mux-http`, `respond`, `route`, `headers`, `rewrite`, `redirect`,
 /// `retry`, `cors` and (with the `net` feature) `balance-http`.
@@ -313,6 +319,8 @@ impl FilterConfig for DemuxHttpConfig {
 /// 502 (504 on timeouts). `Connection: close` (or HTTP/1.0 without keep-alive) closes the
 /// connection after that response. A request head not completed within the header
 /// timeout gets 408 (slowloris); a connection idle past the keep-alive timeout is closed.
+/// Interim responses (1xx other than 101) from the sub-pipeline are written as they come,
+/// before the final response, except to an HTTP/1.0 client.
 ///
 /// A connection whose TLS session chose ALPN `h2`, or that starts with the HTTP/2 preface,
 /// is served as HTTP/2 instead (unless [`Http2Config::enabled`] is off): every stream runs
@@ -578,7 +586,9 @@ impl FilterConfig for MuxHttpConfig {
 
 /// The client side of HTTP/1: sends each request message over a pooled keep-alive upstream
 /// connection (one request at a time per connection, a new connection when all are busy)
-/// and outputs the response message. An idempotent request that a pooled connection
+/// and outputs the response message, after the interim (1xx) responses the upstream sent
+/// before it, each as a bodiless message ending with an
+/// [`Interim`](flowgate_pipeline::joint::Interim) tail. An idempotent request that a pooled connection
 /// closes under before any byte of its response (the upstream's keep-alive timeout met
 /// the request on the wire) is sent again on another connection, up to 3 times, as
 /// [`MuxOptions::max_resends`] describes.
@@ -771,6 +781,9 @@ impl futures_core::Stream for MuxHttpStream {
             }
             if let Some((connect, opened)) = &mut this.dedicated {
                 match &ev {
+                    // An interim response (a 103 before the 101) decides nothing.
+                    Event::MessageStart(h) if codec::is_interim_head(h) => {}
+                    Event::MessageEnd(t) if codec::ends_interim(t) => {}
                     Event::MessageStart(h) if opened.is_none() => {
                         let status = h.get::<http::response::Parts>().map(|p| p.status);
                         *opened = Some(status.is_some_and(|s| tunnel::opens_tunnel(*connect, s)));

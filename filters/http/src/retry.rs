@@ -17,6 +17,8 @@ use http::{Method, request, response};
 use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, Sleep};
 
+use super::codec::is_interim_head;
+
 /// `retry:` — see [`RetryConfig`].
 ///
 /// ```yaml
@@ -31,7 +33,8 @@ pub struct RetryConfig {
     #[serde(default = "d_tries")]
     pub tries: u32,
     /// A try that has no response head after this long is abandoned (and retried, or
-    /// answered with 504). Default 15 s.
+    /// answered with 504); interim 1xx responses are passed on and do not count as the
+    /// head. Default 15 s.
     #[serde(default = "d_per_try", with = "flowgate_pipeline::serde_duration")]
     pub per_try_timeout: Duration,
     /// The wait before the first retry, doubled for each one after. Default 25 ms.
@@ -119,6 +122,7 @@ impl Filter for Retry {
             tries: 0,
             timer: None,
             committed: false,
+            in_interim: false,
             done: false,
         })
     }
@@ -150,6 +154,8 @@ struct RetryStream {
     timer: Option<Pin<Box<Sleep>>>,
     /// A response head came out of the current try: its output is the output now.
     committed: bool,
+    /// An interim response of the current try is being passed on (its end is next).
+    in_interim: bool,
     /// The stream has ended (after a timeout with no try left).
     done: bool,
 }
@@ -168,9 +174,14 @@ impl RetryStream {
         self.timer = Some(Box::pin(tokio::time::sleep(self.config.per_try_timeout)));
     }
 
-    /// Whether another try is allowed now (the whole request is in the copy).
+    /// Whether another try is allowed now (the whole request is in the copy, and no
+    /// interim response is half passed on).
     fn can_retry(&self) -> bool {
-        self.retryable && self.input_done && self.copy.is_some() && self.tries < self.config.tries
+        self.retryable
+            && self.input_done
+            && self.copy.is_some()
+            && self.tries < self.config.tries
+            && !self.in_interim
     }
 
     /// Drops the current try and waits the backoff before the next one.
@@ -251,6 +262,17 @@ impl Stream for RetryStream {
                 return attempt.out.as_mut().poll_next(cx);
             }
             match attempt.out.as_mut().poll_next(cx) {
+                // Interim responses (103, 100) go to the client as they come and commit
+                // nothing: the try may still fail or time out before its final response,
+                // and the next try's own interim responses may follow.
+                Poll::Ready(Some(Event::MessageStart(head))) if is_interim_head(&head) => {
+                    this.in_interim = true;
+                    return Poll::Ready(Some(Event::MessageStart(head)));
+                }
+                Poll::Ready(Some(Event::MessageEnd(t))) if this.in_interim => {
+                    this.in_interim = false;
+                    return Poll::Ready(Some(Event::MessageEnd(t)));
+                }
                 Poll::Ready(Some(Event::MessageStart(head))) => {
                     let status = head.get::<response::Parts>().map(|p| p.status.as_u16());
                     if this.config.on_5xx && matches!(status, Some(502..=504)) && this.can_retry() {
@@ -289,5 +311,100 @@ impl Stream for RetryStream {
             }
             return Poll::Pending;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use flowgate_pipeline::testing::kinds_of;
+    use flowgate_pipeline::{Head, Pipeline, Tail};
+    use futures_util::StreamExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Each try sends a 103 at once; the first try then fails retry-safe, later ones answer
+    /// 200.
+    struct HintsThenFailOnce(Arc<AtomicUsize>);
+
+    impl Filter for HintsThenFailOnce {
+        fn describe(&self) -> Description {
+            Description::filter("hints-then-fail-once")
+        }
+        fn attach(&self, input: Events, _cx: &Context) -> Events {
+            let first = self.0.fetch_add(1, Ordering::SeqCst) == 0;
+            let (mut early, ()) = http::Response::new(()).into_parts();
+            early.status = http::StatusCode::EARLY_HINTS;
+            let mut evs = vec![
+                Event::MessageStart(Head::new(early)),
+                crate::codec::interim_end(),
+            ];
+            if first {
+                evs.push(Event::StreamEnd(Some(
+                    StreamError::new(ErrorKind::ConnectionReset, Side::Upstream).retry_safe(true),
+                )));
+            } else {
+                let (ok, ()) = http::Response::new(()).into_parts();
+                evs.extend([
+                    Event::MessageStart(Head::new(ok)),
+                    Event::MessageEnd(Tail::none()),
+                    Event::END,
+                ]);
+            }
+            // The request is read to its end first, as an upstream would.
+            let reply = futures_util::stream::iter(evs);
+            Box::pin(input.filter(|_| async { false }).chain(reply))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn interim_responses_pass_and_commit_nothing() {
+        let tries = Arc::new(AtomicUsize::new(0));
+        let sub = Pipeline::builder("try")
+            .filter(HintsThenFailOnce(tries.clone()))
+            .build()
+            .unwrap();
+        let retry = Retry {
+            sub: sub.into(),
+            methods: Arc::new(vec![Method::GET]),
+            config: RetryConfig {
+                pipeline: "try".into(),
+                tries: 2,
+                per_try_timeout: d_per_try(),
+                backoff: d_backoff(),
+                on_5xx: true,
+                methods: d_methods(),
+                max_body: d_max_body(),
+            },
+        };
+        let (req, ()) = http::Request::get("/").body(()).unwrap().into_parts();
+        let input = vec![
+            Event::MessageStart(Head::new(req)),
+            Event::MessageEnd(Tail::none()),
+            Event::END,
+        ];
+        let out = flowgate_pipeline::testing::run(&retry, input).await;
+        // The first try's 103 went on; its failure was retried; the second try answered.
+        assert_eq!(tries.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            kinds_of(&out),
+            [
+                "MessageStart",
+                "MessageEnd",
+                "MessageStart",
+                "MessageEnd",
+                "MessageStart",
+                "MessageEnd",
+                "StreamEnd"
+            ]
+        );
+        let statuses: Vec<u16> = out
+            .iter()
+            .filter_map(|e| match e {
+                Event::MessageStart(h) => h.get::<response::Parts>().map(|p| p.status.as_u16()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(statuses, [103, 103, 200]);
     }
 }

@@ -12,6 +12,8 @@ use flowgate_pipeline::{Context, Description, Event, Filter, Head, SubPipeline, 
 use http::{HeaderName, HeaderValue, Method, request, response};
 use serde::{Deserialize, Serialize};
 
+use super::codec::is_interim;
+
 /// `route:` — the first route whose match holds gets the request.
 ///
 /// ```yaml
@@ -342,7 +344,9 @@ pub struct HeadersConfig {
     /// Changes to request heads.
     #[serde(default)]
     pub request: HeaderEdits,
-    /// Changes to response heads.
+    /// Changes to response heads. Interim responses (1xx such as 103 Early Hints) get only
+    /// the `remove` edits: a field removed never reaches the client, while `set` and `add`
+    /// are for the final response.
     #[serde(default)]
     pub response: HeaderEdits,
 }
@@ -455,6 +459,18 @@ impl Filter for SetHeaders {
                     } else if let Some(p) =
                         head.get::<response::Parts>().filter(|_| !res.is_empty())
                     {
+                        if is_interim(p.status) {
+                            if res.remove.iter().any(|n| p.headers.contains_key(n)) {
+                                let mut p = p.clone();
+                                for n in &res.remove {
+                                    p.headers.remove(n);
+                                }
+                                out(Event::MessageStart(Head::new(p)));
+                            } else {
+                                out(Event::MessageStart(head));
+                            }
+                            return;
+                        }
                         let mut p = p.clone();
                         res.apply(&mut p.headers);
                         out(Event::MessageStart(Head::new(p)));
@@ -546,5 +562,43 @@ mod tests {
         assert!(!h.matches(&p));
         p.headers.insert("x-canary", HeaderValue::from_static("1"));
         assert!(h.matches(&p));
+    }
+
+    #[test]
+    fn interim_responses_get_only_the_remove_edits() {
+        let cfg = HeadersConfig {
+            request: HeaderEdits::default(),
+            response: HeaderEdits {
+                set: [("server".to_string(), "flowgate".to_string())].into(),
+                add: BTreeMap::new(),
+                remove: vec!["x-secret".into()],
+            },
+        };
+        let f = Box::new(cfg).build(&BuildContext::default()).unwrap();
+        let response = |status: u16| {
+            let (mut p, ()) = http::Response::new(()).into_parts();
+            p.status = http::StatusCode::from_u16(status).unwrap();
+            p.headers.insert("x-secret", HeaderValue::from_static("1"));
+            p.headers
+                .insert("link", HeaderValue::from_static("</a.css>"));
+            Event::MessageStart(Head::new(p))
+        };
+        let out = flowgate_pipeline::testing::run_blocking(
+            f.as_ref(),
+            vec![response(103), response(200), Event::END],
+        );
+        let heads: Vec<&response::Parts> = out
+            .iter()
+            .filter_map(|e| match e {
+                Event::MessageStart(h) => h.get::<response::Parts>(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(heads.len(), 2);
+        assert!(!heads[0].headers.contains_key("x-secret"));
+        assert!(!heads[0].headers.contains_key("server"));
+        assert_eq!(heads[0].headers["link"], "</a.css>");
+        assert!(!heads[1].headers.contains_key("x-secret"));
+        assert_eq!(heads[1].headers["server"], "flowgate");
     }
 }

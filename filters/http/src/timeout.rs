@@ -34,13 +34,16 @@ use http::{StatusCode, response};
 use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, Sleep};
 
+use super::codec::is_interim_head;
+
 /// `timeout:` — see [`Timeout`].
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutConfig {
     /// The pipeline the request runs through.
     pub pipeline: String,
-    /// From the request's start to the response head. Default 30 s.
+    /// From the request's start to the final response head (interim 1xx responses do not
+    /// count). Default 30 s.
     #[serde(default = "d_head", with = "flowgate_pipeline::serde_duration")]
     pub head: Duration,
     /// From the request's start to the end of the response; none by default (a response
@@ -88,7 +91,9 @@ pub enum RequestTimedOut {
 }
 
 /// Runs each stream through a sub-pipeline with a deadline for the response head and,
-/// optionally, for the whole response: an overall deadline for a request.
+/// optionally, for the whole response: an overall deadline for a request. The head is the
+/// final response's: an interim 1xx (100 Continue, 103 Early Hints) passes through and the
+/// head deadline still runs, so a 103 followed by silence is answered with 504.
 ///
 /// Put it *outside* `retry`: `per_try_timeout` bounds one try, `timeout` bounds them all
 /// (backoffs included). When the head deadline passes before a response head, the
@@ -183,6 +188,7 @@ impl Stream for TimeoutStream {
             Poll::Ready(Some(ev)) => {
                 if let Event::MessageStart(h) = &ev
                     && !this.head_seen
+                    && !is_interim_head(h)
                 {
                     this.head_seen = true;
                     let tunnel = h
@@ -332,5 +338,54 @@ mod tests {
             timed_out(&out[2]),
             Some(RequestTimedOut::Total(_))
         ));
+    }
+
+    /// Sends a 103 at once, then nothing until `delay` has passed, then a final response.
+    struct HintsThenSlow(Duration);
+
+    impl Filter for HintsThenSlow {
+        fn describe(&self) -> Description {
+            Description::filter("hints-then-slow")
+        }
+        fn attach(&self, _input: Events, _cx: &Context) -> Events {
+            use futures_util::StreamExt;
+            let (mut early, ()) = http::Response::new(()).into_parts();
+            early.status = StatusCode::EARLY_HINTS;
+            let hints = futures_util::stream::iter([
+                Event::MessageStart(Head::new(early)),
+                crate::codec::interim_end(),
+            ]);
+            Box::pin(hints.chain(async_stream(self.0, Duration::ZERO)))
+        }
+    }
+
+    #[test]
+    fn an_interim_response_is_not_the_head() {
+        let sub = |ms| -> SubPipeline {
+            Pipeline::builder("hints")
+                .filter(HintsThenSlow(Duration::from_millis(ms)))
+                .build()
+                .unwrap()
+                .into()
+        };
+        // The 103 passes, and the head deadline still runs: 504 follows it.
+        let out = run(Timeout::new(sub(500), Duration::from_millis(100)));
+        assert_eq!(
+            kinds_of(&out),
+            ["MessageStart", "MessageEnd", "StreamEnd(error)"]
+        );
+        assert!(matches!(timed_out(&out[2]), Some(RequestTimedOut::Head(_))));
+        let out = run(Timeout::new(sub(50), Duration::from_millis(100)));
+        assert_eq!(
+            kinds_of(&out),
+            [
+                "MessageStart",
+                "MessageEnd",
+                "MessageStart",
+                "Data",
+                "MessageEnd",
+                "StreamEnd"
+            ]
+        );
     }
 }

@@ -766,6 +766,7 @@ impl Stream for StageStream {
                     }
                     if this.tunnel_on_101
                         && let Event::MessageStart(h) = &ev
+                        && !super::codec::is_interim_head(h)
                     {
                         this.tunnel_on_101 = false;
                         if h.get::<response::Parts>()

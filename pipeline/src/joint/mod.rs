@@ -18,7 +18,7 @@ mod pipe;
 pub use branch::{Branch, Condition};
 pub use demux::{Continued, Demux, DemuxOptions};
 pub use fork::{Fork, ForkMode};
-pub use mux::{Mux, MuxOptions};
+pub use mux::{Interim, Mux, MuxOptions};
 pub use pipe::Pipe;
 
 use std::pin::Pin;

@@ -51,16 +51,24 @@ impl Default for MuxOptions {
     }
 }
 
+/// The tail of a `MessageEnd` that ends an interim reply (an HTTP 1xx such as 103 Early
+/// Hints): the request is not answered yet, and the next reply message answers the same
+/// request. A [`Mux`] hands the interim reply on and keeps routing the session's output to
+/// the same stream until a reply ends without this marker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Interim;
+
 /// Sends the messages of many streams through shared, keyed session sub-pipelines: the
 /// connection pool.
 ///
 /// Each input message is queued whole on a session of its key (a [`Dyn`] of the context and
 /// the message head) that has room (`max_queue`), or on a new session. A session is one
 /// instance of the sub-pipeline running in its own task on the current worker; its output
-/// messages are the replies, handed back in the order the messages went in. Sessions are
-/// closed after `max_idle` without work, retired after `max_messages`, and dropped when their
-/// output ends; messages waiting on a failed session end with its error, unless
-/// `max_resends` lets a message that went to a reused session be sent again.
+/// messages are the replies, handed back in the order the messages went in (a reply whose
+/// `MessageEnd` tail is [`Interim`] is followed by more replies to the same message).
+/// Sessions are closed after `max_idle` without work, retired after `max_messages`, and
+/// dropped when their output ends; messages waiting on a failed session end with its error,
+/// unless `max_resends` lets a message that went to a reused session be sent again.
 ///
 /// Sessions are kept per worker thread, so a pool never crosses threads.
 pub struct Mux {
@@ -324,7 +332,16 @@ async fn run_session(
         let ev = ev.unwrap_or(Event::END);
         match ev {
             Event::MessageStart(_) => {
-                current = lock(&session.state).waiters.pop_front();
+                // After an interim reply the waiter is still current: the next reply is
+                // for the same message.
+                if current.is_none() {
+                    current = lock(&session.state).waiters.pop_front();
+                }
+                if let Some(w) = &current {
+                    w.push(ev);
+                }
+            }
+            Event::MessageEnd(ref t) if t.get::<Interim>().is_some() => {
                 if let Some(w) = &current {
                     w.push(ev);
                 }
