@@ -36,6 +36,6 @@ for a in "$@"; do
   case "$a" in -*) args+=("$a") ;; *) peers=("$@"); break ;; esac
 done
 out=$root/benches/results/http-$(date +%Y%m%d-%H%M%S)
-"$harness/run.sh" "${peers[@]}" \
+env -u CARGO_TARGET_DIR "$harness/run.sh" "${peers[@]}" \
   custom:"env RUST_LOG=warn $bin run $work/http.yaml --workers 1 --no-watch" \
   --proto http --port 18089 --name flowgate-http --out "$out" "${args[@]}"

@@ -27,6 +27,6 @@ pipelines:
     - connect: { target: 127.0.0.1:18090 }
 YAML
 out=$root/benches/results/l4-$(date +%Y%m%d-%H%M%S)
-"$harness/run.sh" haproxy-tcp \
+env -u CARGO_TARGET_DIR "$harness/run.sh" haproxy-tcp \
   custom:"env RUST_LOG=warn $bin run $work/l4.yaml --workers 1 --no-watch" \
   --proto tcp --port 18089 --name flowgate-l4 --out "$out" "$@"
