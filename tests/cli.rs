@@ -88,7 +88,7 @@ fn describe_prints_the_pipelines_and_check_the_verdict() {
 fn run_takes_its_flags_before_the_file() {
     // The quick-start configuration on free ports: `run --workers 1 FILE` runs it.
     let dir = TempDir::new("cli-run");
-    let (proxy, echo) = (free_port(), free_port());
+    let (proxy, echo) = (reserve_port(), reserve_port());
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/configs/quickstart.yaml"
@@ -106,11 +106,8 @@ fn run_takes_its_flags_before_the_file() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let fg = Proc {
-        child,
-        name: "flowgate".into(),
-    };
-    wait_port(proxy);
+    let mut fg = Proc::new(child, "flowgate");
+    fg.wait_port(proxy);
     let mut c = TcpStream::connect(("127.0.0.1", proxy)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     c.write_all(b"hello\n").unwrap();

@@ -25,8 +25,8 @@ fn upstreams(tag: &str, n: usize) -> Vec<Upstream> {
     (0..n)
         .map(|i| {
             let dir = TempDir::new(&format!("gw-{tag}-up{i}"));
-            let port = free_port();
-            let p = nginx(
+            let port = reserve_port();
+            let mut p = nginx(
                 &dir,
                 &format!(
                     "server {{ listen 127.0.0.1:{port}; keepalive_requests 100000; \
@@ -34,7 +34,7 @@ fn upstreams(tag: &str, n: usize) -> Vec<Upstream> {
                      location / {{ return 200 \"upstream-{i} $request_uri $http_x_gw\\n\"; }} }}"
                 ),
             );
-            wait_port(port);
+            p.wait_port(port);
             Upstream {
                 port,
                 proc: Some(p),
@@ -54,11 +54,8 @@ fn gateway_run(config: &Path, port: u16) -> Proc {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let p = Proc {
-        child,
-        name: "flowgate-gateway".into(),
-    };
-    wait_port(port);
+    let mut p = Proc::new(child, "flowgate-gateway");
+    p.wait_port(port);
     p
 }
 
@@ -101,9 +98,12 @@ fn backend_yaml(name: &str, ups: &[Upstream], weights: &[u32], extra: &str) -> S
 
 #[test]
 fn round_robin_splits_requests_exactly_over_one_keepalive_connection() {
+    if !peers(&["nginx", "curl"]) {
+        return;
+    }
     let ups = upstreams("rr", 3);
     let dir = TempDir::new("gw-rr");
-    let port = free_port();
+    let port = reserve_port();
     let yaml = format!(
         "workers: 2\nlisteners:\n  - address: 127.0.0.1:{port}\nroutes:\n  - proxy: {{ backend: app }}\nbackends:\n{}",
         backend_yaml("app", &ups, &[], "    policy: round_robin\n")
@@ -137,9 +137,12 @@ fn round_robin_splits_requests_exactly_over_one_keepalive_connection() {
 
 #[test]
 fn weights_and_hash_policies() {
+    if !peers(&["nginx", "curl"]) {
+        return;
+    }
     let ups = upstreams("wh", 3);
     let dir = TempDir::new("gw-wh");
-    let port = free_port();
+    let port = reserve_port();
     let yaml = format!(
         "listeners:\n  - address: 127.0.0.1:{port}\nroutes:\n  - match: {{ path_prefix: /w/ }}\n    proxy: {{ backend: weighted }}\n  - match: {{ path_prefix: /h/ }}\n    proxy: {{ backend: hashed }}\n  - match: {{ path_prefix: /ip/ }}\n    proxy: {{ backend: by-ip }}\nbackends:\n{}{}{}",
         backend_yaml(
@@ -198,9 +201,12 @@ fn weights_and_hash_policies() {
 
 #[test]
 fn stopped_upstreams_are_skipped_by_retry_outlier_detection_and_health_checks() {
+    if !peers(&["nginx", "curl"]) {
+        return;
+    }
     let mut ups = upstreams("down", 3);
     let dir = TempDir::new("gw-down");
-    let port = free_port();
+    let port = reserve_port();
     let no_outlier = "    outlier: { consecutive_5xx: 0, consecutive_connect_failures: 0 }\n";
     let yaml = format!(
         "listeners:\n  - address: 127.0.0.1:{port}\nroutes:\n  - match: {{ path_prefix: /retry/ }}\n    proxy: {{ backend: retrying }}\n  - match: {{ path_prefix: /passive/ }}\n    proxy: {{ backend: passive }}\n  - match: {{ path_prefix: /active/ }}\n    proxy: {{ backend: active }}\nbackends:\n{}{}{}",
@@ -276,13 +282,24 @@ fn stopped_upstreams_are_skipped_by_retry_outlier_detection_and_health_checks() 
     assert_eq!(lines.len(), 12);
     assert_eq!(who(&lines).len(), 2, "{lines:?}");
 
-    // Health checks (200 ms, one failure marks it down): after a second, no retries and
-    // no outlier detection needed, every request succeeds on the two live upstreams.
-    std::thread::sleep(Duration::from_millis(1000));
+    // Health checks (200 ms, one failure marks it down): once they have marked it, no
+    // retries and no outlier detection needed, every request succeeds on the two live
+    // upstreams (until then a request may meet the dead one: poll, bounded).
     let urls: Vec<String> = (0..12)
         .map(|i| format!("http://127.0.0.1:{port}/active/{i}"))
         .collect();
-    let (lines, _) = curl_lines(&["-f"], &urls);
+    let mut args = vec!["-f"];
+    args.extend(urls.iter().map(String::as_str));
+    let mut lines = Vec::new();
+    let marked_down = wait_until(Duration::from_secs(10), || {
+        let (ok, out, _) = curl(&args);
+        lines = out.lines().map(str::to_string).collect();
+        ok && lines.len() == 12
+    });
+    assert!(
+        marked_down,
+        "the stopped upstream is still picked: {lines:?}"
+    );
     assert_eq!(lines.len(), 12);
     let counts = who(&lines);
     assert_eq!(counts.get("upstream-0"), Some(&6), "{counts:?}");
@@ -291,9 +308,12 @@ fn stopped_upstreams_are_skipped_by_retry_outlier_detection_and_health_checks() 
 
 #[test]
 fn routes_by_host_and_path_with_rewrites_redirects_and_fixed_responses() {
+    if !peers(&["nginx", "curl"]) {
+        return;
+    }
     let ups = upstreams("routes", 2);
     let dir = TempDir::new("gw-routes");
-    let port = free_port();
+    let port = reserve_port();
     let yaml = format!(
         "listeners:\n  - address: 127.0.0.1:{port}\n    access_log: common\nroutes:\n  - name: health\n    match: {{ path: /health }}\n    respond: {{ status: 200, body: \"gateway ok\\n\", headers: {{ x-fixed: \"yes\" }} }}\n  - name: moved\n    match: {{ path_prefix: /old/ }}\n    redirect: {{ status: 308, path_prefix: {{ from: /old/, to: /new/ }} }}\n  - name: a\n    match: {{ host: a.test }}\n    proxy: {{ backend: a }}\n  - name: b-api\n    match: {{ host: \"*.b.test\", path_prefix: /api/, method: [GET] }}\n    proxy:\n      backend: b\n      rewrite: {{ from: /api/, to: /v2/ }}\n      request_headers: {{ set: {{ x-gw: added }} }}\n      response_headers: {{ set: {{ x-served-by: flowgate }} }}\nbackends:\n{}{}",
         backend_yaml("a", &ups[..1], &[], ""),
@@ -352,12 +372,15 @@ fn routes_by_host_and_path_with_rewrites_redirects_and_fixed_responses() {
 
 #[test]
 fn tls_certificates_by_sni_and_http2_by_alpn() {
+    if !peers(&["nginx", "curl", "openssl"]) {
+        return;
+    }
     let ups = upstreams("tls", 2);
     let dir = TempDir::new("gw-tls");
     let pki = OpensslPki::new(&dir, "gw");
     let (a_cert, a_key) = pki.leaf("a", "a.test", false);
     let (b_cert, b_key) = pki.leaf("b", "b.test", false);
-    let port = free_port();
+    let port = reserve_port();
     let yaml = format!(
         "listeners:\n  - name: secure\n    address: 127.0.0.1:{port}\n    tls:\n      certificates:\n        - {{ cert: {}, key: {}, sni: [a.test] }}\n        - {{ cert: {}, key: {}, sni: [b.test] }}\nroutes:\n  - proxy: {{ backend: app }}\nbackends:\n{}",
         a_cert.display(),
@@ -418,11 +441,14 @@ fn tls_certificates_by_sni_and_http2_by_alpn() {
 
 #[test]
 fn https_backends_over_http1_and_h2_with_verified_certificates() {
+    if !peers(&["nginx", "curl", "openssl"]) {
+        return;
+    }
     let dir = TempDir::new("gw-uptls");
     let pki = OpensslPki::new(&dir, "up");
     let (cert, key) = pki.leaf("upstream", "up.test", false);
     // Two nginx endpoints over TLS, each speaking HTTP/1.1 and h2 (by ALPN).
-    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..2).map(|_| reserve_port()).collect();
     let _nginx: Vec<(Proc, TempDir)> = ports
         .iter()
         .enumerate()
@@ -451,7 +477,7 @@ fn https_backends_over_http1_and_h2_with_verified_certificates() {
             .join(", ")
     };
     let ca = pki.ca().display().to_string();
-    let port = free_port();
+    let port = reserve_port();
     // A third group trusts another CA: its requests fail the handshake (502).
     let other = OpensslPki::new(&dir, "other");
     let yaml = format!(
@@ -491,8 +517,11 @@ fn https_backends_over_http1_and_h2_with_verified_certificates() {
 
 #[test]
 fn check_prints_the_pipelines_and_names_bad_fields_and_sighup_reloads() {
+    if !peers(&["curl"]) {
+        return;
+    }
     let dir = TempDir::new("gw-check");
-    let port = free_port();
+    let port = reserve_port();
     let good = format!(
         "listeners:\n  - address: 127.0.0.1:{port}\nroutes:\n  - match: {{ path: /v }}\n    respond: {{ body: \"one\\n\" }}\n"
     );
@@ -528,24 +557,34 @@ fn check_prints_the_pipelines_and_names_bad_fields_and_sighup_reloads() {
     assert_eq!(curl(&[&url]).1, "one\n");
     std::fs::write(&path, good.replace("one", "two")).unwrap();
     gw.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while curl(&[&url]).1 != "two\n" {
-        assert!(Instant::now() < deadline, "not reloaded");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        wait_until(Duration::from_secs(5), || curl(&[&url]).1 == "two\n"),
+        "not reloaded"
+    );
     std::fs::write(&path, "listeners: [\n").unwrap();
     gw.signal("HUP");
-    std::thread::sleep(Duration::from_millis(300));
+    // Once the gateway has turned the bad file down, the running configuration still
+    // answers.
+    assert!(
+        wait_until(Duration::from_secs(5), || gw
+            .stderr_so_far()
+            .contains("reload refused")),
+        "the bad file was not turned down: {}",
+        gw.stderr_so_far()
+    );
     assert_eq!(curl(&[&url]).1, "two\n");
 }
 
 #[test]
 fn the_example_gateway_file_runs() {
+    if !peers(&["curl"]) {
+        return;
+    }
     let text = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/configs/gateway.yaml"),
     )
     .unwrap();
-    let (web, a, b) = (free_port(), free_port(), free_port());
+    let (web, a, b) = (reserve_port(), reserve_port(), reserve_port());
     // The gateway proxies to its own listeners, so its pooled upstream connections are live
     // connections too: drain briefly on stop.
     let text = format!("drain_timeout: 1s\n{text}")

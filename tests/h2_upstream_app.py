@@ -1,7 +1,7 @@
 """ASGI app for tests/http2_upstream.rs, served by hypercorn over h2c and h2 (TLS).
 
 Paths: /echo streams the request body back; /headers lists the request fields; /slow
-answers after 0.3 s; /trailers answers with a trailer field (when asked with te: trailers);
+answers after 0.3 s (/inflight says how many /slow requests are waiting); /trailers answers with a trailer field (when asked with te: trailers);
 /stats tells how many distinct client ports (upstream connections) the app has seen,
 /reset-stats forgets them; anything else answers with its path. Every response says
 the client port, the HTTP version and the scheme it came with (x-peer-port,
@@ -11,6 +11,7 @@ import asyncio
 import json
 
 PEERS = set()
+SLOW_IN_FLIGHT = 0
 
 
 async def read_body(receive):
@@ -23,6 +24,7 @@ async def read_body(receive):
 
 
 async def app(scope, receive, send):
+    global SLOW_IN_FLIGHT
     if scope["type"] == "lifespan":
         while True:
             m = await receive()
@@ -35,7 +37,7 @@ async def app(scope, receive, send):
         return
     path = scope["path"]
     client = scope.get("client") or ("?", 0)
-    if path != "/stats":
+    if path not in ("/stats", "/inflight"):
         PEERS.add(client[1])
     hdrs = [
         (b"x-peer-port", str(client[1]).encode()),
@@ -65,8 +67,15 @@ async def app(scope, receive, send):
         await read_body(receive)
         await send({"type": "http.response.start", "status": 200, "headers": hdrs})
         await send({"type": "http.response.body", "body": text.encode()})
+    elif path == "/inflight":
+        await send({"type": "http.response.start", "status": 200, "headers": hdrs})
+        await send({"type": "http.response.body", "body": str(SLOW_IN_FLIGHT).encode()})
     elif path == "/slow":
-        await asyncio.sleep(0.3)
+        SLOW_IN_FLIGHT += 1
+        try:
+            await asyncio.sleep(0.3)
+        finally:
+            SLOW_IN_FLIGHT -= 1
         await send({"type": "http.response.start", "status": 200, "headers": hdrs})
         await send({"type": "http.response.body", "body": b"slow"})
     elif path == "/trailers":

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::*;
 
 fn proxy(dir: &TempDir, nginx_port: u16) -> (Proc, u16) {
-    let port = free_port();
+    let port = reserve_port();
     let cfg = dir.write(
         "http.yaml",
         &format!(
@@ -23,8 +23,8 @@ fn proxy(dir: &TempDir, nginx_port: u16) -> (Proc, u16) {
 }
 
 fn nginx_echo(dir: &TempDir) -> (Proc, u16) {
-    let port = free_port();
-    let p = nginx(
+    let port = reserve_port();
+    let mut p = nginx(
         dir,
         &format!(
             "server {{ listen 127.0.0.1:{port}; keepalive_requests 10000; \
@@ -33,12 +33,15 @@ fn nginx_echo(dir: &TempDir) -> (Proc, u16) {
              location /sink {{ return 200 \"got $content_length\"; }} }}"
         ),
     );
-    wait_port(port);
+    p.wait_port(port);
     (p, port)
 }
 
 #[test]
 fn reverse_proxy_in_front_of_nginx_with_curl() {
+    if !peers(&["nginx", "curl"]) {
+        return;
+    }
     let dir = TempDir::new("http-proxy");
     let (_nginx, up) = nginx_echo(&dir);
     let (_fg, port) = proxy(&dir, up);
@@ -69,6 +72,9 @@ fn reverse_proxy_in_front_of_nginx_with_curl() {
 
 #[test]
 fn pipelined_requests_are_answered_in_order() {
+    if !peers(&["nginx"]) {
+        return;
+    }
     let dir = TempDir::new("http-pipeline");
     let (_nginx, up) = nginx_echo(&dir);
     let (_fg, port) = proxy(&dir, up);
@@ -86,17 +92,20 @@ fn pipelined_requests_are_answered_in_order() {
 
 #[test]
 fn an_upstream_closing_every_ten_requests_loses_none() {
+    if !peers(&["nginx", "h2load"]) {
+        return;
+    }
     let dir = TempDir::new("http-ka-close");
-    let up = free_port();
+    let up = reserve_port();
     // nginx says `Connection: close` on every tenth response of a connection and closes.
-    let _nginx = nginx(
+    let mut nginx_proc = nginx(
         &dir,
         &format!(
             "server {{ listen 127.0.0.1:{up}; keepalive_requests 10; \
              location / {{ return 200 \"ok\"; }} }}"
         ),
     );
-    wait_port(up);
+    nginx_proc.wait_port(up);
     let (_fg, port) = proxy(&dir, up);
     let out = std::process::Command::new("h2load")
         .args([
@@ -118,11 +127,14 @@ fn an_upstream_closing_every_ten_requests_loses_none() {
 
 #[test]
 fn response_hop_by_hop_fields_stay_behind_and_http10_keep_alive_works() {
+    if !peers(&["nginx", "curl"]) {
+        return;
+    }
     let dir = TempDir::new("http-hop");
-    let up = free_port();
+    let up = reserve_port();
     // nginx adds its own `Connection: keep-alive`; these lines add fields that belong to
     // its connection with the proxy only.
-    let _nginx = nginx(
+    let mut nginx_proc = nginx(
         &dir,
         &format!(
             "server {{ listen 127.0.0.1:{up}; keepalive_requests 10000; \
@@ -131,7 +143,7 @@ fn response_hop_by_hop_fields_stay_behind_and_http10_keep_alive_works() {
              add_header X-Kept 2; return 200 \"hi\"; }} }}"
         ),
     );
-    wait_port(up);
+    nginx_proc.wait_port(up);
     let (ok, direct, err) = curl(&["-si", &format!("http://127.0.0.1:{up}/")]);
     assert!(ok, "{err}");
     assert!(
@@ -186,6 +198,9 @@ fn raw(port: u16, request: &[u8]) -> String {
 
 #[test]
 fn smuggling_and_oversized_requests_get_their_status_and_a_closed_connection() {
+    if !peers(&["nginx", "curl"]) {
+        return;
+    }
     let dir = TempDir::new("http-smuggle");
     let (_nginx, up) = nginx_echo(&dir);
     let (fg, port) = proxy(&dir, up);
@@ -219,6 +234,9 @@ fn smuggling_and_oversized_requests_get_their_status_and_a_closed_connection() {
 
 #[test]
 fn request_bodies_reach_the_upstream() {
+    if !peers(&["nginx", "curl"]) {
+        return;
+    }
     let dir = TempDir::new("http-body");
     let (_nginx, up) = nginx_echo(&dir);
     let (_fg, port) = proxy(&dir, up);
@@ -244,9 +262,12 @@ fn request_bodies_reach_the_upstream() {
 
 #[test]
 fn slowloris_gets_408_after_the_header_timeout_and_others_are_served() {
+    if !peers(&["nginx", "curl"]) {
+        return;
+    }
     let dir = TempDir::new("http-slowloris");
     let (_nginx, up) = nginx_echo(&dir);
-    let port = free_port();
+    let port = reserve_port();
     let cfg = dir.write(
         "slow.yaml",
         &format!(
@@ -300,8 +321,11 @@ fn slowloris_gets_408_after_the_header_timeout_and_others_are_served() {
 
 #[test]
 fn routes_by_host_path_and_header_with_weighted_split_and_header_edits() {
+    if !peers(&["curl"]) {
+        return;
+    }
     let dir = TempDir::new("http-route");
-    let port = free_port();
+    let port = reserve_port();
     let cfg = dir.write(
         "route.yaml",
         &format!(
@@ -361,9 +385,12 @@ pipelines:
 
 #[test]
 fn rewrite_before_the_upstream_and_redirect() {
+    if !peers(&["nginx", "curl"]) {
+        return;
+    }
     let dir = TempDir::new("http-rewrite");
     let (_nginx, up) = nginx_echo(&dir);
-    let port = free_port();
+    let port = reserve_port();
     let cfg = dir.write(
         "rewrite.yaml",
         &format!(
@@ -408,10 +435,13 @@ pipelines:
 
 #[test]
 fn access_log_lines_in_common_and_json_formats() {
+    if !peers(&["nginx", "curl"]) {
+        return;
+    }
     let dir = TempDir::new("http-access");
     let (_nginx, up) = nginx_echo(&dir);
-    let (common, json, broken) = (free_port(), free_port(), free_port());
-    let dead = free_port();
+    let (common, json, broken) = (reserve_port(), reserve_port(), reserve_port());
+    let dead = reserve_port();
     let cfg = dir.write(
         "log.yaml",
         &format!(
@@ -457,10 +487,13 @@ fn access_log_lines_in_common_and_json_formats() {
 
 #[test]
 fn retries_idempotent_requests_past_a_dead_upstream() {
+    if !peers(&["nginx", "curl"]) {
+        return;
+    }
     let dir = TempDir::new("http-retry");
     let (_nginx, up) = nginx_echo(&dir);
-    let dead = free_port();
-    let port = free_port();
+    let dead = reserve_port();
+    let port = reserve_port();
     let cfg = dir.write(
         "retry.yaml",
         &format!(
@@ -501,8 +534,11 @@ fn retries_idempotent_requests_past_a_dead_upstream() {
 
 #[test]
 fn cors_preflight_and_response_headers() {
+    if !peers(&["curl"]) {
+        return;
+    }
     let dir = TempDir::new("http-cors");
-    let port = free_port();
+    let port = reserve_port();
     let cfg = dir.write(
         "cors.yaml",
         &format!(
@@ -573,10 +609,13 @@ fn cors_preflight_and_response_headers() {
 
 #[test]
 fn a_failed_request_is_answered_and_the_connection_stays_usable() {
+    if !peers(&["nginx", "curl"]) {
+        return;
+    }
     let dir = TempDir::new("http-keep");
     let (_nginx, up) = nginx_echo(&dir);
-    let dead = free_port();
-    let port = free_port();
+    let dead = reserve_port();
+    let port = reserve_port();
     let cfg = dir.write(
         "keep.yaml",
         &format!(

@@ -24,17 +24,6 @@ use common::*;
 const APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/h2_upstream_app.py");
 const RESETTER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/h2_reset_server.py");
 
-fn need_python(module: &str) {
-    let ok = Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "python3 module `{module}` is required (scripts/test installs it with pip)"
-    );
-}
-
 /// hypercorn serving the test app on `port` (h2c and HTTP/1.1, or TLS with `tls`).
 fn hypercorn(port: u16, tls: Option<(&Path, &Path)>) -> Proc {
     hypercorn_retiring(port, tls, 1000)
@@ -42,15 +31,14 @@ fn hypercorn(port: u16, tls: Option<(&Path, &Path)>) -> Proc {
 
 /// [`hypercorn`] retiring each connection after `max_requests` requests.
 fn hypercorn_retiring(port: u16, tls: Option<(&Path, &Path)>, max_requests: u32) -> Proc {
-    need_python("hypercorn");
     let mut cmd = Command::new("python3");
     cmd.env("H2_APP_MAX_REQUESTS", max_requests.to_string());
     cmd.arg(APP).arg(port.to_string());
     if let Some((cert, key)) = tls {
         cmd.arg(cert).arg(key);
     }
-    let p = daemon(&mut cmd, "hypercorn");
-    wait_port(port);
+    let mut p = daemon(&mut cmd, "hypercorn");
+    p.wait_port(port);
     p
 }
 
@@ -162,10 +150,15 @@ fn h2load_report(args: &[&str]) -> (u64, String) {
 
 #[test]
 fn h2c_to_hypercorn_bodies_trailers_and_multiplexing() {
+    if !peers(&["curl", "nghttp", "h2load", "sha256sum"])
+        || !python_module("hypercorn", "hypercorn")
+    {
+        return;
+    }
     let dir = TempDir::new("h2up-h2c");
-    let hp = free_port();
+    let hp = reserve_port();
     let _hc = hypercorn(hp, None);
-    let port = free_port();
+    let port = reserve_port();
     let _fg = flowgate_to(
         &dir,
         port,
@@ -233,18 +226,23 @@ fn h2c_to_hypercorn_bodies_trailers_and_multiplexing() {
 
 #[test]
 fn h2_over_tls_to_hypercorn_and_nginx() {
+    if !peers(&["nginx", "curl", "openssl", "sha256sum"])
+        || !python_module("hypercorn", "hypercorn")
+    {
+        return;
+    }
     let dir = TempDir::new("h2up-tls");
     let pki = OpensslPki::new(&dir, "up");
     let (cert, key) = pki.leaf("upstream", "up.test", false);
-    let hp = free_port();
+    let hp = reserve_port();
     let _hc = hypercorn(hp, Some((&cert, &key)));
-    let np = free_port();
-    let sink = free_port();
+    let np = reserve_port();
+    let sink = reserve_port();
     let ndir = TempDir::new("h2up-nginx");
     // /sink reads the whole body before answering (proxy_pass to a plain server block):
     // an answer before the body is read makes nginx reset the stream with NO_ERROR, which
     // curl 7.88 takes for an error while it is still uploading.
-    let _nginx = nginx(
+    let mut nginx_proc = nginx(
         &ndir,
         &format!(
             "server {{ listen 127.0.0.1:{np} ssl http2; ssl_certificate {cert}; \
@@ -258,8 +256,8 @@ fn h2_over_tls_to_hypercorn_and_nginx() {
             key = key.display()
         ),
     );
-    wait_port(np);
-    let (p1, p2) = (free_port(), free_port());
+    nginx_proc.wait_port(np);
+    let (p1, p2) = (reserve_port(), reserve_port());
     let tls = |name: &str, target: u16| {
         format!(
             "  {name}:
@@ -319,15 +317,17 @@ pipelines:
 
 #[test]
 fn a_stream_reset_by_the_upstream_fails_only_that_request() {
-    need_python("h2");
+    if !peers(&["curl", "nghttp"]) || !python_module("h2", "h2") {
+        return;
+    }
     let dir = TempDir::new("h2up-reset");
-    let up = free_port();
-    let _srv = daemon(
+    let up = reserve_port();
+    let mut srv_proc = daemon(
         Command::new("python3").arg(RESETTER).arg(up.to_string()),
         "h2-reset-server",
     );
-    wait_port(up);
-    let port = free_port();
+    srv_proc.wait_port(up);
+    let port = reserve_port();
     let _fg = flowgate_to(
         &dir,
         port,
@@ -375,10 +375,13 @@ fn a_stream_reset_by_the_upstream_fails_only_that_request() {
 
 #[test]
 fn restarting_the_upstream_does_not_wedge_the_pool() {
+    if !peers(&["curl", "h2load"]) || !python_module("hypercorn", "hypercorn") {
+        return;
+    }
     let dir = TempDir::new("h2up-restart");
-    let hp = free_port();
+    let hp = reserve_port();
     let hc = hypercorn(hp, None);
-    let port = free_port();
+    let port = reserve_port();
     let _fg = flowgate_to(
         &dir,
         port,
@@ -399,7 +402,14 @@ fn restarting_the_upstream_does_not_wedge_the_pool() {
         let (_, code, _) = curl(&["-o", "/dev/null", "-w", "%{http_code}", &slow]);
         code
     });
-    std::thread::sleep(Duration::from_millis(100));
+    // Stop it once the request has reached it.
+    assert!(
+        wait_until(Duration::from_secs(5), || curl(&[&format!(
+            "http://127.0.0.1:{hp}/inflight"
+        )])
+        .1 == "1"),
+        "the slow request never reached the upstream"
+    );
     drop(hc.stop());
     assert_eq!(in_flight.join().unwrap(), "200");
     // Down: a clean 502, not a hang.
@@ -408,11 +418,10 @@ fn restarting_the_upstream_does_not_wedge_the_pool() {
     assert!(t.elapsed() < Duration::from_secs(5));
     // Back on the same port: requests succeed again within a bounded wait.
     let _hc = hypercorn(hp, None);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while status(&url) != "200" {
-        assert!(Instant::now() < deadline, "the pool never recovered");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        wait_until(Duration::from_secs(10), || status(&url) == "200"),
+        "the pool never recovered"
+    );
     for _ in 0..10 {
         assert_eq!(status(&url), "200");
     }
@@ -421,10 +430,13 @@ fn restarting_the_upstream_does_not_wedge_the_pool() {
 
 #[test]
 fn a_gateway_backend_with_protocol_http2() {
+    if !peers(&["curl", "h2load"]) || !python_module("hypercorn", "hypercorn") {
+        return;
+    }
     let dir = TempDir::new("h2up-gw");
-    let hp = free_port();
+    let hp = reserve_port();
     let _hc = hypercorn(hp, None);
-    let port = free_port();
+    let port = reserve_port();
     let cfg = dir.write(
         "gateway.yaml",
         &format!(
@@ -441,11 +453,8 @@ fn a_gateway_backend_with_protocol_http2() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let _gw = Proc {
-        child,
-        name: "flowgate-gateway".into(),
-    };
-    wait_port(port);
+    let mut gw = Proc::new(child, "flowgate-gateway");
+    gw.wait_port(port);
     let (ok, out, err) = curl(&["-i", &format!("http://127.0.0.1:{port}/gw")]);
     assert!(ok, "{err}");
     assert!(out.contains("x-http-version: 2"), "{out}");
@@ -468,13 +477,16 @@ fn a_gateway_backend_with_protocol_http2() {
 
 #[test]
 fn upstreams_retiring_connections_every_100_requests_lose_no_request() {
+    if !peers(&["nginx", "h2load", "openssl"]) || !python_module("hypercorn", "hypercorn") {
+        return;
+    }
     let dir = TempDir::new("h2up-retire");
     let pki = OpensslPki::new(&dir, "up");
     let (cert, key) = pki.leaf("upstream", "up.test", false);
     // nginx, h2 over TLS: GOAWAY after 100 requests; the streams sent meanwhile are refused.
-    let np = free_port();
+    let np = reserve_port();
     let ndir = TempDir::new("h2up-retire-nginx");
-    let _nginx = nginx(
+    let mut nginx_proc = nginx(
         &ndir,
         &format!(
             "server {{ listen 127.0.0.1:{np} ssl http2; ssl_certificate {cert}; \
@@ -484,12 +496,12 @@ fn upstreams_retiring_connections_every_100_requests_lose_no_request() {
             key = key.display()
         ),
     );
-    wait_port(np);
+    nginx_proc.wait_port(np);
     // hypercorn, h2c: after 100 requests it says GOAWAY and answers nothing more on the
     // connection (not even the streams the GOAWAY says it took).
-    let hp = free_port();
+    let hp = reserve_port();
     let _hc = hypercorn_retiring(hp, None, 100);
-    let (p1, p2) = (free_port(), free_port());
+    let (p1, p2) = (reserve_port(), reserve_port());
     let cfg = dir.write(
         "flowgate.yaml",
         &format!(
@@ -529,12 +541,9 @@ pipelines:
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let _fg = Proc {
-        child,
-        name: "flowgate".into(),
-    };
-    wait_port(p1);
-    wait_port(p2);
+    let mut fg = Proc::new(child, "flowgate");
+    fg.wait_port(p1);
+    fg.wait_port(p2);
     let failures = || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let lines: Vec<&str> = text

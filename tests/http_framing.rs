@@ -164,7 +164,7 @@ fn check_canonical_framing(port: u16, up: &Recorder) {
 fn flowgate_run_forwards_framing_fields_in_canonical_form() {
     let up = Recorder::start();
     let dir = TempDir::new("framing-run");
-    let port = free_port();
+    let port = reserve_port();
     let cfg = dir.write(
         "http.yaml",
         &format!(
@@ -182,7 +182,7 @@ fn flowgate_run_forwards_framing_fields_in_canonical_form() {
 fn flowgate_gateway_forwards_framing_fields_in_canonical_form() {
     let up = Recorder::start();
     let dir = TempDir::new("framing-gw");
-    let port = free_port();
+    let port = reserve_port();
     let cfg = dir.write(
         "gateway.yaml",
         &format!(
@@ -199,11 +199,8 @@ fn flowgate_gateway_forwards_framing_fields_in_canonical_form() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let gw = Proc {
-        child,
-        name: "flowgate-gateway".into(),
-    };
-    wait_port(port);
+    let mut gw = Proc::new(child, "flowgate-gateway");
+    gw.wait_port(port);
     check_canonical_framing(port, &up);
     let stderr = gw.stop();
     assert!(!stderr.contains("panicked"), "{stderr}");

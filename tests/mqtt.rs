@@ -6,9 +6,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -20,47 +21,99 @@ fn mosquitto(dir: &TempDir, name: &str) -> (Proc, u16) {
 
 /// A mosquitto broker with more configuration lines.
 fn mosquitto_with(dir: &TempDir, name: &str, extra: &str) -> (Proc, u16) {
-    let port = free_port();
+    let port = reserve_port();
     let conf = dir.write(
         &format!("{name}.conf"),
         &format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\n{extra}"
         ),
     );
-    let p = daemon(Command::new("mosquitto").arg("-c").arg(&conf), name);
-    wait_port(port);
+    let mut p = daemon(Command::new("mosquitto").arg("-c").arg(&conf), name);
+    p.wait_port(port);
     (p, port)
 }
 
-/// Starts `mosquitto_sub` on `port` with `args`; read it with [`sub_output`].
-fn sub_cli(port: u16, args: &[&str]) -> std::process::Child {
-    Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+/// A running `mosquitto_sub`, with `-d`: its debug lines (`Client … received SUBACK`) say
+/// when the subscription is in place, so a test publishes once it is instead of after a
+/// fixed pause.
+struct Sub {
+    child: std::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Sub {
+    /// Waits up to 10 s for the broker to acknowledge the subscription.
+    fn subscribed(self) -> Sub {
+        let acked = wait_until(Duration::from_secs(10), || {
+            self.lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.starts_with("Client ") && l.contains("received SUBACK"))
+        });
+        assert!(acked, "no SUBACK: {:?}", self.lines.lock().unwrap());
+        self
+    }
+}
+
+/// Starts `mosquitto_sub` on `port` with `args`; wait for [`Sub::subscribed`], read it
+/// with [`sub_output`].
+fn sub_cli(port: u16, args: &[&str]) -> Sub {
+    // Line-buffered (stdbuf), or the debug lines wait in stdio's buffer until it exits.
+    let mut child = Command::new("stdbuf")
+        .args([
+            "-oL",
+            "mosquitto_sub",
+            "-d",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let sink = lines.clone();
+    let reader = std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    Sub {
+        child,
+        lines,
+        reader,
+    }
 }
 
-/// Waits up to 15 s for a `mosquitto_sub` to finish (killing it then) and returns what it
-/// printed, trimmed.
-fn sub_output(mut c: std::process::Child) -> String {
+/// Waits up to 15 s for a `mosquitto_sub` to finish (killing it then) and returns the
+/// messages it printed (its debug lines left out), trimmed.
+fn sub_output(mut s: Sub) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while c.try_wait().unwrap().is_none() && Instant::now() < deadline {
+    while s.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = c.kill();
-    let _ = c.wait();
-    let mut s = String::new();
-    c.stdout.take().unwrap().read_to_string(&mut s).unwrap();
-    s.trim().to_string()
+    let _ = s.child.kill();
+    let _ = s.child.wait();
+    s.reader.join().unwrap();
+    let lines = s.lines.lock().unwrap();
+    let messages: Vec<&str> = lines
+        .iter()
+        .map(String::as_str)
+        .filter(|l| !l.starts_with("Client ") && !l.starts_with("Subscribed (mid"))
+        .collect();
+    messages.join("\n").trim().to_string()
 }
 
 /// `flowgate run` with one `proxy-mqtt` over `brokers`; `extra` is more YAML for the
 /// filter's options (indented by 8).
 fn proxy(dir: &TempDir, brokers: &[u16], extra: &str) -> (Proc, u16) {
-    let port = free_port();
+    let port = reserve_port();
     let list: Vec<String> = brokers.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let cfg = dir.write(
         "proxy.yaml",
@@ -126,17 +179,16 @@ fn pub_cli(port: u16, args: &[&str]) -> (bool, String) {
     )
 }
 
-fn peers_present() -> bool {
-    let ok = have("mosquitto") && have("mosquitto_pub") && have("python3");
-    if !ok {
-        eprintln!("skipped: mosquitto, mosquitto-clients and python3 with paho-mqtt are needed");
-    }
-    ok
+/// The peers of every test here (the shared policy): mosquitto, its clients (and stdbuf
+/// to read them as they go) and python3 with paho-mqtt.
+fn mqtt_peers() -> bool {
+    peers(&["mosquitto", "mosquitto_pub", "mosquitto_sub", "stdbuf"])
+        && python_module("paho.mqtt.client", "paho-mqtt")
 }
 
 #[test]
 fn one_client_id_always_lands_on_the_same_broker() {
-    if !peers_present() {
+    if !mqtt_peers() {
         return;
     }
     let dir = TempDir::new("mqtt-sticky");
@@ -166,7 +218,7 @@ fn one_client_id_always_lands_on_the_same_broker() {
 
 #[test]
 fn paho_and_mosquitto_clients_over_311_and_5() {
-    if !peers_present() {
+    if !mqtt_peers() {
         return;
     }
     let dir = TempDir::new("mqtt-rt");
@@ -179,8 +231,7 @@ fn paho_and_mosquitto_clients_over_311_and_5() {
     let (_b, pb) = mosquitto_with(&dir, "b", &bridge);
     let mut bridged = false;
     for i in 0..20 {
-        let sub = sub_cli(pa, &["-t", "bridge/check", "-C", "1", "-W", "2"]);
-        std::thread::sleep(Duration::from_millis(300));
+        let sub = sub_cli(pa, &["-t", "bridge/check", "-C", "1", "-W", "2"]).subscribed();
         pub_cli(pb, &["-t", "bridge/check", "-m", &i.to_string()]);
         if !sub_output(sub).is_empty() {
             bridged = true;
@@ -199,8 +250,8 @@ fn paho_and_mosquitto_clients_over_311_and_5() {
         &[
             "-V", "mqttv5", "-t", "cli/t", "-C", "1", "-W", "10", "-q", "2",
         ],
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    )
+    .subscribed();
     let (ok, out) = pub_cli(
         port,
         &["-V", "mqttv311", "-t", "cli/t", "-m", "hello", "-q", "2"],
@@ -211,7 +262,7 @@ fn paho_and_mosquitto_clients_over_311_and_5() {
 
 #[test]
 fn wrong_credentials_get_the_right_connack_codes() {
-    if !peers_present() {
+    if !mqtt_peers() {
         return;
     }
     let dir = TempDir::new("mqtt-auth");
@@ -238,7 +289,7 @@ fn wrong_credentials_get_the_right_connack_codes() {
 
 #[test]
 fn acl_disconnects_or_drops_denied_publishes() {
-    if !peers_present() {
+    if !mqtt_peers() {
         return;
     }
     let dir = TempDir::new("mqtt-acl");
@@ -275,7 +326,7 @@ fn acl_disconnects_or_drops_denied_publishes() {
 
 #[test]
 fn topic_prefix_isolates_tenants() {
-    if !peers_present() {
+    if !mqtt_peers() {
         return;
     }
     let dir = TempDir::new("mqtt-prefix");
@@ -289,14 +340,12 @@ fn topic_prefix_isolates_tenants() {
         sub_cli(port, &args)
     };
     // In: alice's `t` is `tenants/alice/t` on the broker.
-    let direct = sub(pm, None, "tenants/#");
-    std::thread::sleep(Duration::from_millis(400));
+    let direct = sub(pm, None, "tenants/#").subscribed();
     let (ok, out) = pub_cli(port, &["-u", "alice", "-t", "t", "-m", "x"]);
     assert!(ok, "{out}");
     assert_eq!(sub_output(direct), "tenants/alice/t x");
     // Out: alice sees her tenant's topics without the prefix.
-    let via = sub(port, Some("alice"), "#");
-    std::thread::sleep(Duration::from_millis(400));
+    let via = sub(port, Some("alice"), "#").subscribed();
     pub_cli(pm, &["-t", "tenants/bob/in", "-m", "not-for-alice"]);
     pub_cli(pm, &["-t", "tenants/alice/in/z", "-m", "y"]);
     assert_eq!(sub_output(via), "in/z y");
@@ -307,7 +356,7 @@ fn topic_prefix_isolates_tenants() {
 
 #[test]
 fn publish_rate_limit_slows_a_client_down_without_dropping() {
-    if !peers_present() {
+    if !mqtt_peers() {
         return;
     }
     let dir = TempDir::new("mqtt-rate");
@@ -317,8 +366,7 @@ fn publish_rate_limit_slows_a_client_down_without_dropping() {
         &[pm],
         "        limits: { publish_rate: 20, publish_burst: 1 }\n",
     );
-    let sub = sub_cli(pm, &["-t", "rate", "-C", "30", "-W", "20"]);
-    std::thread::sleep(Duration::from_millis(400));
+    let sub = sub_cli(pm, &["-t", "rate", "-C", "30", "-W", "20"]).subscribed();
     let lines: String = (0..30).map(|i| format!("m{i}\n")).collect();
     let lines_file = dir.write("lines", &lines);
     let t0 = Instant::now();
@@ -360,7 +408,7 @@ fn read_to_close(s: &mut TcpStream) -> (Vec<u8>, bool) {
 
 #[test]
 fn malformed_packets_close_only_that_client() {
-    if !peers_present() {
+    if !mqtt_peers() {
         return;
     }
     let dir = TempDir::new("mqtt-bad");
@@ -426,7 +474,7 @@ fn malformed_packets_close_only_that_client() {
 
 #[test]
 fn tls_client_certificate_names_the_user() {
-    if !peers_present() || !have("openssl") {
+    if !mqtt_peers() || !peers(&["openssl"]) {
         return;
     }
     let dir = TempDir::new("mqtt-tls");
@@ -434,7 +482,7 @@ fn tls_client_certificate_names_the_user() {
     let (server_cert, server_key) = pki.leaf("server", "localhost", false);
     let (dev_cert, dev_key) = pki.leaf("dev", "device-7", true);
     let (_m, pm) = mosquitto(&dir, "m");
-    let port = free_port();
+    let port = reserve_port();
     let cfg = dir.write(
         "tls.yaml",
         &format!(
@@ -445,8 +493,7 @@ fn tls_client_certificate_names_the_user() {
         ),
     );
     let _fg = flowgate_run(&cfg, &[port]);
-    let direct = sub_cli(pm, &["-t", "devices/#", "-v", "-C", "1", "-W", "10"]);
-    std::thread::sleep(Duration::from_millis(400));
+    let direct = sub_cli(pm, &["-t", "devices/#", "-v", "-C", "1", "-W", "10"]).subscribed();
     let ca = pki.ca();
     let tls = |cert: Option<(&std::path::Path, &std::path::Path)>| {
         let mut args = vec![
@@ -476,7 +523,7 @@ fn tls_client_certificate_names_the_user() {
 
 #[test]
 fn max_packet_size_counts_the_publish_payload() {
-    if !peers_present() {
+    if !mqtt_peers() {
         return;
     }
     // mosquitto itself has no packet limit here, so whatever the proxy lets through

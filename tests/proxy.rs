@@ -18,7 +18,7 @@ fn round_robin_over_three_real_upstreams() {
         Echo::start(Some("B:")),
         Echo::start(Some("C:")),
     ];
-    let port = free_port();
+    let port = reserve_port();
     let dir = TempDir::new("rr");
     let cfg = dir.write(
         "proxy.yaml",
@@ -59,18 +59,21 @@ fn round_robin_over_three_real_upstreams() {
 
 #[test]
 fn proxy_protocol_v2_carries_the_client_address_to_nginx() {
+    if !peers(&["nginx"]) {
+        return;
+    }
     let dir = TempDir::new("ppv2");
-    let nginx_port = free_port();
-    let _nginx = nginx(
+    let nginx_port = reserve_port();
+    let mut nginx_proc = nginx(
         &dir,
         &format!(
             "server {{ listen 127.0.0.1:{nginx_port} proxy_protocol; \
              location / {{ return 200 \"client=$proxy_protocol_addr:$proxy_protocol_port\"; }} }}"
         ),
     );
-    wait_port(nginx_port);
+    nginx_proc.wait_port(nginx_port);
     // Front: reads a PROXY header from the client, writes a v2 header to nginx.
-    let port = free_port();
+    let port = reserve_port();
     let cfg = dir.write(
         "proxy.yaml",
         &format!(
@@ -149,7 +152,7 @@ fn back_pressure_a_stalled_upstream_stops_the_client() {
     // An upstream that accepts and never reads.
     let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let up_port = upstream.local_addr().unwrap().port();
-    let port = free_port();
+    let port = reserve_port();
     let dir = TempDir::new("backpressure");
     let cfg = dir.write(
         "proxy.yaml",
@@ -226,8 +229,8 @@ fn connect_balances_with_flowgate_lb_maglev_and_outlier_ejection() {
         Echo::start(Some("B:")),
         Echo::start(Some("C:")),
     ];
-    let dead = free_port(); // nothing listens there
-    let (maglev_port, rr_port) = (free_port(), free_port());
+    let dead = reserve_port(); // nothing listens there
+    let (maglev_port, rr_port) = (reserve_port(), reserve_port());
     let dir = TempDir::new("lb");
     let targets = format!(
         "127.0.0.1:{}, 127.0.0.1:{}, 127.0.0.1:{}",

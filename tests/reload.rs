@@ -39,7 +39,7 @@ fn reload_under_load_loses_nothing() {
         .unwrap_or(20);
     let ups = [Echo::start(None), Echo::start(None), Echo::start(None)];
     let up_ports: Vec<u16> = ups.iter().map(|e| e.port).collect();
-    let port = free_port();
+    let port = reserve_port();
     let dir = TempDir::new("reload");
     let path = dir.write("proxy.yaml", &config(port, &up_ports, 0));
     let fg = flowgate_run_log(&path, &[port], "info");
@@ -129,7 +129,7 @@ fn exchange(port: u16, payload: &[u8]) -> std::io::Result<Vec<u8>> {
 #[test]
 fn a_changed_file_is_reloaded_without_a_signal() {
     let (a, b) = (Echo::start(Some("A:")), Echo::start(Some("B:")));
-    let port = free_port();
+    let port = reserve_port();
     let dir = TempDir::new("watch");
     let cfg = |up: u16| {
         format!(

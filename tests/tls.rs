@@ -25,14 +25,14 @@ fn config(port: u16, upstream: u16, cert: &Path, key: &Path, client_ca: Option<&
 }
 
 fn nginx_hello(dir: &TempDir) -> (Proc, u16) {
-    let port = free_port();
-    let p = nginx(
+    let port = reserve_port();
+    let mut p = nginx(
         dir,
         &format!(
             "server {{ listen 127.0.0.1:{port}; keepalive_requests 1000; location / {{ return 200 \"hello from nginx\"; }} }}"
         ),
     );
-    wait_port(port);
+    p.wait_port(port);
     (p, port)
 }
 
@@ -45,11 +45,14 @@ fn url(port: u16) -> (String, String) {
 
 #[test]
 fn tls_termination_in_front_of_plaintext_nginx_with_curl() {
+    if !peers(&["nginx", "curl", "openssl"]) {
+        return;
+    }
     let dir = TempDir::new("tls-term");
     let (_nginx, up) = nginx_hello(&dir);
     let pki = OpensslPki::new(&dir, "server");
     let (cert, key) = pki.leaf("localhost", "localhost", false);
-    let port = free_port();
+    let port = reserve_port();
     let cfg = dir.write("tls.yaml", &config(port, up, &cert, &key, None));
     let _fg = flowgate_run(&cfg, &[port]);
     let (resolve, u) = url(port);
@@ -76,6 +79,9 @@ fn tls_termination_in_front_of_plaintext_nginx_with_curl() {
 
 #[test]
 fn mutual_tls_refuses_missing_and_foreign_client_certificates() {
+    if !peers(&["nginx", "curl", "openssl"]) {
+        return;
+    }
     let dir = TempDir::new("mtls");
     let (_nginx, up) = nginx_hello(&dir);
     let server_pki = OpensslPki::new(&dir, "server");
@@ -84,7 +90,7 @@ fn mutual_tls_refuses_missing_and_foreign_client_certificates() {
     let (good_cert, good_key) = clients.leaf("good-client", "good.client", true);
     let other = OpensslPki::new(&dir, "other");
     let (bad_cert, bad_key) = other.leaf("bad-client", "bad.client", true);
-    let port = free_port();
+    let port = reserve_port();
     let cfg = dir.write(
         "mtls.yaml",
         &config(port, up, &cert, &key, Some(&clients.ca())),
@@ -131,11 +137,14 @@ fn mutual_tls_refuses_missing_and_foreign_client_certificates() {
 
 #[test]
 fn garbage_handshake_closes_only_its_own_connection() {
+    if !peers(&["nginx", "curl", "openssl"]) {
+        return;
+    }
     let dir = TempDir::new("tls-garbage");
     let (_nginx, up) = nginx_hello(&dir);
     let pki = OpensslPki::new(&dir, "server");
     let (cert, key) = pki.leaf("localhost", "localhost", false);
-    let port = free_port();
+    let port = reserve_port();
     let cfg = dir.write("tls.yaml", &config(port, up, &cert, &key, None));
     let fg = flowgate_run(&cfg, &[port]);
 

@@ -128,7 +128,8 @@ async fn simultaneous_open_converges() {
             && b.peer(A).unwrap().state == State::Established
     })
     .await;
-    // Stable: still up, no flap, a second later.
+    // Stable: still up, no flap, a second later. (A fixed wait on purpose: a flap that
+    // does not happen cannot be polled for.)
     tokio::time::sleep(Duration::from_secs(1)).await;
     for (s, p) in [(a, B), (b, A)] {
         let info = s.peer(p).unwrap();

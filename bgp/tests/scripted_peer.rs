@@ -247,6 +247,8 @@ async fn malformed_attribute_is_treated_as_withdraw_and_session_stays_up() {
     }
     assert!(speaker.adj_rib_in(PEER).is_empty());
     peer.send(Message::Keepalive).await;
+    // Paused clock: the sleep lets the speaker handle the KEEPALIVE and advances virtual
+    // time; the session must not have been reset meanwhile (nothing to poll for).
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(speaker.peer(PEER).unwrap().state, State::Established);
 

@@ -11,6 +11,7 @@ use std::process::Command;
 use common::netns::Netns;
 use flowgate_ebpf::xdp_lb::{AttachMode, AttachedMode, XdpLb, XdpLbConfig};
 use flowgate_ebpf::{Error, SockRedirect, SockRedirectConfig};
+use flowgate_pipeline::testing::require_programs;
 
 fn small() -> XdpLbConfig {
     XdpLbConfig {
@@ -31,7 +32,7 @@ fn xdp_on_lo(ns: &Netns) -> bool {
 
 #[test]
 fn native_falls_back_to_generic_and_detaches() {
-    if !common::can_run("native_falls_back_to_generic_and_detaches") {
+    if !common::can_run_in_netns("native_falls_back_to_generic_and_detaches") {
         return;
     }
     let ns = Netns::new("x");
@@ -92,7 +93,7 @@ fn not_root_is_reported() {
         assert!(matches!(err, Error::NotRoot { .. }), "{err}");
         return;
     }
-    if !common::can_run("not_root_is_reported") {
+    if !common::can_run("not_root_is_reported") || !require_programs(&["setpriv"]) {
         return;
     }
     let exe = std::env::current_exe().unwrap();
@@ -102,19 +103,13 @@ fn not_root_is_reported() {
         .args(["--exact", "not_root_is_reported", "--nocapture"])
         .env("FG_CHILD_NOT_ROOT", "1")
         .env_remove("FLOWGATE_NO_SKIP")
-        .output();
-    match out {
-        Ok(o) => {
-            let text = String::from_utf8_lossy(&o.stdout);
-            assert!(o.status.success(), "the unprivileged half failed: {text}");
-            // An exit code of 0 alone would also mean "no test matched".
-            assert!(
-                text.contains("1 passed"),
-                "the unprivileged half did not run: {text}"
-            );
-        }
-        Err(e) => {
-            common::skip("not_root_is_reported", &format!("cannot run setpriv ({e})"));
-        }
-    }
+        .output()
+        .expect("setpriv runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the unprivileged half failed: {text}");
+    // An exit code of 0 alone would also mean "no test matched".
+    assert!(
+        text.contains("1 passed"),
+        "the unprivileged half did not run: {text}"
+    );
 }

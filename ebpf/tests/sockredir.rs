@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::netns::{Netns, unique};
 use flowgate_ebpf::{Sidecar, SockRedirect, SockRedirectConfig};
+use flowgate_pipeline::testing::{require_peer, require_programs};
 
 const PAYLOAD: usize = 4 << 20;
 
@@ -136,13 +137,13 @@ fn lo_bytes(ns: &Netns) -> u64 {
 }
 
 fn can_run(test: &str) -> bool {
-    if !common::can_run(test) {
-        return false;
-    }
-    if !common::cgroup2_root().is_some_and(|r| r.join("cgroup.procs").exists()) {
-        return common::skip(test, "no cgroup v2 hierarchy mounted");
-    }
-    true
+    common::can_run_in_netns(test)
+        && require_programs(&["python3"])
+        && require_peer(
+            "a cgroup v2 hierarchy",
+            common::cgroup2_root().is_some_and(|r| r.join("cgroup.procs").exists()),
+            "mount cgroup2, e.g. on /sys/fs/cgroup",
+        )
 }
 
 /// Echoes PAYLOAD bytes between two processes; returns (loopback bytes moved, hashes ok).

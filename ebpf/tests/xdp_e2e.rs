@@ -249,7 +249,7 @@ fn check_spread(lb: &XdpLb, t: &Topology, vip: Ipv4Addr, got: &[(u16, u8)], live
 
 #[test]
 fn xdp_lb_end_to_end() {
-    if !common::can_run("xdp_lb_end_to_end") {
+    if !common::can_run_in_netns("xdp_lb_end_to_end") {
         return;
     }
     let t = setup([1, 2, 3]);

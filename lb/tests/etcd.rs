@@ -1,16 +1,18 @@
 //! A real etcd (Debian's `etcd-server`) on loopback: register endpoints under a prefix,
 //! change them, and see the balancer follow within 1 s.
 //!
-//! Needs the `etcd` binary on PATH (`apt-get install -y etcd-server`).
+//! Needs the `etcd` binary on PATH (`apt-get install -y etcd-server`); without it the test
+//! skips or fails by the shared policy (`flowgate_pipeline::testing::require_peer`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flowgate_lb::discovery::{EtcdClient, EtcdDiscovery, follow};
 use flowgate_lb::{Algorithm, Balancer, BalancerConfig};
+use flowgate_pipeline::testing::{require_programs, reserve_port};
 
 /// The etcd child process, killed and its data removed on drop.
 struct Etcd {
@@ -27,19 +29,11 @@ impl Drop for Etcd {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start_etcd() -> Etcd {
     let dir = std::env::temp_dir().join(format!("flowgate-lb-etcd-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let (cp, pp, mp) = (free_port(), free_port(), free_port());
+    let (cp, pp, mp) = (reserve_port(), reserve_port(), reserve_port());
     let client = format!("http://127.0.0.1:{cp}");
     let peer = format!("http://127.0.0.1:{pp}");
     let child = Command::new("etcd")
@@ -62,7 +56,7 @@ fn start_etcd() -> Etcd {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("etcd not found: apt-get install -y etcd-server");
+        .expect("etcd starts");
     Etcd {
         child,
         dir,
@@ -89,6 +83,9 @@ fn addrs(lb: &Balancer) -> Vec<String> {
 
 #[tokio::test]
 async fn balancer_follows_etcd_prefix() {
+    if !require_programs(&["etcd"]) {
+        return;
+    }
     let etcd = start_etcd();
     let client = EtcdClient::new(etcd.client, Duration::from_secs(2));
     // Wait (bounded) for etcd to serve.

@@ -70,6 +70,8 @@ async fn http_checks_eject_killed_backend_and_restore_it() {
         ..HealthCheckConfig::default()
     };
     let checker = tokio::spawn(HealthChecker::new(lb.clone(), cfg).unwrap().run());
+    // A fixed wait on purpose: two intervals of passing checks must not mark a live
+    // backend down (something that does not happen cannot be polled for).
     tokio::time::sleep(interval * 2).await;
     assert_eq!(lb.eligible().len(), 2);
 

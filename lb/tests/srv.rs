@@ -5,6 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use flowgate_lb::discovery::{Discovery, SrvDiscovery};
+use flowgate_pipeline::testing::{require_programs, reserve_port};
 
 struct Unbound(Child, std::path::PathBuf);
 
@@ -55,7 +56,7 @@ remote-control:
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .expect("unbound is required (apt-get install -y unbound)");
+        .expect("unbound starts");
     Unbound(child, dir)
 }
 
@@ -69,20 +70,13 @@ impl Unbound {
     }
 }
 
-/// A port free for both UDP and TCP (unbound listens on both).
-fn free_port() -> u16 {
-    loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 #[tokio::test]
 async fn srv_records_become_weighted_backends_of_the_lowest_priority() {
-    let port = free_port();
+    if !require_programs(&["unbound"]) {
+        return;
+    }
+    // Free for both UDP and TCP (unbound listens on both).
+    let port = reserve_port();
     let mut u = unbound(port);
     let resolver = format!("127.0.0.1:{port}").parse().unwrap();
     let mut d = SrvDiscovery::new("_http._tcp.svc.test", resolver, Duration::from_millis(200))

@@ -145,7 +145,9 @@ pub fn missing_peer_fails() -> bool {
     std::env::var_os("CI").is_some() || std::env::var_os("FLOWGATE_NO_SKIP").is_some() || is_root()
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root (network namespaces, eBPF programs and raised limits
+/// need it).
+pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
         s.lines()
             .find_map(|l| l.strip_prefix("Uid:"))
@@ -185,4 +187,219 @@ pub fn have_program(program: &str) -> bool {
     }
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+/// [`require_peer`] for programs: `true` when every one of `programs` is on the `PATH`;
+/// otherwise it fails or skips (as [`require_peer`] decides) naming the first one missing
+/// and the Debian package that has it.
+///
+/// ```
+/// use flowgate_pipeline::testing::require_programs;
+/// // In a test: `if !require_programs(&["nginx", "curl"]) { return; }`
+/// assert!(require_programs(&["sh"]));
+/// ```
+pub fn require_programs(programs: &[&str]) -> bool {
+    programs.iter().all(|p| {
+        require_peer(
+            p,
+            have_program(p),
+            &format!("apt-get install -y {}", package_of(p)),
+        )
+    })
+}
+
+/// The Debian package of a peer program the tests use (most are named after it).
+fn package_of(program: &str) -> &str {
+    match program.rsplit('/').next().unwrap_or(program) {
+        "kdig" => "knot-dnsutils",
+        "nghttp" | "h2load" => "nghttp2-client",
+        "mosquitto_pub" | "mosquitto_sub" => "mosquitto-clients",
+        "etcd" => "etcd-server",
+        "gobgp" => "gobgpd",
+        "bird" | "birdc" => "bird2",
+        "vtysh" | "zebra" | "bgpd" | "watchfrr" => "frr",
+        "ip" => "iproute2",
+        "prlimit" | "setpriv" => "util-linux",
+        "sha256sum" | "stdbuf" => "coreutils",
+        other => other,
+    }
+}
+
+/// [`require_peer`] for a Python module: `true` when `python3 -c "import MODULE"` works;
+/// `pip` is the PyPI package that has it.
+pub fn require_python_module(module: &str, pip: &str) -> bool {
+    let present = std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    require_peer(
+        &format!("the python3 module `{module}`"),
+        present,
+        &format!("python3 -m pip install {pip}"),
+    )
+}
+
+// === Waiting for a condition ===
+
+/// How often [`wait_until`] and [`wait_until_async`] look again.
+const POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Polls `cond` until it holds (`true`) or `within` has passed (`false`, after a last
+/// look), instead of sleeping a fixed time before an assertion:
+/// `assert!(wait_until(Duration::from_secs(10), || reloaded()), "not reloaded")`.
+pub fn wait_until(within: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// [`wait_until`] inside a tokio runtime (with tokio's clock, so it also works under a
+/// paused clock).
+pub async fn wait_until_async(within: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+// === Ports for peers ===
+
+/// The lowest port [`reserve_port`] hands out.
+const RESERVED_FROM: u16 = 15000;
+
+/// The ports [`reserve_port`] has handed out in this process, with the lock files that
+/// claim them (held, and so locked, until the process exits).
+static RESERVED: std::sync::Mutex<Vec<(u16, Option<std::fs::File>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// A port for a peer the test has to tell where to listen (the `flowgate` binary, nginx,
+/// mosquitto, unbound…): free on 127.0.0.1 and every other address for TCP and UDP, and
+/// handed to no other caller of this function, in this process or in any other process on
+/// the machine, until this process exits. (A server the test runs in-process binds port 0
+/// instead and passes on the port it got, or the bound listener.)
+///
+/// Why not bind port 0, drop the socket and pass its number on: the kernel may give the
+/// same port to a concurrent test, or pick it as the local port of any outgoing
+/// connection, before the peer binds it. Why not start the peer and start it again on
+/// another port when its bind fails: each peer says so differently (or only in its log),
+/// a process with several listeners must be restarted as a whole, and waiting for the port
+/// to accept cannot tell our peer from another process that took the port meanwhile.
+///
+/// So ports come from a range the kernel does not pick by itself (from 15000 up to the
+/// start of `net.ipv4.ip_local_port_range`, usually 32768), each one claimed by `flock`ing
+/// `/tmp/flowgate-test-ports/PORT` (released by the kernel when the process exits, even
+/// when it crashes) and then checked by binding it, so a port some unrelated program uses
+/// is passed over. Each process starts its search at a place derived from its PID, so
+/// concurrent test binaries seldom even try the same locks. Without a usable lock
+/// directory, ports are unique within the process only (and still checked by binding).
+///
+/// Panics when the range has no port left (it holds thousands).
+#[allow(
+    clippy::panic,
+    reason = "a test helper: failing the calling test is its job"
+)]
+pub fn reserve_port() -> u16 {
+    let mut held = RESERVED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (lo, hi) = reservable_ports();
+    let span = u32::from(hi - lo);
+    let dir = lock_dir();
+    let start = std::process::id().wrapping_mul(97) % span;
+    for i in 0..span {
+        let port = lo + ((start + i) % span) as u16;
+        if held.iter().any(|(p, _)| *p == port) {
+            continue;
+        }
+        let lock = match &dir {
+            Some(dir) => match claim(&dir.join(port.to_string())) {
+                Some(file) => Some(file),
+                None => continue,
+            },
+            None => None,
+        };
+        if !bindable(port) {
+            continue;
+        }
+        held.push((port, lock));
+        return port;
+    }
+    panic!("no free port left in {lo}..{hi}");
+}
+
+/// The range `[lo, hi)` of ports [`reserve_port`] hands out: below the kernel's ephemeral
+/// ports (or above them when they start too low).
+fn reservable_ports() -> (u16, u16) {
+    let range: Vec<u16> = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    match range[..] {
+        [first, _] if first >= RESERVED_FROM + 2000 => (RESERVED_FROM, first),
+        [_, last] if last <= 63000 => (last + 1, 65535),
+        _ => (RESERVED_FROM, 32768),
+    }
+}
+
+/// The shared directory of port locks, created (world-writable, sticky) when missing.
+fn lock_dir() -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new("/tmp/flowgate-test-ports");
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir).ok()?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777));
+        }
+    }
+    Some(dir.to_path_buf())
+}
+
+/// The lock file `path`, locked by this process; `None` when another process holds it.
+fn claim(path: &std::path::Path) -> Option<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        // Created by another user: a read-only descriptor can hold the lock too.
+        .or_else(|_| std::fs::File::open(path))
+        .ok()?;
+    match file.try_lock() {
+        Ok(()) => Some(file),
+        Err(std::fs::TryLockError::WouldBlock) => None,
+        // No locks on this file system: the bind check alone has to do.
+        Err(std::fs::TryLockError::Error(_)) => Some(file),
+    }
+}
+
+/// Whether `port` can be bound for TCP and UDP on every IPv4 address (and on `::1`, where
+/// IPv6 is on).
+fn bindable(port: u16) -> bool {
+    let v6_free = |r: std::io::Result<()>| match r {
+        Ok(()) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::AddrInUse,
+    };
+    std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+        && std::net::UdpSocket::bind(("0.0.0.0", port)).is_ok()
+        && v6_free(std::net::TcpListener::bind(("::1", port)).map(drop))
+        && v6_free(std::net::UdpSocket::bind(("::1", port)).map(drop))
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use flowgate_pipeline::joint::{Branch, Demux, Fork, ForkMode, Interim, Mux, MuxOptions, Pipe};
-use flowgate_pipeline::testing::{self, Harness, data_of, kinds_of};
+use flowgate_pipeline::testing::{self, Harness, data_of, kinds_of, wait_until_async};
 use flowgate_pipeline::{
     BuildError, Context, Description, Dyn, ErrorKind, Event, Events, Filter, Head, Module,
     Pipeline, Side, StreamError, SubPipeline, Tail,
@@ -184,7 +184,8 @@ async fn mux_pools_sessions_by_key_and_limits() {
     }
     assert_eq!(opened.load(Ordering::SeqCst), 1);
     assert_eq!(mux.session_count(), 1);
-    // After max_idle without work the session closes.
+    // After max_idle without work the session closes. (Paused clock: the sleep moves
+    // virtual time past max_idle, the point of the test; it takes no real time.)
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(mux.session_count(), 0);
     let out = testing::run(&mux, messages(&["4"])).await;
@@ -204,7 +205,8 @@ async fn mux_idle_time_counts_from_the_last_message() {
         },
     );
     // Used every 4 s: never idle for 5 s, so one session throughout (its first timer,
-    // set when it opened, fires while it is still wanted).
+    // set when it opened, fires while it is still wanted). Paused clock: the sleeps move
+    // virtual time to just under and then just over max_idle, the point of the test.
     for _ in 0..4 {
         let out = testing::run(&mux, messages(&["1"])).await;
         assert_eq!(data_of(&out), b"1");
@@ -431,7 +433,11 @@ async fn fork_mirror_copies_without_changing_the_stream() {
     );
     let out = testing::run(&mirror, vec!["one".into(), "two".into(), Event::END]).await;
     assert_eq!(data_of(&out), b"onetwo");
-    tokio::time::sleep(Duration::from_millis(1)).await;
+    // The mirror's copy runs on its own task: wait for it (bounded).
+    wait_until_async(Duration::from_secs(5), || {
+        copies.lock().unwrap().as_slice() == b"onetwo"
+    })
+    .await;
     assert_eq!(copies.lock().unwrap().as_slice(), b"onetwo");
 }
 

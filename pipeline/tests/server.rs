@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use flowgate_pipeline::server::{ListenerConfig, Protocol, Server};
+use flowgate_pipeline::testing::wait_until;
 use flowgate_pipeline::{Event, Pipeline};
 
 fn echo() -> Arc<Pipeline> {
@@ -69,9 +70,10 @@ fn tcp_echo_reload_and_drain() {
 
     // Shutdown drains: the live connection keeps working until it closes.
     let t = std::thread::spawn(move || server.shutdown());
-    std::thread::sleep(Duration::from_millis(200));
     assert!(
-        TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err(),
+        wait_until(Duration::from_secs(5), || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err()
+        }),
         "no longer accepting"
     );
     assert_eq!(roundtrip(&mut old, b"d", 4), b"v1:d");
@@ -208,6 +210,7 @@ fn udp_sessions_end_when_idle_and_drain_when_the_listener_goes() {
         b.send_to(format!("{i}").as_bytes(), addr).unwrap();
         assert_eq!(recv(&b), format!("u:{i}").as_bytes());
         if i < 4 {
+            // Pacing on purpose: b talks every 100 ms, inside the 300 ms idle timeout.
             std::thread::sleep(Duration::from_millis(100));
         }
     }

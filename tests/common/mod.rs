@@ -1,20 +1,33 @@
-//! Helpers shared by the end-to-end tests: free ports, temp dirs, the `flowgate` binary and
+//! Helpers shared by the end-to-end tests: ports, temp dirs, the `flowgate` binary and
 //! real peers started and stopped by PID.
+//!
+//! Peers follow the workspace's one policy ([`peers`], [`python_module`], from
+//! `flowgate_pipeline::testing`): a test checks for its peers first and returns early when
+//! they are missing, unless it runs under CI, with `FLOWGATE_NO_SKIP` or as root, where a
+//! missing peer fails it. Ports a peer must be told come from [`reserve_port`], which no
+//! concurrent test can be handed too; in-process servers bind port 0. Tests wait for a
+//! condition with [`wait_until`], not with a fixed sleep.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+#[allow(unused_imports, reason = "not every test file uses every helper")]
+pub use flowgate_pipeline::testing::{reserve_port, wait_until};
+
+/// Whether every one of `programs` is installed, under the shared policy: `false` (the test
+/// returns) only where a missing peer may skip; under CI or as root it fails the test.
+pub fn peers(programs: &[&str]) -> bool {
+    flowgate_pipeline::testing::require_programs(programs)
+}
+
+/// Whether python3 has `module` (from the PyPI package `pip`), under the same policy.
+pub fn python_module(module: &str, pip: &str) -> bool {
+    peers(&["python3"]) && flowgate_pipeline::testing::require_python_module(module, pip)
 }
 
 /// A fresh temporary directory, removed on drop.
@@ -45,13 +58,38 @@ impl Drop for TempDir {
     }
 }
 
-/// A child process stopped (SIGTERM, then SIGKILL) by its PID on drop.
+/// A child process stopped (SIGTERM, then SIGKILL) by its PID on drop. Its stderr, when
+/// piped, is collected as it comes (so a chatty peer never blocks on a full pipe).
 pub struct Proc {
     pub child: Child,
     pub name: String,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
+    /// Takes over `child` (and its piped stderr, if any).
+    pub fn new(mut child: Child, name: &str) -> Proc {
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let reader = child.stderr.take().map(|mut pipe| {
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            })
+        });
+        Proc {
+            child,
+            name: name.into(),
+            stderr,
+            reader,
+        }
+    }
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -63,14 +101,38 @@ impl Proc {
             .unwrap();
         assert!(ok.success(), "kill -{sig} {}", self.pid());
     }
+    /// What the process has written to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
     /// Stops the process and returns its stderr.
     pub fn stop(mut self) -> String {
         self.terminate();
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
         }
-        err
+        self.stderr_so_far()
+    }
+    /// Waits up to 10 s for `port` on 127.0.0.1 to accept; fails at once, with the
+    /// process's stderr, if the process exits first.
+    pub fn wait_port(&mut self, port: u16) {
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let up = wait_until(Duration::from_secs(10), || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({status}) before listening on {addr}: {}",
+                    self.name,
+                    self.stderr_so_far()
+                );
+            }
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        });
+        assert!(
+            up,
+            "{} does not listen on {addr}: {}",
+            self.name,
+            self.stderr_so_far()
+        );
     }
     fn terminate(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {
@@ -80,12 +142,10 @@ impl Proc {
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if wait_until(Duration::from_secs(10), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        }) {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -114,12 +174,9 @@ pub fn flowgate_run_log(config: &Path, ports: &[u16], log: &str) -> Proc {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let p = Proc {
-        child,
-        name: "flowgate".into(),
-    };
+    let mut p = Proc::new(child, "flowgate");
     for port in ports {
-        wait_port(*port);
+        p.wait_port(*port);
     }
     p
 }
@@ -137,28 +194,16 @@ pub fn flowgate_check(config: &Path) -> (i32, String) {
     )
 }
 
-/// Waits up to 10 s for a TCP port on 127.0.0.1 to accept.
+/// Waits up to 10 s for a TCP port on 127.0.0.1 to accept (prefer [`Proc::wait_port`] for a
+/// process the test started).
 pub fn wait_port(port: u16) {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("nothing listens on {addr}");
-}
-
-/// Whether a program is installed.
-pub fn have(program: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {program}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        }),
+        "nothing listens on {addr}"
+    );
 }
 
 /// A TCP echo server on a thread per connection; replies are prefixed with `tag` when set.
@@ -215,12 +260,9 @@ impl Drop for Echo {
     }
 }
 
-/// nginx in the foreground as a single process, on a config written into `dir`.
+/// nginx in the foreground as a single process, on a config written into `dir` (the test
+/// checked `peers(&["nginx"])`).
 pub fn nginx(dir: &TempDir, server_blocks: &str) -> Proc {
-    assert!(
-        have("nginx"),
-        "nginx is required (scripts/test installs it)"
-    );
     std::fs::create_dir_all(dir.path("logs")).unwrap();
     let conf = format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {pid};\nerror_log {err} warn;\n\
@@ -250,11 +292,8 @@ pub fn daemon(cmd: &mut Command, name: &str) -> Proc {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
-    Proc {
-        child,
-        name: name.into(),
-    }
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    Proc::new(child, name)
 }
 
 /// Sends an HTTP/1.0 GET over `stream` and returns the response body.

@@ -1,7 +1,8 @@
 //! A small lab for interop tests: network namespaces, veth pairs from the host into them,
 //! and daemons started inside with `ip netns exec`, all torn down by a Drop guard (daemons
-//! are stopped by PID). Needs root; without it the test fails, unless
-//! `FLOWGATE_SKIP_NETNS=1` is set, in which case it returns early with a message.
+//! are stopped by PID). Needs root and the routers' programs; without them a test skips or
+//! fails by the workspace's one policy (`flowgate_pipeline::testing::require_peer`: it
+//! fails under CI, with `FLOWGATE_NO_SKIP` or as root).
 #![allow(
     dead_code,
     clippy::unwrap_used,
@@ -17,6 +18,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use flowgate_pipeline::testing::{is_root, require_peer, require_programs};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -51,37 +54,19 @@ fn run(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn have(bin: &str) -> bool {
-    bin.starts_with('/') && std::path::Path::new(bin).exists()
-        || std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).exists()))
-            .unwrap_or(false)
-}
-
 impl Lab {
-    /// A lab if this process can build one; `None` (with a message) only when
-    /// FLOWGATE_SKIP_NETNS=1. Otherwise a missing prerequisite fails the test.
+    /// A lab if this process can build one (root, `ip` and the programs `bins`); otherwise
+    /// `None` where a missing peer may skip, and a failed test where it may not
+    /// (`flowgate_pipeline::testing::require_peer`).
     pub fn new(test: &str, bins: &[&str]) -> Option<Lab> {
-        let skip = std::env::var("FLOWGATE_SKIP_NETNS").is_ok_and(|v| v == "1");
-        let uid = run(&["id", "-u"]);
-        let mut missing: Vec<String> = bins
-            .iter()
-            .filter(|b| !have(b))
-            .map(|b| b.to_string())
-            .collect();
-        if uid.trim() != "0" {
-            missing.push("root (tests create network namespaces)".into());
-        }
-        if !missing.is_empty() {
-            let msg = format!(
-                "{test}: cannot run, missing: {} (apt-get install gobgpd bird2 frr iproute2; run as root)",
-                missing.join(", ")
-            );
-            if skip {
-                println!("SKIPPED (FLOWGATE_SKIP_NETNS=1): {msg}");
-                return None;
-            }
-            panic!("{msg}; set FLOWGATE_SKIP_NETNS=1 to skip");
+        let ready = require_peer(
+            &format!("root ({test} creates network namespaces)"),
+            is_root(),
+            "run the tests as root",
+        ) && require_programs(&["ip"])
+            && require_programs(bins);
+        if !ready {
+            return None;
         }
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("fgbgp-{}-{n}", std::process::id()));

@@ -5,27 +5,23 @@
 pub mod netns;
 pub mod packet;
 
-/// Returns false (and says why on stderr) when the test cannot run here.
+use flowgate_pipeline::testing::{require_peer, require_programs};
+
+/// Whether the test can run here (it needs root to load eBPF programs), by the workspace's
+/// one policy for missing peers (`flowgate_pipeline::testing::require_peer`): `false`
+/// (with the reason on stderr; the caller returns) where a test may skip, a failed test
+/// under CI, with `FLOWGATE_NO_SKIP` or as root.
 pub fn can_run(test: &str) -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        return skip(
-            test,
-            "needs root (loads eBPF programs); run as root to test",
-        );
-    }
-    true
+    require_peer(
+        &format!("root ({test} loads eBPF programs)"),
+        nix::unistd::geteuid().is_root(),
+        "run the tests as root",
+    )
 }
 
-/// Reports a test that cannot run here and returns false, so the caller returns early.
-/// With `FLOWGATE_NO_SKIP` set (scripts/test sets it when it runs as root), a skip is a
-/// failure instead: CI must not pass a test that did not run.
-pub fn skip(test: &str, why: &str) -> bool {
-    assert!(
-        std::env::var_os("FLOWGATE_NO_SKIP").is_none(),
-        "{test} cannot run here ({why}) and FLOWGATE_NO_SKIP is set"
-    );
-    eprintln!("SKIPPED {test}: {why}");
-    false
+/// [`can_run`] for a test that also builds network namespaces (with `ip`).
+pub fn can_run_in_netns(test: &str) -> bool {
+    can_run(test) && require_programs(&["ip"])
 }
 
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on unified hosts,

@@ -18,7 +18,7 @@ use flowgate_filters_net::tls::{
 };
 use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig, FilterSpec};
 use flowgate_pipeline::server::{ListenerConfig, Protocol, Server};
-use flowgate_pipeline::testing::Harness;
+use flowgate_pipeline::testing::{Harness, require_programs};
 use flowgate_pipeline::{
     Context, Description, ErrorKind, Event, Events, Filter, Module, Pipeline, Side, StreamError,
     TlsInfo,
@@ -840,7 +840,7 @@ fn s_client(addr: SocketAddr, pki: &Pki, extra: &[&str]) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("openssl (s_client) is needed for this test; .ci/run installs it")
+        .expect("openssl s_client starts")
 }
 
 /// Sends a line and waits up to 10 s for a line back.
@@ -866,6 +866,9 @@ fn s_client_echo(mut child: Child, line: &str) -> Option<String> {
 
 #[test]
 fn openssl_s_client_echo() {
+    if !require_programs(&["openssl"]) {
+        return;
+    }
     let pki = server_pki();
     let (server, addr) = serve(accept_echo(&pki, json!({"alpn": ["http/1.1"]})));
     let child = s_client(addr, &pki, &["-alpn", "http/1.1"]);
@@ -883,6 +886,9 @@ fn openssl_s_client_echo() {
 
 #[test]
 fn openssl_s_client_mtls() {
+    if !require_programs(&["openssl"]) {
+        return;
+    }
     let (pki, _other, filter) = mtls();
     let (server, addr) = serve(filter);
 
