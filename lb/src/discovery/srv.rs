@@ -7,9 +7,11 @@
 //! Replies are bounded (512 bytes, no TCP fallback: a truncated reply is an error), names
 //! are decoded with a limit on compression pointers, and every field is range-checked.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use flowgate_dns::hickory::op::{MessageType, ResponseCode};
+use flowgate_dns::hickory::rr::{RData, RecordType};
 use tokio::net::UdpSocket;
 
 use super::{Discovery, DiscoveryError, NextSet, poll_changes};
@@ -89,119 +91,56 @@ enum Record {
 }
 
 fn encode_query(id: u16, name: &str, qtype: u16) -> Result<Vec<u8>, DiscoveryError> {
-    let mut q = Vec::with_capacity(32 + name.len());
-    q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; one question
-    for label in name.trim_end_matches('.').split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return Err(dns_error("a DNS label is empty or longer than 63 bytes"));
-        }
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    if q.len() > 12 + 255 {
-        return Err(dns_error("DNS name longer than 255 bytes"));
-    }
-    q.push(0);
-    q.extend_from_slice(&qtype.to_be_bytes());
-    q.extend_from_slice(&1u16.to_be_bytes()); // IN
-    Ok(q)
+    flowgate_dns::query(name, RecordType::from(qtype), id, true, None)
+        .map_err(|e| dns_error(&e.to_string()))
 }
 
-fn u16_at(m: &[u8], at: usize) -> Result<u16, DiscoveryError> {
-    m.get(at..at + 2)
-        .map(|b| u16::from_be_bytes([b[0], b[1]]))
-        .ok_or_else(|| dns_error("truncated DNS message"))
+/// A name as the records compare it: lower case, no final dot.
+fn plain(n: &flowgate_dns::hickory::rr::Name) -> String {
+    n.to_ascii().trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// Reads a (possibly compressed) name at `at`; returns it and the offset after it.
-fn read_name(m: &[u8], mut at: usize) -> Result<(String, usize), DiscoveryError> {
-    let mut name = String::new();
-    let mut end = None;
-    for _ in 0..32 {
-        let len = *m.get(at).ok_or_else(|| dns_error("truncated name"))? as usize;
-        match len {
-            0 => return Ok((name, end.unwrap_or(at + 1))),
-            l if l & 0xc0 == 0xc0 => {
-                let ptr = u16_at(m, at)? as usize & 0x3fff;
-                end.get_or_insert(at + 2);
-                if ptr >= at {
-                    return Err(dns_error("forward compression pointer"));
-                }
-                at = ptr;
-            }
-            l if l <= 63 => {
-                let label = m
-                    .get(at + 1..at + 1 + l)
-                    .ok_or_else(|| dns_error("truncated label"))?;
-                if !name.is_empty() {
-                    name.push('.');
-                }
-                name.push_str(&String::from_utf8_lossy(label).to_ascii_lowercase());
-                if name.len() > 255 {
-                    return Err(dns_error("name longer than 255 bytes"));
-                }
-                at += 1 + l;
-            }
-            _ => return Err(dns_error("bad label type")),
-        }
-    }
-    Err(dns_error("too many compression pointers"))
-}
-
-/// Parses a reply to query `id`: the SRV/A/AAAA records of the answer and additional sections.
+/// Parses a reply to query `id` with flowgate-dns (its validation pass bounds every
+/// name, pointer and count first): the SRV/A/AAAA records of the answer and additional
+/// sections.
 fn parse_reply(m: &[u8], id: u16) -> Result<Vec<Record>, DiscoveryError> {
-    if u16_at(m, 0)? != id {
+    let (msg, _) = flowgate_dns::decode(m, &flowgate_dns::Limits::default())
+        .map_err(|e| dns_error(&format!("malformed reply: {e}")))?;
+    let meta = &msg.metadata;
+    if meta.id != id {
         return Err(dns_error("reply to another query"));
     }
-    let flags = u16_at(m, 2)?;
-    if flags & 0x8000 == 0 {
+    if meta.message_type != MessageType::Response {
         return Err(dns_error("not a reply"));
     }
-    if flags & 0x0200 != 0 {
+    if meta.truncation {
         return Err(dns_error("truncated reply (TCP fallback is not supported)"));
     }
-    match flags & 0x000f {
-        0 | 3 => {} // NOERROR, NXDOMAIN (no records)
-        _ => return Err(dns_error("the resolver answered with an error")),
-    }
-    let (qd, an, ns, ar) = (u16_at(m, 4)?, u16_at(m, 6)?, u16_at(m, 8)?, u16_at(m, 10)?);
-    let mut at = 12;
-    for _ in 0..qd {
-        at = read_name(m, at)?.1 + 4;
+    if !matches!(
+        meta.response_code,
+        ResponseCode::NoError | ResponseCode::NXDomain
+    ) {
+        return Err(dns_error("the resolver answered with an error"));
     }
     let mut out = Vec::new();
-    for i in 0..(u32::from(an) + u32::from(ns) + u32::from(ar)) {
-        let (owner, next) = read_name(m, at)?;
-        let (ty, len) = (u16_at(m, next)?, u16_at(m, next + 8)? as usize);
-        let data = next + 10;
-        let rdata = m
-            .get(data..data + len)
-            .ok_or_else(|| dns_error("truncated record"))?;
-        let in_authority = i >= u32::from(an) && i < u32::from(an) + u32::from(ns);
-        match (ty, len) {
-            _ if in_authority => {}
-            (TYPE_SRV, 7..) => out.push(Record::Srv {
-                priority: u16_at(m, data)?,
-                weight: u16_at(m, data + 2)?,
-                port: u16_at(m, data + 4)?,
-                target: read_name(m, data + 6)?.0,
+    for r in msg.answers.iter().chain(msg.additionals.iter()) {
+        match &r.data {
+            RData::SRV(srv) => out.push(Record::Srv {
+                priority: srv.priority,
+                weight: srv.weight,
+                port: srv.port,
+                target: plain(&srv.target),
             }),
-            (TYPE_A, 4) => out.push(Record::Addr {
-                name: owner,
-                ip: IpAddr::V4(Ipv4Addr::new(rdata[0], rdata[1], rdata[2], rdata[3])),
+            RData::A(a) => out.push(Record::Addr {
+                name: plain(&r.name),
+                ip: IpAddr::V4(a.0),
             }),
-            (TYPE_AAAA, 16) => {
-                let mut b = [0u8; 16];
-                b.copy_from_slice(rdata);
-                out.push(Record::Addr {
-                    name: owner,
-                    ip: IpAddr::V6(Ipv6Addr::from(b)),
-                });
-            }
+            RData::AAAA(a) => out.push(Record::Addr {
+                name: plain(&r.name),
+                ip: IpAddr::V6(a.0),
+            }),
             _ => {}
         }
-        at = data + len;
     }
     Ok(out)
 }
@@ -345,13 +284,18 @@ mod tests {
         );
         assert!(parse_reply(&m, 0x9999).is_err());
         // A pointer loop, a forward pointer and truncation are errors, never hangs or panics.
-        assert!(read_name(&[0xc0, 0], 0).is_err());
-        assert!(
-            read_name(&[3, b'a', b'b', b'c', 0xc0, 0], 0).is_err(),
-            "a pointer back to itself loops"
-        );
-        assert!(read_name(&[0xc0, 5, 0, 0, 0, 0], 0).is_err());
-        assert!(read_name(&[5, b'a'], 0).is_err());
+        let header = [0x12, 0x34, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0];
+        for name in [
+            &[0xc0u8, 12][..],
+            &[3, b'a', b'b', b'c', 0xc0, 12],
+            &[0xc0, 40],
+            &[5, b'a'],
+        ] {
+            let mut bad = header.to_vec();
+            bad.extend_from_slice(name);
+            bad.extend_from_slice(&[0, 33, 0, 1]);
+            assert!(parse_reply(&bad, 0x1234).is_err(), "{name:?}");
+        }
         for cut in 0..m.len() {
             let _ = parse_reply(&m[..cut], 0x1234);
         }
