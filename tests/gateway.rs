@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -42,21 +42,6 @@ fn upstreams(tag: &str, n: usize) -> Vec<Upstream> {
             }
         })
         .collect()
-}
-
-fn gateway_run(config: &Path, port: u16) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_flowgate-gateway"))
-        .arg("run")
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut p = Proc::new(child, "flowgate-gateway");
-    p.wait_port(port);
-    p
 }
 
 fn gateway(dir: &TempDir, yaml: &str, port: u16) -> Proc {

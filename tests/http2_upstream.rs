@@ -444,17 +444,7 @@ fn a_gateway_backend_with_protocol_http2() {
              backends:\n  - name: app\n    endpoints: [127.0.0.1:{hp}]\n    protocol: http2\n"
         ),
     );
-    let child = Command::new(env!("CARGO_BIN_EXE_flowgate-gateway"))
-        .arg("run")
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut gw = Proc::new(child, "flowgate-gateway");
-    gw.wait_port(port);
+    let _gw = gateway_run(&cfg, port);
     let (ok, out, err) = curl(&["-i", &format!("http://127.0.0.1:{port}/gw")]);
     assert!(ok, "{err}");
     assert!(out.contains("x-http-version: 2"), "{out}");

@@ -8,7 +8,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -190,17 +190,7 @@ fn flowgate_gateway_forwards_framing_fields_in_canonical_form() {
             up.port
         ),
     );
-    let child = Command::new(env!("CARGO_BIN_EXE_flowgate-gateway"))
-        .arg("run")
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut gw = Proc::new(child, "flowgate-gateway");
-    gw.wait_port(port);
+    let gw = gateway_run(&cfg, port);
     check_canonical_framing(port, &up);
     let stderr = gw.stop();
     assert!(!stderr.contains("panicked"), "{stderr}");

@@ -339,14 +339,7 @@ fn early_hints_pass_the_gateways_retry_and_balancer_and_the_log_shows_the_final_
             up.port
         ),
     );
-    let gw = daemon(
-        Command::new(env!("CARGO_BIN_EXE_flowgate-gateway"))
-            .arg("run")
-            .arg(&cfg)
-            .env("RUST_LOG", "warn,flowgate::access=info"),
-        "flowgate-gateway",
-    );
-    wait_port(port);
+    let gw = gateway_run_log(&cfg, port, "warn,flowgate::access=info");
     let url = format!("http://127.0.0.1:{port}/hints");
     let (lines, body) = curl_statuses(&[&url]);
     assert_eq!(lines, ["HTTP/1.1 103 Early Hints", "HTTP/1.1 200 OK"]);

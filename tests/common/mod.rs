@@ -181,6 +181,27 @@ pub fn flowgate_run_log(config: &Path, ports: &[u16], log: &str) -> Proc {
     p
 }
 
+/// Starts `flowgate-gateway run CONFIG` and waits until `port` accepts connections.
+pub fn gateway_run(config: &Path, port: u16) -> Proc {
+    gateway_run_log(config, port, "warn")
+}
+
+/// Like [`gateway_run`], with a log filter.
+pub fn gateway_run_log(config: &Path, port: u16, log: &str) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_flowgate-gateway"))
+        .arg("run")
+        .arg(config)
+        .env("RUST_LOG", log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut p = Proc::new(child, "flowgate-gateway");
+    p.wait_port(port);
+    p
+}
+
 /// Runs `flowgate check FILE` and returns (exit code, stderr).
 pub fn flowgate_check(config: &Path) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_flowgate"))
