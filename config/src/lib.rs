@@ -48,23 +48,6 @@ impl ConfigError {
             problem: problem.to_string(),
         }
     }
-
-    /// The same error seen from an enclosing option: `inner` becomes `outer.inner`.
-    ///
-    /// ```
-    /// let e = flowgate_config::ConfigError::new("table_size", "not a prime").within("balance");
-    /// assert_eq!(e.field, "balance.table_size");
-    /// ```
-    pub fn within(mut self, outer: &str) -> Self {
-        self.field = if self.field.is_empty() {
-            outer.to_string()
-        } else if self.field.starts_with('[') {
-            format!("{outer}{}", self.field)
-        } else {
-            format!("{outer}.{}", self.field)
-        };
-        self
-    }
 }
 
 /// `true`: the serde default of every boolean option that is on unless turned off

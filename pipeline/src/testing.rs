@@ -303,7 +303,7 @@ static RESERVED: std::sync::Mutex<Vec<(u16, Option<std::fs::File>)>> =
 ///
 /// So ports come from a range the kernel does not pick by itself (from 15000 up to the
 /// start of `net.ipv4.ip_local_port_range`, usually 32768), each one claimed by `flock`ing
-/// `/tmp/flowgate-test-ports/PORT` (released by the kernel when the process exits, even
+/// `flowgate-test-ports/PORT` in the temp directory (released by the kernel when the process exits, even
 /// when it crashes) and then checked by binding it, so a port some unrelated program uses
 /// is passed over. Each process starts its search at a place derived from its PID, so
 /// concurrent test binaries seldom even try the same locks. Without a usable lock
@@ -358,18 +358,24 @@ fn reservable_ports() -> (u16, u16) {
     }
 }
 
+/// Where [`reserve_port`] keeps its port locks: `flowgate-test-ports` in the temp directory
+/// (shared by every test process of the machine).
+pub fn port_lock_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join("flowgate-test-ports")
+}
+
 /// The shared directory of port locks, created (world-writable, sticky) when missing.
 fn lock_dir() -> Option<std::path::PathBuf> {
-    let dir = std::path::Path::new("/tmp/flowgate-test-ports");
+    let dir = port_lock_dir();
     if !dir.is_dir() {
-        std::fs::create_dir_all(dir).ok()?;
+        std::fs::create_dir_all(&dir).ok()?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777));
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777));
         }
     }
-    Some(dir.to_path_buf())
+    Some(dir)
 }
 
 /// The lock file `path`, locked by this process; `None` when another process holds it.

@@ -41,7 +41,9 @@ fn reserved_ports_are_distinct_bindable_and_claimed_against_other_processes() {
         drop(std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap());
         // Claimed: another open file description (as another process would have) cannot
         // take the port's lock.
-        let lock = std::fs::File::open(format!("/tmp/flowgate-test-ports/{port}")).unwrap();
+        let lock =
+            std::fs::File::open(flowgate_pipeline::testing::port_lock_dir().join(port.to_string()))
+                .unwrap();
         assert!(
             matches!(lock.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
             "port {port} is not locked"

@@ -112,8 +112,7 @@ impl Stream for WatchHeaderBlocks {
     fn poll_next(mut self: Pin<&mut Self>, task: &mut TaskCx<'_>) -> Poll<Option<Event>> {
         let ev = self.input.as_mut().poll_next(task);
         if let Poll::Ready(Some(Event::Data(b))) = &ev {
-            let b = b.clone();
-            self.scan(&b);
+            self.scan(b);
         }
         ev
     }
