@@ -86,7 +86,7 @@ pipelines:
         ttl: 30
         services:
           - { name: api, endpoints: ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"] }
-    - dns-forward: { upstreams: ["127.0.0.1:$UP"] }
+    - dns-forward: { endpoints: ["127.0.0.1:$UP"] }
     - encode-dns
 YAML
 for i in $(seq 1 1000); do echo "api.svc.test A"; done > "$work/auth.txt"

@@ -28,7 +28,7 @@ pipelines:
   request:
     - mux-http: { pipeline: upstream }
   upstream:
-    - connect: { target: 127.0.0.1:18080 }
+    - connect: { endpoints: 127.0.0.1:18080 }
 YAML
 peers=(nginx haproxy)
 args=()

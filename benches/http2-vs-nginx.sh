@@ -62,7 +62,7 @@ pipelines:
   proxy:
     - mux-http: { pipeline: upstream }
   upstream:
-    - connect: { target: 127.0.0.1:18180 }
+    - connect: { endpoints: 127.0.0.1:18180 }
 YAML
 taskset -c 1 nginx -p "$work" -c "$work/upstream.conf" & pids+=($!)
 taskset -c 0 nginx -p "$work" -c "$work/nginx.conf" & pids+=($!)

@@ -24,7 +24,7 @@ listeners:
     pipeline: proxy
 pipelines:
   proxy:
-    - connect: { target: 127.0.0.1:18090 }
+    - connect: { endpoints: 127.0.0.1:18090 }
 YAML
 out=$root/benches/results/l4-$(date +%Y%m%d-%H%M%S)
 env -u CARGO_TARGET_DIR "$harness/run.sh" haproxy-tcp \

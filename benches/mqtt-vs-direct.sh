@@ -40,7 +40,7 @@ listeners:
     pipeline: mqtt
 pipelines:
   mqtt:
-    - proxy-mqtt: { brokers: [127.0.0.1:$broker], log: false }
+    - proxy-mqtt: { endpoints: [127.0.0.1:$broker], log: false }
 YAML
 RUST_LOG=warn "$bin" run "$work/proxy.yaml" --no-watch & fg=$!; pids+=($fg)
 for _ in $(seq 100); do

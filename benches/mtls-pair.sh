@@ -44,7 +44,7 @@ pipelines:
   request:
     - mux-http: { pipeline: app }
   app:
-    - connect: { target: 127.0.0.1:18080 }
+    - connect: { endpoints: 127.0.0.1:18080 }
 YAML
 cat > "$work/client.yaml" <<YAML
 workers: 1
@@ -63,7 +63,7 @@ pipelines:
         ca: $work/ca.pem
         client_cert: { cert: $work/client.pem, key: $work/client.key }
   tcp:
-    - connect: { target: 127.0.0.1:18095 }
+    - connect: { endpoints: 127.0.0.1:18095 }
 YAML
 # Both sidecars in the foreground of one command, as the harness wants.
 cat > "$work/pair.sh" <<SH

@@ -91,7 +91,7 @@ fn start(
         ],
     )?;
     let forward: DnsForwardConfig =
-        serde_json::from_value(serde_json::json!({ "upstreams": [upstream_addr] }))?;
+        serde_json::from_value(serde_json::json!({ "endpoints": [upstream_addr] }))?;
     let lb = Arc::new(
         Pipeline::builder("dns-lb")
             .filter(DecodeDns::default())

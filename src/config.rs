@@ -9,7 +9,7 @@
 //! pipelines:
 //!   proxy:
 //!     - connect:
-//!         target: [127.0.0.1:9001, 127.0.0.1:9002]
+//!         endpoints: [127.0.0.1:9001, 127.0.0.1:9002]
 //! ```
 //!
 //! Every error names the file, the line and column, and the field:
@@ -295,7 +295,7 @@ mod tests {
         )
     }
 
-    const GOOD: &str = "listeners:\n  - listen: 127.0.0.1:0\n    pipeline: main\npipelines:\n  main:\n    - demux: { pipeline: req }\n  req:\n    - connect:\n        target: 127.0.0.1:9\n";
+    const GOOD: &str = "listeners:\n  - listen: 127.0.0.1:0\n    pipeline: main\npipelines:\n  main:\n    - demux: { pipeline: req }\n  req:\n    - connect:\n        endpoints: 127.0.0.1:9\n";
 
     #[test]
     fn good_config_builds() {
@@ -330,8 +330,8 @@ mod tests {
         assert!(e.message.contains("unknown filter `conect`"), "{e}");
 
         let e = check(&GOOD.replace(
-            "target: 127.0.0.1:9",
-            "target: 127.0.0.1:9\n        colour: red",
+            "endpoints: 127.0.0.1:9",
+            "endpoints: 127.0.0.1:9\n        colour: red",
         ))
         .unwrap_err();
         assert_eq!(e.line, 10, "{e}");
@@ -344,16 +344,58 @@ mod tests {
             "{e}"
         );
 
-        let e = check(&GOOD.replace("target: 127.0.0.1:9", "target: nowhere")).unwrap_err();
+        let e = check(&GOOD.replace("endpoints: 127.0.0.1:9", "endpoints: nowhere")).unwrap_err();
         assert_eq!(e.line, 8, "{e}");
         assert!(
             e.message
-                .contains("pipelines.req[0] (connect): field `target[0]`"),
+                .contains("pipelines.req[0] (connect): field `endpoints[0]`"),
             "{e}"
         );
 
         let e = check(&GOOD.replace("pipeline: main", "pipeline: mian")).unwrap_err();
         assert_eq!(e.line, 3, "{e}");
         assert!(e.message.contains("listeners[0]: field `pipeline`"), "{e}");
+    }
+
+    #[test]
+    fn old_option_names_are_refused_naming_the_new_one() {
+        let e = check(&GOOD.replace("endpoints: 127.0.0.1:9", "target: 127.0.0.1:9")).unwrap_err();
+        assert_eq!(e.line, 9, "{e}");
+        assert!(e.message.contains("`target` is now `endpoints`"), "{e}");
+        for (filter, old, new) in [
+            (
+                "balance-http: { targets: [127.0.0.1:9] }",
+                "targets",
+                "endpoints",
+            ),
+            (
+                "balance-http: { endpoints: [127.0.0.1:9], version: http2 }",
+                "version",
+                "protocol",
+            ),
+            (
+                "mux-http: { pipeline: req, version: http2 }",
+                "version",
+                "protocol",
+            ),
+            (
+                "proxy-mqtt: { brokers: [127.0.0.1:1883] }",
+                "brokers",
+                "endpoints",
+            ),
+            (
+                "dns-forward: { upstreams: [127.0.0.1:53] }",
+                "upstreams",
+                "endpoints",
+            ),
+        ] {
+            let text = GOOD.replace("demux: { pipeline: req }", filter);
+            let e = check(&text).unwrap_err();
+            assert_eq!(e.line, 6, "{filter}: {e}");
+            assert!(
+                e.message.contains(&format!("`{old}` is now `{new}`")),
+                "{filter}: {e}"
+            );
+        }
     }
 }

@@ -26,7 +26,7 @@
 //!     pipeline: proxy
 //! pipelines:
 //!   proxy:
-//!     - connect: { target: 127.0.0.1:9 }
+//!     - connect: { endpoints: 127.0.0.1:9 }
 //! "#;
 //! let registry = std::sync::Arc::new(flowgate::config::default_registry());
 //! let config = flowgate::config::parse(yaml, "inline.yaml", ".".as_ref(), &registry)?;

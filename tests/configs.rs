@@ -55,7 +55,7 @@ fn mqtt_doc_yaml_examples_load() {
     };
     let proxy = |options: &str| {
         format!(
-            "{}pipelines:\n  doc:\n    - proxy-mqtt:\n        brokers: [127.0.0.1:1883]\n{options}",
+            "{}pipelines:\n  doc:\n    - proxy-mqtt:\n        endpoints: [127.0.0.1:1883]\n{options}",
             listener("doc")
         )
     };

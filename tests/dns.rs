@@ -129,7 +129,7 @@ pipelines:
           - {{ source: 198.51.100.0/24, zone: eu }}
           - {{ source: 127.0.0.0/8, zone: us }}
     - dns-forward:
-        upstreams: ["127.0.0.1:{dead_port}", "127.0.0.1:{ub_port}"]
+        endpoints: ["127.0.0.1:{dead_port}", "127.0.0.1:{ub_port}"]
         timeout: 1s
     - encode-dns
 "#,

@@ -1,4 +1,4 @@
-//! The YAML in the docs stays true: every ```` ```yaml ```` block in README.md and the crate
+//! The YAML in the docs stays true: every ```` ```yaml ```` block in README.md, CONFIG.md and the crate
 //! READMEs is valid YAML, and every block that is a whole configuration passes `check` — a
 //! gateway file (`routes:` / `backends:`) with `flowgate-gateway`, a pipeline file
 //! (`pipelines:`) with `flowgate`. Files a block names (`server.pem`, `ca.pem`, …) are made
@@ -34,7 +34,7 @@ fn yaml_blocks(path: &Path) -> Vec<(usize, String)> {
 
 fn docs() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = vec![root.join("README.md")];
+    let mut files = vec![root.join("README.md"), root.join("CONFIG.md")];
     for dir in [
         "pipeline",
         "filters",

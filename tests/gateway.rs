@@ -91,7 +91,7 @@ fn round_robin_splits_requests_exactly_over_one_keepalive_connection() {
     let port = reserve_port();
     let yaml = format!(
         "workers: 2\nlisteners:\n  - address: 127.0.0.1:{port}\nroutes:\n  - proxy: {{ backend: app }}\nbackends:\n{}",
-        backend_yaml("app", &ups, &[], "    policy: round_robin\n")
+        backend_yaml("app", &ups, &[], "    balance: round_robin\n")
     );
     let _gw = gateway(&dir, &yaml, port);
     let urls: Vec<String> = (0..30)
@@ -134,15 +134,15 @@ fn weights_and_hash_policies() {
             "weighted",
             &ups[..2],
             &[1, 3],
-            "    policy: weighted_round_robin\n"
+            "    balance: weighted_round_robin\n"
         ),
         backend_yaml(
             "hashed",
             &ups,
             &[],
-            "    policy: maglev\n    hash_on: { header: x-user }\n"
+            "    balance: maglev\n    hash_on: { header: x-user }\n"
         ),
-        backend_yaml("by-ip", &ups, &[], "    policy: ring_hash\n"),
+        backend_yaml("by-ip", &ups, &[], "    balance: ring_hash\n"),
     );
     let _gw = gateway(&dir, &yaml, port);
 
@@ -192,7 +192,8 @@ fn stopped_upstreams_are_skipped_by_retry_outlier_detection_and_health_checks() 
     let mut ups = upstreams("down", 3);
     let dir = TempDir::new("gw-down");
     let port = reserve_port();
-    let no_outlier = "    outlier: { consecutive_5xx: 0, consecutive_connect_failures: 0 }\n";
+    let no_outlier =
+        "    balance: { outlier: { consecutive_5xx: 0, consecutive_connect_failures: 0 } }\n";
     let yaml = format!(
         "listeners:\n  - address: 127.0.0.1:{port}\nroutes:\n  - match: {{ path_prefix: /retry/ }}\n    proxy: {{ backend: retrying }}\n  - match: {{ path_prefix: /passive/ }}\n    proxy: {{ backend: passive }}\n  - match: {{ path_prefix: /active/ }}\n    proxy: {{ backend: active }}\nbackends:\n{}{}{}",
         backend_yaml(
@@ -205,7 +206,7 @@ fn stopped_upstreams_are_skipped_by_retry_outlier_detection_and_health_checks() 
             "passive",
             &ups,
             &[],
-            "    retries: 0\n    outlier: { consecutive_connect_failures: 1, base_ejection_time: 60s }\n"
+            "    retries: 0\n    balance: { outlier: { consecutive_connect_failures: 1, base_ejection_time: 60s } }\n"
         ),
         backend_yaml(
             "active",

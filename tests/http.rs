@@ -16,7 +16,7 @@ fn proxy(dir: &TempDir, nginx_port: u16) -> (Proc, u16) {
     let cfg = dir.write(
         "http.yaml",
         &format!(
-            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: main\npipelines:\n  main:\n    - demux-http: {{ pipeline: request, limits: {{ max_head_bytes: 8192 }} }}\n  request:\n    - mux-http: {{ pipeline: upstream }}\n  upstream:\n    - connect: {{ target: 127.0.0.1:{nginx_port} }}\n"
+            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: main\npipelines:\n  main:\n    - demux-http: {{ pipeline: request, limits: {{ max_head_bytes: 8192 }} }}\n  request:\n    - mux-http: {{ pipeline: upstream }}\n  upstream:\n    - connect: {{ endpoints: 127.0.0.1:{nginx_port} }}\n"
         ),
     );
     (flowgate_run(&cfg, &[port]), port)
@@ -271,7 +271,7 @@ fn slowloris_gets_408_after_the_header_timeout_and_others_are_served() {
     let cfg = dir.write(
         "slow.yaml",
         &format!(
-            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: main\npipelines:\n  main:\n    - demux-http: {{ pipeline: request, header_timeout: 1s, keepalive_timeout: 2s }}\n  request:\n    - mux-http: {{ pipeline: upstream }}\n  upstream:\n    - connect: {{ target: 127.0.0.1:{up} }}\n"
+            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: main\npipelines:\n  main:\n    - demux-http: {{ pipeline: request, header_timeout: 1s, keepalive_timeout: 2s }}\n  request:\n    - mux-http: {{ pipeline: upstream }}\n  upstream:\n    - connect: {{ endpoints: 127.0.0.1:{up} }}\n"
         ),
     );
     let _fg = flowgate_run(&cfg, &[port]);
@@ -411,7 +411,7 @@ pipelines:
     - rewrite: {{ path_prefix: {{ from: /api/, to: /hello/ }} }}
     - mux-http: {{ pipeline: upstream }}
   upstream:
-    - connect: {{ target: 127.0.0.1:{up} }}
+    - connect: {{ endpoints: 127.0.0.1:{up} }}
 "#
         ),
     );
@@ -445,7 +445,7 @@ fn access_log_lines_in_common_and_json_formats() {
     let cfg = dir.write(
         "log.yaml",
         &format!(
-            "listeners:\n  - listen: 127.0.0.1:{common}\n    pipeline: common\n  - listen: 127.0.0.1:{json}\n    pipeline: json\n  - listen: 127.0.0.1:{broken}\n    pipeline: broken\npipelines:\n  common:\n    - demux-http: {{ pipeline: request, access_log: common }}\n  json:\n    - demux-http: {{ pipeline: request, access_log: json }}\n  request:\n    - mux-http: {{ pipeline: upstream }}\n  upstream:\n    - connect: {{ target: 127.0.0.1:{up} }}\n  broken:\n    - demux-http: {{ pipeline: dead, access_log: common }}\n  dead:\n    - mux-http: {{ pipeline: nowhere }}\n  nowhere:\n    - connect: {{ target: 127.0.0.1:{dead} }}\n"
+            "listeners:\n  - listen: 127.0.0.1:{common}\n    pipeline: common\n  - listen: 127.0.0.1:{json}\n    pipeline: json\n  - listen: 127.0.0.1:{broken}\n    pipeline: broken\npipelines:\n  common:\n    - demux-http: {{ pipeline: request, access_log: common }}\n  json:\n    - demux-http: {{ pipeline: request, access_log: json }}\n  request:\n    - mux-http: {{ pipeline: upstream }}\n  upstream:\n    - connect: {{ endpoints: 127.0.0.1:{up} }}\n  broken:\n    - demux-http: {{ pipeline: dead, access_log: common }}\n  dead:\n    - mux-http: {{ pipeline: nowhere }}\n  nowhere:\n    - connect: {{ endpoints: 127.0.0.1:{dead} }}\n"
         ),
     );
     let fg = flowgate_run_log(&cfg, &[common, json, broken], "warn,flowgate::access=info");
@@ -497,7 +497,7 @@ fn retries_idempotent_requests_past_a_dead_upstream() {
     let cfg = dir.write(
         "retry.yaml",
         &format!(
-            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: main\npipelines:\n  main:\n    - demux-http: {{ pipeline: request }}\n  request:\n    - retry: {{ pipeline: call, tries: 2, backoff: 1ms }}\n  call:\n    - mux-http: {{ pipeline: upstream, max_requests: 1 }}\n  upstream:\n    - connect:\n        target: [127.0.0.1:{dead}, 127.0.0.1:{up}]\n        balance: {{ algorithm: {{ type: round_robin }} }}\n"
+            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: main\npipelines:\n  main:\n    - demux-http: {{ pipeline: request }}\n  request:\n    - retry: {{ pipeline: call, tries: 2, backoff: 1ms }}\n  call:\n    - mux-http: {{ pipeline: upstream, max_requests: 1 }}\n  upstream:\n    - connect:\n        endpoints: [127.0.0.1:{dead}, 127.0.0.1:{up}]\n        balance: {{ algorithm: {{ type: round_robin }} }}\n"
         ),
     );
     let _fg = flowgate_run(&cfg, &[port]);
@@ -619,7 +619,7 @@ fn a_failed_request_is_answered_and_the_connection_stays_usable() {
     let cfg = dir.write(
         "keep.yaml",
         &format!(
-            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: main\npipelines:\n  main:\n    - demux-http: {{ pipeline: request }}\n  request:\n    - route:\n        routes:\n          - match: {{ path_prefix: /down }}\n            pipeline: down\n        default: up\n  down:\n    - mux-http: {{ pipeline: nowhere }}\n  nowhere:\n    - connect: {{ target: 127.0.0.1:{dead} }}\n  up:\n    - mux-http: {{ pipeline: upstream }}\n  upstream:\n    - connect: {{ target: 127.0.0.1:{up} }}\n"
+            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: main\npipelines:\n  main:\n    - demux-http: {{ pipeline: request }}\n  request:\n    - route:\n        routes:\n          - match: {{ path_prefix: /down }}\n            pipeline: down\n        default: up\n  down:\n    - mux-http: {{ pipeline: nowhere }}\n  nowhere:\n    - connect: {{ endpoints: 127.0.0.1:{dead} }}\n  up:\n    - mux-http: {{ pipeline: upstream }}\n  upstream:\n    - connect: {{ endpoints: 127.0.0.1:{up} }}\n"
         ),
     );
     let _fg = flowgate_run(&cfg, &[port]);

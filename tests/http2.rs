@@ -62,7 +62,7 @@ pipelines:
   proxy:
     - mux-http: {{ pipeline: upstream }}
   upstream:
-    - connect: {{ target: 127.0.0.1:{nginx_port} }}
+    - connect: {{ endpoints: 127.0.0.1:{nginx_port} }}
 ",
             cert = cert.display(),
             key = key.display(),

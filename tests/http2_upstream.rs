@@ -1,4 +1,4 @@
-//! HTTP/2 towards upstreams through the `flowgate` binary: `mux-http` with `version: http2`
+//! HTTP/2 towards upstreams through the `flowgate` binary: `mux-http` with `protocol: http2`
 //! in front of real HTTP/2 servers — hypercorn (h2c with prior knowledge, and h2 over TLS
 //! with ALPN), nginx (`listen … ssl http2`), and a python-h2 server that resets streams.
 //! Clients are curl (HTTP/1.1 and h2), nghttp and h2load.
@@ -56,7 +56,7 @@ pipelines:
   main:
     - demux-http: {{ pipeline: request }}
   request:
-    - mux-http: {{ pipeline: upstream, version: http2{mux_extra} }}
+    - mux-http: {{ pipeline: upstream, protocol: http2{mux_extra} }}
   upstream:
 {upstream}"
         ),
@@ -163,7 +163,7 @@ fn h2c_to_hypercorn_bodies_trailers_and_multiplexing() {
         &dir,
         port,
         "",
-        &format!("    - connect: {{ target: 127.0.0.1:{hp} }}\n"),
+        &format!("    - connect: {{ endpoints: 127.0.0.1:{hp} }}\n"),
     );
     let base = format!("http://127.0.0.1:{port}");
 
@@ -263,7 +263,7 @@ fn h2_over_tls_to_hypercorn_and_nginx() {
             "  {name}:
     - connect-tls: {{ pipeline: {name}-tcp, sni: up.test, ca: {ca}, alpn: [h2] }}
   {name}-tcp:
-    - connect: {{ target: 127.0.0.1:{target} }}
+    - connect: {{ endpoints: 127.0.0.1:{target} }}
 ",
             ca = pki.ca().display()
         )
@@ -282,9 +282,9 @@ pipelines:
   main2:
     - demux-http: {{ pipeline: to-nginx }}
   to-hypercorn:
-    - mux-http: {{ pipeline: hc, version: http2, http2: {{ scheme: https }} }}
+    - mux-http: {{ pipeline: hc, protocol: http2, http2: {{ scheme: https }} }}
   to-nginx:
-    - mux-http: {{ pipeline: ng, version: http2, http2: {{ scheme: https }} }}
+    - mux-http: {{ pipeline: ng, protocol: http2, http2: {{ scheme: https }} }}
 {}{}",
             tls("hc", hp),
             tls("ng", np)
@@ -332,7 +332,7 @@ fn a_stream_reset_by_the_upstream_fails_only_that_request() {
         &dir,
         port,
         "",
-        &format!("    - connect: {{ target: 127.0.0.1:{up} }}\n"),
+        &format!("    - connect: {{ endpoints: 127.0.0.1:{up} }}\n"),
     );
     let base = format!("http://127.0.0.1:{port}");
     // Ten ordinary requests and two reset ones at the same time, on one h2 client
@@ -386,7 +386,7 @@ fn restarting_the_upstream_does_not_wedge_the_pool() {
         &dir,
         port,
         ", http2: { keepalive_interval: 1s, keepalive_timeout: 1s }",
-        &format!("    - connect: {{ target: 127.0.0.1:{hp}, connect_timeout: 1s }}\n"),
+        &format!("    - connect: {{ endpoints: 127.0.0.1:{hp}, connect_timeout: 1s }}\n"),
     );
     let url = format!("http://127.0.0.1:{port}/x");
     let status = |url: &str| {
@@ -507,15 +507,15 @@ pipelines:
   main2:
     - demux-http: {{ pipeline: to-hypercorn }}
   to-nginx:
-    - mux-http: {{ pipeline: ng, version: http2, http2: {{ scheme: https }} }}
+    - mux-http: {{ pipeline: ng, protocol: http2, http2: {{ scheme: https }} }}
   ng:
     - connect-tls: {{ pipeline: ng-tcp, sni: up.test, ca: {ca}, alpn: [h2] }}
   ng-tcp:
-    - connect: {{ target: 127.0.0.1:{np} }}
+    - connect: {{ endpoints: 127.0.0.1:{np} }}
   to-hypercorn:
-    - mux-http: {{ pipeline: hc, version: http2 }}
+    - mux-http: {{ pipeline: hc, protocol: http2 }}
   hc:
-    - connect: {{ target: 127.0.0.1:{hp} }}
+    - connect: {{ endpoints: 127.0.0.1:{hp} }}
 ",
             ca = pki.ca().display()
         ),

@@ -168,7 +168,7 @@ fn flowgate_run_forwards_framing_fields_in_canonical_form() {
     let cfg = dir.write(
         "http.yaml",
         &format!(
-            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: main\npipelines:\n  main:\n    - demux-http: {{ pipeline: request }}\n  request:\n    - mux-http: {{ pipeline: upstream }}\n  upstream:\n    - connect: {{ target: 127.0.0.1:{} }}\n",
+            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: main\npipelines:\n  main:\n    - demux-http: {{ pipeline: request }}\n  request:\n    - mux-http: {{ pipeline: upstream }}\n  upstream:\n    - connect: {{ endpoints: 127.0.0.1:{} }}\n",
             up.port
         ),
     );

@@ -130,7 +130,7 @@ fn proxy(dir: &TempDir, up: u16, mux_extra: &str) -> (Proc, u16) {
     let cfg = dir.write(
         "interim.yaml",
         &format!(
-            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: main\npipelines:\n  main:\n    - demux-http: {{ pipeline: request }}\n  request:\n    - mux-http: {{ pipeline: upstream{mux_extra} }}\n  upstream:\n    - connect: {{ target: 127.0.0.1:{up} }}\n"
+            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: main\npipelines:\n  main:\n    - demux-http: {{ pipeline: request }}\n  request:\n    - mux-http: {{ pipeline: upstream{mux_extra} }}\n  upstream:\n    - connect: {{ endpoints: 127.0.0.1:{up} }}\n"
         ),
     );
     (flowgate_run(&cfg, &[port]), port)
@@ -267,7 +267,7 @@ fn early_hints_from_an_http2_upstream_reach_http1_and_http2_clients() {
     );
     wait_port(up);
     let dir = TempDir::new("interim-h2");
-    let (_fg, port) = proxy(&dir, up, ", version: http2");
+    let (_fg, port) = proxy(&dir, up, ", protocol: http2");
     let url = format!("http://127.0.0.1:{port}/hints");
     let (lines, body) = curl_statuses(&[&url]);
     assert_eq!(lines, ["HTTP/1.1 103 Early Hints", "HTTP/1.1 200 OK"]);

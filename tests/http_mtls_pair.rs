@@ -116,7 +116,7 @@ fn an_mtls_sidecar_pair_answers_every_request_under_load() {
     let server = dir.write(
         "server.yaml",
         &format!(
-            "listeners:\n  - listen: 127.0.0.1:{server_port}\n    pipeline: tls\npipelines:\n  tls:\n    - accept-tls:\n        pipeline: http\n        certificates: [{{ cert: {}, key: {} }}]\n        client_auth: {{ ca: {} }}\n  http:\n    - demux-http: {{ pipeline: request, keepalive_timeout: 1s }}\n  request:\n    - mux-http: {{ pipeline: app }}\n  app:\n    - connect: {{ target: 127.0.0.1:{up_port} }}\n",
+            "listeners:\n  - listen: 127.0.0.1:{server_port}\n    pipeline: tls\npipelines:\n  tls:\n    - accept-tls:\n        pipeline: http\n        certificates: [{{ cert: {}, key: {} }}]\n        client_auth: {{ ca: {} }}\n  http:\n    - demux-http: {{ pipeline: request, keepalive_timeout: 1s }}\n  request:\n    - mux-http: {{ pipeline: app }}\n  app:\n    - connect: {{ endpoints: 127.0.0.1:{up_port} }}\n",
             server_cert.display(),
             server_key.display(),
             pki.ca().display()
@@ -125,7 +125,7 @@ fn an_mtls_sidecar_pair_answers_every_request_under_load() {
     let client = dir.write(
         "client.yaml",
         &format!(
-            "listeners:\n  - listen: 127.0.0.1:{client_port}\n    pipeline: http\npipelines:\n  http:\n    - demux-http: {{ pipeline: request }}\n  request:\n    - mux-http: {{ pipeline: mtls, max_idle: 1s }}\n  mtls:\n    - connect-tls:\n        pipeline: tcp\n        sni: server.mesh.local\n        ca: {}\n        client_cert: {{ cert: {}, key: {} }}\n  tcp:\n    - connect: {{ target: 127.0.0.1:{server_port} }}\n",
+            "listeners:\n  - listen: 127.0.0.1:{client_port}\n    pipeline: http\npipelines:\n  http:\n    - demux-http: {{ pipeline: request }}\n  request:\n    - mux-http: {{ pipeline: mtls, max_idle: 1s }}\n  mtls:\n    - connect-tls:\n        pipeline: tcp\n        sni: server.mesh.local\n        ca: {}\n        client_cert: {{ cert: {}, key: {} }}\n  tcp:\n    - connect: {{ endpoints: 127.0.0.1:{server_port} }}\n",
             pki.ca().display(),
             client_cert.display(),
             client_key.display()

@@ -102,7 +102,7 @@ fn ws_proxy(dir: &TempDir, upstream: u16) -> (Proc, u16, u16) {
              pipelines:\n  main:\n    - demux-http: {{ pipeline: request, upgrade: {{ protocols: [websocket] }}, tunnel_idle_timeout: 30s }}\n\
              \x20 no-upgrades:\n    - demux-http: {{ pipeline: request, upgrade: {{ enabled: false }} }}\n\
              \x20 request:\n    - mux-http: {{ pipeline: upstream }}\n\
-             \x20 upstream:\n    - connect: {{ target: 127.0.0.1:{upstream} }}\n"
+             \x20 upstream:\n    - connect: {{ endpoints: 127.0.0.1:{upstream} }}\n"
         ),
     );
     (flowgate_run(&cfg, &[a, b]), a, b)
@@ -401,7 +401,7 @@ fn a_slow_upstream_gets_504_at_the_deadline() {
              \x20 request:\n    - timeout: {{ pipeline: tries, head: 700ms, total: 2s }}\n\
              \x20 tries:\n    - retry: {{ pipeline: call, tries: 2, per_try_timeout: 10s }}\n\
              \x20 call:\n    - mux-http: {{ pipeline: upstream }}\n\
-             \x20 upstream:\n    - connect: {{ target: 127.0.0.1:{up} }}\n"
+             \x20 upstream:\n    - connect: {{ endpoints: 127.0.0.1:{up} }}\n"
         ),
     );
     let fg = flowgate_run(&cfg, &[p]);

@@ -110,7 +110,7 @@ fn sub_output(mut s: Sub) -> String {
     messages.join("\n").trim().to_string()
 }
 
-/// `flowgate run` with one `proxy-mqtt` over `brokers`; `extra` is more YAML for the
+/// `flowgate run` with one `proxy-mqtt` over `endpoints`; `extra` is more YAML for the
 /// filter's options (indented by 8).
 fn proxy(dir: &TempDir, brokers: &[u16], extra: &str) -> (Proc, u16) {
     let port = reserve_port();
@@ -118,7 +118,7 @@ fn proxy(dir: &TempDir, brokers: &[u16], extra: &str) -> (Proc, u16) {
     let cfg = dir.write(
         "proxy.yaml",
         &format!(
-            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: mqtt\npipelines:\n  mqtt:\n    - proxy-mqtt:\n        brokers: [{}]\n{extra}",
+            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: mqtt\npipelines:\n  mqtt:\n    - proxy-mqtt:\n        endpoints: [{}]\n{extra}",
             list.join(", ")
         ),
     );

@@ -25,7 +25,7 @@ fn round_robin_over_three_real_upstreams() {
         &format!(
             // One worker: with several, the readiness probe's connection may be accepted
             // (and take its round-robin turn) after the test's first one.
-            "workers: 1\nlisteners:\n  - listen: 127.0.0.1:{port}\n    pipeline: proxy\npipelines:\n  proxy:\n    - connect:\n        target: [127.0.0.1:{}, 127.0.0.1:{}, 127.0.0.1:{}]\n",
+            "workers: 1\nlisteners:\n  - listen: 127.0.0.1:{port}\n    pipeline: proxy\npipelines:\n  proxy:\n    - connect:\n        endpoints: [127.0.0.1:{}, 127.0.0.1:{}, 127.0.0.1:{}]\n",
             ups[0].port, ups[1].port, ups[2].port
         ),
     );
@@ -77,7 +77,7 @@ fn proxy_protocol_v2_carries_the_client_address_to_nginx() {
     let cfg = dir.write(
         "proxy.yaml",
         &format!(
-            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: front\npipelines:\n  front:\n    - accept-proxy-protocol: {{ required: false }}\n    - connect-proxy-protocol: {{ version: 2 }}\n    - connect: {{ target: 127.0.0.1:{nginx_port} }}\n"
+            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: front\npipelines:\n  front:\n    - accept-proxy-protocol: {{ required: false }}\n    - connect-proxy-protocol: {{ version: 2 }}\n    - connect: {{ endpoints: 127.0.0.1:{nginx_port} }}\n"
         ),
     );
     let _fg = flowgate_run(&cfg, &[port]);
@@ -100,7 +100,7 @@ fn proxy_protocol_v2_carries_the_client_address_to_nginx() {
 #[test]
 fn check_reports_the_place_of_each_mistake_and_exits_2() {
     let dir = TempDir::new("check");
-    let good = "listeners:\n  - listen: 127.0.0.1:1\n    pipeline: main\npipelines:\n  main:\n    - demux: { pipeline: req }\n  req:\n    - connect:\n        target: 127.0.0.1:9\n";
+    let good = "listeners:\n  - listen: 127.0.0.1:1\n    pipeline: main\npipelines:\n  main:\n    - demux: { pipeline: req }\n  req:\n    - connect:\n        endpoints: 127.0.0.1:9\n";
     let (code, err) = flowgate_check(&dir.write("good.yaml", good));
     assert_eq!(code, 0, "{err}");
 
@@ -120,8 +120,8 @@ fn check_reports_the_place_of_each_mistake_and_exits_2() {
         (
             "unknown-field.yaml",
             good.replace(
-                "target: 127.0.0.1:9",
-                "target: 127.0.0.1:9\n        colour: red",
+                "endpoints: 127.0.0.1:9",
+                "endpoints: 127.0.0.1:9\n        colour: red",
             ),
             ":10:",
             "unknown field `colour`",
@@ -156,7 +156,7 @@ fn back_pressure_a_stalled_upstream_stops_the_client() {
     let dir = TempDir::new("backpressure");
     let cfg = dir.write(
         "proxy.yaml",
-        &format!("listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: p\npipelines:\n  p:\n    - connect: {{ target: 127.0.0.1:{up_port} }}\n"),
+        &format!("listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: p\npipelines:\n  p:\n    - connect: {{ endpoints: 127.0.0.1:{up_port} }}\n"),
     );
     let fg = flowgate_run(&cfg, &[port]);
     let _held = {
@@ -239,7 +239,7 @@ fn connect_balances_with_flowgate_lb_maglev_and_outlier_ejection() {
     let cfg = dir.write(
         "lb.yaml",
         &format!(
-            "listeners:\n  - listen: 127.0.0.1:{maglev_port}\n    pipeline: maglev\n  - listen: 127.0.0.1:{rr_port}\n    pipeline: rr\npipelines:\n  maglev:\n    - connect:\n        target: [{targets}]\n        balance: {{ algorithm: {{ type: maglev }} }}\n  rr:\n    - connect:\n        target: [127.0.0.1:{dead}, {targets}]\n        balance:\n          algorithm: {{ type: round_robin }}\n          outlier: {{ consecutive_connect_failures: 1, max_ejection_percent: 50 }}\n"
+            "listeners:\n  - listen: 127.0.0.1:{maglev_port}\n    pipeline: maglev\n  - listen: 127.0.0.1:{rr_port}\n    pipeline: rr\npipelines:\n  maglev:\n    - connect:\n        endpoints: [{targets}]\n        balance: {{ algorithm: {{ type: maglev }} }}\n  rr:\n    - connect:\n        endpoints: [127.0.0.1:{dead}, {targets}]\n        balance:\n          algorithm: {{ type: round_robin }}\n          outlier: {{ consecutive_connect_failures: 1, max_ejection_percent: 50 }}\n"
         ),
     );
     let _fg = flowgate_run(&cfg, &[maglev_port, rr_port]);

@@ -25,7 +25,7 @@ fn config(port: u16, ups: &[u16], variant: usize) -> String {
     let mut targets: Vec<String> = ups.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     targets.rotate_left(variant % ups.len());
     format!(
-        "workers: 2\nlisteners:\n  - listen: 127.0.0.1:{port}\n    pipeline: proxy\npipelines:\n  proxy:\n    - throttle: {{ concurrency: 10000 }}\n    - connect:\n        target: [{}]\n        connect_timeout: {}s\n",
+        "workers: 2\nlisteners:\n  - listen: 127.0.0.1:{port}\n    pipeline: proxy\npipelines:\n  proxy:\n    - throttle: {{ concurrency: 10000 }}\n    - connect:\n        endpoints: [{}]\n        connect_timeout: {}s\n",
         targets.join(", "),
         2 + variant
     )
@@ -133,7 +133,7 @@ fn a_changed_file_is_reloaded_without_a_signal() {
     let dir = TempDir::new("watch");
     let cfg = |up: u16| {
         format!(
-            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: p\npipelines:\n  p:\n    - connect: {{ target: 127.0.0.1:{up} }}\n"
+            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: p\npipelines:\n  p:\n    - connect: {{ endpoints: 127.0.0.1:{up} }}\n"
         )
     };
     let path = dir.write("watch.yaml", &cfg(a.port));

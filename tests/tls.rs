@@ -18,7 +18,7 @@ fn config(port: u16, upstream: u16, cert: &Path, key: &Path, client_ca: Option<&
         .map(|ca| format!("        client_auth: {{ ca: {} }}\n", ca.display()))
         .unwrap_or_default();
     format!(
-        "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: tls\npipelines:\n  tls:\n    - accept-tls:\n        pipeline: upstream\n        certificates: [{{ cert: {}, key: {} }}]\n        alpn: [http/1.1]\n{auth}  upstream:\n    - connect: {{ target: 127.0.0.1:{upstream} }}\n",
+        "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: tls\npipelines:\n  tls:\n    - accept-tls:\n        pipeline: upstream\n        certificates: [{{ cert: {}, key: {} }}]\n        alpn: [http/1.1]\n{auth}  upstream:\n    - connect: {{ endpoints: 127.0.0.1:{upstream} }}\n",
         cert.display(),
         key.display()
     )

@@ -25,6 +25,7 @@
 use std::fmt;
 
 pub mod duration;
+pub mod renamed;
 mod size;
 
 pub use size::{Size, parse_size};

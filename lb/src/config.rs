@@ -18,11 +18,19 @@ use crate::slow_start::SlowStartConfig;
 ///     "slow_start": {"window": "30s", "aggression": 2}
 /// }"#).unwrap();
 /// assert_eq!(cfg.algorithm, Algorithm::LeastRequest);
+/// // An algorithm name alone is that algorithm with every option off.
+/// let short: BalancerConfig = serde_json::from_str(r#""maglev""#).unwrap();
+/// assert_eq!(short, BalancerConfig::new(Algorithm::maglev()));
 /// ```
+///
+/// This is the one type of every `balance:` option in Flowgate's files (`connect`,
+/// `balance-http`, `proxy-mqtt`, `dns-respond`, the gateway's backends).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct BalancerConfig {
-    /// The algorithm.
+    /// The algorithm: a name or a map with `type:` (see [`Algorithm`]). Default round
+    /// robin.
+    #[serde(default = "round_robin")]
     pub algorithm: Algorithm,
     /// Passive outlier detection; off when absent.
     #[serde(default)]
@@ -36,6 +44,53 @@ pub struct BalancerConfig {
     /// Sticky sessions by key; off when absent.
     #[serde(default)]
     pub sticky: Option<StickyConfig>,
+}
+
+fn round_robin() -> Algorithm {
+    Algorithm::RoundRobin
+}
+
+impl Default for BalancerConfig {
+    /// Round robin with every option off.
+    fn default() -> Self {
+        Self::new(Algorithm::RoundRobin)
+    }
+}
+
+impl<'de> Deserialize<'de> for BalancerConfig {
+    /// An algorithm name (`maglev`: that algorithm with every option off) or the map.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = BalancerConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(
+                    f,
+                    "an algorithm name ({}) or a map with `algorithm`, `outlier`, `slow_start`, `locality`, `sticky`",
+                    crate::algorithm::ALGORITHM_NAMES
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<BalancerConfig, E> {
+                <Algorithm as Deserialize>::deserialize(
+                    serde::de::value::StrDeserializer::<E>::new(s),
+                )
+                .map(BalancerConfig::new)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<BalancerConfig, A::Error> {
+                BalancerConfig::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for BalancerConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        BalancerConfig::serialize(self, s)
+    }
 }
 
 impl BalancerConfig {

@@ -53,5 +53,7 @@ pub use event::{ErrorKind, Event, Head, Side, StreamError, Tail};
 pub use filter::{
     Events, Filter, SubPipeline, Transform, TransformStream, error_stream, events_from,
 };
+/// Old option names refused with a pointer to the new one (`flowgate_config::renamed`).
+pub use flowgate_config::renamed;
 pub use flowgate_config::{Size, parse_size};
 pub use pipeline::{BuildError, Module, ModuleBuilder, Pipeline, PipelineBuilder};

@@ -1,6 +1,6 @@
 //! The filter registry: filter names → typed configurations → filter prototypes.
 //!
-//! A configuration file lists filters as one-key maps (`- connect: {target: …}`). Each name
+//! A configuration file lists filters as one-key maps (`- connect: {endpoints: …}`). Each name
 //! is looked up here; the options are deserialized straight into that filter's own
 //! `XxxConfig` type, so an unknown field or a wrong type is reported by the YAML reader at the
 //! exact line and column. [`FilterConfig::build`] then validates the values and builds the

@@ -25,7 +25,7 @@ use flowgate_filters_http::{
     RetryConfig, RewriteConfig, RouteConfig, RouteEntry, TimeoutConfig,
 };
 use flowgate_filters_net::tls::{AcceptTlsConfig, DEFAULT_MAX_FEED, TlsVersion};
-use flowgate_lb::BalancerConfig;
+use flowgate_lb::OutlierConfig;
 use flowgate_pipeline::joint::Pipe;
 use flowgate_pipeline::registry::{BuildContext, FilterConfig};
 use flowgate_pipeline::server::ListenerConfig;
@@ -248,21 +248,19 @@ pub(super) fn compile(
 
 /// `backend:<b>` (a `retry`, or with `retries: 0` a `timeout`) and `backend:<b>:try`.
 fn compile_backend(spec: &BackendSpec, bcx: &BuildContext) -> Result<Vec<PipelineBuilder>, String> {
-    let mut balance = BalancerConfig::new(spec.policy.0.clone());
-    balance.outlier = Some(spec.outlier.clone());
-    balance.slow_start = spec.slow_start.clone();
+    let mut balance = spec.balance.clone();
+    if balance.outlier.is_none() {
+        balance.outlier = Some(OutlierConfig::default());
+    }
     let mut cfg = BalanceHttpConfig::new(spec.endpoints.clone());
     cfg.balance = balance;
     cfg.hash_on = spec.hash_on.clone();
     cfg.health_check = spec.health_check.clone();
     cfg.connect_timeout = spec.connect_timeout;
     cfg.max_idle = spec.max_idle;
-    cfg.version = spec.protocol;
+    cfg.protocol = spec.protocol;
     cfg.tls = spec.tls.clone();
-    let lb = BalanceHttp::with_context(cfg, bcx).map_err(|e| {
-        let field = rename_balance_field(&e.field);
-        format!("field `{field}`: {}", e.problem)
-    })?;
+    let lb = BalanceHttp::with_context(cfg, bcx).map_err(|e| e.to_string())?;
     let name = format!("backend:{}", spec.name);
     let try_name = format!("{name}:try");
     if spec.retries == 0 {
@@ -305,17 +303,6 @@ fn compile_backend(spec: &BackendSpec, bcx: &BuildContext) -> Result<Vec<Pipelin
         Pipeline::builder(name).filter_arc(retry),
         Pipeline::builder(try_name).filter(lb),
     ])
-}
-
-/// `balance-http`'s field names → the gateway's.
-fn rename_balance_field(f: &str) -> String {
-    if let Some(rest) = f.strip_prefix("targets") {
-        return format!("endpoints{rest}");
-    }
-    match f {
-        "balance" => "policy".into(),
-        other => other.into(),
-    }
 }
 
 /// `route:<r>`.

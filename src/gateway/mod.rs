@@ -23,7 +23,7 @@
 //! backends:
 //!   - name: api
 //!     endpoints: [10.0.0.1:8080, { address: 10.0.0.2:8080, weight: 2 }]
-//!     policy: weighted_round_robin
+//!     balance: weighted_round_robin
 //!     health_check: { probe: { type: http, path: /health }, interval: 2s }
 //! ```
 //!
@@ -37,7 +37,7 @@
 //! let yaml = r#"
 //! listeners: [{ address: "127.0.0.1:0" }]
 //! routes: [{ match: { path_prefix: / }, proxy: { backend: app } }]
-//! backends: [{ name: app, endpoints: ["127.0.0.1:9001", "127.0.0.1:9002"], policy: least_request }]
+//! backends: [{ name: app, endpoints: ["127.0.0.1:9001", "127.0.0.1:9002"], balance: least_request }]
 //! "#;
 //! let config = flowgate::gateway::parse(yaml, "inline.yaml", ".".as_ref())?;
 //! assert_eq!(config.listeners.len(), 1);

@@ -3,19 +3,18 @@
 //! Every struct rejects unknown fields, so a typo is an error at its line, naming the
 //! field. Defaults are written next to each field.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use flowgate_filters_http::{
     AccessLogFormat, BalanceTarget, HashOn, HeaderEdits, LimitsConfig, PrefixRewrite,
-    RedirectConfig, RespondConfig, RouteMatch, UpstreamTlsConfig, UpstreamVersion,
+    RedirectConfig, RespondConfig, RouteMatch, UpstreamProtocol, UpstreamTlsConfig,
 };
 use flowgate_filters_net::tls::{CertificateConfig, ClientAuthConfig, TlsVersion};
+use flowgate_lb::BalancerConfig;
 use flowgate_lb::health::HealthCheckConfig;
-use flowgate_lb::{Algorithm, OutlierConfig, SlowStartConfig};
-use serde::de::{self, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use flowgate_pipeline::renamed::{self, Renamed};
+use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 /// A whole gateway file.
@@ -170,7 +169,7 @@ pub struct ProxyAction {
 /// ```yaml
 /// - name: api
 ///   endpoints: [127.0.0.1:8001, { address: 127.0.0.1:8002, weight: 3 }]
-///   policy: weighted_round_robin      # or { type: maglev, table_size: 65537 }
+///   balance: weighted_round_robin     # or { algorithm: { type: maglev }, outlier: { … } }
 ///   hash_on: { header: x-user }       # for ring_hash / maglev; default client_ip
 ///   health_check: { probe: { type: http, path: /health }, interval: 2s }
 ///   connect_timeout: 2s
@@ -184,11 +183,19 @@ pub struct BackendSpec {
     pub name: String,
     /// `IP:port` or `{ address, weight }`. At least one.
     pub endpoints: Vec<BalanceTarget>,
-    /// Any flowgate-lb algorithm: `round_robin` (default), `weighted_round_robin`,
-    /// `random`, `least_request`, `peak_ewma`, `ring_hash`, `maglev`, or a map with
-    /// `type:` and the algorithm's options.
+    /// flowgate-lb's settings, the same `balance:` as every filter's: an algorithm name
+    /// (`round_robin`, the default, `weighted_round_robin`, `random`, `least_request`,
+    /// `peak_ewma`, `ring_hash`, `maglev`) or a map with `algorithm` (a name or
+    /// `{ type: maglev, table_size: 65537 }`), `outlier`, `slow_start`, `locality` and
+    /// `sticky`. Unlike the filters, passive outlier detection is on when `outlier` is
+    /// absent, with Envoy's settings (5 consecutive 5xx or connect failures eject for
+    /// 30 s); `outlier: { consecutive_5xx: 0, consecutive_connect_failures: 0 }` turns it
+    /// off.
     #[serde(default)]
-    pub policy: Policy,
+    pub balance: BalancerConfig,
+    #[doc(hidden)]
+    #[serde(default, rename = "policy", skip_serializing)]
+    pub renamed_policy: Renamed<renamed::Policy>,
     /// What `ring_hash` and `maglev` key on: `client_ip` (default), `path`, or
     /// `{ header: NAME }`.
     #[serde(default)]
@@ -197,14 +204,12 @@ pub struct BackendSpec {
     /// default.
     #[serde(default)]
     pub health_check: Option<HealthCheckConfig>,
-    /// Passive outlier detection. Default on with Envoy's settings (5 consecutive 5xx or
-    /// connect failures eject for 30 s); `outlier: { consecutive_5xx: 0,
-    /// consecutive_connect_failures: 0 }` turns it off.
-    #[serde(default = "d_outlier")]
-    pub outlier: OutlierConfig,
-    /// Slow start for joining endpoints. Off by default.
-    #[serde(default)]
-    pub slow_start: Option<SlowStartConfig>,
+    #[doc(hidden)]
+    #[serde(default, rename = "outlier", skip_serializing)]
+    pub renamed_outlier: Renamed<renamed::Outlier>,
+    #[doc(hidden)]
+    #[serde(default, rename = "slow_start", skip_serializing)]
+    pub renamed_slow_start: Renamed<renamed::SlowStart>,
     /// How long connecting to an endpoint may take. Default 2 s.
     #[serde(default = "d_connect", with = "flowgate_pipeline::serde_duration")]
     pub connect_timeout: Duration,
@@ -222,7 +227,7 @@ pub struct BackendSpec {
     /// The protocol spoken to the endpoints: `http1` (default) or `http2` (h2c with prior
     /// knowledge, or h2 by ALPN with `tls`: many requests share a connection).
     #[serde(default)]
-    pub protocol: UpstreamVersion,
+    pub protocol: UpstreamProtocol,
     /// TLS to the endpoints: `{ sni, ca }` (and optionally `verify`, `client_cert`,
     /// `handshake_timeout`). Default off.
     #[serde(default)]
@@ -235,9 +240,6 @@ fn d_header() -> Duration {
 fn d_keepalive() -> Duration {
     Duration::from_secs(60)
 }
-fn d_outlier() -> OutlierConfig {
-    OutlierConfig::default()
-}
 fn d_connect() -> Duration {
     Duration::from_secs(2)
 }
@@ -249,63 +251,4 @@ fn d_per_try() -> Duration {
 }
 fn d_idle() -> Duration {
     Duration::from_secs(60)
-}
-
-/// A load-balancing policy: a flowgate-lb [`Algorithm`], written as its name
-/// (`least_request`) or as a map with `type:` and options (`{ type: maglev, table_size: 65537 }`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Policy(pub Algorithm);
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy(Algorithm::RoundRobin)
-    }
-}
-
-const POLICY_NAMES: &str =
-    "round_robin, weighted_round_robin, random, least_request, peak_ewma, ring_hash, maglev";
-
-impl Policy {
-    /// The algorithm called `name`, with its default options.
-    pub fn named(name: &str) -> Option<Policy> {
-        Some(Policy(match name {
-            "round_robin" => Algorithm::RoundRobin,
-            "weighted_round_robin" => Algorithm::WeightedRoundRobin,
-            "random" => Algorithm::Random,
-            "least_request" => Algorithm::LeastRequest,
-            "peak_ewma" => Algorithm::peak_ewma(),
-            "ring_hash" => Algorithm::ketama(),
-            "maglev" => Algorithm::maglev(),
-            _ => return None,
-        }))
-    }
-}
-
-impl<'de> Deserialize<'de> for Policy {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Policy;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "a policy name ({POLICY_NAMES}) or a map with `type:`")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Policy, E> {
-                Policy::named(s).ok_or_else(|| {
-                    E::custom(format!(
-                        "unknown policy `{s}`, expected one of {POLICY_NAMES}"
-                    ))
-                })
-            }
-            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<Policy, A::Error> {
-                Algorithm::deserialize(de::value::MapAccessDeserializer::new(m)).map(Policy)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-impl Serialize for Policy {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
-    }
 }

@@ -42,7 +42,7 @@ routes:
 backends:
   - name: app
     endpoints: [127.0.0.1:9001, { address: 127.0.0.1:9002, weight: 3 }]
-    policy: { type: maglev, table_size: 257 }
+    balance: { algorithm: { type: maglev, table_size: 257 } }
     hash_on: { header: x-user }
     health_check: { probe: { type: http, path: /health }, interval: 1s }
     retries: 2
@@ -93,7 +93,7 @@ fn a_full_file_compiles_to_the_documented_pipelines() {
         .to_json();
     let opts = &lb["filters"][0]["options"];
     assert_eq!(opts["balance"]["algorithm"]["type"], "maglev");
-    assert_eq!(opts["targets"][1]["weight"], 3);
+    assert_eq!(opts["endpoints"][1]["weight"], 3);
     assert_eq!(opts["hash_on"]["header"], "x-user");
     let retry = c.module.get("backend:app").unwrap().describe().to_json();
     assert_eq!(retry["filters"][0]["options"]["tries"], 3);
@@ -144,7 +144,7 @@ fn every_policy_name_is_accepted() {
         "maglev",
     ] {
         let text = format!(
-            "listeners: [{{ address: \"127.0.0.1:0\" }}]\nbackends: [{{ name: b, endpoints: [\"127.0.0.1:1\"], policy: {p} }}]\n"
+            "listeners: [{{ address: \"127.0.0.1:0\" }}]\nbackends: [{{ name: b, endpoints: [\"127.0.0.1:1\"], balance: {p} }}]\n"
         );
         check(&text).unwrap_or_else(|e| panic!("{p}: {e}"));
     }
@@ -236,11 +236,11 @@ fn unknown_fields_and_bad_values_name_their_line_and_field() {
 
     let e = fails(&GOOD.replace("{ type: maglev, table_size: 257 }", "fastest"));
     assert_eq!(e.line, 22, "{e}");
-    assert!(e.message.contains("unknown policy `fastest`"), "{e}");
+    assert!(e.message.contains("unknown algorithm `fastest`"), "{e}");
 
     let e = fails(&GOOD.replace("table_size: 257", "table_size: 256"));
     assert!(
-        e.message.contains("backends[0] (app): field `policy"),
+        e.message.contains("backends[0] (app): field `balance"),
         "{e}"
     );
 
@@ -361,4 +361,25 @@ fn backend_tls_needs_a_name_and_a_readable_ca() {
         "    retries: 2\n    tls: { verify: false }\n",
     ))
     .unwrap();
+}
+
+#[test]
+fn old_backend_option_names_are_refused_naming_the_new_one() {
+    for (old, new) in [
+        ("policy: maglev", "`policy` is now `balance`"),
+        (
+            "outlier: { consecutive_5xx: 1 }",
+            "`outlier` is now `balance.outlier`",
+        ),
+        (
+            "slow_start: { window: 10s }",
+            "`slow_start` is now `balance.slow_start`",
+        ),
+    ] {
+        let e = fails(&format!(
+            "listeners: [{{ address: \"127.0.0.1:0\" }}]\nbackends: [{{ name: b, endpoints: [\"127.0.0.1:1\"], {old} }}]\n"
+        ));
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains(new), "{old}: {e}");
+    }
 }

@@ -30,6 +30,7 @@ use flowgate_dns::cache::{CacheConfig, CacheKey, CacheTtl, CachedResponse, TtlCa
 use flowgate_dns::types::rcode;
 use flowgate_dns::{Limits, WireError, WireInfo, answer_code, set_id, validate};
 use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig};
+use flowgate_pipeline::renamed::{self, Renamed};
 use flowgate_pipeline::{Context, Description, Event, Events, Filter};
 use futures_core::Stream;
 use futures_util::StreamExt;
@@ -44,7 +45,7 @@ use super::{DnsQuery, Gather, emit};
 ///
 /// ```yaml
 /// - dns-forward:
-///     upstreams: ["127.0.0.1:5353", "127.0.0.2:5353"]   # tried in order; failover
+///     endpoints: ["127.0.0.1:5353", "127.0.0.2:5353"]   # tried in order; failover
 ///     timeout: 2s
 ///     cache: { max_entries: 10000, max_ttl: 1h, prefetch_hits: 3 }
 /// ```
@@ -52,7 +53,10 @@ use super::{DnsQuery, Gather, emit};
 #[serde(deny_unknown_fields)]
 pub struct DnsForwardConfig {
     /// Upstream resolvers, preferred first.
-    pub upstreams: Vec<SocketAddr>,
+    pub endpoints: Vec<SocketAddr>,
+    #[doc(hidden)]
+    #[serde(default, rename = "upstreams", skip_serializing)]
+    pub renamed_upstreams: Renamed<renamed::Upstreams>,
     /// How long one attempt waits for an answer. Default 2 s.
     #[serde(
         default = "default_timeout",
@@ -247,7 +251,7 @@ pub struct DnsForward {
 impl std::fmt::Debug for DnsForward {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DnsForward")
-            .field("upstreams", &self.shared.config.upstreams)
+            .field("endpoints", &self.shared.config.endpoints)
             .finish_non_exhaustive()
     }
 }
@@ -255,8 +259,8 @@ impl std::fmt::Debug for DnsForward {
 impl DnsForward {
     /// Builds the filter from `config`.
     pub fn new(config: DnsForwardConfig) -> Result<Self, ConfigError> {
-        if config.upstreams.is_empty() {
-            return Err(ConfigError::new("upstreams", "needs at least one resolver"));
+        if config.endpoints.is_empty() {
+            return Err(ConfigError::new("endpoints", "needs at least one resolver"));
         }
         if config.timeout.is_zero() {
             return Err(ConfigError::new("timeout", "must be more than zero"));
@@ -278,7 +282,7 @@ impl DnsForward {
         Ok(DnsForward {
             shared: Arc::new(Shared {
                 upstreams: config
-                    .upstreams
+                    .endpoints
                     .iter()
                     .map(|a| Upstream {
                         addr: *a,

@@ -49,7 +49,7 @@
 //!         zone: svc.test
 //!         services:
 //!           - { name: api, endpoints: ["10.0.0.1:8080", "10.0.0.2:8080"] }
-//!     - dns-forward: { upstreams: ["127.0.0.1:5353"] }
+//!     - dns-forward: { endpoints: ["127.0.0.1:5353"] }
 //!     - encode-dns
 //! ```
 

@@ -31,7 +31,7 @@ use flowgate_dns::hickory::rr::rdata::{NS, SOA, SRV};
 use flowgate_dns::types::{class, rcode, rtype};
 use flowgate_dns::{NameKey, Owner, ResponseWriter, answer_code, name, rdata_wire};
 use flowgate_lb::health::{HealthCheckConfig, HealthChecker};
-use flowgate_lb::{Algorithm, Backend, Balancer, BalancerConfig};
+use flowgate_lb::{Backend, Balancer, BalancerConfig};
 use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig};
 use flowgate_pipeline::{Context, Description, Event, Filter, Transform};
 use serde::{Deserialize, Serialize};
@@ -45,7 +45,7 @@ use super::{DnsQuery, Gather};
 ///     zone: svc.test
 ///     ttl: 30
 ///     max_answers: 2
-///     balance: { type: weighted_round_robin }
+///     balance: weighted_round_robin
 ///     services:
 ///       - name: api
 ///         endpoints:
@@ -68,9 +68,10 @@ pub struct DnsRespondConfig {
     /// The most addresses or SRV records per answer; 0 means all. Default 0.
     #[serde(default)]
     pub max_answers: usize,
-    /// The algorithm of every service without its own. Default round robin.
-    #[serde(default = "default_balance")]
-    pub balance: Algorithm,
+    /// The balancer settings of every service without its own (flowgate-lb's `balance:`: an
+    /// algorithm name or a map). Default round robin.
+    #[serde(default)]
+    pub balance: BalancerConfig,
     /// The services.
     #[serde(default)]
     pub services: Vec<ServiceSpec>,
@@ -85,9 +86,6 @@ pub struct DnsRespondConfig {
 fn default_ttl() -> u32 {
     30
 }
-fn default_balance() -> Algorithm {
-    Algorithm::RoundRobin
-}
 
 /// A service of the registry.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -98,9 +96,9 @@ pub struct ServiceSpec {
     /// Its endpoints.
     #[serde(default)]
     pub endpoints: Vec<EndpointSpec>,
-    /// Its own algorithm.
+    /// Its own balancer settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub balance: Option<Algorithm>,
+    pub balance: Option<BalancerConfig>,
     /// Active health checks of its endpoints (flowgate-lb's TCP or HTTP probes);
     /// endpoints that fail them are not answered. Off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -195,7 +193,7 @@ pub struct ServiceRegistry {
     ttl: u32,
     negative_ttl: u32,
     max_answers: usize,
-    default_balance: Algorithm,
+    default_balance: BalancerConfig,
     soa: Vec<u8>,
     ns: Vec<u8>,
     geo: Vec<((IpAddr, u8), String)>,
@@ -240,9 +238,7 @@ impl ServiceRegistry {
                 .ok_or_else(|| bad(&format!("geo[{i}].source"), "not a prefix like 10.0.0.0/8"))?;
             geo.push((p, g.zone.clone()));
         }
-        BalancerConfig::new(config.balance.clone())
-            .validate()
-            .map_err(|e| bad("balance", e))?;
+        config.balance.validate().map_err(|e| bad("balance", e))?;
         Ok(ServiceRegistry {
             zone,
             zone_text,
@@ -264,24 +260,22 @@ impl ServiceRegistry {
     }
 
     /// Adds or replaces a service with its endpoints, using `balance` (or the registry's
-    /// default algorithm). A replaced service keeps its balancer's state when the
-    /// algorithm stays the same.
+    /// default). A replaced service keeps its balancer's state when its balancer
+    /// settings stay the same.
     pub fn set_service(
         &self,
         service: &str,
         endpoints: Vec<Backend>,
-        balance: Option<Algorithm>,
+        balance: Option<BalancerConfig>,
     ) -> Result<(), ConfigError> {
         let label = service.to_ascii_lowercase().into_bytes();
         let svc_name = NameKey::from_dotted(&format!("{service}.{}", self.zone_text))
             .filter(|_| !service.is_empty() && !service.contains('.'))
             .ok_or_else(|| bad("services.name", format!("`{service}` is not one label")))?;
-        let algorithm = balance.unwrap_or_else(|| self.default_balance.clone());
+        let balance = balance.unwrap_or_else(|| self.default_balance.clone());
         let old = self.lookup(&label);
-        let keep = old
-            .as_ref()
-            .filter(|o| o.balancer.config().algorithm == algorithm);
-        let mk = || Balancer::new(BalancerConfig::new(algorithm.clone()));
+        let keep = old.as_ref().filter(|o| *o.balancer.config() == balance);
+        let mk = || Balancer::new(balance.clone());
         let balancer = match keep {
             Some(o) => o.balancer.clone(),
             None => mk().map_err(|e| bad("balance", e))?,
@@ -560,7 +554,7 @@ impl DnsRespond {
         for (i, s) in config.services.iter().enumerate() {
             if let Some(hc) = &s.health_check {
                 let field = format!("services[{i}].health_check");
-                let probe = Balancer::new(BalancerConfig::new(Algorithm::RoundRobin))
+                let probe = Balancer::new(BalancerConfig::default())
                     .map_err(|e| ConfigError::new(&field, e))?;
                 HealthChecker::new(probe, hc.clone()).map_err(|e| ConfigError::new(&field, e))?;
             }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use flowgate_dns::hickory::op::{Message, ResponseCode};
 use flowgate_dns::hickory::rr::{RData, RecordType};
 use flowgate_dns::{ClientSubnet, query};
-use flowgate_lb::{Algorithm, Backend};
+use flowgate_lb::{Algorithm, Backend, BalancerConfig};
 use flowgate_pipeline::server::Datagram;
 use flowgate_pipeline::{ConnInfo, Context, Event, Head, Pipeline, Tail, testing};
 
@@ -22,7 +22,7 @@ fn respond_config(endpoints: Vec<EndpointSpec>) -> DnsRespondConfig {
         ttl: 30,
         negative_ttl: 15,
         max_answers: 0,
-        balance: Algorithm::RoundRobin,
+        balance: BalancerConfig::default(),
         services: vec![ServiceSpec {
             name: "api".into(),
             endpoints,
@@ -265,7 +265,7 @@ async fn weighted_healthy_only_and_max_answers() {
         EndpointSpec::Backend(Backend::new("10.0.0.2:80".parse().unwrap()).weight(1)),
         EndpointSpec::Addr("10.0.0.3:80".parse().unwrap()),
     ]);
-    cfg.balance = Algorithm::WeightedRoundRobin;
+    cfg.balance = BalancerConfig::new(Algorithm::WeightedRoundRobin);
     cfg.max_answers = 1;
     let r = DnsRespond::new(cfg).unwrap();
     let reg = r.registry().clone();
@@ -429,7 +429,7 @@ fn configs_parse_from_yaml_shaped_json() {
     let spec: flowgate_pipeline::registry::FilterSpec = reg
         .activate(|| {
             serde_json::from_str(
-                r#"{"dns-respond": {"zone": "svc.test", "balance": {"type": "weighted_round_robin"},
+                r#"{"dns-respond": {"zone": "svc.test", "balance": "weighted_round_robin",
                     "services": [{"name": "api", "endpoints": ["10.0.0.1:80",
                     {"addr": "10.0.0.2:80", "weight": 2, "metadata": {"zone": "eu"}}]}],
                     "geo": [{"source": "10.0.0.0/8", "zone": "eu"}]}}"#,
@@ -438,10 +438,10 @@ fn configs_parse_from_yaml_shaped_json() {
         .unwrap();
     assert!(spec.config.build(&Default::default()).is_ok());
     let bad: flowgate_pipeline::registry::FilterSpec = reg
-        .activate(|| serde_json::from_str(r#"{"dns-forward": {"upstreams": []}}"#))
+        .activate(|| serde_json::from_str(r#"{"dns-forward": {"endpoints": []}}"#))
         .unwrap();
     let e = bad.config.build(&Default::default()).err().unwrap();
-    assert_eq!(e.field, "upstreams");
+    assert_eq!(e.field, "endpoints");
 }
 
 fn tcp_server(idle: u64, message: u64) -> Pipeline {

@@ -18,6 +18,7 @@ use flowgate_lb::health::{HealthCheckConfig, HealthChecker};
 use flowgate_lb::{Algorithm, Backend, Balancer, BalancerConfig, Lease, Outcome};
 use flowgate_pipeline::joint::MuxOptions;
 use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig};
+use flowgate_pipeline::renamed::{self, Renamed};
 use flowgate_pipeline::{
     Context, Description, ErrorKind, Event, Events, Filter, Head, Pipeline, Side, StreamError,
     SubPipeline, Tail,
@@ -29,7 +30,7 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::codec::{ends_interim, is_interim_head};
-use super::{Http2UpstreamConfig, LimitsConfig, MuxHttp, UpstreamScheme, UpstreamVersion};
+use super::{Http2UpstreamConfig, LimitsConfig, MuxHttp, UpstreamProtocol, UpstreamScheme};
 use flowgate_filters_net::Connect;
 use flowgate_filters_net::tls::{
     ClientCertConfig, ConnectTls, ConnectTlsConfig, TlsVersion, default_handshake_timeout,
@@ -101,7 +102,10 @@ pub enum HashOn {
 #[serde(deny_unknown_fields)]
 pub struct BalanceHttpConfig {
     /// The endpoints: at least one, no address twice.
-    pub targets: Vec<BalanceTarget>,
+    pub endpoints: Vec<BalanceTarget>,
+    #[doc(hidden)]
+    #[serde(default, rename = "targets", skip_serializing)]
+    pub renamed_targets: Renamed<renamed::Targets>,
     /// flowgate-lb's settings: the algorithm (default round robin), outlier detection,
     /// slow start, sticky sessions.
     #[serde(default = "d_balance")]
@@ -125,10 +129,13 @@ pub struct BalanceHttpConfig {
     #[serde(default)]
     pub limits: LimitsConfig,
     /// The HTTP version spoken to the endpoints: `http1` (default) or `http2` (h2c with
-    /// prior knowledge; many requests per connection).
+    /// prior knowledge, or h2 by ALPN with `tls`; many requests per connection).
     #[serde(default)]
-    pub version: UpstreamVersion,
-    /// HTTP/2 settings, used with `version: http2`.
+    pub protocol: UpstreamProtocol,
+    #[doc(hidden)]
+    #[serde(default, rename = "version", skip_serializing)]
+    pub renamed_version: Renamed<renamed::Version>,
+    /// HTTP/2 settings, used with `protocol: http2`.
     #[serde(default)]
     pub http2: Http2UpstreamConfig,
     /// TLS to the endpoints (HTTPS upstreams). Default off: plain TCP.
@@ -136,7 +143,7 @@ pub struct BalanceHttpConfig {
     pub tls: Option<UpstreamTlsConfig>,
 }
 
-/// TLS from `balance-http` to its endpoints. ALPN offers `h2` with `version: http2` and
+/// TLS from `balance-http` to its endpoints. ALPN offers `h2` with `protocol: http2` and
 /// `http/1.1` otherwise; HTTP/2 requests then carry `:scheme: https`.
 ///
 /// ```yaml
@@ -207,10 +214,11 @@ fn d_idle() -> Duration {
 }
 
 impl BalanceHttpConfig {
-    /// A group over `targets` with every other setting at its default.
-    pub fn new(targets: Vec<BalanceTarget>) -> Self {
+    /// A group over `endpoints` with every other setting at its default.
+    pub fn new(endpoints: Vec<BalanceTarget>) -> Self {
         BalanceHttpConfig {
-            targets,
+            endpoints,
+            renamed_targets: Renamed::default(),
             balance: d_balance(),
             hash_on: HashOn::default(),
             health_check: None,
@@ -218,7 +226,8 @@ impl BalanceHttpConfig {
             max_idle: d_idle(),
             max_requests: 0,
             limits: LimitsConfig::default(),
-            version: UpstreamVersion::default(),
+            protocol: UpstreamProtocol::default(),
+            renamed_version: Renamed::default(),
             http2: Http2UpstreamConfig::default(),
             tls: None,
         }
@@ -256,15 +265,15 @@ pub struct PickedUpstream(pub SocketAddr);
 ///
 /// ```yaml
 /// - balance-http:
-///     targets: [127.0.0.1:8001, { address: 127.0.0.1:8002, weight: 3 }]
+///     endpoints: [127.0.0.1:8001, { address: 127.0.0.1:8002, weight: 3 }]
 ///     balance: { algorithm: { type: weighted_round_robin }, outlier: { consecutive_connect_failures: 1 } }
 ///     hash_on: { header: x-user }        # or client_ip (default), path
 ///     health_check: { probe: { type: http, path: /health }, interval: 2s }
 ///     connect_timeout: 2s
-///     version: http2                     # h2c to the endpoints; default http1
+///     protocol: http2                     # h2c to the endpoints; default http1
 /// ```
 ///
-/// With `version: http2` each endpoint's pool is an HTTP/2 one (see [`MuxHttp::http2`]):
+/// With `protocol: http2` each endpoint's pool is an HTTP/2 one (see [`MuxHttp::http2`]):
 /// few connections, many requests in flight on each.
 ///
 /// Hash algorithms (`ring_hash`, `maglev`) and sticky sessions key on `hash_on`: the
@@ -297,11 +306,11 @@ impl BalanceHttp {
         mut config: BalanceHttpConfig,
         cx: &BuildContext,
     ) -> Result<Self, ConfigError> {
-        if config.targets.is_empty() {
-            return Err(ConfigError::new("targets", "list at least one endpoint"));
+        if config.endpoints.is_empty() {
+            return Err(ConfigError::new("endpoints", "list at least one endpoint"));
         }
-        let mut backends = Vec::with_capacity(config.targets.len());
-        let mut pools = HashMap::with_capacity(config.targets.len());
+        let mut backends = Vec::with_capacity(config.endpoints.len());
+        let mut pools = HashMap::with_capacity(config.endpoints.len());
         let opts = MuxOptions {
             max_idle: config.max_idle,
             max_queue: 1,
@@ -319,7 +328,7 @@ impl BalanceHttp {
         let tls = match &config.tls {
             None => None,
             Some(t) => {
-                let alpn = if config.version == UpstreamVersion::Http2 {
+                let alpn = if config.protocol == UpstreamProtocol::Http2 {
                     config.http2.scheme = UpstreamScheme::Https;
                     "h2"
                 } else {
@@ -336,16 +345,16 @@ impl BalanceHttp {
                 ))
             }
         };
-        for (i, t) in config.targets.iter().enumerate() {
+        for (i, t) in config.endpoints.iter().enumerate() {
             if t.weight == 0 || t.weight > 10_000 {
                 return Err(ConfigError::new(
-                    format!("targets[{i}].weight"),
+                    format!("endpoints[{i}].weight"),
                     "must be between 1 and 10000",
                 ));
             }
             if pools.contains_key(&t.address) {
                 return Err(ConfigError::new(
-                    format!("targets[{i}]"),
+                    format!("endpoints[{i}]"),
                     format!("`{}` is listed twice", t.address),
                 ));
             }
@@ -357,7 +366,7 @@ impl BalanceHttp {
                     let under = Pipeline::builder(format!("{name}-tcp"))
                         .filter(tcp)
                         .build()
-                        .map_err(|e| ConfigError::new(format!("targets[{i}]"), e))?;
+                        .map_err(|e| ConfigError::new(format!("endpoints[{i}]"), e))?;
                     let tls = ConnectTls::new(
                         client.clone(),
                         server_name.clone(),
@@ -368,10 +377,10 @@ impl BalanceHttp {
                 }
             }
             .build()
-            .map_err(|e| ConfigError::new(format!("targets[{i}]"), e))?;
+            .map_err(|e| ConfigError::new(format!("endpoints[{i}]"), e))?;
             let mut pool = MuxHttp::new(SubPipeline::from(conn), config.limits.limits(), opts)
-                .map_err(|e| ConfigError::new(format!("targets[{i}]"), e))?;
-            if config.version == UpstreamVersion::Http2 {
+                .map_err(|e| ConfigError::new(format!("endpoints[{i}]"), e))?;
+            if config.protocol == UpstreamProtocol::Http2 {
                 pool = pool
                     .http2(config.http2)
                     .map_err(|e| ConfigError::new("http2", e))?;
@@ -655,35 +664,35 @@ mod tests {
     #[test]
     fn targets_as_strings_or_maps() {
         let c = parse(
-            r#"{"targets": ["127.0.0.1:1", {"address": "127.0.0.1:2", "weight": 3}],
+            r#"{"endpoints": ["127.0.0.1:1", {"address": "127.0.0.1:2", "weight": 3}],
                 "hash_on": {"header": "x-user"}}"#,
         )
         .unwrap();
-        assert_eq!(c.targets[0].weight, 1);
-        assert_eq!(c.targets[1].weight, 3);
+        assert_eq!(c.endpoints[0].weight, 1);
+        assert_eq!(c.endpoints[1].weight, 3);
         assert_eq!(c.hash_on, HashOn::Header("x-user".into()));
         assert_eq!(c.balance.algorithm, Algorithm::RoundRobin);
-        let e = parse(r#"{"targets": ["localhost:1"]}"#).unwrap_err();
+        let e = parse(r#"{"endpoints": ["localhost:1"]}"#).unwrap_err();
         assert!(e.contains("is not `IP:port`"), "{e}");
-        let e = parse(r#"{"targets": [{"address": "127.0.0.1:2", "wieght": 3}]}"#).unwrap_err();
+        let e = parse(r#"{"endpoints": [{"address": "127.0.0.1:2", "wieght": 3}]}"#).unwrap_err();
         assert!(e.contains("wieght"), "{e}");
     }
 
     #[test]
     fn bad_groups_name_the_field() {
         let build = |c: BalanceHttpConfig| BalanceHttp::new(c).err().unwrap().field;
-        assert_eq!(build(BalanceHttpConfig::new(vec![])), "targets");
+        assert_eq!(build(BalanceHttpConfig::new(vec![])), "endpoints");
         let t = |p: u16, weight: u32| BalanceTarget {
             address: SocketAddr::from(([127, 0, 0, 1], p)),
             weight,
         };
         assert_eq!(
             build(BalanceHttpConfig::new(vec![t(1, 1), t(1, 2)])),
-            "targets[1]"
+            "endpoints[1]"
         );
         assert_eq!(
             build(BalanceHttpConfig::new(vec![t(1, 0)])),
-            "targets[0].weight"
+            "endpoints[0].weight"
         );
         let mut c = BalanceHttpConfig::new(vec![t(1, 1)]);
         c.hash_on = HashOn::Header("bad header".into());

@@ -77,10 +77,10 @@ use super::codec::{MAX_INTERIM, TooManyInterim, Trailers, interim_end};
 use super::event_io::{EventIo, Inline};
 use super::tunnel::{has_token, tokens};
 
-/// The HTTP version `mux-http` speaks to its upstreams (`version:`).
+/// The HTTP version `mux-http` speaks to its upstreams (`protocol:`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum UpstreamVersion {
+pub enum UpstreamProtocol {
     /// HTTP/1.1 keep-alive connections, one request at a time each (the default).
     #[default]
     Http1,
@@ -101,7 +101,7 @@ pub enum UpstreamScheme {
 }
 
 /// HTTP/2 settings and limits of `mux-http` towards its upstreams (`http2:`), used when
-/// `version: http2`.
+/// `protocol: http2`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Http2UpstreamConfig {

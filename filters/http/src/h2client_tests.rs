@@ -570,17 +570,17 @@ fn config_is_checked_and_parsed() {
     }
     let c: crate::MuxHttpConfig = serde_json::from_value(serde_json::json!({
         "pipeline": "up",
-        "version": "http2",
+        "protocol": "http2",
         "http2": { "max_concurrent_streams": 8, "keepalive_interval": "30s", "scheme": "https" }
     }))
     .unwrap();
-    assert_eq!(c.version, UpstreamVersion::Http2);
+    assert_eq!(c.protocol, UpstreamProtocol::Http2);
     assert_eq!(c.http2.max_concurrent_streams, 8);
     assert_eq!(c.http2.keepalive_interval, Some(Duration::from_secs(30)));
     assert_eq!(c.http2.scheme, UpstreamScheme::Https);
     let c: crate::MuxHttpConfig =
         serde_json::from_value(serde_json::json!({ "pipeline": "up" })).unwrap();
-    assert_eq!(c.version, UpstreamVersion::Http1);
+    assert_eq!(c.protocol, UpstreamProtocol::Http1);
 }
 
 /// How a [`retiring`] server behaves once it has taken its last request on a connection.

@@ -33,7 +33,7 @@
 //!   request:
 //!     - mux-http: { pipeline: upstream }      # pooled keep-alive connections
 //!   upstream:
-//!     - connect: { target: 127.0.0.1:8080 }
+//!     - connect: { endpoints: 127.0.0.1:8080 }
 //!   hello:
 //!     - respond: { status: 200, body: "hello\n" }
 //! ```
@@ -63,7 +63,7 @@
 //!         http2: { max_concurrent_streams: 100, max_header_list_size: 65536 }
 //! ```
 //!
-//! `mux-http` speaks HTTP/1.1 to upstreams by default, and HTTP/2 with `version: http2`
+//! `mux-http` speaks HTTP/1.1 to upstreams by default, and HTTP/2 with `protocol: http2`
 //! (h2c with prior knowledge over `connect`, or h2 over `connect-tls` with `alpn: [h2]`),
 //! where many requests share one connection:
 //!
@@ -72,10 +72,10 @@
 //!   request:
 //!     - mux-http:
 //!         pipeline: upstream
-//!         version: http2
+//!         protocol: http2
 //!         http2: { max_concurrent_streams: 100, keepalive_interval: 30s }
 //!   upstream:
-//!     - connect: { target: 127.0.0.1:8443 }
+//!     - connect: { endpoints: 127.0.0.1:8443 }
 //! ```
 //!
 //! WebSocket (any HTTP/1.1 `Upgrade`) passes through `demux-http` → `mux-http` on an
@@ -96,7 +96,7 @@
 //!   call:
 //!     - mux-http: { pipeline: upstream }
 //!   upstream:
-//!     - connect: { target: 127.0.0.1:8080 }
+//!     - connect: { endpoints: 127.0.0.1:8080 }
 //!   tunnel:
 //!     - connect: { target_from_context: true }      # dials the CONNECT authority
 //! ```
@@ -116,7 +116,7 @@ pub use access_log::AccessLogFormat;
 pub use balance::{
     BalanceHttp, BalanceHttpConfig, BalanceTarget, HashOn, PickedUpstream, UpstreamTlsConfig,
 };
-pub use h2client::{H2ClientError, Http2UpstreamConfig, UpstreamScheme, UpstreamVersion};
+pub use h2client::{H2ClientError, Http2UpstreamConfig, UpstreamProtocol, UpstreamScheme};
 pub use http2::{H2ConnError, Http2Config};
 mod retry;
 mod rewrite;
@@ -140,6 +140,7 @@ use bytes::Bytes;
 use flowgate_http::h1::Limits;
 use flowgate_pipeline::joint::{Demux, DemuxOptions, Mux, MuxOptions};
 use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig, Registry};
+use flowgate_pipeline::renamed::{self, Renamed};
 use flowgate_pipeline::{
     Context, Description, Dyn, Event, Events, Filter, Head, Pipeline, SubPipeline, Tail, Transform,
     TransformStream,
@@ -545,8 +546,11 @@ pub struct MuxHttpConfig {
     pub limits: LimitsConfig,
     /// The HTTP version spoken upstream: `http1` (default) or `http2`.
     #[serde(default)]
-    pub version: UpstreamVersion,
-    /// HTTP/2 settings, used with `version: http2`.
+    pub protocol: UpstreamProtocol,
+    #[doc(hidden)]
+    #[serde(default, rename = "version", skip_serializing)]
+    pub renamed_version: Renamed<renamed::Version>,
+    /// HTTP/2 settings, used with `protocol: http2`.
     #[serde(default)]
     pub http2: Http2UpstreamConfig,
 }
@@ -575,7 +579,7 @@ impl FilterConfig for MuxHttpConfig {
             opts,
         )
         .map_err(|e| ConfigError::new("pipeline", e))?;
-        if self.version == UpstreamVersion::Http2 {
+        if self.protocol == UpstreamProtocol::Http2 {
             f = f
                 .http2(self.http2)
                 .map_err(|e| ConfigError::new("http2", e))?;

@@ -50,7 +50,7 @@
 //! pipelines:
 //!   mqtt:
 //!     - proxy-mqtt:
-//!         brokers: [10.0.0.1:1883, 10.0.0.2:1883]
+//!         endpoints: [10.0.0.1:1883, 10.0.0.2:1883]
 //!         auth: { users_file: /etc/flowgate/mqtt-users }
 //!         acl:
 //!           default: deny
@@ -74,6 +74,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig, Registry};
+use flowgate_pipeline::renamed::{self, Renamed};
 use flowgate_pipeline::{
     Context, Description, ErrorKind, Events, Filter, Side, StreamError, error_stream,
 };
@@ -115,7 +116,10 @@ pub struct LimitsConfig {
 #[serde(deny_unknown_fields)]
 pub struct MqttProxyConfig {
     /// The brokers, `IP:port`.
-    pub brokers: Vec<String>,
+    pub endpoints: Vec<String>,
+    #[doc(hidden)]
+    #[serde(default, rename = "brokers", skip_serializing)]
+    pub renamed_brokers: Renamed<renamed::Brokers>,
     /// How brokers are picked; the key is the client id (or the client's IP when the
     /// client id is empty). Default: Maglev, with a broker that refuses a connection
     /// ejected at once (for 10 s, growing) so its clients go to the others meanwhile.
@@ -179,7 +183,8 @@ impl MqttProxyConfig {
     /// A configuration with every option at its default.
     pub fn new(brokers: impl IntoIterator<Item = impl Into<String>>) -> Self {
         MqttProxyConfig {
-            brokers: brokers.into_iter().map(Into::into).collect(),
+            endpoints: brokers.into_iter().map(Into::into).collect(),
+            renamed_brokers: Renamed::default(),
             balance: None,
             connect_timeout: d_connect_timeout(),
             connect_wait: d_connect_wait(),
@@ -284,14 +289,14 @@ pub struct MqttProxy {
 impl MqttProxy {
     /// Checks `cfg` and builds the proxy.
     pub fn new(cfg: MqttProxyConfig) -> Result<Self, ConfigError> {
-        if cfg.brokers.is_empty() {
-            return Err(ConfigError::new("brokers", "give at least one IP:port"));
+        if cfg.endpoints.is_empty() {
+            return Err(ConfigError::new("endpoints", "give at least one IP:port"));
         }
-        let mut backends = Vec::with_capacity(cfg.brokers.len());
-        for (i, b) in cfg.brokers.iter().enumerate() {
+        let mut backends = Vec::with_capacity(cfg.endpoints.len());
+        for (i, b) in cfg.endpoints.iter().enumerate() {
             let addr: std::net::SocketAddr = b
                 .parse()
-                .map_err(|_| ConfigError::new(format!("brokers[{i}]"), "expected IP:port"))?;
+                .map_err(|_| ConfigError::new(format!("endpoints[{i}]"), "expected IP:port"))?;
             backends.push(flowgate_lb::Backend::new(addr));
         }
         if cfg.connect_timeout.is_zero() || cfg.connect_wait.is_zero() {

@@ -260,7 +260,7 @@ async fn connect_broker(
         flowgate_lb::hash::hash_key(client_id.as_bytes())
     };
     let mut tried: Vec<SocketAddr> = Vec::new();
-    let n = shared.cfg.brokers.len();
+    let n = shared.cfg.endpoints.len();
     while tried.len() < n {
         let (addr, mut lease) = match shared.balancer.pick(key) {
             Some(l) if !tried.contains(&l.addr()) => (l.addr(), Some(l)),

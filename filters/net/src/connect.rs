@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use flowgate_lb::Refresher;
 use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig};
+use flowgate_pipeline::renamed::{self, Renamed};
 use flowgate_pipeline::server::{TcpSource, WriteGather, io_error};
 use flowgate_pipeline::{
     Context, Description, Dyn, ErrorKind, Event, Events, Filter, Side, StreamError,
@@ -37,7 +38,7 @@ pub enum Targets {
 ///
 /// ```yaml
 /// - connect:
-///     target: [127.0.0.1:9001, 127.0.0.1:9002]   # or one address
+///     endpoints: [127.0.0.1:9001, 127.0.0.1:9002]   # or one address
 ///     connect_timeout: 5s
 ///     idle_timeout: 10m
 /// ```
@@ -47,7 +48,10 @@ pub struct ConnectConfig {
     /// Where to connect: `host:port`, or a list picked round robin. Optional when
     /// `original_dst` is set.
     #[serde(default)]
-    pub target: Option<Targets>,
+    pub endpoints: Option<Targets>,
+    #[doc(hidden)]
+    #[serde(default, rename = "target", skip_serializing)]
+    pub renamed_target: Renamed<renamed::Target>,
     /// Connect to the stream's original destination (from `SO_ORIGINAL_DST` or PROXY
     /// protocol) when it has one. Default false.
     #[serde(default)]
@@ -67,7 +71,7 @@ pub struct ConnectConfig {
     /// TCP_NODELAY on the upstream socket. Default true.
     #[serde(default = "flowgate_pipeline::registry::default_true")]
     pub nodelay: bool,
-    /// Balance connections over `target` with flowgate-lb instead of plain round robin:
+    /// Balance connections over `endpoints` with flowgate-lb instead of plain round robin:
     /// any of its algorithms (`round_robin`, `weighted_round_robin`, `random`,
     /// `least_request` — least connections here —, `peak_ewma`, `ring_hash`, `maglev`; hash
     /// algorithms key on the client's IP), passive outlier detection (a failed connect
@@ -80,7 +84,7 @@ pub struct ConnectConfig {
     pub balance: Option<flowgate_lb::BalancerConfig>,
     /// Connect to the [`DialTarget`] another filter put in the stream's context (demux-http's
     /// `connect` option puts a CONNECT request's authority there) when there is one,
-    /// before `target`. Default false.
+    /// before `endpoints`. Default false.
     #[serde(default)]
     pub target_from_context: bool,
     /// Let a target taken from the context (a client's CONNECT) resolve to an internal
@@ -110,7 +114,8 @@ fn default_idle_timeout() -> Duration {
 impl Default for ConnectConfig {
     fn default() -> Self {
         ConnectConfig {
-            target: None,
+            endpoints: None,
+            renamed_target: Renamed::default(),
             original_dst: false,
             connect_timeout: default_connect_timeout(),
             idle_timeout: default_idle_timeout(),
@@ -125,19 +130,19 @@ impl Default for ConnectConfig {
 
 impl FilterConfig for ConnectConfig {
     fn build(self: Box<Self>, _cx: &BuildContext) -> Result<Arc<dyn Filter>, ConfigError> {
-        let targets = match &self.target {
+        let targets = match &self.endpoints {
             None => Vec::new(),
             Some(Targets::One(t)) => vec![t.clone()],
             Some(Targets::Many(v)) => v.clone(),
         };
         if targets.is_empty() && !self.original_dst && !self.target_from_context {
             return Err(ConfigError::new(
-                "target",
+                "endpoints",
                 "give a `host:port` (or a list), or set `original_dst: true` or `target_from_context: true`",
             ));
         }
         for (i, t) in targets.iter().enumerate() {
-            check_target(t).map_err(|p| ConfigError::new(format!("target[{i}]"), p))?;
+            check_target(t).map_err(|p| ConfigError::new(format!("endpoints[{i}]"), p))?;
         }
         if self.connect_timeout.is_zero() {
             return Err(ConfigError::new(
@@ -152,7 +157,7 @@ impl FilterConfig for ConnectConfig {
                 for (i, t) in targets.iter().enumerate() {
                     let addr: std::net::SocketAddr = t.parse().map_err(|_| {
                         ConfigError::new(
-                            format!("target[{i}]"),
+                            format!("endpoints[{i}]"),
                             "with `balance`, targets are IP:port",
                         )
                     })?;
@@ -315,7 +320,7 @@ impl Connect {
     pub fn round_robin<S: Into<String>>(targets: impl IntoIterator<Item = S>) -> Self {
         let targets: Vec<String> = targets.into_iter().map(Into::into).collect();
         let config = ConnectConfig {
-            target: Some(Targets::Many(targets.clone())),
+            endpoints: Some(Targets::Many(targets.clone())),
             ..Default::default()
         };
         Self::from_config(config, targets)

@@ -56,9 +56,17 @@ pub use sticky::StickyConfig;
 /// use flowgate_lb::Algorithm;
 /// let a: Algorithm = serde_json::from_str(r#"{"type": "maglev", "table_size": 65537}"#).unwrap();
 /// assert_eq!(a, Algorithm::Maglev { table_size: 65537 });
+/// // A name alone is the algorithm with its default options.
+/// let b: Algorithm = serde_json::from_str(r#""maglev""#).unwrap();
+/// assert_eq!(b, Algorithm::maglev());
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(
+    remote = "Self",
+    tag = "type",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
 pub enum Algorithm {
     /// Each eligible backend in turn, ignoring weights.
     RoundRobin,
@@ -108,7 +116,59 @@ fn default_table_size() -> u32 {
     DEFAULT_TABLE_SIZE
 }
 
+/// The algorithm names, as written in configuration files.
+pub const ALGORITHM_NAMES: &str =
+    "round_robin, weighted_round_robin, random, least_request, peak_ewma, ring_hash, maglev";
+
+impl<'de> Deserialize<'de> for Algorithm {
+    /// A name (`least_request`: the algorithm with its default options) or a map with
+    /// `type:` and the algorithm's options (`{ type: maglev, table_size: 65537 }`).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Algorithm;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(
+                    f,
+                    "an algorithm name ({ALGORITHM_NAMES}) or a map with `type:`"
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Algorithm, E> {
+                Algorithm::named(s).ok_or_else(|| {
+                    E::custom(format_args!(
+                        "unknown algorithm `{s}`, expected one of {ALGORITHM_NAMES}"
+                    ))
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<Algorithm, A::Error> {
+                Algorithm::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for Algorithm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Algorithm::serialize(self, s)
+    }
+}
+
 impl Algorithm {
+    /// The algorithm called `name` (one of [`ALGORITHM_NAMES`]) with its default options.
+    pub fn named(name: &str) -> Option<Self> {
+        Some(match name {
+            "round_robin" => Self::RoundRobin,
+            "weighted_round_robin" => Self::WeightedRoundRobin,
+            "random" => Self::Random,
+            "least_request" => Self::LeastRequest,
+            "peak_ewma" => Self::peak_ewma(),
+            "ring_hash" => Self::ketama(),
+            "maglev" => Self::maglev(),
+            _ => return None,
+        })
+    }
+
     /// Peak-EWMA with its defaults.
     pub fn peak_ewma() -> Self {
         Self::PeakEwma {
