@@ -290,15 +290,18 @@ impl HealthChecker {
     pub async fn run(mut self) {
         loop {
             self.round().await;
-            let jitter = if self.cfg.jitter.is_zero() {
-                Duration::ZERO
-            } else {
-                let nanos = u64::try_from(self.cfg.jitter.as_nanos()).unwrap_or(u64::MAX);
-                Duration::from_nanos(crate::random::next_u64() % nanos)
-            };
-            tokio::time::sleep(self.cfg.interval + jitter).await;
+            tokio::time::sleep(self.cfg.interval + jitter(self.cfg.jitter)).await;
         }
     }
+}
+
+/// A random delay in `0..max` (zero when `max` is).
+pub(crate) fn jitter(max: Duration) -> Duration {
+    if max.is_zero() {
+        return Duration::ZERO;
+    }
+    let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(crate::random::next_u64() % nanos)
 }
 
 #[cfg(test)]

@@ -32,6 +32,8 @@
 //! - [`circuit_breaker`], [`retry_budget`]: limits a proxy checks before sending.
 //! - [`health`]: active TCP / HTTP checks that mark backends up and down.
 //! - [`discovery`]: static lists, watched files, DNS, etcd.
+//! - [`Group`]: a balancer with its health-check and discovery tasks and ejection expiry, the
+//!   one thing a proxy filter builds; [`peer_key`] hashes a client address.
 
 #![forbid(unsafe_code)]
 
@@ -42,6 +44,7 @@ pub mod circuit_breaker;
 mod clock;
 mod config;
 pub mod discovery;
+mod group;
 /// Durations in configurations (`flowgate_config::duration`, re-exported).
 pub use flowgate_config::duration;
 mod endpoint;
@@ -67,6 +70,7 @@ pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use config::BalancerConfig;
 pub use discovery::Discovery;
 pub use error::ConfigError;
+pub use group::{AfterRound, Group, peer_key};
 pub use lease::{Lease, Outcome};
 pub use locality::LocalityConfig;
 pub use outlier::OutlierConfig;

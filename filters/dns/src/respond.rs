@@ -23,14 +23,15 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use flowgate_dns::hickory::rr::RData;
 use flowgate_dns::hickory::rr::rdata::{NS, SOA, SRV};
 use flowgate_dns::types::{class, rcode, rtype};
 use flowgate_dns::{NameKey, Owner, ResponseWriter, answer_code, name, rdata_wire};
-use flowgate_lb::health::{HealthCheckConfig, HealthChecker};
+use flowgate_lb::Group;
+use flowgate_lb::health::HealthCheckConfig;
 use flowgate_lb::{Backend, Balancer, BalancerConfig};
 use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig};
 use flowgate_pipeline::{Context, Description, Event, Filter, Transform};
@@ -180,8 +181,12 @@ struct Endpoint {
 }
 
 struct Service {
-    balancer: Balancer,
+    /// The service's balancer, with its health checks.
+    group: Group,
     by_zone: HashMap<String, Balancer>,
+    /// The zone balancers the group's health rounds copy their verdicts to (the same as
+    /// `by_zone`'s; shared with a kept group's hook).
+    zone_mirror: Arc<Mutex<Vec<Balancer>>>,
     endpoints: Vec<Endpoint>,
 }
 
@@ -194,6 +199,8 @@ pub struct ServiceRegistry {
     negative_ttl: u32,
     max_answers: usize,
     default_balance: BalancerConfig,
+    /// Health checks by service label (from the configuration).
+    health: HashMap<Vec<u8>, HealthCheckConfig>,
     soa: Vec<u8>,
     ns: Vec<u8>,
     geo: Vec<((IpAddr, u8), String)>,
@@ -239,6 +246,14 @@ impl ServiceRegistry {
             geo.push((p, g.zone.clone()));
         }
         config.balance.validate().map_err(|e| bad("balance", e))?;
+        let health = config
+            .services
+            .iter()
+            .filter_map(|s| {
+                let hc = s.health_check.clone()?;
+                Some((s.name.to_ascii_lowercase().into_bytes(), hc))
+            })
+            .collect();
         Ok(ServiceRegistry {
             zone,
             zone_text,
@@ -246,6 +261,7 @@ impl ServiceRegistry {
             negative_ttl: config.negative_ttl,
             max_answers: config.max_answers,
             default_balance: config.balance.clone(),
+            health,
             soa,
             ns,
             geo,
@@ -274,13 +290,33 @@ impl ServiceRegistry {
             .ok_or_else(|| bad("services.name", format!("`{service}` is not one label")))?;
         let balance = balance.unwrap_or_else(|| self.default_balance.clone());
         let old = self.lookup(&label);
-        let keep = old.as_ref().filter(|o| *o.balancer.config() == balance);
+        let health = self.health.get(&label);
+        let keep = old
+            .as_ref()
+            .filter(|o| *o.group.config() == balance && o.group.health_config() == health);
         let mk = || Balancer::new(balance.clone());
-        let balancer = match keep {
-            Some(o) => o.balancer.clone(),
-            None => mk().map_err(|e| bad("balance", e))?,
+        let (group, zone_mirror) = match keep {
+            Some(o) => (o.group.clone(), o.zone_mirror.clone()),
+            None => {
+                let mirror: Arc<Mutex<Vec<Balancer>>> = Arc::default();
+                let mut g = Group::new(balance.clone(), Vec::new())?;
+                if let Some(hc) = health {
+                    let copy_to = mirror.clone();
+                    g = g
+                        .health_check(hc.clone())?
+                        .after_health_round(move |b: &Balancer| {
+                            let zones = copy_to.lock().unwrap_or_else(|p| p.into_inner());
+                            for st in b.status() {
+                                for zb in zones.iter() {
+                                    zb.set_healthy(st.backend.addr, st.healthy);
+                                }
+                            }
+                        });
+                }
+                (g, mirror)
+            }
         };
-        balancer.set_backends(endpoints.clone());
+        group.balancer().set_backends(endpoints.clone());
         let mut by_zone: HashMap<String, Vec<Backend>> = HashMap::new();
         for b in &endpoints {
             if let Some(z) = &b.metadata.zone {
@@ -314,9 +350,11 @@ impl ServiceRegistry {
                 srv,
             });
         }
+        *zone_mirror.lock().unwrap_or_else(|p| p.into_inner()) = zones.values().cloned().collect();
         let svc = Arc::new(Service {
-            balancer,
+            group,
             by_zone: zones,
+            zone_mirror,
             endpoints: eps,
         });
         let mut map = self.services.write().unwrap_or_else(|p| p.into_inner());
@@ -337,7 +375,7 @@ impl ServiceRegistry {
         let Some(s) = self.lookup(service.to_ascii_lowercase().as_bytes()) else {
             return false;
         };
-        let mut changed = s.balancer.set_healthy(addr, healthy);
+        let mut changed = s.group.balancer().set_healthy(addr, healthy);
         for b in s.by_zone.values() {
             changed |= b.set_healthy(addr, healthy);
         }
@@ -360,11 +398,8 @@ impl ServiceRegistry {
     /// The addresses to answer, in order.
     fn pick(&self, svc: &Service, q: &DnsQuery, v6: bool) -> Vec<SocketAddr> {
         let ip = Self::client_ip(q);
-        let key = match ip {
-            Some(IpAddr::V4(a)) => flowgate_lb::hash::hash_key(&a.octets()),
-            Some(IpAddr::V6(a)) => flowgate_lb::hash::hash_key(&a.octets()),
-            None => 0,
-        };
+        let key = flowgate_lb::peer_key(ip.map(|ip| SocketAddr::new(ip, 0)));
+        svc.group.maintain();
         let zone_balancer = ip.and_then(|ip| {
             self.geo
                 .iter()
@@ -373,7 +408,7 @@ impl ServiceRegistry {
         });
         let candidates = zone_balancer
             .into_iter()
-            .chain(std::iter::once(&svc.balancer));
+            .chain(std::iter::once(svc.group.balancer()));
         for b in candidates {
             let mut el: Vec<SocketAddr> = b
                 .eligible()
@@ -551,14 +586,6 @@ impl DnsRespond {
                 )
                 .map_err(|e| ConfigError::new(format!("services[{i}].{}", e.field), e.problem))?;
         }
-        for (i, s) in config.services.iter().enumerate() {
-            if let Some(hc) = &s.health_check {
-                let field = format!("services[{i}].health_check");
-                let probe = Balancer::new(BalancerConfig::default())
-                    .map_err(|e| ConfigError::new(&field, e))?;
-                HealthChecker::new(probe, hc.clone()).map_err(|e| ConfigError::new(&field, e))?;
-            }
-        }
         Ok(DnsRespond {
             config: Arc::new(config),
             registry: Arc::new(registry),
@@ -572,46 +599,26 @@ impl DnsRespond {
     }
 
     /// Starts the health checks of the services that have one, on the current runtime,
-    /// once. Each service's task probes its endpoints every `interval`, copies the
-    /// verdicts to the service's zone balancers, and ends when the registry is dropped
-    /// (after a reload) or the service is removed.
+    /// once (each service's [`Group`] would start its own on its first query; this starts
+    /// them all with the first stream). A service's checks stop when it is replaced with
+    /// other settings or removed, and when the registry is dropped (after a reload).
     fn start_health_checks(&self) {
-        let checked: Vec<(String, HealthCheckConfig)> = self
-            .config
-            .services
-            .iter()
-            .filter_map(|s| Some((s.name.to_ascii_lowercase(), s.health_check.clone()?)))
-            .collect();
-        if checked.is_empty()
+        if self.health_started.load(Ordering::Relaxed)
             || tokio::runtime::Handle::try_current().is_err()
             || self.health_started.swap(true, Ordering::AcqRel)
         {
             return;
         }
-        for (name, cfg) in checked {
-            let weak = Arc::downgrade(&self.registry);
-            tokio::spawn(async move {
-                let mut checker: Option<HealthChecker> = None;
-                loop {
-                    let Some(svc) = weak.upgrade().and_then(|r| r.lookup(name.as_bytes())) else {
-                        break;
-                    };
-                    if checker.is_none() {
-                        checker = HealthChecker::new(svc.balancer.clone(), cfg.clone()).ok();
-                    }
-                    let Some(c) = checker.as_mut() else {
-                        break;
-                    };
-                    c.round().await;
-                    for st in svc.balancer.status() {
-                        for zb in svc.by_zone.values() {
-                            zb.set_healthy(st.backend.addr, st.healthy);
-                        }
-                    }
-                    drop(svc);
-                    tokio::time::sleep(cfg.interval).await;
-                }
-            });
+        let services: Vec<Arc<Service>> = {
+            let map = self
+                .registry
+                .services
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            map.values().cloned().collect()
+        };
+        for svc in services {
+            svc.group.start();
         }
     }
 }

@@ -8,14 +8,13 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::task::{Context as TaskCx, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use flowgate_lb::health::{HealthCheckConfig, HealthChecker};
-use flowgate_lb::{Algorithm, Backend, Balancer, BalancerConfig, Lease, Outcome};
+use flowgate_lb::health::HealthCheckConfig;
+use flowgate_lb::{Algorithm, Backend, Balancer, BalancerConfig, Group, Lease, Outcome};
 use flowgate_pipeline::joint::MuxOptions;
 use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig};
 use flowgate_pipeline::renamed::{self, Renamed};
@@ -35,7 +34,6 @@ use flowgate_filters_net::Connect;
 use flowgate_filters_net::tls::{
     ClientCertConfig, ConnectTls, ConnectTlsConfig, TlsVersion, default_handshake_timeout,
 };
-use flowgate_lb::Refresher;
 
 /// One endpoint of a `balance-http` group: `IP:port`, or `{ address, weight }`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -287,11 +285,9 @@ pub struct BalanceHttp {
 
 struct Inner {
     config: BalanceHttpConfig,
-    lb: Balancer,
+    lb: Group,
     pools: HashMap<SocketAddr, MuxHttp>,
     hash_header: Option<HeaderName>,
-    refresher: Refresher,
-    health_started: AtomicBool,
 }
 
 impl BalanceHttp {
@@ -388,12 +384,9 @@ impl BalanceHttp {
             pools.insert(t.address, pool);
             backends.push(Backend::new(t.address).weight(t.weight));
         }
-        let lb =
-            Balancer::new(config.balance.clone()).map_err(|e| ConfigError::new("balance", e))?;
-        lb.set_backends(backends);
+        let mut lb = Group::new(config.balance.clone(), backends)?;
         if let Some(hc) = &config.health_check {
-            HealthChecker::new(lb.clone(), hc.clone())
-                .map_err(|e| ConfigError::new("health_check", e))?;
+            lb = lb.health_check(hc.clone())?;
         }
         let hash_header = match &config.hash_on {
             HashOn::Header(h) => Some(
@@ -408,42 +401,13 @@ impl BalanceHttp {
                 lb,
                 pools,
                 hash_header,
-                refresher: Refresher::new(),
-                health_started: AtomicBool::new(false),
             }),
         })
     }
 
     /// The balancer, to inspect endpoint state or mark endpoints up and down.
     pub fn balancer(&self) -> &Balancer {
-        &self.inner.lb
-    }
-
-    /// Starts the active health checks once, on the current runtime. The task ends when
-    /// the filter is dropped (after a reload).
-    fn start_health_checks(&self) {
-        let Some(cfg) = self.inner.config.health_check.clone() else {
-            return;
-        };
-        if tokio::runtime::Handle::try_current().is_err()
-            || self.inner.health_started.swap(true, Ordering::AcqRel)
-        {
-            return;
-        }
-        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            let mut checker: Option<HealthChecker> = None;
-            loop {
-                let Some(inner) = weak.upgrade() else { break };
-                if checker.is_none() {
-                    checker = HealthChecker::new(inner.lb.clone(), cfg.clone()).ok();
-                }
-                drop(inner);
-                let Some(c) = checker.as_mut() else { break };
-                c.round().await;
-                tokio::time::sleep(cfg.interval).await;
-            }
-        });
+        self.inner.lb.balancer()
     }
 }
 
@@ -460,11 +424,7 @@ impl Inner {
         if self.config.hash_on == HashOn::Path {
             return flowgate_lb::hash::hash_key(head.uri.path().as_bytes());
         }
-        match cx.conn().peer.map(|p| p.ip()) {
-            Some(std::net::IpAddr::V4(ip)) => flowgate_lb::hash::hash_key(&ip.octets()),
-            Some(std::net::IpAddr::V6(ip)) => flowgate_lb::hash::hash_key(&ip.octets()),
-            None => 0,
-        }
+        flowgate_lb::peer_key(cx.conn().peer)
     }
 }
 
@@ -474,7 +434,6 @@ impl Filter for BalanceHttp {
     }
 
     fn attach(&self, input: Events, cx: &Context) -> Events {
-        self.start_health_checks();
         Box::pin(BalanceStream {
             inner: self.inner.clone(),
             cx: cx.clone(),
@@ -548,7 +507,6 @@ impl BalanceStream {
             self.state = State::Done;
             return;
         };
-        inner.refresher.tick(&inner.lb);
         let picked = inner
             .lb
             .pick(key)

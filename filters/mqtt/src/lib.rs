@@ -125,6 +125,11 @@ pub struct MqttProxyConfig {
     /// ejected at once (for 10 s, growing) so its clients go to the others meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balance: Option<flowgate_lb::BalancerConfig>,
+    /// Active health checks of the brokers (flowgate-lb's TCP probe, or HTTP against a
+    /// broker's HTTP port), started with the first client: brokers that fail them are not
+    /// picked. Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<flowgate_lb::health::HealthCheckConfig>,
     /// How long connecting to a broker may take. Default 5 s.
     #[serde(
         default = "d_connect_timeout",
@@ -186,6 +191,7 @@ impl MqttProxyConfig {
             endpoints: brokers.into_iter().map(Into::into).collect(),
             renamed_brokers: Renamed::default(),
             balance: None,
+            health_check: None,
             connect_timeout: d_connect_timeout(),
             connect_wait: d_connect_wait(),
             max_packet_size: d_max_packet(),
@@ -260,16 +266,8 @@ impl Metrics {
 pub(crate) struct Shared {
     pub(crate) cfg: MqttProxyConfig,
     pub(crate) auth: Authenticator,
-    pub(crate) balancer: flowgate_lb::Balancer,
+    pub(crate) group: flowgate_lb::Group,
     pub(crate) metrics: Metrics,
-    refresher: flowgate_lb::Refresher,
-}
-
-impl Shared {
-    /// Ends expired ejections at most once a second.
-    pub(crate) fn refresh(&self) {
-        self.refresher.tick(&self.balancer);
-    }
 }
 
 /// The MQTT proxy filter: see the [module documentation](self).
@@ -330,16 +328,16 @@ impl MqttProxy {
         }
         let auth = Authenticator::new(&cfg.auth).map_err(|e| ConfigError::new("auth", e))?;
         let balance = cfg.balance.clone().unwrap_or_else(default_balance);
-        let balancer =
-            flowgate_lb::Balancer::new(balance).map_err(|e| ConfigError::new("balance", e))?;
-        balancer.set_backends(backends);
+        let mut group = flowgate_lb::Group::new(balance, backends)?;
+        if let Some(hc) = &cfg.health_check {
+            group = group.health_check(hc.clone())?;
+        }
         Ok(MqttProxy {
             shared: Arc::new(Shared {
                 cfg,
                 auth,
-                balancer,
+                group,
                 metrics: Metrics::default(),
-                refresher: flowgate_lb::Refresher::new(),
             }),
         })
     }
@@ -351,7 +349,7 @@ impl MqttProxy {
 
     /// The broker balancer (for status pages, health checks or discovery updates).
     pub fn balancer(&self) -> &flowgate_lb::Balancer {
-        &self.shared.balancer
+        self.shared.group.balancer()
     }
 }
 

@@ -249,26 +249,22 @@ async fn connect_broker(
     client_id: &str,
     peer: Option<SocketAddr>,
 ) -> Option<(TcpStream, SocketAddr)> {
-    shared.refresh();
     let key = if client_id.is_empty() {
-        match peer.map(|p| p.ip()) {
-            Some(std::net::IpAddr::V4(ip)) => flowgate_lb::hash::hash_key(&ip.octets()),
-            Some(std::net::IpAddr::V6(ip)) => flowgate_lb::hash::hash_key(&ip.octets()),
-            None => 0,
-        }
+        flowgate_lb::peer_key(peer)
     } else {
         flowgate_lb::hash::hash_key(client_id.as_bytes())
     };
     let mut tried: Vec<SocketAddr> = Vec::new();
     let n = shared.cfg.endpoints.len();
     while tried.len() < n {
-        let (addr, mut lease) = match shared.balancer.pick(key) {
+        let (addr, mut lease) = match shared.group.pick(key) {
             Some(l) if !tried.contains(&l.addr()) => (l.addr(), Some(l)),
             _ => {
                 // The balancer keeps giving one we tried (ejection may be capped): walk
                 // the remaining brokers in a key-dependent order.
                 let rest: Vec<SocketAddr> = shared
-                    .balancer
+                    .group
+                    .balancer()
                     .eligible()
                     .into_iter()
                     .filter(|a| !tried.contains(a))

@@ -10,7 +10,8 @@ use std::task::{Context as TaskCx, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use flowgate_lb::Refresher;
+use flowgate_lb::Group;
+use flowgate_lb::health::HealthCheckConfig;
 use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig};
 use flowgate_pipeline::renamed::{self, Renamed};
 use flowgate_pipeline::server::{TcpSource, WriteGather, io_error};
@@ -82,6 +83,12 @@ pub struct ConnectConfig {
     /// ```
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balance: Option<flowgate_lb::BalancerConfig>,
+    /// Active health checks of the endpoints (flowgate-lb's TCP or HTTP probes, started
+    /// with the first connection): endpoints that fail them are not picked. Implies
+    /// `balance` (round robin when absent); endpoints must then be `IP:port`. Off when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckConfig>,
     /// Connect to the [`DialTarget`] another filter put in the stream's context (demux-http's
     /// `connect` option puts a CONNECT request's authority there) when there is one,
     /// before `endpoints`. Default false.
@@ -121,6 +128,7 @@ impl Default for ConnectConfig {
             idle_timeout: default_idle_timeout(),
             nodelay: true,
             balance: None,
+            health_check: None,
             target_from_context: false,
             internal_targets: false,
             keepalive: None,
@@ -150,27 +158,27 @@ impl FilterConfig for ConnectConfig {
                 "must be more than zero",
             ));
         }
-        let balancer = match &self.balance {
-            None => None,
-            Some(b) => {
-                let mut backends = Vec::with_capacity(targets.len());
-                for (i, t) in targets.iter().enumerate() {
-                    let addr: std::net::SocketAddr = t.parse().map_err(|_| {
-                        ConfigError::new(
-                            format!("endpoints[{i}]"),
-                            "with `balance`, targets are IP:port",
-                        )
-                    })?;
-                    backends.push(flowgate_lb::Backend::new(addr));
-                }
-                let lb = flowgate_lb::Balancer::new(b.clone())
-                    .map_err(|e| ConfigError::new("balance", e))?;
-                lb.set_backends(backends);
-                Some(lb)
+        let group = if self.balance.is_some() || self.health_check.is_some() {
+            let mut backends = Vec::with_capacity(targets.len());
+            for (i, t) in targets.iter().enumerate() {
+                let addr: std::net::SocketAddr = t.parse().map_err(|_| {
+                    ConfigError::new(
+                        format!("endpoints[{i}]"),
+                        "with `balance` or `health_check`, endpoints are IP:port",
+                    )
+                })?;
+                backends.push(flowgate_lb::Backend::new(addr));
             }
+            let mut g = Group::new(self.balance.clone().unwrap_or_default(), backends)?;
+            if let Some(hc) = &self.health_check {
+                g = g.health_check(hc.clone())?;
+            }
+            Some(g)
+        } else {
+            None
         };
         let mut c = Connect::from_config(*self, targets);
-        c.balancer = balancer;
+        c.group = group;
         Ok(Arc::new(c))
     }
 }
@@ -306,8 +314,7 @@ pub struct Connect {
     targets: Vec<String>,
     dynamic: Option<Dyn<String>>,
     next: AtomicUsize,
-    balancer: Option<flowgate_lb::Balancer>,
-    refresher: Refresher,
+    group: Option<Group>,
 }
 
 impl Connect {
@@ -340,8 +347,7 @@ impl Connect {
             targets,
             dynamic: None,
             next: AtomicUsize::new(0),
-            balancer: None,
-            refresher: Refresher::new(),
+            group: None,
         }
     }
 
@@ -400,14 +406,8 @@ impl Connect {
         if let Some(d) = &self.dynamic {
             return Some((d.eval(cx, None), None));
         }
-        if let Some(lb) = &self.balancer {
-            self.refresh(lb);
-            let key = match cx.conn().peer.map(|p| p.ip()) {
-                Some(std::net::IpAddr::V4(ip)) => flowgate_lb::hash::hash_key(&ip.octets()),
-                Some(std::net::IpAddr::V6(ip)) => flowgate_lb::hash::hash_key(&ip.octets()),
-                None => 0,
-            };
-            let lease = lb.pick(key)?;
+        if let Some(group) = &self.group {
+            let lease = group.pick(flowgate_lb::peer_key(cx.conn().peer))?;
             return Some((lease.addr().to_string(), Some(lease)));
         }
         match self.targets.len() {
@@ -418,10 +418,6 @@ impl Connect {
                 .get(self.next.fetch_add(1, Ordering::Relaxed) % n)
                 .map(|t| (t.clone(), None)),
         }
-    }
-
-    fn refresh(&self, lb: &flowgate_lb::Balancer) {
-        self.refresher.tick(lb);
     }
 }
 
@@ -749,17 +745,15 @@ mod tests {
     fn maglev_keys_on_the_client_ip() {
         let targets: Vec<String> = (1..=3).map(|p| format!("127.0.0.1:{p}")).collect();
         let mut c = Connect::round_robin(targets.clone());
-        let lb = flowgate_lb::Balancer::new(flowgate_lb::BalancerConfig::new(
-            flowgate_lb::Algorithm::maglev(),
-        ))
-        .unwrap();
-        lb.set_backends(
+        let group = Group::new(
+            flowgate_lb::BalancerConfig::new(flowgate_lb::Algorithm::maglev()),
             targets
                 .iter()
                 .map(|t| flowgate_lb::Backend::new(t.parse().unwrap()))
                 .collect(),
-        );
-        c.balancer = Some(lb);
+        )
+        .unwrap();
+        c.group = Some(group);
         let picks: Vec<String> = (0..10u16)
             .map(|i| {
                 let cx = Context::with_conn(ConnInfo {

@@ -51,6 +51,12 @@ pub trait Discovery: Send {
     fn next(&mut self) -> NextSet<'_>;
 }
 
+impl<D: Discovery + ?Sized> Discovery for Box<D> {
+    fn next(&mut self) -> NextSet<'_> {
+        (**self).next()
+    }
+}
+
 /// Why a discovery source failed (it is retried).
 #[derive(Debug, Error)]
 #[non_exhaustive]
