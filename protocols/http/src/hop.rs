@@ -373,6 +373,19 @@ mod tests {
     }
 
     #[test]
+    fn connection_fields_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("close, x-hop"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_connection_specific(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
     fn http2_forbids_every_connection_specific_field_but_te_trailers() {
         let all = [
             ("connection", "close, x-hop, host"),
