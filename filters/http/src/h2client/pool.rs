@@ -52,7 +52,7 @@ pub(crate) struct H2Pool {
 /// drained, so the server never has to refuse. A count seen once (a restart, a reload)
 /// teaches nothing.
 #[derive(Default)]
-struct Budget {
+pub(super) struct Budget {
     /// The accepted-stream count of the last connection that had streams refused.
     last_seen: AtomicU64,
     /// The learned limit; 0 while none is known.

@@ -124,7 +124,7 @@ pub(super) async fn exchange(pool: Arc<H2Pool>, mut input: Events, out: FeedSend
 /// another connection when the server refused the stream, or when it retired the
 /// connection without answering an idempotent request (up to [`RESEND_TRIES`] sends) —
 /// unless an interim response to it already went on to the client.
-async fn send_bodiless(
+pub(super) async fn send_bodiless(
     pool: &Arc<H2Pool>,
     cx: &Context,
     req: Request<()>,
