@@ -44,8 +44,9 @@ pub struct UnaskedUpgrade;
 /// Hop-by-hop fields are not forwarded, in either direction (RFC 9110 §7.6.1, as
 /// [`flowgate_http::hop`] lists them: `Connection` and the fields it names — never
 /// `Content-Length`, `Transfer-Encoding` or `Host`, which a message is framed and routed
-/// by —, `Keep-Alive`, `Proxy-Connection`, `TE`, `Upgrade`), except that an upgrade request keeps its `Upgrade` and is sent with
-/// `connection: upgrade`, and a 101 keeps its own. A response that says the upstream
+/// by —, `Keep-Alive`, `Proxy-Connection`, `TE`, `Upgrade`), except that an upgrade
+/// request keeps its `Upgrade` and is sent with `connection: upgrade`, and a 101 keeps its
+/// own. A response that says the upstream
 /// closes ends this connection's session after it. A 101 to a request
 /// that did not ask for it is an upstream protocol error; after a 101 (or a 2xx to
 /// CONNECT) the connection carries raw bytes both ways.

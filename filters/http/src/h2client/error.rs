@@ -64,15 +64,19 @@ pub(super) fn is_connection_error(e: &h2::Error) -> bool {
 
 /// Whether the stream failed because the server retired its connection and then did not
 /// finish it: a GOAWAY with an error, or the connection closing after a GOAWAY (hypercorn
-/// does both, see [`Pinger`](super::ping::Pinger)). Not a reset of this one stream, nor a connection that
+/// does both, see [`Pinger`]). Not a reset of this one stream, nor a connection that
 /// failed for another reason (a keep-alive timeout): those are left to `retry`.
+///
+/// [`Pinger`]: super::ping::Pinger
 pub(super) fn is_lost_to_goaway(e: &h2::Error, conn: &Conn) -> bool {
     (e.is_go_away() && e.is_remote())
         || ((e.is_io() || e.is_go_away()) && conn.went_away.load(Ordering::Relaxed))
 }
 
 /// A stream refused because of a graceful GOAWAY: noted on its connection, whose server
-/// then has shown how many streams it takes (see [`Budget`](super::pool::Budget)).
+/// then has shown how many streams it takes (see [`Budget`]).
+///
+/// [`Budget`]: super::pool::Budget
 pub(super) fn note_refusal(e: &h2::Error, conn: &Conn, id: h2::StreamId) {
     if is_refused(e) && e.is_go_away() {
         conn.refused_by_goaway(id.as_u32());

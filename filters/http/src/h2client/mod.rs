@@ -44,10 +44,10 @@
 //!
 //! Servers that retire connections after so many requests: the streams sent in the round
 //! trip before their GOAWAY arrives are refused, so the pool learns the limit (the same
-//! accepted count on two connections in a row, see [`Budget`](pool::Budget)) and then stops each
+//! accepted count on two connections in a row, see [`Budget`]) and then stops each
 //! connection there. hypercorn (0.18, python-h2) breaks its own GOAWAY: it answers none of
 //! the streams in flight, even those the GOAWAY says it took, and fails the connection on
-//! any frame after it; a PING sent on every GOAWAY (see [`Pinger`](ping::Pinger)) makes that happen at
+//! any frame after it; a PING sent on every GOAWAY (see [`Pinger`]) makes that happen at
 //! once, and idempotent requests without a body that it dropped are sent again.
 //!
 //! By concern: this file has the configuration (`version:`, `http2:`, whose HTTP/2
@@ -56,6 +56,9 @@
 //! one connection's task, `ping` keep-alive and GOAWAY probes, `request` sending a
 //! request (and sending it again), `response` handing the response on, `error` the
 //! failures and which of them are safe to retry.
+//!
+//! [`Budget`]: pool::Budget
+//! [`Pinger`]: ping::Pinger
 
 mod conn;
 mod error;

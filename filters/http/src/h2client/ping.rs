@@ -19,8 +19,10 @@ use super::H2ClientError;
 /// (python-h2's `close_connection` leaves its connection state machine closed) can then
 /// neither answer those streams nor take any frame, and only closes the connection at its
 /// keep-alive timeout (5 s). The PING makes such a server fail the connection at once
-/// (GOAWAY PROTOCOL_ERROR), so the requests can be sent again (see [`send_bodiless`](super::request::send_bodiless)); a
+/// (GOAWAY PROTOCOL_ERROR), so the requests can be sent again (see [`send_bodiless`]); a
 /// server that keeps its promise just answers it.
+///
+/// [`send_bodiless`]: super::request::send_bodiless
 pub(super) struct Pinger {
     pings: PingPong,
     interval: Option<Duration>,
