@@ -272,7 +272,7 @@ fn unknown_fields_and_bad_values_name_their_line_and_field() {
     let e = fails(&GOOD.replace("interval: 1s", "interval: 0s"));
     assert!(
         e.message
-            .contains("backends[0] (app): field `health_check`"),
+            .contains("backends[0] (app): field `health_check.interval`"),
         "{e}"
     );
 }

@@ -7,17 +7,18 @@ use std::task::{Context as TaskCx, Poll};
 
 use bytes::{BufMut, BytesMut};
 use flowgate_http::h1::{Frame, Framing, Limits, ResponseDecoder, encode_chunk, encode_last_chunk};
+use flowgate_http::hop;
 use flowgate_pipeline::feed::{FeedSender, feed};
 use flowgate_pipeline::{
     Context, Description, ErrorKind, Event, Events, Filter, Head, Side, StreamError, SubPipeline,
     Tail,
 };
 use futures_core::Stream;
-use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
-use http::{Method, StatusCode, Version, request, response};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{Method, StatusCode, Version, request};
 
 use super::codec::{MAX_INTERIM, TooManyInterim, Trailers, interim_end, protocol_error};
-use super::tunnel::{tokens, wants_upgrade};
+use super::tunnel::wants_upgrade;
 
 /// A pooled upstream connection ended before any byte of the response to the request
 /// sent on it (the upstream closed it as the request went out, e.g. at its keep-alive
@@ -40,11 +41,12 @@ pub struct UnaskedUpgrade;
 /// before the request's final response; more than
 /// [`MAX_INTERIM`] of them to one request is an upstream protocol error.
 ///
-/// Hop-by-hop fields are not forwarded, in either direction (RFC 9110 §7.6.1:
-/// `Connection` and the fields it names — never `Content-Length`, `Transfer-Encoding` or
-/// `Host`, which a message is framed and routed by —, `Keep-Alive`, `Proxy-Connection`,
-/// `TE`, `Upgrade`), except that an upgrade request keeps its `Upgrade` and is sent with
-/// `connection: upgrade`, and a 101 keeps its own. A response that says the upstream
+/// Hop-by-hop fields are not forwarded, in either direction (RFC 9110 §7.6.1, as
+/// [`flowgate_http::hop`] lists them: `Connection` and the fields it names — never
+/// `Content-Length`, `Transfer-Encoding` or `Host`, which a message is framed and routed
+/// by —, `Keep-Alive`, `Proxy-Connection`, `TE`, `Upgrade`), except that an upgrade
+/// request keeps its `Upgrade` and is sent with `connection: upgrade`, and a 101 keeps its
+/// own. A response that says the upstream
 /// closes ends this connection's session after it. A 101 to a request
 /// that did not ask for it is an upstream protocol error; after a 101 (or a 2xx to
 /// CONNECT) the connection carries raw bytes both ways.
@@ -208,13 +210,12 @@ impl ClientStream {
                         }
                         // Passed on as it is (less its hop-by-hop fields); whether the
                         // connection stays open is the final response's to say.
-                        strip_response_hop_by_hop(&mut parts, false);
+                        hop::strip_response(&mut parts, false);
                         self.in_interim = true;
                         self.ready.push_back(Event::MessageStart(Head::new(parts)));
                         continue;
                     }
-                    self.closing =
-                        strip_response_hop_by_hop(&mut parts, framing == Framing::Tunnel);
+                    self.closing = hop::strip_response(&mut parts, framing == Framing::Tunnel);
                     self.ready.push_back(Event::MessageStart(Head::new(parts)));
                 }
                 Ok(Some(Frame::Data(b))) => {
@@ -307,61 +308,6 @@ impl Stream for ClientStream {
     }
 }
 
-/// Whether `name` is a hop-by-hop field that is never forwarded as it is.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == CONNECTION
-        || name == TE
-        || name == UPGRADE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
-}
-
-/// Drops the hop-by-hop fields of an upstream's response head before it goes on (RFC 9110
-/// §7.6.1): `Connection` and the fields it names (never `Content-Length` or
-/// `Transfer-Encoding`, which the body is framed by), `Keep-Alive`, `Proxy-Connection`,
-/// `TE` and `Upgrade`. A response that switches protocols (`tunnel`) keeps its `Upgrade`
-/// and says `connection: upgrade`. Returns whether the upstream closes the connection
-/// after this response (`Connection: close`, or HTTP/1.0 without keep-alive).
-pub(crate) fn strip_response_hop_by_hop(parts: &mut response::Parts, tunnel: bool) -> bool {
-    let headers = &mut parts.headers;
-    let http10 = parts.version == Version::HTTP_10;
-    // Most responses have at most `Connection: keep-alive`: one pass over the names.
-    if !headers.keys().any(is_hop_by_hop) {
-        return http10;
-    }
-    let (mut close, mut keep_alive) = (false, false);
-    let mut listed: Vec<HeaderName> = Vec::new();
-    for token in tokens(headers, CONNECTION) {
-        if token.eq_ignore_ascii_case("close") {
-            close = true;
-        } else if token.eq_ignore_ascii_case("keep-alive") {
-            keep_alive = true;
-        } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
-            && name != CONTENT_LENGTH
-            && name != TRANSFER_ENCODING
-        {
-            listed.push(name);
-        }
-    }
-    for name in listed {
-        if !(tunnel && name == UPGRADE) {
-            headers.remove(name);
-        }
-    }
-    for name in [CONNECTION, TE] {
-        headers.remove(name);
-    }
-    for name in ["keep-alive", "proxy-connection"] {
-        headers.remove(name);
-    }
-    if tunnel {
-        headers.insert(CONNECTION, http::HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(UPGRADE);
-    }
-    close || (http10 && !keep_alive)
-}
-
 /// Writes a request head for the upstream without the hop-by-hop fields (see
 /// [`ClientCodec`]); `upgrade` keeps `Upgrade` and adds `connection: upgrade`.
 pub(crate) fn encode_proxied_head(head: &request::Parts, upgrade: bool, dst: &mut BytesMut) {
@@ -380,32 +326,15 @@ pub(crate) fn encode_proxied_head(head: &request::Parts, upgrade: bool, dst: &mu
     } else {
         b" HTTP/1.1\r\n"
     });
-    // Fields named in Connection (other than its own options) are hop-by-hop too, except
-    // the ones this head is framed and routed by: the body below is written by
-    // Content-Length / Transfer-Encoding, so `Connection: content-length` must not drop
-    // them (the upstream would read the body as another request).
-    let listed: Vec<&str> = tokens(&head.headers, CONNECTION)
-        .filter(|t| {
-            !t.eq_ignore_ascii_case("close")
-                && !t.eq_ignore_ascii_case("keep-alive")
-                && !t.eq_ignore_ascii_case("upgrade")
-                && !t.eq_ignore_ascii_case("content-length")
-                && !t.eq_ignore_ascii_case("transfer-encoding")
-                && !t.eq_ignore_ascii_case("host")
-        })
-        .collect();
-    for (name, value) in &head.headers {
-        let keep = if is_hop_by_hop(name) {
-            upgrade && name == UPGRADE
-        } else {
-            !listed.iter().any(|l| name.as_str().eq_ignore_ascii_case(l))
-        };
-        if keep {
-            dst.put_slice(name.as_str().as_bytes());
-            dst.put_slice(b": ");
-            dst.put_slice(value.as_bytes());
-            dst.put_slice(b"\r\n");
-        }
+    // Fields named in Connection are hop-by-hop too, except the ones this head is framed
+    // and routed by: the body below is written by Content-Length / Transfer-Encoding, so
+    // `Connection: content-length` must not drop them (the upstream would read the body as
+    // another request). See `flowgate_http::hop`.
+    for (name, value) in hop::forwarded_request_fields(&head.headers, upgrade) {
+        dst.put_slice(name.as_str().as_bytes());
+        dst.put_slice(b": ");
+        dst.put_slice(value.as_bytes());
+        dst.put_slice(b"\r\n");
     }
     if upgrade {
         dst.put_slice(b"connection: upgrade\r\n");
@@ -422,6 +351,7 @@ mod tests {
     use flowgate_pipeline::joint::MuxOptions;
     use flowgate_pipeline::{Filter, Pipeline, testing};
     use futures_util::StreamExt;
+    use http::response;
 
     fn encoded(req: http::request::Builder) -> String {
         let (parts, ()) = req.body(()).unwrap().into_parts();
@@ -459,7 +389,7 @@ mod tests {
 
     fn stripped(res: http::response::Builder, tunnel: bool) -> (Vec<String>, bool) {
         let (mut parts, ()) = res.body(()).unwrap().into_parts();
-        let close = strip_response_hop_by_hop(&mut parts, tunnel);
+        let close = hop::strip_response(&mut parts, tunnel);
         let mut fields: Vec<String> = parts
             .headers
             .iter()

@@ -15,6 +15,7 @@ use flowgate_pipeline::Events;
 use super::access_log::AccessLog;
 use super::tunnel::{self, Special, Switch, UpgradeConfig, Verdict};
 use flowgate_http::h1::Framing;
+use flowgate_http::hop;
 use flowgate_pipeline::joint::{Continued, Interim};
 use flowgate_pipeline::{ErrorKind, Event, Head, Side, StreamError, Tail, Transform};
 use futures_core::Stream;
@@ -76,7 +77,7 @@ fn tail(trailers: Option<HeaderMap>) -> Tail {
 
 /// Whether the client asked to close the connection after this request.
 pub(crate) fn wants_close(head: &request::Parts) -> bool {
-    let has = |token: &str| tunnel::has_token(&head.headers, CONNECTION, token);
+    let has = |token: &str| hop::has_token(&head.headers, CONNECTION, token);
     match head.version {
         Version::HTTP_10 => !has("keep-alive"),
         _ => has("close"),

@@ -23,7 +23,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use flowgate_http::h1::H1Error;
+use flowgate_http::h2::{Settings, SettingsError, request_from_h2, response_to_h2};
 use flowgate_pipeline::feed::{FeedSender, feed};
 use flowgate_pipeline::{
     Context, ErrorKind, Event, Events, Head, Side, StreamError, SubPipeline, Tail,
@@ -32,15 +32,13 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
-use http::header::{CONTENT_LENGTH, COOKIE, HOST, HeaderValue, TRANSFER_ENCODING};
-use http::{HeaderMap, request, response};
+use http::{HeaderMap, response};
 use serde::{Deserialize, Serialize};
 
 use super::access_log::AccessLog;
 use super::codec::{Trailers, ends_interim, is_interim};
 use super::event_io::{EventIo, Inline};
 use super::h2_watch::{BlockState, WatchHeaderBlocks};
-use super::h2client::strip_connection_fields;
 
 /// The HTTP/2 connection preface a client with prior knowledge (h2c) starts with.
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -78,20 +76,21 @@ pub struct Http2Config {
     pub max_local_error_reset_streams: usize,
 }
 
+// The HTTP/2 settings' defaults are flowgate-http's, shared with `mux-http`'s client side.
 fn d_streams() -> u32 {
-    100
+    Settings::DEFAULT.max_concurrent_streams
 }
 fn d_header_list() -> u32 {
-    64 * 1024
+    Settings::DEFAULT.max_header_list_size
 }
 fn d_window() -> u32 {
-    1 << 20
+    Settings::DEFAULT.initial_window_size
 }
 fn d_conn_window() -> u32 {
-    4 << 20
+    Settings::DEFAULT.initial_connection_window_size
 }
 fn d_frame() -> u32 {
-    16 * 1024
+    Settings::DEFAULT.max_frame_size
 }
 fn d_pending_resets() -> usize {
     20
@@ -116,32 +115,30 @@ impl Default for Http2Config {
 }
 
 impl Http2Config {
-    /// Checks the values against what HTTP/2 allows.
+    /// The HTTP/2 settings this configuration sets.
+    pub(crate) fn settings(&self) -> Settings {
+        Settings {
+            max_concurrent_streams: self.max_concurrent_streams,
+            max_header_list_size: self.max_header_list_size,
+            initial_window_size: self.initial_window_size,
+            initial_connection_window_size: self.initial_connection_window_size,
+            max_frame_size: self.max_frame_size,
+        }
+    }
+
+    /// Checks the values against what HTTP/2 allows ([`Settings::validate`]).
     pub(crate) fn validate(&self) -> Result<(), &'static str> {
-        const MAX_WINDOW: u32 = (1 << 31) - 1;
-        if self.max_concurrent_streams == 0 {
-            return Err("max_concurrent_streams must be at least 1");
-        }
-        if !(16_384..=16_777_215).contains(&self.max_frame_size) {
-            return Err("max_frame_size must be from 16384 to 16777215");
-        }
-        if self.initial_window_size > MAX_WINDOW || self.initial_connection_window_size > MAX_WINDOW
-        {
-            return Err("window sizes must be below 2^31");
-        }
-        if self.max_header_list_size < 1024 {
-            return Err("max_header_list_size must be at least 1024");
-        }
-        Ok(())
+        self.settings().validate().map_err(SettingsError::as_str)
     }
 
     fn builder(&self) -> h2::server::Builder {
+        let s = self.settings();
         let mut b = h2::server::Builder::new();
-        b.max_concurrent_streams(self.max_concurrent_streams)
-            .max_header_list_size(self.max_header_list_size)
-            .initial_window_size(self.initial_window_size)
-            .initial_connection_window_size(self.initial_connection_window_size)
-            .max_frame_size(self.max_frame_size)
+        b.max_concurrent_streams(s.max_concurrent_streams)
+            .max_header_list_size(s.max_header_list_size)
+            .initial_window_size(s.initial_window_size)
+            .initial_connection_window_size(s.initial_connection_window_size)
+            .max_frame_size(s.max_frame_size)
             .max_pending_accept_reset_streams(self.max_pending_accept_reset_streams)
             .max_local_error_reset_streams(Some(self.max_local_error_reset_streams));
         b
@@ -302,39 +299,6 @@ async fn run(
     }
 }
 
-/// Converts an h2 request head into the shape HTTP/1 requests have in the pipeline: a
-/// `Host` field from `:authority`, one Cookie field, `Content-Length` in canonical form and
-/// chunked framing for a body of unknown length (so an HTTP/1 upstream gets a well-framed
-/// request, framed as this side parsed it). A malformed `Content-Length` (several fields,
-/// not decimal digits) is an error: the request is malformed (RFC 9113 §8.1.1).
-fn request_head(mut parts: request::Parts, has_body: bool) -> Result<request::Parts, H1Error> {
-    flowgate_http::h1::canonical_content_length(&mut parts.headers, None)?;
-    if !parts.headers.contains_key(HOST)
-        && let Some(a) = parts.uri.authority()
-        && let Ok(v) = HeaderValue::from_str(a.as_str())
-    {
-        parts.headers.insert(HOST, v);
-    }
-    // HTTP/2 may split Cookie into several fields; HTTP/1 wants one (RFC 9113 §8.2.3).
-    if parts.headers.get_all(COOKIE).iter().nth(1).is_some() {
-        let joined: Vec<&[u8]> = parts
-            .headers
-            .get_all(COOKIE)
-            .iter()
-            .map(HeaderValue::as_bytes)
-            .collect();
-        if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
-            parts.headers.insert(COOKIE, v);
-        }
-    }
-    if has_body && !parts.headers.contains_key(CONTENT_LENGTH) {
-        parts
-            .headers
-            .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-    }
-    Ok(parts)
-}
-
 /// One request: feeds its body into a fresh request pipeline and sends the response back.
 async fn handle_stream(
     shared: Arc<H2Shared>,
@@ -344,7 +308,8 @@ async fn handle_stream(
 ) {
     let (parts, body) = req.into_parts();
     let has_body = !body.is_end_stream();
-    let Ok(parts) = request_head(parts, has_body) else {
+    // The shape HTTP/1 requests have in the pipeline: `Host`, one Cookie, framing fields.
+    let Ok(parts) = request_from_h2(parts, has_body) else {
         tracing::debug!("HTTP/2 request with a malformed content-length: stream reset");
         respond.send_reset(Reason::PROTOCOL_ERROR);
         return;
@@ -472,25 +437,17 @@ async fn send_response(mut out: Events, mut respond: SendResponse<Bytes>, log: O
                 if parts.status.is_informational() {
                     // An interim response (103 Early Hints, 100 Continue) goes out at once
                     // as its own HEADERS frame. 101 has no place in HTTP/2 (RFC 9113 §8.6).
-                    if is_interim(parts.status) {
-                        let mut r = http::Response::new(());
-                        *r.status_mut() = parts.status;
-                        *r.headers_mut() = parts.headers.clone();
-                        strip_connection_fields(r.headers_mut(), false);
-                        if respond.send_informational(r).is_err() {
-                            return;
-                        }
+                    if is_interim(parts.status)
+                        && respond.send_informational(response_to_h2(parts)).is_err()
+                    {
+                        return;
                     }
                     continue;
                 }
                 if let Some(l) = &log {
                     l.status(parts.status.as_u16());
                 }
-                let mut r = http::Response::new(());
-                *r.status_mut() = parts.status;
-                *r.headers_mut() = parts.headers.clone();
-                strip_connection_fields(r.headers_mut(), false);
-                head = Some(r);
+                head = Some(response_to_h2(parts));
             }
             Event::Data(b) => {
                 if let Some(r) = head.take() {
@@ -568,77 +525,12 @@ fn finish_log(log: &Option<AccessLog>) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn request_head_gets_host_and_chunked_framing() {
-        let (parts, ()) = http::Request::builder()
-            .uri("https://example.com:8443/a?b")
-            .body(())
-            .unwrap()
-            .into_parts();
-        let p = request_head(parts.clone(), true).unwrap();
-        assert_eq!(p.headers[HOST], "example.com:8443");
-        assert_eq!(p.headers[TRANSFER_ENCODING], "chunked");
-        let p = request_head(parts, false).unwrap();
-        assert!(!p.headers.contains_key(TRANSFER_ENCODING));
-        let (mut parts, ()) = http::Request::builder()
-            .uri("https://example.com/")
-            .header("cookie", "a=1")
-            .header("cookie", "b=2")
-            .body(())
-            .unwrap()
-            .into_parts();
-        parts
-            .headers
-            .append("x-other", HeaderValue::from_static("1"));
-        let p = request_head(parts, false).unwrap();
-        let cookies: Vec<_> = p.headers.get_all(COOKIE).iter().collect();
-        assert_eq!(cookies, ["a=1; b=2"]);
-    }
-
-    #[test]
-    fn request_head_content_length_is_canonical_or_refused() {
-        let with_length = |values: &[&'static str]| {
-            let (mut parts, ()) = http::Request::post("https://example.com/")
-                .body(())
-                .unwrap()
-                .into_parts();
-            for v in values {
-                parts
-                    .headers
-                    .append(CONTENT_LENGTH, HeaderValue::from_static(v));
-            }
-            request_head(parts, true)
-        };
-        let p = with_length(&["0300"]).unwrap();
-        assert_eq!(p.headers[CONTENT_LENGTH], "300");
-        assert!(!p.headers.contains_key(TRANSFER_ENCODING));
-        assert_eq!(
-            with_length(&["3", "3"]).unwrap_err(),
-            H1Error::DuplicateContentLength
-        );
-        assert_eq!(with_length(&["+3"]).unwrap_err(), H1Error::BadContentLength);
-    }
-
-    #[test]
-    fn connection_fields_are_stripped() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            http::header::CONNECTION,
-            HeaderValue::from_static("close, x-hop"),
-        );
-        h.insert("x-hop", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        h.insert("x-keep", HeaderValue::from_static("1"));
-        strip_connection_fields(&mut h, false);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-keep"));
-    }
-
     use crate::{DemuxHttp, Respond};
     use flowgate_http::h1::Limits;
     use flowgate_pipeline::{Filter, Pipeline, TlsInfo};
     use http::StatusCode;
+    use http::header::{CONTENT_LENGTH, HOST, HeaderValue};
+    use http::request;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// Answers each request with 200 and the request's own body (and trailers).

@@ -52,6 +52,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, Sleep};
 
 use flowgate_filters_net::{DialTarget, Dialed};
+use flowgate_http::hop;
 
 // === config ===
 
@@ -238,37 +239,13 @@ impl HttpConnectConfig {
 
 // === which requests tunnel ===
 
-/// The comma-separated tokens of every `name` field (`Connection: close, x-a`), trimmed,
-/// empty ones left out.
-pub(crate) fn tokens(
-    headers: &http::HeaderMap,
-    name: http::header::HeaderName,
-) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(name)
-        .into_iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
-
-/// Whether a `name` field lists `token` (case-insensitively).
-pub(crate) fn has_token(
-    headers: &http::HeaderMap,
-    name: http::header::HeaderName,
-    token: &str,
-) -> bool {
-    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
-}
-
 /// Whether a request asks to upgrade the connection: HTTP/1.1, not CONNECT, `Upgrade`
 /// present and `upgrade` listed in `Connection`.
 pub(crate) fn wants_upgrade(head: &request::Parts) -> bool {
     head.version == Version::HTTP_11
         && head.method != Method::CONNECT
         && head.headers.contains_key(UPGRADE)
-        && has_token(&head.headers, CONNECTION, "upgrade")
+        && hop::has_token(&head.headers, CONNECTION, "upgrade")
 }
 
 /// Whether a response head opens a tunnel for a request with `method`.

@@ -1,10 +1,15 @@
 //! # flowgate-http
 //!
-//! HTTP for Flowgate, with no I/O and no dependency on the pipeline: the [`h1`] module is a
-//! strict, bounded, zero-copy HTTP/1.x codec (heads parsed with `httparse`, bodies framed by
-//! Content-Length, chunked coding or the end of the connection, trailers, pipelining,
-//! CONNECT / Upgrade tunnels). HTTP/2 and the HTTP filters come next (see the repository's
-//! ARCHITECTURE.md).
+//! HTTP for Flowgate, with no I/O and no dependency on the pipeline:
+//!
+//! - [`h1`]: a strict, bounded, zero-copy HTTP/1.x codec (heads parsed with `httparse`,
+//!   bodies framed by Content-Length, chunked coding or the end of the connection,
+//!   trailers, pipelining, CONNECT / Upgrade tunnels);
+//! - [`hop`]: the one list of hop-by-hop and connection-specific fields, the `Connection`
+//!   token parser, and stripping them from request and response heads;
+//! - [`h2`]: the HTTP/2 [`Settings`](h2::Settings) with their defaults and RFC 9113 ranges,
+//!   and head conversion between HTTP/1 and HTTP/2 (the protocol engine is the `h2`
+//!   crate, in the HTTP filters, which bridge all of this to the pipeline).
 //!
 //! ```
 //! use bytes::BytesMut;
@@ -21,3 +26,5 @@
 //! ```
 
 pub mod h1;
+pub mod h2;
+pub mod hop;

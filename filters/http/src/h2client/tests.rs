@@ -4,7 +4,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use flowgate_pipeline::{
+    Context, ErrorKind, Event, Events, Head, Side, StreamError, SubPipeline, Tail,
+};
+use futures_util::StreamExt;
+use h2::Reason;
+use http::{HeaderMap, HeaderValue, Version};
+use tokio::time::Instant;
+
 use crate::MuxHttp;
+use crate::codec::{MAX_INTERIM, TooManyInterim, Trailers};
 use flowgate_http::h1::Limits;
 use flowgate_pipeline::joint::MuxOptions;
 use flowgate_pipeline::{Description, Filter, Pipeline, events_from};
