@@ -486,7 +486,7 @@ fn tls_client_certificate_names_the_user() {
     let cfg = dir.write(
         "tls.yaml",
         &format!(
-            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: tls\npipelines:\n  tls:\n    - accept-tls:\n        pipeline: mqtt\n        certificates: [{{ cert: {}, key: {} }}]\n        client_auth: {{ ca: {}, required: false }}\n  mqtt:\n    - proxy-mqtt:\n        brokers: [127.0.0.1:{pm}]\n        auth: {{ tls_identity: true, allow_anonymous: false }}\n        prefix: \"devices/%u/\"\n",
+            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: tls\npipelines:\n  tls:\n    - accept-tls:\n        pipeline: mqtt\n        certificates: [{{ cert: {}, key: {} }}]\n        client_auth: {{ ca: {}, required: false }}\n  mqtt:\n    - proxy-mqtt:\n        endpoints: [127.0.0.1:{pm}]\n        auth: {{ tls_identity: true, allow_anonymous: false }}\n        prefix: \"devices/%u/\"\n",
             server_cert.display(),
             server_key.display(),
             pki.ca().display()
