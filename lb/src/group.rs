@@ -45,7 +45,8 @@ use crate::{Backend, Balancer, BalancerConfig, ConfigError, Lease, Refresher};
 pub type AfterRound = Arc<dyn Fn(&Balancer) + Send + Sync>;
 
 /// A balancer over a set of endpoints, with its health checks, ejection expiry and
-/// discovery; see the [module docs](self). Cheap to clone (an `Arc`).
+/// discovery: the tasks start on the first pick made inside a tokio runtime and are
+/// aborted when the last clone is dropped. Cheap to clone (an `Arc`).
 #[derive(Clone)]
 pub struct Group {
     inner: Arc<Inner>,
