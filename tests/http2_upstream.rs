@@ -1,4 +1,5 @@
 //! HTTP/2 towards upstreams through the `flowgate` binary: `mux-http` with `protocol: http2`
+//! (and `protocol: auto`, which picks HTTP/2 or HTTP/1.1 by the upstream's TLS ALPN)
 //! in front of real HTTP/2 servers — hypercorn (h2c with prior knowledge, and h2 over TLS
 //! with ALPN), nginx (`listen … ssl http2`), and a python-h2 server that resets streams.
 //! Clients are curl (HTTP/1.1 and h2), nghttp and h2load.
@@ -579,4 +580,106 @@ pipelines:
         took < Duration::from_secs(25),
         "{took:?} for 20 retirements"
     );
+}
+
+#[test]
+fn protocol_auto_follows_the_upstreams_alpn() {
+    if !peers(&["nginx", "curl", "openssl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-auto");
+    let pki = OpensslPki::new(&dir, "up");
+    let (cert, key) = pki.leaf("upstream", "up.test", false);
+    // Three upstreams: TLS offering h2, TLS with HTTP/1.1 only, plain TCP. Each answers
+    // with the protocol it was spoken to in.
+    let (h2_port, h1_port, plain_port) = (reserve_port(), reserve_port(), reserve_port());
+    let ndir = TempDir::new("h2up-auto-nginx");
+    let mut ng = nginx(
+        &ndir,
+        &format!(
+            "server {{ listen 127.0.0.1:{h2_port} ssl http2; ssl_certificate {cert}; \
+             ssl_certificate_key {key}; location / {{ return 200 \"$server_protocol $request_uri\"; }} }} \
+             server {{ listen 127.0.0.1:{h1_port} ssl; ssl_certificate {cert}; \
+             ssl_certificate_key {key}; location / {{ return 200 \"$server_protocol $request_uri\"; }} }} \
+             server {{ listen 127.0.0.1:{plain_port}; \
+             location / {{ return 200 \"$server_protocol $request_uri\"; }} }}",
+            cert = cert.display(),
+            key = key.display()
+        ),
+    );
+    ng.wait_port(h2_port);
+    ng.wait_port(h1_port);
+    ng.wait_port(plain_port);
+    let tls = |name: &str, target: u16| {
+        format!(
+            "  {name}:
+    - connect-tls: {{ pipeline: {name}-tcp, sni: up.test, ca: {ca}, alpn: [h2, http/1.1] }}
+  {name}-tcp:
+    - connect: {{ endpoints: 127.0.0.1:{target} }}
+",
+            ca = pki.ca().display()
+        )
+    };
+    let port = reserve_port();
+    let gw_port = reserve_port();
+    let cfg = dir.write(
+        "flowgate.yaml",
+        &format!(
+            "workers: 2
+listeners:
+  - listen: 127.0.0.1:{port}
+    pipeline: main
+pipelines:
+  main:
+    - demux-http: {{ pipeline: request }}
+  request:
+    - route:
+        routes:
+          - {{ match: {{ path_prefix: /h2 }}, pipeline: to-h2 }}
+          - {{ match: {{ path_prefix: /h1 }}, pipeline: to-h1 }}
+        default: to-plain
+  to-h2:
+    - mux-http: {{ pipeline: h2, protocol: auto }}
+  to-h1:
+    - mux-http: {{ pipeline: h1, protocol: auto }}
+  to-plain:
+    - mux-http: {{ pipeline: plain, protocol: auto }}
+  plain:
+    - connect: {{ endpoints: 127.0.0.1:{plain_port} }}
+{}{}",
+            tls("h2", h2_port),
+            tls("h1", h1_port)
+        ),
+    );
+    let _fg = flowgate_run(&cfg, &[port]);
+    // Several requests on one client connection, then more on new ones: the first decides,
+    // the others follow the decision.
+    for round in 0..2 {
+        for (path, want) in [
+            ("/h2/a", "HTTP/2.0 /h2/a"),
+            ("/h1/b", "HTTP/1.1 /h1/b"),
+            ("/c", "HTTP/1.1 /c"),
+        ] {
+            let url = format!("http://127.0.0.1:{port}{path}");
+            let (ok, out, err) = curl(&[&url, &url]);
+            assert!(ok, "round {round} {path}: {err}");
+            assert_eq!(out, format!("{want}{want}"), "round {round} {path}");
+        }
+    }
+
+    // The gateway: a backend with `protocol: auto` and `tls` offers both by ALPN itself.
+    let gw = dir.write(
+        "gateway.yaml",
+        &format!(
+            "listeners:\n  - address: 127.0.0.1:{gw_port}\nroutes:\n  - match: {{ path_prefix: /h1 }}\n    proxy: {{ backend: one }}\n  - proxy: {{ backend: two }}\nbackends:\n  - name: two\n    endpoints: [127.0.0.1:{h2_port}]\n    protocol: auto\n    tls: {{ sni: up.test, ca: {ca} }}\n  - name: one\n    endpoints: [127.0.0.1:{h1_port}]\n    protocol: auto\n    tls: {{ sni: up.test, ca: {ca} }}\n",
+            ca = pki.ca().display()
+        ),
+    );
+    let _gw = gateway_run(&gw, gw_port);
+    let (ok, out, err) = curl(&[&format!("http://127.0.0.1:{gw_port}/x")]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "HTTP/2.0 /x");
+    let (ok, out, err) = curl(&[&format!("http://127.0.0.1:{gw_port}/h1/y")]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "HTTP/1.1 /h1/y");
 }

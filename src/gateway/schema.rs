@@ -224,8 +224,9 @@ pub struct BackendSpec {
     /// Close a pooled upstream connection idle this long. Default 60 s.
     #[serde(default = "d_idle", with = "flowgate_pipeline::serde_duration")]
     pub max_idle: Duration,
-    /// The protocol spoken to the endpoints: `http1` (default) or `http2` (h2c with prior
-    /// knowledge, or h2 by ALPN with `tls`: many requests share a connection).
+    /// The protocol spoken to the endpoints: `http1` (default), `http2` (h2c with prior
+    /// knowledge, or h2 by ALPN with `tls`: many requests share a connection) or `auto`
+    /// (with `tls`, HTTP/2 or HTTP/1.1 as each endpoint's ALPN says; HTTP/1.1 without).
     #[serde(default)]
     pub protocol: UpstreamProtocol,
     /// TLS to the endpoints: `{ sni, ca }` (and optionally `verify`, `client_cert`,

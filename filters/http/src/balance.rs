@@ -126,8 +126,10 @@ pub struct BalanceHttpConfig {
     /// Limits on responses.
     #[serde(default)]
     pub limits: LimitsConfig,
-    /// The HTTP version spoken to the endpoints: `http1` (default) or `http2` (h2c with
-    /// prior knowledge, or h2 by ALPN with `tls`; many requests per connection).
+    /// The HTTP version spoken to the endpoints: `http1` (default), `http2` (h2c with
+    /// prior knowledge, or h2 by ALPN with `tls`; many requests per connection) or `auto`
+    /// (with `tls`: HTTP/2 when an endpoint's ALPN picks `h2`, else HTTP/1.1, decided per
+    /// endpoint by its first connection; without `tls`: HTTP/1.1).
     #[serde(default)]
     pub protocol: UpstreamProtocol,
     #[doc(hidden)]
@@ -141,8 +143,8 @@ pub struct BalanceHttpConfig {
     pub tls: Option<UpstreamTlsConfig>,
 }
 
-/// TLS from `balance-http` to its endpoints. ALPN offers `h2` with `protocol: http2` and
-/// `http/1.1` otherwise; HTTP/2 requests then carry `:scheme: https`.
+/// TLS from `balance-http` to its endpoints. ALPN offers `h2` with `protocol: http2`,
+/// `h2` and `http/1.1` with `protocol: auto`, and `http/1.1` otherwise; HTTP/2 requests then carry `:scheme: https`.
 ///
 /// ```yaml
 /// tls: { sni: api.internal, ca: upstream-ca.pem }
@@ -185,13 +187,13 @@ impl UpstreamTlsConfig {
     }
 
     /// The `connect-tls` settings this stands for, offering `alpn`.
-    fn connect_tls(&self, alpn: &str) -> ConnectTlsConfig {
+    fn connect_tls(&self, alpn: &[&str]) -> ConnectTlsConfig {
         ConnectTlsConfig {
             pipeline: String::new(),
             sni: self.sni.clone(),
             ca: self.ca.clone(),
             verify: self.verify,
-            alpn: vec![alpn.to_string()],
+            alpn: alpn.iter().map(|a| a.to_string()).collect(),
             client_cert: self.client_cert.clone(),
             versions: vec![TlsVersion::Tls12, TlsVersion::Tls13],
             cipher_suites: None,
@@ -324,11 +326,13 @@ impl BalanceHttp {
         let tls = match &config.tls {
             None => None,
             Some(t) => {
-                let alpn = if config.protocol == UpstreamProtocol::Http2 {
-                    config.http2.scheme = UpstreamScheme::Https;
-                    "h2"
-                } else {
-                    "http/1.1"
+                let alpn: &[&str] = match config.protocol {
+                    UpstreamProtocol::Http2 => {
+                        config.http2.scheme = UpstreamScheme::Https;
+                        &["h2"]
+                    }
+                    UpstreamProtocol::Auto => &["h2", "http/1.1"],
+                    UpstreamProtocol::Http1 => &["http/1.1"],
                 };
                 let c = t.connect_tls(alpn);
                 let field =
@@ -376,10 +380,19 @@ impl BalanceHttp {
             .map_err(|e| ConfigError::new(format!("endpoints[{i}]"), e))?;
             let mut pool = MuxHttp::new(SubPipeline::from(conn), config.limits.limits(), opts)
                 .map_err(|e| ConfigError::new(format!("endpoints[{i}]"), e))?;
-            if config.protocol == UpstreamProtocol::Http2 {
-                pool = pool
-                    .http2(config.http2)
-                    .map_err(|e| ConfigError::new("http2", e))?;
+            match config.protocol {
+                UpstreamProtocol::Http2 => {
+                    pool = pool
+                        .http2(config.http2)
+                        .map_err(|e| ConfigError::new("http2", e))?;
+                }
+                // Without TLS there is no ALPN to choose by: HTTP/1.1, as Envoy's auto.
+                UpstreamProtocol::Auto if tls.is_some() => {
+                    pool = pool
+                        .auto(config.http2)
+                        .map_err(|e| ConfigError::new("http2", e))?;
+                }
+                UpstreamProtocol::Auto | UpstreamProtocol::Http1 => {}
             }
             pools.insert(t.address, pool);
             backends.push(Backend::new(t.address).weight(t.weight));

@@ -142,8 +142,8 @@ use flowgate_pipeline::joint::{Demux, DemuxOptions, Mux, MuxOptions};
 use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig, Registry};
 use flowgate_pipeline::renamed::{self, Renamed};
 use flowgate_pipeline::{
-    Context, Description, Dyn, Event, Events, Filter, Head, Pipeline, SubPipeline, Tail, Transform,
-    TransformStream,
+    Context, Description, Dyn, ErrorKind, Event, Events, Filter, Head, Pipeline, Side, StreamError,
+    SubPipeline, Tail, Transform, TransformStream,
 };
 use http::{HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -579,10 +579,18 @@ impl FilterConfig for MuxHttpConfig {
             opts,
         )
         .map_err(|e| ConfigError::new("pipeline", e))?;
-        if self.protocol == UpstreamProtocol::Http2 {
-            f = f
-                .http2(self.http2)
-                .map_err(|e| ConfigError::new("http2", e))?;
+        match self.protocol {
+            UpstreamProtocol::Http1 => {}
+            UpstreamProtocol::Http2 => {
+                f = f
+                    .http2(self.http2)
+                    .map_err(|e| ConfigError::new("http2", e))?;
+            }
+            UpstreamProtocol::Auto => {
+                f = f
+                    .auto(self.http2)
+                    .map_err(|e| ConfigError::new("http2", e))?;
+            }
         }
         Ok(Arc::new(f))
     }
@@ -614,6 +622,7 @@ pub struct MuxHttp {
     sub: SubPipeline,
     opts: MuxOptions,
     h2: Option<Arc<h2client::H2Pool>>,
+    auto: Option<Arc<AutoChoice>>,
 }
 
 impl MuxHttp {
@@ -648,6 +657,7 @@ impl MuxHttp {
             sub,
             opts,
             h2: None,
+            auto: None,
         })
     }
 
@@ -665,12 +675,34 @@ impl MuxHttp {
         Ok(self)
     }
 
+    /// Speaks HTTP/2 or HTTP/1.1 as the upstream's TLS ALPN says
+    /// ([`UpstreamProtocol::Auto`]): the first request probes a connection made by the
+    /// sub-pipeline (sending nothing on it), and the answer holds for every later request.
+    /// HTTP/2 then uses `cfg` with `:scheme: https`.
+    pub fn auto(self, mut cfg: Http2UpstreamConfig) -> Result<Self, &'static str> {
+        cfg.scheme = UpstreamScheme::Https;
+        let mut f = self.http2(cfg)?;
+        f.auto = Some(Arc::new(AutoChoice {
+            sub: f.sub.clone(),
+            decided: tokio::sync::OnceCell::new(),
+        }));
+        Ok(f)
+    }
+
+    /// With [`MuxHttp::auto`]: whether the upstream was found to speak HTTP/2 (`None`
+    /// until the first request decided it, and without `auto`).
+    pub fn negotiated_http2(&self) -> Option<bool> {
+        self.auto.as_ref().and_then(|a| a.decided())
+    }
+
     /// How many upstream connections are pooled now (HTTP/2 ones with
-    /// [`MuxHttp::http2`], else HTTP/1 ones), over all workers.
+    /// [`MuxHttp::http2`], HTTP/1 ones otherwise, both with [`MuxHttp::auto`]), over all
+    /// workers.
     pub fn connection_count(&self) -> usize {
-        match &self.h2 {
-            Some(p) => p.connection_count(),
-            None => self.mux.session_count(),
+        match (&self.h2, &self.auto) {
+            (Some(p), None) => p.connection_count(),
+            (Some(p), Some(_)) => p.connection_count() + self.mux.session_count(),
+            (None, _) => self.mux.session_count(),
         }
     }
 }
@@ -679,7 +711,8 @@ impl Filter for MuxHttp {
     fn describe(&self) -> Description {
         let mut options = self.mux.describe().options;
         if let (Some(p), Some(o)) = (&self.h2, options.as_object_mut()) {
-            o.insert("version".into(), serde_json::json!("http2"));
+            let protocol = if self.auto.is_some() { "auto" } else { "http2" };
+            o.insert("protocol".into(), serde_json::json!(protocol));
             o.insert(
                 "http2".into(),
                 serde_json::to_value(p.config()).unwrap_or_default(),
@@ -697,6 +730,9 @@ impl Filter for MuxHttp {
             mux: self.mux.clone(),
             codec: self.codec.clone(),
             h2: self.h2.clone(),
+            auto: self.auto.clone(),
+            probe: None,
+            waiting: None,
             out: None,
             dedicated: None,
             queue: std::collections::VecDeque::new(),
@@ -716,6 +752,11 @@ struct MuxHttpStream {
     mux: Arc<Mux>,
     codec: Arc<client::ClientCodec>,
     h2: Option<Arc<h2client::H2Pool>>,
+    /// With `protocol: auto`: the choice, and the probe deciding it for this stream.
+    auto: Option<Arc<AutoChoice>>,
+    probe: Option<Probe>,
+    /// The request waiting for the probe.
+    waiting: Option<Events>,
     out: Option<Events>,
     /// On a dedicated connection: whether the request was a CONNECT, and whether the
     /// response opened a tunnel (`Some` once its head came).
@@ -739,6 +780,29 @@ impl futures_core::Stream for MuxHttpStream {
             }
             if this.finished {
                 return Poll::Ready(None);
+            }
+            if let Some(probe) = this.probe.as_mut() {
+                let Poll::Ready(r) = probe.as_mut().poll(task) else {
+                    return Poll::Pending;
+                };
+                this.probe = None;
+                match (r, this.waiting.take()) {
+                    (Ok(h2), Some(input)) => {
+                        this.out = Some(match (&this.h2, h2) {
+                            (Some(pool), true) => pool.attach(input, &this.cx),
+                            _ => this.mux.attach(input, &this.cx),
+                        });
+                    }
+                    (Err(e), _) => {
+                        this.finished = true;
+                        this.queue.push_back(Event::StreamEnd(Some(e)));
+                    }
+                    (Ok(_), None) => {
+                        this.finished = true;
+                        this.queue.push_back(Event::END);
+                    }
+                }
+                continue;
             }
             if let Some(mut input) = this.input.take() {
                 let first = match input.as_mut().poll_next(task) {
@@ -764,10 +828,24 @@ impl futures_core::Stream for MuxHttpStream {
                         this.dedicated = Some((connect, None));
                         this.codec.attach(input, &this.cx)
                     }
-                    None => match &this.h2 {
-                        Some(pool) => pool.attach(input, &this.cx),
-                        None => this.mux.attach(input, &this.cx),
-                    },
+                    None => {
+                        let h2 = match &this.auto {
+                            None => this.h2.is_some(),
+                            Some(auto) => match auto.decided() {
+                                Some(h2) => h2,
+                                None => {
+                                    this.waiting = Some(input);
+                                    this.probe =
+                                        Some(Box::pin(auto.clone().decide(this.cx.clone())));
+                                    continue;
+                                }
+                            },
+                        };
+                        match (&this.h2, h2) {
+                            (Some(pool), true) => pool.attach(input, &this.cx),
+                            _ => this.mux.attach(input, &this.cx),
+                        }
+                    }
                 });
                 continue;
             }
@@ -806,6 +884,79 @@ impl futures_core::Stream for MuxHttpStream {
             return Poll::Ready(Some(ev));
         }
     }
+}
+
+/// A probe deciding `protocol: auto` for one stream: HTTP/2 or not.
+type Probe = std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, StreamError>> + Send>>;
+
+/// `protocol: auto`: whether the upstream speaks HTTP/2, decided once by a probe.
+struct AutoChoice {
+    sub: SubPipeline,
+    decided: tokio::sync::OnceCell<bool>,
+}
+
+/// How long a probe connection may take to say what it speaks.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl AutoChoice {
+    fn decided(&self) -> Option<bool> {
+        self.decided.get().copied()
+    }
+
+    /// The choice, probing (once, whoever asks first) when there is none yet. A failed
+    /// probe decides nothing: the next request probes again.
+    async fn decide(self: Arc<Self>, cx: Context) -> Result<bool, StreamError> {
+        self.decided
+            .get_or_try_init(|| probe(&self.sub, &cx))
+            .await
+            .copied()
+    }
+}
+
+/// Opens one connection through `sub` without sending anything and waits until it says
+/// what it speaks ([`Negotiated`](flowgate_filters_net::Negotiated)): HTTP/2 when TLS ALPN
+/// chose `h2`. The connection is then dropped.
+async fn probe(sub: &SubPipeline, cx: &Context) -> Result<bool, StreamError> {
+    use flowgate_filters_net::{DialTarget, Negotiated};
+    use std::task::Poll;
+    let child = cx.child();
+    if let Some(t) = cx.get::<DialTarget>() {
+        child.insert(t);
+    }
+    let negotiated = Negotiated::default();
+    child.insert(negotiated.clone());
+    let mut out = sub.attach(Box::pin(futures_util::stream::pending()), &child);
+    let outcome = std::future::poll_fn(|task| {
+        if let Poll::Ready(o) = negotiated.poll_outcome(task) {
+            return Poll::Ready(Ok(o));
+        }
+        loop {
+            match out.as_mut().poll_next(task) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Event::StreamEnd(Some(e)))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None | Some(Event::StreamEnd(None))) => {
+                    return Poll::Ready(Err(StreamError::new(
+                        ErrorKind::ConnectionReset,
+                        Side::Upstream,
+                    )
+                    .retry_safe(true)));
+                }
+                Poll::Ready(Some(_)) => {
+                    if let Poll::Ready(o) = negotiated.poll_outcome(task) {
+                        return Poll::Ready(Ok(o));
+                    }
+                }
+            }
+        }
+    });
+    let outcome = tokio::time::timeout(PROBE_TIMEOUT, outcome)
+        .await
+        .map_err(|_| {
+            StreamError::new(ErrorKind::ConnectTimeout, Side::Upstream).retry_safe(true)
+        })??;
+    let h2 = outcome.is_h2();
+    tracing::debug!(?outcome, h2, "mux-http: protocol: auto decided");
+    Ok(h2)
 }
 
 // === Respond ===

@@ -464,6 +464,7 @@ impl Filter for Connect {
             idle: self.config.idle_timeout,
             lease,
             dialed: cx.get::<Dialed>(),
+            negotiated: cx.get::<crate::Negotiated>(),
         })
     }
 }
@@ -511,6 +512,8 @@ struct ConnectStream {
     lease: Option<flowgate_lb::Lease>,
     /// Told when the connection is up, if someone asked.
     dialed: Option<Dialed>,
+    /// Told that the connection is plain TCP (unless a TLS layer above says otherwise).
+    negotiated: Option<crate::Negotiated>,
 }
 
 impl ConnectStream {
@@ -557,6 +560,9 @@ impl Stream for ConnectStream {
                         }
                         if let Some(d) = this.dialed.take() {
                             d.notify();
+                        }
+                        if let Some(n) = this.negotiated.take() {
+                            n.connected();
                         }
                         let (r, w) = s.into_split();
                         let now = Instant::now();

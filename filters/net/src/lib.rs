@@ -22,6 +22,7 @@
 
 mod connect;
 mod dump;
+mod negotiated;
 pub mod proxy_protocol;
 mod throttle;
 pub mod tls;
@@ -29,6 +30,7 @@ pub mod tls;
 pub use connect::{Connect, ConnectConfig, DialTarget, Dialed, InternalTarget, is_internal};
 pub use dump::{Dump, DumpConfig, Tee, TeeConfig};
 pub use flowgate_pipeline::Size;
+pub use negotiated::{Negotiated, Outcome as NegotiatedOutcome};
 pub use proxy_protocol::{
     AcceptProxyProtocol, AcceptProxyProtocolConfig, ConnectProxyProtocol,
     ConnectProxyProtocolConfig,

@@ -88,6 +88,12 @@ pub enum UpstreamProtocol {
     /// HTTP/2: h2c with prior knowledge over `connect`, or h2 over `connect-tls` (give it
     /// `alpn: [h2]`); many requests share a connection.
     Http2,
+    /// Chosen by TLS ALPN: HTTP/2 when the upstream picks `h2`, HTTP/1.1 when it picks
+    /// `http/1.1` or nothing, and HTTP/1.1 over plain TCP (h2c needs prior knowledge).
+    /// Give `connect-tls` `alpn: [h2, http/1.1]`. Decided once per filter, by the first
+    /// connection (a probe that sends no request), and kept until the configuration is
+    /// replaced.
+    Auto,
 }
 
 /// The `:scheme` sent to an HTTP/2 upstream for requests that came without one.

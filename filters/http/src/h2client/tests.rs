@@ -595,6 +595,16 @@ fn config_is_checked_and_parsed() {
     let c: crate::MuxHttpConfig =
         serde_json::from_value(serde_json::json!({ "pipeline": "up" })).unwrap();
     assert_eq!(c.protocol, UpstreamProtocol::Http1);
+    let c: crate::MuxHttpConfig =
+        serde_json::from_value(serde_json::json!({ "pipeline": "up", "protocol": "auto" }))
+            .unwrap();
+    assert_eq!(c.protocol, UpstreamProtocol::Auto);
+    assert!(
+        serde_json::from_value::<crate::MuxHttpConfig>(
+            serde_json::json!({ "pipeline": "up", "protocol": "http3" })
+        )
+        .is_err()
+    );
 }
 
 /// How a [`retiring`] server behaves once it has taken its last request on a connection.

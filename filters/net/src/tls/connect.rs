@@ -101,6 +101,10 @@ impl Filter for ConnectTls {
                 );
             }
         };
+        let negotiated = cx.get::<crate::Negotiated>();
+        if let Some(n) = &negotiated {
+            n.tls_started();
+        }
         let mut tls = Session::new(conn, Side::Upstream);
         let (feed, rx) = feed();
         if let Some(hello) = tls.take_outgoing() {
@@ -118,6 +122,7 @@ impl Filter for ConnectTls {
             timeout: self.handshake_timeout,
             max_feed: self.max_feed,
             done: false,
+            negotiated,
         })
     }
 
@@ -137,6 +142,8 @@ struct ConnectStream {
     timeout: Duration,
     max_feed: usize,
     done: bool,
+    /// Told the ALPN result when the handshake is done, if someone asked.
+    negotiated: Option<crate::Negotiated>,
 }
 
 impl ConnectStream {
@@ -176,6 +183,9 @@ impl ConnectStream {
                     }
                     if !self.tls.is_handshaking() {
                         self.timer = None;
+                        if let Some(n) = self.negotiated.take() {
+                            n.tls_done(self.tls.info().alpn);
+                        }
                     }
                 }
                 Err(e) => self.fail(e),
