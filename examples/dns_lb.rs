@@ -28,8 +28,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use flowgate::filters::dns::{
-    DecodeDns, DnsForward, DnsForwardConfig, DnsRespond, DnsRespondConfig, EncodeDns, EndpointSpec,
-    ServiceSpec,
+    DecodeDns, DnsForward, DnsForwardConfig, DnsRespond, DnsRespondConfig, EncodeDns, ServiceSpec,
 };
 use flowgate::pipeline::Pipeline;
 use flowgate::pipeline::server::{ListenerConfig, Protocol, Server};
@@ -39,7 +38,7 @@ fn respond(zone: &str, services: &[(&str, &[&str])]) -> Result<DnsRespond, Box<d
     for (name, eps) in services {
         let mut endpoints = Vec::new();
         for e in *eps {
-            endpoints.push(EndpointSpec::Addr(e.parse()?));
+            endpoints.push(flowgate::lb::Backend::new(e.parse()?));
         }
         specs.push(ServiceSpec {
             name: name.to_string(),

@@ -32,9 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use flowgate::filters::http::{
-    BalanceHttp, BalanceHttpConfig, BalanceTarget, DemuxHttp, MuxHttp, Respond,
-};
+use flowgate::filters::http::{BalanceHttp, BalanceHttpConfig, DemuxHttp, MuxHttp, Respond};
 use flowgate::filters::net::Connect;
 use flowgate::pipeline::joint::{Branch, MuxOptions};
 use flowgate::pipeline::server::{ListenerConfig, Protocol, Server};
@@ -126,7 +124,7 @@ fn proxy(apps: [SocketAddr; 2]) -> Result<Pipeline, Box<dyn Error>> {
     // /api/…: balanced per request over both apps, a keep-alive pool per app.
     let balanced = BalanceHttp::new(BalanceHttpConfig::new(
         apps.iter()
-            .map(|&address| BalanceTarget { address, weight: 1 })
+            .map(|&address| flowgate::lb::Backend::new(address))
             .collect(),
     ))?;
     let api = Pipeline::builder("api").filter(balanced).build()?;

@@ -120,8 +120,8 @@ pipelines:
           - {{ name: big, endpoints: [{big}] }}
           - name: geo
             endpoints:
-              - {{ addr: "10.1.0.1:80", metadata: {{ zone: eu }} }}
-              - {{ addr: "10.2.0.1:80", metadata: {{ zone: us }} }}
+              - {{ address: "10.1.0.1:80", metadata: {{ zone: eu }} }}
+              - {{ address: "10.2.0.1:80", metadata: {{ zone: us }} }}
           - name: hc
             endpoints: ["127.0.0.1:{hc_port}", "127.0.0.1:{dead_port}"]
             health_check: {{ interval: 100ms, timeout: 500ms, healthy_threshold: 1, unhealthy_threshold: 1 }}

@@ -104,4 +104,6 @@ old_names! {
     Outlier: "outlier" => "balance.outlier",
     /// The gateway backends' `slow_start`.
     SlowStart: "slow_start" => "balance.slow_start",
+    /// An endpoint's `addr` (flowgate-lb's `Backend`).
+    Addr: "addr" => "address",
 }

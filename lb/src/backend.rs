@@ -3,7 +3,9 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use serde::{Deserialize, Serialize};
+use flowgate_config::renamed::{Addr, Renamed};
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// One upstream a balancer can pick: an address, a relative weight and locality metadata.
 ///
@@ -16,10 +18,22 @@ use serde::{Deserialize, Serialize};
 /// assert_eq!(b.weight, 3);
 /// # Ok::<(), std::net::AddrParseError>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+///
+/// In configuration files (every `endpoints:` list of a balancing component) a backend is
+/// `IP:port`, or `{ address: IP:port, weight: N, metadata: { region, zone, cluster } }`:
+///
+/// ```
+/// use flowgate_lb::Backend;
+/// let v: Vec<Backend> = serde_json::from_str(
+///     r#"["10.0.0.1:80", {"address": "10.0.0.2:80", "weight": 3, "metadata": {"zone": "a"}}]"#,
+/// ).unwrap();
+/// assert_eq!((v[0].weight, v[1].weight), (1, 3));
+/// assert_eq!(v[1].metadata.zone.as_deref(), Some("a"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Backend {
-    /// Where to connect.
+    /// Where to connect (`address` in files).
+    #[serde(rename = "address")]
     pub addr: SocketAddr,
     /// Relative weight (default 1). A weight of 0 keeps the backend known but never picked.
     #[serde(default = "default_weight")]
@@ -31,6 +45,48 @@ pub struct Backend {
 
 fn default_weight() -> u32 {
     1
+}
+
+/// A backend's map form.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fields {
+    address: SocketAddr,
+    #[serde(default = "default_weight")]
+    weight: u32,
+    #[serde(default)]
+    metadata: Metadata,
+    #[serde(default, rename = "addr")]
+    _addr: Renamed<Addr>,
+}
+
+impl<'de> Deserialize<'de> for Backend {
+    /// `IP:port`, or `{ address, weight, metadata }`.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Backend;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`IP:port` or `{ address: IP:port, weight: N, metadata: { … } }`")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Backend, E> {
+                s.parse().map(Backend::new).map_err(|_| {
+                    E::custom(format_args!(
+                        "`{s}` is not `IP:port` (names are not resolved)"
+                    ))
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<Backend, A::Error> {
+                let f = Fields::deserialize(de::value::MapAccessDeserializer::new(m))?;
+                Ok(Backend {
+                    addr: f.address,
+                    weight: f.weight,
+                    metadata: f.metadata,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Where a backend runs. Empty fields match nothing.
@@ -84,7 +140,7 @@ impl Backend {
         self
     }
 
-    /// Parses `"host:port"` or a JSON object (`{"addr": "...", "weight": 2, "metadata": {"zone": "a"}}`).
+    /// Parses `"IP:port"` or a JSON object (`{"address": "...", "weight": 2, "metadata": {"zone": "a"}}`).
     pub fn parse(text: &str) -> Option<Self> {
         let text = text.trim();
         if text.starts_with('{') {
@@ -108,11 +164,25 @@ mod tests {
     fn parses_plain_and_json() {
         let a = Backend::parse("127.0.0.1:80").unwrap();
         assert_eq!(a.weight, 1);
-        let b = Backend::parse(r#"{"addr":"127.0.0.1:81","weight":5,"metadata":{"zone":"z1"}}"#)
+        let b = Backend::parse(r#"{"address":"127.0.0.1:81","weight":5,"metadata":{"zone":"z1"}}"#)
             .unwrap();
         assert_eq!(b.weight, 5);
         assert_eq!(b.metadata.zone.as_deref(), Some("z1"));
         assert!(Backend::parse("nonsense").is_none());
-        assert!(Backend::parse(r#"{"addr":"127.0.0.1:81","colour":"red"}"#).is_none());
+        assert!(Backend::parse(r#"{"address":"127.0.0.1:81","colour":"red"}"#).is_none());
+    }
+
+    #[test]
+    fn the_old_addr_key_is_refused_naming_address() {
+        let e = serde_json::from_str::<Backend>(r#"{"addr":"127.0.0.1:81"}"#).unwrap_err();
+        assert!(e.to_string().contains("`addr` is now `address`"), "{e}");
+        let e = serde_json::from_str::<Backend>(r#""db.internal:5432""#).unwrap_err();
+        assert!(e.to_string().contains("is not `IP:port`"), "{e}");
+        let round = serde_json::to_string(&Backend::new("127.0.0.1:1".parse().unwrap())).unwrap();
+        assert!(round.contains(r#""address":"127.0.0.1:1""#), "{round}");
+        assert_eq!(
+            serde_json::from_str::<Backend>(&round).unwrap(),
+            Backend::new("127.0.0.1:1".parse().unwrap())
+        );
     }
 }

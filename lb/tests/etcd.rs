@@ -103,7 +103,7 @@ async fn balancer_follows_etcd_prefix() {
 
     client.put(b"/svc/web/a", b"127.0.0.1:9001").await.unwrap();
     client
-        .put(b"/svc/web/b", br#"{"addr":"127.0.0.1:9002","weight":3}"#)
+        .put(b"/svc/web/b", br#"{"address":"127.0.0.1:9002","weight":3}"#)
         .await
         .unwrap();
     client
@@ -147,7 +147,7 @@ async fn balancer_follows_etcd_prefix() {
 
     // Change one's weight and address.
     client
-        .put(b"/svc/web/b", br#"{"addr":"127.0.0.1:9012","weight":5}"#)
+        .put(b"/svc/web/b", br#"{"address":"127.0.0.1:9012","weight":5}"#)
         .await
         .unwrap();
     let t = wait_until(second, || {

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use flowgate_filters_http::{
-    AccessLogFormat, BalanceTarget, HashOn, HeaderEdits, LimitsConfig, PrefixRewrite,
-    RedirectConfig, RespondConfig, RouteMatch, UpstreamProtocol, UpstreamTlsConfig,
+    AccessLogFormat, HashOn, HeaderEdits, LimitsConfig, PrefixRewrite, RedirectConfig,
+    RespondConfig, RouteMatch, UpstreamProtocol, UpstreamTlsConfig,
 };
 use flowgate_filters_net::tls::{CertificateConfig, ClientAuthConfig, TlsVersion};
 use flowgate_lb::BalancerConfig;
@@ -181,8 +181,8 @@ pub struct ProxyAction {
 pub struct BackendSpec {
     /// The group's name, referred to by `proxy.backend`.
     pub name: String,
-    /// `IP:port` or `{ address, weight }`. At least one.
-    pub endpoints: Vec<BalanceTarget>,
+    /// `IP:port` or `{ address, weight, metadata }` (flowgate-lb's `Backend`). At least one.
+    pub endpoints: Vec<flowgate_lb::Backend>,
     /// flowgate-lb's settings, the same `balance:` as every filter's: an algorithm name
     /// (`round_robin`, the default, `weighted_round_robin`, `random`, `least_request`,
     /// `peak_ewma`, `ring_hash`, `maglev`) or a map with `algorithm` (a name or

@@ -103,7 +103,13 @@ impl Proc {
     }
     /// What the process has written to stderr so far.
     pub fn stderr_so_far(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+        String::from_utf8_lossy(
+            &self
+                .stderr
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_owned()
     }
     /// Stops the process and returns its stderr.
     pub fn stop(mut self) -> String {
@@ -153,8 +159,28 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// Stops the process; when the test is failing, prints what it wrote to stderr (the
+    /// last 4 KiB), so a failure comes with the logs of every process the test ran.
     fn drop(&mut self) {
         self.terminate();
+        if std::thread::panicking() {
+            if let Some(r) = self.reader.take() {
+                let _ = r.join();
+            }
+            let log = self.stderr_so_far();
+            let mut from = log.len().saturating_sub(4096);
+            while !log.is_char_boundary(from) {
+                from += 1;
+            }
+            let tail = &log[from..];
+            if !tail.trim().is_empty() {
+                eprintln!(
+                    "--- stderr of {} (pid {}):\n{tail}",
+                    self.name,
+                    self.child.id()
+                );
+            }
+        }
     }
 }
 

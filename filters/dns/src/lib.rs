@@ -63,9 +63,7 @@ pub use forward::{CacheSettings, DnsForward, DnsForwardConfig};
 pub use policy::{
     BlockAction, DnsBlock, DnsBlockConfig, DnsRewrite, DnsRewriteConfig, RewriteRule,
 };
-pub use respond::{
-    DnsRespond, DnsRespondConfig, EndpointSpec, GeoRule, ServiceRegistry, ServiceSpec,
-};
+pub use respond::{DnsRespond, DnsRespondConfig, GeoRule, ServiceRegistry, ServiceSpec};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -51,7 +51,7 @@ use super::{DnsQuery, Gather};
 ///       - name: api
 ///         endpoints:
 ///           - 10.0.0.1:8080
-///           - { addr: 10.0.0.2:8080, weight: 3, metadata: { zone: eu } }
+///           - { address: 10.0.0.2:8080, weight: 3, metadata: { zone: eu } }
 ///     geo:
 ///       - { source: 192.0.2.0/24, zone: eu }
 /// ```
@@ -96,7 +96,7 @@ pub struct ServiceSpec {
     pub name: String,
     /// Its endpoints.
     #[serde(default)]
-    pub endpoints: Vec<EndpointSpec>,
+    pub endpoints: Vec<Backend>,
     /// Its own balancer settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balance: Option<BalancerConfig>,
@@ -104,25 +104,6 @@ pub struct ServiceSpec {
     /// endpoints that fail them are not answered. Off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckConfig>,
-}
-
-/// An endpoint: `ip:port`, or a `flowgate-lb` backend with weight and metadata.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(untagged)]
-pub enum EndpointSpec {
-    /// Just the address (weight 1).
-    Addr(SocketAddr),
-    /// A full backend.
-    Backend(Backend),
-}
-
-impl EndpointSpec {
-    fn backend(&self) -> Backend {
-        match self {
-            EndpointSpec::Addr(a) => Backend::new(*a),
-            EndpointSpec::Backend(b) => b.clone(),
-        }
-    }
 }
 
 /// Steers clients of a prefix to the endpoints of a zone (`metadata.zone`).
@@ -579,11 +560,7 @@ impl DnsRespond {
         let registry = ServiceRegistry::new(&config)?;
         for (i, s) in config.services.iter().enumerate() {
             registry
-                .set_service(
-                    &s.name,
-                    s.endpoints.iter().map(EndpointSpec::backend).collect(),
-                    s.balance.clone(),
-                )
+                .set_service(&s.name, s.endpoints.clone(), s.balance.clone())
                 .map_err(|e| ConfigError::new(format!("services[{i}].{}", e.field), e.problem))?;
         }
         Ok(DnsRespond {

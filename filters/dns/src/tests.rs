@@ -16,7 +16,7 @@ use super::*;
 
 const PEER: &str = "192.0.2.10:5000";
 
-fn respond_config(endpoints: Vec<EndpointSpec>) -> DnsRespondConfig {
+fn respond_config(endpoints: Vec<Backend>) -> DnsRespondConfig {
     DnsRespondConfig {
         zone: "svc.test".into(),
         ttl: 30,
@@ -34,9 +34,9 @@ fn respond_config(endpoints: Vec<EndpointSpec>) -> DnsRespondConfig {
     }
 }
 
-fn addrs(n: u8) -> Vec<EndpointSpec> {
+fn addrs(n: u8) -> Vec<Backend> {
     (1..=n)
-        .map(|i| EndpointSpec::Addr(format!("10.0.0.{i}:8080").parse().unwrap()))
+        .map(|i| Backend::new(format!("10.0.0.{i}:8080").parse().unwrap()))
         .collect()
 }
 
@@ -213,7 +213,7 @@ async fn tcp_answers_over_64k_are_truncated_not_cut() {
     let many = (0..4500u32)
         .map(|i| {
             let [_, a, b, c] = i.to_be_bytes();
-            EndpointSpec::Addr(SocketAddr::from(([10, a, b, c], 80)))
+            Backend::new(SocketAddr::from(([10, a, b, c], 80)))
         })
         .collect();
     let p = server(DnsRespond::new(respond_config(many)).unwrap());
@@ -261,9 +261,9 @@ async fn negative_answers_carry_the_soa() {
 #[tokio::test]
 async fn weighted_healthy_only_and_max_answers() {
     let mut cfg = respond_config(vec![
-        EndpointSpec::Backend(Backend::new("10.0.0.1:80".parse().unwrap()).weight(3)),
-        EndpointSpec::Backend(Backend::new("10.0.0.2:80".parse().unwrap()).weight(1)),
-        EndpointSpec::Addr("10.0.0.3:80".parse().unwrap()),
+        Backend::new("10.0.0.1:80".parse().unwrap()).weight(3),
+        Backend::new("10.0.0.2:80".parse().unwrap()).weight(1),
+        Backend::new("10.0.0.3:80".parse().unwrap()),
     ]);
     cfg.balance = BalancerConfig::new(Algorithm::WeightedRoundRobin);
     cfg.max_answers = 1;
@@ -298,8 +298,8 @@ async fn weighted_healthy_only_and_max_answers() {
 #[tokio::test]
 async fn geo_steering_by_client_subnet_and_source() {
     let mut cfg = respond_config(vec![
-        EndpointSpec::Backend(Backend::new("10.1.0.1:80".parse().unwrap()).zone("eu")),
-        EndpointSpec::Backend(Backend::new("10.2.0.1:80".parse().unwrap()).zone("us")),
+        Backend::new("10.1.0.1:80".parse().unwrap()).zone("eu"),
+        Backend::new("10.2.0.1:80".parse().unwrap()).zone("us"),
     ]);
     cfg.geo = vec![
         GeoRule {
@@ -431,7 +431,7 @@ fn configs_parse_from_yaml_shaped_json() {
             serde_json::from_str(
                 r#"{"dns-respond": {"zone": "svc.test", "balance": "weighted_round_robin",
                     "services": [{"name": "api", "endpoints": ["10.0.0.1:80",
-                    {"addr": "10.0.0.2:80", "weight": 2, "metadata": {"zone": "eu"}}]}],
+                    {"address": "10.0.0.2:80", "weight": 2, "metadata": {"zone": "eu"}}]}],
                     "geo": [{"source": "10.0.0.0/8", "zone": "eu"}]}}"#,
             )
         })

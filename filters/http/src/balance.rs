@@ -4,7 +4,6 @@
 //! See [`BalanceHttp`].
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -25,8 +24,7 @@ use flowgate_pipeline::{
 use futures_core::Stream;
 use futures_util::StreamExt;
 use http::{HeaderName, StatusCode, request, response};
-use serde::de::{self, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 use super::codec::{ends_interim, is_interim_head};
 use super::{Http2UpstreamConfig, LimitsConfig, MuxHttp, UpstreamProtocol, UpstreamScheme};
@@ -34,53 +32,6 @@ use flowgate_filters_net::Connect;
 use flowgate_filters_net::tls::{
     ClientCertConfig, ConnectTls, ConnectTlsConfig, TlsVersion, default_handshake_timeout,
 };
-
-/// One endpoint of a `balance-http` group: `IP:port`, or `{ address, weight }`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct BalanceTarget {
-    /// The endpoint's address (`IP:port`).
-    pub address: SocketAddr,
-    /// Its weight for weighted algorithms (1 to 10000). Default 1.
-    pub weight: u32,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TargetFields {
-    address: SocketAddr,
-    #[serde(default = "one")]
-    weight: u32,
-}
-
-fn one() -> u32 {
-    1
-}
-
-impl<'de> Deserialize<'de> for BalanceTarget {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = BalanceTarget;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("`IP:port` or `{ address: IP:port, weight: N }`")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<BalanceTarget, E> {
-                let address = s.parse().map_err(|_| {
-                    E::custom(format!("`{s}` is not `IP:port` (names are not resolved)"))
-                })?;
-                Ok(BalanceTarget { address, weight: 1 })
-            }
-            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<BalanceTarget, A::Error> {
-                let t = TargetFields::deserialize(de::value::MapAccessDeserializer::new(m))?;
-                Ok(BalanceTarget {
-                    address: t.address,
-                    weight: t.weight,
-                })
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
 
 /// What hash algorithms and sticky sessions key on.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -100,7 +51,7 @@ pub enum HashOn {
 #[serde(deny_unknown_fields)]
 pub struct BalanceHttpConfig {
     /// The endpoints: at least one, no address twice.
-    pub endpoints: Vec<BalanceTarget>,
+    pub endpoints: Vec<Backend>,
     #[doc(hidden)]
     #[serde(default, rename = "targets", skip_serializing)]
     pub renamed_targets: Renamed<renamed::Targets>,
@@ -215,7 +166,7 @@ fn d_idle() -> Duration {
 
 impl BalanceHttpConfig {
     /// A group over `endpoints` with every other setting at its default.
-    pub fn new(endpoints: Vec<BalanceTarget>) -> Self {
+    pub fn new(endpoints: Vec<Backend>) -> Self {
         BalanceHttpConfig {
             endpoints,
             renamed_targets: Renamed::default(),
@@ -352,14 +303,14 @@ impl BalanceHttp {
                     "must be between 1 and 10000",
                 ));
             }
-            if pools.contains_key(&t.address) {
+            if pools.contains_key(&t.addr) {
                 return Err(ConfigError::new(
                     format!("endpoints[{i}]"),
-                    format!("`{}` is listed twice", t.address),
+                    format!("`{}` is listed twice", t.addr),
                 ));
             }
-            let name = format!("balance-http-conn-{}", t.address);
-            let tcp = Connect::to(t.address.to_string()).connect_timeout(config.connect_timeout);
+            let name = format!("balance-http-conn-{}", t.addr);
+            let tcp = Connect::to(t.addr.to_string()).connect_timeout(config.connect_timeout);
             let conn = match &tls {
                 None => Pipeline::builder(name).filter(tcp),
                 Some((client, server_name, handshake)) => {
@@ -394,8 +345,8 @@ impl BalanceHttp {
                 }
                 UpstreamProtocol::Auto | UpstreamProtocol::Http1 => {}
             }
-            pools.insert(t.address, pool);
-            backends.push(Backend::new(t.address).weight(t.weight));
+            pools.insert(t.addr, pool);
+            backends.push(t.clone());
         }
         let mut lb = Group::new(config.balance.clone(), backends)?;
         if let Some(hc) = &config.health_check {
@@ -653,9 +604,8 @@ mod tests {
     fn bad_groups_name_the_field() {
         let build = |c: BalanceHttpConfig| BalanceHttp::new(c).err().unwrap().field;
         assert_eq!(build(BalanceHttpConfig::new(vec![])), "endpoints");
-        let t = |p: u16, weight: u32| BalanceTarget {
-            address: SocketAddr::from(([127, 0, 0, 1], p)),
-            weight,
+        let t = |p: u16, weight: u32| {
+            Backend::new(SocketAddr::from(([127, 0, 0, 1], p))).weight(weight)
         };
         assert_eq!(
             build(BalanceHttpConfig::new(vec![t(1, 1), t(1, 2)])),
@@ -672,10 +622,7 @@ mod tests {
 
     #[test]
     fn keys_follow_hash_on() {
-        let t = BalanceTarget {
-            address: SocketAddr::from(([127, 0, 0, 1], 1)),
-            weight: 1,
-        };
+        let t = Backend::new(SocketAddr::from(([127, 0, 0, 1], 1)));
         let mut c = BalanceHttpConfig::new(vec![t]);
         c.hash_on = HashOn::Header("x-user".into());
         let b = BalanceHttp::new(c).unwrap();

@@ -113,9 +113,7 @@ mod h2client;
 mod http2;
 
 pub use access_log::AccessLogFormat;
-pub use balance::{
-    BalanceHttp, BalanceHttpConfig, BalanceTarget, HashOn, PickedUpstream, UpstreamTlsConfig,
-};
+pub use balance::{BalanceHttp, BalanceHttpConfig, HashOn, PickedUpstream, UpstreamTlsConfig};
 pub use h2client::{H2ClientError, Http2UpstreamConfig, UpstreamProtocol, UpstreamScheme};
 pub use http2::{H2ConnError, Http2Config};
 mod retry;

@@ -5,7 +5,7 @@
 //! 4 MiB per unary response, 1 MiB per watch message.
 //!
 //! Each key under the prefix is one backend; its value is `host:port` or a backend object
-//! (`{"addr": "10.0.0.1:80", "weight": 2, "metadata": {"zone": "a"}}`). Values that parse
+//! (`{"address": "10.0.0.1:80", "weight": 2, "metadata": {"zone": "a"}}`). Values that parse
 //! as neither are skipped with a warning.
 
 use std::collections::BTreeMap;
@@ -305,7 +305,7 @@ mod tests {
         );
         let put = json!({"result": {"header": {"revision": "7"}, "events": [
             {"kv": {"key": B64.encode("/s/a"), "value": B64.encode("127.0.0.1:80")}},
-            {"kv": {"key": B64.encode("/s/b"), "value": B64.encode("{\"addr\":\"127.0.0.1:81\",\"weight\":2}")}}
+            {"kv": {"key": B64.encode("/s/b"), "value": B64.encode("{\"address\":\"127.0.0.1:81\",\"weight\":2}")}}
         ]}});
         assert!(d.apply(&put).unwrap());
         assert_eq!(d.set().len(), 2);

@@ -73,12 +73,12 @@ mod tests {
     #[test]
     fn formats() {
         let lines = parse(
-            "# upstreams\n127.0.0.1:80\n\n{\"addr\":\"127.0.0.1:81\",\"weight\":3} # heavy\n",
+            "# upstreams\n127.0.0.1:80\n\n{\"address\":\"127.0.0.1:81\",\"weight\":3} # heavy\n",
         )
         .unwrap();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[1].weight, 3);
-        let json = parse(r#"[{"addr":"127.0.0.1:80"},{"addr":"[::1]:81"}]"#).unwrap();
+        let json = parse(r#"[{"address":"127.0.0.1:80"},{"address":"[::1]:81"}]"#).unwrap();
         assert_eq!(json.len(), 2);
         assert!(matches!(
             parse("127.0.0.1:80\nbogus\n"),
