@@ -18,6 +18,7 @@
 //! | `filters::mqtt`, `protocols::mqtt` | `flowgate-filters-mqtt` on `flowgate-mqtt` | `mqtt` (default) |
 //! | `bgp` | `flowgate-bgp`: the BGP codec and speaker | `bgp` |
 //! | `ebpf` | `flowgate-ebpf`: XDP and sockmap programs and loaders (needs clang to build) | `ebpf` |
+//! | `mesh` | `flowgate-mesh`: mesh resources (Kubernetes core, SMI, MeshConfig, FSM plugins), validated state, sources | `mesh` |
 //!
 //! ```
 //! let yaml = r#"
@@ -48,6 +49,8 @@ pub use flowgate_pipeline as pipeline;
 pub use flowgate_bgp as bgp;
 #[cfg(feature = "ebpf")]
 pub use flowgate_ebpf as ebpf;
+#[cfg(feature = "mesh")]
+pub use flowgate_mesh as mesh;
 
 /// The filter families, one crate each, behind the features of the same names.
 pub mod filters {

@@ -43,6 +43,7 @@ fn docs() -> Vec<PathBuf> {
         "ebpf",
         "protocols",
         "fuzz",
+        "mesh",
     ] {
         let d = root.join(dir);
         if d.join("README.md").exists() {

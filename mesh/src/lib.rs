@@ -1,0 +1,44 @@
+//! # flowgate-mesh
+//!
+//! The library a mesh control plane is built from: the resources a mesh is described with
+//! (Kubernetes core kinds, SMI access, specs and split policy, an OSM-shaped `MeshConfig`,
+//! FSM's plugin kinds) read from Kubernetes-style YAML, checked against each other into one
+//! immutable [`MeshState`], and [`Source`]s that yield a new state on every change — or the
+//! errors, each at its file and line, while the last good state stays in force.
+//!
+//! ```
+//! use std::path::Path;
+//! use flowgate_mesh::{MeshState, parse_manifests};
+//!
+//! let text = "\
+//! apiVersion: v1
+//! kind: ServiceAccount
+//! metadata: { name: bookbuyer }
+//! ---
+//! apiVersion: access.smi-spec.io/v1alpha3
+//! kind: TrafficTarget
+//! metadata: { name: buyer-to-store }
+//! spec:
+//!   destination: { kind: ServiceAccount, name: bookstore }
+//!   sources: [{ kind: ServiceAccount, name: bookbuyer }]
+//! ";
+//! let resources = parse_manifests(text, Path::new("policy.yaml")).unwrap();
+//! // `bookstore` is not defined: the whole state is refused, at the TrafficTarget's line.
+//! let errors = MeshState::build(resources).unwrap_err();
+//! assert_eq!(errors[0].line, 5);
+//! assert!(errors[0].message.contains("`default/bookstore` is not defined"));
+//! ```
+//!
+//! Not built yet (issue 14): the compiler to xDS resources, the certificate authority,
+//! the xDS server, the etcd and Kubernetes sources, and the `flowgate-controller` binary.
+
+#![forbid(unsafe_code)]
+
+pub mod load;
+pub mod model;
+pub mod source;
+pub mod state;
+
+pub use load::{Located, ManifestError, Origin, Resource, parse_manifests};
+pub use source::{DirSource, Source, Update, load_dir};
+pub use state::MeshState;
