@@ -29,11 +29,14 @@
 //! assert!(errors[0].message.contains("`default/bookstore` is not defined"));
 //! ```
 //!
-//! Not built yet (issue 14): the compiler to xDS resources, the certificate authority,
-//! the xDS server, the etcd and Kubernetes sources, and the `flowgate-controller` binary.
+//! The certificate authority ([`ca`]) issues SPIFFE leaves and signs CSRs.
+//!
+//! Not built yet (issue 14): the compiler to xDS resources, the xDS server, the etcd and
+//! Kubernetes sources, and the `flowgate-controller` binary.
 
 #![forbid(unsafe_code)]
 
+pub mod ca;
 pub mod load;
 pub mod model;
 pub mod source;

@@ -1,0 +1,614 @@
+//! The mesh's certificate authority: a root (generated and persisted, or brought as PEM),
+//! leaf certificates for SPIFFE identities, CSR signing so a workload's key never leaves
+//! it, and root rotation with an overlap window in which both roots are trusted.
+//!
+//! Keys are ECDSA P-256, signed with ring. A leaf carries its identity as a URI SAN
+//! (`spiffe://<trust-domain>/ns/<ns>/sa/<sa>`), is valid from five minutes in the past (clock
+//! skew) for the configured lifetime (24 h by default), and may serve and call (server and
+//! client auth). What a CSR asks for (its subject, its names) is ignored: the certificate
+//! names the identity the caller proved, nothing else.
+//!
+//! ```
+//! use std::time::Duration;
+//! use flowgate_mesh::ca::{Ca, SpiffeId, spiffe_id_of};
+//!
+//! let ca = Ca::generate("cluster.local", Duration::from_secs(24 * 3600))?;
+//! let id = SpiffeId::new("cluster.local", "bookstore", "bookstore")?;
+//! let leaf = ca.issue(&id)?;                    // key made here: the weaker, SDS mode
+//! assert_eq!(spiffe_id_of(&leaf.cert_der).as_ref(), Some(&id));
+//! assert!(ca.bundle_pem().contains("BEGIN CERTIFICATE"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    SanType,
+};
+use time::OffsetDateTime;
+
+/// Why the CA could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaError {
+    /// Making or signing a certificate failed (rcgen), or a PEM did not parse.
+    #[error("certificate: {0}")]
+    Cert(#[from] rcgen::Error),
+    /// A CSR that does not parse, or whose signature does not verify.
+    #[error("the CSR is malformed or its signature does not verify")]
+    BadCsr,
+    /// A SPIFFE ID that is not `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`.
+    #[error("`{0}` is not a SPIFFE ID of the form spiffe://<trust-domain>/ns/<ns>/sa/<sa>")]
+    BadId(String),
+    /// An identity of another trust domain.
+    #[error("`{id}` is not in this mesh's trust domain `{trust_domain}`")]
+    ForeignId {
+        /// The identity asked for.
+        id: String,
+        /// The CA's trust domain.
+        trust_domain: String,
+    },
+    /// Reading or writing the persisted root failed.
+    #[error("{path}: {error}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What failed.
+        error: std::io::Error,
+    },
+}
+
+/// A workload identity: `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpiffeId {
+    /// The trust domain.
+    pub trust_domain: String,
+    /// The namespace.
+    pub namespace: String,
+    /// The service account.
+    pub service_account: String,
+}
+
+/// Whether `s` is a valid segment of a SPIFFE ID path or trust domain (letters, digits,
+/// `.`, `-`, `_`; at most 253 bytes).
+fn segment_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+}
+
+impl SpiffeId {
+    /// The identity of service account `namespace/service_account`.
+    pub fn new(
+        trust_domain: &str,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<Self, CaError> {
+        let id = SpiffeId {
+            trust_domain: trust_domain.to_ascii_lowercase(),
+            namespace: namespace.to_string(),
+            service_account: service_account.to_string(),
+        };
+        if [&id.trust_domain, &id.namespace, &id.service_account]
+            .iter()
+            .all(|s| segment_ok(s))
+        {
+            Ok(id)
+        } else {
+            Err(CaError::BadId(id.to_string()))
+        }
+    }
+
+    /// Parses `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`.
+    pub fn parse(uri: &str) -> Result<Self, CaError> {
+        let bad = || CaError::BadId(uri.chars().take(300).collect());
+        let rest = uri.strip_prefix("spiffe://").ok_or_else(bad)?;
+        let mut parts = rest.split('/');
+        match (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) {
+            (Some(td), Some("ns"), Some(ns), Some("sa"), Some(sa), None) => {
+                Self::new(td, ns, sa).map_err(|_| bad())
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
+}
+
+/// The SPIFFE ID in a certificate's URI SAN (the first `spiffe://` one), if it has one.
+pub fn spiffe_id_of(cert_der: &[u8]) -> Option<SpiffeId> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(cert_der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        GeneralName::URI(u) if u.starts_with("spiffe://") => SpiffeId::parse(u).ok(),
+        _ => None,
+    })
+}
+
+/// A certificate the CA issued: the leaf, its chain up to (not including) the root, and
+/// the key when the CA made it.
+#[derive(Clone)]
+pub struct Issued {
+    /// The leaf, PEM.
+    pub cert_pem: String,
+    /// The leaf, DER.
+    pub cert_der: Vec<u8>,
+    /// The private key, PEM (PKCS #8), when the CA made it ([`Ca::issue`]); `None` for a
+    /// signed CSR, whose key stayed with the workload.
+    pub key_pem: Option<String>,
+    /// When it stops being valid.
+    pub not_after: SystemTime,
+    /// The identity it names.
+    pub id: SpiffeId,
+}
+
+impl fmt::Debug for Issued {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Issued")
+            .field("id", &self.id.to_string())
+            .field("not_after", &self.not_after)
+            .field("key", &self.key_pem.as_ref().map(|_| "(private)"))
+            .finish()
+    }
+}
+
+/// One root: its certificate and key.
+struct Root {
+    cert: rcgen::Certificate,
+    cert_pem: String,
+    key: KeyPair,
+    /// Trusted until then (an old root in its overlap window); `None` for the signing root.
+    retired_until: Option<SystemTime>,
+}
+
+impl Root {
+    fn generate(trust_domain: &str, validity: Duration) -> Result<Self, CaError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "flowgate mesh");
+        dn.push(
+            DnType::CommonName,
+            format!("flowgate mesh root {trust_domain}"),
+        );
+        p.distinguished_name = dn;
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        p.subject_alt_names = vec![SanType::URI(
+            format!("spiffe://{trust_domain}")
+                .try_into()
+                .map_err(|_| CaError::BadId(trust_domain.into()))?,
+        )];
+        let now = OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::minutes(5);
+        p.not_after = now + to_time(validity);
+        let cert = p.self_signed(&key)?;
+        Ok(Root {
+            cert_pem: cert.pem(),
+            cert,
+            key,
+            retired_until: None,
+        })
+    }
+
+    fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CaError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let params = CertificateParams::from_ca_cert_pem(cert_pem)?;
+        // Re-made from the same name and key: what a leaf's issuer fields and signature
+        // depend on. The original PEM is what the bundle carries.
+        let cert = params.self_signed(&key)?;
+        Ok(Root {
+            cert,
+            cert_pem: cert_pem.to_string(),
+            key,
+            retired_until: None,
+        })
+    }
+}
+
+fn to_time(d: Duration) -> time::Duration {
+    time::Duration::try_from(d).unwrap_or(time::Duration::days(365 * 100))
+}
+
+fn to_system(t: OffsetDateTime) -> SystemTime {
+    let secs = t.unix_timestamp();
+    if secs >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
+    } else {
+        SystemTime::UNIX_EPOCH
+    }
+}
+
+/// How long a generated root is valid: 10 years.
+pub const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// The certificate authority of one trust domain.
+pub struct Ca {
+    trust_domain: String,
+    leaf_validity: Duration,
+    /// The signing root first, then old roots still in their overlap window.
+    roots: Vec<Root>,
+}
+
+impl fmt::Debug for Ca {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ca")
+            .field("trust_domain", &self.trust_domain)
+            .field("leaf_validity", &self.leaf_validity)
+            .field("roots", &self.roots.len())
+            .finish()
+    }
+}
+
+impl Ca {
+    /// A CA with a new root for `trust_domain`, issuing leaves valid for `leaf_validity`.
+    pub fn generate(trust_domain: &str, leaf_validity: Duration) -> Result<Self, CaError> {
+        check_domain(trust_domain)?;
+        Ok(Ca {
+            trust_domain: trust_domain.to_ascii_lowercase(),
+            leaf_validity,
+            roots: vec![Root::generate(trust_domain, ROOT_VALIDITY)?],
+        })
+    }
+
+    /// A CA with a root brought as PEM (certificate and PKCS #8 key).
+    pub fn from_pem(
+        trust_domain: &str,
+        leaf_validity: Duration,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<Self, CaError> {
+        check_domain(trust_domain)?;
+        Ok(Ca {
+            trust_domain: trust_domain.to_ascii_lowercase(),
+            leaf_validity,
+            roots: vec![Root::from_pem(cert_pem, key_pem)?],
+        })
+    }
+
+    /// The root persisted in `dir` (`root.pem`, `root.key`), or a new one written there
+    /// (the key readable by its owner only).
+    pub fn load_or_generate(
+        dir: &Path,
+        trust_domain: &str,
+        leaf_validity: Duration,
+    ) -> Result<Self, CaError> {
+        let io = |path: &Path, error: std::io::Error| CaError::Io {
+            path: path.display().to_string(),
+            error,
+        };
+        let (cert_path, key_path) = (dir.join("root.pem"), dir.join("root.key"));
+        if cert_path.exists() && key_path.exists() {
+            let cert = std::fs::read_to_string(&cert_path).map_err(|e| io(&cert_path, e))?;
+            let key = std::fs::read_to_string(&key_path).map_err(|e| io(&key_path, e))?;
+            return Self::from_pem(trust_domain, leaf_validity, &cert, &key);
+        }
+        let ca = Self::generate(trust_domain, leaf_validity)?;
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        write_private(&key_path, &ca.roots[0].key.serialize_pem()).map_err(|e| io(&key_path, e))?;
+        std::fs::write(&cert_path, &ca.roots[0].cert_pem).map_err(|e| io(&cert_path, e))?;
+        Ok(ca)
+    }
+
+    /// The trust domain.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// How long issued leaves are valid.
+    pub fn leaf_validity(&self) -> Duration {
+        self.leaf_validity
+    }
+
+    /// Every root a peer should trust now, PEM: the signing root, then old roots still in
+    /// their overlap window.
+    pub fn bundle_pem(&self) -> String {
+        self.roots.iter().map(|r| r.cert_pem.as_str()).collect()
+    }
+
+    /// The signing root, PEM.
+    pub fn root_pem(&self) -> &str {
+        &self.roots[0].cert_pem
+    }
+
+    /// Issues a leaf for `id` with a key made here (for Envoy sidecars over SDS — the
+    /// weaker mode: the key travels to the workload).
+    pub fn issue(&self, id: &SpiffeId) -> Result<Issued, CaError> {
+        self.check_id(id)?;
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let (params, not_after) = self.leaf_params(id)?;
+        let root = &self.roots[0];
+        let cert = params.signed_by(&key, &root.cert, &root.key)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
+            key_pem: Some(key.serialize_pem()),
+            not_after,
+            id: id.clone(),
+        })
+    }
+
+    /// Signs a CSR (PEM) for `id`, the identity the caller proved. The CSR's signature
+    /// must verify; what it asks for beyond its public key is ignored.
+    pub fn sign_csr(&self, csr_pem: &str, id: &SpiffeId) -> Result<Issued, CaError> {
+        self.check_id(id)?;
+        if csr_pem.len() > 64 * 1024 {
+            return Err(CaError::BadCsr);
+        }
+        let csr =
+            CertificateSigningRequestParams::from_pem(csr_pem).map_err(|_| CaError::BadCsr)?;
+        let (params, not_after) = self.leaf_params(id)?;
+        let csr = CertificateSigningRequestParams {
+            params,
+            public_key: csr.public_key,
+        };
+        let root = &self.roots[0];
+        let cert = csr.signed_by(&root.cert, &root.key)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
+            key_pem: None,
+            not_after,
+            id: id.clone(),
+        })
+    }
+
+    /// Starts a root rotation: a new root signs from now on; the old one stays in
+    /// [`bundle_pem`](Self::bundle_pem) for `overlap` (leaves it signed keep verifying
+    /// while workloads renew). Returns the new root, PEM.
+    pub fn rotate(&mut self, overlap: Duration) -> Result<String, CaError> {
+        let new = Root::generate(&self.trust_domain, ROOT_VALIDITY)?;
+        let pem = new.cert_pem.clone();
+        if let Some(old) = self.roots.first_mut() {
+            old.retired_until = Some(SystemTime::now() + overlap);
+        }
+        self.roots.insert(0, new);
+        Ok(pem)
+    }
+
+    /// Drops old roots whose overlap window ended by `now`; returns how many.
+    pub fn prune(&mut self, now: SystemTime) -> usize {
+        let before = self.roots.len();
+        self.roots
+            .retain(|r| r.retired_until.is_none_or(|until| until > now));
+        before - self.roots.len()
+    }
+
+    fn check_id(&self, id: &SpiffeId) -> Result<(), CaError> {
+        if id.trust_domain != self.trust_domain {
+            return Err(CaError::ForeignId {
+                id: id.to_string(),
+                trust_domain: self.trust_domain.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn leaf_params(&self, id: &SpiffeId) -> Result<(CertificateParams, SystemTime), CaError> {
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "flowgate mesh");
+        dn.push(
+            DnType::CommonName,
+            format!("{}.{}", id.service_account, id.namespace),
+        );
+        p.distinguished_name = dn;
+        p.subject_alt_names = vec![SanType::URI(
+            id.to_string()
+                .try_into()
+                .map_err(|_| CaError::BadId(id.to_string()))?,
+        )];
+        p.is_ca = IsCa::ExplicitNoCa;
+        // ECDSA keys sign; they encipher nothing.
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.use_authority_key_identifier_extension = true;
+        let now = OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::minutes(5);
+        p.not_after = now + to_time(self.leaf_validity);
+        let not_after = to_system(p.not_after);
+        Ok((p, not_after))
+    }
+}
+
+fn check_domain(trust_domain: &str) -> Result<(), CaError> {
+    if segment_ok(trust_domain) {
+        Ok(())
+    } else {
+        Err(CaError::BadId(format!("spiffe://{trust_domain}")))
+    }
+}
+
+/// Writes `text` to a new file only its owner can read.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    o.mode(0o600);
+    o.open(path)?.write_all(text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::Arc;
+
+    use rustls::pki_types::{CertificateDer, UnixTime};
+    use rustls::server::WebPkiClientVerifier;
+
+    use super::*;
+
+    fn verifies(bundle_pem: &str, leaf_der: &[u8]) -> bool {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut bundle_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .unwrap();
+        v.verify_client_cert(
+            &CertificateDer::from(leaf_der.to_vec()),
+            &[],
+            UnixTime::now(),
+        )
+        .is_ok()
+    }
+
+    fn id(ns: &str, sa: &str) -> SpiffeId {
+        SpiffeId::new("cluster.local", ns, sa).unwrap()
+    }
+
+    #[test]
+    fn spiffe_ids_parse_and_refuse_what_is_not_one() {
+        let a = SpiffeId::parse("spiffe://cluster.local/ns/store/sa/bookstore").unwrap();
+        assert_eq!(a, id("store", "bookstore"));
+        assert_eq!(
+            a.to_string(),
+            "spiffe://cluster.local/ns/store/sa/bookstore"
+        );
+        for bad in [
+            "spiffe://cluster.local/ns/store",
+            "https://cluster.local/ns/a/sa/b",
+            "spiffe://cluster.local/ns/a/sa/b/c",
+            "spiffe://cluster local/ns/a/sa/b",
+            "spiffe:///ns/a/sa/b",
+        ] {
+            assert!(SpiffeId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn issued_leaves_chain_to_the_root_and_name_the_identity() {
+        let ca = Ca::generate("cluster.local", Duration::from_secs(3600)).unwrap();
+        let leaf = ca.issue(&id("store", "bookstore")).unwrap();
+        assert!(verifies(&ca.bundle_pem(), &leaf.cert_der));
+        assert_eq!(spiffe_id_of(&leaf.cert_der), Some(id("store", "bookstore")));
+        let left = leaf.not_after.duration_since(SystemTime::now()).unwrap();
+        assert!(
+            left > Duration::from_secs(3500) && left <= Duration::from_secs(3600),
+            "{left:?}"
+        );
+        // Another CA's leaf does not verify against this root.
+        let other = Ca::generate("cluster.local", Duration::from_secs(3600)).unwrap();
+        assert!(!verifies(
+            &ca.bundle_pem(),
+            &other.issue(&id("a", "b")).unwrap().cert_der
+        ));
+        // Foreign trust domains are refused.
+        let foreign = SpiffeId::new("other.mesh", "a", "b").unwrap();
+        assert!(matches!(ca.issue(&foreign), Err(CaError::ForeignId { .. })));
+    }
+
+    #[test]
+    fn a_csr_gets_the_proven_identity_not_the_one_it_asks_for() {
+        let ca = Ca::generate("cluster.local", Duration::from_secs(3600)).unwrap();
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut asks = CertificateParams::new(vec!["admin.example".into()]).unwrap();
+        asks.subject_alt_names.push(SanType::URI(
+            "spiffe://cluster.local/ns/kube-system/sa/admin"
+                .try_into()
+                .unwrap(),
+        ));
+        let csr = asks.serialize_request(&key).unwrap().pem().unwrap();
+        let leaf = ca.sign_csr(&csr, &id("store", "bookstore")).unwrap();
+        assert!(leaf.key_pem.is_none());
+        assert!(verifies(&ca.bundle_pem(), &leaf.cert_der));
+        assert_eq!(spiffe_id_of(&leaf.cert_der), Some(id("store", "bookstore")));
+        // The certificate holds the CSR's key.
+        let (_, cert) = x509_parser::parse_x509_certificate(&leaf.cert_der).unwrap();
+        assert_eq!(cert.public_key().raw, key.public_key_der().as_slice());
+        // A tampered CSR (one base64 character of its signature changed) is refused.
+        let mut lines: Vec<String> = csr.lines().map(String::from).collect();
+        let last_body = lines.len() - 2;
+        let line = &mut lines[last_body];
+        let i = line.len() / 2;
+        let c = if &line[i..=i] == "A" { "B" } else { "A" };
+        line.replace_range(i..=i, c);
+        let tampered = lines.join("\n");
+        assert!(matches!(
+            ca.sign_csr(&tampered, &id("a", "b")),
+            Err(CaError::BadCsr)
+        ));
+        assert!(matches!(
+            ca.sign_csr("garbage", &id("a", "b")),
+            Err(CaError::BadCsr)
+        ));
+    }
+
+    #[test]
+    fn rotation_keeps_old_leaves_verifying_until_the_overlap_ends() {
+        let mut ca = Ca::generate("cluster.local", Duration::from_secs(3600)).unwrap();
+        let old_leaf = ca.issue(&id("a", "old")).unwrap();
+        ca.rotate(Duration::from_secs(600)).unwrap();
+        let new_leaf = ca.issue(&id("a", "new")).unwrap();
+        let bundle = ca.bundle_pem();
+        assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2);
+        assert!(
+            verifies(&bundle, &old_leaf.cert_der),
+            "old leaves verify during the overlap"
+        );
+        assert!(verifies(&bundle, &new_leaf.cert_der));
+        assert!(
+            !verifies(ca.root_pem(), &old_leaf.cert_der),
+            "the new root did not sign it"
+        );
+        assert_eq!(ca.prune(SystemTime::now()), 0);
+        assert_eq!(ca.prune(SystemTime::now() + Duration::from_secs(601)), 1);
+        assert!(!verifies(&ca.bundle_pem(), &old_leaf.cert_der));
+        assert!(verifies(&ca.bundle_pem(), &new_leaf.cert_der));
+    }
+
+    #[test]
+    fn a_persisted_root_signs_after_a_restart() {
+        let dir = std::env::temp_dir().join(format!("flowgate-ca-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = Ca::load_or_generate(&dir, "cluster.local", Duration::from_secs(3600)).unwrap();
+        let again = Ca::load_or_generate(&dir, "cluster.local", Duration::from_secs(3600)).unwrap();
+        assert_eq!(first.root_pem(), again.root_pem());
+        let leaf = again.issue(&id("a", "b")).unwrap();
+        assert!(verifies(first.root_pem(), &leaf.cert_der));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join("root.key"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "the key is the owner's only");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
