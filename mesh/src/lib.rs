@@ -29,7 +29,8 @@
 //! assert!(errors[0].message.contains("`default/bookstore` is not defined"));
 //! ```
 //!
-//! The certificate authority ([`ca`]) issues SPIFFE leaves and signs CSRs.
+//! The certificate authority ([`ca`]) issues SPIFFE leaves and signs CSRs; bootstrap
+//! [`token`]s let a new workload prove its service account before it has a certificate.
 //!
 //! Not built yet (issue 14): the compiler to xDS resources, the xDS server, the etcd and
 //! Kubernetes sources, and the `flowgate-controller` binary.
@@ -41,6 +42,7 @@ pub mod load;
 pub mod model;
 pub mod source;
 pub mod state;
+pub mod token;
 
 pub use load::{Located, ManifestError, Origin, Resource, parse_manifests};
 pub use source::{DirSource, Source, Update, load_dir};
