@@ -1,16 +1,20 @@
 //! `flowgate-controller` on the command line: `check` on the bookstore demo's manifests and
 //! on broken copies (exit 2, every error at file:line), `token` (a token the mesh library
-//! verifies for exactly that account), and the CLI's refusals. Files only, no sockets.
+//! verifies for exactly that account), the CLI's refusals, and `run` serving ADS to a real
+//! proxyless gRPC client (Python `grpcio` resolving `xds:///greeter.shop`) that follows an
+//! endpoint change made in the manifests.
 #![cfg(feature = "mesh")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Command;
-use std::time::SystemTime;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
 
-use common::TempDir;
+use common::{Proc, TempDir, daemon, python_module, reserve_port};
 use flowgate::mesh::token::TokenKey;
 
 fn controller(args: &[&str]) -> (i32, String, String) {
@@ -114,4 +118,183 @@ fn tokens_verify_for_their_account_only() {
     let (code, _, err) = controller(&["check", "--bogus", "x"]);
     assert_eq!(code, 2);
     assert!(err.contains("--bogus"), "{err}");
+}
+
+/// Two greeter servers answering their name, one per loopback address, same port.
+const SERVERS: &str = r#"
+import sys, time
+from concurrent import futures
+import grpc
+servers = []
+for spec in sys.argv[1:]:
+    addr, name = spec.split("=")
+    s = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    h = grpc.method_handlers_generic_handler("greeter.Greeter", {
+        "Hello": grpc.unary_unary_rpc_method_handler(lambda req, ctx, n=name: n.encode())})
+    s.add_generic_rpc_handlers((h,))
+    s.add_insecure_port(addr)
+    s.start()
+    servers.append(s)
+time.sleep(120)
+"#;
+
+/// A proxyless client: calls `xds:///greeter.shop` every 50 ms for `argv[1]` seconds and
+/// prints each answer (or the error code) on a line.
+const CLIENT: &str = r#"
+import sys, time
+import grpc
+ch = grpc.insecure_channel("xds:///greeter.shop")
+hello = ch.unary_unary("/greeter.Greeter/Hello")
+end = time.time() + float(sys.argv[1])
+while time.time() < end:
+    try:
+        print(hello(b"hi", timeout=2).decode(), flush=True)
+    except grpc.RpcError as e:
+        print("error", e.code(), flush=True)
+    time.sleep(0.05)
+"#;
+
+fn pods(ip: &str, name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{ name: {name}, namespace: shop, labels: {{ app: greeter }} }}\nstatus: {{ podIP: {ip} }}\n"
+    )
+}
+
+/// Waits for a line equal to `want` on `lines`, up to `limit`; returns what came before.
+fn wait_for(
+    lines: &mpsc::Receiver<String>,
+    want: &str,
+    limit: Duration,
+) -> Result<Vec<String>, Vec<String>> {
+    let end = Instant::now() + limit;
+    let mut seen = Vec::new();
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(l) if l == want => return Ok(seen),
+            Ok(l) => seen.push(l),
+            Err(_) => break,
+        }
+    }
+    Err(seen)
+}
+
+#[test]
+fn run_serves_a_proxyless_grpc_client_that_follows_endpoint_changes() {
+    if !python_module("grpc", "grpcio") {
+        return;
+    }
+    let dir = TempDir::new("controller-grpc");
+    let port = reserve_port();
+    let ads = reserve_port();
+    dir.write("servers.py", SERVERS);
+    dir.write("client.py", CLIENT);
+    let manifests = dir.path("mesh");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("greeter.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{ name: shop }}\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: greeter, namespace: shop }}\nspec:\n  selector: {{ app: greeter }}\n  ports: [{{ name: grpc, port: 50051, targetPort: {port} }}]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(manifests.join("pods.yaml"), pods("127.0.0.2", "greeter-a")).unwrap();
+
+    let servers = daemon(
+        Command::new("python3")
+            .arg(dir.path("servers.py"))
+            .arg(format!("127.0.0.2:{port}=a"))
+            .arg(format!("127.0.0.3:{port}=b")),
+        "greeter servers",
+    );
+    let up = |ip: [u8; 4]| {
+        std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_millis(200)).is_ok()
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(15), || up([127, 0, 0, 2])
+            && up([127, 0, 0, 3])),
+        "greeter servers: {}",
+        servers.stderr_so_far()
+    );
+    let mut controller = daemon(
+        Command::new(env!("CARGO_BIN_EXE_flowgate-controller"))
+            .args(["run", "--source"])
+            .arg(format!("dir:{}", manifests.display()))
+            .args(["--listen", &format!("127.0.0.1:{ads}")]),
+        "flowgate-controller",
+    );
+    controller.wait_port(ads);
+
+    let bootstrap = dir.write(
+        "bootstrap.json",
+        &format!(
+            r#"{{"xds_servers": [{{"server_uri": "127.0.0.1:{ads}", "channel_creds": [{{"type": "insecure"}}], "server_features": ["xds_v3"]}}], "node": {{"id": "greeter-client", "cluster": "test"}}}}"#
+        ),
+    );
+    let mut client = Command::new("python3")
+        .arg(dir.path("client.py"))
+        .arg("40")
+        .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = client.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let client = Proc::new(client, "grpc client");
+
+    // The client resolves the service through the controller and reaches pod a.
+    let first = wait_for(&lines, "a", Duration::from_secs(20));
+    assert!(
+        first.is_ok(),
+        "no answer from a: {:?}; controller: {}",
+        first,
+        controller.stderr_so_far()
+    );
+    // Replace pod a with pod b in the manifests: the client follows.
+    std::fs::write(manifests.join("pods.yaml"), pods("127.0.0.3", "greeter-b")).unwrap();
+    let moved = wait_for(&lines, "b", Duration::from_secs(15));
+    assert!(
+        moved.is_ok(),
+        "never reached b: {:?}; controller: {}",
+        moved,
+        controller.stderr_so_far()
+    );
+    // From then on only b answers.
+    let after: Vec<String> = (0..10)
+        .filter_map(|_| lines.recv_timeout(Duration::from_secs(5)).ok())
+        .collect();
+    assert!(after.iter().all(|l| l == "b"), "{after:?}");
+
+    // A broken change is refused and the mesh stays served.
+    std::fs::write(
+        manifests.join("pods.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: [\n",
+    )
+    .unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(10), || controller
+            .stderr_so_far()
+            .contains("manifests refused")),
+        "{}",
+        controller.stderr_so_far()
+    );
+    let still: Vec<String> = (0..5)
+        .filter_map(|_| lines.recv_timeout(Duration::from_secs(5)).ok())
+        .collect();
+    assert!(
+        !still.is_empty() && still.iter().all(|l| l == "b"),
+        "{still:?}"
+    );
+
+    drop(client);
+    drop(servers);
 }

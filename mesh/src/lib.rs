@@ -32,8 +32,11 @@
 //! The certificate authority ([`ca`]) issues SPIFFE leaves and signs CSRs; bootstrap
 //! [`token`]s let a new workload prove its service account before it has a certificate.
 //!
-//! Not built yet (issue 14): the compiler to xDS resources, the xDS server, the etcd and
-//! Kubernetes sources, and the `flowgate-controller` binary.
+//! [`xds`] compiles the state to Envoy resources (so far what proxyless gRPC clients need)
+//! and serves them over state-of-the-world ADS.
+//!
+//! Not built yet (issue 14): sidecar listeners (inbound mTLS with SMI RBAC, outbound),
+//! SDS and CSR over gRPC, delta ADS, the etcd and Kubernetes sources.
 
 #![forbid(unsafe_code)]
 
@@ -43,6 +46,7 @@ pub mod model;
 pub mod source;
 pub mod state;
 pub mod token;
+pub mod xds;
 
 pub use load::{Located, ManifestError, Origin, Resource, parse_manifests};
 pub use source::{DirSource, Source, Update, load_dir};

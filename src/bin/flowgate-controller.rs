@@ -1,14 +1,16 @@
 //! `flowgate-controller`: the mesh control plane's command line (issue 14, first part).
 //!
 //! ```text
+//! flowgate-controller run --source dir:PATH      watch the manifests and serve them over ADS
+//!                         [--listen ADDR]        (state-of-the-world; default 127.0.0.1:15010)
 //! flowgate-controller check PATH                 validate a manifest directory (or file):
 //!                                                exit 0, or 2 with every error at file:line
 //! flowgate-controller token NS/SA [--ttl 24h]    print a bootstrap token for a service account
 //!                         [--state DIR]
 //! ```
 //!
-//! `run` (serving xDS to sidecars) and `status` come with the xDS server; they are not built
-//! yet.
+//! `run` serves what proxyless gRPC clients need (listeners, clusters, endpoints); sidecar
+//! resources, mTLS to the controller, SDS, delta ADS and `status` are not built yet.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,12 +23,13 @@ use flowgate::mesh::{MeshState, load_dir, parse_manifests};
 
 const EXAMPLES: &str = "\
 Examples:
+  flowgate-controller run --source dir:examples/mesh       serve the demo's mesh over ADS on 127.0.0.1:15010
   flowgate-controller check examples/mesh                  validate the bookstore demo's manifests
   flowgate-controller token bookstore/bookstore            a bootstrap token (24 h) for that service account
   flowgate-controller token --ttl 10m --state /var/lib/flowgate bookbuyer/bookbuyer";
 
-/// `flowgate-controller`: the Flowgate mesh control plane (manifest checks and bootstrap
-/// tokens today; the xDS server is not built yet).
+/// `flowgate-controller`: the Flowgate mesh control plane — watches mesh manifests and serves
+/// them over xDS (ADS), checks manifests, makes bootstrap tokens.
 #[derive(Debug, Parser)]
 #[command(name = "flowgate-controller", version, about, after_help = EXAMPLES)]
 struct Cli {
@@ -36,6 +39,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Watch a source of manifests and serve the mesh over ADS until SIGTERM or SIGINT. A
+    /// broken change is logged with every error at file:line and the last good mesh stays
+    /// served.
+    Run {
+        /// Where the manifests are: `dir:PATH`.
+        #[arg(long)]
+        source: String,
+        /// Where ADS listens (plain gRPC).
+        #[arg(long, default_value = "127.0.0.1:15010")]
+        listen: std::net::SocketAddr,
+    },
     /// Validate mesh manifests (a directory, read recursively, or one file): exit 0 with a
     /// summary, or 2 with every error at its file and line.
     Check {
@@ -76,8 +90,94 @@ fn load(path: &Path) -> Result<MeshState, Vec<flowgate::mesh::ManifestError>> {
     MeshState::build(parse_manifests(&text, path)?)
 }
 
+/// `run`: the source feeds snapshots to the ADS server.
+fn run(source: &str, listen: std::net::SocketAddr) -> ExitCode {
+    use flowgate::mesh::xds::{AdsServer, Snapshot, grpc_resources, serve};
+    use flowgate::mesh::{DirSource, Source, Update};
+    use std::sync::Arc;
+    let Some(dir) = source.strip_prefix("dir:") else {
+        eprintln!("error: --source `{source}`: only `dir:PATH` is built so far");
+        return ExitCode::from(2);
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot listen on {listen}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let (server, snapshots) = AdsServer::new();
+        let mut src = DirSource::new(dir);
+        tokio::spawn(async move {
+            loop {
+                match src.next().await {
+                    Update::State(mesh) => {
+                        let snap = Snapshot::new(grpc_resources(&mesh));
+                        tracing::info!(
+                            version = format!("{:016x}", mesh.version),
+                            services = mesh.services.len(),
+                            "mesh updated"
+                        );
+                        if snapshots.send(Arc::new(snap)).is_err() {
+                            break;
+                        }
+                    }
+                    Update::Rejected(errors) => {
+                        for e in &errors {
+                            tracing::error!("{e}");
+                        }
+                        tracing::error!(
+                            errors = errors.len(),
+                            "manifests refused; the last good mesh stays served"
+                        );
+                    }
+                }
+            }
+        });
+        tracing::info!(%listen, "ADS listening");
+        let stop = async {
+            use tokio::signal::unix::{SignalKind, signal};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+                }
+                _ => std::future::pending::<()>().await,
+            }
+        };
+        match serve(listener, server, stop).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
 fn main() -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     match Cli::parse().command {
+        Command::Run { source, listen } => run(&source, listen),
         Command::Check { path } => match load(&path) {
             Ok(s) => {
                 let _ = writeln!(

@@ -1,0 +1,373 @@
+//! Mesh state → xDS resources.
+//!
+//! This first compiler makes what a proxyless gRPC client (`xds:///<service>.<namespace>`)
+//! needs, as standard Envoy resources: per service port,
+//! - a **Listener** named like the target (`bookstore.bookstore` for a one-port service,
+//!   and `bookstore.bookstore:14001` for every port), an API listener whose
+//!   `HttpConnectionManager` carries its route configuration inline and ends with the
+//!   router filter;
+//! - a **Cluster** `outbound|<port>||<service>.<namespace>` of type EDS (over ADS), round
+//!   robin;
+//! - a **ClusterLoadAssignment** with the service's endpoints: the IPs of the pods it
+//!   selects (at the target port), and those of its `EndpointSlice`s, in one weighted
+//!   locality.
+//!
+//! A `TrafficSplit` on a service makes its route a weighted split over the backend
+//! services' clusters (zero weights left out). Sidecar listeners (inbound mTLS with SMI
+//! RBAC, outbound capture) are not compiled yet.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, Locality, SocketAddress, address,
+    config_source, socket_address,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
+use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, route,
+    route_action, route_match, weighted_cluster,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, http_connection_manager, http_filter,
+};
+use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
+use envoy_types::util::pack_any;
+use prost::Name;
+
+use crate::model::{IntOrString, Service, ServicePort};
+use crate::state::MeshState;
+
+/// The type URL of each resource kind.
+pub mod type_url {
+    /// `Listener`.
+    pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    /// `RouteConfiguration`.
+    pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    /// `Cluster`.
+    pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    /// `ClusterLoadAssignment`.
+    pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+    /// `Secret`.
+    pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+}
+
+/// Resources of every type, by type URL and name, each packed as `Any`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resources {
+    /// `type URL → name → resource`.
+    pub by_type: BTreeMap<String, BTreeMap<String, Any>>,
+}
+
+impl Resources {
+    fn put<T: prost::Message + Name>(&mut self, name: String, value: T) {
+        let any = pack_any(value);
+        self.by_type
+            .entry(any.type_url.clone())
+            .or_default()
+            .insert(name, any);
+    }
+
+    /// The resources of `type_url`.
+    pub fn of(&self, type_url: &str) -> Option<&BTreeMap<String, Any>> {
+        self.by_type.get(type_url)
+    }
+}
+
+/// The cluster name of service `ns/name` at `port` (Istio's shape).
+pub fn cluster_name(ns: &str, name: &str, port: u16) -> String {
+    format!("outbound|{port}||{name}.{ns}")
+}
+
+fn ads() -> ConfigSource {
+    ConfigSource {
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+            AggregatedConfigSource {},
+        )),
+        resource_api_version: ApiVersion::V3 as i32,
+        ..Default::default()
+    }
+}
+
+fn socket(ip: &str, port: u16) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip.to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
+            ..Default::default()
+        })),
+    }
+}
+
+/// The port the pods serve `port` on: a numeric target port, or the port itself (named
+/// target ports need the pods' container ports, which the mesh does not read).
+fn target_port(port: &ServicePort) -> u16 {
+    match &port.target_port {
+        Some(IntOrString::Int(p)) => *p,
+        _ => port.port,
+    }
+}
+
+/// The endpoints (`ip`, `port`) of `svc` at service port `port`: its selected pods with an
+/// IP, then its endpoint slices' ready addresses; sorted, without duplicates.
+fn endpoints(state: &MeshState, svc: &Service, port: &ServicePort) -> Vec<(String, u16)> {
+    let mut eps: Vec<(String, u16)> = state
+        .pods_of(svc)
+        .filter_map(|p| p.value.status.pod_ip.clone())
+        .map(|ip| (ip, target_port(port)))
+        .collect();
+    let (ns, name) = (svc.metadata.ns(), svc.metadata.name.as_str());
+    for slice in state.endpoint_slices.values() {
+        let s = &slice.value;
+        if s.metadata.ns() != ns || s.service() != Some(name) {
+            continue;
+        }
+        let slice_port = s
+            .ports
+            .iter()
+            .find(|p| p.name.is_some() && p.name == port.name)
+            .or(s.ports.first())
+            .map_or(target_port(port), |p| p.port);
+        for e in &s.endpoints {
+            if e.conditions.ready == Some(false) {
+                continue;
+            }
+            eps.extend(e.addresses.iter().map(|a| (a.clone(), slice_port)));
+        }
+    }
+    eps.sort();
+    eps.dedup();
+    eps
+}
+
+/// The route of a target: to the service's cluster, or weighted over a split's backends.
+fn route_action(state: &MeshState, svc: &Service, port: u16) -> RouteAction {
+    let ns = svc.metadata.ns();
+    let split = state.traffic_splits.values().find(|s| {
+        s.value.metadata.ns() == ns
+            && s.value.spec.service == svc.metadata.name
+            && s.value.spec.matches.is_empty()
+    });
+    let specifier = match split {
+        Some(s) => route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: s
+                .value
+                .spec
+                .backends
+                .iter()
+                .filter(|b| b.weight > 0)
+                .map(|b| weighted_cluster::ClusterWeight {
+                    name: cluster_name(ns, &b.service, port),
+                    weight: Some(UInt32Value { value: b.weight }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+        None => route_action::ClusterSpecifier::Cluster(cluster_name(ns, &svc.metadata.name, port)),
+    };
+    RouteAction {
+        cluster_specifier: Some(specifier),
+        ..Default::default()
+    }
+}
+
+/// The API listener for `target`, routing everything as `action` says.
+fn api_listener(target: &str, action: RouteAction) -> Listener {
+    let routes = RouteConfiguration {
+        name: target.to_string(),
+        virtual_hosts: vec![VirtualHost {
+            name: target.to_string(),
+            domains: vec!["*".into()],
+            routes: vec![Route {
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(route_match::PathSpecifier::Prefix(String::new())),
+                    ..Default::default()
+                }),
+                action: Some(route::Action::Route(action)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let hcm = HttpConnectionManager {
+        stat_prefix: target.to_string(),
+        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                Router::default(),
+            ))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Listener {
+        name: target.to_string(),
+        api_listener: Some(ApiListener {
+            api_listener: Some(pack_any(hcm)),
+        }),
+        ..Default::default()
+    }
+}
+
+/// What proxyless gRPC clients of this mesh may ask for: a listener per service target,
+/// a cluster and an endpoint assignment per service port.
+pub fn grpc_resources(state: &MeshState) -> Resources {
+    let mut out = Resources::default();
+    for s in state.services.values() {
+        let svc = &s.value;
+        let (ns, name) = (svc.metadata.ns(), svc.metadata.name.as_str());
+        let single = svc.spec.ports.len() == 1;
+        for port in &svc.spec.ports {
+            let cluster = cluster_name(ns, name, port.port);
+            let action = route_action(state, svc, port.port);
+            let with_port = format!("{name}.{ns}:{}", port.port);
+            out.put(with_port.clone(), api_listener(&with_port, action.clone()));
+            if single {
+                let bare = format!("{name}.{ns}");
+                out.put(bare.clone(), api_listener(&bare, action));
+            }
+            out.put(
+                cluster.clone(),
+                Cluster {
+                    name: cluster.clone(),
+                    cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                        cluster::DiscoveryType::Eds as i32,
+                    )),
+                    eds_cluster_config: Some(cluster::EdsClusterConfig {
+                        eds_config: Some(ads()),
+                        service_name: String::new(),
+                    }),
+                    lb_policy: cluster::LbPolicy::RoundRobin as i32,
+                    connect_timeout: Some(PbDuration {
+                        seconds: 5,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                },
+            );
+            let lb_endpoints = endpoints(state, svc, port)
+                .into_iter()
+                .map(|(ip, p)| LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                        address: Some(socket(&ip, p)),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                })
+                .collect();
+            out.put(
+                cluster.clone(),
+                ClusterLoadAssignment {
+                    cluster_name: cluster,
+                    endpoints: vec![LocalityLbEndpoints {
+                        locality: Some(Locality::default()),
+                        lb_endpoints,
+                        load_balancing_weight: Some(UInt32Value { value: 1 }),
+                        priority: 0,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use std::path::Path;
+
+    use prost::Message;
+
+    use super::*;
+    use crate::load::parse_manifests;
+
+    fn demo() -> MeshState {
+        crate::source::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/mesh"))
+            .unwrap()
+    }
+
+    #[test]
+    fn every_service_port_gets_a_listener_a_cluster_and_its_endpoints() {
+        let r = grpc_resources(&demo());
+        let listeners = r.of(type_url::LISTENER).unwrap();
+        assert!(listeners.contains_key("bookwarehouse.bookwarehouse"));
+        assert!(listeners.contains_key("bookwarehouse.bookwarehouse:14001"));
+        let cla = &r.of(type_url::ENDPOINT).unwrap()["outbound|14001||bookstore-v1.bookstore"];
+        let cla = ClusterLoadAssignment::decode(cla.value.as_slice()).unwrap();
+        let addrs: Vec<String> = cla.endpoints[0]
+            .lb_endpoints
+            .iter()
+            .map(|e| match &e.host_identifier {
+                Some(lb_endpoint::HostIdentifier::Endpoint(ep)) => match &ep.address {
+                    Some(Address {
+                        address: Some(address::Address::SocketAddress(s)),
+                    }) => format!("{}:{:?}", s.address, s.port_specifier),
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(addrs, ["10.42.0.21:Some(PortValue(14001))"]);
+        assert_eq!(
+            cla.endpoints[0].load_balancing_weight,
+            Some(UInt32Value { value: 1 })
+        );
+        let cluster = &r.of(type_url::CLUSTER).unwrap()["outbound|14001||bookstore.bookstore"];
+        let cluster = Cluster::decode(cluster.value.as_slice()).unwrap();
+        assert_eq!(cluster.lb_policy, cluster::LbPolicy::RoundRobin as i32);
+    }
+
+    #[test]
+    fn a_traffic_split_is_a_weighted_route() {
+        let r = grpc_resources(&demo());
+        let l = &r.of(type_url::LISTENER).unwrap()["bookstore.bookstore"];
+        let l = Listener::decode(l.value.as_slice()).unwrap();
+        let hcm = HttpConnectionManager::decode(
+            l.api_listener
+                .unwrap()
+                .api_listener
+                .unwrap()
+                .value
+                .as_slice(),
+        )
+        .unwrap();
+        assert_eq!(
+            hcm.http_filters.last().unwrap().name,
+            "envoy.filters.http.router"
+        );
+        let Some(http_connection_manager::RouteSpecifier::RouteConfig(rc)) = hcm.route_specifier
+        else {
+            panic!("inline routes")
+        };
+        let Some(route::Action::Route(a)) = &rc.virtual_hosts[0].routes[0].action else {
+            panic!("a route action")
+        };
+        let Some(route_action::ClusterSpecifier::WeightedClusters(w)) = &a.cluster_specifier else {
+            panic!("{a:?}")
+        };
+        // 100/0: the zero weight is left out.
+        assert_eq!(w.clusters.len(), 1);
+        assert_eq!(w.clusters[0].name, "outbound|14001||bookstore-v1.bookstore");
+    }
+
+    #[test]
+    fn endpoint_slices_add_their_ready_addresses() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: { name: greeter }\nspec: { ports: [{ port: 50051, name: grpc }] }\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: { name: greeter-1, labels: { kubernetes.io/service-name: greeter } }\naddressType: IPv4\nendpoints:\n  - { addresses: [127.0.0.2] }\n  - { addresses: [127.0.0.3], conditions: { ready: false } }\nports: [{ name: grpc, port: 50052 }]\n";
+        let state = MeshState::build(parse_manifests(text, Path::new("g.yaml")).unwrap()).unwrap();
+        let r = grpc_resources(&state);
+        let cla = &r.of(type_url::ENDPOINT).unwrap()["outbound|50051||greeter.default"];
+        let cla = ClusterLoadAssignment::decode(cla.value.as_slice()).unwrap();
+        assert_eq!(cla.endpoints[0].lb_endpoints.len(), 1);
+    }
+}

@@ -1,0 +1,8 @@
+//! xDS: the mesh compiled to standard Envoy resources ([`compile`]) and served over ADS
+//! ([`server`]).
+
+pub mod compile;
+pub mod server;
+
+pub use compile::{Resources, grpc_resources, type_url};
+pub use server::{AdsServer, ProxyStatus, Snapshot, TypeStatus, serve};

@@ -1,0 +1,374 @@
+//! The ADS server: state-of-the-world aggregated discovery over gRPC (tonic), serving the
+//! current [`Snapshot`] to every stream, tracking what each proxy ACKed or NACKed.
+//!
+//! Per stream and type URL it keeps the subscription (wildcard or names), the last nonce
+//! and version sent. A request whose `response_nonce` is not the last one sent is stale and
+//! ignored; one with `error_detail` is a NACK (recorded, nothing re-sent until the
+//! snapshot changes); otherwise an ACK. It answers the first request of every type at once
+//! (even with nothing in it), new names, and every change of the type's resources.
+//! Listeners and clusters go as the full subscribed set; route configurations, endpoints
+//! and secrets by name. After a cluster push the subscribed endpoints are sent again (and
+//! route configurations after a listener push), so a client's updated clusters and
+//! listeners finish warming. Delta ADS answers `UNIMPLEMENTED` for now.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::compile::{Resources, type_url};
+
+/// The resources every proxy is served now, with a version per type.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// The resources.
+    pub resources: Resources,
+    /// A content version per type URL.
+    pub versions: BTreeMap<String, String>,
+}
+
+impl Snapshot {
+    /// A snapshot of `resources`, versioned by content.
+    pub fn new(resources: Resources) -> Self {
+        let versions = resources
+            .by_type
+            .iter()
+            .map(|(t, rs)| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                for (name, any) in rs {
+                    name.hash(&mut h);
+                    any.value.hash(&mut h);
+                }
+                (t.clone(), format!("{:016x}", h.finish()))
+            })
+            .collect();
+        Snapshot {
+            resources,
+            versions,
+        }
+    }
+
+    fn version(&self, t: &str) -> String {
+        self.versions.get(t).cloned().unwrap_or_else(|| "0".into())
+    }
+}
+
+/// What a proxy (a `node.id`) last did with each type.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProxyStatus {
+    /// Its node id.
+    pub node: String,
+    /// Whether a stream from it is open.
+    pub connected: bool,
+    /// Per type URL: the last version sent, ACKed, and the last NACK's message.
+    pub types: BTreeMap<String, TypeStatus>,
+}
+
+/// One proxy's state for one type.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TypeStatus {
+    /// The last version sent.
+    pub sent: String,
+    /// The last version ACKed.
+    pub acked: String,
+    /// The last NACK: the version refused and why.
+    pub nacked: Option<(String, String)>,
+    /// When it last changed.
+    pub at: Option<SystemTime>,
+}
+
+type StatusMap = Arc<Mutex<BTreeMap<String, ProxyStatus>>>;
+
+/// The ADS service: clone it into [`serve`], publish snapshots through the sender given by
+/// [`AdsServer::new`].
+#[derive(Clone)]
+pub struct AdsServer {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    status: StatusMap,
+}
+
+impl AdsServer {
+    /// A server and the sender new snapshots go to.
+    pub fn new() -> (Self, watch::Sender<Arc<Snapshot>>) {
+        let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
+        (
+            AdsServer {
+                snapshots: rx,
+                status: Arc::default(),
+            },
+            tx,
+        )
+    }
+
+    /// Every proxy seen, by node id.
+    pub fn status(&self) -> Vec<ProxyStatus> {
+        lock(&self.status).values().cloned().collect()
+    }
+
+    /// The tonic service, with a 16 MiB message limit each way.
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<AdsServer> {
+        AggregatedDiscoveryServiceServer::new(self)
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(16 << 20)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Serves `server` on `listener` (plain TCP, HTTP/2) until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    server: AdsServer,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .serve_with_incoming_shutdown(
+            server.into_service(),
+            tonic::transport::server::TcpIncoming::from(listener),
+            shutdown,
+        )
+        .await
+}
+
+/// The response stream of one ADS call.
+pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+/// The response stream of one delta ADS call.
+pub type DeltaResponseStream =
+    Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = ResponseStream;
+    type DeltaAggregatedResourcesStream = DeltaResponseStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let stream = SotwStream {
+            snapshots: self.snapshots.clone(),
+            status: self.status.clone(),
+            tx,
+            node: String::new(),
+            types: BTreeMap::new(),
+            nonce: 0,
+        };
+        tokio::spawn(stream.run(inbound));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaResponseStream>, Status> {
+        Err(Status::unimplemented(
+            "delta ADS is not built yet: use state-of-the-world (api_type: GRPC)",
+        ))
+    }
+}
+
+/// One stream's subscription to one type.
+#[derive(Default)]
+struct Sub {
+    /// `None`: wildcard.
+    names: Option<BTreeSet<String>>,
+    last_nonce: String,
+    last_version: Option<String>,
+}
+
+struct SotwStream {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    status: StatusMap,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    node: String,
+    types: BTreeMap<String, Sub>,
+    nonce: u64,
+}
+
+/// Types sent as the full subscribed set (the others go by name).
+fn full_state(t: &str) -> bool {
+    t == type_url::LISTENER || t == type_url::CLUSTER
+}
+
+impl SotwStream {
+    async fn run(mut self, mut inbound: Streaming<DiscoveryRequest>) {
+        loop {
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(req)) => {
+                        if !self.on_request(req).await {
+                            break;
+                        }
+                    }
+                    Ok(None) | Err(_) => break,
+                },
+                changed = self.snapshots.changed() => {
+                    if changed.is_err() || !self.on_snapshot().await {
+                        break;
+                    }
+                }
+            }
+        }
+        if !self.node.is_empty() {
+            let mut st = lock(&self.status);
+            if let Some(p) = st.get_mut(&self.node) {
+                p.connected = false;
+            }
+        }
+    }
+
+    fn record(&self, t: &str, f: impl FnOnce(&mut TypeStatus)) {
+        if self.node.is_empty() {
+            return;
+        }
+        let mut st = lock(&self.status);
+        let p = st.entry(self.node.clone()).or_insert_with(|| ProxyStatus {
+            node: self.node.clone(),
+            ..Default::default()
+        });
+        p.connected = true;
+        let ts = p.types.entry(t.to_string()).or_default();
+        f(ts);
+        ts.at = Some(SystemTime::now());
+    }
+
+    /// Handles one request; `false` when the stream is gone.
+    async fn on_request(&mut self, req: DiscoveryRequest) -> bool {
+        if self.node.is_empty()
+            && let Some(n) = &req.node
+        {
+            self.node = n.id.chars().take(256).collect();
+            let mut st = lock(&self.status);
+            let p = st.entry(self.node.clone()).or_default();
+            p.node = self.node.clone();
+            p.connected = true;
+        }
+        let t = req.type_url.clone();
+        let first = !self.types.contains_key(&t);
+        let sub = self.types.entry(t.clone()).or_default();
+        if !req.response_nonce.is_empty() && req.response_nonce != sub.last_nonce {
+            return true; // stale: superseded by a later response
+        }
+        if let Some(err) = &req.error_detail {
+            let (version, message) = (
+                sub.last_version.clone().unwrap_or_default(),
+                err.message.clone(),
+            );
+            tracing::warn!(node = %self.node, type_url = %t, %version, %message, "xDS NACK");
+            self.record(&t, |s| s.nacked = Some((version, message)));
+            return true;
+        }
+        if !req.response_nonce.is_empty() {
+            let v = req.version_info.clone();
+            self.record(&t, |s| s.acked = v);
+        }
+        let wildcard = req.resource_names.iter().any(|n| n == "*")
+            || (first && req.resource_names.is_empty() && full_state(&t));
+        let names: Option<BTreeSet<String>> = if wildcard {
+            None
+        } else {
+            Some(req.resource_names.iter().cloned().collect())
+        };
+        let sub = self.types.entry(t.clone()).or_default();
+        let grew = match (&sub.names, &names) {
+            (Some(old), Some(new)) => !new.is_subset(old),
+            (Some(_), None) => true,
+            _ => false,
+        };
+        sub.names = names;
+        let version = self.snapshots.borrow().version(&t);
+        if first || grew || sub.last_version.as_deref() != Some(version.as_str()) {
+            return self.send(&t).await;
+        }
+        true
+    }
+
+    /// Pushes every subscribed type whose resources changed.
+    async fn on_snapshot(&mut self) -> bool {
+        let snap = self.snapshots.borrow_and_update().clone();
+        let changed: Vec<String> = self
+            .types
+            .iter()
+            .filter(|(t, s)| s.last_version.as_deref() != Some(snap.version(t).as_str()))
+            .map(|(t, _)| t.clone())
+            .collect();
+        let mut order: Vec<&str> = vec![
+            type_url::CLUSTER,
+            type_url::ENDPOINT,
+            type_url::LISTENER,
+            type_url::ROUTE,
+            type_url::SECRET,
+        ];
+        let extra: Vec<&str> = changed
+            .iter()
+            .map(String::as_str)
+            .filter(|t| !order.contains(t))
+            .collect();
+        order.extend(extra);
+        let mut force_eds = false;
+        let mut force_rds = false;
+        for t in order {
+            let subscribed = self.types.contains_key(t);
+            let must = changed.iter().any(|c| c == t)
+                || (t == type_url::ENDPOINT && force_eds)
+                || (t == type_url::ROUTE && force_rds);
+            if subscribed && must {
+                if !self.send(t).await {
+                    return false;
+                }
+                force_eds |= t == type_url::CLUSTER;
+                force_rds |= t == type_url::LISTENER;
+            }
+        }
+        true
+    }
+
+    async fn send(&mut self, t: &str) -> bool {
+        let snap = self.snapshots.borrow().clone();
+        let version = snap.version(t);
+        let Some(sub) = self.types.get_mut(t) else {
+            return true;
+        };
+        let all = snap.resources.of(t);
+        let resources = match (&sub.names, all) {
+            (_, None) => Vec::new(),
+            (None, Some(all)) => all.values().cloned().collect(),
+            (Some(names), Some(all)) => names.iter().filter_map(|n| all.get(n).cloned()).collect(),
+        };
+        if sub.names.as_ref().is_some_and(|n| n.is_empty()) && !full_state(t) {
+            // Unsubscribed from every name: nothing to send.
+            sub.last_version = Some(version);
+            return true;
+        }
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        sub.last_nonce = nonce.clone();
+        sub.last_version = Some(version.clone());
+        let resp = DiscoveryResponse {
+            version_info: version.clone(),
+            resources,
+            type_url: t.to_string(),
+            nonce,
+            ..Default::default()
+        };
+        self.record(t, |s| s.sent = version);
+        self.tx.send(Ok(resp)).await.is_ok()
+    }
+}
