@@ -186,6 +186,7 @@ fn run_serves_a_proxyless_grpc_client_that_follows_endpoint_changes() {
     let dir = TempDir::new("controller-grpc");
     let port = reserve_port();
     let ads = reserve_port();
+    let admin = reserve_port();
     dir.write("servers.py", SERVERS);
     dir.write("client.py", CLIENT);
     let manifests = dir.path("mesh");
@@ -215,14 +216,17 @@ fn run_serves_a_proxyless_grpc_client_that_follows_endpoint_changes() {
         "greeter servers: {}",
         servers.stderr_so_far()
     );
-    let mut controller = daemon(
+    let mut ctl = daemon(
         Command::new(env!("CARGO_BIN_EXE_flowgate-controller"))
             .args(["run", "--source"])
             .arg(format!("dir:{}", manifests.display()))
-            .args(["--listen", &format!("127.0.0.1:{ads}")]),
+            .args(["--listen", &format!("127.0.0.1:{ads}")])
+            .args(["--admin", &format!("127.0.0.1:{admin}")]),
         "flowgate-controller",
     );
-    controller.wait_port(ads);
+    ctl.wait_port(ads);
+    ctl.wait_port(admin);
+    let admin_addr = format!("127.0.0.1:{admin}");
 
     let bootstrap = dir.write(
         "bootstrap.json",
@@ -257,7 +261,7 @@ fn run_serves_a_proxyless_grpc_client_that_follows_endpoint_changes() {
         first.is_ok(),
         "no answer from a: {:?}; controller: {}",
         first,
-        controller.stderr_so_far()
+        ctl.stderr_so_far()
     );
     // Replace pod a with pod b in the manifests: the client follows.
     std::fs::write(manifests.join("pods.yaml"), pods("127.0.0.3", "greeter-b")).unwrap();
@@ -266,13 +270,26 @@ fn run_serves_a_proxyless_grpc_client_that_follows_endpoint_changes() {
         moved.is_ok(),
         "never reached b: {:?}; controller: {}",
         moved,
-        controller.stderr_so_far()
+        ctl.stderr_so_far()
     );
     // From then on only b answers.
     let after: Vec<String> = (0..10)
         .filter_map(|_| lines.recv_timeout(Duration::from_secs(5)).ok())
         .collect();
     assert!(after.iter().all(|l| l == "b"), "{after:?}");
+    // `status` shows the client and what it ACKed.
+    let (code, out, err) = controller(&["status", "--admin", &admin_addr]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("proxy greeter-client (connected)"), "{out}");
+    assert!(out.contains("  Listener: sent "), "{out}");
+    let acked = out
+        .lines()
+        .find(|l| l.contains("ClusterLoadAssignment: sent "))
+        .is_some_and(|l| {
+            let (sent, acked) = l.split_once(" acked ").unwrap();
+            sent.ends_with(acked.trim())
+        });
+    assert!(acked, "the client ACKed the endpoints it was sent: {out}");
 
     // A broken change is refused and the mesh stays served.
     std::fs::write(
@@ -281,11 +298,11 @@ fn run_serves_a_proxyless_grpc_client_that_follows_endpoint_changes() {
     )
     .unwrap();
     assert!(
-        common::wait_until(Duration::from_secs(10), || controller
+        common::wait_until(Duration::from_secs(10), || ctl
             .stderr_so_far()
             .contains("manifests refused")),
         "{}",
-        controller.stderr_so_far()
+        ctl.stderr_so_far()
     );
     let still: Vec<String> = (0..5)
         .filter_map(|_| lines.recv_timeout(Duration::from_secs(5)).ok())
@@ -294,6 +311,14 @@ fn run_serves_a_proxyless_grpc_client_that_follows_endpoint_changes() {
         !still.is_empty() && still.iter().all(|l| l == "b"),
         "{still:?}"
     );
+    let (_, out, _) = controller(&["status", "--admin", &admin_addr]);
+    assert!(
+        out.contains("manifest error: ") && out.contains("pods.yaml:"),
+        "{out}"
+    );
+    let (code, _, err) = controller(&["status", "--admin", "127.0.0.1:1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot reach"), "{err}");
 
     drop(client);
     drop(servers);

@@ -3,6 +3,9 @@
 //! ```text
 //! flowgate-controller run --source dir:PATH      watch the manifests and serve them over ADS
 //!                         [--listen ADDR]        (state-of-the-world; default 127.0.0.1:15010)
+//!                         [--admin ADDR]         GET /status as JSON (default 127.0.0.1:15000)
+//! flowgate-controller status [--admin ADDR]      each proxy's ACKed/NACKed versions, the
+//!                                                manifests' errors
 //! flowgate-controller check PATH                 validate a manifest directory (or file):
 //!                                                exit 0, or 2 with every error at file:line
 //! flowgate-controller token NS/SA [--ttl 24h]    print a bootstrap token for a service account
@@ -10,7 +13,7 @@
 //! ```
 //!
 //! `run` serves what proxyless gRPC clients need (listeners, clusters, endpoints); sidecar
-//! resources, mTLS to the controller, SDS, delta ADS and `status` are not built yet.
+//! resources, mTLS to the controller, SDS and delta ADS are not built yet.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -24,6 +27,7 @@ use flowgate::mesh::{MeshState, load_dir, parse_manifests};
 const EXAMPLES: &str = "\
 Examples:
   flowgate-controller run --source dir:examples/mesh       serve the demo's mesh over ADS on 127.0.0.1:15010
+  flowgate-controller status                               what each proxy ACKed or NACKed, and manifest errors
   flowgate-controller check examples/mesh                  validate the bookstore demo's manifests
   flowgate-controller token bookstore/bookstore            a bootstrap token (24 h) for that service account
   flowgate-controller token --ttl 10m --state /var/lib/flowgate bookbuyer/bookbuyer";
@@ -49,6 +53,16 @@ enum Command {
         /// Where ADS listens (plain gRPC).
         #[arg(long, default_value = "127.0.0.1:15010")]
         listen: std::net::SocketAddr,
+        /// Where the admin endpoint listens (`GET /status`, JSON); keep it on loopback.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: std::net::SocketAddr,
+    },
+    /// Print the running controller's status: the mesh version and its manifest errors, and
+    /// per proxy and type the versions sent, ACKed and NACKed (with the reason).
+    Status {
+        /// The controller's admin endpoint.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: std::net::SocketAddr,
     },
     /// Validate mesh manifests (a directory, read recursively, or one file): exit 0 with a
     /// summary, or 2 with every error at its file and line.
@@ -90,8 +104,160 @@ fn load(path: &Path) -> Result<MeshState, Vec<flowgate::mesh::ManifestError>> {
     MeshState::build(parse_manifests(&text, path)?)
 }
 
+/// What the admin endpoint shows besides the proxies.
+#[derive(Default)]
+struct MeshStatus {
+    version: String,
+    errors: Vec<String>,
+}
+
+/// The status document: the mesh and every proxy.
+fn status_json(mesh: &MeshStatus, proxies: &[flowgate::mesh::xds::ProxyStatus]) -> String {
+    let secs = |t: Option<SystemTime>| {
+        t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs())
+    };
+    let proxies: Vec<serde_json::Value> = proxies
+        .iter()
+        .map(|p| {
+            let types: serde_json::Map<String, serde_json::Value> = p
+                .types
+                .iter()
+                .map(|(t, s)| {
+                    (
+                        t.rsplit('.').next().unwrap_or(t).to_string(),
+                        serde_json::json!({
+                            "sent": s.sent,
+                            "acked": s.acked,
+                            "nacked": s.nacked.as_ref().map(|(v, why)| serde_json::json!({"version": v, "error": why})),
+                            "at": secs(s.at),
+                        }),
+                    )
+                })
+                .collect();
+            serde_json::json!({"node": p.node, "connected": p.connected, "types": types})
+        })
+        .collect();
+    serde_json::json!({
+        "mesh": {"version": mesh.version, "errors": mesh.errors},
+        "proxies": proxies,
+    })
+    .to_string()
+}
+
+/// Answers `GET /status` on `listener` with [`status_json`]; anything else gets 404.
+async fn admin(
+    listener: tokio::net::TcpListener,
+    server: flowgate::mesh::xds::AdsServer,
+    mesh: std::sync::Arc<std::sync::Mutex<MeshStatus>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            continue;
+        };
+        let server = server.clone();
+        let mesh = mesh.clone();
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            let read = async {
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+            };
+            if tokio::time::timeout(Duration::from_secs(5), read)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let (code, body) = if head.starts_with(b"GET /status ") {
+                let m = mesh.lock().unwrap_or_else(|p| p.into_inner());
+                ("200 OK", status_json(&m, &server.status()))
+            } else {
+                (
+                    "404 Not Found",
+                    "{\"error\": \"only GET /status\"}".to_string(),
+                )
+            };
+            let resp = format!(
+                "HTTP/1.1 {code}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+/// `status`: fetches the admin endpoint's JSON and prints it, a line per proxy and type.
+fn status(admin: std::net::SocketAddr) -> ExitCode {
+    use std::io::Read;
+    let fetched = (|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /status HTTP/1.1\r\nhost: controller\r\nconnection: close\r\n\r\n")?;
+        let mut text = String::new();
+        s.take(16 << 20).read_to_string(&mut text)?;
+        Ok(text)
+    })();
+    let text = match fetched {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot reach the controller's admin endpoint at {admin}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+        eprintln!("error: {admin} did not answer with the status document");
+        return ExitCode::from(2);
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "mesh version {}",
+        v["mesh"]["version"].as_str().unwrap_or("-")
+    );
+    for e in v["mesh"]["errors"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "  manifest error: {}", e.as_str().unwrap_or_default());
+    }
+    for p in v["proxies"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "proxy {} ({})",
+            p["node"].as_str().unwrap_or("?"),
+            if p["connected"].as_bool() == Some(true) {
+                "connected"
+            } else {
+                "gone"
+            }
+        );
+        for (t, s) in p["types"].as_object().into_iter().flatten() {
+            let nack = match &s["nacked"] {
+                serde_json::Value::Null => String::new(),
+                n => format!(
+                    ", NACKed {}: {}",
+                    n["version"].as_str().unwrap_or_default(),
+                    n["error"].as_str().unwrap_or_default()
+                ),
+            };
+            let _ = writeln!(
+                out,
+                "  {t}: sent {} acked {}{nack}",
+                s["sent"].as_str().unwrap_or_default(),
+                s["acked"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 /// `run`: the source feeds snapshots to the ADS server.
-fn run(source: &str, listen: std::net::SocketAddr) -> ExitCode {
+fn run(source: &str, listen: std::net::SocketAddr, admin_at: std::net::SocketAddr) -> ExitCode {
     use flowgate::mesh::xds::{AdsServer, Snapshot, grpc_resources, serve};
     use flowgate::mesh::{DirSource, Source, Update};
     use std::sync::Arc;
@@ -117,13 +283,27 @@ fn run(source: &str, listen: std::net::SocketAddr) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        let admin_listener = match tokio::net::TcpListener::bind(admin_at).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot listen on {admin_at}: {e}");
+                return ExitCode::from(2);
+            }
+        };
         let (server, snapshots) = AdsServer::new();
+        let mesh_status = Arc::new(std::sync::Mutex::new(MeshStatus::default()));
+        tokio::spawn(admin(admin_listener, server.clone(), mesh_status.clone()));
         let mut src = DirSource::new(dir);
         tokio::spawn(async move {
             loop {
                 match src.next().await {
                     Update::State(mesh) => {
                         let snap = Snapshot::new(grpc_resources(&mesh));
+                        {
+                            let mut m = mesh_status.lock().unwrap_or_else(|p| p.into_inner());
+                            m.version = format!("{:016x}", mesh.version);
+                            m.errors.clear();
+                        }
                         tracing::info!(
                             version = format!("{:016x}", mesh.version),
                             services = mesh.services.len(),
@@ -137,6 +317,8 @@ fn run(source: &str, listen: std::net::SocketAddr) -> ExitCode {
                         for e in &errors {
                             tracing::error!("{e}");
                         }
+                        mesh_status.lock().unwrap_or_else(|p| p.into_inner()).errors =
+                            errors.iter().map(ToString::to_string).collect();
                         tracing::error!(
                             errors = errors.len(),
                             "manifests refused; the last good mesh stays served"
@@ -177,7 +359,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .try_init();
     match Cli::parse().command {
-        Command::Run { source, listen } => run(&source, listen),
+        Command::Run {
+            source,
+            listen,
+            admin,
+        } => run(&source, listen, admin),
+        Command::Status { admin } => status(admin),
         Command::Check { path } => match load(&path) {
             Ok(s) => {
                 let _ = writeln!(

@@ -1,0 +1,229 @@
+//! The ADS server's protocol, driven by a tonic ADS client over loopback: the first request
+//! of a type is answered at once, full-state types go whole and named ones by name, ACKs
+//! and NACKs are recorded per proxy, a stale nonce gets no answer, a snapshot change is
+//! pushed (endpoints again after clusters), one proxy's NACK leaves another's stream alone,
+//! and delta ADS says it is not built.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use flowgate_mesh::xds::{AdsServer, Snapshot, grpc_resources, serve, type_url};
+use flowgate_mesh::{MeshState, parse_manifests};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+fn mesh(endpoint_ip: &str) -> Snapshot {
+    let text = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{ name: a }}\nspec: {{ selector: {{ app: a }}, ports: [{{ port: 80 }}] }}\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: b }}\nspec: {{ selector: {{ app: b }}, ports: [{{ port: 81 }}] }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: a-1, labels: {{ app: a }} }}\nstatus: {{ podIP: {endpoint_ip} }}\n"
+    );
+    let state = MeshState::build(parse_manifests(&text, "m.yaml".as_ref()).unwrap()).unwrap();
+    Snapshot::new(grpc_resources(&state))
+}
+
+struct Client {
+    tx: mpsc::Sender<DiscoveryRequest>,
+    rx: tonic::Streaming<DiscoveryResponse>,
+    node: String,
+}
+
+impl Client {
+    async fn connect(addr: std::net::SocketAddr, node: &str) -> Client {
+        let mut c = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        let rx = c
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Client {
+            tx,
+            rx,
+            node: node.into(),
+        }
+    }
+
+    async fn ask(&self, t: &str, names: &[&str], ack: Option<&DiscoveryResponse>) {
+        self.tx
+            .send(DiscoveryRequest {
+                node: Some(Node {
+                    id: self.node.clone(),
+                    ..Default::default()
+                }),
+                type_url: t.into(),
+                resource_names: names.iter().map(|n| n.to_string()).collect(),
+                version_info: ack.map(|r| r.version_info.clone()).unwrap_or_default(),
+                response_nonce: ack.map(|r| r.nonce.clone()).unwrap_or_default(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn nack(&self, r: &DiscoveryResponse, why: &str) {
+        self.tx
+            .send(DiscoveryRequest {
+                type_url: r.type_url.clone(),
+                response_nonce: r.nonce.clone(),
+                error_detail: Some(RpcStatus {
+                    code: 13,
+                    message: why.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn next(&mut self) -> DiscoveryResponse {
+        tokio::time::timeout(Duration::from_secs(5), self.rx.next())
+            .await
+            .expect("a response within 5 s")
+            .expect("the stream is open")
+            .expect("not an error")
+    }
+
+    async fn nothing(&mut self) {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), self.rx.next())
+                .await
+                .is_err(),
+            "no response expected"
+        );
+    }
+}
+
+fn names(r: &DiscoveryResponse) -> Vec<String> {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use prost::Message;
+    r.resources
+        .iter()
+        .map(|a| {
+            if r.type_url == type_url::CLUSTER {
+                Cluster::decode(a.value.as_slice()).unwrap().name
+            } else {
+                ClusterLoadAssignment::decode(a.value.as_slice())
+                    .unwrap()
+                    .cluster_name
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn sotw_subscriptions_acks_nacks_and_pushes() {
+    let (server, snapshots) = AdsServer::new();
+    snapshots.send(Arc::new(mesh("10.0.0.1"))).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let status = server.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, server, async {
+        let _ = stopped.await;
+    }));
+
+    let mut c = Client::connect(addr, "proxy-1").await;
+    // Wildcard CDS: every cluster.
+    c.ask(type_url::CLUSTER, &[], None).await;
+    let cds = c.next().await;
+    assert_eq!(
+        names(&cds),
+        ["outbound|80||a.default", "outbound|81||b.default"]
+    );
+    // EDS by name: only that one.
+    c.ask(type_url::ENDPOINT, &["outbound|80||a.default"], None)
+        .await;
+    let eds = c.next().await;
+    assert_eq!(names(&eds), ["outbound|80||a.default"]);
+    // ACKs: recorded, nothing sent back.
+    c.ask(type_url::CLUSTER, &[], Some(&cds)).await;
+    c.ask(type_url::ENDPOINT, &["outbound|80||a.default"], Some(&eds))
+        .await;
+    c.nothing().await;
+    let st = status.status();
+    let p = st.iter().find(|p| p.node == "proxy-1").unwrap();
+    assert!(p.connected);
+    assert_eq!(p.types[type_url::CLUSTER].acked, cds.version_info);
+    assert_eq!(p.types[type_url::ENDPOINT].acked, eds.version_info);
+
+    // A second proxy on its own stream.
+    let mut other = Client::connect(addr, "proxy-2").await;
+    other.ask(type_url::CLUSTER, &[], None).await;
+    let other_cds = other.next().await;
+
+    // An endpoint change: the new assignment is pushed to the subscriber of that name.
+    snapshots.send(Arc::new(mesh("10.0.0.2"))).unwrap();
+    let eds2 = c.next().await;
+    assert_eq!(eds2.type_url, type_url::ENDPOINT);
+    assert_ne!(eds2.version_info, eds.version_info);
+    // proxy-2 subscribed to clusters only, which did not change: nothing for it.
+    other.nothing().await;
+
+    // proxy-1 NACKs it: recorded with the reason; nothing is re-sent.
+    c.nack(&eds2, "endpoint rejected for the test").await;
+    c.nothing().await;
+    let st = status.status();
+    let p = st.iter().find(|p| p.node == "proxy-1").unwrap();
+    assert_eq!(
+        p.types[type_url::ENDPOINT].nacked,
+        Some((
+            eds2.version_info.clone(),
+            "endpoint rejected for the test".into()
+        ))
+    );
+    let q = st.iter().find(|p| p.node == "proxy-2").unwrap();
+    assert!(
+        q.types[type_url::CLUSTER].nacked.is_none(),
+        "one proxy's NACK is its own"
+    );
+
+    // A stale nonce (the first EDS response's) gets no answer.
+    c.ask(
+        type_url::ENDPOINT,
+        &["outbound|80||a.default", "outbound|81||b.default"],
+        Some(&eds),
+    )
+    .await;
+    c.nothing().await;
+    // The same with the current nonce and a new name: answered with both.
+    c.ask(
+        type_url::ENDPOINT,
+        &["outbound|80||a.default", "outbound|81||b.default"],
+        Some(&eds2),
+    )
+    .await;
+    let eds3 = c.next().await;
+    assert_eq!(
+        names(&eds3),
+        ["outbound|80||a.default", "outbound|81||b.default"]
+    );
+
+    // proxy-2's stream still works: it ACKs and stays quiet.
+    other.ask(type_url::CLUSTER, &[], Some(&other_cds)).await;
+    other.nothing().await;
+
+    // Delta ADS is refused, clearly.
+    let mut d = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let (_dtx, drx) = mpsc::channel(1);
+    let err = d
+        .delta_aggregated_resources(ReceiverStream::new(drx))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+
+    drop(c);
+    drop(other);
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+}
