@@ -323,3 +323,156 @@ fn run_serves_a_proxyless_grpc_client_that_follows_endpoint_changes() {
     drop(client);
     drop(servers);
 }
+
+/// Real Envoy as an xDS client: clusters and endpoints come from the controller over ADS
+/// (a static listener routes to the mesh's cluster), an endpoint change in the manifests
+/// moves Envoy's traffic, and `status` shows what Envoy ACKed. (NACKs are driven by a
+/// client of the test's own in `mesh/tests/ads.rs`: the compiler gives Envoy nothing to
+/// refuse.)
+#[test]
+fn envoy_takes_clusters_and_endpoints_from_the_controller() {
+    if !common::peers(&["envoy", "nginx", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("controller-envoy");
+    let (port, ads, admin, front, envoy_admin) = (
+        reserve_port(),
+        reserve_port(),
+        reserve_port(),
+        reserve_port(),
+        reserve_port(),
+    );
+    let ndir = TempDir::new("controller-envoy-nginx");
+    let ng = common::nginx(
+        &ndir,
+        &format!(
+            "server {{ listen 127.0.0.2:{port}; location / {{ return 200 \"a\"; }} }} \
+             server {{ listen 127.0.0.3:{port}; location / {{ return 200 \"b\"; }} }}"
+        ),
+    );
+    let up = |ip: [u8; 4]| {
+        std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_millis(200)).is_ok()
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(10), || up([127, 0, 0, 2])
+            && up([127, 0, 0, 3])),
+        "nginx: {}",
+        ng.stderr_so_far()
+    );
+    let manifests = dir.path("mesh");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("web.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{ name: shop }}\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  selector: {{ app: web }}\n  ports: [{{ name: http, port: 80, targetPort: {port} }}]\n"
+        ),
+    )
+    .unwrap();
+    let pod = |ip: &str, name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{ name: {name}, namespace: shop, labels: {{ app: web }} }}\nstatus: {{ podIP: {ip} }}\n"
+        )
+    };
+    std::fs::write(manifests.join("pods.yaml"), pod("127.0.0.2", "web-a")).unwrap();
+    let mut ctl = daemon(
+        Command::new(env!("CARGO_BIN_EXE_flowgate-controller"))
+            .args(["run", "--source"])
+            .arg(format!("dir:{}", manifests.display()))
+            .args(["--listen", &format!("127.0.0.1:{ads}")])
+            .args(["--admin", &format!("127.0.0.1:{admin}")]),
+        "flowgate-controller",
+    );
+    ctl.wait_port(ads);
+    ctl.wait_port(admin);
+
+    let bootstrap = dir.write(
+        "envoy.yaml",
+        &format!(
+            r#"node: {{ id: envoy-1, cluster: test }}
+admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {envoy_admin} }} }} }}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  listeners:
+  - name: front
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {front} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: front
+          route_config:
+            validate_clusters: false
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: "outbound|80||web.shop" }} }}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: xds
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {ads} }} }} }} }}] }}]
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+"#
+        ),
+    );
+    let mut envoy = daemon(
+        Command::new("envoy").arg("-c").arg(&bootstrap).args([
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "-l",
+            "error",
+            "--use-dynamic-base-id",
+        ]),
+        "envoy",
+    );
+    envoy.wait_port(front);
+    let get = || common::curl(&["-s", "-m", "2", &format!("http://127.0.0.1:{front}/")]).1;
+    assert!(
+        common::wait_until(Duration::from_secs(20), || get() == "a"),
+        "envoy never reached a: {:?}; controller: {}; envoy: {}",
+        get(),
+        ctl.stderr_so_far(),
+        envoy.stderr_so_far()
+    );
+    std::fs::write(manifests.join("pods.yaml"), pod("127.0.0.3", "web-b")).unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(15), || get() == "b"),
+        "envoy did not follow the endpoint change: {:?}",
+        get()
+    );
+    let admin_addr = format!("127.0.0.1:{admin}");
+    // Envoy ACKed the clusters and endpoint assignments it was sent.
+    let acked = |ty: &str| {
+        let (_, out, _) = controller(&["status", "--admin", &admin_addr]);
+        out.lines()
+            .find(|l| l.starts_with(&format!("  {ty}: sent ")))
+            .and_then(|l| l.split_once(" acked "))
+            .is_some_and(|(sent, acked)| !acked.is_empty() && sent.ends_with(acked.trim()))
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(10), || acked("Cluster")
+            && acked("ClusterLoadAssignment")),
+        "{}",
+        controller(&["status", "--admin", &admin_addr]).1
+    );
+    let (_, out, _) = controller(&["status", "--admin", &admin_addr]);
+    assert!(out.contains("proxy envoy-1 (connected)"), "{out}");
+    assert!(!out.contains("NACKed"), "{out}");
+    drop(envoy);
+}
