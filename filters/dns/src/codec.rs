@@ -298,9 +298,10 @@ impl Transform for Decoding {
 
 /// `decode-dns` on a TCP stream: [`Decoding`] plus the idle and message deadlines.
 ///
-/// The deadline is a plain instant moved as messages arrive; the timer is reset to it only
-/// when it fires early, so a busy connection costs a clock read per message, not a timer
-/// update.
+/// The deadline is a plain instant moved as messages arrive; the timer is reset to it when
+/// it fires early (the deadline moved later) or when the deadline moved earlier than the
+/// timer (a message started on an idle connection), so a busy connection costs a clock read
+/// per message, not a timer update.
 struct TcpDecoding {
     input: Events,
     decoding: Decoding,
@@ -337,6 +338,11 @@ impl TcpDecoding {
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        // The deadline moved earlier (a message started on an idle connection: the message
+        // clock is shorter than the idle one): the timer must not wait for the old one.
+        if timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
+        }
         loop {
             if timer.as_mut().poll(cx).is_pending() {
                 return false;

@@ -498,6 +498,19 @@ async fn tcp_clients_that_send_nothing_or_part_of_a_message_are_closed() {
     let (t, why) = ended(&mut h).await;
     assert!(near(t, 5) && why == Some(IdleTimeout), "{t:?} {why:?}");
 
+    // Polled while idle (its timer set for the idle deadline), then a message starts: the
+    // shorter message clock applies from the first byte, not the idle one.
+    let mut h = testing::Harness::with_context(&p, &cx());
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_secs(1), h.next())
+            .await
+            .is_err(),
+        "nothing to say yet"
+    );
+    h.push(Event::Data(Bytes::from_static(b"\x00\xff\x00\x01")));
+    let (t, why) = ended(&mut h).await;
+    assert!(near(t, 5) && why == Some(IdleTimeout), "{t:?} {why:?}");
+
     // A message dribbled a byte a second: more bytes do not extend the message timeout.
     let mut h = testing::Harness::with_context(&p, &cx());
     let query = framed(&q("api.svc.test", RecordType::A));
