@@ -331,10 +331,20 @@ fn run_serves_a_proxyless_grpc_client_that_follows_endpoint_changes() {
 /// refuse.)
 #[test]
 fn envoy_takes_clusters_and_endpoints_from_the_controller() {
+    envoy_case("GRPC");
+}
+
+/// The same with incremental xDS (`api_type: DELTA_GRPC`).
+#[test]
+fn envoy_over_delta_ads_takes_clusters_and_endpoints_from_the_controller() {
+    envoy_case("DELTA_GRPC");
+}
+
+fn envoy_case(api_type: &str) {
     if !common::peers(&["envoy", "nginx", "curl"]) {
         return;
     }
-    let dir = TempDir::new("controller-envoy");
+    let dir = TempDir::new(&format!("controller-envoy-{api_type}"));
     let (port, ads, admin, front, envoy_admin) = (
         reserve_port(),
         reserve_port(),
@@ -392,7 +402,7 @@ fn envoy_takes_clusters_and_endpoints_from_the_controller() {
 admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {envoy_admin} }} }} }}
 dynamic_resources:
   ads_config:
-    api_type: GRPC
+    api_type: {api_type}
     transport_api_version: V3
     grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
   cds_config: {{ ads: {{}}, resource_api_version: V3 }}

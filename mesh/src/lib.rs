@@ -36,7 +36,7 @@
 //! and serves them over state-of-the-world ADS.
 //!
 //! Not built yet (issue 14): sidecar listeners (inbound mTLS with SMI RBAC, outbound),
-//! SDS and CSR over gRPC, delta ADS, the etcd and Kubernetes sources.
+//! SDS and CSR over gRPC, the etcd and Kubernetes sources.
 
 #![forbid(unsafe_code)]
 

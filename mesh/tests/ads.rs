@@ -1,8 +1,9 @@
 //! The ADS server's protocol, driven by a tonic ADS client over loopback: the first request
 //! of a type is answered at once, full-state types go whole and named ones by name, ACKs
 //! and NACKs are recorded per proxy, a stale nonce gets no answer, a snapshot change is
-//! pushed (endpoints again after clusters), one proxy's NACK leaves another's stream alone,
-//! and delta ADS says it is not built.
+//! pushed (endpoints again after clusters), one proxy's NACK leaves another's stream alone;
+//! delta: only changes are sent, removals and absent names are named, NACKs recorded, and a
+//! reconnecting proxy's versions spare it what it holds.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::sync::Arc;
@@ -19,9 +20,21 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 fn mesh(endpoint_ip: &str) -> Snapshot {
+    mesh_with(endpoint_ip, true)
+}
+
+fn mesh_with(endpoint_ip: &str, with_b: bool) -> Snapshot {
     let text = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{ name: a }}\nspec: {{ selector: {{ app: a }}, ports: [{{ port: 80 }}] }}\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: b }}\nspec: {{ selector: {{ app: b }}, ports: [{{ port: 81 }}] }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: a-1, labels: {{ app: a }} }}\nstatus: {{ podIP: {endpoint_ip} }}\n"
     );
+    let text = if with_b {
+        text
+    } else {
+        text.split("---\n")
+            .filter(|d| !d.contains("name: b }"))
+            .collect::<Vec<_>>()
+            .join("---\n")
+    };
     let state = MeshState::build(parse_manifests(&text, "m.yaml".as_ref()).unwrap()).unwrap();
     Snapshot::new(grpc_resources(&state))
 }
@@ -211,19 +224,179 @@ async fn sotw_subscriptions_acks_nacks_and_pushes() {
     other.ask(type_url::CLUSTER, &[], Some(&other_cds)).await;
     other.nothing().await;
 
-    // Delta ADS is refused, clearly.
-    let mut d = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let (_dtx, drx) = mpsc::channel(1);
-    let err = d
-        .delta_aggregated_resources(ReceiverStream::new(drx))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unimplemented);
-
     drop(c);
     drop(other);
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+}
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+};
+
+struct Delta {
+    tx: mpsc::Sender<DeltaDiscoveryRequest>,
+    rx: tonic::Streaming<DeltaDiscoveryResponse>,
+}
+
+impl Delta {
+    async fn connect(addr: std::net::SocketAddr) -> Delta {
+        let mut c = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        let rx = c
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Delta { tx, rx }
+    }
+
+    async fn send(&self, req: DeltaDiscoveryRequest) {
+        self.tx.send(req).await.unwrap();
+    }
+
+    async fn next(&mut self) -> DeltaDiscoveryResponse {
+        tokio::time::timeout(Duration::from_secs(5), self.rx.next())
+            .await
+            .expect("a response within 5 s")
+            .expect("the stream is open")
+            .expect("not an error")
+    }
+
+    async fn nothing(&mut self) {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), self.rx.next())
+                .await
+                .is_err(),
+            "no response expected"
+        );
+    }
+}
+
+fn node(id: &str) -> Option<Node> {
+    Some(Node {
+        id: id.into(),
+        ..Default::default()
+    })
+}
+
+fn delta_names(r: &DeltaDiscoveryResponse) -> Vec<String> {
+    r.resources.iter().map(|x| x.name.clone()).collect()
+}
+
+#[tokio::test]
+async fn delta_sends_changes_and_names_what_is_gone() {
+    let (server, snapshots) = AdsServer::new();
+    snapshots.send(Arc::new(mesh("10.0.0.1"))).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let status = server.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, server, async {
+        let _ = stopped.await;
+    }));
+
+    let mut d = Delta::connect(addr).await;
+    // A first CDS request naming nothing: wildcard, every cluster.
+    d.send(DeltaDiscoveryRequest {
+        node: node("delta-1"),
+        type_url: type_url::CLUSTER.into(),
+        ..Default::default()
+    })
+    .await;
+    let cds = d.next().await;
+    assert_eq!(
+        delta_names(&cds),
+        ["outbound|80||a.default", "outbound|81||b.default"]
+    );
+    assert!(cds.removed_resources.is_empty());
+    d.send(DeltaDiscoveryRequest {
+        type_url: type_url::CLUSTER.into(),
+        response_nonce: cds.nonce.clone(),
+        ..Default::default()
+    })
+    .await;
+    // Endpoints by name, one of which does not exist: it is named as removed.
+    d.send(DeltaDiscoveryRequest {
+        type_url: type_url::ENDPOINT.into(),
+        resource_names_subscribe: vec![
+            "outbound|80||a.default".into(),
+            "outbound|99||nope.default".into(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let eds = d.next().await;
+    assert_eq!(delta_names(&eds), ["outbound|80||a.default"]);
+    assert_eq!(eds.removed_resources, ["outbound|99||nope.default"]);
+    d.send(DeltaDiscoveryRequest {
+        type_url: type_url::ENDPOINT.into(),
+        response_nonce: eds.nonce.clone(),
+        ..Default::default()
+    })
+    .await;
+    d.nothing().await;
+    let st = status.status();
+    let p = st.iter().find(|p| p.node == "delta-1").unwrap();
+    assert_eq!(p.types[type_url::CLUSTER].acked, cds.system_version_info);
+    assert_eq!(p.types[type_url::ENDPOINT].acked, eds.system_version_info);
+
+    // An endpoint moves: only that assignment is sent; clusters did not change.
+    snapshots.send(Arc::new(mesh("10.0.0.2"))).unwrap();
+    let eds2 = d.next().await;
+    assert_eq!(eds2.type_url, type_url::ENDPOINT);
+    assert_eq!(delta_names(&eds2), ["outbound|80||a.default"]);
+    assert_ne!(eds2.resources[0].version, eds.resources[0].version);
+    d.nothing().await;
+    // NACKed: recorded, not re-sent.
+    d.send(DeltaDiscoveryRequest {
+        type_url: type_url::ENDPOINT.into(),
+        response_nonce: eds2.nonce.clone(),
+        error_detail: Some(RpcStatus {
+            code: 13,
+            message: "no thanks".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    d.nothing().await;
+    let st = status.status();
+    let p = st.iter().find(|p| p.node == "delta-1").unwrap();
+    assert_eq!(
+        p.types[type_url::ENDPOINT].nacked,
+        Some((eds2.system_version_info.clone(), "no thanks".into()))
+    );
+
+    // Service b goes away: its cluster is named as removed, nothing else is sent.
+    snapshots
+        .send(Arc::new(mesh_with("10.0.0.2", false)))
+        .unwrap();
+    let gone = d.next().await;
+    assert_eq!(gone.type_url, type_url::CLUSTER);
+    assert!(gone.resources.is_empty());
+    assert_eq!(gone.removed_resources, ["outbound|81||b.default"]);
+
+    // A reconnecting proxy that holds cluster a at its version gets nothing for it.
+    let held = cds.resources[0].clone();
+    let mut again = Delta::connect(addr).await;
+    again
+        .send(DeltaDiscoveryRequest {
+            node: node("delta-2"),
+            type_url: type_url::CLUSTER.into(),
+            initial_resource_versions: [(held.name.clone(), held.version.clone())].into(),
+            resource_names_subscribe: vec!["*".into()],
+            ..Default::default()
+        })
+        .await;
+    let first = again.next().await;
+    assert!(first.resources.is_empty(), "{:?}", delta_names(&first));
+    assert!(first.removed_resources.is_empty());
+
+    drop(d);
+    drop(again);
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
 }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! flowgate-controller run --source dir:PATH      watch the manifests and serve them over ADS
-//!                         [--listen ADDR]        (state-of-the-world; default 127.0.0.1:15010)
+//!                         [--listen ADDR]        (SotW and delta; default 127.0.0.1:15010)
 //!                         [--admin ADDR]         GET /status as JSON (default 127.0.0.1:15000)
 //! flowgate-controller status [--admin ADDR]      each proxy's ACKed/NACKed versions, the
 //!                                                manifests' errors
@@ -13,7 +13,8 @@
 //! ```
 //!
 //! `run` serves what proxyless gRPC clients need (listeners, clusters, endpoints); sidecar
-//! resources, mTLS to the controller, SDS and delta ADS are not built yet.
+//! resources, mTLS to the controller and SDS are not built yet. Both state-of-the-world and
+//! delta ADS are served.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -9,7 +9,15 @@
 //! Listeners and clusters go as the full subscribed set; route configurations, endpoints
 //! and secrets by name. After a cluster push the subscribed endpoints are sent again (and
 //! route configurations after a listener push), so a client's updated clusters and
-//! listeners finish warming. Delta ADS answers `UNIMPLEMENTED` for now.
+//! listeners finish warming.
+//!
+//! Delta (incremental) ADS keeps, per stream and type, the subscribed names (or wildcard)
+//! and the version of every resource the proxy holds; it sends only what changed, and
+//! names what went away (or was asked for and does not exist) in `removed_resources`. A
+//! reconnecting proxy's `initial_resource_versions` spare it what it already has;
+//! subscriptions are honoured whatever the nonce; a request with `error_detail` is a NACK
+//! (recorded; nothing re-sent until the snapshot changes). A resource's version is a hash
+//! of its bytes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
@@ -21,7 +29,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
@@ -176,11 +184,22 @@ impl AggregatedDiscoveryService for AdsServer {
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaResponseStream>, Status> {
-        Err(Status::unimplemented(
-            "delta ADS is not built yet: use state-of-the-world (api_type: GRPC)",
-        ))
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let stream = DeltaStream {
+            snapshots: self.snapshots.clone(),
+            status: self.status.clone(),
+            tx,
+            node: String::new(),
+            types: BTreeMap::new(),
+            nonce: 0,
+        };
+        tokio::spawn(stream.run(inbound));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 
@@ -365,6 +384,232 @@ impl SotwStream {
             version_info: version.clone(),
             resources,
             type_url: t.to_string(),
+            nonce,
+            ..Default::default()
+        };
+        self.record(t, |s| s.sent = version);
+        self.tx.send(Ok(resp)).await.is_ok()
+    }
+}
+
+/// The version of one resource: a hash of its bytes.
+fn resource_version(any: &envoy_types::pb::google::protobuf::Any) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    any.type_url.hash(&mut h);
+    any.value.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// One delta stream's state for one type.
+#[derive(Default)]
+struct DeltaSub {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// What the proxy holds: name → version.
+    held: BTreeMap<String, String>,
+    /// Names subscribed that do not exist, already said so.
+    said_absent: BTreeSet<String>,
+    /// Nonces sent and not yet answered, with the snapshot version each carried.
+    pending: BTreeMap<String, String>,
+}
+
+struct DeltaStream {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    status: StatusMap,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    node: String,
+    types: BTreeMap<String, DeltaSub>,
+    nonce: u64,
+}
+
+/// The most names one delta request may subscribe to.
+const MAX_NAMES: usize = 100_000;
+
+impl DeltaStream {
+    async fn run(mut self, mut inbound: Streaming<DeltaDiscoveryRequest>) {
+        loop {
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(req)) => {
+                        if !self.on_request(req).await {
+                            break;
+                        }
+                    }
+                    Ok(None) | Err(_) => break,
+                },
+                changed = self.snapshots.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    self.snapshots.borrow_and_update();
+                    let types: Vec<String> = self.types.keys().cloned().collect();
+                    for t in types {
+                        if !self.send_changes(&t, false).await {
+                            return self.gone();
+                        }
+                    }
+                }
+            }
+        }
+        self.gone();
+    }
+
+    fn gone(&self) {
+        if !self.node.is_empty() {
+            let mut st = lock(&self.status);
+            if let Some(p) = st.get_mut(&self.node) {
+                p.connected = false;
+            }
+        }
+    }
+
+    fn record(&self, t: &str, f: impl FnOnce(&mut TypeStatus)) {
+        if self.node.is_empty() {
+            return;
+        }
+        let mut st = lock(&self.status);
+        let p = st.entry(self.node.clone()).or_insert_with(|| ProxyStatus {
+            node: self.node.clone(),
+            ..Default::default()
+        });
+        p.connected = true;
+        let ts = p.types.entry(t.to_string()).or_default();
+        f(ts);
+        ts.at = Some(SystemTime::now());
+    }
+
+    async fn on_request(&mut self, req: DeltaDiscoveryRequest) -> bool {
+        if self.node.is_empty()
+            && let Some(n) = &req.node
+        {
+            self.node = n.id.chars().take(256).collect();
+            let mut st = lock(&self.status);
+            let p = st.entry(self.node.clone()).or_default();
+            p.node = self.node.clone();
+            p.connected = true;
+        }
+        if req.resource_names_subscribe.len() > MAX_NAMES {
+            return true;
+        }
+        let t = req.type_url.clone();
+        let first = !self.types.contains_key(&t);
+        let sub = self.types.entry(t.clone()).or_default();
+        // The answer to an earlier response: an ACK, or a NACK with the reason.
+        if !req.response_nonce.is_empty()
+            && let Some(version) = sub.pending.remove(&req.response_nonce)
+        {
+            match &req.error_detail {
+                Some(err) => {
+                    let message = err.message.clone();
+                    tracing::warn!(node = %self.node, type_url = %t, %version, %message, "xDS NACK (delta)");
+                    self.record(&t, |s| s.nacked = Some((version, message)));
+                }
+                None => self.record(&t, |s| s.acked = version),
+            }
+        }
+        let sub = self.types.entry(t.clone()).or_default();
+        if first {
+            for (name, version) in &req.initial_resource_versions {
+                sub.held.insert(name.clone(), version.clone());
+            }
+            // A first request naming nothing is a wildcard one (the legacy form).
+            if req.resource_names_subscribe.is_empty() {
+                sub.wildcard = true;
+            }
+        }
+        let mut asked_new = false;
+        for n in &req.resource_names_subscribe {
+            if n == "*" {
+                asked_new |= !sub.wildcard;
+                sub.wildcard = true;
+            } else if sub.names.insert(n.clone()) {
+                // Asked again even if held: send it (the proxy may have lost it).
+                sub.held.remove(n);
+                sub.said_absent.remove(n);
+                asked_new = true;
+            }
+        }
+        for n in &req.resource_names_unsubscribe {
+            if n == "*" {
+                sub.wildcard = false;
+            } else {
+                sub.names.remove(n);
+                sub.held.remove(n);
+                sub.said_absent.remove(n);
+            }
+        }
+        if first || asked_new {
+            return self.send_changes(&t, first).await;
+        }
+        true
+    }
+
+    /// Sends what the proxy lacks or holds in another version, and what it holds that is
+    /// gone or no longer subscribed. With `always`, sends even an empty response (the
+    /// first answer of a type).
+    async fn send_changes(&mut self, t: &str, always: bool) -> bool {
+        let snap = self.snapshots.borrow().clone();
+        let version = snap.version(t);
+        let Some(sub) = self.types.get_mut(t) else {
+            return true;
+        };
+        let empty = BTreeMap::new();
+        let all = snap.resources.of(t).unwrap_or(&empty);
+        let wanted = |name: &str| sub.wildcard || sub.names.contains(name);
+        let mut resources = Vec::new();
+        for (name, any) in all {
+            if !wanted(name) {
+                continue;
+            }
+            let v = resource_version(any);
+            if sub.held.get(name) != Some(&v) {
+                resources.push(Resource {
+                    name: name.clone(),
+                    version: v.clone(),
+                    resource: Some(any.clone()),
+                    ..Default::default()
+                });
+            }
+        }
+        let mut removed: Vec<String> = sub
+            .held
+            .keys()
+            .filter(|n| !all.contains_key(*n) || !(sub.wildcard || sub.names.contains(*n)))
+            .cloned()
+            .collect();
+        // Subscribed by name and not there: say so once (it is sent when it appears).
+        for n in &sub.names {
+            if !all.contains_key(n)
+                && !sub.held.contains_key(n)
+                && sub.said_absent.insert(n.clone())
+            {
+                removed.push(n.clone());
+            }
+        }
+        if resources.is_empty() && removed.is_empty() && !always {
+            return true;
+        }
+        for r in &resources {
+            sub.said_absent.remove(&r.name);
+            sub.held.insert(r.name.clone(), r.version.clone());
+        }
+        for n in &removed {
+            sub.held.remove(n);
+        }
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        sub.pending.insert(nonce.clone(), version.clone());
+        if sub.pending.len() > 64 {
+            // A proxy that never answers: forget the oldest.
+            if let Some(k) = sub.pending.keys().next().cloned() {
+                sub.pending.remove(&k);
+            }
+        }
+        let resp = DeltaDiscoveryResponse {
+            system_version_info: version.clone(),
+            resources,
+            type_url: t.to_string(),
+            removed_resources: removed,
             nonce,
             ..Default::default()
         };
