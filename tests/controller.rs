@@ -221,7 +221,9 @@ fn run_serves_a_proxyless_grpc_client_that_follows_endpoint_changes() {
             .args(["run", "--source"])
             .arg(format!("dir:{}", manifests.display()))
             .args(["--listen", &format!("127.0.0.1:{ads}")])
-            .args(["--admin", &format!("127.0.0.1:{admin}")]),
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .arg("--state")
+            .arg(dir.path("state")),
         "flowgate-controller",
     );
     ctl.wait_port(ads);
@@ -389,7 +391,9 @@ fn envoy_case(api_type: &str) {
             .args(["run", "--source"])
             .arg(format!("dir:{}", manifests.display()))
             .args(["--listen", &format!("127.0.0.1:{ads}")])
-            .args(["--admin", &format!("127.0.0.1:{admin}")]),
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .arg("--state")
+            .arg(dir.path("state")),
         "flowgate-controller",
     );
     ctl.wait_port(ads);
@@ -485,4 +489,147 @@ static_resources:
     assert!(out.contains("proxy envoy-1 (connected)"), "{out}");
     assert!(!out.contains("NACKed"), "{out}");
     drop(envoy);
+}
+
+/// Real Envoy gets its mesh certificate and trust bundle over SDS (secrets `default` and
+/// `ROOTCA` for its node `client-1.shop`, from the controller's SDS service): an upstream
+/// nginx that requires a client certificate from the mesh's root answers with Envoy's
+/// identity.
+#[test]
+fn envoy_gets_its_mesh_certificate_over_sds() {
+    use flowgate::mesh::ca::{Ca, SpiffeId};
+    if !common::peers(&["envoy", "nginx", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("controller-sds");
+    let state = dir.path("state");
+    let (np, ads, admin, front, envoy_admin) = (
+        reserve_port(),
+        reserve_port(),
+        reserve_port(),
+        reserve_port(),
+        reserve_port(),
+    );
+    // The root the controller will load; nginx's own certificate from it.
+    let ca = Ca::load_or_generate(&state, "cluster.local", Duration::from_secs(3600)).unwrap();
+    let web = ca
+        .issue(&SpiffeId::new("cluster.local", "shop", "web").unwrap())
+        .unwrap();
+    let cert = dir.write("web.pem", &web.cert_pem);
+    let key = dir.write("web.key", web.key_pem.as_deref().unwrap());
+    let ndir = TempDir::new("controller-sds-nginx");
+    let mut ng = common::nginx(
+        &ndir,
+        &format!(
+            "server {{ listen 127.0.0.1:{np} ssl; ssl_certificate {}; ssl_certificate_key {}; \
+             ssl_client_certificate {}; ssl_verify_client on; \
+             location / {{ return 200 \"$ssl_client_verify $ssl_client_s_dn\"; }} }}",
+            cert.display(),
+            key.display(),
+            state.join("root.pem").display()
+        ),
+    );
+    ng.wait_port(np);
+    let manifests = dir.path("mesh");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("client.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata: { name: shop }\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: { name: client, namespace: shop }\n---\napiVersion: v1\nkind: Pod\nmetadata: { name: client-1, namespace: shop }\nspec: { serviceAccountName: client }\nstatus: { podIP: 127.0.0.5 }\n",
+    )
+    .unwrap();
+    let mut ctl = daemon(
+        Command::new(env!("CARGO_BIN_EXE_flowgate-controller"))
+            .args(["run", "--source"])
+            .arg(format!("dir:{}", manifests.display()))
+            .args(["--listen", &format!("127.0.0.1:{ads}")])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .arg("--state")
+            .arg(&state),
+        "flowgate-controller",
+    );
+    ctl.wait_port(ads);
+    // Static clusters take their secrets from the standalone SDS service (Envoy 1.40
+    // crashes when a static cluster names ADS as its SDS source before ADS is up).
+    let sds = "{ api_config_source: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }, resource_api_version: V3 }";
+    let bootstrap = dir.write(
+        "envoy.yaml",
+        &format!(
+            r#"node: {{ id: client-1.shop, cluster: client }}
+admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {envoy_admin} }} }} }}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
+static_resources:
+  listeners:
+  - name: front
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {front} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: front
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: web }} }}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: xds
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {ads} }} }} }} }}] }}]
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+  - name: web
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: web
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {np} }} }} }} }}] }}]
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: web.shop
+        common_tls_context:
+          tls_certificate_sds_secret_configs: [{{ name: default, sds_config: {sds} }}]
+          validation_context_sds_secret_config: {{ name: ROOTCA, sds_config: {sds} }}
+"#
+        ),
+    );
+    let mut envoy = daemon(
+        Command::new("envoy").arg("-c").arg(&bootstrap).args([
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "-l",
+            "error",
+            "--use-dynamic-base-id",
+        ]),
+        "envoy",
+    );
+    envoy.wait_port(front);
+    let get = || common::curl(&["-s", "-m", "2", &format!("http://127.0.0.1:{front}/")]).1;
+    assert!(
+        common::wait_until(Duration::from_secs(20), || get().starts_with("SUCCESS ")),
+        "no mutual TLS through Envoy: {:?}; controller: {}; envoy: {}",
+        get(),
+        ctl.stderr_so_far(),
+        envoy.stderr_so_far()
+    );
+    let answer = get();
+    assert!(answer.contains("CN=client.shop"), "{answer}");
+    let (_, out, _) = controller(&["status", "--admin", &format!("127.0.0.1:{admin}")]);
+    assert!(out.contains("proxy client-1.shop (connected)"), "{out}");
+    assert!(out.contains("  Secret: sent "), "{out}");
 }

@@ -12,8 +12,9 @@
 //!                         [--state DIR]
 //! ```
 //!
-//! `run` serves what proxyless gRPC clients need (listeners, clusters, endpoints); sidecar
-//! resources, mTLS to the controller and SDS are not built yet. Both state-of-the-world and
+//! `run` serves what proxyless gRPC clients need (listeners, clusters, endpoints) and every
+//! pod's sidecar its certificate and trust bundle over SDS (node id `<pod>.<namespace>`);
+//! sidecar listeners and mTLS to the controller are not built yet. Both state-of-the-world and
 //! delta ADS are served.
 
 use std::io::Write;
@@ -57,6 +58,10 @@ enum Command {
         /// Where the admin endpoint listens (`GET /status`, JSON); keep it on loopback.
         #[arg(long, default_value = "127.0.0.1:15000")]
         admin: std::net::SocketAddr,
+        /// The controller's state directory: the CA root (`root.pem`, `root.key`, made on
+        /// first use) and the token key.
+        #[arg(long, default_value = ".flowgate-controller")]
+        state: PathBuf,
     },
     /// Print the running controller's status: the mesh version and its manifest errors, and
     /// per proxy and type the versions sent, ACKed and NACKed (with the reason).
@@ -258,7 +263,14 @@ fn status(admin: std::net::SocketAddr) -> ExitCode {
 }
 
 /// `run`: the source feeds snapshots to the ADS server.
-fn run(source: &str, listen: std::net::SocketAddr, admin_at: std::net::SocketAddr) -> ExitCode {
+fn run(
+    source: &str,
+    listen: std::net::SocketAddr,
+    admin_at: std::net::SocketAddr,
+    state: PathBuf,
+) -> ExitCode {
+    use flowgate::mesh::ca::Ca;
+    use flowgate::mesh::xds::compile::{Leaves, all_sidecar_secrets};
     use flowgate::mesh::xds::{AdsServer, Snapshot, grpc_resources, serve};
     use flowgate::mesh::{DirSource, Source, Update};
     use std::sync::Arc;
@@ -296,35 +308,73 @@ fn run(source: &str, listen: std::net::SocketAddr, admin_at: std::net::SocketAdd
         tokio::spawn(admin(admin_listener, server.clone(), mesh_status.clone()));
         let mut src = DirSource::new(dir);
         tokio::spawn(async move {
+            let mut ca: Option<Ca> = None;
+            let mut leaves = Leaves::default();
+            let mut last: Option<Arc<flowgate::mesh::MeshState>> = None;
+            // Leaves are renewed at half their life: rebuild the snapshot now and then.
+            let mut renew = tokio::time::interval(Duration::from_secs(30));
+            renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                match src.next().await {
-                    Update::State(mesh) => {
-                        let snap = Snapshot::new(grpc_resources(&mesh));
-                        {
-                            let mut m = mesh_status.lock().unwrap_or_else(|p| p.into_inner());
-                            m.version = format!("{:016x}", mesh.version);
-                            m.errors.clear();
+                let mesh = tokio::select! {
+                    update = src.next() => match update {
+                        Update::State(mesh) => {
+                            {
+                                let mut m = mesh_status.lock().unwrap_or_else(|p| p.into_inner());
+                                m.version = format!("{:016x}", mesh.version);
+                                m.errors.clear();
+                            }
+                            tracing::info!(
+                                version = format!("{:016x}", mesh.version),
+                                services = mesh.services.len(),
+                                "mesh updated"
+                            );
+                            mesh
                         }
-                        tracing::info!(
-                            version = format!("{:016x}", mesh.version),
-                            services = mesh.services.len(),
-                            "mesh updated"
-                        );
-                        if snapshots.send(Arc::new(snap)).is_err() {
-                            break;
+                        Update::Rejected(errors) => {
+                            for e in &errors {
+                                tracing::error!("{e}");
+                            }
+                            mesh_status.lock().unwrap_or_else(|p| p.into_inner()).errors =
+                                errors.iter().map(ToString::to_string).collect();
+                            tracing::error!(
+                                errors = errors.len(),
+                                "manifests refused; the last good mesh stays served"
+                            );
+                            continue;
+                        }
+                    },
+                    _ = renew.tick() => match &last {
+                        Some(m) => m.clone(),
+                        None => continue,
+                    },
+                };
+                let cert = &mesh.mesh_config.certificate;
+                if ca.is_none() {
+                    match Ca::load_or_generate(
+                        &state,
+                        &cert.trust_domain,
+                        cert.service_cert_validity_duration,
+                    ) {
+                        Ok(c) => ca = Some(c),
+                        Err(e) => {
+                            tracing::error!("certificate authority: {e}; sidecars get no secrets")
                         }
                     }
-                    Update::Rejected(errors) => {
-                        for e in &errors {
-                            tracing::error!("{e}");
+                }
+                let mut snap = Snapshot::new(grpc_resources(&mesh));
+                if let Some(ca) = &ca {
+                    match all_sidecar_secrets(&mesh, ca, &mut leaves) {
+                        Ok(per_node) => {
+                            for (node, secrets) in per_node {
+                                snap = snap.with_node(node, secrets);
+                            }
                         }
-                        mesh_status.lock().unwrap_or_else(|p| p.into_inner()).errors =
-                            errors.iter().map(ToString::to_string).collect();
-                        tracing::error!(
-                            errors = errors.len(),
-                            "manifests refused; the last good mesh stays served"
-                        );
+                        Err(e) => tracing::error!("issuing sidecar certificates: {e}"),
                     }
+                }
+                last = Some(mesh);
+                if snapshots.send(Arc::new(snap)).is_err() {
+                    break;
                 }
             }
         });
@@ -364,7 +414,8 @@ fn main() -> ExitCode {
             source,
             listen,
             admin,
-        } => run(&source, listen, admin),
+            state,
+        } => run(&source, listen, admin, state),
         Command::Status { admin } => status(admin),
         Command::Check { path } => match load(&path) {
             Ok(s) => {

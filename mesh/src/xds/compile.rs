@@ -39,6 +39,7 @@ use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value
 use envoy_types::util::pack_any;
 use prost::Name;
 
+use crate::ca::{Ca, CaError, Issued, SpiffeId};
 use crate::model::{IntOrString, Service, ServicePort};
 use crate::state::MeshState;
 
@@ -279,6 +280,103 @@ pub fn grpc_resources(state: &MeshState) -> Resources {
         }
     }
     out
+}
+
+/// The SDS secret name of a proxy's own certificate and key (Istio's convention).
+pub const CERT_SECRET: &str = "default";
+/// The SDS secret name of the trust bundle (Istio's convention).
+pub const ROOT_SECRET: &str = "ROOTCA";
+
+fn inline(bytes: &str) -> Option<envoy_types::pb::envoy::config::core::v3::DataSource> {
+    use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
+    Some(DataSource {
+        specifier: Some(data_source::Specifier::InlineBytes(
+            bytes.as_bytes().to_vec(),
+        )),
+        ..Default::default()
+    })
+}
+
+/// A sidecar's two SDS secrets: [`CERT_SECRET`] (its certificate and key for `leaf`'s
+/// identity) and [`ROOT_SECRET`] (`bundle_pem`, every root to trust). For Envoy sidecars
+/// the CA made the key (the weaker mode: the key travels over the xDS stream).
+pub fn sidecar_secrets(leaf: &Issued, bundle_pem: &str) -> Resources {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CertificateValidationContext, Secret, TlsCertificate, secret,
+    };
+    let mut out = Resources::default();
+    out.put(
+        CERT_SECRET.into(),
+        Secret {
+            name: CERT_SECRET.into(),
+            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                certificate_chain: inline(&leaf.cert_pem),
+                private_key: inline(leaf.key_pem.as_deref().unwrap_or_default()),
+                ..Default::default()
+            })),
+        },
+    );
+    out.put(
+        ROOT_SECRET.into(),
+        Secret {
+            name: ROOT_SECRET.into(),
+            r#type: Some(secret::Type::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: inline(bundle_pem),
+                    ..Default::default()
+                },
+            )),
+        },
+    );
+    out
+}
+
+/// The node id of pod `ns/name`'s sidecar: `<name>.<ns>` (what its bootstrap says).
+pub fn node_id(ns: &str, pod: &str) -> String {
+    format!("{pod}.{ns}")
+}
+
+/// Leaf certificates by identity, issued again when half their lifetime has passed (so a
+/// rebuilt snapshot keeps the same certificate, and the same secret version, until then).
+#[derive(Debug, Default)]
+pub struct Leaves {
+    issued: BTreeMap<SpiffeId, (Issued, std::time::SystemTime)>,
+}
+
+impl Leaves {
+    /// The current leaf of `id`, issued now if there is none or it is past half its life.
+    pub fn get(&mut self, ca: &Ca, id: &SpiffeId) -> Result<&Issued, CaError> {
+        let now = std::time::SystemTime::now();
+        let fresh = self
+            .issued
+            .get(id)
+            .is_some_and(|(_, renew_at)| now < *renew_at);
+        if !fresh {
+            let leaf = ca.issue(id)?;
+            let renew_at = now + ca.leaf_validity() / 2;
+            self.issued.insert(id.clone(), (leaf, renew_at));
+        }
+        self.issued
+            .get(id)
+            .map(|(l, _)| l)
+            .ok_or_else(|| CaError::BadId(id.to_string()))
+    }
+}
+
+/// The secrets of every pod's sidecar in `state`, by node id ([`node_id`]).
+pub fn all_sidecar_secrets(
+    state: &MeshState,
+    ca: &Ca,
+    leaves: &mut Leaves,
+) -> Result<BTreeMap<String, Resources>, CaError> {
+    let bundle = ca.bundle_pem();
+    let mut out = BTreeMap::new();
+    for ((ns, name), pod) in &state.pods {
+        let id = SpiffeId::new(ca.trust_domain(), ns, pod.value.service_account())?;
+        let leaf = leaves.get(ca, &id)?;
+        out.insert(node_id(ns, name), sidecar_secrets(leaf, &bundle));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

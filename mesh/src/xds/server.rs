@@ -31,44 +31,80 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{
+    SecretDiscoveryService, SecretDiscoveryServiceServer,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::compile::{Resources, type_url};
 
-/// The resources every proxy is served now, with a version per type.
+/// The resources proxies are served now: those every proxy shares, and per node id those of
+/// its own (its secrets), each with a version per type.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    /// The resources.
+    /// The resources every proxy shares.
     pub resources: Resources,
-    /// A content version per type URL.
+    /// A content version per type URL of `resources`.
     pub versions: BTreeMap<String, String>,
+    /// Per node id: resources of its own. A type present here replaces the shared one for
+    /// that node.
+    pub per_node: BTreeMap<String, (Resources, BTreeMap<String, String>)>,
+}
+
+fn versions_of(resources: &Resources) -> BTreeMap<String, String> {
+    resources
+        .by_type
+        .iter()
+        .map(|(t, rs)| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for (name, any) in rs {
+                name.hash(&mut h);
+                any.value.hash(&mut h);
+            }
+            (t.clone(), format!("{:016x}", h.finish()))
+        })
+        .collect()
 }
 
 impl Snapshot {
     /// A snapshot of `resources`, versioned by content.
     pub fn new(resources: Resources) -> Self {
-        let versions = resources
-            .by_type
-            .iter()
-            .map(|(t, rs)| {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                for (name, any) in rs {
-                    name.hash(&mut h);
-                    any.value.hash(&mut h);
-                }
-                (t.clone(), format!("{:016x}", h.finish()))
-            })
-            .collect();
         Snapshot {
+            versions: versions_of(&resources),
             resources,
-            versions,
+            per_node: BTreeMap::new(),
         }
     }
 
-    fn version(&self, t: &str) -> String {
-        self.versions.get(t).cloned().unwrap_or_else(|| "0".into())
+    /// Adds `node`'s own resources.
+    #[must_use]
+    pub fn with_node(mut self, node: String, resources: Resources) -> Self {
+        let v = versions_of(&resources);
+        self.per_node.insert(node, (resources, v));
+        self
+    }
+
+    /// The resources of type `t` that `node` is served.
+    pub fn of(
+        &self,
+        node: &str,
+        t: &str,
+    ) -> Option<&BTreeMap<String, envoy_types::pb::google::protobuf::Any>> {
+        self.per_node
+            .get(node)
+            .and_then(|(r, _)| r.of(t))
+            .or_else(|| self.resources.of(t))
+    }
+
+    fn version(&self, node: &str, t: &str) -> String {
+        self.per_node
+            .get(node)
+            .and_then(|(r, v)| r.of(t).and(v.get(t)))
+            .or_else(|| self.versions.get(t))
+            .cloned()
+            .unwrap_or_else(|| "0".into())
     }
 }
 
@@ -136,15 +172,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Serves `server` on `listener` (plain TCP, HTTP/2) until `shutdown` completes.
+/// The standalone SDS service (for proxies whose static resources take secrets from a
+/// gRPC SDS cluster rather than from ADS), served from the same snapshots.
+pub fn secret_service(server: AdsServer) -> SecretDiscoveryServiceServer<AdsServer> {
+    SecretDiscoveryServiceServer::new(server)
+        .max_decoding_message_size(16 << 20)
+        .max_encoding_message_size(16 << 20)
+}
+
+/// Serves `server` on `listener` (plain TCP, HTTP/2) until `shutdown` completes: ADS and
+/// the standalone SDS service.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     server: AdsServer,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
+        .add_service(server.clone().into_service())
+        .add_service(secret_service(server))
         .serve_with_incoming_shutdown(
-            server.into_service(),
             tonic::transport::server::TcpIncoming::from(listener),
             shutdown,
         )
@@ -200,6 +246,35 @@ impl AggregatedDiscoveryService for AdsServer {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+}
+
+#[tonic::async_trait]
+impl SecretDiscoveryService for AdsServer {
+    type StreamSecretsStream = ResponseStream;
+    type DeltaSecretsStream = DeltaResponseStream;
+
+    async fn stream_secrets(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        self.stream_aggregated_resources(request).await
+    }
+
+    async fn delta_secrets(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaResponseStream>, Status> {
+        self.delta_aggregated_resources(request).await
+    }
+
+    async fn fetch_secrets(
+        &self,
+        _request: Request<DiscoveryRequest>,
+    ) -> Result<Response<DiscoveryResponse>, Status> {
+        Err(Status::unimplemented(
+            "fetch (REST-style) SDS is not served: use the streaming SDS or ADS",
+        ))
     }
 }
 
@@ -312,7 +387,7 @@ impl SotwStream {
             _ => false,
         };
         sub.names = names;
-        let version = self.snapshots.borrow().version(&t);
+        let version = self.snapshots.borrow().version(&self.node, &t);
         if first || grew || sub.last_version.as_deref() != Some(version.as_str()) {
             return self.send(&t).await;
         }
@@ -325,7 +400,9 @@ impl SotwStream {
         let changed: Vec<String> = self
             .types
             .iter()
-            .filter(|(t, s)| s.last_version.as_deref() != Some(snap.version(t).as_str()))
+            .filter(|(t, s)| {
+                s.last_version.as_deref() != Some(snap.version(&self.node, t).as_str())
+            })
             .map(|(t, _)| t.clone())
             .collect();
         let mut order: Vec<&str> = vec![
@@ -361,11 +438,11 @@ impl SotwStream {
 
     async fn send(&mut self, t: &str) -> bool {
         let snap = self.snapshots.borrow().clone();
-        let version = snap.version(t);
+        let version = snap.version(&self.node, t);
         let Some(sub) = self.types.get_mut(t) else {
             return true;
         };
-        let all = snap.resources.of(t);
+        let all = snap.of(&self.node, t);
         let resources = match (&sub.names, all) {
             (_, None) => Vec::new(),
             (None, Some(all)) => all.values().cloned().collect(),
@@ -549,12 +626,12 @@ impl DeltaStream {
     /// first answer of a type).
     async fn send_changes(&mut self, t: &str, always: bool) -> bool {
         let snap = self.snapshots.borrow().clone();
-        let version = snap.version(t);
+        let version = snap.version(&self.node, t);
         let Some(sub) = self.types.get_mut(t) else {
             return true;
         };
         let empty = BTreeMap::new();
-        let all = snap.resources.of(t).unwrap_or(&empty);
+        let all = snap.of(&self.node, t).unwrap_or(&empty);
         let wanted = |name: &str| sub.wildcard || sub.names.contains(name);
         let mut resources = Vec::new();
         for (name, any) in all {
