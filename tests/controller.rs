@@ -633,3 +633,131 @@ static_resources:
     assert!(out.contains("proxy client-1.shop (connected)"), "{out}");
     assert!(out.contains("  Secret: sent "), "{out}");
 }
+
+/// Two real Envoy sidecars configured only by the controller (ADS: listeners, clusters,
+/// endpoints and their SDS secrets), in explicit proxy mode on loopback addresses: the
+/// client's request to `web.shop` leaves through its sidecar's outbound listener, crosses
+/// to the web pod's sidecar over mutual TLS (the inbound listener counts the handshake),
+/// and reaches the web workload.
+#[test]
+fn two_envoy_sidecars_talk_mtls_from_the_controllers_config() {
+    if !common::peers(&["envoy", "nginx", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("controller-pair");
+    let (app, ads, admin, admin_a, admin_b) = (
+        reserve_port(),
+        reserve_port(),
+        reserve_port(),
+        reserve_port(),
+        reserve_port(),
+    );
+    let ndir = TempDir::new("controller-pair-nginx");
+    let ng = common::nginx(
+        &ndir,
+        &format!(
+            "server {{ listen 127.0.0.6:{app}; location / {{ return 200 \"web $http_host\"; }} }}"
+        ),
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.6",
+            app
+        ))
+        .is_ok()),
+        "nginx: {}",
+        ng.stderr_so_far()
+    );
+    let manifests = dir.path("mesh");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("shop.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{ name: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: client, namespace: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: web, namespace: shop }}\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  selector: {{ app: web }}\n  ports: [{{ name: http, port: 80, targetPort: {app} }}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: client-1, namespace: shop, labels: {{ app: client }} }}\nspec: {{ serviceAccountName: client }}\nstatus: {{ podIP: 127.0.0.5 }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: web-1, namespace: shop, labels: {{ app: web }} }}\nspec: {{ serviceAccountName: web }}\nstatus: {{ podIP: 127.0.0.6 }}\n"
+        ),
+    )
+    .unwrap();
+    let mut ctl = daemon(
+        Command::new(env!("CARGO_BIN_EXE_flowgate-controller"))
+            .args(["run", "--source"])
+            .arg(format!("dir:{}", manifests.display()))
+            .args(["--listen", &format!("127.0.0.1:{ads}")])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .arg("--state")
+            .arg(dir.path("state")),
+        "flowgate-controller",
+    );
+    ctl.wait_port(ads);
+    let sidecar = |node: &str, admin_port: u16| {
+        let bootstrap = dir.write(
+            &format!("{node}.yaml"),
+            &format!(
+                r#"node: {{ id: {node}, cluster: {node} }}
+admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }} }}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: xds
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {ads} }} }} }} }}] }}]
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+"#
+            ),
+        );
+        daemon(
+            Command::new("envoy").arg("-c").arg(&bootstrap).args([
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "-l",
+                "error",
+                "--use-dynamic-base-id",
+            ]),
+            node,
+        )
+    };
+    let a = sidecar("client-1.shop", admin_a);
+    let b = sidecar("web-1.shop", admin_b);
+    let url = "http://127.0.0.5:15001/books";
+    let get = || common::curl(&["-s", "-m", "2", "-H", "Host: web.shop", url]).1;
+    assert!(
+        common::wait_until(Duration::from_secs(30), || get() == "web web.shop"),
+        "no answer through the sidecars: {:?}; controller: {}; a: {}; b: {}; status: {}",
+        get(),
+        ctl.stderr_so_far(),
+        a.stderr_so_far(),
+        b.stderr_so_far(),
+        controller(&["status", "--admin", &format!("127.0.0.1:{admin}")]).1
+    );
+    // The web sidecar's inbound listener did the TLS handshakes.
+    let (_, stats, _) = common::curl(&[
+        "-s",
+        &format!("http://127.0.0.1:{admin_b}/stats?filter=ssl.handshake"),
+    ]);
+    let handshakes: u64 = stats
+        .lines()
+        .filter(|l| l.contains("15006"))
+        .filter_map(|l| l.rsplit(": ").next()?.trim().parse::<u64>().ok())
+        .sum();
+    assert!(handshakes >= 1, "{stats}");
+    // Without a client certificate the inbound port refuses.
+    let (ok, _, _) = common::curl(&["-s", "-k", "-m", "2", "https://127.0.0.6:15006/"]);
+    assert!(
+        !ok,
+        "the inbound listener served a client without a mesh certificate"
+    );
+    drop(a);
+    drop(b);
+}

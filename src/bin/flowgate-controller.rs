@@ -13,8 +13,9 @@
 //! ```
 //!
 //! `run` serves what proxyless gRPC clients need (listeners, clusters, endpoints) and every
-//! pod's sidecar its certificate and trust bundle over SDS (node id `<pod>.<namespace>`);
-//! sidecar listeners and mTLS to the controller are not built yet. Both state-of-the-world and
+//! pod's sidecar (node id `<pod>.<namespace>`) its listeners, mTLS clusters, endpoints and
+//! SDS secrets (permissive policy, explicit proxy mode); SMI policy in the sidecars and mTLS
+//! to the controller are not built yet. Both state-of-the-world and
 //! delta ADS are served.
 
 use std::io::Write;

@@ -331,6 +331,293 @@ pub fn sidecar_secrets(leaf: &Issued, bundle_pem: &str) -> Resources {
     out
 }
 
+/// The port a sidecar takes inbound (mTLS) connections on, at its pod's IP.
+pub const INBOUND_PORT: u16 = 15006;
+/// The port a sidecar takes its workload's outbound HTTP on, at its pod's IP (explicit
+/// proxy mode: the workload sends `Host: <service>.<namespace>`).
+pub const OUTBOUND_PORT: u16 = 15001;
+
+/// The cluster name of service `ns/name` at `port` as a sidecar reaches it (over mTLS to
+/// the destination sidecars' inbound port).
+pub fn sidecar_cluster_name(ns: &str, name: &str, port: u16) -> String {
+    format!("outbound|{port}||{name}.{ns}|mtls")
+}
+
+fn sds_ads(
+    name: &str,
+) -> envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::SdsSecretConfig {
+    envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::SdsSecretConfig {
+        name: name.into(),
+        sds_config: Some(ads()),
+    }
+}
+
+/// The TLS context of every mesh connection: the proxy's own certificate and the bundle,
+/// both over SDS.
+fn mesh_tls() -> envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::CommonTlsContext {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CommonTlsContext, common_tls_context,
+    };
+    CommonTlsContext {
+        tls_certificate_sds_secret_configs: vec![sds_ads(CERT_SECRET)],
+        validation_context_type: Some(
+            common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(sds_ads(
+                ROOT_SECRET,
+            )),
+        ),
+        ..Default::default()
+    }
+}
+
+fn tls_socket(typed: Any) -> envoy_types::pb::envoy::config::core::v3::TransportSocket {
+    use envoy_types::pb::envoy::config::core::v3::{TransportSocket, transport_socket};
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(typed)),
+    }
+}
+
+fn hcm_filter(
+    stat_prefix: &str,
+    routes: RouteConfiguration,
+) -> envoy_types::pb::envoy::config::listener::v3::Filter {
+    use envoy_types::pb::envoy::config::listener::v3::{Filter, filter};
+    let hcm = HttpConnectionManager {
+        stat_prefix: stat_prefix.into(),
+        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                Router::default(),
+            ))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(hcm))),
+    }
+}
+
+fn route_to(action: RouteAction) -> Route {
+    Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        }),
+        action: Some(route::Action::Route(action)),
+        ..Default::default()
+    }
+}
+
+fn cluster_action(name: String) -> RouteAction {
+    RouteAction {
+        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(name)),
+        ..Default::default()
+    }
+}
+
+/// What the sidecar of pod `ns/pod` is served (besides its secrets), in explicit proxy
+/// mode and permissive policy:
+/// - an **inbound** listener at `<pod IP>:15006` that requires a mesh client certificate
+///   (mTLS, SDS) and passes requests to its workload at `<pod IP>:<target port>` of the
+///   first service port that selects it (cluster `inbound|<port>`);
+/// - an **outbound** listener at `<pod IP>:15001` taking plain HTTP from its workload,
+///   routed by `Host` (`<svc>.<ns>`, with or without `:<port>`, and
+///   `<svc>.<ns>.svc.cluster.local`) to the service's mTLS cluster — a TrafficSplit as
+///   weighted clusters;
+/// - per service port, a cluster `outbound|<port>||<svc>.<ns>|mtls` (EDS; upstream mTLS
+///   with SDS) whose endpoints are the selected pods' inbound ports.
+///
+/// `None` for a pod without an IP. SMI policy (strict mode) is not compiled yet: every
+/// meshed call is allowed, still over mTLS.
+pub fn sidecar_resources(state: &MeshState, ns: &str, pod: &str) -> Option<Resources> {
+    use envoy_types::pb::envoy::config::listener::v3::FilterChain;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        DownstreamTlsContext, UpstreamTlsContext,
+    };
+    let p = state.pods.get(&(ns.to_string(), pod.to_string()))?;
+    let ip = p.value.status.pod_ip.clone()?;
+    let mut out = Resources::default();
+    // Inbound: the first service port selecting this pod names the workload's port.
+    let local = state.services.values().find_map(|s| {
+        let selects = s.value.metadata.ns() == ns
+            && !s.value.spec.selector.is_empty()
+            && s.value
+                .spec
+                .selector
+                .iter()
+                .all(|(k, v)| p.value.metadata.labels.get(k) == Some(v));
+        if selects {
+            s.value.spec.ports.first().map(target_port)
+        } else {
+            None
+        }
+    });
+    if let Some(app_port) = local {
+        let inbound_cluster = format!("inbound|{app_port}");
+        out.put(
+            inbound_cluster.clone(),
+            Cluster {
+                name: inbound_cluster.clone(),
+                cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                    cluster::DiscoveryType::Static as i32,
+                )),
+                connect_timeout: Some(PbDuration {
+                    seconds: 5,
+                    nanos: 0,
+                }),
+                load_assignment: Some(ClusterLoadAssignment {
+                    cluster_name: inbound_cluster.clone(),
+                    endpoints: vec![LocalityLbEndpoints {
+                        lb_endpoints: vec![LbEndpoint {
+                            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(
+                                Endpoint {
+                                    address: Some(socket(&ip, app_port)),
+                                    ..Default::default()
+                                },
+                            )),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        let routes = RouteConfiguration {
+            name: "inbound".into(),
+            virtual_hosts: vec![VirtualHost {
+                name: "inbound".into(),
+                domains: vec!["*".into()],
+                routes: vec![route_to(cluster_action(inbound_cluster))],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let tls = DownstreamTlsContext {
+            common_tls_context: Some(mesh_tls()),
+            require_client_certificate: Some(envoy_types::pb::google::protobuf::BoolValue {
+                value: true,
+            }),
+            ..Default::default()
+        };
+        out.put(
+            "inbound".into(),
+            Listener {
+                name: "inbound".into(),
+                address: Some(socket(&ip, INBOUND_PORT)),
+                filter_chains: vec![FilterChain {
+                    filters: vec![hcm_filter("inbound", routes)],
+                    transport_socket: Some(tls_socket(pack_any(tls))),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        );
+    }
+    // Outbound: every service of the mesh, by host name.
+    let mut hosts = Vec::new();
+    for s in state.services.values() {
+        let svc = &s.value;
+        let (sns, name) = (svc.metadata.ns(), svc.metadata.name.as_str());
+        for (i, port) in svc.spec.ports.iter().enumerate() {
+            let cname = sidecar_cluster_name(sns, name, port.port);
+            let upstream = UpstreamTlsContext {
+                common_tls_context: Some(mesh_tls()),
+                sni: format!("{name}.{sns}"),
+                ..Default::default()
+            };
+            out.put(
+                cname.clone(),
+                Cluster {
+                    name: cname.clone(),
+                    cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                        cluster::DiscoveryType::Eds as i32,
+                    )),
+                    eds_cluster_config: Some(cluster::EdsClusterConfig {
+                        eds_config: Some(ads()),
+                        service_name: String::new(),
+                    }),
+                    lb_policy: cluster::LbPolicy::RoundRobin as i32,
+                    connect_timeout: Some(PbDuration {
+                        seconds: 5,
+                        nanos: 0,
+                    }),
+                    transport_socket: Some(tls_socket(pack_any(upstream))),
+                    ..Default::default()
+                },
+            );
+            let lb_endpoints = state
+                .pods_of(svc)
+                .filter_map(|p| p.value.status.pod_ip.clone())
+                .map(|pip| LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                        address: Some(socket(&pip, INBOUND_PORT)),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                })
+                .collect();
+            out.put(
+                cname.clone(),
+                ClusterLoadAssignment {
+                    cluster_name: cname.clone(),
+                    endpoints: vec![LocalityLbEndpoints {
+                        locality: Some(Locality::default()),
+                        lb_endpoints,
+                        load_balancing_weight: Some(UInt32Value { value: 1 }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            );
+            // The route: the service's cluster, or a split's weighted mTLS clusters.
+            let mut action = route_action(state, svc, port.port);
+            if let Some(route_action::ClusterSpecifier::WeightedClusters(w)) =
+                &mut action.cluster_specifier
+            {
+                for c in &mut w.clusters {
+                    c.name.push_str("|mtls");
+                }
+            } else {
+                action = cluster_action(cname.clone());
+            }
+            let mut domains = vec![format!("{name}.{sns}:{}", port.port)];
+            if i == 0 {
+                domains.push(format!("{name}.{sns}"));
+                domains.push(format!("{name}.{sns}.svc.cluster.local"));
+            }
+            hosts.push(VirtualHost {
+                name: format!("{name}.{sns}:{}", port.port),
+                domains,
+                routes: vec![route_to(action)],
+                ..Default::default()
+            });
+        }
+    }
+    let routes = RouteConfiguration {
+        name: "outbound".into(),
+        virtual_hosts: hosts,
+        ..Default::default()
+    };
+    out.put(
+        "outbound".into(),
+        Listener {
+            name: "outbound".into(),
+            address: Some(socket(&ip, OUTBOUND_PORT)),
+            filter_chains: vec![FilterChain {
+                filters: vec![hcm_filter("outbound", routes)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    );
+    Some(out)
+}
+
 /// The node id of pod `ns/name`'s sidecar: `<name>.<ns>` (what its bootstrap says).
 pub fn node_id(ns: &str, pod: &str) -> String {
     format!("{pod}.{ns}")
@@ -363,7 +650,8 @@ impl Leaves {
     }
 }
 
-/// The secrets of every pod's sidecar in `state`, by node id ([`node_id`]).
+/// Everything every pod's sidecar in `state` is served — [`sidecar_resources`] and its
+/// secrets ([`sidecar_secrets`]) — by node id ([`node_id`]).
 pub fn all_sidecar_secrets(
     state: &MeshState,
     ca: &Ca,
@@ -374,7 +662,11 @@ pub fn all_sidecar_secrets(
     for ((ns, name), pod) in &state.pods {
         let id = SpiffeId::new(ca.trust_domain(), ns, pod.value.service_account())?;
         let leaf = leaves.get(ca, &id)?;
-        out.insert(node_id(ns, name), sidecar_secrets(leaf, &bundle));
+        let mut r = sidecar_resources(state, ns, name).unwrap_or_default();
+        for (t, rs) in sidecar_secrets(leaf, &bundle).by_type {
+            r.by_type.insert(t, rs);
+        }
+        out.insert(node_id(ns, name), r);
     }
     Ok(out)
 }
@@ -457,6 +749,35 @@ mod tests {
         // 100/0: the zero weight is left out.
         assert_eq!(w.clusters.len(), 1);
         assert_eq!(w.clusters[0].name, "outbound|14001||bookstore-v1.bookstore");
+    }
+
+    #[test]
+    fn sidecars_get_inbound_mtls_and_outbound_routes_by_host() {
+        let state = demo();
+        let buyer = sidecar_resources(&state, "bookbuyer", "bookbuyer").unwrap();
+        let listeners = buyer.of(type_url::LISTENER).unwrap();
+        // No service selects bookbuyer: no inbound listener, only the outbound one.
+        assert_eq!(listeners.keys().collect::<Vec<_>>(), ["outbound"]);
+        let out = Listener::decode(listeners["outbound"].value.as_slice()).unwrap();
+        assert!(format!("{:?}", out.address).contains("10.42.0.11"));
+        let clusters = buyer.of(type_url::CLUSTER).unwrap();
+        assert!(clusters.contains_key("outbound|14001||bookstore-v1.bookstore|mtls"));
+        let cla =
+            &buyer.of(type_url::ENDPOINT).unwrap()["outbound|14001||bookstore-v1.bookstore|mtls"];
+        let cla = ClusterLoadAssignment::decode(cla.value.as_slice()).unwrap();
+        assert!(format!("{cla:?}").contains("10.42.0.21") && format!("{cla:?}").contains("15006"));
+        // bookstore-v1 takes mTLS at 15006 and hands requests to its workload's port.
+        let store = sidecar_resources(&state, "bookstore", "bookstore-v1").unwrap();
+        let inbound = &store.of(type_url::LISTENER).unwrap()["inbound"];
+        let inbound = Listener::decode(inbound.value.as_slice()).unwrap();
+        assert!(inbound.filter_chains[0].transport_socket.is_some(), "mTLS");
+        assert!(
+            store
+                .of(type_url::CLUSTER)
+                .unwrap()
+                .contains_key("inbound|14001")
+        );
+        assert!(sidecar_resources(&state, "bookstore", "nobody").is_none());
     }
 
     #[test]
