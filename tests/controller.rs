@@ -688,48 +688,8 @@ fn two_envoy_sidecars_talk_mtls_from_the_controllers_config() {
         "flowgate-controller",
     );
     ctl.wait_port(ads);
-    let sidecar = |node: &str, admin_port: u16| {
-        let bootstrap = dir.write(
-            &format!("{node}.yaml"),
-            &format!(
-                r#"node: {{ id: {node}, cluster: {node} }}
-admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }} }}
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {ads} }} }} }} }}] }}]
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-"#
-            ),
-        );
-        daemon(
-            Command::new("envoy").arg("-c").arg(&bootstrap).args([
-                "--concurrency",
-                "1",
-                "--disable-hot-restart",
-                "-l",
-                "error",
-                "--use-dynamic-base-id",
-            ]),
-            node,
-        )
-    };
-    let a = sidecar("client-1.shop", admin_a);
-    let b = sidecar("web-1.shop", admin_b);
+    let a = envoy_sidecar(&dir, "client-1.shop", admin_a, ads);
+    let b = envoy_sidecar(&dir, "web-1.shop", admin_b, ads);
     let url = "http://127.0.0.5:15001/books";
     let get = || common::curl(&["-s", "-m", "2", "-H", "Host: web.shop", url]).1;
     assert!(
@@ -760,4 +720,175 @@ static_resources:
     );
     drop(a);
     drop(b);
+}
+
+/// An Envoy sidecar for pod node `node` (`<pod>.<ns>`) bootstrapped with nothing but the
+/// controller's ADS address: every listener, cluster, endpoint and secret comes over ADS.
+fn envoy_sidecar(dir: &TempDir, node: &str, admin_port: u16, ads: u16) -> Proc {
+    let bootstrap = dir.write(
+        &format!("{node}.yaml"),
+        &format!(
+            r#"node: {{ id: {node}, cluster: {node} }}
+admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }} }}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: xds
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {ads} }} }} }} }}] }}]
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+"#
+        ),
+    );
+    daemon(
+        Command::new("envoy").arg("-c").arg(&bootstrap).args([
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "-l",
+            "error",
+            "--use-dynamic-base-id",
+        ]),
+        node,
+    )
+}
+
+/// Strict mode with real Envoy sidecars: SMI decides. The client may `GET /allowed` on
+/// web (200) but nothing else (403), the thief — no TrafficTarget names it — gets 403, and
+/// adding the thief as a source lets it in within seconds of the file being saved.
+#[test]
+fn strict_mode_enforces_smi_traffic_targets_in_envoy_sidecars() {
+    if !common::peers(&["envoy", "nginx", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("controller-strict");
+    let (app, ads, admin, a1, a2, a3) = (
+        reserve_port(),
+        reserve_port(),
+        reserve_port(),
+        reserve_port(),
+        reserve_port(),
+        reserve_port(),
+    );
+    let ndir = TempDir::new("controller-strict-nginx");
+    let ng = common::nginx(
+        &ndir,
+        &format!(
+            "server {{ listen 127.0.0.6:{app}; location / {{ return 200 \"web $request_method $uri\"; }} }}"
+        ),
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.6",
+            app
+        ))
+        .is_ok()),
+        "nginx: {}",
+        ng.stderr_so_far()
+    );
+    let manifests = dir.path("mesh");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let mesh = |sources: &str| {
+        format!(
+            "apiVersion: config.flowgate.io/v1alpha1\nkind: MeshConfig\nmetadata: {{ name: mesh }}\nspec: {{ traffic: {{ enablePermissiveTrafficPolicyMode: false }} }}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{ name: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: client, namespace: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: thief, namespace: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: web, namespace: shop }}\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  selector: {{ app: web }}\n  ports: [{{ name: http, port: 80, targetPort: {app} }}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: client-1, namespace: shop, labels: {{ app: client }} }}\nspec: {{ serviceAccountName: client }}\nstatus: {{ podIP: 127.0.0.5 }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: thief-1, namespace: shop, labels: {{ app: thief }} }}\nspec: {{ serviceAccountName: thief }}\nstatus: {{ podIP: 127.0.0.7 }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: web-1, namespace: shop, labels: {{ app: web }} }}\nspec: {{ serviceAccountName: web }}\nstatus: {{ podIP: 127.0.0.6 }}\n---\napiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {{ name: web-routes, namespace: shop }}\nspec:\n  matches:\n    - {{ name: allowed, pathRegex: /allowed, methods: [GET] }}\n---\napiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  destination: {{ kind: ServiceAccount, name: web, namespace: shop }}\n  rules: [{{ kind: HTTPRouteGroup, name: web-routes, matches: [allowed] }}]\n  sources: [{sources}]\n"
+        )
+    };
+    let client_only = "{ kind: ServiceAccount, name: client, namespace: shop }";
+    std::fs::write(manifests.join("shop.yaml"), mesh(client_only)).unwrap();
+    let mut ctl = daemon(
+        Command::new(env!("CARGO_BIN_EXE_flowgate-controller"))
+            .args(["run", "--source"])
+            .arg(format!("dir:{}", manifests.display()))
+            .args(["--listen", &format!("127.0.0.1:{ads}")])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .arg("--state")
+            .arg(dir.path("state")),
+        "flowgate-controller",
+    );
+    ctl.wait_port(ads);
+    let client = envoy_sidecar(&dir, "client-1.shop", a1, ads);
+    let thief = envoy_sidecar(&dir, "thief-1.shop", a2, ads);
+    let web = envoy_sidecar(&dir, "web-1.shop", a3, ads);
+    // (status code, body) of a request through the sidecar at `ip`.
+    let call = |ip: &str, method: &str, path: &str| {
+        let (_, out, _) = common::curl(&[
+            "-s",
+            "-m",
+            "2",
+            "-X",
+            method,
+            "-H",
+            "Host: web.shop",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{ip}:15001{path}"),
+        ]);
+        let (body, code) = out.rsplit_once('\n').unwrap_or(("", ""));
+        (code.to_string(), body.to_string())
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(30), || call(
+            "127.0.0.5",
+            "GET",
+            "/allowed"
+        )
+        .0 == "200"),
+        "the allowed call never passed: {:?}; controller: {}; web: {}",
+        call("127.0.0.5", "GET", "/allowed"),
+        ctl.stderr_so_far(),
+        web.stderr_so_far()
+    );
+    assert_eq!(call("127.0.0.5", "GET", "/allowed").1, "web GET /allowed");
+    assert_eq!(call("127.0.0.5", "GET", "/other").0, "403");
+    assert_eq!(call("127.0.0.5", "POST", "/allowed").0, "403");
+    assert!(
+        common::wait_until(Duration::from_secs(10), || call(
+            "127.0.0.7",
+            "GET",
+            "/allowed"
+        )
+        .0 == "403"),
+        "the thief was not denied: {:?}",
+        call("127.0.0.7", "GET", "/allowed")
+    );
+    // Let the thief in: in force within seconds of the file being saved.
+    std::fs::write(
+        manifests.join("shop.yaml"),
+        mesh(&format!(
+            "{client_only}, {{ kind: ServiceAccount, name: thief, namespace: shop }}"
+        )),
+    )
+    .unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(10), || call(
+            "127.0.0.7",
+            "GET",
+            "/allowed"
+        )
+        .0 == "200"),
+        "the thief was never let in: {:?}; web listeners: {}; web lds stats: {}; status: {}",
+        call("127.0.0.7", "GET", "/allowed"),
+        common::curl(&["-s", &format!("http://127.0.0.1:{a3}/listeners")]).1,
+        common::curl(&[
+            "-s",
+            &format!("http://127.0.0.1:{a3}/stats?filter=listener_manager")
+        ])
+        .1,
+        controller(&["status", "--admin", &format!("127.0.0.1:{admin}")]).1
+    );
+    drop(client);
+    drop(thief);
+    drop(web);
 }

@@ -224,6 +224,21 @@ async fn sotw_subscriptions_acks_nacks_and_pushes() {
     other.ask(type_url::CLUSTER, &[], Some(&other_cds)).await;
     other.nothing().await;
 
+    // The wildcard subscriptions survive their ACKs (which name nothing): a cluster going
+    // away sends both proxies the remaining set.
+    snapshots
+        .send(Arc::new(mesh_with("10.0.0.2", false)))
+        .unwrap();
+    for client in [&mut c, &mut other] {
+        let cds2 = loop {
+            let r = client.next().await;
+            if r.type_url == type_url::CLUSTER {
+                break r;
+            }
+        };
+        assert_eq!(names(&cds2), ["outbound|80||a.default"]);
+    }
+
     drop(c);
     drop(other);
     let _ = stop.send(());

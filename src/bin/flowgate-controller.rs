@@ -14,8 +14,8 @@
 //!
 //! `run` serves what proxyless gRPC clients need (listeners, clusters, endpoints) and every
 //! pod's sidecar (node id `<pod>.<namespace>`) its listeners, mTLS clusters, endpoints and
-//! SDS secrets (permissive policy, explicit proxy mode); SMI policy in the sidecars and mTLS
-//! to the controller are not built yet. Both state-of-the-world and
+//! SDS secrets (explicit proxy mode; SMI policy as RBAC in strict mode); traffic capture and
+//! mTLS to the controller are not built yet. Both state-of-the-world and
 //! delta ADS are served.
 
 use std::io::Write;

@@ -380,18 +380,21 @@ fn tls_socket(typed: Any) -> envoy_types::pb::envoy::config::core::v3::Transport
 fn hcm_filter(
     stat_prefix: &str,
     routes: RouteConfiguration,
+    before_router: Option<HttpFilter>,
 ) -> envoy_types::pb::envoy::config::listener::v3::Filter {
     use envoy_types::pb::envoy::config::listener::v3::{Filter, filter};
+    let mut http_filters: Vec<HttpFilter> = before_router.into_iter().collect();
+    http_filters.push(HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+            Router::default(),
+        ))),
+        ..Default::default()
+    });
     let hcm = HttpConnectionManager {
         stat_prefix: stat_prefix.into(),
         route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
-                Router::default(),
-            ))),
-            ..Default::default()
-        }],
+        http_filters,
         ..Default::default()
     };
     Filter {
@@ -418,8 +421,164 @@ fn cluster_action(name: String) -> RouteAction {
     }
 }
 
+fn string_exact(v: &str) -> envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher {
+    use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+    StringMatcher {
+        match_pattern: Some(string_matcher::MatchPattern::Exact(v.into())),
+        ..Default::default()
+    }
+}
+
+fn string_regex(re: &str) -> envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher {
+    use envoy_types::pb::envoy::r#type::matcher::v3::{
+        RegexMatcher, StringMatcher, string_matcher,
+    };
+    StringMatcher {
+        match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
+            regex: re.into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// The permission of one SMI HTTP match: every part given must hold (methods: any of them,
+/// `*` for any; the path regex against the whole path without the query; each header's
+/// value regex).
+fn match_permission(
+    m: &crate::model::HttpMatch,
+) -> envoy_types::pb::envoy::config::rbac::v3::Permission {
+    use envoy_types::pb::envoy::config::rbac::v3::{Permission, permission};
+    use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, header_matcher};
+    use envoy_types::pb::envoy::r#type::matcher::v3::{PathMatcher, path_matcher};
+    let header = |name: &str, value: envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher| {
+        Permission {
+            rule: Some(permission::Rule::Header(HeaderMatcher {
+                name: name.into(),
+                header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+                    value,
+                )),
+                ..Default::default()
+            })),
+        }
+    };
+    let mut all = Vec::new();
+    let methods: Vec<&String> = m.methods.iter().filter(|x| *x != "*").collect();
+    if !methods.is_empty() && methods.len() == m.methods.len() {
+        all.push(Permission {
+            rule: Some(permission::Rule::OrRules(permission::Set {
+                rules: methods
+                    .iter()
+                    .map(|x| header(":method", string_exact(x)))
+                    .collect(),
+            })),
+        });
+    }
+    if let Some(re) = &m.path_regex {
+        all.push(Permission {
+            rule: Some(permission::Rule::UrlPath(PathMatcher {
+                rule: Some(path_matcher::Rule::Path(string_regex(re))),
+            })),
+        });
+    }
+    for (name, re) in &m.headers {
+        all.push(header(&name.to_ascii_lowercase(), string_regex(re)));
+    }
+    if all.is_empty() {
+        return Permission {
+            rule: Some(permission::Rule::Any(true)),
+        };
+    }
+    Permission {
+        rule: Some(permission::Rule::AndRules(permission::Set { rules: all })),
+    }
+}
+
+/// The HTTP RBAC filter of a pod's inbound listener in strict mode: one ALLOW policy per
+/// SMI `TrafficTarget` whose destination is the pod's service account — its sources'
+/// SPIFFE IDs as authenticated principals, its `HTTPRouteGroup` matches as permissions (any
+/// request when it names no HTTP rule). With no such TrafficTarget, nothing is allowed.
+fn inbound_rbac(state: &MeshState, ns: &str, sa: &str) -> HttpFilter {
+    use envoy_types::pb::envoy::config::rbac::v3::{Permission, permission};
+    use envoy_types::pb::envoy::config::rbac::v3::{Policy, Principal, Rbac as Rules, principal};
+    use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
+    let td = &state.mesh_config.certificate.trust_domain;
+    let mut policies = std::collections::HashMap::new();
+    for t in state.traffic_targets.values() {
+        let tt = &t.value;
+        let tns = tt.metadata.ns();
+        let d = &tt.spec.destination;
+        if d.name != sa || d.namespace.as_deref().unwrap_or(tns) != ns {
+            continue;
+        }
+        let principals = tt
+            .spec
+            .sources
+            .iter()
+            .map(|s| Principal {
+                identifier: Some(principal::Identifier::Authenticated(
+                    principal::Authenticated {
+                        principal_name: Some(string_exact(&format!(
+                            "spiffe://{td}/ns/{}/sa/{}",
+                            s.namespace.as_deref().unwrap_or(tns),
+                            s.name
+                        ))),
+                    },
+                )),
+            })
+            .collect();
+        let mut permissions = Vec::new();
+        let mut any = tt.spec.rules.is_empty();
+        for r in &tt.spec.rules {
+            match r.kind.as_str() {
+                "HTTPRouteGroup" => {
+                    let Some(g) = state
+                        .http_route_groups
+                        .get(&(tns.to_string(), r.name.clone()))
+                    else {
+                        continue;
+                    };
+                    for m in &g.value.spec.matches {
+                        if r.matches.is_empty() || r.matches.contains(&m.name) {
+                            permissions.push(match_permission(m));
+                        }
+                    }
+                }
+                // TCP routes allow the connection; on an HTTP listener that is any request.
+                _ => any = true,
+            }
+        }
+        if any {
+            permissions = vec![Permission {
+                rule: Some(permission::Rule::Any(true)),
+            }];
+        }
+        policies.insert(
+            format!("{tns}/{}", tt.metadata.name),
+            Policy {
+                permissions,
+                principals,
+                ..Default::default()
+            },
+        );
+    }
+    let rbac = Rbac {
+        rules: Some(Rules {
+            action: 0, // ALLOW
+            policies,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    HttpFilter {
+        name: "envoy.filters.http.rbac".into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(rbac))),
+        ..Default::default()
+    }
+}
+
 /// What the sidecar of pod `ns/pod` is served (besides its secrets), in explicit proxy
-/// mode and permissive policy:
+/// mode:
 /// - an **inbound** listener at `<pod IP>:15006` that requires a mesh client certificate
 ///   (mTLS, SDS) and passes requests to its workload at `<pod IP>:<target port>` of the
 ///   first service port that selects it (cluster `inbound|<port>`);
@@ -430,8 +589,10 @@ fn cluster_action(name: String) -> RouteAction {
 /// - per service port, a cluster `outbound|<port>||<svc>.<ns>|mtls` (EDS; upstream mTLS
 ///   with SDS) whose endpoints are the selected pods' inbound ports.
 ///
-/// `None` for a pod without an IP. SMI policy (strict mode) is not compiled yet: every
-/// meshed call is allowed, still over mTLS.
+/// In permissive mode every meshed call is allowed (still over mTLS); in strict mode
+/// (`enablePermissiveTrafficPolicyMode: false`) the inbound listener's HTTP RBAC filter
+/// allows only what SMI TrafficTargets allow (see `inbound_rbac`), and answers 403
+/// otherwise. `None` for a pod without an IP.
 pub fn sidecar_resources(state: &MeshState, ns: &str, pod: &str) -> Option<Resources> {
     use envoy_types::pb::envoy::config::listener::v3::FilterChain;
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
@@ -497,6 +658,12 @@ pub fn sidecar_resources(state: &MeshState, ns: &str, pod: &str) -> Option<Resou
             }],
             ..Default::default()
         };
+        // Strict mode: SMI TrafficTargets decide who may call, on which routes.
+        let strict = !state
+            .mesh_config
+            .traffic
+            .enable_permissive_traffic_policy_mode;
+        let rbac = strict.then(|| inbound_rbac(state, ns, p.value.service_account()));
         let tls = DownstreamTlsContext {
             common_tls_context: Some(mesh_tls()),
             require_client_certificate: Some(envoy_types::pb::google::protobuf::BoolValue {
@@ -510,7 +677,7 @@ pub fn sidecar_resources(state: &MeshState, ns: &str, pod: &str) -> Option<Resou
                 name: "inbound".into(),
                 address: Some(socket(&ip, INBOUND_PORT)),
                 filter_chains: vec![FilterChain {
-                    filters: vec![hcm_filter("inbound", routes)],
+                    filters: vec![hcm_filter("inbound", routes, rbac)],
                     transport_socket: Some(tls_socket(pack_any(tls))),
                     ..Default::default()
                 }],
@@ -609,7 +776,7 @@ pub fn sidecar_resources(state: &MeshState, ns: &str, pod: &str) -> Option<Resou
             name: "outbound".into(),
             address: Some(socket(&ip, OUTBOUND_PORT)),
             filter_chains: vec![FilterChain {
-                filters: vec![hcm_filter("outbound", routes)],
+                filters: vec![hcm_filter("outbound", routes, None)],
                 ..Default::default()
             }],
             ..Default::default()

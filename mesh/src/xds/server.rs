@@ -373,14 +373,23 @@ impl SotwStream {
             let v = req.version_info.clone();
             self.record(&t, |s| s.acked = v);
         }
-        let wildcard = req.resource_names.iter().any(|n| n == "*")
-            || (first && req.resource_names.is_empty() && full_state(&t));
-        let names: Option<BTreeSet<String>> = if wildcard {
+        let sub = self.types.entry(t.clone()).or_default();
+        // `*` asks for everything; so does a first request naming nothing for a full-state
+        // type (the legacy wildcard), and later requests naming nothing keep it (an ACK of
+        // a wildcard subscription names nothing too). Naming nothing after having named
+        // resources unsubscribes from all of them.
+        let names: Option<BTreeSet<String>> = if req.resource_names.iter().any(|n| n == "*") {
             None
+        } else if req.resource_names.is_empty() {
+            match (first, &sub.names) {
+                (true, _) if full_state(&t) => None,
+                (true, _) => Some(BTreeSet::new()),
+                (false, None) => None,
+                (false, Some(_)) => Some(BTreeSet::new()),
+            }
         } else {
             Some(req.resource_names.iter().cloned().collect())
         };
-        let sub = self.types.entry(t.clone()).or_default();
         let grew = match (&sub.names, &names) {
             (Some(old), Some(new)) => !new.is_subset(old),
             (Some(_), None) => true,
