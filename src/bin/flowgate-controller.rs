@@ -307,7 +307,8 @@ fn run(
         let (server, snapshots) = AdsServer::new();
         let mesh_status = Arc::new(std::sync::Mutex::new(MeshStatus::default()));
         tokio::spawn(admin(admin_listener, server.clone(), mesh_status.clone()));
-        let mut src = DirSource::new(dir);
+        // Changes are in force well within a second of the file being saved.
+        let mut src = DirSource::new(dir).interval(Duration::from_millis(250));
         tokio::spawn(async move {
             let mut ca: Option<Ca> = None;
             let mut leaves = Leaves::default();
