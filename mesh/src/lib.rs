@@ -32,11 +32,12 @@
 //! The certificate authority ([`ca`]) issues SPIFFE leaves and signs CSRs; bootstrap
 //! [`token`]s let a new workload prove its service account before it has a certificate.
 //!
-//! [`xds`] compiles the state to Envoy resources (so far what proxyless gRPC clients need)
-//! and serves them over state-of-the-world ADS.
+//! [`xds`] compiles the state to Envoy resources — for proxyless gRPC clients, and for
+//! sidecars (inbound mTLS with SMI RBAC in strict mode, outbound by host, SDS secrets) —
+//! serves them over ADS (state of the world and delta) and signs workloads' CSRs.
 //!
-//! Not built yet (issue 14): sidecar listeners (inbound mTLS with SMI RBAC, outbound),
-//! SDS and CSR over gRPC, the etcd and Kubernetes sources.
+//! Not built yet (issue 14): TLS on the controller's own port, traffic capture, the etcd
+//! and Kubernetes sources.
 
 #![forbid(unsafe_code)]
 

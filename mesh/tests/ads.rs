@@ -140,7 +140,7 @@ async fn sotw_subscriptions_acks_nacks_and_pushes() {
     let addr = listener.local_addr().unwrap();
     let status = server.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve(listener, server, async {
+    let task = tokio::spawn(serve(listener, server, None, async {
         let _ = stopped.await;
     }));
 
@@ -309,7 +309,7 @@ async fn delta_sends_changes_and_names_what_is_gone() {
     let addr = listener.local_addr().unwrap();
     let status = server.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve(listener, server, async {
+    let task = tokio::spawn(serve(listener, server, None, async {
         let _ = stopped.await;
     }));
 

@@ -14,8 +14,9 @@
 //!
 //! `run` serves what proxyless gRPC clients need (listeners, clusters, endpoints) and every
 //! pod's sidecar (node id `<pod>.<namespace>`) its listeners, mTLS clusters, endpoints and
-//! SDS secrets (explicit proxy mode; SMI policy as RBAC in strict mode); traffic capture and
-//! mTLS to the controller are not built yet. Both state-of-the-world and
+//! SDS secrets (explicit proxy mode; SMI policy as RBAC in strict mode), and signs CSRs of
+//! workloads holding a bootstrap token (`token`); traffic capture and mTLS to the
+//! controller are not built yet. Both state-of-the-world and
 //! delta ADS are served.
 
 use std::io::Write;
@@ -271,6 +272,7 @@ fn run(
     state: PathBuf,
 ) -> ExitCode {
     use flowgate::mesh::ca::Ca;
+    use flowgate::mesh::xds::certify::{CertService, SharedCa};
     use flowgate::mesh::xds::compile::{Leaves, all_sidecar_secrets};
     use flowgate::mesh::xds::{AdsServer, Snapshot, grpc_resources, serve};
     use flowgate::mesh::{DirSource, Source, Update};
@@ -305,12 +307,22 @@ fn run(
             }
         };
         let (server, snapshots) = AdsServer::new();
+        // The CSR service: callers prove their service account with a bootstrap token
+        // (`flowgate-controller token`, same state directory); it signs once the CA exists.
+        let shared_ca: SharedCa = Arc::default();
+        let certs = match TokenKey::load_or_generate(&state.join("token.key")) {
+            Ok(key) => Some(CertService::new(shared_ca.clone(), Arc::new(key))),
+            Err(e) => {
+                tracing::error!("token key: {e}; the certificate service is off");
+                None
+            }
+        };
         let mesh_status = Arc::new(std::sync::Mutex::new(MeshStatus::default()));
         tokio::spawn(admin(admin_listener, server.clone(), mesh_status.clone()));
         // Changes are in force well within a second of the file being saved.
         let mut src = DirSource::new(dir).interval(Duration::from_millis(250));
         tokio::spawn(async move {
-            let mut ca: Option<Ca> = None;
+            let mut ca: Option<Arc<Ca>> = None;
             let mut leaves = Leaves::default();
             let mut last: Option<Arc<flowgate::mesh::MeshState>> = None;
             // Leaves are renewed at half their life: rebuild the snapshot now and then.
@@ -357,7 +369,11 @@ fn run(
                         &cert.trust_domain,
                         cert.service_cert_validity_duration,
                     ) {
-                        Ok(c) => ca = Some(c),
+                        Ok(c) => {
+                            let c = Arc::new(c);
+                            *shared_ca.write().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+                            ca = Some(c);
+                        }
                         Err(e) => {
                             tracing::error!("certificate authority: {e}; sidecars get no secrets")
                         }
@@ -393,7 +409,7 @@ fn run(
                 _ => std::future::pending::<()>().await,
             }
         };
-        match serve(listener, server, stop).await {
+        match serve(listener, server, certs, stop).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

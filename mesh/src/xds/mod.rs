@@ -1,6 +1,7 @@
 //! xDS: the mesh compiled to standard Envoy resources ([`compile`]) and served over ADS
 //! ([`server`]).
 
+pub mod certify;
 pub mod compile;
 pub mod server;
 

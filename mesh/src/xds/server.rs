@@ -180,16 +180,18 @@ pub fn secret_service(server: AdsServer) -> SecretDiscoveryServiceServer<AdsServ
         .max_encoding_message_size(16 << 20)
 }
 
-/// Serves `server` on `listener` (plain TCP, HTTP/2) until `shutdown` completes: ADS and
-/// the standalone SDS service.
+/// Serves `server` on `listener` (plain TCP, HTTP/2) until `shutdown` completes: ADS, the
+/// standalone SDS service, and the certificate service when given.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     server: AdsServer,
+    certs: Option<super::certify::CertService>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
         .add_service(server.clone().into_service())
         .add_service(secret_service(server))
+        .add_optional_service(certs.map(super::certify::CertServiceServer))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
             shutdown,
