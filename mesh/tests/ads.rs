@@ -239,6 +239,26 @@ async fn sotw_subscriptions_acks_nacks_and_pushes() {
         assert_eq!(names(&cds2), ["outbound|80||a.default"]);
     }
 
+    // A request naming too many resources ends that stream, with the reason.
+    let mut greedy = Client::connect(addr, "greedy").await;
+    let many: Vec<String> = (0..100_001).map(|i| format!("c{i}")).collect();
+    greedy
+        .tx
+        .send(DiscoveryRequest {
+            type_url: type_url::ENDPOINT.into(),
+            resource_names: many,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), greedy.rx.next())
+        .await
+        .expect("an answer within 5 s");
+    assert!(
+        matches!(&end, Some(Err(s)) if s.code() == tonic::Code::ResourceExhausted),
+        "{end:?}"
+    );
+
     drop(c);
     drop(other);
     let _ = stop.send(());

@@ -356,6 +356,15 @@ impl SotwStream {
             p.node = self.node.clone();
             p.connected = true;
         }
+        if req.resource_names.len() > MAX_NAMES {
+            let _ = self
+                .tx
+                .send(Err(Status::resource_exhausted(format!(
+                    "more than {MAX_NAMES} resource names in one request"
+                ))))
+                .await;
+            return false;
+        }
         let t = req.type_url.clone();
         let first = !self.types.contains_key(&t);
         let sub = self.types.entry(t.clone()).or_default();
@@ -510,7 +519,8 @@ struct DeltaStream {
     nonce: u64,
 }
 
-/// The most names one delta request may subscribe to.
+/// The most resource names one request (SotW or delta) may carry; more ends the stream
+/// with `RESOURCE_EXHAUSTED`.
 const MAX_NAMES: usize = 100_000;
 
 impl DeltaStream {
@@ -577,7 +587,13 @@ impl DeltaStream {
             p.connected = true;
         }
         if req.resource_names_subscribe.len() > MAX_NAMES {
-            return true;
+            let _ = self
+                .tx
+                .send(Err(Status::resource_exhausted(format!(
+                    "more than {MAX_NAMES} resource names in one request"
+                ))))
+                .await;
+            return false;
         }
         let t = req.type_url.clone();
         let first = !self.types.contains_key(&t);
