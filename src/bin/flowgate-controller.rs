@@ -54,7 +54,8 @@ enum Command {
         /// Where the manifests are: `dir:PATH`.
         #[arg(long)]
         source: String,
-        /// Where ADS listens (plain gRPC).
+        /// Where ADS listens (plain gRPC, proxies not authenticated yet: any client reaching
+        /// it can read any sidecar's secrets — keep it on loopback).
         #[arg(long, default_value = "127.0.0.1:15010")]
         listen: std::net::SocketAddr,
         /// Where the admin endpoint listens (`GET /status`, JSON); keep it on loopback.
