@@ -216,18 +216,7 @@ fn run_serves_a_proxyless_grpc_client_that_follows_endpoint_changes() {
         "greeter servers: {}",
         servers.stderr_so_far()
     );
-    let mut ctl = daemon(
-        Command::new(env!("CARGO_BIN_EXE_flowgate-controller"))
-            .args(["run", "--source"])
-            .arg(format!("dir:{}", manifests.display()))
-            .args(["--listen", &format!("127.0.0.1:{ads}")])
-            .args(["--admin", &format!("127.0.0.1:{admin}")])
-            .arg("--state")
-            .arg(dir.path("state")),
-        "flowgate-controller",
-    );
-    ctl.wait_port(ads);
-    ctl.wait_port(admin);
+    let ctl = run_controller(&manifests, ads, admin, &dir.path("state"));
     let admin_addr = format!("127.0.0.1:{admin}");
 
     let bootstrap = dir.write(
@@ -386,18 +375,7 @@ fn envoy_case(api_type: &str) {
         )
     };
     std::fs::write(manifests.join("pods.yaml"), pod("127.0.0.2", "web-a")).unwrap();
-    let mut ctl = daemon(
-        Command::new(env!("CARGO_BIN_EXE_flowgate-controller"))
-            .args(["run", "--source"])
-            .arg(format!("dir:{}", manifests.display()))
-            .args(["--listen", &format!("127.0.0.1:{ads}")])
-            .args(["--admin", &format!("127.0.0.1:{admin}")])
-            .arg("--state")
-            .arg(dir.path("state")),
-        "flowgate-controller",
-    );
-    ctl.wait_port(ads);
-    ctl.wait_port(admin);
+    let ctl = run_controller(&manifests, ads, admin, &dir.path("state"));
 
     let bootstrap = dir.write(
         "envoy.yaml",
@@ -537,17 +515,7 @@ fn envoy_gets_its_mesh_certificate_over_sds() {
         "apiVersion: v1\nkind: Namespace\nmetadata: { name: shop }\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: { name: client, namespace: shop }\n---\napiVersion: v1\nkind: Pod\nmetadata: { name: client-1, namespace: shop }\nspec: { serviceAccountName: client }\nstatus: { podIP: 127.0.0.5 }\n",
     )
     .unwrap();
-    let mut ctl = daemon(
-        Command::new(env!("CARGO_BIN_EXE_flowgate-controller"))
-            .args(["run", "--source"])
-            .arg(format!("dir:{}", manifests.display()))
-            .args(["--listen", &format!("127.0.0.1:{ads}")])
-            .args(["--admin", &format!("127.0.0.1:{admin}")])
-            .arg("--state")
-            .arg(&state),
-        "flowgate-controller",
-    );
-    ctl.wait_port(ads);
+    let ctl = run_controller(&manifests, ads, admin, &state);
     // Static clusters take their secrets from the standalone SDS service (Envoy 1.40
     // crashes when a static cluster names ADS as its SDS source before ADS is up).
     let sds = "{ api_config_source: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }, resource_api_version: V3 }";
@@ -677,17 +645,7 @@ fn two_envoy_sidecars_talk_mtls_from_the_controllers_config() {
         ),
     )
     .unwrap();
-    let mut ctl = daemon(
-        Command::new(env!("CARGO_BIN_EXE_flowgate-controller"))
-            .args(["run", "--source"])
-            .arg(format!("dir:{}", manifests.display()))
-            .args(["--listen", &format!("127.0.0.1:{ads}")])
-            .args(["--admin", &format!("127.0.0.1:{admin}")])
-            .arg("--state")
-            .arg(dir.path("state")),
-        "flowgate-controller",
-    );
-    ctl.wait_port(ads);
+    let ctl = run_controller(&manifests, ads, admin, &dir.path("state"));
     let a = envoy_sidecar(&dir, "client-1.shop", admin_a, ads);
     let b = envoy_sidecar(&dir, "web-1.shop", admin_b, ads);
     let url = "http://127.0.0.5:15001/books";
@@ -807,17 +765,7 @@ fn strict_mode_enforces_smi_traffic_targets_in_envoy_sidecars() {
     };
     let client_only = "{ kind: ServiceAccount, name: client, namespace: shop }";
     std::fs::write(manifests.join("shop.yaml"), mesh(client_only)).unwrap();
-    let mut ctl = daemon(
-        Command::new(env!("CARGO_BIN_EXE_flowgate-controller"))
-            .args(["run", "--source"])
-            .arg(format!("dir:{}", manifests.display()))
-            .args(["--listen", &format!("127.0.0.1:{ads}")])
-            .args(["--admin", &format!("127.0.0.1:{admin}")])
-            .arg("--state")
-            .arg(dir.path("state")),
-        "flowgate-controller",
-    );
-    ctl.wait_port(ads);
+    let ctl = run_controller(&manifests, ads, admin, &dir.path("state"));
     let client = envoy_sidecar(&dir, "client-1.shop", a1, ads);
     let thief = envoy_sidecar(&dir, "thief-1.shop", a2, ads);
     let web = envoy_sidecar(&dir, "web-1.shop", a3, ads);
@@ -954,17 +902,7 @@ fn a_traffic_split_through_envoy_sidecars_follows_its_weights() {
     };
     std::fs::write(manifests.join("shop.yaml"), &base).unwrap();
     std::fs::write(manifests.join("split.yaml"), split(80, 20)).unwrap();
-    let mut ctl = daemon(
-        Command::new(env!("CARGO_BIN_EXE_flowgate-controller"))
-            .args(["run", "--source"])
-            .arg(format!("dir:{}", manifests.display()))
-            .args(["--listen", &format!("127.0.0.1:{ads}")])
-            .args(["--admin", &format!("127.0.0.1:{admin}")])
-            .arg("--state")
-            .arg(dir.path("state")),
-        "flowgate-controller",
-    );
-    ctl.wait_port(ads);
+    let ctl = run_controller(&manifests, ads, admin, &dir.path("state"));
     let client = envoy_sidecar(&dir, "client-1.shop", a1, ads);
     let v1 = envoy_sidecar(&dir, "web-v1-1.shop", a2, ads);
     let v2 = envoy_sidecar(&dir, "web-v2-1.shop", a3, ads);
@@ -1009,4 +947,22 @@ fn a_traffic_split_through_envoy_sidecars_follows_its_weights() {
     drop(client);
     drop(v1);
     drop(v2);
+}
+
+/// `flowgate-controller run` on the manifest directory `manifests`, ADS on `ads`, the admin
+/// endpoint on `admin`, state in `state`; returned once both ports accept.
+fn run_controller(manifests: &Path, ads: u16, admin: u16, state: &Path) -> Proc {
+    let mut ctl = daemon(
+        Command::new(env!("CARGO_BIN_EXE_flowgate-controller"))
+            .args(["run", "--source"])
+            .arg(format!("dir:{}", manifests.display()))
+            .args(["--listen", &format!("127.0.0.1:{ads}")])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .arg("--state")
+            .arg(state),
+        "flowgate-controller",
+    );
+    ctl.wait_port(ads);
+    ctl.wait_port(admin);
+    ctl
 }

@@ -58,6 +58,19 @@ pub struct Service {
     pub spec: ServiceSpec,
 }
 
+impl Service {
+    /// Whether it selects `pod`: same namespace, a selector, and every label of it on the
+    /// pod.
+    pub fn selects(&self, pod: &Pod) -> bool {
+        let sel = &self.spec.selector;
+        pod.metadata.ns() == self.metadata.ns()
+            && !sel.is_empty()
+            && sel
+                .iter()
+                .all(|(k, v)| pod.metadata.labels.get(k) == Some(v))
+    }
+}
+
 /// `Service.spec`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -237,16 +237,7 @@ impl MeshState {
 
     /// The pods a service selects (none for a service without a selector).
     pub fn pods_of<'a>(&'a self, svc: &'a Service) -> impl Iterator<Item = &'a Located<Pod>> + 'a {
-        let ns = svc.metadata.ns();
-        self.pods.iter().filter_map(move |((pns, _), p)| {
-            let sel = &svc.spec.selector;
-            (pns == ns
-                && !sel.is_empty()
-                && sel
-                    .iter()
-                    .all(|(k, v)| p.value.metadata.labels.get(k) == Some(v)))
-            .then_some(p)
-        })
+        self.pods.values().filter(move |p| svc.selects(&p.value))
     }
 
     /// The cross-object rules; every violation is recorded.

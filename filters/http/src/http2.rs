@@ -76,20 +76,20 @@ pub struct Http2Config {
     pub max_local_error_reset_streams: usize,
 }
 
-// The HTTP/2 settings' defaults are flowgate-http's, shared with `mux-http`'s client side.
-fn d_streams() -> u32 {
+// The HTTP/2 settings' defaults are flowgate-http's; `mux-http`'s client side uses these too.
+pub(crate) fn d_streams() -> u32 {
     Settings::DEFAULT.max_concurrent_streams
 }
-fn d_header_list() -> u32 {
+pub(crate) fn d_header_list() -> u32 {
     Settings::DEFAULT.max_header_list_size
 }
-fn d_window() -> u32 {
+pub(crate) fn d_window() -> u32 {
     Settings::DEFAULT.initial_window_size
 }
-fn d_conn_window() -> u32 {
+pub(crate) fn d_conn_window() -> u32 {
     Settings::DEFAULT.initial_connection_window_size
 }
-fn d_frame() -> u32 {
+pub(crate) fn d_frame() -> u32 {
     Settings::DEFAULT.max_frame_size
 }
 fn d_pending_resets() -> usize {

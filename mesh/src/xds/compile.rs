@@ -57,25 +57,52 @@ pub mod type_url {
     pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 }
 
-/// Resources of every type, by type URL and name, each packed as `Any`.
+/// Resources of every type, by type URL and name, each packed as `Any` with its version
+/// (a hash of its bytes, made once here for every proxy that is sent it).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resources {
     /// `type URL → name → resource`.
     pub by_type: BTreeMap<String, BTreeMap<String, Any>>,
+    /// `type URL → name → version`.
+    pub versions: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// The version of one resource: a hash of its type and bytes.
+fn resource_version(any: &Any) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    any.type_url.hash(&mut h);
+    any.value.hash(&mut h);
+    format!("{:016x}", h.finish())
 }
 
 impl Resources {
     fn put<T: prost::Message + Name>(&mut self, name: String, value: T) {
         let any = pack_any(value);
+        self.versions
+            .entry(any.type_url.clone())
+            .or_default()
+            .insert(name.clone(), resource_version(&any));
         self.by_type
             .entry(any.type_url.clone())
             .or_default()
             .insert(name, any);
     }
 
+    /// Adds (or replaces) every type of `other`.
+    pub fn extend(&mut self, other: Resources) {
+        self.by_type.extend(other.by_type);
+        self.versions.extend(other.versions);
+    }
+
     /// The resources of `type_url`.
     pub fn of(&self, type_url: &str) -> Option<&BTreeMap<String, Any>> {
         self.by_type.get(type_url)
+    }
+
+    /// The versions of the resources of `type_url`, by name.
+    pub fn versions_of(&self, type_url: &str) -> Option<&BTreeMap<String, String>> {
+        self.versions.get(type_url)
     }
 }
 
@@ -146,7 +173,12 @@ fn endpoints(state: &MeshState, svc: &Service, port: &ServicePort) -> Vec<(Strin
 }
 
 /// The route of a target: to the service's cluster, or weighted over a split's backends.
-fn route_action(state: &MeshState, svc: &Service, port: u16) -> RouteAction {
+fn route_action(
+    state: &MeshState,
+    svc: &Service,
+    port: u16,
+    cluster: fn(&str, &str, u16) -> String,
+) -> RouteAction {
     let ns = svc.metadata.ns();
     let split = state.traffic_splits.values().find(|s| {
         s.value.metadata.ns() == ns
@@ -162,14 +194,14 @@ fn route_action(state: &MeshState, svc: &Service, port: u16) -> RouteAction {
                 .iter()
                 .filter(|b| b.weight > 0)
                 .map(|b| weighted_cluster::ClusterWeight {
-                    name: cluster_name(ns, &b.service, port),
+                    name: cluster(ns, &b.service, port),
                     weight: Some(UInt32Value { value: b.weight }),
                     ..Default::default()
                 })
                 .collect(),
             ..Default::default()
         }),
-        None => route_action::ClusterSpecifier::Cluster(cluster_name(ns, &svc.metadata.name, port)),
+        None => route_action::ClusterSpecifier::Cluster(cluster(ns, &svc.metadata.name, port)),
     };
     RouteAction {
         cluster_specifier: Some(specifier),
@@ -184,26 +216,7 @@ fn api_listener(target: &str, action: RouteAction) -> Listener {
         virtual_hosts: vec![VirtualHost {
             name: target.to_string(),
             domains: vec!["*".into()],
-            routes: vec![Route {
-                r#match: Some(RouteMatch {
-                    path_specifier: Some(route_match::PathSpecifier::Prefix(String::new())),
-                    ..Default::default()
-                }),
-                action: Some(route::Action::Route(action)),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    let hcm = HttpConnectionManager {
-        stat_prefix: target.to_string(),
-        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
-                Router::default(),
-            ))),
+            routes: vec![route_to(action)],
             ..Default::default()
         }],
         ..Default::default()
@@ -211,8 +224,57 @@ fn api_listener(target: &str, action: RouteAction) -> Listener {
     Listener {
         name: target.to_string(),
         api_listener: Some(ApiListener {
-            api_listener: Some(pack_any(hcm)),
+            api_listener: Some(pack_any(hcm(target, routes, None))),
         }),
+        ..Default::default()
+    }
+}
+
+/// An EDS cluster (endpoints over ADS), round robin, with `transport` (TLS) if given.
+fn eds_cluster(
+    name: &str,
+    transport: Option<envoy_types::pb::envoy::config::core::v3::TransportSocket>,
+) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cluster::EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: String::new(),
+        }),
+        lb_policy: cluster::LbPolicy::RoundRobin as i32,
+        connect_timeout: Some(PbDuration {
+            seconds: 5,
+            nanos: 0,
+        }),
+        transport_socket: transport,
+        ..Default::default()
+    }
+}
+
+fn lb_endpoint(ip: &str, port: u16) -> LbEndpoint {
+    LbEndpoint {
+        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+            address: Some(socket(ip, port)),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// The endpoints of cluster `name` in one locality of weight 1 (proxyless gRPC skips a
+/// locality without a weight).
+fn assignment(name: &str, lb_endpoints: Vec<LbEndpoint>) -> ClusterLoadAssignment {
+    ClusterLoadAssignment {
+        cluster_name: name.to_string(),
+        endpoints: vec![LocalityLbEndpoints {
+            locality: Some(Locality::default()),
+            lb_endpoints,
+            load_balancing_weight: Some(UInt32Value { value: 1 }),
+            ..Default::default()
+        }],
         ..Default::default()
     }
 }
@@ -227,56 +289,19 @@ pub fn grpc_resources(state: &MeshState) -> Resources {
         let single = svc.spec.ports.len() == 1;
         for port in &svc.spec.ports {
             let cluster = cluster_name(ns, name, port.port);
-            let action = route_action(state, svc, port.port);
+            let action = route_action(state, svc, port.port, cluster_name);
             let with_port = format!("{name}.{ns}:{}", port.port);
             out.put(with_port.clone(), api_listener(&with_port, action.clone()));
             if single {
                 let bare = format!("{name}.{ns}");
                 out.put(bare.clone(), api_listener(&bare, action));
             }
-            out.put(
-                cluster.clone(),
-                Cluster {
-                    name: cluster.clone(),
-                    cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
-                        cluster::DiscoveryType::Eds as i32,
-                    )),
-                    eds_cluster_config: Some(cluster::EdsClusterConfig {
-                        eds_config: Some(ads()),
-                        service_name: String::new(),
-                    }),
-                    lb_policy: cluster::LbPolicy::RoundRobin as i32,
-                    connect_timeout: Some(PbDuration {
-                        seconds: 5,
-                        nanos: 0,
-                    }),
-                    ..Default::default()
-                },
-            );
-            let lb_endpoints = endpoints(state, svc, port)
-                .into_iter()
-                .map(|(ip, p)| LbEndpoint {
-                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
-                        address: Some(socket(&ip, p)),
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                })
+            out.put(cluster.clone(), eds_cluster(&cluster, None));
+            let eps = endpoints(state, svc, port)
+                .iter()
+                .map(|(ip, p)| lb_endpoint(ip, *p))
                 .collect();
-            out.put(
-                cluster.clone(),
-                ClusterLoadAssignment {
-                    cluster_name: cluster,
-                    endpoints: vec![LocalityLbEndpoints {
-                        locality: Some(Locality::default()),
-                        lb_endpoints,
-                        load_balancing_weight: Some(UInt32Value { value: 1 }),
-                        priority: 0,
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                },
-            );
+            out.put(cluster.clone(), assignment(&cluster, eps));
         }
     }
     out
@@ -377,12 +402,13 @@ fn tls_socket(typed: Any) -> envoy_types::pb::envoy::config::core::v3::Transport
     }
 }
 
-fn hcm_filter(
+/// An HTTP connection manager with inline `routes`: `before_router` (RBAC), then the
+/// router.
+fn hcm(
     stat_prefix: &str,
     routes: RouteConfiguration,
     before_router: Option<HttpFilter>,
-) -> envoy_types::pb::envoy::config::listener::v3::Filter {
-    use envoy_types::pb::envoy::config::listener::v3::{Filter, filter};
+) -> HttpConnectionManager {
     let mut http_filters: Vec<HttpFilter> = before_router.into_iter().collect();
     http_filters.push(HttpFilter {
         name: "envoy.filters.http.router".into(),
@@ -391,15 +417,28 @@ fn hcm_filter(
         ))),
         ..Default::default()
     });
-    let hcm = HttpConnectionManager {
+    HttpConnectionManager {
         stat_prefix: stat_prefix.into(),
         route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)),
         http_filters,
         ..Default::default()
-    };
+    }
+}
+
+/// [`hcm`] as a listener's network filter.
+fn hcm_filter(
+    stat_prefix: &str,
+    routes: RouteConfiguration,
+    before_router: Option<HttpFilter>,
+) -> envoy_types::pb::envoy::config::listener::v3::Filter {
+    use envoy_types::pb::envoy::config::listener::v3::{Filter, filter};
     Filter {
         name: "envoy.filters.network.http_connection_manager".into(),
-        config_type: Some(filter::ConfigType::TypedConfig(pack_any(hcm))),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(hcm(
+            stat_prefix,
+            routes,
+            before_router,
+        )))),
     }
 }
 
@@ -603,14 +642,7 @@ pub fn sidecar_resources(state: &MeshState, ns: &str, pod: &str) -> Option<Resou
     let mut out = Resources::default();
     // Inbound: the first service port selecting this pod names the workload's port.
     let local = state.services.values().find_map(|s| {
-        let selects = s.value.metadata.ns() == ns
-            && !s.value.spec.selector.is_empty()
-            && s.value
-                .spec
-                .selector
-                .iter()
-                .all(|(k, v)| p.value.metadata.labels.get(k) == Some(v));
-        if selects {
+        if s.value.selects(&p.value) {
             s.value.spec.ports.first().map(target_port)
         } else {
             None
@@ -629,22 +661,10 @@ pub fn sidecar_resources(state: &MeshState, ns: &str, pod: &str) -> Option<Resou
                     seconds: 5,
                     nanos: 0,
                 }),
-                load_assignment: Some(ClusterLoadAssignment {
-                    cluster_name: inbound_cluster.clone(),
-                    endpoints: vec![LocalityLbEndpoints {
-                        lb_endpoints: vec![LbEndpoint {
-                            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(
-                                Endpoint {
-                                    address: Some(socket(&ip, app_port)),
-                                    ..Default::default()
-                                },
-                            )),
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
+                load_assignment: Some(assignment(
+                    &inbound_cluster,
+                    vec![lb_endpoint(&ip, app_port)],
+                )),
                 ..Default::default()
             },
         );
@@ -699,59 +719,16 @@ pub fn sidecar_resources(state: &MeshState, ns: &str, pod: &str) -> Option<Resou
             };
             out.put(
                 cname.clone(),
-                Cluster {
-                    name: cname.clone(),
-                    cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
-                        cluster::DiscoveryType::Eds as i32,
-                    )),
-                    eds_cluster_config: Some(cluster::EdsClusterConfig {
-                        eds_config: Some(ads()),
-                        service_name: String::new(),
-                    }),
-                    lb_policy: cluster::LbPolicy::RoundRobin as i32,
-                    connect_timeout: Some(PbDuration {
-                        seconds: 5,
-                        nanos: 0,
-                    }),
-                    transport_socket: Some(tls_socket(pack_any(upstream))),
-                    ..Default::default()
-                },
+                eds_cluster(&cname, Some(tls_socket(pack_any(upstream)))),
             );
-            let lb_endpoints = state
+            let eps = state
                 .pods_of(svc)
-                .filter_map(|p| p.value.status.pod_ip.clone())
-                .map(|pip| LbEndpoint {
-                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
-                        address: Some(socket(&pip, INBOUND_PORT)),
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                })
+                .filter_map(|p| p.value.status.pod_ip.as_deref())
+                .map(|pip| lb_endpoint(pip, INBOUND_PORT))
                 .collect();
-            out.put(
-                cname.clone(),
-                ClusterLoadAssignment {
-                    cluster_name: cname.clone(),
-                    endpoints: vec![LocalityLbEndpoints {
-                        locality: Some(Locality::default()),
-                        lb_endpoints,
-                        load_balancing_weight: Some(UInt32Value { value: 1 }),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                },
-            );
-            // The route: the service's cluster, or a split's weighted mTLS clusters.
-            let mut action = route_action(state, svc, port.port);
-            if let Some(route_action::ClusterSpecifier::WeightedClusters(w)) =
-                &mut action.cluster_specifier
-            {
-                for c in &mut w.clusters {
-                    c.name.push_str("|mtls");
-                }
-            } else {
-                action = cluster_action(cname.clone());
-            }
+            out.put(cname.clone(), assignment(&cname, eps));
+            // The route: the service's mTLS cluster, or a split's weighted mTLS clusters.
+            let action = route_action(state, svc, port.port, sidecar_cluster_name);
             let mut domains = vec![format!("{name}.{sns}:{}", port.port)];
             if i == 0 {
                 domains.push(format!("{name}.{sns}"));
@@ -830,9 +807,7 @@ pub fn all_sidecar_secrets(
         let id = SpiffeId::new(ca.trust_domain(), ns, pod.value.service_account())?;
         let leaf = leaves.get(ca, &id)?;
         let mut r = sidecar_resources(state, ns, name).unwrap_or_default();
-        for (t, rs) in sidecar_secrets(leaf, &bundle).by_type {
-            r.by_type.insert(t, rs);
-        }
+        r.extend(sidecar_secrets(leaf, &bundle));
         out.insert(node_id(ns, name), r);
     }
     Ok(out)

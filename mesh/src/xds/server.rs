@@ -53,16 +53,14 @@ pub struct Snapshot {
     pub per_node: BTreeMap<String, (Resources, BTreeMap<String, String>)>,
 }
 
+/// A version per type: a hash of its resources' names and versions.
 fn versions_of(resources: &Resources) -> BTreeMap<String, String> {
     resources
-        .by_type
+        .versions
         .iter()
-        .map(|(t, rs)| {
+        .map(|(t, vs)| {
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            for (name, any) in rs {
-                name.hash(&mut h);
-                any.value.hash(&mut h);
-            }
+            vs.hash(&mut h);
             (t.clone(), format!("{:016x}", h.finish()))
         })
         .collect()
@@ -86,16 +84,21 @@ impl Snapshot {
         self
     }
 
+    /// The part of the snapshot that serves type `t` to `node`: its own, or the shared.
+    fn part(&self, node: &str, t: &str) -> &Resources {
+        match self.per_node.get(node) {
+            Some((r, _)) if r.of(t).is_some() => r,
+            _ => &self.resources,
+        }
+    }
+
     /// The resources of type `t` that `node` is served.
     pub fn of(
         &self,
         node: &str,
         t: &str,
     ) -> Option<&BTreeMap<String, envoy_types::pb::google::protobuf::Any>> {
-        self.per_node
-            .get(node)
-            .and_then(|(r, _)| r.of(t))
-            .or_else(|| self.resources.of(t))
+        self.part(node, t).of(t)
     }
 
     fn version(&self, node: &str, t: &str) -> String {
@@ -133,6 +136,54 @@ pub struct TypeStatus {
 }
 
 type StatusMap = Arc<Mutex<BTreeMap<String, ProxyStatus>>>;
+
+/// The proxy at the other end of one stream, and where what it does is recorded.
+struct Proxy {
+    status: StatusMap,
+    /// Its `node.id` (empty until a request names it).
+    node: String,
+}
+
+impl Proxy {
+    /// Takes the node id from the first request that has one.
+    fn identify(&mut self, node: Option<&envoy_types::pb::envoy::config::core::v3::Node>) {
+        if !self.node.is_empty() {
+            return;
+        }
+        let Some(n) = node else { return };
+        self.node = n.id.chars().take(256).collect();
+        let mut st = lock(&self.status);
+        let p = st.entry(self.node.clone()).or_default();
+        p.node = self.node.clone();
+        p.connected = true;
+    }
+
+    /// Records what happened for type `t`.
+    fn record(&self, t: &str, f: impl FnOnce(&mut TypeStatus)) {
+        if self.node.is_empty() {
+            return;
+        }
+        let mut st = lock(&self.status);
+        let p = st.entry(self.node.clone()).or_insert_with(|| ProxyStatus {
+            node: self.node.clone(),
+            ..Default::default()
+        });
+        p.connected = true;
+        let ts = p.types.entry(t.to_string()).or_default();
+        f(ts);
+        ts.at = Some(SystemTime::now());
+    }
+
+    /// The stream ended.
+    fn gone(&self) {
+        if self.node.is_empty() {
+            return;
+        }
+        if let Some(p) = lock(&self.status).get_mut(&self.node) {
+            p.connected = false;
+        }
+    }
+}
 
 /// The ADS service: clone it into [`serve`], publish snapshots through the sender given by
 /// [`AdsServer::new`].
@@ -218,9 +269,11 @@ impl AggregatedDiscoveryService for AdsServer {
         let (tx, rx) = mpsc::channel(16);
         let stream = SotwStream {
             snapshots: self.snapshots.clone(),
-            status: self.status.clone(),
+            proxy: Proxy {
+                status: self.status.clone(),
+                node: String::new(),
+            },
             tx,
-            node: String::new(),
             types: BTreeMap::new(),
             nonce: 0,
         };
@@ -238,9 +291,11 @@ impl AggregatedDiscoveryService for AdsServer {
         let (tx, rx) = mpsc::channel(16);
         let stream = DeltaStream {
             snapshots: self.snapshots.clone(),
-            status: self.status.clone(),
+            proxy: Proxy {
+                status: self.status.clone(),
+                node: String::new(),
+            },
             tx,
-            node: String::new(),
             types: BTreeMap::new(),
             nonce: 0,
         };
@@ -291,9 +346,8 @@ struct Sub {
 
 struct SotwStream {
     snapshots: watch::Receiver<Arc<Snapshot>>,
-    status: StatusMap,
+    proxy: Proxy,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    node: String,
     types: BTreeMap<String, Sub>,
     nonce: u64,
 }
@@ -322,40 +376,12 @@ impl SotwStream {
                 }
             }
         }
-        if !self.node.is_empty() {
-            let mut st = lock(&self.status);
-            if let Some(p) = st.get_mut(&self.node) {
-                p.connected = false;
-            }
-        }
-    }
-
-    fn record(&self, t: &str, f: impl FnOnce(&mut TypeStatus)) {
-        if self.node.is_empty() {
-            return;
-        }
-        let mut st = lock(&self.status);
-        let p = st.entry(self.node.clone()).or_insert_with(|| ProxyStatus {
-            node: self.node.clone(),
-            ..Default::default()
-        });
-        p.connected = true;
-        let ts = p.types.entry(t.to_string()).or_default();
-        f(ts);
-        ts.at = Some(SystemTime::now());
+        self.proxy.gone();
     }
 
     /// Handles one request; `false` when the stream is gone.
     async fn on_request(&mut self, req: DiscoveryRequest) -> bool {
-        if self.node.is_empty()
-            && let Some(n) = &req.node
-        {
-            self.node = n.id.chars().take(256).collect();
-            let mut st = lock(&self.status);
-            let p = st.entry(self.node.clone()).or_default();
-            p.node = self.node.clone();
-            p.connected = true;
-        }
+        self.proxy.identify(req.node.as_ref());
         if req.resource_names.len() > MAX_NAMES {
             let _ = self
                 .tx
@@ -376,13 +402,14 @@ impl SotwStream {
                 sub.last_version.clone().unwrap_or_default(),
                 err.message.clone(),
             );
-            tracing::warn!(node = %self.node, type_url = %t, %version, %message, "xDS NACK");
-            self.record(&t, |s| s.nacked = Some((version, message)));
+            tracing::warn!(node = %self.proxy.node, type_url = %t, %version, %message, "xDS NACK");
+            self.proxy
+                .record(&t, |s| s.nacked = Some((version, message)));
             return true;
         }
         if !req.response_nonce.is_empty() {
             let v = req.version_info.clone();
-            self.record(&t, |s| s.acked = v);
+            self.proxy.record(&t, |s| s.acked = v);
         }
         let sub = self.types.entry(t.clone()).or_default();
         // `*` asks for everything; so does a first request naming nothing for a full-state
@@ -407,7 +434,7 @@ impl SotwStream {
             _ => false,
         };
         sub.names = names;
-        let version = self.snapshots.borrow().version(&self.node, &t);
+        let version = self.snapshots.borrow().version(&self.proxy.node, &t);
         if first || grew || sub.last_version.as_deref() != Some(version.as_str()) {
             return self.send(&t).await;
         }
@@ -421,7 +448,7 @@ impl SotwStream {
             .types
             .iter()
             .filter(|(t, s)| {
-                s.last_version.as_deref() != Some(snap.version(&self.node, t).as_str())
+                s.last_version.as_deref() != Some(snap.version(&self.proxy.node, t).as_str())
             })
             .map(|(t, _)| t.clone())
             .collect();
@@ -458,11 +485,11 @@ impl SotwStream {
 
     async fn send(&mut self, t: &str) -> bool {
         let snap = self.snapshots.borrow().clone();
-        let version = snap.version(&self.node, t);
+        let version = snap.version(&self.proxy.node, t);
         let Some(sub) = self.types.get_mut(t) else {
             return true;
         };
-        let all = snap.of(&self.node, t);
+        let all = snap.of(&self.proxy.node, t);
         let resources = match (&sub.names, all) {
             (_, None) => Vec::new(),
             (None, Some(all)) => all.values().cloned().collect(),
@@ -484,17 +511,9 @@ impl SotwStream {
             nonce,
             ..Default::default()
         };
-        self.record(t, |s| s.sent = version);
+        self.proxy.record(t, |s| s.sent = version);
         self.tx.send(Ok(resp)).await.is_ok()
     }
-}
-
-/// The version of one resource: a hash of its bytes.
-fn resource_version(any: &envoy_types::pb::google::protobuf::Any) -> String {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    any.type_url.hash(&mut h);
-    any.value.hash(&mut h);
-    format!("{:016x}", h.finish())
 }
 
 /// One delta stream's state for one type.
@@ -512,9 +531,8 @@ struct DeltaSub {
 
 struct DeltaStream {
     snapshots: watch::Receiver<Arc<Snapshot>>,
-    status: StatusMap,
+    proxy: Proxy,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    node: String,
     types: BTreeMap<String, DeltaSub>,
     nonce: u64,
 }
@@ -543,49 +561,17 @@ impl DeltaStream {
                     let types: Vec<String> = self.types.keys().cloned().collect();
                     for t in types {
                         if !self.send_changes(&t, false).await {
-                            return self.gone();
+                            return self.proxy.gone();
                         }
                     }
                 }
             }
         }
-        self.gone();
-    }
-
-    fn gone(&self) {
-        if !self.node.is_empty() {
-            let mut st = lock(&self.status);
-            if let Some(p) = st.get_mut(&self.node) {
-                p.connected = false;
-            }
-        }
-    }
-
-    fn record(&self, t: &str, f: impl FnOnce(&mut TypeStatus)) {
-        if self.node.is_empty() {
-            return;
-        }
-        let mut st = lock(&self.status);
-        let p = st.entry(self.node.clone()).or_insert_with(|| ProxyStatus {
-            node: self.node.clone(),
-            ..Default::default()
-        });
-        p.connected = true;
-        let ts = p.types.entry(t.to_string()).or_default();
-        f(ts);
-        ts.at = Some(SystemTime::now());
+        self.proxy.gone();
     }
 
     async fn on_request(&mut self, req: DeltaDiscoveryRequest) -> bool {
-        if self.node.is_empty()
-            && let Some(n) = &req.node
-        {
-            self.node = n.id.chars().take(256).collect();
-            let mut st = lock(&self.status);
-            let p = st.entry(self.node.clone()).or_default();
-            p.node = self.node.clone();
-            p.connected = true;
-        }
+        self.proxy.identify(req.node.as_ref());
         if req.resource_names_subscribe.len() > MAX_NAMES {
             let _ = self
                 .tx
@@ -605,10 +591,11 @@ impl DeltaStream {
             match &req.error_detail {
                 Some(err) => {
                     let message = err.message.clone();
-                    tracing::warn!(node = %self.node, type_url = %t, %version, %message, "xDS NACK (delta)");
-                    self.record(&t, |s| s.nacked = Some((version, message)));
+                    tracing::warn!(node = %self.proxy.node, type_url = %t, %version, %message, "xDS NACK (delta)");
+                    self.proxy
+                        .record(&t, |s| s.nacked = Some((version, message)));
                 }
-                None => self.record(&t, |s| s.acked = version),
+                None => self.proxy.record(&t, |s| s.acked = version),
             }
         }
         let sub = self.types.entry(t.clone()).or_default();
@@ -653,23 +640,28 @@ impl DeltaStream {
     /// first answer of a type).
     async fn send_changes(&mut self, t: &str, always: bool) -> bool {
         let snap = self.snapshots.borrow().clone();
-        let version = snap.version(&self.node, t);
+        let version = snap.version(&self.proxy.node, t);
         let Some(sub) = self.types.get_mut(t) else {
             return true;
         };
         let empty = BTreeMap::new();
-        let all = snap.of(&self.node, t).unwrap_or(&empty);
+        let part = snap.part(&self.proxy.node, t);
+        let all = part.of(t).unwrap_or(&empty);
+        let versions = part.versions_of(t);
         let wanted = |name: &str| sub.wildcard || sub.names.contains(name);
         let mut resources = Vec::new();
         for (name, any) in all {
             if !wanted(name) {
                 continue;
             }
-            let v = resource_version(any);
+            let v = versions
+                .and_then(|vs| vs.get(name))
+                .cloned()
+                .unwrap_or_default();
             if sub.held.get(name) != Some(&v) {
                 resources.push(Resource {
                     name: name.clone(),
-                    version: v.clone(),
+                    version: v,
                     resource: Some(any.clone()),
                     ..Default::default()
                 });
@@ -717,7 +709,7 @@ impl DeltaStream {
             nonce,
             ..Default::default()
         };
-        self.record(t, |s| s.sent = version);
+        self.proxy.record(t, |s| s.sent = version);
         self.tx.send(Ok(resp)).await.is_ok()
     }
 }

@@ -114,20 +114,20 @@ pub enum UpstreamScheme {
 pub struct Http2UpstreamConfig {
     /// Requests one connection carries at once; the server's
     /// SETTINGS_MAX_CONCURRENT_STREAMS lowers it. Default 100.
-    #[serde(default = "d_streams")]
+    #[serde(default = "crate::http2::d_streams")]
     pub max_concurrent_streams: u32,
     /// Largest decoded response header list in bytes (RFC 9113 accounting); a bigger one
     /// fails the request (502). Default 64 KiB.
-    #[serde(default = "d_header_list")]
+    #[serde(default = "crate::http2::d_header_list")]
     pub max_header_list_size: u32,
     /// Each stream's receive window in bytes. Default 1 MiB.
-    #[serde(default = "d_window")]
+    #[serde(default = "crate::http2::d_window")]
     pub initial_window_size: u32,
     /// The connection's receive window in bytes. Default 4 MiB.
-    #[serde(default = "d_conn_window")]
+    #[serde(default = "crate::http2::d_conn_window")]
     pub initial_connection_window_size: u32,
     /// Largest frame payload the server may send (16 KiB to 16 MiB). Default 16 KiB.
-    #[serde(default = "d_frame")]
+    #[serde(default = "crate::http2::d_frame")]
     pub max_frame_size: u32,
     /// `:scheme` for requests whose URI has none: `http` (default) or `https`.
     #[serde(default)]
@@ -150,22 +150,6 @@ pub struct Http2UpstreamConfig {
     pub max_connections: u32,
 }
 
-// The HTTP/2 settings' defaults are flowgate-http's, shared with `demux-http`'s server side.
-fn d_streams() -> u32 {
-    Settings::DEFAULT.max_concurrent_streams
-}
-fn d_header_list() -> u32 {
-    Settings::DEFAULT.max_header_list_size
-}
-fn d_window() -> u32 {
-    Settings::DEFAULT.initial_window_size
-}
-fn d_conn_window() -> u32 {
-    Settings::DEFAULT.initial_connection_window_size
-}
-fn d_frame() -> u32 {
-    Settings::DEFAULT.max_frame_size
-}
 fn d_ping_timeout() -> Duration {
     Duration::from_secs(20)
 }
@@ -176,11 +160,11 @@ fn d_max_conns() -> u32 {
 impl Default for Http2UpstreamConfig {
     fn default() -> Self {
         Http2UpstreamConfig {
-            max_concurrent_streams: d_streams(),
-            max_header_list_size: d_header_list(),
-            initial_window_size: d_window(),
-            initial_connection_window_size: d_conn_window(),
-            max_frame_size: d_frame(),
+            max_concurrent_streams: crate::http2::d_streams(),
+            max_header_list_size: crate::http2::d_header_list(),
+            initial_window_size: crate::http2::d_window(),
+            initial_connection_window_size: crate::http2::d_conn_window(),
+            max_frame_size: crate::http2::d_frame(),
             scheme: UpstreamScheme::Http,
             keepalive_interval: None,
             keepalive_timeout: d_ping_timeout(),
