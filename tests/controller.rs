@@ -216,13 +216,30 @@ fn run_serves_a_proxyless_grpc_client_that_follows_endpoint_changes() {
         "greeter servers: {}",
         servers.stderr_so_far()
     );
-    let ctl = run_controller(&manifests, ads, admin, &dir.path("state"));
+    let state = dir.path("state");
+    let ctl = run_controller(&manifests, ads, admin, &state);
     let admin_addr = format!("127.0.0.1:{admin}");
 
+    // The client proves itself with a mesh certificate (gRPC's `tls` bootstrap
+    // credentials): it cannot send a CSR or a token.
+    let creds = dir.path("creds");
+    let (code, _, err) = controller(&[
+        "certificate",
+        "shop/greeter-client",
+        "--out",
+        creds.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let file = |f: &str| creds.join(f).display().to_string();
     let bootstrap = dir.write(
         "bootstrap.json",
         &format!(
-            r#"{{"xds_servers": [{{"server_uri": "127.0.0.1:{ads}", "channel_creds": [{{"type": "insecure"}}], "server_features": ["xds_v3"]}}], "node": {{"id": "greeter-client", "cluster": "test"}}}}"#
+            r#"{{"xds_servers": [{{"server_uri": "127.0.0.1:{ads}", "channel_creds": [{{"type": "tls", "config": {{"ca_certificate_file": "{}", "certificate_file": "{}", "private_key_file": "{}"}}}}], "server_features": ["xds_v3"]}}], "node": {{"id": "greeter-client", "cluster": "test"}}}}"#,
+            file("ca.pem"),
+            file("cert.pem"),
+            file("key.pem")
         ),
     );
     let mut client = Command::new("python3")
@@ -375,7 +392,10 @@ fn envoy_case(api_type: &str) {
         )
     };
     std::fs::write(manifests.join("pods.yaml"), pod("127.0.0.2", "web-a")).unwrap();
-    let ctl = run_controller(&manifests, ads, admin, &dir.path("state"));
+    let state = dir.path("state");
+    let ctl = run_controller(&manifests, ads, admin, &state);
+    // Not a pod's sidecar: any proven account gets the shared resources.
+    let (xds_cluster, xds_grpc) = (xds_cluster(ads, &state), xds_grpc(&state, "shop/front"));
 
     let bootstrap = dir.write(
         "envoy.yaml",
@@ -386,7 +406,7 @@ dynamic_resources:
   ads_config:
     api_type: {api_type}
     transport_api_version: V3
-    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
+    grpc_services: {xds_grpc}
   cds_config: {{ ads: {{}}, resource_api_version: V3 }}
   lds_config: {{ ads: {{}}, resource_api_version: V3 }}
 static_resources:
@@ -409,17 +429,7 @@ static_resources:
           - name: envoy.filters.http.router
             typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
   clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {ads} }} }} }} }}] }}]
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-"#
+{xds_cluster}"#
         ),
     );
     let mut envoy = daemon(
@@ -518,7 +528,10 @@ fn envoy_gets_its_mesh_certificate_over_sds() {
     let ctl = run_controller(&manifests, ads, admin, &state);
     // Static clusters take their secrets from the standalone SDS service (Envoy 1.40
     // crashes when a static cluster names ADS as its SDS source before ADS is up).
-    let sds = "{ api_config_source: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }, resource_api_version: V3 }";
+    let (xds_cluster, xds_grpc) = (xds_cluster(ads, &state), xds_grpc(&state, "shop/client"));
+    let sds = format!(
+        "{{ api_config_source: {{ api_type: GRPC, transport_api_version: V3, grpc_services: {xds_grpc} }}, resource_api_version: V3 }}"
+    );
     let bootstrap = dir.write(
         "envoy.yaml",
         &format!(
@@ -528,7 +541,7 @@ dynamic_resources:
   ads_config:
     api_type: GRPC
     transport_api_version: V3
-    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
+    grpc_services: {xds_grpc}
 static_resources:
   listeners:
   - name: front
@@ -548,17 +561,7 @@ static_resources:
           - name: envoy.filters.http.router
             typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
   clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {ads} }} }} }} }}] }}]
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-  - name: web
+{xds_cluster}  - name: web
     type: STATIC
     connect_timeout: 1s
     load_assignment:
@@ -646,8 +649,8 @@ fn two_envoy_sidecars_talk_mtls_from_the_controllers_config() {
     )
     .unwrap();
     let ctl = run_controller(&manifests, ads, admin, &dir.path("state"));
-    let a = envoy_sidecar(&dir, "client-1.shop", admin_a, ads);
-    let b = envoy_sidecar(&dir, "web-1.shop", admin_b, ads);
+    let a = envoy_sidecar(&dir, "client-1.shop", "shop/client", admin_a, ads);
+    let b = envoy_sidecar(&dir, "web-1.shop", "shop/web", admin_b, ads);
     let url = "http://127.0.0.5:15001/books";
     let get = || common::curl(&["-s", "-m", "2", "-H", "Host: web.shop", url]).1;
     assert!(
@@ -681,8 +684,11 @@ fn two_envoy_sidecars_talk_mtls_from_the_controllers_config() {
 }
 
 /// An Envoy sidecar for pod node `node` (`<pod>.<ns>`) bootstrapped with nothing but the
-/// controller's ADS address: every listener, cluster, endpoint and secret comes over ADS.
-fn envoy_sidecar(dir: &TempDir, node: &str, admin_port: u16, ads: u16) -> Proc {
+/// controller's ADS address, its trust bundle and a bootstrap token for `account` (`ns/sa`):
+/// every listener, cluster, endpoint and secret comes over ADS.
+fn envoy_sidecar(dir: &TempDir, node: &str, account: &str, admin_port: u16, ads: u16) -> Proc {
+    let state = dir.path("state");
+    let (xds_cluster, xds_grpc) = (xds_cluster(ads, &state), xds_grpc(&state, account));
     let bootstrap = dir.write(
         &format!("{node}.yaml"),
         &format!(
@@ -692,22 +698,12 @@ dynamic_resources:
   ads_config:
     api_type: GRPC
     transport_api_version: V3
-    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
+    grpc_services: {xds_grpc}
   cds_config: {{ ads: {{}}, resource_api_version: V3 }}
   lds_config: {{ ads: {{}}, resource_api_version: V3 }}
 static_resources:
   clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {ads} }} }} }} }}] }}]
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-"#
+{xds_cluster}"#
         ),
     );
     daemon(
@@ -766,9 +762,9 @@ fn strict_mode_enforces_smi_traffic_targets_in_envoy_sidecars() {
     let client_only = "{ kind: ServiceAccount, name: client, namespace: shop }";
     std::fs::write(manifests.join("shop.yaml"), mesh(client_only)).unwrap();
     let ctl = run_controller(&manifests, ads, admin, &dir.path("state"));
-    let client = envoy_sidecar(&dir, "client-1.shop", a1, ads);
-    let thief = envoy_sidecar(&dir, "thief-1.shop", a2, ads);
-    let web = envoy_sidecar(&dir, "web-1.shop", a3, ads);
+    let client = envoy_sidecar(&dir, "client-1.shop", "shop/client", a1, ads);
+    let thief = envoy_sidecar(&dir, "thief-1.shop", "shop/thief", a2, ads);
+    let web = envoy_sidecar(&dir, "web-1.shop", "shop/web", a3, ads);
     // (status code, body) of a request through the sidecar at `ip`.
     let call = |ip: &str, method: &str, path: &str| {
         let (_, out, _) = common::curl(&[
@@ -903,9 +899,9 @@ fn a_traffic_split_through_envoy_sidecars_follows_its_weights() {
     std::fs::write(manifests.join("shop.yaml"), &base).unwrap();
     std::fs::write(manifests.join("split.yaml"), split(80, 20)).unwrap();
     let ctl = run_controller(&manifests, ads, admin, &dir.path("state"));
-    let client = envoy_sidecar(&dir, "client-1.shop", a1, ads);
-    let v1 = envoy_sidecar(&dir, "web-v1-1.shop", a2, ads);
-    let v2 = envoy_sidecar(&dir, "web-v2-1.shop", a3, ads);
+    let client = envoy_sidecar(&dir, "client-1.shop", "shop/client", a1, ads);
+    let v1 = envoy_sidecar(&dir, "web-v1-1.shop", "shop/web", a2, ads);
+    let v2 = envoy_sidecar(&dir, "web-v2-1.shop", "shop/web", a3, ads);
     // `n` requests on one connection through the client's sidecar: (v1, v2) answers.
     let burst = |n: usize| {
         let url = "http://127.0.0.5:15001/";
@@ -964,5 +960,52 @@ fn run_controller(manifests: &Path, ads: u16, admin: u16, state: &Path) -> Proc 
     );
     ctl.wait_port(ads);
     ctl.wait_port(admin);
+    assert!(
+        common::wait_until(Duration::from_secs(10), || state.join("ca.pem").exists()),
+        "no trust bundle: {}",
+        ctl.stderr_so_far()
+    );
     ctl
+}
+
+/// An Envoy bootstrap's `xds` cluster: the controller's port over TLS (HTTP/2), the
+/// controller's certificate checked against the state directory's trust bundle and its
+/// SPIFFE ID.
+fn xds_cluster(ads: u16, state: &Path) -> String {
+    format!(
+        r#"  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: xds
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {ads} }} }} }} }}] }}]
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: localhost
+        common_tls_context:
+          alpn_protocols: [h2]
+          validation_context:
+            trusted_ca: {{ filename: "{}" }}
+            match_typed_subject_alt_names:
+            - {{ san_type: URI, matcher: {{ exact: "spiffe://cluster.local/ns/flowgate-system/sa/flowgate-controller" }} }}
+"#,
+        state.join("ca.pem").display()
+    )
+}
+
+/// `grpc_services` naming the `xds` cluster, each stream carrying a bootstrap token for
+/// `account` (made by `flowgate-controller token` from the state directory).
+fn xds_grpc(state: &Path, account: &str) -> String {
+    let (code, token, err) = controller(&["token", account, "--state", state.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    format!(
+        "[{{ envoy_grpc: {{ cluster_name: xds }}, initial_metadata: [{{ key: authorization, value: \"Bearer {}\" }}] }}]",
+        token.trim()
+    )
 }

@@ -44,6 +44,9 @@ pub enum CaError {
     /// A SPIFFE ID that is not `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`.
     #[error("`{0}` is not a SPIFFE ID of the form spiffe://<trust-domain>/ns/<ns>/sa/<sa>")]
     BadId(String),
+    /// A server name that is neither a DNS name nor an IP address.
+    #[error("`{0}` is neither a DNS name nor an IP address")]
+    BadName(String),
     /// An identity of another trust domain.
     #[error("`{id}` is not in this mesh's trust domain `{trust_domain}`")]
     ForeignId {
@@ -339,9 +342,29 @@ impl Ca {
     /// Issues a leaf for `id` with a key made here (for Envoy sidecars over SDS — the
     /// weaker mode: the key travels to the workload).
     pub fn issue(&self, id: &SpiffeId) -> Result<Issued, CaError> {
+        self.issue_with_names(id, &[])
+    }
+
+    /// Issues a leaf for `id` that also names `names` (DNS names, or IP addresses when they
+    /// parse as one) — for a server its clients reach by name, such as the controller.
+    pub fn issue_with_names(&self, id: &SpiffeId, names: &[String]) -> Result<Issued, CaError> {
         self.check_id(id)?;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let (params, not_after) = self.leaf_params(id)?;
+        let (mut params, not_after) = self.leaf_params(id)?;
+        for n in names {
+            let san = match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) if !dns_name_ok(n) => {
+                    return Err(CaError::BadName(n.chars().take(300).collect()));
+                }
+                Err(_) => SanType::DnsName(
+                    n.as_str()
+                        .try_into()
+                        .map_err(|_| CaError::BadName(n.chars().take(300).collect()))?,
+                ),
+            };
+            params.subject_alt_names.push(san);
+        }
         let root = &self.roots[0];
         let cert = params.signed_by(&key, &root.cert, &root.key)?;
         Ok(Issued {
@@ -439,6 +462,24 @@ impl Ca {
     }
 }
 
+/// A DNS name: dot-separated labels of letters, digits and inner hyphens (1–63 bytes
+/// each, 253 in all), the first label possibly `*`.
+fn dns_name_ok(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').enumerate().all(|(i, label)| {
+            (i == 0 && label == "*")
+                || (!label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        })
+}
+
 fn check_domain(trust_domain: &str) -> Result<(), CaError> {
     if segment_ok(trust_domain) {
         Ok(())
@@ -448,7 +489,7 @@ fn check_domain(trust_domain: &str) -> Result<(), CaError> {
 }
 
 /// Writes `text` to a new file only its owner can read.
-pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;

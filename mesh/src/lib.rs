@@ -34,10 +34,11 @@
 //!
 //! [`xds`] compiles the state to Envoy resources — for proxyless gRPC clients, and for
 //! sidecars (inbound mTLS with SMI RBAC in strict mode, outbound by host, SDS secrets) —
-//! serves them over ADS (state of the world and delta) and signs workloads' CSRs.
+//! serves them over ADS (state of the world and delta) and signs workloads' CSRs, on a TLS
+//! port where callers prove their service account by mesh certificate or bootstrap token
+//! and get only their own pods' secrets ([`xds::auth`]).
 //!
-//! Not built yet (issue 14): TLS on the controller's own port, traffic capture, the etcd
-//! and Kubernetes sources.
+//! Not built yet (issue 14): traffic capture, the etcd and Kubernetes sources.
 
 #![forbid(unsafe_code)]
 

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use flowgate_mesh::ca::{Ca, SpiffeId, spiffe_id_of};
 use flowgate_mesh::token::TokenKey;
+use flowgate_mesh::xds::auth::Authenticator;
 use flowgate_mesh::xds::certify::{
     CREATE_CERTIFICATE, CertService, CertificateRequest, CertificateResponse, SharedCa,
 };
@@ -67,7 +68,10 @@ async fn a_csr_is_signed_for_the_account_its_token_proves() {
     let task = tokio::spawn(serve(
         listener,
         ads,
-        Some(CertService::new(shared.clone(), tokens.clone())),
+        Some(CertService::new(
+            shared.clone(),
+            Arc::new(Authenticator::new(tokens.clone())),
+        )),
         async {
             let _ = stopped.await;
         },

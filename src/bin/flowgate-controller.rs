@@ -1,23 +1,28 @@
-//! `flowgate-controller`: the mesh control plane's command line (issue 14, first part).
+//! `flowgate-controller`: the mesh control plane's command line.
 //!
 //! ```text
 //! flowgate-controller run --source dir:PATH      watch the manifests and serve them over ADS
-//!                         [--listen ADDR]        (SotW and delta; default 127.0.0.1:15010)
+//!                         [--listen ADDR]        (TLS; SotW and delta; default 127.0.0.1:15010)
+//!                         [--server-name NAME]   names in the controller's certificate
 //!                         [--admin ADDR]         GET /status as JSON (default 127.0.0.1:15000)
+//!                         [--state DIR]          CA root, trust bundle `ca.pem`, token key
 //! flowgate-controller status [--admin ADDR]      each proxy's ACKed/NACKed versions, the
 //!                                                manifests' errors
 //! flowgate-controller check PATH                 validate a manifest directory (or file):
 //!                                                exit 0, or 2 with every error at file:line
 //! flowgate-controller token NS/SA [--ttl 24h]    print a bootstrap token for a service account
 //!                         [--state DIR]
+//! flowgate-controller certificate NS/SA --out DIR   a certificate, key and trust bundle for a
+//!                                                workload that cannot send a CSR
 //! ```
 //!
 //! `run` serves what proxyless gRPC clients need (listeners, clusters, endpoints) and every
 //! pod's sidecar (node id `<pod>.<namespace>`) its listeners, mTLS clusters, endpoints and
-//! SDS secrets (explicit proxy mode; SMI policy as RBAC in strict mode), and signs CSRs of
-//! workloads holding a bootstrap token (`token`); traffic capture and mTLS to the
-//! controller are not built yet. Both state-of-the-world and
-//! delta ADS are served.
+//! SDS secrets (explicit proxy mode; SMI policy as RBAC in strict mode), and signs CSRs.
+//! Its port is TLS with the controller's mesh certificate; callers prove a service account
+//! by their mesh certificate or a bootstrap token (`token`), and a pod's secrets go only
+//! to its own account. Both state-of-the-world and delta ADS are served. Traffic capture
+//! is not built yet.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -34,7 +39,8 @@ Examples:
   flowgate-controller status                               what each proxy ACKed or NACKed, and manifest errors
   flowgate-controller check examples/mesh                  validate the bookstore demo's manifests
   flowgate-controller token bookstore/bookstore            a bootstrap token (24 h) for that service account
-  flowgate-controller token --ttl 10m --state /var/lib/flowgate bookbuyer/bookbuyer";
+  flowgate-controller token --ttl 10m --state /var/lib/flowgate bookbuyer/bookbuyer
+  flowgate-controller certificate shop/client --out creds  cert.pem, key.pem, ca.pem for a proxyless gRPC client";
 
 /// `flowgate-controller`: the Flowgate mesh control plane — watches mesh manifests and serves
 /// them over xDS (ADS), checks manifests, makes bootstrap tokens.
@@ -54,15 +60,21 @@ enum Command {
         /// Where the manifests are: `dir:PATH`.
         #[arg(long)]
         source: String,
-        /// Where ADS listens (plain gRPC, proxies not authenticated yet: any client reaching
-        /// it can read any sidecar's secrets — keep it on loopback).
+        /// Where ADS and the certificate service listen: TLS with the controller's mesh
+        /// certificate (trust bundle: `ca.pem` in the state directory). Callers prove their
+        /// service account with their mesh certificate or a bootstrap token, and are served
+        /// only their own pods' secrets.
         #[arg(long, default_value = "127.0.0.1:15010")]
         listen: std::net::SocketAddr,
+        /// A name the controller's certificate carries for clients that check it (DNS name
+        /// or IP address; repeatable). The listen address is always added.
+        #[arg(long = "server-name", default_values_t = ["localhost".to_string(), "flowgate-controller".to_string()])]
+        server_names: Vec<String>,
         /// Where the admin endpoint listens (`GET /status`, JSON); keep it on loopback.
         #[arg(long, default_value = "127.0.0.1:15000")]
         admin: std::net::SocketAddr,
         /// The controller's state directory: the CA root (`root.pem`, `root.key`, made on
-        /// first use) and the token key.
+        /// first use), the trust bundle it writes (`ca.pem`) and the token key.
         #[arg(long, default_value = ".flowgate-controller")]
         state: PathBuf,
     },
@@ -89,6 +101,26 @@ enum Command {
         ttl: Duration,
         /// The controller's state directory (its token key is `token.key` there, made on
         /// first use).
+        #[arg(long, default_value = ".flowgate-controller")]
+        state: PathBuf,
+    },
+    /// Write a certificate and key for service account NS/SA, made by the controller's CA,
+    /// with the trust bundle (`cert.pem`, `key.pem`, `ca.pem` in OUT): for a workload that
+    /// cannot send a CSR, such as a proxyless gRPC client. The key is made here — prefer
+    /// CSRs with a token where the workload can.
+    Certificate {
+        /// `namespace/service-account`.
+        account: String,
+        /// Where to write the files.
+        #[arg(long)]
+        out: PathBuf,
+        /// How long the certificate is valid.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// The mesh's trust domain (the MeshConfig's).
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// The controller's state directory (its CA root).
         #[arg(long, default_value = ".flowgate-controller")]
         state: PathBuf,
     },
@@ -265,22 +297,92 @@ fn status(admin: std::net::SocketAddr) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `run`: the source feeds snapshots to the ADS server.
-fn run(
-    source: &str,
+/// Everything the ADS server serves for `mesh`: what proxyless clients need, and each pod's
+/// sidecar its own resources and secrets, for its service account only.
+fn snapshot(
+    mesh: &MeshState,
+    ca: &flowgate::mesh::ca::Ca,
+    leaves: &mut flowgate::mesh::xds::compile::Leaves,
+) -> flowgate::mesh::xds::Snapshot {
+    use flowgate::mesh::xds::{Snapshot, compile::all_sidecar_secrets, grpc_resources};
+    let mut snap = Snapshot::new(grpc_resources(mesh));
+    match all_sidecar_secrets(mesh, ca, leaves) {
+        Ok(per_node) => {
+            for (node, (owner, resources)) in per_node {
+                snap = snap.with_owned_node(node, owner, resources);
+            }
+        }
+        Err(e) => tracing::error!("issuing sidecar certificates: {e}"),
+    }
+    snap
+}
+
+/// The controller's TLS certificate: its SPIFFE ID, and `names` (plus the address it
+/// listens on) for clients that check the server's name.
+struct ServerCert {
+    config: std::sync::Arc<flowgate::mesh::xds::auth::ServerConfig>,
+    renew_at: SystemTime,
+}
+
+fn server_cert(
+    ca: &flowgate::mesh::ca::Ca,
+    names: &[String],
+) -> Result<ServerCert, Box<dyn std::error::Error>> {
+    use flowgate::mesh::xds::auth::{controller_id, server_config};
+    let leaf = ca.issue_with_names(&controller_id(ca.trust_domain())?, names)?;
+    Ok(ServerCert {
+        config: server_config(ca, &leaf)?,
+        renew_at: SystemTime::now() + ca.leaf_validity() / 2,
+    })
+}
+
+/// Writes the trust bundle proxies verify the controller (and each other) with.
+fn write_bundle(state: &Path, ca: &flowgate::mesh::ca::Ca) {
+    let path = state.join("ca.pem");
+    let tmp = state.join("ca.pem.tmp");
+    if let Err(e) =
+        std::fs::write(&tmp, ca.bundle_pem()).and_then(|()| std::fs::rename(&tmp, &path))
+    {
+        tracing::error!("writing {}: {e}", path.display());
+    }
+}
+
+/// `run`'s options.
+struct RunOptions {
+    source: String,
     listen: std::net::SocketAddr,
-    admin_at: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
     state: PathBuf,
-) -> ExitCode {
+    server_names: Vec<String>,
+}
+
+/// `run`: the source feeds snapshots to the ADS server, served over TLS.
+fn run(opts: RunOptions) -> ExitCode {
     use flowgate::mesh::ca::Ca;
+    use flowgate::mesh::xds::auth::Authenticator;
     use flowgate::mesh::xds::certify::{CertService, SharedCa};
-    use flowgate::mesh::xds::compile::{Leaves, all_sidecar_secrets};
-    use flowgate::mesh::xds::{AdsServer, Snapshot, grpc_resources, serve};
+    use flowgate::mesh::xds::compile::Leaves;
+    use flowgate::mesh::xds::{AdsServer, serve_tls};
     use flowgate::mesh::{DirSource, Source, Update};
     use std::sync::Arc;
+    let RunOptions {
+        source,
+        listen,
+        admin: admin_at,
+        state,
+        mut server_names,
+    } = opts;
     let Some(dir) = source.strip_prefix("dir:") else {
         eprintln!("error: --source `{source}`: only `dir:PATH` is built so far");
         return ExitCode::from(2);
+    };
+    server_names.push(listen.ip().to_string());
+    let tokens = match TokenKey::load_or_generate(&state.join("token.key")) {
+        Ok(k) => Arc::new(k),
+        Err(e) => {
+            eprintln!("error: the token key in {}: {e}", state.display());
+            return ExitCode::from(2);
+        }
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -307,97 +409,111 @@ fn run(
                 return ExitCode::from(2);
             }
         };
+        let auth = Arc::new(Authenticator::new(tokens));
         let (server, snapshots) = AdsServer::new();
-        // The CSR service: callers prove their service account with a bootstrap token
-        // (`flowgate-controller token`, same state directory); it signs once the CA exists.
-        let shared_ca: SharedCa = Arc::default();
-        let certs = match TokenKey::load_or_generate(&state.join("token.key")) {
-            Ok(key) => Some(CertService::new(shared_ca.clone(), Arc::new(key))),
-            Err(e) => {
-                tracing::error!("token key: {e}; the certificate service is off");
-                None
-            }
-        };
+        let server = server.with_authenticator(auth.clone());
         let mesh_status = Arc::new(std::sync::Mutex::new(MeshStatus::default()));
         tokio::spawn(admin(admin_listener, server.clone(), mesh_status.clone()));
         // Changes are in force well within a second of the file being saved.
         let mut src = DirSource::new(dir).interval(Duration::from_millis(250));
+        let record = move |update: &Update| match update {
+            Update::State(mesh) => {
+                let mut m = mesh_status.lock().unwrap_or_else(|p| p.into_inner());
+                m.version = format!("{:016x}", mesh.version);
+                m.errors.clear();
+                tracing::info!(
+                    version = format!("{:016x}", mesh.version),
+                    services = mesh.services.len(),
+                    "mesh updated"
+                );
+            }
+            Update::Rejected(errors) => {
+                for e in errors {
+                    tracing::error!("{e}");
+                }
+                mesh_status.lock().unwrap_or_else(|p| p.into_inner()).errors =
+                    errors.iter().map(ToString::to_string).collect();
+                tracing::error!(
+                    errors = errors.len(),
+                    "manifests refused; the last good mesh stays served"
+                );
+            }
+        };
+        // The trust domain is the mesh's: nothing is served before a first good state.
+        let first = loop {
+            let update = src.next().await;
+            record(&update);
+            if let Update::State(mesh) = update {
+                break mesh;
+            }
+        };
+        let cert = &first.mesh_config.certificate;
+        let ca = match Ca::load_or_generate(
+            &state,
+            &cert.trust_domain,
+            cert.service_cert_validity_duration,
+        ) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                eprintln!("error: the certificate authority: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        write_bundle(&state, &ca);
+        let mut current = match server_cert(&ca, &server_names) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: the controller's certificate: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let (tls_tx, tls_rx) = tokio::sync::watch::channel(current.config.clone());
+        // The CSR service signs for callers proven by a bootstrap token
+        // (`flowgate-controller token`, same state directory) or their mesh certificate.
+        let shared_ca: SharedCa = Arc::new(std::sync::RwLock::new(Some(ca.clone())));
+        let certs = CertService::new(shared_ca, auth);
+        let mut leaves = Leaves::default();
+        if snapshots
+            .send(Arc::new(snapshot(&first, &ca, &mut leaves)))
+            .is_err()
+        {
+            return ExitCode::FAILURE;
+        }
         tokio::spawn(async move {
-            let mut ca: Option<Arc<Ca>> = None;
-            let mut leaves = Leaves::default();
-            let mut last: Option<Arc<flowgate::mesh::MeshState>> = None;
+            let mut last = first;
             // Leaves are renewed at half their life: rebuild the snapshot now and then.
             let mut renew = tokio::time::interval(Duration::from_secs(30));
             renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                let mesh = tokio::select! {
-                    update = src.next() => match update {
-                        Update::State(mesh) => {
-                            {
-                                let mut m = mesh_status.lock().unwrap_or_else(|p| p.into_inner());
-                                m.version = format!("{:016x}", mesh.version);
-                                m.errors.clear();
+                tokio::select! {
+                    update = src.next() => {
+                        record(&update);
+                        match update {
+                            Update::State(mesh) => last = mesh,
+                            Update::Rejected(_) => continue,
+                        }
+                    }
+                    _ = renew.tick() => {
+                        if SystemTime::now() >= current.renew_at {
+                            match server_cert(&ca, &server_names) {
+                                Ok(c) => {
+                                    current = c;
+                                    let _ = tls_tx.send(current.config.clone());
+                                }
+                                Err(e) => tracing::error!("renewing the controller's certificate: {e}"),
                             }
-                            tracing::info!(
-                                version = format!("{:016x}", mesh.version),
-                                services = mesh.services.len(),
-                                "mesh updated"
-                            );
-                            mesh
-                        }
-                        Update::Rejected(errors) => {
-                            for e in &errors {
-                                tracing::error!("{e}");
-                            }
-                            mesh_status.lock().unwrap_or_else(|p| p.into_inner()).errors =
-                                errors.iter().map(ToString::to_string).collect();
-                            tracing::error!(
-                                errors = errors.len(),
-                                "manifests refused; the last good mesh stays served"
-                            );
-                            continue;
-                        }
-                    },
-                    _ = renew.tick() => match &last {
-                        Some(m) => m.clone(),
-                        None => continue,
-                    },
-                };
-                let cert = &mesh.mesh_config.certificate;
-                if ca.is_none() {
-                    match Ca::load_or_generate(
-                        &state,
-                        &cert.trust_domain,
-                        cert.service_cert_validity_duration,
-                    ) {
-                        Ok(c) => {
-                            let c = Arc::new(c);
-                            *shared_ca.write().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
-                            ca = Some(c);
-                        }
-                        Err(e) => {
-                            tracing::error!("certificate authority: {e}; sidecars get no secrets")
                         }
                     }
                 }
-                let mut snap = Snapshot::new(grpc_resources(&mesh));
-                if let Some(ca) = &ca {
-                    match all_sidecar_secrets(&mesh, ca, &mut leaves) {
-                        Ok(per_node) => {
-                            for (node, secrets) in per_node {
-                                snap = snap.with_node(node, secrets);
-                            }
-                        }
-                        Err(e) => tracing::error!("issuing sidecar certificates: {e}"),
-                    }
-                }
-                last = Some(mesh);
-                if snapshots.send(Arc::new(snap)).is_err() {
+                if snapshots
+                    .send(Arc::new(snapshot(&last, &ca, &mut leaves)))
+                    .is_err()
+                {
                     break;
                 }
             }
         });
-        tracing::info!(%listen, "ADS listening");
+        tracing::info!(%listen, "ADS listening (TLS)");
         let stop = async {
             use tokio::signal::unix::{SignalKind, signal};
             match (
@@ -410,7 +526,7 @@ fn run(
                 _ => std::future::pending::<()>().await,
             }
         };
-        match serve(listener, server, certs, stop).await {
+        match serve_tls(listener, tls_rx, server, Some(certs), stop).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -418,6 +534,64 @@ fn run(
             }
         }
     })
+}
+
+/// `certificate`: a certificate and key for NS/SA made by the state directory's CA, and the
+/// trust bundle, written to `out` (for a proxyless gRPC client or a test).
+fn certificate(
+    account: &str,
+    state: &Path,
+    trust_domain: &str,
+    ttl: Duration,
+    out: &Path,
+) -> ExitCode {
+    use flowgate::mesh::ca::{Ca, SpiffeId};
+    let Some((ns, sa)) = account.split_once('/') else {
+        eprintln!("error: `{account}` is not NAMESPACE/SERVICE-ACCOUNT");
+        return ExitCode::from(2);
+    };
+    let issued = Ca::load_or_generate(state, trust_domain, ttl).and_then(|ca| {
+        let leaf = ca.issue(&SpiffeId::new(trust_domain, ns, sa)?)?;
+        Ok((leaf, ca.bundle_pem()))
+    });
+    let (leaf, bundle) = match issued {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let written = std::fs::create_dir_all(out)
+        .and_then(|()| std::fs::write(out.join("cert.pem"), &leaf.cert_pem))
+        .and_then(|()| std::fs::write(out.join("ca.pem"), &bundle))
+        .and_then(|()| {
+            flowgate::mesh::ca::write_private(
+                &out.join("key.pem"),
+                leaf.key_pem.as_deref().unwrap_or_default(),
+            )
+        });
+    match written {
+        Ok(()) => {
+            let _ = writeln!(
+                std::io::stdout().lock(),
+                "{}: cert.pem, key.pem (owner only), ca.pem for {} (valid until {})",
+                out.display(),
+                leaf.id,
+                humantime_secs(leaf.not_after)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: writing {}: {e}", out.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Seconds since the epoch, for messages.
+fn humantime_secs(t: SystemTime) -> String {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or_else(|_| "?".into(), |d| format!("unix {}", d.as_secs()))
 }
 
 fn main() -> ExitCode {
@@ -432,9 +606,23 @@ fn main() -> ExitCode {
         Command::Run {
             source,
             listen,
+            server_names,
             admin,
             state,
-        } => run(&source, listen, admin, state),
+        } => run(RunOptions {
+            source,
+            listen,
+            admin,
+            state,
+            server_names,
+        }),
+        Command::Certificate {
+            account,
+            out,
+            ttl,
+            trust_domain,
+            state,
+        } => certificate(&account, &state, &trust_domain, ttl, &out),
         Command::Status { admin } => status(admin),
         Command::Check { path } => match load(&path) {
             Ok(s) => {

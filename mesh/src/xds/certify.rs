@@ -2,21 +2,19 @@
 //! certificate for the identity it proved — in the shape of Istio's
 //! `istio.v1.auth.IstioCertificateService/CreateCertificate`.
 //!
-//! The caller proves its service account with a bootstrap token
-//! (`authorization: Bearer <token>`, see [`crate::token`]); the certificate names that
-//! account's SPIFFE ID, whatever the CSR asks for, so a token for `ns/a` can never obtain a
+//! The caller proves its service account with its current mesh certificate (renewal, on
+//! the controller's TLS port) or a bootstrap token (`authorization: Bearer <token>`, see
+//! [`crate::token`]), as [`Authenticator`] decides; the certificate names that account's
+//! SPIFFE ID, whatever the CSR asks for, so a token for `ns/a` can never obtain a
 //! certificate for `ns/b`. The answer's `cert_chain` is the leaf, then every root to trust.
-//! (Renewal by presenting the current mesh certificate needs the controller's TLS
-//! listener, which is not built yet.)
 
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::SystemTime;
 
 use tonic::codegen::{Body, BoxFuture, StdError, http};
 
+use super::auth::{Authenticator, Caller};
 use crate::ca::{Ca, CaError, SpiffeId};
-use crate::token::TokenKey;
 
 /// `IstioCertificateRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -47,35 +45,38 @@ pub type SharedCa = Arc<RwLock<Option<Arc<Ca>>>>;
 #[derive(Clone)]
 pub struct CertService {
     ca: SharedCa,
-    tokens: Arc<TokenKey>,
+    auth: Arc<Authenticator>,
 }
 
 impl CertService {
-    /// A service signing with `ca` for callers proven by tokens of `tokens`.
-    pub fn new(ca: SharedCa, tokens: Arc<TokenKey>) -> Self {
-        CertService { ca, tokens }
+    /// A service signing with `ca` for callers proven by `auth`.
+    pub fn new(ca: SharedCa, auth: Arc<Authenticator>) -> Self {
+        CertService { ca, auth }
     }
 
-    /// Checks the caller and signs: the method's logic, without the transport.
+    /// Signs for a proven caller: the method's logic, without the transport.
     pub fn create(
         &self,
-        authorization: Option<&str>,
+        caller: &Caller,
         req: &CertificateRequest,
     ) -> Result<CertificateResponse, tonic::Status> {
-        let token = authorization
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| tonic::Status::unauthenticated("no `authorization: Bearer <token>`"))?;
-        let (ns, sa) = self
-            .tokens
-            .verify(token.trim(), SystemTime::now())
-            .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
+        let Caller::Account {
+            namespace: ns,
+            service_account: sa,
+            ..
+        } = caller
+        else {
+            return Err(tonic::Status::unauthenticated(
+                "a certificate is issued only to a proven service account",
+            ));
+        };
         let ca = self
             .ca
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or_else(|| tonic::Status::unavailable("the certificate authority is not ready"))?;
-        let id = SpiffeId::new(ca.trust_domain(), &ns, &sa)
+        let id = SpiffeId::new(ca.trust_domain(), ns, sa)
             .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
         let leaf = ca.sign_csr(&req.csr, &id).map_err(|e| match e {
             CaError::BadCsr => tonic::Status::invalid_argument(e.to_string()),
@@ -109,12 +110,8 @@ impl tonic::server::UnaryService<CertificateRequest> for Unary {
     fn call(&mut self, request: tonic::Request<CertificateRequest>) -> Self::Future {
         let svc = self.0.clone();
         Box::pin(async move {
-            let auth = request
-                .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            svc.create(auth.as_deref(), request.get_ref())
+            let caller = svc.auth.caller(&request)?;
+            svc.create(&caller, request.get_ref())
                 .map(tonic::Response::new)
         })
     }

@@ -794,21 +794,26 @@ impl Leaves {
     }
 }
 
+/// A service account: (`namespace`, `name`).
+pub type Account = (String, String);
+
 /// Everything every pod's sidecar in `state` is served — [`sidecar_resources`] and its
-/// secrets ([`sidecar_secrets`]) — by node id ([`node_id`]).
+/// secrets ([`sidecar_secrets`]) — by node id ([`node_id`]), with the service account
+/// (`namespace`, `name`) the pod runs as: only that account may be served them.
 pub fn all_sidecar_secrets(
     state: &MeshState,
     ca: &Ca,
     leaves: &mut Leaves,
-) -> Result<BTreeMap<String, Resources>, CaError> {
+) -> Result<BTreeMap<String, (Account, Resources)>, CaError> {
     let bundle = ca.bundle_pem();
     let mut out = BTreeMap::new();
     for ((ns, name), pod) in &state.pods {
-        let id = SpiffeId::new(ca.trust_domain(), ns, pod.value.service_account())?;
+        let sa = pod.value.service_account();
+        let id = SpiffeId::new(ca.trust_domain(), ns, sa)?;
         let leaf = leaves.get(ca, &id)?;
         let mut r = sidecar_resources(state, ns, name).unwrap_or_default();
         r.extend(sidecar_secrets(leaf, &bundle));
-        out.insert(node_id(ns, name), r);
+        out.insert(node_id(ns, name), ((ns.clone(), sa.to_string()), r));
     }
     Ok(out)
 }

@@ -1,9 +1,10 @@
 //! xDS: the mesh compiled to standard Envoy resources ([`compile`]) and served over ADS
 //! ([`server`]).
 
+pub mod auth;
 pub mod certify;
 pub mod compile;
 pub mod server;
 
 pub use compile::{Resources, grpc_resources, type_url};
-pub use server::{AdsServer, ProxyStatus, Snapshot, TypeStatus, serve};
+pub use server::{AdsServer, NodePart, ProxyStatus, Snapshot, TypeStatus, serve, serve_tls};

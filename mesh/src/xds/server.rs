@@ -38,6 +38,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::{Authenticator, Caller};
 use super::compile::{Resources, type_url};
 
 /// The resources proxies are served now: those every proxy shares, and per node id those of
@@ -50,7 +51,20 @@ pub struct Snapshot {
     pub versions: BTreeMap<String, String>,
     /// Per node id: resources of its own. A type present here replaces the shared one for
     /// that node.
-    pub per_node: BTreeMap<String, (Resources, BTreeMap<String, String>)>,
+    pub per_node: BTreeMap<String, NodePart>,
+}
+
+/// One node's own resources, and who may have them.
+#[derive(Clone, Debug, Default)]
+pub struct NodePart {
+    /// The service account (`namespace`, `name`) the node runs as: only a caller proven as
+    /// that account is served these resources (and may use the node id at all). `None`:
+    /// any caller.
+    pub owner: Option<(String, String)>,
+    /// The resources.
+    pub resources: Resources,
+    /// A content version per type URL.
+    pub versions: BTreeMap<String, String>,
 }
 
 /// A version per type: a hash of its resources' names and versions.
@@ -76,35 +90,69 @@ impl Snapshot {
         }
     }
 
-    /// Adds `node`'s own resources.
+    /// Adds `node`'s own resources, for any caller naming that node.
     #[must_use]
     pub fn with_node(mut self, node: String, resources: Resources) -> Self {
-        let v = versions_of(&resources);
-        self.per_node.insert(node, (resources, v));
+        self.per_node.insert(
+            node,
+            NodePart {
+                owner: None,
+                versions: versions_of(&resources),
+                resources,
+            },
+        );
         self
     }
 
-    /// The part of the snapshot that serves type `t` to `node`: its own, or the shared.
-    fn part(&self, node: &str, t: &str) -> &Resources {
-        match self.per_node.get(node) {
-            Some((r, _)) if r.of(t).is_some() => r,
+    /// Adds `node`'s own resources, served only to a caller proven as service account
+    /// `owner` (`namespace`, `name`).
+    #[must_use]
+    pub fn with_owned_node(
+        mut self,
+        node: String,
+        owner: (String, String),
+        resources: Resources,
+    ) -> Self {
+        self.per_node.insert(
+            node,
+            NodePart {
+                owner: Some(owner),
+                versions: versions_of(&resources),
+                resources,
+            },
+        );
+        self
+    }
+
+    /// `node`'s own part when `caller` may have it.
+    fn own(&self, node: &str, caller: &Caller) -> Option<&NodePart> {
+        self.per_node.get(node).filter(|p| match &p.owner {
+            None => true,
+            Some((ns, sa)) => caller.may_act_as(ns, sa),
+        })
+    }
+
+    /// The part of the snapshot that serves type `t` to `node` called by `caller`: its own,
+    /// or the shared.
+    fn part(&self, node: &str, caller: &Caller, t: &str) -> &Resources {
+        match self.own(node, caller) {
+            Some(p) if p.resources.of(t).is_some() => &p.resources,
             _ => &self.resources,
         }
     }
 
-    /// The resources of type `t` that `node` is served.
+    /// The resources of type `t` that `node` is served (when its owner calls).
     pub fn of(
         &self,
         node: &str,
         t: &str,
     ) -> Option<&BTreeMap<String, envoy_types::pb::google::protobuf::Any>> {
-        self.part(node, t).of(t)
+        self.part(node, &Caller::Anyone, t).of(t)
     }
 
-    fn version(&self, node: &str, t: &str) -> String {
-        self.per_node
-            .get(node)
-            .and_then(|(r, v)| r.of(t).and(v.get(t)))
+    fn version(&self, node: &str, caller: &Caller, t: &str) -> String {
+        self.own(node, caller)
+            .and_then(|p| p.resources.of(t).and(p.versions.get(t)))
             .or_else(|| self.versions.get(t))
             .cloned()
             .unwrap_or_else(|| "0".into())
@@ -142,20 +190,41 @@ struct Proxy {
     status: StatusMap,
     /// Its `node.id` (empty until a request names it).
     node: String,
+    /// Who opened the stream.
+    caller: Caller,
 }
 
 impl Proxy {
-    /// Takes the node id from the first request that has one.
-    fn identify(&mut self, node: Option<&envoy_types::pb::envoy::config::core::v3::Node>) {
+    /// Takes the node id from the first request that has one; `PERMISSION_DENIED` when the
+    /// node belongs to another service account than the caller's.
+    fn identify(
+        &mut self,
+        node: Option<&envoy_types::pb::envoy::config::core::v3::Node>,
+        snapshot: &Snapshot,
+    ) -> Result<(), Status> {
         if !self.node.is_empty() {
-            return;
+            return Ok(());
         }
-        let Some(n) = node else { return };
-        self.node = n.id.chars().take(256).collect();
+        let Some(n) = node else { return Ok(()) };
+        let id: String = n.id.chars().take(256).collect();
+        if let Some(NodePart {
+            owner: Some((ns, sa)),
+            ..
+        }) = snapshot.per_node.get(&id)
+            && !self.caller.may_act_as(ns, sa)
+        {
+            tracing::warn!(node = %id, caller = %self.caller, "xDS stream refused: the node runs as {ns}/{sa}");
+            return Err(Status::permission_denied(format!(
+                "node `{id}` runs as service account {ns}/{sa}; the caller is {}",
+                self.caller
+            )));
+        }
+        self.node = id;
         let mut st = lock(&self.status);
         let p = st.entry(self.node.clone()).or_default();
         p.node = self.node.clone();
         p.connected = true;
+        Ok(())
     }
 
     /// Records what happened for type `t`.
@@ -191,6 +260,7 @@ impl Proxy {
 pub struct AdsServer {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     status: StatusMap,
+    auth: Option<Arc<Authenticator>>,
 }
 
 impl AdsServer {
@@ -201,9 +271,27 @@ impl AdsServer {
             AdsServer {
                 snapshots: rx,
                 status: Arc::default(),
+                auth: None,
             },
             tx,
         )
+    }
+
+    /// Requires every stream's caller to be proven by `auth` (a mesh certificate or a
+    /// bootstrap token), and serves a node's own resources only to its service account.
+    /// Without it every caller is served everything: for embedders that authenticate
+    /// otherwise.
+    #[must_use]
+    pub fn with_authenticator(mut self, auth: Arc<Authenticator>) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        match &self.auth {
+            None => Ok(Caller::Anyone),
+            Some(a) => a.caller(request),
+        }
     }
 
     /// Every proxy seen, by node id.
@@ -232,22 +320,49 @@ pub fn secret_service(server: AdsServer) -> SecretDiscoveryServiceServer<AdsServ
 }
 
 /// Serves `server` on `listener` (plain TCP, HTTP/2) until `shutdown` completes: ADS, the
-/// standalone SDS service, and the certificate service when given.
+/// standalone SDS service, and the certificate service when given. Nothing on a plain port
+/// proves a caller's certificate: only tokens (or no authentication at all) apply.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     server: AdsServer,
     certs: Option<super::certify::CertService>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
-        .add_service(server.clone().into_service())
-        .add_service(secret_service(server))
-        .add_optional_service(certs.map(super::certify::CertServiceServer))
+    router(server, certs)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
             shutdown,
         )
         .await
+}
+
+/// Serves `server` (and `certs`) over TLS on `listener` until `shutdown` completes, each
+/// connection handshaken with the configuration `configs` holds when it is accepted (see
+/// [`super::auth::server_config`] and [`super::auth::tls_incoming`]): a caller's verified
+/// mesh certificate proves its account to the services behind.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    configs: watch::Receiver<Arc<rustls::ServerConfig>>,
+    server: AdsServer,
+    certs: Option<super::certify::CertService>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    router(server, certs)
+        .serve_with_incoming_shutdown(super::auth::tls_incoming(listener, configs), shutdown)
+        .await
+}
+
+fn router(
+    server: AdsServer,
+    certs: Option<super::certify::CertService>,
+) -> tonic::transport::server::Router {
+    tonic::transport::Server::builder()
+        // Streams that stay open for days: find dead peers.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(60)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .add_service(server.clone().into_service())
+        .add_service(secret_service(server))
+        .add_optional_service(certs.map(super::certify::CertServiceServer))
 }
 
 /// The response stream of one ADS call.
@@ -265,6 +380,7 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
+        let caller = self.caller(&request)?;
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let stream = SotwStream {
@@ -272,6 +388,7 @@ impl AggregatedDiscoveryService for AdsServer {
             proxy: Proxy {
                 status: self.status.clone(),
                 node: String::new(),
+                caller,
             },
             tx,
             types: BTreeMap::new(),
@@ -287,6 +404,7 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaResponseStream>, Status> {
+        let caller = self.caller(&request)?;
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let stream = DeltaStream {
@@ -294,6 +412,7 @@ impl AggregatedDiscoveryService for AdsServer {
             proxy: Proxy {
                 status: self.status.clone(),
                 node: String::new(),
+                caller,
             },
             tx,
             types: BTreeMap::new(),
@@ -381,7 +500,11 @@ impl SotwStream {
 
     /// Handles one request; `false` when the stream is gone.
     async fn on_request(&mut self, req: DiscoveryRequest) -> bool {
-        self.proxy.identify(req.node.as_ref());
+        let snap = self.snapshots.borrow().clone();
+        if let Err(status) = self.proxy.identify(req.node.as_ref(), &snap) {
+            let _ = self.tx.send(Err(status)).await;
+            return false;
+        }
         if req.resource_names.len() > MAX_NAMES {
             let _ = self
                 .tx
@@ -434,7 +557,10 @@ impl SotwStream {
             _ => false,
         };
         sub.names = names;
-        let version = self.snapshots.borrow().version(&self.proxy.node, &t);
+        let version = self
+            .snapshots
+            .borrow()
+            .version(&self.proxy.node, &self.proxy.caller, &t);
         if first || grew || sub.last_version.as_deref() != Some(version.as_str()) {
             return self.send(&t).await;
         }
@@ -448,7 +574,11 @@ impl SotwStream {
             .types
             .iter()
             .filter(|(t, s)| {
-                s.last_version.as_deref() != Some(snap.version(&self.proxy.node, t).as_str())
+                s.last_version.as_deref()
+                    != Some(
+                        snap.version(&self.proxy.node, &self.proxy.caller, t)
+                            .as_str(),
+                    )
             })
             .map(|(t, _)| t.clone())
             .collect();
@@ -485,11 +615,11 @@ impl SotwStream {
 
     async fn send(&mut self, t: &str) -> bool {
         let snap = self.snapshots.borrow().clone();
-        let version = snap.version(&self.proxy.node, t);
+        let version = snap.version(&self.proxy.node, &self.proxy.caller, t);
         let Some(sub) = self.types.get_mut(t) else {
             return true;
         };
-        let all = snap.of(&self.proxy.node, t);
+        let all = snap.part(&self.proxy.node, &self.proxy.caller, t).of(t);
         let resources = match (&sub.names, all) {
             (_, None) => Vec::new(),
             (None, Some(all)) => all.values().cloned().collect(),
@@ -571,7 +701,11 @@ impl DeltaStream {
     }
 
     async fn on_request(&mut self, req: DeltaDiscoveryRequest) -> bool {
-        self.proxy.identify(req.node.as_ref());
+        let snap = self.snapshots.borrow().clone();
+        if let Err(status) = self.proxy.identify(req.node.as_ref(), &snap) {
+            let _ = self.tx.send(Err(status)).await;
+            return false;
+        }
         if req.resource_names_subscribe.len() > MAX_NAMES {
             let _ = self
                 .tx
@@ -640,12 +774,12 @@ impl DeltaStream {
     /// first answer of a type).
     async fn send_changes(&mut self, t: &str, always: bool) -> bool {
         let snap = self.snapshots.borrow().clone();
-        let version = snap.version(&self.proxy.node, t);
+        let version = snap.version(&self.proxy.node, &self.proxy.caller, t);
         let Some(sub) = self.types.get_mut(t) else {
             return true;
         };
         let empty = BTreeMap::new();
-        let part = snap.part(&self.proxy.node, t);
+        let part = snap.part(&self.proxy.node, &self.proxy.caller, t);
         let all = part.of(t).unwrap_or(&empty);
         let versions = part.versions_of(t);
         let wanted = |name: &str| sub.wildcard || sub.names.contains(name);
