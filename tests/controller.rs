@@ -615,42 +615,8 @@ fn two_envoy_sidecars_talk_mtls_from_the_controllers_config() {
     if !common::peers(&["envoy", "nginx", "curl"]) {
         return;
     }
-    let dir = TempDir::new("controller-pair");
-    let (app, ads, admin, admin_a, admin_b) = (
-        reserve_port(),
-        reserve_port(),
-        reserve_port(),
-        reserve_port(),
-        reserve_port(),
-    );
-    let ndir = TempDir::new("controller-pair-nginx");
-    let ng = common::nginx(
-        &ndir,
-        &format!(
-            "server {{ listen 127.0.0.6:{app}; location / {{ return 200 \"web $http_host\"; }} }}"
-        ),
-    );
-    assert!(
-        common::wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
-            "127.0.0.6",
-            app
-        ))
-        .is_ok()),
-        "nginx: {}",
-        ng.stderr_so_far()
-    );
-    let manifests = dir.path("mesh");
-    std::fs::create_dir_all(&manifests).unwrap();
-    std::fs::write(
-        manifests.join("shop.yaml"),
-        format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{ name: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: client, namespace: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: web, namespace: shop }}\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  selector: {{ app: web }}\n  ports: [{{ name: http, port: 80, targetPort: {app} }}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: client-1, namespace: shop, labels: {{ app: client }} }}\nspec: {{ serviceAccountName: client }}\nstatus: {{ podIP: 127.0.0.5 }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: web-1, namespace: shop, labels: {{ app: web }} }}\nspec: {{ serviceAccountName: web }}\nstatus: {{ podIP: 127.0.0.6 }}\n"
-        ),
-    )
-    .unwrap();
-    let ctl = run_controller(&manifests, ads, admin, &dir.path("state"));
-    let a = envoy_sidecar(&dir, "client-1.shop", "shop/client", admin_a, ads);
-    let b = envoy_sidecar(&dir, "web-1.shop", "shop/web", admin_b, ads);
+    let pair = Pair::start("controller-pair", "");
+    let (ctl, a, b, admin, admin_b) = (&pair.ctl, &pair.a, &pair.b, pair.admin, pair.admin_b);
     let url = "http://127.0.0.5:15001/books";
     let get = || common::curl(&["-s", "-m", "2", "-H", "Host: web.shop", url]).1;
     assert!(
@@ -679,8 +645,202 @@ fn two_envoy_sidecars_talk_mtls_from_the_controllers_config() {
         !ok,
         "the inbound listener served a client without a mesh certificate"
     );
-    drop(a);
-    drop(b);
+}
+
+/// A client pod (`client-1`, 127.0.0.5) and a web pod (`web-1`, 127.0.0.6, nginx answering
+/// `web <host>`), each behind an Envoy sidecar configured by a controller.
+struct Pair {
+    // Dropped in this order: sidecars, controller, nginx, files.
+    a: Proc,
+    b: Proc,
+    ctl: Proc,
+    _nginx: (Proc, TempDir),
+    dir: TempDir,
+    admin: u16,
+    admin_a: u16,
+    admin_b: u16,
+}
+
+impl Pair {
+    /// Starts it all; `mesh_config` (a manifest, or empty) goes with the manifests.
+    fn start(tag: &str, mesh_config: &str) -> Pair {
+        let dir = TempDir::new(tag);
+        let (app, ads, admin, admin_a, admin_b) = (
+            reserve_port(),
+            reserve_port(),
+            reserve_port(),
+            reserve_port(),
+            reserve_port(),
+        );
+        let (ng, ndir) = web_app(tag, app, "web $http_host");
+        let manifests = dir.path("mesh");
+        std::fs::create_dir_all(&manifests).unwrap();
+        std::fs::write(
+            manifests.join("shop.yaml"),
+            format!(
+                "{mesh_config}apiVersion: v1\nkind: Namespace\nmetadata: {{ name: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: client, namespace: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: web, namespace: shop }}\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  selector: {{ app: web }}\n  ports: [{{ name: http, port: 80, targetPort: {app} }}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: client-1, namespace: shop, labels: {{ app: client }} }}\nspec: {{ serviceAccountName: client }}\nstatus: {{ podIP: 127.0.0.5 }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: web-1, namespace: shop, labels: {{ app: web }} }}\nspec: {{ serviceAccountName: web }}\nstatus: {{ podIP: 127.0.0.6 }}\n"
+            ),
+        )
+        .unwrap();
+        let ctl = run_controller(&manifests, ads, admin, &dir.path("state"));
+        let a = envoy_sidecar(&dir, "client-1.shop", "shop/client", admin_a, ads);
+        let b = envoy_sidecar(&dir, "web-1.shop", "shop/web", admin_b, ads);
+        Pair {
+            a,
+            b,
+            ctl,
+            _nginx: (ng, ndir),
+            dir,
+            admin,
+            admin_a,
+            admin_b,
+        }
+    }
+}
+
+/// The web workload: nginx on 127.0.0.6:`port` answering 200 with `body` (nginx
+/// variables allowed), up when this returns.
+fn web_app(tag: &str, port: u16, body: &str) -> (Proc, TempDir) {
+    let dir = TempDir::new(&format!("{tag}-nginx"));
+    let ng = common::nginx(
+        &dir,
+        &format!("server {{ listen 127.0.0.6:{port}; location / {{ return 200 \"{body}\"; }} }}"),
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.6",
+            port
+        ))
+        .is_ok()),
+        "nginx: {}",
+        ng.stderr_so_far()
+    );
+    (ng, dir)
+}
+
+/// One request through the client's sidecar on a new connection: the body of a 200, or
+/// what went wrong.
+fn through_pair() -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(
+        &"127.0.0.5:15001".parse().unwrap(),
+        Duration::from_secs(2),
+    )
+    .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /books HTTP/1.1\r\nHost: web.shop\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)
+        .map_err(|e| format!("read: {e}"))?;
+    match resp.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        _ => Err(resp.lines().next().unwrap_or("no response").to_string()),
+    }
+}
+
+/// The serial numbers of the certificate an Envoy presents and of the roots it trusts, as
+/// SDS gave them (its admin `/certs`; the bootstrap's trust of the controller, read from a
+/// file, left out).
+fn envoy_certs(admin: u16) -> (Vec<String>, Vec<String>) {
+    let (_, body, _) = common::curl(&["-s", &format!("http://127.0.0.1:{admin}/certs")]);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let serials = |key: &str| -> Vec<String> {
+        v["certificates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c[key].as_array().cloned().unwrap_or_default())
+            .filter(|c| c["path"].as_str() == Some("<inline>"))
+            .filter_map(|c| c["serial_number"].as_str().map(str::to_string))
+            .collect()
+    };
+    (serials("cert_chain"), serials("ca_cert"))
+}
+
+/// Rotation under load: 2-minute leaves and a root rotation two minutes in (its old root
+/// trusted 60 s more), while five minutes of requests (20 a second, each on a new
+/// connection) cross an Envoy pair — not one may fail. The sidecars end with renewed
+/// certificates and only the new root, and `ca.pem` holds only the new root.
+#[test]
+fn a_root_rotation_with_short_leaves_fails_no_request_under_load() {
+    if !common::peers(&["envoy", "nginx", "curl"]) {
+        return;
+    }
+    let pair = Pair::start(
+        "controller-rotation",
+        "apiVersion: config.flowgate.io/v1alpha1\nkind: MeshConfig\nmetadata: { name: mesh }\nspec: { certificate: { serviceCertValidityDuration: 2m } }\n---\n",
+    );
+    let state = pair.dir.path("state");
+    assert!(
+        common::wait_until(Duration::from_secs(30), || through_pair().is_ok()),
+        "no answer through the sidecars: {:?}; controller: {}",
+        through_pair(),
+        pair.ctl.stderr_so_far()
+    );
+    let root_before = std::fs::read_to_string(state.join("ca.pem")).unwrap();
+    let (certs_before, _) = envoy_certs(pair.admin_a);
+    let (_, roots_before) = envoy_certs(pair.admin_b);
+    assert!(!certs_before.is_empty() && !roots_before.is_empty());
+
+    let start = Instant::now();
+    let (mut ok, mut failed) = (0u32, Vec::new());
+    let mut rotated = false;
+    let mut saw_two_roots = false;
+    while start.elapsed() < Duration::from_secs(300) {
+        let tick = Instant::now();
+        match through_pair() {
+            Ok(body) if body == "web web.shop" => ok += 1,
+            Ok(body) => failed.push(format!("{:.1}s: {body}", start.elapsed().as_secs_f64())),
+            Err(e) => failed.push(format!("{:.1}s: {e}", start.elapsed().as_secs_f64())),
+        }
+        if !rotated && start.elapsed() >= Duration::from_secs(120) {
+            let (code, out, err) = controller(&[
+                "rotate-root",
+                "--overlap",
+                "60s",
+                "--admin",
+                &format!("127.0.0.1:{}", pair.admin),
+            ]);
+            assert_eq!(code, 0, "{out}{err}");
+            rotated = true;
+        }
+        saw_two_roots |= std::fs::read_to_string(state.join("ca.pem"))
+            .is_ok_and(|b| b.matches("BEGIN CERTIFICATE").count() == 2);
+        if let Some(left) = Duration::from_millis(50).checked_sub(tick.elapsed()) {
+            std::thread::sleep(left);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}; controller: {}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(20)],
+        pair.ctl.stderr_so_far()
+    );
+    assert!(ok >= 3000, "only {ok} requests in five minutes");
+    assert!(
+        saw_two_roots,
+        "the old and new roots were never trusted together"
+    );
+    let root_after = std::fs::read_to_string(state.join("ca.pem")).unwrap();
+    assert_eq!(
+        root_after.matches("BEGIN CERTIFICATE").count(),
+        1,
+        "the old root is pruned"
+    );
+    assert_ne!(root_after, root_before);
+    let (certs_after, _) = envoy_certs(pair.admin_a);
+    let (_, roots_after) = envoy_certs(pair.admin_b);
+    assert!(
+        certs_after.iter().all(|c| !certs_before.contains(c)),
+        "the client's certificate was renewed: {certs_before:?} → {certs_after:?}"
+    );
+    assert!(
+        roots_after.iter().all(|r| !roots_before.contains(r)),
+        "the web sidecar no longer trusts the old root: {roots_before:?} → {roots_after:?}"
+    );
 }
 
 /// An Envoy sidecar for pod node `node` (`<pod>.<ns>`) bootstrapped with nothing but the
@@ -736,22 +896,7 @@ fn strict_mode_enforces_smi_traffic_targets_in_envoy_sidecars() {
         reserve_port(),
         reserve_port(),
     );
-    let ndir = TempDir::new("controller-strict-nginx");
-    let ng = common::nginx(
-        &ndir,
-        &format!(
-            "server {{ listen 127.0.0.6:{app}; location / {{ return 200 \"web $request_method $uri\"; }} }}"
-        ),
-    );
-    assert!(
-        common::wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
-            "127.0.0.6",
-            app
-        ))
-        .is_ok()),
-        "nginx: {}",
-        ng.stderr_so_far()
-    );
+    let (_ng, _ndir) = web_app("controller-strict", app, "web $request_method $uri");
     let manifests = dir.path("mesh");
     std::fs::create_dir_all(&manifests).unwrap();
     let mesh = |sources: &str| {

@@ -177,10 +177,11 @@ impl fmt::Debug for Issued {
 }
 
 /// One root: its certificate and key.
+#[derive(Clone)]
 struct Root {
-    cert: rcgen::Certificate,
+    cert: std::sync::Arc<rcgen::Certificate>,
     cert_pem: String,
-    key: KeyPair,
+    key: std::sync::Arc<KeyPair>,
     /// Trusted until then (an old root in its overlap window); `None` for the signing root.
     retired_until: Option<SystemTime>,
 }
@@ -213,8 +214,8 @@ impl Root {
         let cert = p.self_signed(&key)?;
         Ok(Root {
             cert_pem: cert.pem(),
-            cert,
-            key,
+            cert: std::sync::Arc::new(cert),
+            key: std::sync::Arc::new(key),
             retired_until: None,
         })
     }
@@ -226,9 +227,9 @@ impl Root {
         // depend on. The original PEM is what the bundle carries.
         let cert = params.self_signed(&key)?;
         Ok(Root {
-            cert,
+            cert: std::sync::Arc::new(cert),
             cert_pem: cert_pem.to_string(),
-            key,
+            key: std::sync::Arc::new(key),
             retired_until: None,
         })
     }
@@ -247,15 +248,29 @@ fn to_system(t: OffsetDateTime) -> SystemTime {
     }
 }
 
+/// The most retired roots kept trusted at once (rotating again within an overlap window
+/// drops the oldest).
+pub const MAX_RETIRED: usize = 4;
+
+fn io_error(path: &Path, error: std::io::Error) -> CaError {
+    CaError::Io {
+        path: path.display().to_string(),
+        error,
+    }
+}
+
 /// How long a generated root is valid: 10 years.
 pub const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
-/// The certificate authority of one trust domain.
+/// The certificate authority of one trust domain. Cloning is cheap (keys are shared).
+#[derive(Clone)]
 pub struct Ca {
     trust_domain: String,
     leaf_validity: Duration,
     /// The signing root first, then old roots still in their overlap window.
     roots: Vec<Root>,
+    /// A root trusted but not signing yet: the first step of a rotation.
+    staged: Option<Root>,
 }
 
 impl fmt::Debug for Ca {
@@ -276,6 +291,7 @@ impl Ca {
             trust_domain: trust_domain.to_ascii_lowercase(),
             leaf_validity,
             roots: vec![Root::generate(trust_domain, ROOT_VALIDITY)?],
+            staged: None,
         })
     }
 
@@ -291,31 +307,109 @@ impl Ca {
             trust_domain: trust_domain.to_ascii_lowercase(),
             leaf_validity,
             roots: vec![Root::from_pem(cert_pem, key_pem)?],
+            staged: None,
         })
     }
 
-    /// The root persisted in `dir` (`root.pem`, `root.key`), or a new one written there
-    /// (the key readable by its owner only).
+    /// The roots persisted in `dir` by [`save`](Self::save) (at least `root.pem` and
+    /// `root.key`), or a new root written there (keys readable by their owner only).
     pub fn load_or_generate(
         dir: &Path,
         trust_domain: &str,
         leaf_validity: Duration,
     ) -> Result<Self, CaError> {
-        let io = |path: &Path, error: std::io::Error| CaError::Io {
-            path: path.display().to_string(),
-            error,
-        };
         let (cert_path, key_path) = (dir.join("root.pem"), dir.join("root.key"));
-        if cert_path.exists() && key_path.exists() {
-            let cert = std::fs::read_to_string(&cert_path).map_err(|e| io(&cert_path, e))?;
-            let key = std::fs::read_to_string(&key_path).map_err(|e| io(&key_path, e))?;
-            return Self::from_pem(trust_domain, leaf_validity, &cert, &key);
+        if !(cert_path.exists() && key_path.exists()) {
+            let ca = Self::generate(trust_domain, leaf_validity)?;
+            ca.save(dir)?;
+            return Ok(ca);
         }
-        let ca = Self::generate(trust_domain, leaf_validity)?;
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        write_private(&key_path, &ca.roots[0].key.serialize_pem()).map_err(|e| io(&key_path, e))?;
-        std::fs::write(&cert_path, &ca.roots[0].cert_pem).map_err(|e| io(&cert_path, e))?;
+        let read = |path: &Path| std::fs::read_to_string(path).map_err(|e| io_error(path, e));
+        let mut ca = Self::from_pem(
+            trust_domain,
+            leaf_validity,
+            &read(&cert_path)?,
+            &read(&key_path)?,
+        )?;
+        let (staged_cert, staged_key) = (dir.join("staged.pem"), dir.join("staged.key"));
+        if staged_cert.exists() && staged_key.exists() {
+            ca.staged = Some(Root::from_pem(&read(&staged_cert)?, &read(&staged_key)?)?);
+        }
+        for i in 0..MAX_RETIRED {
+            let (c, k, u) = (
+                dir.join(format!("retired-{i}.pem")),
+                dir.join(format!("retired-{i}.key")),
+                dir.join(format!("retired-{i}.until")),
+            );
+            if !(c.exists() && k.exists() && u.exists()) {
+                continue;
+            }
+            let until: u64 = read(&u)?.trim().parse().map_err(|_| {
+                io_error(
+                    &u,
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, "not a UNIX time"),
+                )
+            })?;
+            let mut root = Root::from_pem(&read(&c)?, &read(&k)?)?;
+            root.retired_until = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(until));
+            ca.roots.push(root);
+        }
         Ok(ca)
+    }
+
+    /// Writes every root to `dir`: the signing one as `root.pem`/`root.key`, a staged one
+    /// as `staged.*`, retired ones as `retired-N.pem`/`.key`/`.until` (UNIX seconds); keys
+    /// readable by their owner only. Each file is replaced whole (written aside, then
+    /// renamed), and files of roots no longer held are removed.
+    pub fn save(&self, dir: &Path) -> Result<(), CaError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        let put = |name: &str, text: &str, private: bool| -> Result<(), CaError> {
+            let path = dir.join(name);
+            let tmp = dir.join(format!(".{name}.tmp"));
+            let written = if private {
+                write_private(&tmp, text)
+            } else {
+                std::fs::write(&tmp, text)
+            };
+            written
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| io_error(&path, e))
+        };
+        let gone = |name: &str| {
+            let _ = std::fs::remove_file(dir.join(name));
+        };
+        let signing = &self.roots[0];
+        put("root.key", &signing.key.serialize_pem(), true)?;
+        put("root.pem", &signing.cert_pem, false)?;
+        match &self.staged {
+            Some(r) => {
+                put("staged.key", &r.key.serialize_pem(), true)?;
+                put("staged.pem", &r.cert_pem, false)?;
+            }
+            None => {
+                gone("staged.key");
+                gone("staged.pem");
+            }
+        }
+        for i in 0..MAX_RETIRED {
+            match self.roots.get(i + 1) {
+                Some(r) => {
+                    let until = r
+                        .retired_until
+                        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_secs());
+                    put(&format!("retired-{i}.key"), &r.key.serialize_pem(), true)?;
+                    put(&format!("retired-{i}.pem"), &r.cert_pem, false)?;
+                    put(&format!("retired-{i}.until"), &until.to_string(), false)?;
+                }
+                None => {
+                    for ext in ["key", "pem", "until"] {
+                        gone(&format!("retired-{i}.{ext}"));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The trust domain.
@@ -328,10 +422,14 @@ impl Ca {
         self.leaf_validity
     }
 
-    /// Every root a peer should trust now, PEM: the signing root, then old roots still in
-    /// their overlap window.
+    /// Every root a peer should trust now, PEM: the signing root, old roots still in their
+    /// overlap window, then a staged root.
     pub fn bundle_pem(&self) -> String {
-        self.roots.iter().map(|r| r.cert_pem.as_str()).collect()
+        self.roots
+            .iter()
+            .chain(&self.staged)
+            .map(|r| r.cert_pem.as_str())
+            .collect()
     }
 
     /// The signing root, PEM.
@@ -401,17 +499,50 @@ impl Ca {
         })
     }
 
-    /// Starts a root rotation: a new root signs from now on; the old one stays in
-    /// [`bundle_pem`](Self::bundle_pem) for `overlap` (leaves it signed keep verifying
-    /// while workloads renew). Returns the new root, PEM.
+    /// Rotates in one step: a new root signs from now on; the old one stays in
+    /// [`bundle_pem`](Self::bundle_pem) for `overlap` (leaves it signed keep verifying while
+    /// workloads renew). Returns the new root, PEM. A controller with proxies should rather
+    /// [`stage_root`](Self::stage_root), let the bundle reach every proxy, then
+    /// [`promote`](Self::promote).
     pub fn rotate(&mut self, overlap: Duration) -> Result<String, CaError> {
+        let pem = self.stage_root()?;
+        self.promote(overlap);
+        Ok(pem)
+    }
+
+    /// The first step of a rotation: a new root that is trusted (in the bundle) but does
+    /// not sign yet, so peers learn it before they meet a leaf it signed. Replaces a root
+    /// staged earlier. Returns it, PEM.
+    pub fn stage_root(&mut self) -> Result<String, CaError> {
         let new = Root::generate(&self.trust_domain, ROOT_VALIDITY)?;
         let pem = new.cert_pem.clone();
+        self.staged = Some(new);
+        Ok(pem)
+    }
+
+    /// Whether a staged root waits to be promoted.
+    pub fn has_staged_root(&self) -> bool {
+        self.staged.is_some()
+    }
+
+    /// The second step: the staged root signs from now on; the old signing root stays
+    /// trusted for `overlap`. Beyond [`MAX_RETIRED`] retired roots, the oldest is dropped.
+    /// `false` when no root was staged.
+    pub fn promote(&mut self, overlap: Duration) -> bool {
+        let Some(new) = self.staged.take() else {
+            return false;
+        };
         if let Some(old) = self.roots.first_mut() {
             old.retired_until = Some(SystemTime::now() + overlap);
         }
         self.roots.insert(0, new);
-        Ok(pem)
+        self.roots.truncate(1 + MAX_RETIRED);
+        true
+    }
+
+    /// When the first retired root's overlap window ends.
+    pub fn next_retirement(&self) -> Option<SystemTime> {
+        self.roots.iter().filter_map(|r| r.retired_until).min()
     }
 
     /// Drops old roots whose overlap window ended by `now`; returns how many.
@@ -650,6 +781,63 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o077, 0, "the key is the owner's only");
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_staged_root_is_trusted_before_it_signs_and_every_root_survives_a_restart() {
+        let dir = std::env::temp_dir().join(format!("flowgate-ca-rot-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let load =
+            || Ca::load_or_generate(&dir, "cluster.local", Duration::from_secs(3600)).unwrap();
+        let mut ca = load();
+        let first = ca.root_pem().to_string();
+        let old_leaf = ca.issue(&id("a", "old")).unwrap();
+        let staged = ca.stage_root().unwrap();
+        assert!(ca.has_staged_root());
+        assert!(ca.bundle_pem().contains(&staged), "trusted at once");
+        assert_eq!(ca.root_pem(), first, "the old root still signs");
+        assert!(verifies(
+            &first,
+            &ca.issue(&id("a", "mid")).unwrap().cert_der
+        ));
+        ca.save(&dir).unwrap();
+        assert_eq!(load().bundle_pem(), ca.bundle_pem());
+
+        assert!(ca.promote(Duration::from_secs(600)));
+        assert!(
+            !ca.promote(Duration::from_secs(600)),
+            "nothing staged any more"
+        );
+        assert_eq!(ca.root_pem(), staged);
+        assert!(verifies(
+            &staged,
+            &ca.issue(&id("a", "new")).unwrap().cert_der
+        ));
+        assert!(verifies(&ca.bundle_pem(), &old_leaf.cert_der), "overlap");
+        ca.save(&dir).unwrap();
+        let reloaded = load();
+        assert_eq!(reloaded.bundle_pem(), ca.bundle_pem());
+        assert_eq!(reloaded.root_pem(), staged);
+        let until = ca.next_retirement().unwrap();
+        assert_eq!(
+            reloaded
+                .next_retirement()
+                .unwrap()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+            until
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        );
+
+        assert_eq!(ca.prune(until + Duration::from_secs(1)), 1);
+        ca.save(&dir).unwrap();
+        assert!(!dir.join("retired-0.pem").exists());
+        assert!(!dir.join("staged.pem").exists());
+        assert_eq!(load().bundle_pem(), staged);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -98,12 +98,14 @@ impl Controller {
         let snap = Snapshot::new(Resources::default())
             .with_owned_node(
                 "web-1.shop".into(),
-                ("shop".into(), "web".into()),
+                Some(("shop".into(), "web".into())),
+                None,
                 secrets("web"),
             )
             .with_owned_node(
                 "db-1.shop".into(),
-                ("shop".into(), "db".into()),
+                Some(("shop".into(), "db".into())),
+                None,
                 secrets("db"),
             );
         snapshots.send(Arc::new(snap)).unwrap();

@@ -12,6 +12,8 @@
 //!                                                exit 0, or 2 with every error at file:line
 //! flowgate-controller token NS/SA [--ttl 24h]    print a bootstrap token for a service account
 //!                         [--state DIR]
+//! flowgate-controller rotate-root [--overlap 1h] start a root rotation (new root trusted at
+//!                                                once, signing 10 s later)
 //! flowgate-controller certificate NS/SA --out DIR   a certificate, key and trust bundle for a
 //!                                                workload that cannot send a CSR
 //! ```
@@ -40,6 +42,7 @@ Examples:
   flowgate-controller check examples/mesh                  validate the bookstore demo's manifests
   flowgate-controller token bookstore/bookstore            a bootstrap token (24 h) for that service account
   flowgate-controller token --ttl 10m --state /var/lib/flowgate bookbuyer/bookbuyer
+  flowgate-controller rotate-root --overlap 2h               start a root rotation in the running controller
   flowgate-controller certificate shop/client --out creds  cert.pem, key.pem, ca.pem for a proxyless gRPC client";
 
 /// `flowgate-controller`: the Flowgate mesh control plane — watches mesh manifests and serves
@@ -81,6 +84,18 @@ enum Command {
     /// Print the running controller's status: the mesh version and its manifest errors, and
     /// per proxy and type the versions sent, ACKed and NACKed (with the reason).
     Status {
+        /// The controller's admin endpoint.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: std::net::SocketAddr,
+    },
+    /// Start a root rotation in the running controller: a new root is trusted at once (the
+    /// bundle goes to every proxy and to `ca.pem`), signs 10 s later (every leaf is then
+    /// re-issued from it), and the old root stays trusted for the overlap.
+    RotateRoot {
+        /// How long the old root stays trusted once the new one signs: longer than it
+        /// takes every workload to renew.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        overlap: Duration,
         /// The controller's admin endpoint.
         #[arg(long, default_value = "127.0.0.1:15000")]
         admin: std::net::SocketAddr,
@@ -191,6 +206,7 @@ async fn admin(
     listener: tokio::net::TcpListener,
     server: flowgate::mesh::xds::AdsServer,
     mesh: std::sync::Arc<std::sync::Mutex<MeshStatus>>,
+    rotate: tokio::sync::mpsc::Sender<Duration>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
@@ -199,6 +215,7 @@ async fn admin(
         };
         let server = server.clone();
         let mesh = mesh.clone();
+        let rotate = rotate.clone();
         tokio::spawn(async move {
             let mut head = Vec::new();
             let mut buf = [0u8; 1024];
@@ -216,13 +233,41 @@ async fn admin(
             {
                 return;
             }
-            let (code, body) = if head.starts_with(b"GET /status ") {
+            let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+            let line = String::from_utf8_lossy(line);
+            let (code, body) = if line.starts_with("GET /status ") {
                 let m = mesh.lock().unwrap_or_else(|p| p.into_inner());
                 ("200 OK", status_json(&m, &server.status()))
+            } else if let Some(rest) = line.strip_prefix("POST /rotate-root") {
+                // `POST /rotate-root?overlap=DURATION`: default one hour.
+                let overlap = rest
+                    .split_whitespace()
+                    .next()
+                    .and_then(|q| q.strip_prefix("?overlap="))
+                    .map_or(Ok(Duration::from_secs(3600)), parse_duration);
+                match overlap {
+                    Ok(o) if rotate.try_send(o).is_ok() => (
+                        "202 Accepted",
+                        format!(
+                            "{{\"rotation\": \"staged\", \"promote_in_s\": {}, \"overlap_s\": {}}}",
+                            ROOT_PROPAGATION.as_secs(),
+                            o.as_secs()
+                        ),
+                    ),
+                    Ok(_) => (
+                        "409 Conflict",
+                        "{\"error\": \"a rotation is already being started\"}".to_string(),
+                    ),
+                    Err(e) => (
+                        "400 Bad Request",
+                        serde_json::json!({ "error": format!("overlap: {e}") }).to_string(),
+                    ),
+                }
             } else {
                 (
                     "404 Not Found",
-                    "{\"error\": \"only GET /status\"}".to_string(),
+                    "{\"error\": \"GET /status or POST /rotate-root[?overlap=DURATION]\"}"
+                        .to_string(),
                 )
             };
             let resp = format!(
@@ -234,25 +279,58 @@ async fn admin(
     }
 }
 
-/// `status`: fetches the admin endpoint's JSON and prints it, a line per proxy and type.
-fn status(admin: std::net::SocketAddr) -> ExitCode {
+/// Sends `request_line` (`METHOD PATH`) to the admin endpoint: the status line and body.
+fn admin_call(admin: std::net::SocketAddr, request_line: &str) -> Result<(String, String), String> {
     use std::io::Read;
     let fetched = (|| -> std::io::Result<String> {
         let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"GET /status HTTP/1.1\r\nhost: controller\r\nconnection: close\r\n\r\n")?;
+        s.write_all(
+            format!("{request_line} HTTP/1.1\r\nhost: controller\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )?;
         let mut text = String::new();
         s.take(16 << 20).read_to_string(&mut text)?;
         Ok(text)
     })();
-    let text = match fetched {
-        Ok(t) => t,
+    let text = fetched
+        .map_err(|e| format!("cannot reach the controller's admin endpoint at {admin}: {e}"))?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or_default().to_string();
+    Ok((status, body.to_string()))
+}
+
+/// `rotate-root`: asks the running controller to start a root rotation.
+fn rotate_root(admin: std::net::SocketAddr, overlap: Duration) -> ExitCode {
+    match admin_call(
+        admin,
+        &format!("POST /rotate-root?overlap={}s", overlap.as_secs()),
+    ) {
+        Ok((status, body)) if status.contains(" 202 ") => {
+            let _ = writeln!(std::io::stdout().lock(), "{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!("error: {status}: {body}");
+            ExitCode::from(2)
+        }
         Err(e) => {
-            eprintln!("error: cannot reach the controller's admin endpoint at {admin}: {e}");
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `status`: fetches the admin endpoint's JSON and prints it, a line per proxy and type.
+fn status(admin: std::net::SocketAddr) -> ExitCode {
+    let body = match admin_call(admin, "GET /status") {
+        Ok((_, body)) => body,
+        Err(e) => {
+            eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let body = body.as_str();
     let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
         eprintln!("error: {admin} did not answer with the status document");
         return ExitCode::from(2);
@@ -304,12 +382,19 @@ fn snapshot(
     ca: &flowgate::mesh::ca::Ca,
     leaves: &mut flowgate::mesh::xds::compile::Leaves,
 ) -> flowgate::mesh::xds::Snapshot {
-    use flowgate::mesh::xds::{Snapshot, compile::all_sidecar_secrets, grpc_resources};
-    let mut snap = Snapshot::new(grpc_resources(mesh));
+    use flowgate::mesh::xds::compile::{SIDECAR_SET, all_sidecar_secrets, sidecar_shared};
+    use flowgate::mesh::xds::{Snapshot, grpc_resources};
+    let mut snap =
+        Snapshot::new(grpc_resources(mesh)).with_set(SIDECAR_SET.to_string(), sidecar_shared(mesh));
     match all_sidecar_secrets(mesh, ca, leaves) {
         Ok(per_node) => {
             for (node, (owner, resources)) in per_node {
-                snap = snap.with_owned_node(node, owner, resources);
+                snap = snap.with_owned_node(
+                    node,
+                    Some(owner),
+                    Some(SIDECAR_SET.to_string()),
+                    resources,
+                );
             }
         }
         Err(e) => tracing::error!("issuing sidecar certificates: {e}"),
@@ -346,6 +431,10 @@ fn write_bundle(state: &Path, ca: &flowgate::mesh::ca::Ca) {
         tracing::error!("writing {}: {e}", path.display());
     }
 }
+
+/// How long a staged root is only trusted before it signs: time for the new trust bundle
+/// to reach every proxy before any leaf it signed does.
+const ROOT_PROPAGATION: Duration = Duration::from_secs(10);
 
 /// `run`'s options.
 struct RunOptions {
@@ -413,7 +502,13 @@ fn run(opts: RunOptions) -> ExitCode {
         let (server, snapshots) = AdsServer::new();
         let server = server.with_authenticator(auth.clone());
         let mesh_status = Arc::new(std::sync::Mutex::new(MeshStatus::default()));
-        tokio::spawn(admin(admin_listener, server.clone(), mesh_status.clone()));
+        let (rotate_tx, mut rotate_rx) = tokio::sync::mpsc::channel::<Duration>(1);
+        tokio::spawn(admin(
+            admin_listener,
+            server.clone(),
+            mesh_status.clone(),
+            rotate_tx,
+        ));
         // Changes are in force well within a second of the file being saved.
         let mut src = DirSource::new(dir).interval(Duration::from_millis(250));
         let record = move |update: &Update| match update {
@@ -448,7 +543,7 @@ fn run(opts: RunOptions) -> ExitCode {
             }
         };
         let cert = &first.mesh_config.certificate;
-        let ca = match Ca::load_or_generate(
+        let mut ca = match Ca::load_or_generate(
             &state,
             &cert.trust_domain,
             cert.service_cert_validity_duration,
@@ -471,7 +566,7 @@ fn run(opts: RunOptions) -> ExitCode {
         // The CSR service signs for callers proven by a bootstrap token
         // (`flowgate-controller token`, same state directory) or their mesh certificate.
         let shared_ca: SharedCa = Arc::new(std::sync::RwLock::new(Some(ca.clone())));
-        let certs = CertService::new(shared_ca, auth);
+        let certs = CertService::new(shared_ca.clone(), auth);
         let mut leaves = Leaves::default();
         if snapshots
             .send(Arc::new(snapshot(&first, &ca, &mut leaves)))
@@ -484,7 +579,13 @@ fn run(opts: RunOptions) -> ExitCode {
             // Leaves are renewed at half their life: rebuild the snapshot now and then.
             let mut renew = tokio::time::interval(Duration::from_secs(30));
             renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // A root rotation in progress: when its staged root starts signing, and the
+            // overlap the old root then gets.
+            let mut promote: Option<(tokio::time::Instant, Duration)> = None;
             loop {
+                // A changed CA (rotation, pruning): saved, its bundle written, the
+                // controller's own certificate re-issued and its trust updated.
+                let mut changed_ca: Option<Ca> = None;
                 tokio::select! {
                     update = src.next() => {
                         record(&update);
@@ -493,8 +594,46 @@ fn run(opts: RunOptions) -> ExitCode {
                             Update::Rejected(_) => continue,
                         }
                     }
+                    Some(overlap) = rotate_rx.recv() => {
+                        let mut next = (*ca).clone();
+                        match next.stage_root() {
+                            Ok(_) => {
+                                tracing::info!(
+                                    "root rotation: a new root is trusted; it signs in {} s",
+                                    ROOT_PROPAGATION.as_secs()
+                                );
+                                promote = Some((tokio::time::Instant::now() + ROOT_PROPAGATION, overlap));
+                                changed_ca = Some(next);
+                            }
+                            Err(e) => tracing::error!("root rotation: {e}"),
+                        }
+                    }
+                    () = async {
+                        match promote {
+                            Some((at, _)) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        let overlap = promote.take().map_or(Duration::ZERO, |(_, o)| o);
+                        let mut next = (*ca).clone();
+                        if next.promote(overlap) {
+                            tracing::info!(
+                                "root rotation: the new root signs; the old one is trusted for {} s more",
+                                overlap.as_secs()
+                            );
+                            // Every leaf again, from the new root.
+                            leaves = Leaves::default();
+                            changed_ca = Some(next);
+                        }
+                    }
                     _ = renew.tick() => {
-                        if SystemTime::now() >= current.renew_at {
+                        let now = SystemTime::now();
+                        if ca.next_retirement().is_some_and(|t| t <= now) {
+                            let mut next = (*ca).clone();
+                            let n = next.prune(now);
+                            tracing::info!("root rotation: {n} old root(s) no longer trusted");
+                            changed_ca = Some(next);
+                        } else if now >= current.renew_at {
                             match server_cert(&ca, &server_names) {
                                 Ok(c) => {
                                     current = c;
@@ -503,6 +642,21 @@ fn run(opts: RunOptions) -> ExitCode {
                                 Err(e) => tracing::error!("renewing the controller's certificate: {e}"),
                             }
                         }
+                    }
+                }
+                if let Some(next) = changed_ca {
+                    if let Err(e) = next.save(&state) {
+                        tracing::error!("saving the CA's roots: {e}");
+                    }
+                    write_bundle(&state, &next);
+                    ca = Arc::new(next);
+                    *shared_ca.write().unwrap_or_else(|p| p.into_inner()) = Some(ca.clone());
+                    match server_cert(&ca, &server_names) {
+                        Ok(c) => {
+                            current = c;
+                            let _ = tls_tx.send(current.config.clone());
+                        }
+                        Err(e) => tracing::error!("re-issuing the controller's certificate: {e}"),
                     }
                 }
                 if snapshots
@@ -624,6 +778,7 @@ fn main() -> ExitCode {
             state,
         } => certificate(&account, &state, &trust_domain, ttl, &out),
         Command::Status { admin } => status(admin),
+        Command::RotateRoot { overlap, admin } => rotate_root(admin, overlap),
         Command::Check { path } => match load(&path) {
             Ok(s) => {
                 let _ = writeln!(

@@ -77,7 +77,8 @@ fn resource_version(any: &Any) -> String {
 }
 
 impl Resources {
-    fn put<T: prost::Message + Name>(&mut self, name: String, value: T) {
+    /// Adds (or replaces) resource `name`, packed as its type, versioned by its bytes.
+    pub fn put<T: prost::Message + Name>(&mut self, name: String, value: T) {
         let any = pack_any(value);
         self.versions
             .entry(any.type_url.clone())
@@ -224,7 +225,11 @@ fn api_listener(target: &str, action: RouteAction) -> Listener {
     Listener {
         name: target.to_string(),
         api_listener: Some(ApiListener {
-            api_listener: Some(pack_any(hcm(target, routes, None))),
+            api_listener: Some(pack_any(hcm(
+                target,
+                Routes::Inline(Box::new(routes)),
+                None,
+            ))),
         }),
         ..Default::default()
     }
@@ -402,11 +407,16 @@ fn tls_socket(typed: Any) -> envoy_types::pb::envoy::config::core::v3::Transport
     }
 }
 
-/// An HTTP connection manager with inline `routes`: `before_router` (RBAC), then the
-/// router.
+/// How an HTTP connection manager gets its routes: inline, or by name over ADS (RDS).
+enum Routes {
+    Inline(Box<RouteConfiguration>),
+    Rds(&'static str),
+}
+
+/// An HTTP connection manager with `routes`: `before_router` (RBAC), then the router.
 fn hcm(
     stat_prefix: &str,
-    routes: RouteConfiguration,
+    routes: Routes,
     before_router: Option<HttpFilter>,
 ) -> HttpConnectionManager {
     let mut http_filters: Vec<HttpFilter> = before_router.into_iter().collect();
@@ -419,7 +429,15 @@ fn hcm(
     });
     HttpConnectionManager {
         stat_prefix: stat_prefix.into(),
-        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)),
+        route_specifier: Some(match routes {
+            Routes::Inline(r) => http_connection_manager::RouteSpecifier::RouteConfig(*r),
+            Routes::Rds(name) => http_connection_manager::RouteSpecifier::Rds(
+                envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::Rds {
+                    config_source: Some(ads()),
+                    route_config_name: name.into(),
+                },
+            ),
+        }),
         http_filters,
         ..Default::default()
     }
@@ -428,7 +446,7 @@ fn hcm(
 /// [`hcm`] as a listener's network filter.
 fn hcm_filter(
     stat_prefix: &str,
-    routes: RouteConfiguration,
+    routes: Routes,
     before_router: Option<HttpFilter>,
 ) -> envoy_types::pb::envoy::config::listener::v3::Filter {
     use envoy_types::pb::envoy::config::listener::v3::{Filter, filter};
@@ -616,17 +634,16 @@ fn inbound_rbac(state: &MeshState, ns: &str, sa: &str) -> HttpFilter {
     }
 }
 
-/// What the sidecar of pod `ns/pod` is served (besides its secrets), in explicit proxy
-/// mode:
+/// What the sidecar of pod `ns/pod` is served of its own (besides its secrets, and over
+/// what every sidecar shares: [`sidecar_shared`]), in explicit proxy mode:
 /// - an **inbound** listener at `<pod IP>:15006` that requires a mesh client certificate
 ///   (mTLS, SDS) and passes requests to its workload at `<pod IP>:<target port>` of the
 ///   first service port that selects it (cluster `inbound|<port>`);
 /// - an **outbound** listener at `<pod IP>:15001` taking plain HTTP from its workload,
 ///   routed by `Host` (`<svc>.<ns>`, with or without `:<port>`, and
-///   `<svc>.<ns>.svc.cluster.local`) to the service's mTLS cluster — a TrafficSplit as
-///   weighted clusters;
-/// - per service port, a cluster `outbound|<port>||<svc>.<ns>|mtls` (EDS; upstream mTLS
-///   with SDS) whose endpoints are the selected pods' inbound ports.
+///   `<svc>.<ns>.svc.cluster.local`) by the shared `outbound` route configuration (RDS)
+///   to the service's mTLS cluster `outbound|<port>||<svc>.<ns>|mtls` — a TrafficSplit
+///   as weighted clusters.
 ///
 /// In permissive mode every meshed call is allowed (still over mTLS); in strict mode
 /// (`enablePermissiveTrafficPolicyMode: false`) the inbound listener's HTTP RBAC filter
@@ -634,9 +651,7 @@ fn inbound_rbac(state: &MeshState, ns: &str, sa: &str) -> HttpFilter {
 /// otherwise. `None` for a pod without an IP.
 pub fn sidecar_resources(state: &MeshState, ns: &str, pod: &str) -> Option<Resources> {
     use envoy_types::pb::envoy::config::listener::v3::FilterChain;
-    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-        DownstreamTlsContext, UpstreamTlsContext,
-    };
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
     let p = state.pods.get(&(ns.to_string(), pod.to_string()))?;
     let ip = p.value.status.pod_ip.clone()?;
     let mut out = Resources::default();
@@ -697,7 +712,11 @@ pub fn sidecar_resources(state: &MeshState, ns: &str, pod: &str) -> Option<Resou
                 name: "inbound".into(),
                 address: Some(socket(&ip, INBOUND_PORT)),
                 filter_chains: vec![FilterChain {
-                    filters: vec![hcm_filter("inbound", routes, rbac)],
+                    filters: vec![hcm_filter(
+                        "inbound",
+                        Routes::Inline(Box::new(routes)),
+                        rbac,
+                    )],
                     transport_socket: Some(tls_socket(pack_any(tls))),
                     ..Default::default()
                 }],
@@ -705,7 +724,33 @@ pub fn sidecar_resources(state: &MeshState, ns: &str, pod: &str) -> Option<Resou
             },
         );
     }
-    // Outbound: every service of the mesh, by host name.
+    // Outbound: every service of the mesh by host name, from the shared route
+    // configuration (see `sidecar_shared`).
+    out.put(
+        "outbound".into(),
+        Listener {
+            name: "outbound".into(),
+            address: Some(socket(&ip, OUTBOUND_PORT)),
+            filter_chains: vec![FilterChain {
+                filters: vec![hcm_filter("outbound", Routes::Rds(OUTBOUND_ROUTES), None)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    );
+    Some(out)
+}
+
+/// The name of the route configuration every sidecar's outbound listener takes over RDS.
+pub const OUTBOUND_ROUTES: &str = "outbound";
+
+/// What every sidecar shares ([`SIDECAR_SET`] in a snapshot): an mTLS cluster per service
+/// port (to the destination sidecars' inbound port) with its endpoints, and the
+/// `outbound` route configuration choosing among them by `Host` (a TrafficSplit as
+/// weighted clusters).
+pub fn sidecar_shared(state: &MeshState) -> Resources {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+    let mut out = Resources::default();
     let mut hosts = Vec::new();
     for s in state.services.values() {
         let svc = &s.value;
@@ -742,25 +787,19 @@ pub fn sidecar_resources(state: &MeshState, ns: &str, pod: &str) -> Option<Resou
             });
         }
     }
-    let routes = RouteConfiguration {
-        name: "outbound".into(),
-        virtual_hosts: hosts,
-        ..Default::default()
-    };
     out.put(
-        "outbound".into(),
-        Listener {
-            name: "outbound".into(),
-            address: Some(socket(&ip, OUTBOUND_PORT)),
-            filter_chains: vec![FilterChain {
-                filters: vec![hcm_filter("outbound", routes, None)],
-                ..Default::default()
-            }],
+        OUTBOUND_ROUTES.into(),
+        RouteConfiguration {
+            name: OUTBOUND_ROUTES.into(),
+            virtual_hosts: hosts,
             ..Default::default()
         },
     );
-    Some(out)
+    out
 }
+
+/// The name of the set [`sidecar_shared`] goes in, in the controller's snapshots.
+pub const SIDECAR_SET: &str = "sidecar";
 
 /// The node id of pod `ns/name`'s sidecar: `<name>.<ns>` (what its bootstrap says).
 pub fn node_id(ns: &str, pod: &str) -> String {
@@ -797,9 +836,10 @@ impl Leaves {
 /// A service account: (`namespace`, `name`).
 pub type Account = (String, String);
 
-/// Everything every pod's sidecar in `state` is served — [`sidecar_resources`] and its
-/// secrets ([`sidecar_secrets`]) — by node id ([`node_id`]), with the service account
-/// (`namespace`, `name`) the pod runs as: only that account may be served them.
+/// What every pod's sidecar in `state` is served of its own — [`sidecar_resources`] and
+/// its secrets ([`sidecar_secrets`]) — by node id ([`node_id`]), with the service account
+/// (`namespace`, `name`) the pod runs as: only that account may be served them. (What
+/// they share is [`sidecar_shared`].)
 pub fn all_sidecar_secrets(
     state: &MeshState,
     ca: &Ca,
@@ -907,10 +947,25 @@ mod tests {
         assert_eq!(listeners.keys().collect::<Vec<_>>(), ["outbound"]);
         let out = Listener::decode(listeners["outbound"].value.as_slice()).unwrap();
         assert!(format!("{:?}", out.address).contains("10.42.0.11"));
-        let clusters = buyer.of(type_url::CLUSTER).unwrap();
+        use envoy_types::pb::envoy::config::listener::v3::filter;
+        let Some(filter::ConfigType::TypedConfig(any)) =
+            &out.filter_chains[0].filters[0].config_type
+        else {
+            panic!("a typed HCM")
+        };
+        let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+        let Some(http_connection_manager::RouteSpecifier::Rds(rds)) = hcm.route_specifier else {
+            panic!("routes over RDS")
+        };
+        assert_eq!(rds.route_config_name, "outbound");
+        // Clusters, endpoints and routes are shared by every sidecar.
+        assert!(buyer.of(type_url::CLUSTER).is_none());
+        let shared = sidecar_shared(&state);
+        let clusters = shared.of(type_url::CLUSTER).unwrap();
         assert!(clusters.contains_key("outbound|14001||bookstore-v1.bookstore|mtls"));
+        assert!(shared.of(type_url::ROUTE).unwrap().contains_key("outbound"));
         let cla =
-            &buyer.of(type_url::ENDPOINT).unwrap()["outbound|14001||bookstore-v1.bookstore|mtls"];
+            &shared.of(type_url::ENDPOINT).unwrap()["outbound|14001||bookstore-v1.bookstore|mtls"];
         let cla = ClusterLoadAssignment::decode(cla.value.as_slice()).unwrap();
         assert!(format!("{cla:?}").contains("10.42.0.21") && format!("{cla:?}").contains("15006"));
         // bookstore-v1 takes mTLS at 15006 and hands requests to its workload's port.

@@ -7,4 +7,6 @@ pub mod compile;
 pub mod server;
 
 pub use compile::{Resources, grpc_resources, type_url};
-pub use server::{AdsServer, NodePart, ProxyStatus, Snapshot, TypeStatus, serve, serve_tls};
+pub use server::{
+    AdsServer, NodePart, ProxyStatus, Shared, Snapshot, TypeStatus, serve, serve_tls,
+};

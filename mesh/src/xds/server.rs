@@ -41,26 +41,43 @@ use tonic::{Request, Response, Status, Streaming};
 use super::auth::{Authenticator, Caller};
 use super::compile::{Resources, type_url};
 
-/// The resources proxies are served now: those every proxy shares, and per node id those of
-/// its own (its secrets), each with a version per type.
+/// The resources proxies are served now, each set with a version per type: the default
+/// set, named sets shared by groups of nodes, and per node id resources of its own.
+///
+/// A node with a part of its own is served, per type, its set (the named one its part
+/// names, else the default) overlaid with its own resources (its own win on a name); any
+/// other node the default set.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    /// The resources every proxy shares.
+    /// The default set: what a node without a part of its own is served (proxyless
+    /// clients).
     pub resources: Resources,
     /// A content version per type URL of `resources`.
     pub versions: BTreeMap<String, String>,
-    /// Per node id: resources of its own. A type present here replaces the shared one for
-    /// that node.
+    /// Named sets shared by groups of nodes (every sidecar's outbound clusters, say).
+    pub sets: BTreeMap<String, Shared>,
+    /// Per node id: its part.
     pub per_node: BTreeMap<String, NodePart>,
 }
 
-/// One node's own resources, and who may have them.
+/// A named set of resources shared by several nodes.
+#[derive(Clone, Debug, Default)]
+pub struct Shared {
+    /// The resources.
+    pub resources: Resources,
+    /// A content version per type URL.
+    pub versions: BTreeMap<String, String>,
+}
+
+/// One node's own resources, the set it is served them over, and who may have them.
 #[derive(Clone, Debug, Default)]
 pub struct NodePart {
     /// The service account (`namespace`, `name`) the node runs as: only a caller proven as
-    /// that account is served these resources (and may use the node id at all). `None`:
-    /// any caller.
+    /// that account is served this part (and may use the node id at all). `None`: any
+    /// caller.
     pub owner: Option<(String, String)>,
+    /// The named set the node is served under its own resources; `None`: the default.
+    pub set: Option<String>,
     /// The resources.
     pub resources: Resources,
     /// A content version per type URL.
@@ -80,23 +97,71 @@ fn versions_of(resources: &Resources) -> BTreeMap<String, String> {
         .collect()
 }
 
+type Any = envoy_types::pb::google::protobuf::Any;
+
+/// What one node is served of one type: a set overlaid with the node's own resources.
+struct View<'a> {
+    t: &'a str,
+    base: &'a Resources,
+    base_version: Option<&'a String>,
+    own: Option<(&'a Resources, Option<&'a String>)>,
+}
+
+impl<'a> View<'a> {
+    fn get(&self, name: &str) -> Option<&'a Any> {
+        self.own
+            .and_then(|(o, _)| o.of(self.t)?.get(name))
+            .or_else(|| self.base.of(self.t)?.get(name))
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    fn resource_version(&self, name: &str) -> Option<&'a String> {
+        self.own
+            .and_then(|(o, _)| o.versions_of(self.t)?.get(name))
+            .or_else(|| self.base.versions_of(self.t)?.get(name))
+    }
+
+    /// Every resource: the node's own, then the set's it does not shadow.
+    fn iter(&self) -> impl Iterator<Item = (&'a String, &'a Any)> + '_ {
+        let own = self.own.and_then(|(o, _)| o.of(self.t));
+        let shadowed = move |n: &String| own.is_some_and(|o| o.contains_key(n));
+        own.into_iter().flatten().chain(
+            self.base
+                .of(self.t)
+                .into_iter()
+                .flatten()
+                .filter(move |(n, _)| !shadowed(n)),
+        )
+    }
+
+    fn version(&self) -> String {
+        match (self.base_version, self.own.and_then(|(_, v)| v)) {
+            (Some(b), Some(o)) => format!("{b}{o}"),
+            (Some(v), None) | (None, Some(v)) => v.clone(),
+            (None, None) => "0".into(),
+        }
+    }
+}
+
 impl Snapshot {
-    /// A snapshot of `resources`, versioned by content.
+    /// A snapshot of `resources` (the default set), versioned by content.
     pub fn new(resources: Resources) -> Self {
         Snapshot {
             versions: versions_of(&resources),
             resources,
-            per_node: BTreeMap::new(),
+            ..Default::default()
         }
     }
 
-    /// Adds `node`'s own resources, for any caller naming that node.
+    /// Adds the named set `name`.
     #[must_use]
-    pub fn with_node(mut self, node: String, resources: Resources) -> Self {
-        self.per_node.insert(
-            node,
-            NodePart {
-                owner: None,
+    pub fn with_set(mut self, name: String, resources: Resources) -> Self {
+        self.sets.insert(
+            name,
+            Shared {
                 versions: versions_of(&resources),
                 resources,
             },
@@ -104,19 +169,28 @@ impl Snapshot {
         self
     }
 
-    /// Adds `node`'s own resources, served only to a caller proven as service account
-    /// `owner` (`namespace`, `name`).
+    /// Adds `node`'s own resources (over the default set), for any caller naming that
+    /// node.
+    #[must_use]
+    pub fn with_node(self, node: String, resources: Resources) -> Self {
+        self.with_owned_node(node, None, None, resources)
+    }
+
+    /// Adds `node`'s own resources over set `set` (the default when `None`), served only
+    /// to a caller proven as service account `owner` (`namespace`, `name`) when given.
     #[must_use]
     pub fn with_owned_node(
         mut self,
         node: String,
-        owner: (String, String),
+        owner: Option<(String, String)>,
+        set: Option<String>,
         resources: Resources,
     ) -> Self {
         self.per_node.insert(
             node,
             NodePart {
-                owner: Some(owner),
+                owner,
+                set,
                 versions: versions_of(&resources),
                 resources,
             },
@@ -132,30 +206,34 @@ impl Snapshot {
         })
     }
 
-    /// The part of the snapshot that serves type `t` to `node` called by `caller`: its own,
-    /// or the shared.
-    fn part(&self, node: &str, caller: &Caller, t: &str) -> &Resources {
-        match self.own(node, caller) {
-            Some(p) if p.resources.of(t).is_some() => &p.resources,
-            _ => &self.resources,
+    /// What `node`, called by `caller`, is served of type `t`.
+    fn view<'a>(&'a self, node: &str, caller: &Caller, t: &'a str) -> View<'a> {
+        let own = self.own(node, caller);
+        let (base, base_version) = match own
+            .and_then(|p| p.set.as_ref())
+            .and_then(|s| self.sets.get(s))
+        {
+            Some(set) => (&set.resources, set.versions.get(t)),
+            None => (&self.resources, self.versions.get(t)),
+        };
+        View {
+            t,
+            base,
+            base_version,
+            own: own.map(|p| (&p.resources, p.versions.get(t))),
         }
     }
 
-    /// The resources of type `t` that `node` is served (when its owner calls).
-    pub fn of(
-        &self,
-        node: &str,
-        t: &str,
-    ) -> Option<&BTreeMap<String, envoy_types::pb::google::protobuf::Any>> {
-        self.part(node, &Caller::Anyone, t).of(t)
+    /// The resources of type `t` that `node` is served (when its owner calls), by name.
+    pub fn of(&self, node: &str, t: &str) -> BTreeMap<String, Any> {
+        self.view(node, &Caller::Anyone, t)
+            .iter()
+            .map(|(n, a)| (n.clone(), a.clone()))
+            .collect()
     }
 
     fn version(&self, node: &str, caller: &Caller, t: &str) -> String {
-        self.own(node, caller)
-            .and_then(|p| p.resources.of(t).and(p.versions.get(t)))
-            .or_else(|| self.versions.get(t))
-            .cloned()
-            .unwrap_or_else(|| "0".into())
+        self.view(node, caller, t).version()
     }
 }
 
@@ -619,11 +697,10 @@ impl SotwStream {
         let Some(sub) = self.types.get_mut(t) else {
             return true;
         };
-        let all = snap.part(&self.proxy.node, &self.proxy.caller, t).of(t);
-        let resources = match (&sub.names, all) {
-            (_, None) => Vec::new(),
-            (None, Some(all)) => all.values().cloned().collect(),
-            (Some(names), Some(all)) => names.iter().filter_map(|n| all.get(n).cloned()).collect(),
+        let view = snap.view(&self.proxy.node, &self.proxy.caller, t);
+        let resources: Vec<Any> = match &sub.names {
+            None => view.iter().map(|(_, a)| a.clone()).collect(),
+            Some(names) => names.iter().filter_map(|n| view.get(n).cloned()).collect(),
         };
         if sub.names.as_ref().is_some_and(|n| n.is_empty()) && !full_state(t) {
             // Unsubscribed from every name: nothing to send.
@@ -657,6 +734,9 @@ struct DeltaSub {
     said_absent: BTreeSet<String>,
     /// Nonces sent and not yet answered, with the snapshot version each carried.
     pending: BTreeMap<String, String>,
+    /// The type's version `held` was last brought up to date with, under the current
+    /// subscription: nothing to compare while it stays the same.
+    synced: Option<String>,
 }
 
 struct DeltaStream {
@@ -666,6 +746,9 @@ struct DeltaStream {
     types: BTreeMap<String, DeltaSub>,
     nonce: u64,
 }
+
+/// The most resources one delta response carries; more go in several.
+const DELTA_CHUNK: usize = 100;
 
 /// The most resource names one request (SotW or delta) may carry; more ends the stream
 /// with `RESOURCE_EXHAUSTED`.
@@ -754,6 +837,9 @@ impl DeltaStream {
                 asked_new = true;
             }
         }
+        if !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty() {
+            sub.synced = None;
+        }
         for n in &req.resource_names_unsubscribe {
             if n == "*" {
                 sub.wildcard = false;
@@ -778,20 +864,15 @@ impl DeltaStream {
         let Some(sub) = self.types.get_mut(t) else {
             return true;
         };
-        let empty = BTreeMap::new();
-        let part = snap.part(&self.proxy.node, &self.proxy.caller, t);
-        let all = part.of(t).unwrap_or(&empty);
-        let versions = part.versions_of(t);
+        if !always && sub.synced.as_deref() == Some(version.as_str()) {
+            return true;
+        }
+        sub.synced = Some(version.clone());
+        let view = snap.view(&self.proxy.node, &self.proxy.caller, t);
         let wanted = |name: &str| sub.wildcard || sub.names.contains(name);
         let mut resources = Vec::new();
-        for (name, any) in all {
-            if !wanted(name) {
-                continue;
-            }
-            let v = versions
-                .and_then(|vs| vs.get(name))
-                .cloned()
-                .unwrap_or_default();
+        let mut consider = |name: &String, any: &Any| {
+            let v = view.resource_version(name).cloned().unwrap_or_default();
             if sub.held.get(name) != Some(&v) {
                 resources.push(Resource {
                     name: name.clone(),
@@ -800,19 +881,27 @@ impl DeltaStream {
                     ..Default::default()
                 });
             }
+        };
+        if sub.wildcard {
+            for (name, any) in view.iter() {
+                consider(name, any);
+            }
+        } else {
+            for name in &sub.names {
+                if let Some(any) = view.get(name) {
+                    consider(name, any);
+                }
+            }
         }
         let mut removed: Vec<String> = sub
             .held
             .keys()
-            .filter(|n| !all.contains_key(*n) || !(sub.wildcard || sub.names.contains(*n)))
+            .filter(|n| !view.contains(n) || !wanted(n))
             .cloned()
             .collect();
         // Subscribed by name and not there: say so once (it is sent when it appears).
         for n in &sub.names {
-            if !all.contains_key(n)
-                && !sub.held.contains_key(n)
-                && sub.said_absent.insert(n.clone())
-            {
+            if !view.contains(n) && !sub.held.contains_key(n) && sub.said_absent.insert(n.clone()) {
                 removed.push(n.clone());
             }
         }
@@ -826,24 +915,97 @@ impl DeltaStream {
         for n in &removed {
             sub.held.remove(n);
         }
-        self.nonce += 1;
-        let nonce = self.nonce.to_string();
-        sub.pending.insert(nonce.clone(), version.clone());
-        if sub.pending.len() > 64 {
-            // A proxy that never answers: forget the oldest.
-            if let Some(k) = sub.pending.keys().next().cloned() {
-                sub.pending.remove(&k);
+        self.proxy.record(t, |s| s.sent = version.clone());
+        // Many resources go in several responses: each stream's encoder keeps a buffer as
+        // large as its largest message, so large messages cost memory per proxy.
+        let mut resources = resources.into_iter().peekable();
+        let mut removed = Some(removed);
+        loop {
+            let chunk: Vec<Resource> = resources.by_ref().take(DELTA_CHUNK).collect();
+            self.nonce += 1;
+            let nonce = self.nonce.to_string();
+            sub.pending.insert(nonce.clone(), version.clone());
+            if sub.pending.len() > 64 {
+                // A proxy that never answers: forget the oldest.
+                if let Some(k) = sub.pending.keys().next().cloned() {
+                    sub.pending.remove(&k);
+                }
+            }
+            let resp = DeltaDiscoveryResponse {
+                system_version_info: version.clone(),
+                resources: chunk,
+                type_url: t.to_string(),
+                removed_resources: removed.take().unwrap_or_default(),
+                nonce,
+                ..Default::default()
+            };
+            if self.tx.send(Ok(resp)).await.is_err() {
+                return false;
+            }
+            if resources.peek().is_none() {
+                return true;
             }
         }
-        let resp = DeltaDiscoveryResponse {
-            system_version_info: version.clone(),
-            resources,
-            type_url: t.to_string(),
-            removed_resources: removed,
-            nonce,
-            ..Default::default()
-        };
-        self.proxy.record(t, |s| s.sent = version);
-        self.tx.send(Ok(resp)).await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+
+    use super::*;
+    use crate::xds::auth::Proof;
+
+    fn clusters(names: &[&str]) -> Resources {
+        let mut r = Resources::default();
+        for n in names {
+            r.put(
+                (*n).to_string(),
+                Cluster {
+                    name: (*n).to_string(),
+                    ..Default::default()
+                },
+            );
+        }
+        r
+    }
+
+    fn account(ns: &str, sa: &str) -> Caller {
+        Caller::Account {
+            namespace: ns.into(),
+            service_account: sa.into(),
+            proof: Proof::Token,
+        }
+    }
+
+    #[test]
+    fn a_node_is_served_its_set_under_its_own_resources() {
+        let snap = Snapshot::new(clusters(&["proxyless"]))
+            .with_set("sidecar".into(), clusters(&["shared-a", "shared-b"]))
+            .with_owned_node(
+                "web-1.shop".into(),
+                Some(("shop".into(), "web".into())),
+                Some("sidecar".into()),
+                clusters(&["inbound", "shared-b"]),
+            );
+        let web = account("shop", "web");
+        let t = type_url::CLUSTER;
+        let names = |v: &View<'_>| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        let view = snap.view("web-1.shop", &web, t);
+        assert_eq!(names(&view), ["inbound", "shared-b", "shared-a"]);
+        assert!(view.contains("shared-a") && !view.contains("proxyless"));
+        // Its own resources change the version of the type; the set's alone do not make it.
+        let with_own = view.version();
+        assert_ne!(with_own, snap.version("other", &web, t));
+        // Another account naming the node, and any other node: the default set.
+        let thief = snap.view("web-1.shop", &account("shop", "thief"), t);
+        assert_eq!(names(&thief), ["proxyless"]);
+        assert_eq!(names(&snap.view("grpc-client", &web, t)), ["proxyless"]);
+        // A type the node has nothing of: the set's, with the set's version.
+        let routes = snap.view("web-1.shop", &web, type_url::ROUTE);
+        assert_eq!(routes.iter().count(), 0);
+        assert_eq!(routes.version(), "0");
     }
 }
