@@ -615,10 +615,10 @@ fn two_envoy_sidecars_talk_mtls_from_the_controllers_config() {
     if !common::peers(&["envoy", "nginx", "curl"]) {
         return;
     }
-    let pair = Pair::start("controller-pair", "");
+    let pair = Pair::start("controller-pair", 10, "");
     let (ctl, a, b, admin, admin_b) = (&pair.ctl, &pair.a, &pair.b, pair.admin, pair.admin_b);
-    let url = "http://127.0.0.5:15001/books";
-    let get = || common::curl(&["-s", "-m", "2", "-H", "Host: web.shop", url]).1;
+    let url = format!("http://127.0.{}.5:15001/books", pair.net);
+    let get = || common::curl(&["-s", "-m", "2", "-H", "Host: web.shop", &url]).1;
     assert!(
         common::wait_until(Duration::from_secs(30), || get() == "web web.shop"),
         "no answer through the sidecars: {:?}; controller: {}; a: {}; b: {}; status: {}",
@@ -640,16 +640,20 @@ fn two_envoy_sidecars_talk_mtls_from_the_controllers_config() {
         .sum();
     assert!(handshakes >= 1, "{stats}");
     // Without a client certificate the inbound port refuses.
-    let (ok, _, _) = common::curl(&["-s", "-k", "-m", "2", "https://127.0.0.6:15006/"]);
+    let inbound = format!("https://127.0.{}.6:15006/", pair.net);
+    let (ok, _, _) = common::curl(&["-s", "-k", "-m", "2", &inbound]);
     assert!(
         !ok,
         "the inbound listener served a client without a mesh certificate"
     );
 }
 
-/// A client pod (`client-1`, 127.0.0.5) and a web pod (`web-1`, 127.0.0.6, nginx answering
-/// `web <host>`), each behind an Envoy sidecar configured by a controller.
+/// A client pod (`client-1`, 127.0.NET.5) and a web pod (`web-1`, 127.0.NET.6, nginx
+/// answering `web <host>`), each behind an Envoy sidecar configured by a controller. Each
+/// test takes its own NET: Envoy binds its listeners with `SO_REUSEPORT`, so two tests on
+/// one address would share each other's connections.
 struct Pair {
+    net: u8,
     // Dropped in this order: sidecars, controller, nginx, files.
     a: Proc,
     b: Proc,
@@ -663,7 +667,7 @@ struct Pair {
 
 impl Pair {
     /// Starts it all; `mesh_config` (a manifest, or empty) goes with the manifests.
-    fn start(tag: &str, mesh_config: &str) -> Pair {
+    fn start(tag: &str, net: u8, mesh_config: &str) -> Pair {
         let dir = TempDir::new(tag);
         let (app, ads, admin, admin_a, admin_b) = (
             reserve_port(),
@@ -672,13 +676,13 @@ impl Pair {
             reserve_port(),
             reserve_port(),
         );
-        let (ng, ndir) = web_app(tag, app, "web $http_host");
+        let (ng, ndir) = web_app(tag, &format!("127.0.{net}.6"), app, "web $http_host");
         let manifests = dir.path("mesh");
         std::fs::create_dir_all(&manifests).unwrap();
         std::fs::write(
             manifests.join("shop.yaml"),
             format!(
-                "{mesh_config}apiVersion: v1\nkind: Namespace\nmetadata: {{ name: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: client, namespace: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: web, namespace: shop }}\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  selector: {{ app: web }}\n  ports: [{{ name: http, port: 80, targetPort: {app} }}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: client-1, namespace: shop, labels: {{ app: client }} }}\nspec: {{ serviceAccountName: client }}\nstatus: {{ podIP: 127.0.0.5 }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: web-1, namespace: shop, labels: {{ app: web }} }}\nspec: {{ serviceAccountName: web }}\nstatus: {{ podIP: 127.0.0.6 }}\n"
+                "{mesh_config}apiVersion: v1\nkind: Namespace\nmetadata: {{ name: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: client, namespace: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: web, namespace: shop }}\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  selector: {{ app: web }}\n  ports: [{{ name: http, port: 80, targetPort: {app} }}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: client-1, namespace: shop, labels: {{ app: client }} }}\nspec: {{ serviceAccountName: client }}\nstatus: {{ podIP: 127.0.{net}.5 }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: web-1, namespace: shop, labels: {{ app: web }} }}\nspec: {{ serviceAccountName: web }}\nstatus: {{ podIP: 127.0.{net}.6 }}\n"
             ),
         )
         .unwrap();
@@ -686,6 +690,7 @@ impl Pair {
         let a = envoy_sidecar(&dir, "client-1.shop", "shop/client", admin_a, ads);
         let b = envoy_sidecar(&dir, "web-1.shop", "shop/web", admin_b, ads);
         Pair {
+            net,
             a,
             b,
             ctl,
@@ -698,18 +703,17 @@ impl Pair {
     }
 }
 
-/// The web workload: nginx on 127.0.0.6:`port` answering 200 with `body` (nginx
-/// variables allowed), up when this returns.
-fn web_app(tag: &str, port: u16, body: &str) -> (Proc, TempDir) {
+/// The web workload: nginx on `ip`:`port` answering 200 with `body` (nginx variables
+/// allowed), up when this returns.
+fn web_app(tag: &str, ip: &str, port: u16, body: &str) -> (Proc, TempDir) {
     let dir = TempDir::new(&format!("{tag}-nginx"));
     let ng = common::nginx(
         &dir,
-        &format!("server {{ listen 127.0.0.6:{port}; location / {{ return 200 \"{body}\"; }} }}"),
+        &format!("server {{ listen {ip}:{port}; location / {{ return 200 \"{body}\"; }} }}"),
     );
     assert!(
         common::wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
-            "127.0.0.6",
-            port
+            ip, port
         ))
         .is_ok()),
         "nginx: {}",
@@ -720,10 +724,10 @@ fn web_app(tag: &str, port: u16, body: &str) -> (Proc, TempDir) {
 
 /// One request through the client's sidecar on a new connection: the body of a 200, or
 /// what went wrong.
-fn through_pair() -> Result<String, String> {
+fn through_pair(net: u8) -> Result<String, String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(
-        &"127.0.0.5:15001".parse().unwrap(),
+        &format!("127.0.{net}.5:15001").parse().unwrap(),
         Duration::from_secs(2),
     )
     .map_err(|e| format!("connect: {e}"))?;
@@ -769,13 +773,14 @@ fn a_root_rotation_with_short_leaves_fails_no_request_under_load() {
     }
     let pair = Pair::start(
         "controller-rotation",
+        11,
         "apiVersion: config.flowgate.io/v1alpha1\nkind: MeshConfig\nmetadata: { name: mesh }\nspec: { certificate: { serviceCertValidityDuration: 2m } }\n---\n",
     );
     let state = pair.dir.path("state");
     assert!(
-        common::wait_until(Duration::from_secs(30), || through_pair().is_ok()),
+        common::wait_until(Duration::from_secs(30), || through_pair(pair.net).is_ok()),
         "no answer through the sidecars: {:?}; controller: {}",
-        through_pair(),
+        through_pair(pair.net),
         pair.ctl.stderr_so_far()
     );
     let root_before = std::fs::read_to_string(state.join("ca.pem")).unwrap();
@@ -789,7 +794,7 @@ fn a_root_rotation_with_short_leaves_fails_no_request_under_load() {
     let mut saw_two_roots = false;
     while start.elapsed() < Duration::from_secs(300) {
         let tick = Instant::now();
-        match through_pair() {
+        match through_pair(pair.net) {
             Ok(body) if body == "web web.shop" => ok += 1,
             Ok(body) => failed.push(format!("{:.1}s: {body}", start.elapsed().as_secs_f64())),
             Err(e) => failed.push(format!("{:.1}s: {e}", start.elapsed().as_secs_f64())),
@@ -896,12 +901,17 @@ fn strict_mode_enforces_smi_traffic_targets_in_envoy_sidecars() {
         reserve_port(),
         reserve_port(),
     );
-    let (_ng, _ndir) = web_app("controller-strict", app, "web $request_method $uri");
+    let (_ng, _ndir) = web_app(
+        "controller-strict",
+        "127.0.12.6",
+        app,
+        "web $request_method $uri",
+    );
     let manifests = dir.path("mesh");
     std::fs::create_dir_all(&manifests).unwrap();
     let mesh = |sources: &str| {
         format!(
-            "apiVersion: config.flowgate.io/v1alpha1\nkind: MeshConfig\nmetadata: {{ name: mesh }}\nspec: {{ traffic: {{ enablePermissiveTrafficPolicyMode: false }} }}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{ name: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: client, namespace: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: thief, namespace: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: web, namespace: shop }}\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  selector: {{ app: web }}\n  ports: [{{ name: http, port: 80, targetPort: {app} }}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: client-1, namespace: shop, labels: {{ app: client }} }}\nspec: {{ serviceAccountName: client }}\nstatus: {{ podIP: 127.0.0.5 }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: thief-1, namespace: shop, labels: {{ app: thief }} }}\nspec: {{ serviceAccountName: thief }}\nstatus: {{ podIP: 127.0.0.7 }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: web-1, namespace: shop, labels: {{ app: web }} }}\nspec: {{ serviceAccountName: web }}\nstatus: {{ podIP: 127.0.0.6 }}\n---\napiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {{ name: web-routes, namespace: shop }}\nspec:\n  matches:\n    - {{ name: allowed, pathRegex: /allowed, methods: [GET] }}\n---\napiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  destination: {{ kind: ServiceAccount, name: web, namespace: shop }}\n  rules: [{{ kind: HTTPRouteGroup, name: web-routes, matches: [allowed] }}]\n  sources: [{sources}]\n"
+            "apiVersion: config.flowgate.io/v1alpha1\nkind: MeshConfig\nmetadata: {{ name: mesh }}\nspec: {{ traffic: {{ enablePermissiveTrafficPolicyMode: false }} }}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{ name: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: client, namespace: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: thief, namespace: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: web, namespace: shop }}\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  selector: {{ app: web }}\n  ports: [{{ name: http, port: 80, targetPort: {app} }}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: client-1, namespace: shop, labels: {{ app: client }} }}\nspec: {{ serviceAccountName: client }}\nstatus: {{ podIP: 127.0.12.5 }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: thief-1, namespace: shop, labels: {{ app: thief }} }}\nspec: {{ serviceAccountName: thief }}\nstatus: {{ podIP: 127.0.12.7 }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: web-1, namespace: shop, labels: {{ app: web }} }}\nspec: {{ serviceAccountName: web }}\nstatus: {{ podIP: 127.0.12.6 }}\n---\napiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {{ name: web-routes, namespace: shop }}\nspec:\n  matches:\n    - {{ name: allowed, pathRegex: /allowed, methods: [GET] }}\n---\napiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  destination: {{ kind: ServiceAccount, name: web, namespace: shop }}\n  rules: [{{ kind: HTTPRouteGroup, name: web-routes, matches: [allowed] }}]\n  sources: [{sources}]\n"
         )
     };
     let client_only = "{ kind: ServiceAccount, name: client, namespace: shop }";
@@ -929,28 +939,28 @@ fn strict_mode_enforces_smi_traffic_targets_in_envoy_sidecars() {
     };
     assert!(
         common::wait_until(Duration::from_secs(30), || call(
-            "127.0.0.5",
+            "127.0.12.5",
             "GET",
             "/allowed"
         )
         .0 == "200"),
         "the allowed call never passed: {:?}; controller: {}; web: {}",
-        call("127.0.0.5", "GET", "/allowed"),
+        call("127.0.12.5", "GET", "/allowed"),
         ctl.stderr_so_far(),
         web.stderr_so_far()
     );
-    assert_eq!(call("127.0.0.5", "GET", "/allowed").1, "web GET /allowed");
-    assert_eq!(call("127.0.0.5", "GET", "/other").0, "403");
-    assert_eq!(call("127.0.0.5", "POST", "/allowed").0, "403");
+    assert_eq!(call("127.0.12.5", "GET", "/allowed").1, "web GET /allowed");
+    assert_eq!(call("127.0.12.5", "GET", "/other").0, "403");
+    assert_eq!(call("127.0.12.5", "POST", "/allowed").0, "403");
     assert!(
         common::wait_until(Duration::from_secs(10), || call(
-            "127.0.0.7",
+            "127.0.12.7",
             "GET",
             "/allowed"
         )
         .0 == "403"),
         "the thief was not denied: {:?}",
-        call("127.0.0.7", "GET", "/allowed")
+        call("127.0.12.7", "GET", "/allowed")
     );
     // Let the thief in: in force within seconds of the file being saved.
     std::fs::write(
@@ -962,13 +972,13 @@ fn strict_mode_enforces_smi_traffic_targets_in_envoy_sidecars() {
     .unwrap();
     assert!(
         common::wait_until(Duration::from_secs(10), || call(
-            "127.0.0.7",
+            "127.0.12.7",
             "GET",
             "/allowed"
         )
         .0 == "200"),
         "the thief was never let in: {:?}; web listeners: {}; web lds stats: {}; status: {}",
-        call("127.0.0.7", "GET", "/allowed"),
+        call("127.0.12.7", "GET", "/allowed"),
         common::curl(&["-s", &format!("http://127.0.0.1:{a3}/listeners")]).1,
         common::curl(&[
             "-s",
@@ -1003,14 +1013,14 @@ fn a_traffic_split_through_envoy_sidecars_follows_its_weights() {
     let ng = common::nginx(
         &ndir,
         &format!(
-            "server {{ listen 127.0.0.6:{app}; keepalive_requests 100000; location / {{ return 200 \"v1\\n\"; }} }} \
-             server {{ listen 127.0.0.8:{app}; keepalive_requests 100000; location / {{ return 200 \"v2\\n\"; }} }}"
+            "server {{ listen 127.0.13.6:{app}; keepalive_requests 100000; location / {{ return 200 \"v1\\n\"; }} }} \
+             server {{ listen 127.0.13.8:{app}; keepalive_requests 100000; location / {{ return 200 \"v2\\n\"; }} }}"
         ),
     );
     assert!(
         common::wait_until(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.6", app)).is_ok()
-                && std::net::TcpStream::connect(("127.0.0.8", app)).is_ok()
+            std::net::TcpStream::connect(("127.0.13.6", app)).is_ok()
+                && std::net::TcpStream::connect(("127.0.13.8", app)).is_ok()
         }),
         "nginx: {}",
         ng.stderr_so_far()
@@ -1033,9 +1043,9 @@ fn a_traffic_split_through_envoy_sidecars_follows_its_weights() {
     base += &svc("web", "app: web");
     base += &svc("web-v1", "app: web, version: v1");
     base += &svc("web-v2", "app: web, version: v2");
-    base += &pod("client-1", "client", "app: client", "127.0.0.5");
-    base += &pod("web-v1-1", "web", "app: web, version: v1", "127.0.0.6");
-    base += &pod("web-v2-1", "web", "app: web, version: v2", "127.0.0.8");
+    base += &pod("client-1", "client", "app: client", "127.0.13.5");
+    base += &pod("web-v1-1", "web", "app: web, version: v1", "127.0.13.6");
+    base += &pod("web-v2-1", "web", "app: web, version: v2", "127.0.13.8");
     let split = |v1: u32, v2: u32| {
         format!(
             "apiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\nmetadata: {{ name: web-split, namespace: shop }}\nspec:\n  service: web\n  backends:\n    - {{ service: web-v1, weight: {v1} }}\n    - {{ service: web-v2, weight: {v2} }}\n"
@@ -1049,7 +1059,7 @@ fn a_traffic_split_through_envoy_sidecars_follows_its_weights() {
     let v2 = envoy_sidecar(&dir, "web-v2-1.shop", "shop/web", a3, ads);
     // `n` requests on one connection through the client's sidecar: (v1, v2) answers.
     let burst = |n: usize| {
-        let url = "http://127.0.0.5:15001/";
+        let url = "http://127.0.13.5:15001/";
         let mut args = vec!["-s", "-m", "30", "-H", "Host: web.shop"];
         args.extend(std::iter::repeat_n(url, n));
         let (_, out, _) = common::curl(&args);
@@ -1093,10 +1103,14 @@ fn a_traffic_split_through_envoy_sidecars_follows_its_weights() {
 /// `flowgate-controller run` on the manifest directory `manifests`, ADS on `ads`, the admin
 /// endpoint on `admin`, state in `state`; returned once both ports accept.
 fn run_controller(manifests: &Path, ads: u16, admin: u16, state: &Path) -> Proc {
+    run_controller_from(&format!("dir:{}", manifests.display()), ads, admin, state)
+}
+
+/// `flowgate-controller run --source SOURCE`, up when this returns.
+fn run_controller_from(source: &str, ads: u16, admin: u16, state: &Path) -> Proc {
     let mut ctl = daemon(
         Command::new(env!("CARGO_BIN_EXE_flowgate-controller"))
-            .args(["run", "--source"])
-            .arg(format!("dir:{}", manifests.display()))
+            .args(["run", "--source", source])
             .args(["--listen", &format!("127.0.0.1:{ads}")])
             .args(["--admin", &format!("127.0.0.1:{admin}")])
             .arg("--state")
@@ -1153,4 +1167,63 @@ fn xds_grpc(state: &Path, account: &str) -> String {
         "[{{ envoy_grpc: {{ cluster_name: xds }}, initial_metadata: [{{ key: authorization, value: \"Bearer {}\" }}] }}]",
         token.trim()
     )
+}
+
+/// `run --source etcd:…`: the demo's manifests put under a prefix of a real etcd are the
+/// mesh; a broken key shows in `status` at its key and line, and its removal clears it.
+#[test]
+fn run_takes_its_mesh_from_etcd() {
+    if !common::peers(&["etcd"]) {
+        return;
+    }
+    let etcd = flowgate_pipeline::testing::Etcd::start("controller");
+    let client = flowgate::lb::discovery::EtcdClient::new(etcd.client, Duration::from_secs(2));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for e in std::fs::read_dir(demo()).unwrap() {
+            let p = e.unwrap().path();
+            let key = format!("/demo/{}", p.file_name().unwrap().to_str().unwrap());
+            client
+                .put(key.as_bytes(), &std::fs::read(&p).unwrap())
+                .await
+                .unwrap();
+        }
+    });
+    let dir = TempDir::new("controller-etcd");
+    let (ads, admin) = (reserve_port(), reserve_port());
+    let ctl = run_controller_from(
+        &format!("etcd:http://{}/demo/", etcd.client),
+        ads,
+        admin,
+        &dir.path("state"),
+    );
+    let status = || controller(&["status", "--admin", &format!("127.0.0.1:{admin}")]).1;
+    let first = status();
+    assert!(first.starts_with("mesh version "), "{first}");
+    assert!(!first.contains("manifest error"), "{first}");
+    rt.block_on(client.put(
+        b"/demo/zz-bad.yaml",
+        b"apiVersion: v1\nkind: Secret\nmetadata: { name: s }\n",
+    ))
+    .unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(5), || status()
+            .contains("manifest error: /demo/zz-bad.yaml:1:1: unknown kind `Secret`")),
+        "{}; controller: {}",
+        status(),
+        ctl.stderr_so_far()
+    );
+    rt.block_on(client.delete(b"/demo/zz-bad.yaml")).unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(5), || !status()
+            .contains("manifest error")),
+        "{}",
+        status()
+    );
+    let (code, _, err) = controller(&["run", "--source", "consul:x"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("etcd:HOST:PORT"), "{err}");
 }

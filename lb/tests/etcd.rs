@@ -6,63 +6,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flowgate_lb::discovery::{EtcdClient, EtcdDiscovery, follow};
 use flowgate_lb::{Algorithm, Balancer, BalancerConfig};
-use flowgate_pipeline::testing::{require_programs, reserve_port};
-
-/// The etcd child process, killed and its data removed on drop.
-struct Etcd {
-    child: Child,
-    dir: std::path::PathBuf,
-    client: SocketAddr,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start_etcd() -> Etcd {
-    let dir = std::env::temp_dir().join(format!("flowgate-lb-etcd-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cp, pp, mp) = (reserve_port(), reserve_port(), reserve_port());
-    let client = format!("http://127.0.0.1:{cp}");
-    let peer = format!("http://127.0.0.1:{pp}");
-    let child = Command::new("etcd")
-        .args(["--name", "t", "--data-dir"])
-        .arg(dir.join("data"))
-        .args([
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-        ])
-        .args(["--initial-cluster", &format!("t={peer}")])
-        .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{mp}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd starts");
-    Etcd {
-        child,
-        dir,
-        client: SocketAddr::from(([127, 0, 0, 1], cp)),
-    }
-}
+use flowgate_pipeline::testing::{Etcd, require_programs};
 
 async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
@@ -86,21 +34,8 @@ async fn balancer_follows_etcd_prefix() {
     if !require_programs(&["etcd"]) {
         return;
     }
-    let etcd = start_etcd();
+    let etcd = Etcd::start("lb");
     let client = EtcdClient::new(etcd.client, Duration::from_secs(2));
-    // Wait (bounded) for etcd to serve.
-    let start = Instant::now();
-    loop {
-        if client.range_prefix(b"/").await.is_ok() {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "etcd did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
     client.put(b"/svc/web/a", b"127.0.0.1:9001").await.unwrap();
     client
         .put(b"/svc/web/b", br#"{"address":"127.0.0.1:9002","weight":3}"#)

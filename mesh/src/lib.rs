@@ -38,11 +38,13 @@
 //! port where callers prove their service account by mesh certificate or bootstrap token
 //! and get only their own pods' secrets ([`xds::auth`]).
 //!
-//! Not built yet (issue 14): traffic capture, the etcd and Kubernetes sources.
+//! Sources: a watched directory ([`DirSource`]) and etcd v3 ([`EtcdSource`]). Not built
+//! yet (issue 14): traffic capture, the Kubernetes source.
 
 #![forbid(unsafe_code)]
 
 pub mod ca;
+pub mod etcd;
 pub mod load;
 pub mod model;
 pub mod source;
@@ -50,6 +52,7 @@ pub mod state;
 pub mod token;
 pub mod xds;
 
+pub use etcd::EtcdSource;
 pub use load::{Located, ManifestError, Origin, Resource, parse_manifests};
 pub use source::{DirSource, Source, Update, load_dir};
 pub use state::MeshState;

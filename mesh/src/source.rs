@@ -40,9 +40,17 @@ pub const MAX_FILES: usize = 10_000;
 /// Reads every `*.yaml` / `*.yml` file under `dir` (recursively, in name order; hidden
 /// files and directories — editors' swap files — are skipped) and builds the state.
 pub fn load_dir(dir: &Path) -> Result<MeshState, Vec<ManifestError>> {
-    let (files, mut errors) = read_dir(dir);
+    let (files, errors) = read_dir(dir);
+    build_from(&files, errors)
+}
+
+/// The state `files` describe, or every error (`errors`, the files' own).
+fn build_from(
+    files: &[(PathBuf, String)],
+    mut errors: Vec<ManifestError>,
+) -> Result<MeshState, Vec<ManifestError>> {
     let mut resources: Vec<Located<Resource>> = Vec::new();
-    for (path, text) in &files {
+    for (path, text) in files {
         match parse_manifests(text, path) {
             Ok(r) => resources.extend(r),
             Err(e) => errors.extend(e),
@@ -126,8 +134,7 @@ fn file_error(path: &Path, message: String) -> ManifestError {
 }
 
 /// A fingerprint of every manifest file's path and contents.
-fn fingerprint(dir: &Path) -> u64 {
-    let (files, errors) = read_dir(dir);
+fn fingerprint(files: &[(PathBuf, String)], errors: &[ManifestError]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     files.hash(&mut h);
     errors.len().hash(&mut h);
@@ -171,10 +178,11 @@ impl DirSource {
 
     async fn next_update(&mut self) -> Update {
         loop {
-            let fp = fingerprint(&self.dir);
+            let (files, errors) = read_dir(&self.dir);
+            let fp = fingerprint(&files, &errors);
             if self.seen != Some(fp) {
                 self.seen = Some(fp);
-                match load_dir(&self.dir) {
+                match build_from(&files, errors) {
                     Ok(state) => {
                         if self.last_version != Some(state.version) {
                             self.last_version = Some(state.version);

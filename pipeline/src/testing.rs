@@ -409,3 +409,96 @@ fn bindable(port: u16) -> bool {
         && v6_free(std::net::TcpListener::bind(("::1", port)).map(drop))
         && v6_free(std::net::UdpSocket::bind(("::1", port)).map(drop))
 }
+
+/// A real etcd (Debian's `etcd-server`) on loopback ports of its own, in a data directory
+/// of its own; killed and its data removed on drop. Check [`require_programs`]`(&["etcd"])`
+/// first.
+#[derive(Debug)]
+pub struct Etcd {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    /// Where its clients connect (its JSON gateway too).
+    pub client: std::net::SocketAddr,
+}
+
+impl Etcd {
+    /// Starts one (`tag` names its data directory) and waits, up to 20 s, until it serves.
+    #[allow(
+        clippy::panic,
+        reason = "a test helper: failing the calling test is its job"
+    )]
+    pub fn start(tag: &str) -> Etcd {
+        let dir = std::env::temp_dir().join(format!("flowgate-{tag}-etcd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            panic!("{}: {e}", dir.display());
+        }
+        let (cp, pp, mp) = (reserve_port(), reserve_port(), reserve_port());
+        let client = format!("http://127.0.0.1:{cp}");
+        let peer = format!("http://127.0.0.1:{pp}");
+        let child = std::process::Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(dir.join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{mp}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let etcd = match child {
+            Ok(child) => Etcd {
+                child,
+                dir,
+                client: std::net::SocketAddr::from(([127, 0, 0, 1], cp)),
+            },
+            Err(e) => panic!("etcd does not start: {e}"),
+        };
+        let start = std::time::Instant::now();
+        while !etcd.serves() {
+            if start.elapsed() > std::time::Duration::from_secs(20) {
+                panic!("etcd did not serve within 20 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        etcd
+    }
+
+    /// Whether its JSON gateway answers a range request with 200.
+    fn serves(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) =
+            std::net::TcpStream::connect_timeout(&self.client, std::time::Duration::from_secs(1))
+        else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+        let body = r#"{"key":"AA=="}"#;
+        let req = format!(
+            "POST /v3/kv/range HTTP/1.1\r\nhost: etcd\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut head = [0u8; 12];
+        s.write_all(req.as_bytes()).is_ok()
+            && s.read_exact(&mut head).is_ok()
+            && head.starts_with(b"HTTP/1.1 200")
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

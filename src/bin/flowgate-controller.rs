@@ -1,7 +1,8 @@
 //! `flowgate-controller`: the mesh control plane's command line.
 //!
 //! ```text
-//! flowgate-controller run --source dir:PATH      watch the manifests and serve them over ADS
+//! flowgate-controller run --source dir:PATH      watch the manifests (or etcd:HOST:PORT/PREFIX)
+//!                                                and serve them over ADS
 //!                         [--listen ADDR]        (TLS; SotW and delta; default 127.0.0.1:15010)
 //!                         [--server-name NAME]   names in the controller's certificate
 //!                         [--admin ADDR]         GET /status as JSON (default 127.0.0.1:15000)
@@ -60,7 +61,9 @@ enum Command {
     /// broken change is logged with every error at file:line and the last good mesh stays
     /// served.
     Run {
-        /// Where the manifests are: `dir:PATH`.
+        /// Where the manifests are: `dir:PATH` (a directory, polled every 250 ms) or
+        /// `etcd:HOST:PORT[/PREFIX]` (every key under the prefix, default
+        /// `/flowgate/mesh/`, is one manifest file; watched).
         #[arg(long)]
         source: String,
         /// Where ADS and the certificate service listen: TLS with the controller's mesh
@@ -445,14 +448,42 @@ struct RunOptions {
     server_names: Vec<String>,
 }
 
+/// The source `--source` names: `dir:PATH`, or `etcd:HOST:PORT[/PREFIX]` (an
+/// `http://` before the address is allowed; the prefix defaults to `/flowgate/mesh/`).
+fn open_source(spec: &str) -> Result<Box<dyn flowgate::mesh::Source>, String> {
+    use flowgate::mesh::{DirSource, EtcdSource};
+    if let Some(dir) = spec.strip_prefix("dir:") {
+        // Changes are in force well within a second of the file being saved.
+        return Ok(Box::new(
+            DirSource::new(dir).interval(Duration::from_millis(250)),
+        ));
+    }
+    if let Some(rest) = spec.strip_prefix("etcd:") {
+        let rest = rest.strip_prefix("http://").unwrap_or(rest);
+        let (addr, prefix) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/flowgate/mesh/"),
+        };
+        use std::net::ToSocketAddrs;
+        let addr = addr
+            .to_socket_addrs()
+            .map_err(|e| format!("etcd address `{addr}`: {e}"))?
+            .next()
+            .ok_or_else(|| format!("etcd address `{addr}` resolves to nothing"))?;
+        let client = flowgate::lb::discovery::EtcdClient::new(addr, Duration::from_secs(5));
+        return Ok(Box::new(EtcdSource::new(client, prefix)));
+    }
+    Err("expected `dir:PATH` or `etcd:HOST:PORT[/PREFIX]`".into())
+}
+
 /// `run`: the source feeds snapshots to the ADS server, served over TLS.
 fn run(opts: RunOptions) -> ExitCode {
+    use flowgate::mesh::Update;
     use flowgate::mesh::ca::Ca;
     use flowgate::mesh::xds::auth::Authenticator;
     use flowgate::mesh::xds::certify::{CertService, SharedCa};
     use flowgate::mesh::xds::compile::Leaves;
     use flowgate::mesh::xds::{AdsServer, serve_tls};
-    use flowgate::mesh::{DirSource, Source, Update};
     use std::sync::Arc;
     let RunOptions {
         source,
@@ -461,9 +492,12 @@ fn run(opts: RunOptions) -> ExitCode {
         state,
         mut server_names,
     } = opts;
-    let Some(dir) = source.strip_prefix("dir:") else {
-        eprintln!("error: --source `{source}`: only `dir:PATH` is built so far");
-        return ExitCode::from(2);
+    let mut src = match open_source(&source) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: --source `{source}`: {e}");
+            return ExitCode::from(2);
+        }
     };
     server_names.push(listen.ip().to_string());
     let tokens = match TokenKey::load_or_generate(&state.join("token.key")) {
@@ -509,8 +543,6 @@ fn run(opts: RunOptions) -> ExitCode {
             mesh_status.clone(),
             rotate_tx,
         ));
-        // Changes are in force well within a second of the file being saved.
-        let mut src = DirSource::new(dir).interval(Duration::from_millis(250));
         let record = move |update: &Update| match update {
             Update::State(mesh) => {
                 let mut m = mesh_status.lock().unwrap_or_else(|p| p.into_inner());

@@ -127,13 +127,110 @@ impl EtcdClient {
     }
 }
 
-/// An open watch: lines of JSON from a chunked response.
-struct Watch {
+/// What one watch message said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchBatch {
+    /// Keys changed, as of `revision` (`0` when the message carried none).
+    Events {
+        /// The store's revision after these events.
+        revision: i64,
+        /// Each change in order.
+        events: Vec<WatchEvent>,
+    },
+    /// The watch was cancelled or compacted past its start: read the range again.
+    Restart,
+}
+
+/// One key's change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// Set to a value.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// Its new value.
+        value: Vec<u8>,
+    },
+    /// Deleted.
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+impl WatchBatch {
+    fn parse(msg: &Value) -> Result<WatchBatch, DiscoveryError> {
+        let result = &msg["result"];
+        if result["canceled"].as_bool() == Some(true) || as_i64(&result["compact_revision"]) > 0 {
+            return Ok(WatchBatch::Restart);
+        }
+        let mut events = Vec::new();
+        for ev in result["events"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+        {
+            let kv = &ev["kv"];
+            let key = b64_field(kv, "key")?;
+            events.push(if ev["type"].as_str() == Some("DELETE") {
+                WatchEvent::Delete { key }
+            } else {
+                WatchEvent::Put {
+                    key,
+                    value: b64_field(kv, "value")?,
+                }
+            });
+        }
+        Ok(WatchBatch::Events {
+            revision: as_i64(&result["header"]["revision"]),
+            events,
+        })
+    }
+}
+
+/// An open watch on a prefix: lines of JSON from a chunked response, 1 MiB each at most.
+pub struct EtcdWatch {
     body: Body<TcpStream>,
     buf: Vec<u8>,
 }
 
-impl Watch {
+impl std::fmt::Debug for EtcdWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdWatch").finish_non_exhaustive()
+    }
+}
+
+impl EtcdClient {
+    /// Watches every key under `prefix` from revision `start` on (the revision after a
+    /// [`range_prefix`](Self::range_prefix) sees every later change).
+    pub async fn watch_prefix(
+        &self,
+        prefix: &[u8],
+        start: i64,
+    ) -> Result<EtcdWatch, DiscoveryError> {
+        let req = json!({"create_request": {
+            "key": B64.encode(prefix),
+            "range_end": B64.encode(prefix_end(prefix)),
+            "start_revision": start.to_string(),
+        }});
+        let body = self.open("/v3/watch", &req).await?;
+        Ok(EtcdWatch {
+            body,
+            buf: Vec::new(),
+        })
+    }
+}
+
+impl EtcdWatch {
+    /// The next message: changes, or a demand to start over; `None` when etcd closed the
+    /// watch. (The first message, the watch's creation, is a batch without events.)
+    pub async fn next(&mut self) -> Result<Option<WatchBatch>, DiscoveryError> {
+        match self.next_message().await? {
+            Some(msg) => WatchBatch::parse(&msg).map(Some),
+            None => Ok(None),
+        }
+    }
+
     async fn next_message(&mut self) -> Result<Option<Value>, DiscoveryError> {
         loop {
             if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
@@ -166,7 +263,7 @@ pub struct EtcdDiscovery {
     prefix: Vec<u8>,
     kvs: BTreeMap<Vec<u8>, Backend>,
     revision: Option<i64>,
-    watch: Option<Watch>,
+    watch: Option<EtcdWatch>,
 }
 
 impl EtcdDiscovery {
@@ -208,35 +305,30 @@ impl EtcdDiscovery {
     }
 
     /// Applies one watch message; true when the set may have changed.
-    fn apply(&mut self, msg: &Value) -> Result<bool, DiscoveryError> {
-        let result = &msg["result"];
-        if result["canceled"].as_bool() == Some(true) || as_i64(&result["compact_revision"]) > 0 {
-            // Compacted past our revision: start over from a fresh range.
-            self.revision = None;
-            self.watch = None;
-            return Ok(false);
-        }
-        let rev = as_i64(&result["header"]["revision"]);
+    fn apply(&mut self, batch: WatchBatch) -> bool {
+        let (revision, events) = match batch {
+            WatchBatch::Restart => {
+                // Compacted past our revision: start over from a fresh range.
+                self.revision = None;
+                self.watch = None;
+                return false;
+            }
+            WatchBatch::Events { revision, events } => (revision, events),
+        };
         let mut changed = false;
-        for ev in result["events"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
-        {
-            let kv = &ev["kv"];
-            let key = b64_field(kv, "key")?;
-            if ev["type"].as_str() == Some("DELETE") {
-                changed |= self.kvs.remove(&key).is_some();
-            } else {
-                let value = b64_field(kv, "value")?;
-                self.put_kv(key, &value);
-                changed = true;
+        for ev in events {
+            match ev {
+                WatchEvent::Delete { key } => changed |= self.kvs.remove(&key).is_some(),
+                WatchEvent::Put { key, value } => {
+                    self.put_kv(key, &value);
+                    changed = true;
+                }
             }
         }
-        if rev > 0 {
-            self.revision = Some(rev);
+        if revision > 0 {
+            self.revision = Some(revision);
         }
-        Ok(changed)
+        changed
     }
 
     async fn step(&mut self) -> Result<Option<Vec<Backend>>, DiscoveryError> {
@@ -247,20 +339,12 @@ impl EtcdDiscovery {
         let watch = match &mut self.watch {
             Some(w) => w,
             None => {
-                let req = json!({"create_request": {
-                    "key": B64.encode(&self.prefix),
-                    "range_end": B64.encode(prefix_end(&self.prefix)),
-                    "start_revision": (rev + 1).to_string(),
-                }});
-                let body = self.client.open("/v3/watch", &req).await?;
-                self.watch.insert(Watch {
-                    body,
-                    buf: Vec::new(),
-                })
+                let w = self.client.watch_prefix(&self.prefix, rev + 1).await?;
+                self.watch.insert(w)
             }
         };
-        match watch.next_message().await {
-            Ok(Some(msg)) => Ok(self.apply(&msg)?.then(|| self.set())),
+        match watch.next().await {
+            Ok(Some(batch)) => Ok(self.apply(batch).then(|| self.set())),
             Ok(None) => {
                 self.watch = None;
                 Ok(None)
@@ -307,16 +391,16 @@ mod tests {
             {"kv": {"key": B64.encode("/s/a"), "value": B64.encode("127.0.0.1:80")}},
             {"kv": {"key": B64.encode("/s/b"), "value": B64.encode("{\"address\":\"127.0.0.1:81\",\"weight\":2}")}}
         ]}});
-        assert!(d.apply(&put).unwrap());
+        assert!(d.apply(WatchBatch::parse(&put).unwrap()));
         assert_eq!(d.set().len(), 2);
         assert_eq!(d.revision, Some(7));
         let del = json!({"result": {"header": {"revision": "8"}, "events": [
             {"type": "DELETE", "kv": {"key": B64.encode("/s/a")}}
         ]}});
-        assert!(d.apply(&del).unwrap());
+        assert!(d.apply(WatchBatch::parse(&del).unwrap()));
         assert_eq!(d.set()[0].weight, 2);
         let compacted = json!({"result": {"canceled": true, "compact_revision": "5"}});
-        assert!(!d.apply(&compacted).unwrap());
+        assert!(!d.apply(WatchBatch::parse(&compacted).unwrap()));
         assert_eq!(d.revision, None);
     }
 }
