@@ -962,6 +962,55 @@ fn strict_mode_enforces_smi_traffic_targets_in_envoy_sidecars() {
         "the thief was not denied: {:?}",
         call("127.0.12.7", "GET", "/allowed")
     );
+    // Only what a proxy needs: the thief's sidecar has no cluster for web (its own sidecar
+    // answers 403), the client's has.
+    let clusters =
+        |port: u16| common::curl(&["-s", &format!("http://127.0.0.1:{port}/clusters")]).1;
+    assert!(
+        clusters(a1).contains("outbound|80||web.shop|mtls"),
+        "{}",
+        clusters(a1)
+    );
+    assert!(
+        !clusters(a2).contains("outbound|80||web.shop|mtls"),
+        "{}",
+        clusters(a2)
+    );
+    // And web's own RBAC refuses a caller with a valid mesh certificate that no
+    // TrafficTarget names, straight at its inbound port.
+    let direct = |account: &str| {
+        let creds = dir.path(&format!("creds-{}", account.replace('/', "-")));
+        let (code, _, err) = controller(&[
+            "certificate",
+            account,
+            "--out",
+            creds.to_str().unwrap(),
+            "--state",
+            dir.path("state").to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let file = |f: &str| creds.join(f).display().to_string();
+        common::curl(&[
+            "-s",
+            "-k",
+            "-m",
+            "2",
+            "--cert",
+            &file("cert.pem"),
+            "--key",
+            &file("key.pem"),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Host: web.shop",
+            "https://127.0.12.6:15006/allowed",
+        ])
+        .1
+    };
+    assert_eq!(direct("shop/thief"), "403");
+    assert_eq!(direct("shop/client"), "200");
     // Let the thief in: in force within seconds of the file being saved.
     std::fs::write(
         manifests.join("shop.yaml"),

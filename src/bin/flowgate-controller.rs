@@ -385,19 +385,23 @@ fn snapshot(
     ca: &flowgate::mesh::ca::Ca,
     leaves: &mut flowgate::mesh::xds::compile::Leaves,
 ) -> flowgate::mesh::xds::Snapshot {
-    use flowgate::mesh::xds::compile::{SIDECAR_SET, all_sidecar_secrets, sidecar_shared};
+    use flowgate::mesh::xds::compile::{all_sidecar_secrets, node_id, sidecar_sets};
     use flowgate::mesh::xds::{Snapshot, grpc_resources};
-    let mut snap =
-        Snapshot::new(grpc_resources(mesh)).with_set(SIDECAR_SET.to_string(), sidecar_shared(mesh));
+    let mut snap = Snapshot::new(grpc_resources(mesh));
+    // Each sidecar over the set of what it may call (every service in permissive mode).
+    let (sets, of_pod) = sidecar_sets(mesh);
+    for (name, resources) in sets {
+        snap = snap.with_set(name, resources);
+    }
+    let set_of: std::collections::BTreeMap<String, String> = of_pod
+        .into_iter()
+        .map(|((ns, pod), set)| (node_id(&ns, &pod), set))
+        .collect();
     match all_sidecar_secrets(mesh, ca, leaves) {
         Ok(per_node) => {
             for (node, (owner, resources)) in per_node {
-                snap = snap.with_owned_node(
-                    node,
-                    Some(owner),
-                    Some(SIDECAR_SET.to_string()),
-                    resources,
-                );
+                let set = set_of.get(&node).cloned();
+                snap = snap.with_owned_node(node, Some(owner), set, resources);
             }
         }
         Err(e) => tracing::error!("issuing sidecar certificates: {e}"),
@@ -434,6 +438,9 @@ fn write_bundle(state: &Path, ca: &flowgate::mesh::ca::Ca) {
         tracing::error!("writing {}: {e}", path.display());
     }
 }
+
+/// How long the controller waits after a change for more before compiling them at once.
+const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// How long a staged root is only trusted before it signs: time for the new trust bundle
 /// to reach every proxy before any leaf it signed does.
@@ -566,9 +573,22 @@ fn run(opts: RunOptions) -> ExitCode {
                 );
             }
         };
+        // The source runs in a task of its own (a watch is not cancel-safe), handing
+        // every update over a channel.
+        let (updates_tx, mut updates) = tokio::sync::mpsc::channel::<Update>(16);
+        tokio::spawn(async move {
+            loop {
+                let update = src.next().await;
+                if updates_tx.send(update).await.is_err() {
+                    break;
+                }
+            }
+        });
         // The trust domain is the mesh's: nothing is served before a first good state.
         let first = loop {
-            let update = src.next().await;
+            let Some(update) = updates.recv().await else {
+                return ExitCode::FAILURE;
+            };
             record(&update);
             if let Update::State(mesh) = update {
                 break mesh;
@@ -619,11 +639,24 @@ fn run(opts: RunOptions) -> ExitCode {
                 // controller's own certificate re-issued and its trust updated.
                 let mut changed_ca: Option<Ca> = None;
                 tokio::select! {
-                    update = src.next() => {
-                        record(&update);
-                        match update {
-                            Update::State(mesh) => last = mesh,
-                            Update::Rejected(_) => continue,
+                    Some(update) = updates.recv() => {
+                        // Changes in quick succession (a burst of etcd puts) are compiled
+                        // once: each is recorded, the last good state of the burst wins.
+                        let mut newest = None;
+                        let mut update = Some(update);
+                        let until = tokio::time::Instant::now() + DEBOUNCE;
+                        while let Some(u) = update.take() {
+                            record(&u);
+                            if let Update::State(mesh) = u {
+                                newest = Some(mesh);
+                            }
+                            if let Ok(Some(more)) = tokio::time::timeout_at(until, updates.recv()).await {
+                                update = Some(more);
+                            }
+                        }
+                        match newest {
+                            Some(mesh) => last = mesh,
+                            None => continue,
                         }
                     }
                     Some(overlap) = rotate_rx.recv() => {

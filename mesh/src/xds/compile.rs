@@ -749,13 +749,35 @@ pub const OUTBOUND_ROUTES: &str = "outbound";
 /// `outbound` route configuration choosing among them by `Host` (a TrafficSplit as
 /// weighted clusters).
 pub fn sidecar_shared(state: &MeshState) -> Resources {
+    sidecar_shared_for(state, &|_| true)
+}
+
+/// [`sidecar_shared`] for a sidecar that may call only the services `may_call` admits: the
+/// others get no cluster and no endpoints, and their hosts answer 403 at the caller's own
+/// sidecar (the destination's RBAC would refuse them anyway).
+fn sidecar_shared_for(state: &MeshState, may_call: &dyn Fn(&Service) -> bool) -> Resources {
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
     let mut out = Resources::default();
     let mut hosts = Vec::new();
     for s in state.services.values() {
         let svc = &s.value;
         let (sns, name) = (svc.metadata.ns(), svc.metadata.name.as_str());
+        let allowed = may_call(svc);
         for (i, port) in svc.spec.ports.iter().enumerate() {
+            let mut domains = vec![format!("{name}.{sns}:{}", port.port)];
+            if i == 0 {
+                domains.push(format!("{name}.{sns}"));
+                domains.push(format!("{name}.{sns}.svc.cluster.local"));
+            }
+            if !allowed {
+                hosts.push(VirtualHost {
+                    name: format!("{name}.{sns}:{}", port.port),
+                    domains,
+                    routes: vec![denied_route()],
+                    ..Default::default()
+                });
+                continue;
+            }
             let cname = sidecar_cluster_name(sns, name, port.port);
             let upstream = UpstreamTlsContext {
                 common_tls_context: Some(mesh_tls()),
@@ -774,11 +796,6 @@ pub fn sidecar_shared(state: &MeshState) -> Resources {
             out.put(cname.clone(), assignment(&cname, eps));
             // The route: the service's mTLS cluster, or a split's weighted mTLS clusters.
             let action = route_action(state, svc, port.port, sidecar_cluster_name);
-            let mut domains = vec![format!("{name}.{sns}:{}", port.port)];
-            if i == 0 {
-                domains.push(format!("{name}.{sns}"));
-                domains.push(format!("{name}.{sns}.svc.cluster.local"));
-            }
             hosts.push(VirtualHost {
                 name: format!("{name}.{sns}:{}", port.port),
                 domains,
@@ -800,6 +817,94 @@ pub fn sidecar_shared(state: &MeshState) -> Resources {
 
 /// The name of the set [`sidecar_shared`] goes in, in the controller's snapshots.
 pub const SIDECAR_SET: &str = "sidecar";
+
+/// A route answering 403 itself: a service the calling sidecar may not call.
+fn denied_route() -> Route {
+    use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
+    use envoy_types::pb::envoy::config::route::v3::DirectResponseAction;
+    Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        }),
+        action: Some(route::Action::DirectResponse(DirectResponseAction {
+            status: 403,
+            body: Some(DataSource {
+                specifier: Some(data_source::Specifier::InlineString(
+                    "RBAC: access denied by mesh policy\n".into(),
+                )),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// The sets sidecars are served over, and which set each pod's sidecar takes (by pod
+/// key). In permissive mode, one set ([`SIDECAR_SET`], every service) for every pod. In
+/// strict mode, one set per service account that pods run as (`sidecar:<ns>/<sa>`), with
+/// clusters and endpoints only for the services its TrafficTargets let it call — the
+/// services selecting pods that run as a destination naming it as a source; any other
+/// service's host answers 403 at the caller's sidecar. Only what a proxy needs goes to it.
+pub fn sidecar_sets(
+    state: &MeshState,
+) -> (
+    BTreeMap<String, Resources>,
+    BTreeMap<crate::state::Key, String>,
+) {
+    let mut sets = BTreeMap::new();
+    let mut of_pod = BTreeMap::new();
+    if state
+        .mesh_config
+        .traffic
+        .enable_permissive_traffic_policy_mode
+    {
+        sets.insert(SIDECAR_SET.to_string(), sidecar_shared(state));
+        for key in state.pods.keys() {
+            of_pod.insert(key.clone(), SIDECAR_SET.to_string());
+        }
+        return (sets, of_pod);
+    }
+    // Source account → the destination accounts it may call.
+    let mut calls: BTreeMap<(String, String), std::collections::BTreeSet<(String, String)>> =
+        BTreeMap::new();
+    for t in state.traffic_targets.values() {
+        let tt = &t.value;
+        let tns = tt.metadata.ns();
+        let d = &tt.spec.destination;
+        let dst = (
+            d.namespace.as_deref().unwrap_or(tns).to_string(),
+            d.name.clone(),
+        );
+        for src in &tt.spec.sources {
+            let src = (
+                src.namespace.as_deref().unwrap_or(tns).to_string(),
+                src.name.clone(),
+            );
+            calls.entry(src).or_default().insert(dst.clone());
+        }
+    }
+    let none = std::collections::BTreeSet::new();
+    for (key, pod) in &state.pods {
+        let account = (key.0.clone(), pod.value.service_account().to_string());
+        let name = format!("sidecar:{}/{}", account.0, account.1);
+        if !sets.contains_key(&name) {
+            let dsts = calls.get(&account).unwrap_or(&none);
+            let may_call = |svc: &Service| {
+                state.pods_of(svc).any(|p| {
+                    dsts.contains(&(
+                        p.value.metadata.ns().to_string(),
+                        p.value.service_account().to_string(),
+                    ))
+                })
+            };
+            sets.insert(name.clone(), sidecar_shared_for(state, &may_call));
+        }
+        of_pod.insert(key.clone(), name);
+    }
+    (sets, of_pod)
+}
 
 /// The node id of pod `ns/name`'s sidecar: `<name>.<ns>` (what its bootstrap says).
 pub fn node_id(ns: &str, pod: &str) -> String {
@@ -990,5 +1095,52 @@ mod tests {
         let cla = &r.of(type_url::ENDPOINT).unwrap()["outbound|50051||greeter.default"];
         let cla = ClusterLoadAssignment::decode(cla.value.as_slice()).unwrap();
         assert_eq!(cla.endpoints[0].lb_endpoints.len(), 1);
+    }
+
+    #[test]
+    fn in_strict_mode_a_sidecar_gets_only_what_it_may_call() {
+        let text = "apiVersion: config.flowgate.io/v1alpha1\nkind: MeshConfig\nmetadata: { name: mesh }\nspec: { traffic: { enablePermissiveTrafficPolicyMode: false } }\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: { name: client }\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: { name: thief }\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: { name: web }\n---\napiVersion: v1\nkind: Service\nmetadata: { name: web }\nspec: { selector: { app: web }, ports: [{ port: 80 }] }\n---\napiVersion: v1\nkind: Pod\nmetadata: { name: web-1, labels: { app: web } }\nspec: { serviceAccountName: web }\nstatus: { podIP: 10.0.0.6 }\n---\napiVersion: v1\nkind: Pod\nmetadata: { name: client-1 }\nspec: { serviceAccountName: client }\nstatus: { podIP: 10.0.0.5 }\n---\napiVersion: v1\nkind: Pod\nmetadata: { name: thief-1 }\nspec: { serviceAccountName: thief }\nstatus: { podIP: 10.0.0.7 }\n---\napiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: { name: web }\nspec:\n  destination: { kind: ServiceAccount, name: web }\n  sources: [{ kind: ServiceAccount, name: client }]\n";
+        let state = MeshState::build(parse_manifests(text, Path::new("m.yaml")).unwrap()).unwrap();
+        let (sets, of_pod) = sidecar_sets(&state);
+        let set = |pod: &str| &sets[&of_pod[&("default".to_string(), pod.to_string())]];
+        let web = "outbound|80||web.default|mtls";
+        assert!(
+            set("client-1")
+                .of(type_url::CLUSTER)
+                .unwrap()
+                .contains_key(web)
+        );
+        assert!(
+            set("client-1")
+                .of(type_url::ENDPOINT)
+                .unwrap()
+                .contains_key(web)
+        );
+        assert!(
+            set("thief-1").of(type_url::CLUSTER).is_none(),
+            "nothing to call"
+        );
+        // The thief's routes still know the host, and answer 403 themselves.
+        let routes = &set("thief-1").of(type_url::ROUTE).unwrap()[OUTBOUND_ROUTES];
+        let routes = RouteConfiguration::decode(routes.value.as_slice()).unwrap();
+        assert!(matches!(
+            routes.virtual_hosts[0].routes[0].action,
+            Some(route::Action::DirectResponse(ref d)) if d.status == 403
+        ));
+        // Permissive: one set for all.
+        let permissive = MeshState::build(
+            parse_manifests(
+                &text.replace(
+                    "enablePermissiveTrafficPolicyMode: false",
+                    "enablePermissiveTrafficPolicyMode: true",
+                ),
+                Path::new("m.yaml"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let (sets, of_pod) = sidecar_sets(&permissive);
+        assert_eq!(sets.keys().collect::<Vec<_>>(), [SIDECAR_SET]);
+        assert!(of_pod.values().all(|s| s == SIDECAR_SET));
     }
 }
