@@ -439,7 +439,8 @@ fn write_bundle(state: &Path, ca: &flowgate::mesh::ca::Ca) {
     }
 }
 
-/// How long the controller waits after a change for more before compiling them at once.
+/// At most one compile per this long: changes arriving within it of the last compile are
+/// gathered and compiled together at its end.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// How long a staged root is only trusted before it signs: time for the new trust bundle
@@ -634,6 +635,7 @@ fn run(opts: RunOptions) -> ExitCode {
             // A root rotation in progress: when its staged root starts signing, and the
             // overlap the old root then gets.
             let mut promote: Option<(tokio::time::Instant, Duration)> = None;
+            let mut last_compiled = tokio::time::Instant::now();
             loop {
                 // A changed CA (rotation, pruning): saved, its bundle written, the
                 // controller's own certificate re-issued and its trust updated.
@@ -641,10 +643,12 @@ fn run(opts: RunOptions) -> ExitCode {
                 tokio::select! {
                     Some(update) = updates.recv() => {
                         // Changes in quick succession (a burst of etcd puts) are compiled
-                        // once: each is recorded, the last good state of the burst wins.
+                        // once: each is recorded, the last good state of the burst wins. A
+                        // change after a quiet spell is compiled at once; within DEBOUNCE
+                        // of the last compile it waits for the rest of the window.
                         let mut newest = None;
                         let mut update = Some(update);
-                        let until = tokio::time::Instant::now() + DEBOUNCE;
+                        let until = last_compiled + DEBOUNCE;
                         while let Some(u) = update.take() {
                             record(&u);
                             if let Update::State(mesh) = u {
@@ -724,6 +728,7 @@ fn run(opts: RunOptions) -> ExitCode {
                         Err(e) => tracing::error!("re-issuing the controller's certificate: {e}"),
                     }
                 }
+                last_compiled = tokio::time::Instant::now();
                 if snapshots
                     .send(Arc::new(snapshot(&last, &ca, &mut leaves)))
                     .is_err()
