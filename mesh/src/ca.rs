@@ -149,6 +149,16 @@ pub fn spiffe_id_of(cert_der: &[u8]) -> Option<SpiffeId> {
     })
 }
 
+/// When a certificate (DER) stops being valid, or `None` if it does not parse.
+pub fn not_after_of(cert_der: &[u8]) -> Option<SystemTime> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(cert_der).ok()?;
+    let secs = cert.validity().not_after.timestamp();
+    u64::try_from(secs)
+        .ok()
+        .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+}
+
 /// A certificate the CA issued: the leaf, its chain up to (not including) the root, and
 /// the key when the CA made it.
 #[derive(Clone)]
@@ -420,6 +430,11 @@ impl Ca {
     /// How long issued leaves are valid.
     pub fn leaf_validity(&self) -> Duration {
         self.leaf_validity
+    }
+
+    /// Leaves issued from now on are valid for `validity`.
+    pub fn set_leaf_validity(&mut self, validity: Duration) {
+        self.leaf_validity = validity;
     }
 
     /// Every root a peer should trust now, PEM: the signing root, old roots still in their

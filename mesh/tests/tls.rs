@@ -325,3 +325,38 @@ async fn a_certificate_renews_itself_without_a_token() {
         Some(SpiffeId::new(TD, "shop", "web").unwrap())
     );
 }
+
+#[tokio::test]
+async fn a_stream_ends_when_the_certificate_it_was_opened_with_expires() {
+    let c = Controller::start().await;
+    // Valid for three more seconds.
+    let short = leaf(&c.root, "shop", "web", -60, 3);
+    let ch = c.channel(Some(short)).await.unwrap();
+    let mut client = AggregatedDiscoveryServiceClient::new(ch);
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(DiscoveryRequest {
+        node: Some(Node {
+            id: "web-1.shop".into(),
+            ..Default::default()
+        }),
+        type_url: type_url::SECRET.into(),
+        resource_names: vec!["default".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut stream = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.resources.len(), 1, "served while valid");
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("the stream ends within 10 s");
+    let e = end.unwrap().unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    assert!(e.message().contains("expired"), "{e}");
+    drop(tx);
+}

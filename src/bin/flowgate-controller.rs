@@ -662,6 +662,25 @@ fn run(opts: RunOptions) -> ExitCode {
                             Some(mesh) => last = mesh,
                             None => continue,
                         }
+                        // A new leaf lifetime in the MeshConfig: every leaf again.
+                        let wanted = &last.mesh_config.certificate;
+                        if wanted.service_cert_validity_duration != ca.leaf_validity() {
+                            let mut next = (*ca).clone();
+                            next.set_leaf_validity(wanted.service_cert_validity_duration);
+                            tracing::info!(
+                                "leaf lifetime now {} s; every leaf is issued again",
+                                wanted.service_cert_validity_duration.as_secs()
+                            );
+                            leaves = Leaves::default();
+                            changed_ca = Some(next);
+                        }
+                        if !wanted.trust_domain.eq_ignore_ascii_case(ca.trust_domain()) {
+                            tracing::error!(
+                                "the MeshConfig's trust domain `{}` differs from the CA's `{}`: changing it needs a new CA (a fresh state directory); the CA's stays",
+                                wanted.trust_domain,
+                                ca.trust_domain()
+                            );
+                        }
                     }
                     Some(overlap) = rotate_rx.recv() => {
                         let mut next = (*ca).clone();

@@ -53,13 +53,27 @@ pub enum Caller {
 /// How a [`Caller`] proved its account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proof {
-    /// Its mesh certificate, verified in the TLS handshake.
-    Certificate,
+    /// Its mesh certificate, verified in the TLS handshake, valid until `not_after`.
+    Certificate {
+        /// When the certificate expires (streams opened with it end then).
+        not_after: Option<SystemTime>,
+    },
     /// A bootstrap token.
     Token,
 }
 
 impl Caller {
+    /// When the proof of a caller proven by certificate runs out.
+    pub fn expires(&self) -> Option<SystemTime> {
+        match self {
+            Caller::Account {
+                proof: Proof::Certificate { not_after },
+                ..
+            } => *not_after,
+            _ => None,
+        }
+    }
+
     /// Whether the caller may have what is served to service account `ns/sa`.
     pub fn may_act_as(&self, ns: &str, sa: &str) -> bool {
         match self {
@@ -85,7 +99,7 @@ impl std::fmt::Display for Caller {
                 f,
                 "{namespace}/{service_account} (by {})",
                 match proof {
-                    Proof::Certificate => "certificate",
+                    Proof::Certificate { .. } => "certificate",
                     Proof::Token => "token",
                 }
             ),
@@ -100,6 +114,8 @@ pub struct TlsConnectInfo {
     pub remote: Option<SocketAddr>,
     /// The identity of the peer's verified certificate, when it presented one.
     pub identity: Option<SpiffeId>,
+    /// When that certificate expires.
+    pub not_after: Option<SystemTime>,
 }
 
 /// Proves callers: by the certificate of their TLS connection, else by a bootstrap token.
@@ -123,7 +139,9 @@ impl Authenticator {
             return Ok(Caller::Account {
                 namespace: id.namespace.clone(),
                 service_account: id.service_account.clone(),
-                proof: Proof::Certificate,
+                proof: Proof::Certificate {
+                    not_after: info.not_after,
+                },
             });
         }
         let header = request
@@ -318,15 +336,15 @@ pub fn tls_incoming(
                             return;
                         }
                     };
-                let identity = stream
+                let leaf = stream
                     .get_ref()
                     .1
                     .peer_certificates()
-                    .and_then(|certs| certs.first())
-                    .and_then(|leaf| spiffe_id_of(leaf));
+                    .and_then(|certs| certs.first());
                 let info = TlsConnectInfo {
                     remote: Some(remote),
-                    identity,
+                    identity: leaf.and_then(|l| spiffe_id_of(l)),
+                    not_after: leaf.and_then(|l| crate::ca::not_after_of(l)),
                 };
                 let _ = tx
                     .send(Ok(TlsConn {
@@ -376,6 +394,7 @@ mod tests {
         req.extensions_mut().insert(TlsConnectInfo {
             remote: None,
             identity: Some(SpiffeId::new("cluster.local", "shop", "db").unwrap()),
+            not_after: None,
         });
         req.metadata_mut()
             .insert("authorization", format!("Bearer {t}").parse().unwrap());

@@ -532,6 +532,24 @@ impl SecretDiscoveryService for AdsServer {
     }
 }
 
+/// Completes at `expires`, when the certificate the caller proved itself with runs out
+/// (never for other callers): its streams end then, and it must reconnect with a renewed one.
+async fn credential_expiry(expires: Option<SystemTime>) {
+    match expires {
+        Some(at) => {
+            let left = at
+                .duration_since(SystemTime::now())
+                .unwrap_or(std::time::Duration::ZERO);
+            tokio::time::sleep(left).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn expired_status() -> Status {
+    Status::unauthenticated("the client certificate this stream was opened with has expired")
+}
+
 /// One stream's subscription to one type.
 #[derive(Default)]
 struct Sub {
@@ -556,8 +574,14 @@ fn full_state(t: &str) -> bool {
 
 impl SotwStream {
     async fn run(mut self, mut inbound: Streaming<DiscoveryRequest>) {
+        let expired = credential_expiry(self.proxy.caller.expires());
+        tokio::pin!(expired);
         loop {
             tokio::select! {
+                () = &mut expired => {
+                    let _ = self.tx.send(Err(expired_status())).await;
+                    break;
+                }
                 msg = inbound.message() => match msg {
                     Ok(Some(req)) => {
                         if !self.on_request(req).await {
@@ -756,8 +780,14 @@ const MAX_NAMES: usize = 100_000;
 
 impl DeltaStream {
     async fn run(mut self, mut inbound: Streaming<DeltaDiscoveryRequest>) {
+        let expired = credential_expiry(self.proxy.caller.expires());
+        tokio::pin!(expired);
         loop {
             tokio::select! {
+                () = &mut expired => {
+                    let _ = self.tx.send(Err(expired_status())).await;
+                    break;
+                }
                 msg = inbound.message() => match msg {
                     Ok(Some(req)) => {
                         if !self.on_request(req).await {
