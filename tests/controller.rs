@@ -288,7 +288,10 @@ fn run_serves_a_proxyless_grpc_client_that_follows_endpoint_changes() {
     // `status` shows the client and what it ACKed.
     let (code, out, err) = controller(&["status", "--admin", &admin_addr]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("proxy greeter-client (connected)"), "{out}");
+    assert!(
+        out.contains("proxy greeter-client (connected; shop/greeter-client (by certificate), certificate expires at unix "),
+        "{out}"
+    );
     assert!(out.contains("  Listener: sent "), "{out}");
     let acked = out
         .lines()
@@ -474,7 +477,10 @@ static_resources:
         controller(&["status", "--admin", &admin_addr]).1
     );
     let (_, out, _) = controller(&["status", "--admin", &admin_addr]);
-    assert!(out.contains("proxy envoy-1 (connected)"), "{out}");
+    assert!(
+        out.contains("proxy envoy-1 (connected; shop/front (by token))"),
+        "{out}"
+    );
     assert!(!out.contains("NACKed"), "{out}");
     drop(envoy);
 }
@@ -601,7 +607,12 @@ static_resources:
     let answer = get();
     assert!(answer.contains("CN=client.shop"), "{answer}");
     let (_, out, _) = controller(&["status", "--admin", &format!("127.0.0.1:{admin}")]);
-    assert!(out.contains("proxy client-1.shop (connected)"), "{out}");
+    assert!(
+        out.contains(
+            "proxy client-1.shop (connected; shop/client (by token), certificate expires at unix "
+        ),
+        "{out}"
+    );
     assert!(out.contains("  Secret: sent "), "{out}");
 }
 

@@ -168,6 +168,30 @@ fn load(path: &Path) -> Result<MeshState, Vec<flowgate::mesh::ManifestError>> {
 struct MeshStatus {
     version: String,
     errors: Vec<String>,
+    /// Per pod's node id: when the leaf it is served over SDS expires.
+    leaf_expiry: std::collections::BTreeMap<String, SystemTime>,
+}
+
+/// Notes in `status` when each pod's served leaf expires; hands `snap` back.
+fn with_leaf_expiry(
+    snap: flowgate::mesh::xds::Snapshot,
+    leaves: &flowgate::mesh::xds::compile::Leaves,
+    status: &std::sync::Mutex<MeshStatus>,
+) -> flowgate::mesh::xds::Snapshot {
+    let by_account: std::collections::BTreeMap<(String, String), SystemTime> = leaves
+        .expiries()
+        .map(|(id, t)| ((id.namespace.clone(), id.service_account.clone()), t))
+        .collect();
+    let per_node = snap
+        .per_node
+        .iter()
+        .filter_map(|(node, part)| {
+            let t = part.owner.as_ref().and_then(|o| by_account.get(o))?;
+            Some((node.clone(), *t))
+        })
+        .collect();
+    status.lock().unwrap_or_else(|p| p.into_inner()).leaf_expiry = per_node;
+    snap
 }
 
 /// The status document: the mesh and every proxy.
@@ -194,7 +218,15 @@ fn status_json(mesh: &MeshStatus, proxies: &[flowgate::mesh::xds::ProxyStatus]) 
                     )
                 })
                 .collect();
-            serde_json::json!({"node": p.node, "connected": p.connected, "types": types})
+            // The certificate it proved itself with, else the leaf it is served over SDS.
+            let expiry = p.cert_expiry.or_else(|| mesh.leaf_expiry.get(&p.node).copied());
+            serde_json::json!({
+                "node": p.node,
+                "connected": p.connected,
+                "identity": p.identity,
+                "cert_expiry": expiry.map(|t| secs(Some(t))),
+                "types": types,
+            })
         })
         .collect();
     serde_json::json!({
@@ -348,15 +380,19 @@ fn status(admin: std::net::SocketAddr) -> ExitCode {
         let _ = writeln!(out, "  manifest error: {}", e.as_str().unwrap_or_default());
     }
     for p in v["proxies"].as_array().into_iter().flatten() {
+        let expiry = p["cert_expiry"].as_u64().map_or_else(String::new, |t| {
+            format!(", certificate expires at unix {t}")
+        });
         let _ = writeln!(
             out,
-            "proxy {} ({})",
+            "proxy {} ({}; {}{expiry})",
             p["node"].as_str().unwrap_or("?"),
             if p["connected"].as_bool() == Some(true) {
                 "connected"
             } else {
                 "gone"
-            }
+            },
+            p["identity"].as_str().unwrap_or("?"),
         );
         for (t, s) in p["types"].as_object().into_iter().flatten() {
             let nack = match &s["nacked"] {
@@ -551,6 +587,7 @@ fn run(opts: RunOptions) -> ExitCode {
             mesh_status.clone(),
             rotate_tx,
         ));
+        let leaf_status = mesh_status.clone();
         let record = move |update: &Update| match update {
             Update::State(mesh) => {
                 let mut m = mesh_status.lock().unwrap_or_else(|p| p.into_inner());
@@ -622,7 +659,11 @@ fn run(opts: RunOptions) -> ExitCode {
         let certs = CertService::new(shared_ca.clone(), auth);
         let mut leaves = Leaves::default();
         if snapshots
-            .send(Arc::new(snapshot(&first, &ca, &mut leaves)))
+            .send(Arc::new(with_leaf_expiry(
+                snapshot(&first, &ca, &mut leaves),
+                &leaves,
+                &leaf_status,
+            )))
             .is_err()
         {
             return ExitCode::FAILURE;
@@ -749,7 +790,11 @@ fn run(opts: RunOptions) -> ExitCode {
                 }
                 last_compiled = tokio::time::Instant::now();
                 if snapshots
-                    .send(Arc::new(snapshot(&last, &ca, &mut leaves)))
+                    .send(Arc::new(with_leaf_expiry(
+                        snapshot(&last, &ca, &mut leaves),
+                        &leaves,
+                        &leaf_status,
+                    )))
                     .is_err()
                 {
                     break;

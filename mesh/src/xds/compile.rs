@@ -919,6 +919,13 @@ pub struct Leaves {
 }
 
 impl Leaves {
+    /// When each identity's current leaf expires.
+    pub fn expiries(&self) -> impl Iterator<Item = (&SpiffeId, std::time::SystemTime)> + '_ {
+        self.issued
+            .iter()
+            .map(|(id, (leaf, _))| (id, leaf.not_after))
+    }
+
     /// The current leaf of `id`, issued now if there is none or it is past half its life.
     pub fn get(&mut self, ca: &Ca, id: &SpiffeId) -> Result<&Issued, CaError> {
         let now = std::time::SystemTime::now();

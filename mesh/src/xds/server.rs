@@ -244,6 +244,11 @@ pub struct ProxyStatus {
     pub node: String,
     /// Whether a stream from it is open.
     pub connected: bool,
+    /// Who opened its last stream, and how it proved it (`shop/web (by token)`).
+    pub identity: String,
+    /// When the certificate its last stream was opened with expires (callers proven by
+    /// certificate).
+    pub cert_expiry: Option<SystemTime>,
     /// Per type URL: the last version sent, ACKed, and the last NACK's message.
     pub types: BTreeMap<String, TypeStatus>,
 }
@@ -302,6 +307,8 @@ impl Proxy {
         let p = st.entry(self.node.clone()).or_default();
         p.node = self.node.clone();
         p.connected = true;
+        p.identity = self.caller.to_string();
+        p.cert_expiry = self.caller.expires();
         Ok(())
     }
 
