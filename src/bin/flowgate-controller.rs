@@ -172,28 +172,6 @@ struct MeshStatus {
     leaf_expiry: std::collections::BTreeMap<String, SystemTime>,
 }
 
-/// Notes in `status` when each pod's served leaf expires; hands `snap` back.
-fn with_leaf_expiry(
-    snap: flowgate::mesh::xds::Snapshot,
-    leaves: &flowgate::mesh::xds::compile::Leaves,
-    status: &std::sync::Mutex<MeshStatus>,
-) -> flowgate::mesh::xds::Snapshot {
-    let by_account: std::collections::BTreeMap<(String, String), SystemTime> = leaves
-        .expiries()
-        .map(|(id, t)| ((id.namespace.clone(), id.service_account.clone()), t))
-        .collect();
-    let per_node = snap
-        .per_node
-        .iter()
-        .filter_map(|(node, part)| {
-            let t = part.owner.as_ref().and_then(|o| by_account.get(o))?;
-            Some((node.clone(), *t))
-        })
-        .collect();
-    status.lock().unwrap_or_else(|p| p.into_inner()).leaf_expiry = per_node;
-    snap
-}
-
 /// The status document: the mesh and every proxy.
 fn status_json(mesh: &MeshStatus, proxies: &[flowgate::mesh::xds::ProxyStatus]) -> String {
     let secs = |t: Option<SystemTime>| {
@@ -415,11 +393,13 @@ fn status(admin: std::net::SocketAddr) -> ExitCode {
 }
 
 /// Everything the ADS server serves for `mesh`: what proxyless clients need, and each pod's
-/// sidecar its own resources and secrets, for its service account only.
+/// sidecar its own resources and secrets, for its service account only. Notes in `status`
+/// when each pod's leaf expires.
 fn snapshot(
     mesh: &MeshState,
     ca: &flowgate::mesh::ca::Ca,
     leaves: &mut flowgate::mesh::xds::compile::Leaves,
+    status: &std::sync::Mutex<MeshStatus>,
 ) -> flowgate::mesh::xds::Snapshot {
     use flowgate::mesh::xds::compile::{all_sidecar_secrets, node_id, sidecar_sets};
     use flowgate::mesh::xds::{Snapshot, grpc_resources};
@@ -435,10 +415,19 @@ fn snapshot(
         .collect();
     match all_sidecar_secrets(mesh, ca, leaves) {
         Ok(per_node) => {
+            let expiry: std::collections::BTreeMap<(&str, &str), SystemTime> = leaves
+                .expiries()
+                .map(|(id, t)| ((id.namespace.as_str(), id.service_account.as_str()), t))
+                .collect();
+            let mut leaf_expiry = std::collections::BTreeMap::new();
             for (node, (owner, resources)) in per_node {
+                if let Some(t) = expiry.get(&(owner.0.as_str(), owner.1.as_str())) {
+                    leaf_expiry.insert(node.clone(), *t);
+                }
                 let set = set_of.get(&node).cloned();
                 snap = snap.with_owned_node(node, Some(owner), set, resources);
             }
+            status.lock().unwrap_or_else(|p| p.into_inner()).leaf_expiry = leaf_expiry;
         }
         Err(e) => tracing::error!("issuing sidecar certificates: {e}"),
     }
@@ -659,11 +648,7 @@ fn run(opts: RunOptions) -> ExitCode {
         let certs = CertService::new(shared_ca.clone(), auth);
         let mut leaves = Leaves::default();
         if snapshots
-            .send(Arc::new(with_leaf_expiry(
-                snapshot(&first, &ca, &mut leaves),
-                &leaves,
-                &leaf_status,
-            )))
+            .send(Arc::new(snapshot(&first, &ca, &mut leaves, &leaf_status)))
             .is_err()
         {
             return ExitCode::FAILURE;
@@ -681,6 +666,8 @@ fn run(opts: RunOptions) -> ExitCode {
                 // A changed CA (rotation, pruning): saved, its bundle written, the
                 // controller's own certificate re-issued and its trust updated.
                 let mut changed_ca: Option<Ca> = None;
+                // The controller's own certificate is due (half its life, or a new CA).
+                let mut reissue = false;
                 tokio::select! {
                     Some(update) = updates.recv() => {
                         // Changes in quick succession (a burst of etcd puts) are compiled
@@ -762,14 +749,8 @@ fn run(opts: RunOptions) -> ExitCode {
                             let n = next.prune(now);
                             tracing::info!("root rotation: {n} old root(s) no longer trusted");
                             changed_ca = Some(next);
-                        } else if now >= current.renew_at {
-                            match server_cert(&ca, &server_names) {
-                                Ok(c) => {
-                                    current = c;
-                                    let _ = tls_tx.send(current.config.clone());
-                                }
-                                Err(e) => tracing::error!("renewing the controller's certificate: {e}"),
-                            }
+                        } else {
+                            reissue = now >= current.renew_at;
                         }
                     }
                 }
@@ -780,21 +761,20 @@ fn run(opts: RunOptions) -> ExitCode {
                     write_bundle(&state, &next);
                     ca = Arc::new(next);
                     *shared_ca.write().unwrap_or_else(|p| p.into_inner()) = Some(ca.clone());
+                    reissue = true;
+                }
+                if reissue {
                     match server_cert(&ca, &server_names) {
                         Ok(c) => {
                             current = c;
                             let _ = tls_tx.send(current.config.clone());
                         }
-                        Err(e) => tracing::error!("re-issuing the controller's certificate: {e}"),
+                        Err(e) => tracing::error!("issuing the controller's certificate: {e}"),
                     }
                 }
                 last_compiled = tokio::time::Instant::now();
                 if snapshots
-                    .send(Arc::new(with_leaf_expiry(
-                        snapshot(&last, &ca, &mut leaves),
-                        &leaves,
-                        &leaf_status,
-                    )))
+                    .send(Arc::new(snapshot(&last, &ca, &mut leaves, &leaf_status)))
                     .is_err()
                 {
                     break;

@@ -312,6 +312,24 @@ impl Proxy {
         Ok(())
     }
 
+    /// Checks a request before it is handled: the node it names may be served to the
+    /// caller ([`identify`](Self::identify)), and it names at most [`MAX_NAMES`]
+    /// resources (`names`).
+    fn admit(
+        &mut self,
+        node: Option<&envoy_types::pb::envoy::config::core::v3::Node>,
+        names: usize,
+        snapshot: &Snapshot,
+    ) -> Result<(), Status> {
+        self.identify(node, snapshot)?;
+        if names > MAX_NAMES {
+            return Err(Status::resource_exhausted(format!(
+                "more than {MAX_NAMES} resource names in one request"
+            )));
+        }
+        Ok(())
+    }
+
     /// Records what happened for type `t`.
     fn record(&self, t: &str, f: impl FnOnce(&mut TypeStatus)) {
         if self.node.is_empty() {
@@ -609,18 +627,13 @@ impl SotwStream {
 
     /// Handles one request; `false` when the stream is gone.
     async fn on_request(&mut self, req: DiscoveryRequest) -> bool {
-        let snap = self.snapshots.borrow().clone();
-        if let Err(status) = self.proxy.identify(req.node.as_ref(), &snap) {
+        let admitted = self.proxy.admit(
+            req.node.as_ref(),
+            req.resource_names.len(),
+            &self.snapshots.borrow(),
+        );
+        if let Err(status) = admitted {
             let _ = self.tx.send(Err(status)).await;
-            return false;
-        }
-        if req.resource_names.len() > MAX_NAMES {
-            let _ = self
-                .tx
-                .send(Err(Status::resource_exhausted(format!(
-                    "more than {MAX_NAMES} resource names in one request"
-                ))))
-                .await;
             return false;
         }
         let t = req.type_url.clone();
@@ -821,18 +834,13 @@ impl DeltaStream {
     }
 
     async fn on_request(&mut self, req: DeltaDiscoveryRequest) -> bool {
-        let snap = self.snapshots.borrow().clone();
-        if let Err(status) = self.proxy.identify(req.node.as_ref(), &snap) {
+        let admitted = self.proxy.admit(
+            req.node.as_ref(),
+            req.resource_names_subscribe.len(),
+            &self.snapshots.borrow(),
+        );
+        if let Err(status) = admitted {
             let _ = self.tx.send(Err(status)).await;
-            return false;
-        }
-        if req.resource_names_subscribe.len() > MAX_NAMES {
-            let _ = self
-                .tx
-                .send(Err(Status::resource_exhausted(format!(
-                    "more than {MAX_NAMES} resource names in one request"
-                ))))
-                .await;
             return false;
         }
         let t = req.type_url.clone();
