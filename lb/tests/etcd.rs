@@ -100,3 +100,45 @@ async fn balancer_follows_etcd_prefix() {
     assert!(!addrs(&lb).contains(&"127.0.0.1:9999".to_string()));
     task.abort();
 }
+
+/// `put_if` is a compare-and-swap on a key's revision: two writers racing on one revision
+/// get one `Done` and one `Lost` that carries the winner's value.
+#[tokio::test]
+async fn put_if_lets_one_of_two_writers_win() {
+    use flowgate_lb::discovery::Swap;
+    if !require_programs(&["etcd"]) {
+        return;
+    }
+    let etcd = Etcd::start("lb-txn");
+    let client = EtcdClient::new(etcd.client, Duration::from_secs(2));
+    assert_eq!(client.get(b"/rec").await.unwrap(), None);
+    // Create-if-absent: the first wins, the second learns what it wrote.
+    let Swap::Done { mod_revision: rev } = client.put_if(b"/rec", b"a", 0).await.unwrap() else {
+        panic!("the first create lost");
+    };
+    match client.put_if(b"/rec", b"b", 0).await.unwrap() {
+        Swap::Lost { current: Some(kv) } => {
+            assert_eq!((kv.value.as_slice(), kv.mod_revision), (&b"a"[..], rev));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Replacing at the revision read wins once.
+    let Swap::Done { mod_revision: rev2 } = client.put_if(b"/rec", b"c", rev).await.unwrap() else {
+        panic!("the replace lost");
+    };
+    assert!(rev2 > rev);
+    assert!(matches!(
+        client.put_if(b"/rec", b"d", rev).await.unwrap(),
+        Swap::Lost { current: Some(kv) } if kv.value == b"c"
+    ));
+    let kv = client.get(b"/rec").await.unwrap().unwrap();
+    assert_eq!((kv.value.as_slice(), kv.mod_revision), (&b"c"[..], rev2));
+    let (_, kvs) = client.range_prefix_kv(b"/re").await.unwrap();
+    assert_eq!(kvs, vec![kv]);
+    // Gone: a replace at the old revision loses with nothing there.
+    client.delete(b"/rec").await.unwrap();
+    assert_eq!(
+        client.put_if(b"/rec", b"e", rev2).await.unwrap(),
+        Swap::Lost { current: None }
+    );
+}

@@ -55,6 +55,9 @@ pub enum CaError {
         /// The CA's trust domain.
         trust_domain: String,
     },
+    /// A shared record of the CA ([`CaRecord`]) or of a leaf that does not make sense.
+    #[error("a stored record: {0}")]
+    BadRecord(String),
     /// Reading or writing the persisted root failed.
     #[error("{path}: {error}")]
     Io {
@@ -186,6 +189,75 @@ impl fmt::Debug for Issued {
     }
 }
 
+impl Issued {
+    /// A leaf issued earlier, from its PEM (and its key's, when the CA made it): how a
+    /// replica adopts the leaf another replica issued.
+    pub fn from_pem(cert_pem: &str, key_pem: Option<String>) -> Result<Issued, CaError> {
+        let bad = |what: &str| CaError::BadRecord(format!("a leaf certificate: {what}"));
+        let (_, pem) =
+            x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|_| bad("not PEM"))?;
+        let id = spiffe_id_of(&pem.contents).ok_or_else(|| bad("no SPIFFE ID"))?;
+        let not_after = not_after_of(&pem.contents).ok_or_else(|| bad("no validity"))?;
+        if let Some(key) = &key_pem {
+            KeyPair::from_pem(key)?;
+        }
+        Ok(Issued {
+            cert_pem: cert_pem.to_string(),
+            cert_der: pem.contents,
+            key_pem,
+            not_after,
+            id,
+        })
+    }
+}
+
+/// A CA's roots with their keys as one record, for a store that replicas share
+/// ([`crate::replica`]): what [`Ca::export`] gives and [`Ca::import`] takes. It holds
+/// private keys: store it encrypted.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CaRecord {
+    /// The trust domain.
+    pub trust_domain: String,
+    /// The signing root first, then retired roots still trusted.
+    pub roots: Vec<RootRecord>,
+    /// A root trusted but not signing yet.
+    pub staged: Option<RootRecord>,
+    /// When the staged root starts signing and the overlap the old root then gets (UNIX
+    /// seconds, seconds).
+    pub promotion: Option<(u64, u64)>,
+}
+
+impl fmt::Debug for CaRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaRecord")
+            .field("trust_domain", &self.trust_domain)
+            .field("roots", &self.roots.len())
+            .field("staged", &self.staged.is_some())
+            .field("promotion", &self.promotion)
+            .finish()
+    }
+}
+
+/// One root of a [`CaRecord`].
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RootRecord {
+    /// Its certificate, PEM.
+    pub cert_pem: String,
+    /// Its key, PEM (PKCS #8).
+    pub key_pem: String,
+    /// Trusted until then (UNIX seconds); `None` for the signing or a staged root.
+    pub retired_until: Option<u64>,
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn from_unix(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
 /// One root: its certificate and key.
 #[derive(Clone)]
 struct Root {
@@ -194,6 +266,16 @@ struct Root {
     key: std::sync::Arc<KeyPair>,
     /// Trusted until then (an old root in its overlap window); `None` for the signing root.
     retired_until: Option<SystemTime>,
+    /// A short fingerprint of the certificate.
+    id: String,
+}
+
+fn fingerprint(cert_pem: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert_pem.as_bytes());
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Root {
@@ -222,8 +304,10 @@ impl Root {
         p.not_before = now - time::Duration::minutes(5);
         p.not_after = now + to_time(validity);
         let cert = p.self_signed(&key)?;
+        let cert_pem = cert.pem();
         Ok(Root {
-            cert_pem: cert.pem(),
+            id: fingerprint(&cert_pem),
+            cert_pem,
             cert: std::sync::Arc::new(cert),
             key: std::sync::Arc::new(key),
             retired_until: None,
@@ -237,6 +321,7 @@ impl Root {
         // depend on. The original PEM is what the bundle carries.
         let cert = params.self_signed(&key)?;
         Ok(Root {
+            id: fingerprint(cert_pem),
             cert: std::sync::Arc::new(cert),
             cert_pem: cert_pem.to_string(),
             key: std::sync::Arc::new(key),
@@ -281,6 +366,8 @@ pub struct Ca {
     roots: Vec<Root>,
     /// A root trusted but not signing yet: the first step of a rotation.
     staged: Option<Root>,
+    /// When the staged root is to sign, and the overlap the old root then gets.
+    promotion: Option<(SystemTime, Duration)>,
 }
 
 impl fmt::Debug for Ca {
@@ -302,6 +389,7 @@ impl Ca {
             leaf_validity,
             roots: vec![Root::generate(trust_domain, ROOT_VALIDITY)?],
             staged: None,
+            promotion: None,
         })
     }
 
@@ -318,6 +406,7 @@ impl Ca {
             leaf_validity,
             roots: vec![Root::from_pem(cert_pem, key_pem)?],
             staged: None,
+            promotion: None,
         })
     }
 
@@ -344,6 +433,25 @@ impl Ca {
         let (staged_cert, staged_key) = (dir.join("staged.pem"), dir.join("staged.key"));
         if staged_cert.exists() && staged_key.exists() {
             ca.staged = Some(Root::from_pem(&read(&staged_cert)?, &read(&staged_key)?)?);
+            let when = dir.join("staged.when");
+            if when.exists() {
+                let text = read(&when)?;
+                let mut it = text.split_whitespace().map(str::parse::<u64>);
+                match (it.next(), it.next()) {
+                    (Some(Ok(at)), Some(Ok(overlap))) => {
+                        ca.promotion = Some((from_unix(at), Duration::from_secs(overlap)));
+                    }
+                    _ => {
+                        return Err(io_error(
+                            &when,
+                            std::io::Error::new(
+                                std::io::ErrorKind::InvalidData,
+                                "not `<UNIX time> <seconds>`",
+                            ),
+                        ));
+                    }
+                }
+            }
         }
         for i in 0..MAX_RETIRED {
             let (c, k, u) = (
@@ -401,6 +509,14 @@ impl Ca {
                 gone("staged.pem");
             }
         }
+        match self.promotion {
+            Some((at, overlap)) if self.staged.is_some() => put(
+                "staged.when",
+                &format!("{} {}", unix_secs(at), overlap.as_secs()),
+                false,
+            )?,
+            _ => gone("staged.when"),
+        }
         for i in 0..MAX_RETIRED {
             match self.roots.get(i + 1) {
                 Some(r) => {
@@ -420,6 +536,60 @@ impl Ca {
             }
         }
         Ok(())
+    }
+
+    /// Every root with its key, as one record (for a shared store; see [`CaRecord`]).
+    pub fn export(&self) -> CaRecord {
+        let record = |r: &Root| RootRecord {
+            cert_pem: r.cert_pem.clone(),
+            key_pem: r.key.serialize_pem(),
+            retired_until: r.retired_until.map(unix_secs),
+        };
+        CaRecord {
+            trust_domain: self.trust_domain.clone(),
+            roots: self.roots.iter().map(record).collect(),
+            staged: self.staged.as_ref().map(record),
+            promotion: self
+                .promotion
+                .map(|(at, overlap)| (unix_secs(at), overlap.as_secs())),
+        }
+    }
+
+    /// The CA a [`CaRecord`] describes, issuing leaves valid for `leaf_validity`.
+    pub fn import(record: &CaRecord, leaf_validity: Duration) -> Result<Ca, CaError> {
+        check_domain(&record.trust_domain)?;
+        let root = |r: &RootRecord| -> Result<Root, CaError> {
+            let mut root = Root::from_pem(&r.cert_pem, &r.key_pem)?;
+            root.retired_until = r.retired_until.map(from_unix);
+            Ok(root)
+        };
+        let roots = record
+            .roots
+            .iter()
+            .take(1 + MAX_RETIRED)
+            .map(root)
+            .collect::<Result<Vec<_>, _>>()?;
+        if roots.is_empty() || roots[0].retired_until.is_some() {
+            return Err(CaError::BadRecord("no signing root".into()));
+        }
+        let staged = record.staged.as_ref().map(root).transpose()?;
+        Ok(Ca {
+            trust_domain: record.trust_domain.to_ascii_lowercase(),
+            leaf_validity,
+            promotion: match (&staged, record.promotion) {
+                (Some(_), Some((at, overlap))) => {
+                    Some((from_unix(at), Duration::from_secs(overlap)))
+                }
+                _ => None,
+            },
+            roots,
+            staged,
+        })
+    }
+
+    /// A short fingerprint of the signing root: leaves it did not sign are issued again.
+    pub fn signing_root_id(&self) -> &str {
+        &self.roots[0].id
     }
 
     /// The trust domain.
@@ -532,7 +702,22 @@ impl Ca {
         let new = Root::generate(&self.trust_domain, ROOT_VALIDITY)?;
         let pem = new.cert_pem.clone();
         self.staged = Some(new);
+        self.promotion = None;
         Ok(pem)
+    }
+
+    /// Records when the staged root is to sign and the overlap the old root then gets
+    /// (kept with the roots by [`save`](Self::save) and [`export`](Self::export), so a
+    /// restarted controller, or another replica, finishes the rotation).
+    pub fn schedule_promotion(&mut self, at: SystemTime, overlap: Duration) {
+        if self.staged.is_some() {
+            self.promotion = Some((at, overlap));
+        }
+    }
+
+    /// When the staged root is to sign, and the overlap the old root then gets.
+    pub fn promotion(&self) -> Option<(SystemTime, Duration)> {
+        self.promotion
     }
 
     /// Whether a staged root waits to be promoted.
@@ -547,6 +732,7 @@ impl Ca {
         let Some(new) = self.staged.take() else {
             return false;
         };
+        self.promotion = None;
         if let Some(old) = self.roots.first_mut() {
             old.retired_until = Some(SystemTime::now() + overlap);
         }
@@ -810,6 +996,8 @@ mod tests {
         let old_leaf = ca.issue(&id("a", "old")).unwrap();
         let staged = ca.stage_root().unwrap();
         assert!(ca.has_staged_root());
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        ca.schedule_promotion(at, Duration::from_secs(600));
         assert!(ca.bundle_pem().contains(&staged), "trusted at once");
         assert_eq!(ca.root_pem(), first, "the old root still signs");
         assert!(verifies(
@@ -818,8 +1006,14 @@ mod tests {
         ));
         ca.save(&dir).unwrap();
         assert_eq!(load().bundle_pem(), ca.bundle_pem());
+        assert_eq!(
+            load().promotion(),
+            Some((at, Duration::from_secs(600))),
+            "a restarted controller finishes the rotation"
+        );
 
         assert!(ca.promote(Duration::from_secs(600)));
+        assert_eq!(ca.promotion(), None);
         assert!(
             !ca.promote(Duration::from_secs(600)),
             "nothing staged any more"
@@ -854,5 +1048,43 @@ mod tests {
         assert!(!dir.join("staged.pem").exists());
         assert_eq!(load().bundle_pem(), staged);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_exported_ca_imports_as_the_same_ca_and_its_leaves_as_the_same_leaves() {
+        let mut ca = Ca::generate("cluster.local", Duration::from_secs(3600)).unwrap();
+        ca.stage_root().unwrap();
+        ca.promote(Duration::from_secs(600));
+        ca.stage_root().unwrap();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        ca.schedule_promotion(at, Duration::from_secs(60));
+        let record = ca.export();
+        assert!(!format!("{record:?}").contains("PRIVATE"), "{record:?}");
+        let copy = Ca::import(&record, Duration::from_secs(3600)).unwrap();
+        assert_eq!(copy.bundle_pem(), ca.bundle_pem());
+        assert_eq!(copy.signing_root_id(), ca.signing_root_id());
+        assert_eq!(copy.promotion(), Some((at, Duration::from_secs(60))));
+        assert_eq!(copy.export(), record);
+        // The copy signs with the same root: its leaves verify against the first's roots.
+        let leaf = copy.issue(&id("a", "b")).unwrap();
+        assert!(verifies(ca.root_pem(), &leaf.cert_der));
+        let again = Issued::from_pem(&leaf.cert_pem, leaf.key_pem.clone()).unwrap();
+        assert_eq!((&again.id, again.not_after), (&leaf.id, leaf.not_after));
+        assert_eq!(again.cert_der, leaf.cert_der);
+        // Nonsense is refused, not half imported.
+        let mut broken = record.clone();
+        broken.roots.clear();
+        assert!(matches!(
+            Ca::import(&broken, Duration::from_secs(1)),
+            Err(CaError::BadRecord(_))
+        ));
+        let mut broken = record;
+        broken.roots[0].key_pem = "junk".into();
+        assert!(Ca::import(&broken, Duration::from_secs(1)).is_err());
+        assert!(Issued::from_pem("junk", None).is_err());
+        // A new signing root has a new fingerprint.
+        let mut next = ca.clone();
+        next.promote(Duration::from_secs(1));
+        assert_ne!(next.signing_root_id(), ca.signing_root_id());
     }
 }

@@ -124,7 +124,7 @@ impl EtcdSource {
                 }
                 for ev in events {
                     match ev {
-                        WatchEvent::Put { key, value } => {
+                        WatchEvent::Put { key, value, .. } => {
                             self.kvs.insert(key, value);
                         }
                         WatchEvent::Delete { key } => {

@@ -47,6 +47,7 @@ pub mod ca;
 pub mod etcd;
 pub mod load;
 pub mod model;
+pub mod replica;
 pub mod source;
 pub mod state;
 pub mod token;

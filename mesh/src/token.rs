@@ -99,6 +99,20 @@ impl TokenKey {
         }
     }
 
+    /// The raw secret (for a store replicas share; keep it secret).
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.raw
+    }
+
+    /// Writes the key to `path` as 64 hex digits, readable by its owner only.
+    pub fn save(&self, path: &Path) -> Result<(), TokenError> {
+        let err = |e: std::io::Error| TokenError::Key(format!("{}: {e}", path.display()));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        crate::ca::write_private(path, &format!("{}\n", hex(&self.raw))).map_err(err)
+    }
+
     /// The key in `path` (64 hex digits), or a new one written there (readable by its
     /// owner only).
     pub fn load_or_generate(path: &Path) -> Result<Self, TokenError> {
@@ -113,10 +127,7 @@ impl TokenKey {
             return Ok(Self::from_bytes(raw));
         }
         let key = Self::generate()?;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(err)?;
-        }
-        crate::ca::write_private(path, &format!("{}\n", hex(&key.raw))).map_err(err)?;
+        key.save(path)?;
         Ok(key)
     }
 

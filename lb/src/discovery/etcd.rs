@@ -107,6 +107,78 @@ impl EtcdClient {
             .map(drop)
     }
 
+    /// The value of `key` and the revision it was last changed at, if it exists.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, DiscoveryError> {
+        let v = self
+            .call("/v3/kv/range", json!({"key": B64.encode(key)}))
+            .await?;
+        match v["kvs"].as_array().and_then(|a| a.first()) {
+            Some(kv) => KeyValue::parse(kv).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Sets `key` to `value` only if it was last changed at `mod_revision` (`0`: only if it
+    /// does not exist), in one transaction: how replicas share a record without a lock.
+    pub async fn put_if(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        mod_revision: i64,
+    ) -> Result<Swap, DiscoveryError> {
+        let k = B64.encode(key);
+        let v = self
+            .call(
+                "/v3/kv/txn",
+                json!({
+                    "compare": [{
+                        "key": k,
+                        "target": "MOD",
+                        "result": "EQUAL",
+                        "mod_revision": mod_revision.to_string(),
+                    }],
+                    "success": [{"request_put": {"key": k, "value": B64.encode(value)}}],
+                    "failure": [{"request_range": {"key": k}}],
+                }),
+            )
+            .await?;
+        if v["succeeded"].as_bool() == Some(true) {
+            return Ok(Swap::Done {
+                mod_revision: as_i64(&v["header"]["revision"]),
+            });
+        }
+        let kv = v["responses"]
+            .as_array()
+            .and_then(|r| r.first())
+            .and_then(|r| r["response_range"]["kvs"].as_array())
+            .and_then(|kvs| kvs.first());
+        Ok(Swap::Lost {
+            current: kv.map(KeyValue::parse).transpose()?,
+        })
+    }
+
+    /// Every key under `prefix` with its value and revisions, and the store's revision.
+    pub async fn range_prefix_kv(
+        &self,
+        prefix: &[u8],
+    ) -> Result<(i64, Vec<KeyValue>), DiscoveryError> {
+        let v = self
+            .call(
+                "/v3/kv/range",
+                json!({"key": B64.encode(prefix), "range_end": B64.encode(prefix_end(prefix))}),
+            )
+            .await?;
+        let revision = as_i64(&v["header"]["revision"]);
+        let kvs = v["kvs"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .map(KeyValue::parse)
+            .collect::<Result<_, _>>()?;
+        Ok((revision, kvs))
+    }
+
     /// Every key under `prefix` with its value, and the store's revision.
     pub async fn range_prefix(
         &self,
@@ -125,6 +197,42 @@ impl EtcdClient {
         }
         Ok((revision, kvs))
     }
+}
+
+/// One key, its value and the revision of its last change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Its value.
+    pub value: Vec<u8>,
+    /// The store's revision when it was last changed.
+    pub mod_revision: i64,
+}
+
+impl KeyValue {
+    fn parse(kv: &Value) -> Result<KeyValue, DiscoveryError> {
+        Ok(KeyValue {
+            key: b64_field(kv, "key")?,
+            value: b64_field(kv, "value")?,
+            mod_revision: as_i64(&kv["mod_revision"]),
+        })
+    }
+}
+
+/// What [`EtcdClient::put_if`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Swap {
+    /// The value was written, at this revision.
+    Done {
+        /// The key's new modification revision.
+        mod_revision: i64,
+    },
+    /// The key had changed since: here is what it holds now (`None`: it was deleted).
+    Lost {
+        /// The key's current value.
+        current: Option<KeyValue>,
+    },
 }
 
 /// What one watch message said.
@@ -150,6 +258,8 @@ pub enum WatchEvent {
         key: Vec<u8>,
         /// Its new value.
         value: Vec<u8>,
+        /// The store's revision of this change.
+        mod_revision: i64,
     },
     /// Deleted.
     Delete {
@@ -178,6 +288,7 @@ impl WatchBatch {
                 WatchEvent::Put {
                     key,
                     value: b64_field(kv, "value")?,
+                    mod_revision: as_i64(&kv["mod_revision"]),
                 }
             });
         }
@@ -319,7 +430,7 @@ impl EtcdDiscovery {
         for ev in events {
             match ev {
                 WatchEvent::Delete { key } => changed |= self.kvs.remove(&key).is_some(),
-                WatchEvent::Put { key, value } => {
+                WatchEvent::Put { key, value, .. } => {
                     self.put_kv(key, &value);
                     changed = true;
                 }

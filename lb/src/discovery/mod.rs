@@ -37,7 +37,7 @@ use crate::balancer::Balancer;
 use crate::http1::HttpError;
 
 pub use dns::DnsDiscovery;
-pub use etcd::{EtcdClient, EtcdDiscovery, EtcdWatch, WatchBatch, WatchEvent};
+pub use etcd::{EtcdClient, EtcdDiscovery, EtcdWatch, KeyValue, Swap, WatchBatch, WatchEvent};
 pub use file::FileDiscovery;
 pub use srv::SrvDiscovery;
 

@@ -911,11 +911,27 @@ pub fn node_id(ns: &str, pod: &str) -> String {
     format!("{pod}.{ns}")
 }
 
-/// Leaf certificates by identity, issued again when half their lifetime has passed (so a
-/// rebuilt snapshot keeps the same certificate, and the same secret version, until then).
+/// Leaf certificates by identity, issued again when half their lifetime has passed or
+/// the CA's signing root changed (so a rebuilt snapshot keeps the same certificate, and the
+/// same secret version, until then). Leaves another replica issued can be
+/// [adopted](Self::adopt); the ones issued here since the last look are
+/// [`take_fresh`](Self::take_fresh), to be shared.
 #[derive(Debug, Default)]
 pub struct Leaves {
-    issued: BTreeMap<SpiffeId, (Issued, std::time::SystemTime)>,
+    issued: BTreeMap<SpiffeId, Leaf>,
+    fresh: std::collections::BTreeSet<SpiffeId>,
+    count: u64,
+}
+
+/// One identity's current leaf.
+#[derive(Debug, Clone)]
+pub struct Leaf {
+    /// The certificate and its key.
+    pub issued: Issued,
+    /// When it is issued again: half its life.
+    pub renew_at: std::time::SystemTime,
+    /// The fingerprint of the root that signed it ([`Ca::signing_root_id`]).
+    pub root: String,
 }
 
 impl Leaves {
@@ -923,25 +939,53 @@ impl Leaves {
     pub fn expiries(&self) -> impl Iterator<Item = (&SpiffeId, std::time::SystemTime)> + '_ {
         self.issued
             .iter()
-            .map(|(id, (leaf, _))| (id, leaf.not_after))
+            .map(|(id, leaf)| (id, leaf.issued.not_after))
     }
 
-    /// The current leaf of `id`, issued now if there is none or it is past half its life.
+    /// The current leaf of `id`, issued now if there is none, it is past half its life or
+    /// another root signed it.
     pub fn get(&mut self, ca: &Ca, id: &SpiffeId) -> Result<&Issued, CaError> {
         let now = std::time::SystemTime::now();
         let fresh = self
             .issued
             .get(id)
-            .is_some_and(|(_, renew_at)| now < *renew_at);
+            .is_some_and(|l| now < l.renew_at && l.root == ca.signing_root_id());
         if !fresh {
-            let leaf = ca.issue(id)?;
-            let renew_at = now + ca.leaf_validity() / 2;
-            self.issued.insert(id.clone(), (leaf, renew_at));
+            let issued = ca.issue(id)?;
+            let leaf = Leaf {
+                issued,
+                renew_at: now + ca.leaf_validity() / 2,
+                root: ca.signing_root_id().to_string(),
+            };
+            self.issued.insert(id.clone(), leaf);
+            self.fresh.insert(id.clone());
+            self.count += 1;
         }
         self.issued
             .get(id)
-            .map(|(l, _)| l)
+            .map(|l| &l.issued)
             .ok_or_else(|| CaError::BadId(id.to_string()))
+    }
+
+    /// The current leaf of `id`, if there is one.
+    pub fn leaf(&self, id: &SpiffeId) -> Option<&Leaf> {
+        self.issued.get(id)
+    }
+
+    /// Takes `leaf` (issued by another replica of the same CA) as `id`'s current one.
+    pub fn adopt(&mut self, id: SpiffeId, leaf: Leaf) {
+        self.fresh.remove(&id);
+        self.issued.insert(id, leaf);
+    }
+
+    /// The identities whose leaves were issued here since the last call.
+    pub fn take_fresh(&mut self) -> Vec<SpiffeId> {
+        std::mem::take(&mut self.fresh).into_iter().collect()
+    }
+
+    /// How many leaves were issued here in all.
+    pub fn issued_count(&self) -> u64 {
+        self.count
     }
 }
 
