@@ -398,7 +398,7 @@ fn envoy_case(api_type: &str) {
     let state = dir.path("state");
     let ctl = run_controller(&manifests, ads, admin, &state);
     // Not a pod's sidecar: any proven account gets the shared resources.
-    let (xds_cluster, xds_grpc) = (xds_cluster(ads, &state), xds_grpc(&state, "shop/front"));
+    let (xds_cluster, xds_grpc) = (xds_cluster(&[ads], &state), xds_grpc(&state, "shop/front"));
 
     let bootstrap = dir.write(
         "envoy.yaml",
@@ -534,7 +534,7 @@ fn envoy_gets_its_mesh_certificate_over_sds() {
     let ctl = run_controller(&manifests, ads, admin, &state);
     // Static clusters take their secrets from the standalone SDS service (Envoy 1.40
     // crashes when a static cluster names ADS as its SDS source before ADS is up).
-    let (xds_cluster, xds_grpc) = (xds_cluster(ads, &state), xds_grpc(&state, "shop/client"));
+    let (xds_cluster, xds_grpc) = (xds_cluster(&[ads], &state), xds_grpc(&state, "shop/client"));
     let sds = format!(
         "{{ api_config_source: {{ api_type: GRPC, transport_api_version: V3, grpc_services: {xds_grpc} }}, resource_api_version: V3 }}"
     );
@@ -690,16 +690,10 @@ impl Pair {
         let (ng, ndir) = web_app(tag, &format!("127.0.{net}.6"), app, "web $http_host");
         let manifests = dir.path("mesh");
         std::fs::create_dir_all(&manifests).unwrap();
-        std::fs::write(
-            manifests.join("shop.yaml"),
-            format!(
-                "{mesh_config}apiVersion: v1\nkind: Namespace\nmetadata: {{ name: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: client, namespace: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: web, namespace: shop }}\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  selector: {{ app: web }}\n  ports: [{{ name: http, port: 80, targetPort: {app} }}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: client-1, namespace: shop, labels: {{ app: client }} }}\nspec: {{ serviceAccountName: client }}\nstatus: {{ podIP: 127.0.{net}.5 }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: web-1, namespace: shop, labels: {{ app: web }} }}\nspec: {{ serviceAccountName: web }}\nstatus: {{ podIP: 127.0.{net}.6 }}\n"
-            ),
-        )
-        .unwrap();
+        std::fs::write(manifests.join("shop.yaml"), shop(net, app, mesh_config)).unwrap();
         let ctl = run_controller(&manifests, ads, admin, &dir.path("state"));
-        let a = envoy_sidecar(&dir, "client-1.shop", "shop/client", admin_a, ads);
-        let b = envoy_sidecar(&dir, "web-1.shop", "shop/web", admin_b, ads);
+        let a = envoy_sidecar(&dir, "client-1.shop", "shop/client", admin_a, &[ads]);
+        let b = envoy_sidecar(&dir, "web-1.shop", "shop/web", admin_b, &[ads]);
         Pair {
             net,
             a,
@@ -712,6 +706,15 @@ impl Pair {
             admin_b,
         }
     }
+}
+
+/// The pair's manifests: namespace `shop`, accounts `client` and `web`, service `web` (port
+/// 80 → `app`), pods `client-1` (127.0.NET.5) and `web-1` (127.0.NET.6); `mesh_config`
+/// (a manifest and `---`, or empty) first.
+fn shop(net: u8, app: u16, mesh_config: &str) -> String {
+    format!(
+        "{mesh_config}apiVersion: v1\nkind: Namespace\nmetadata: {{ name: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: client, namespace: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: web, namespace: shop }}\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  selector: {{ app: web }}\n  ports: [{{ name: http, port: 80, targetPort: {app} }}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: client-1, namespace: shop, labels: {{ app: client }} }}\nspec: {{ serviceAccountName: client }}\nstatus: {{ podIP: 127.0.{net}.5 }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: web-1, namespace: shop, labels: {{ app: web }} }}\nspec: {{ serviceAccountName: web }}\nstatus: {{ podIP: 127.0.{net}.6 }}\n"
+    )
 }
 
 /// The web workload: nginx on `ip`:`port` answering 200 with `body` (nginx variables
@@ -862,7 +865,7 @@ fn a_root_rotation_with_short_leaves_fails_no_request_under_load() {
 /// An Envoy sidecar for pod node `node` (`<pod>.<ns>`) bootstrapped with nothing but the
 /// controller's ADS address, its trust bundle and a bootstrap token for `account` (`ns/sa`):
 /// every listener, cluster, endpoint and secret comes over ADS.
-fn envoy_sidecar(dir: &TempDir, node: &str, account: &str, admin_port: u16, ads: u16) -> Proc {
+fn envoy_sidecar(dir: &TempDir, node: &str, account: &str, admin_port: u16, ads: &[u16]) -> Proc {
     let state = dir.path("state");
     let (xds_cluster, xds_grpc) = (xds_cluster(ads, &state), xds_grpc(&state, account));
     let bootstrap = dir.write(
@@ -928,9 +931,9 @@ fn strict_mode_enforces_smi_traffic_targets_in_envoy_sidecars() {
     let client_only = "{ kind: ServiceAccount, name: client, namespace: shop }";
     std::fs::write(manifests.join("shop.yaml"), mesh(client_only)).unwrap();
     let ctl = run_controller(&manifests, ads, admin, &dir.path("state"));
-    let client = envoy_sidecar(&dir, "client-1.shop", "shop/client", a1, ads);
-    let thief = envoy_sidecar(&dir, "thief-1.shop", "shop/thief", a2, ads);
-    let web = envoy_sidecar(&dir, "web-1.shop", "shop/web", a3, ads);
+    let client = envoy_sidecar(&dir, "client-1.shop", "shop/client", a1, &[ads]);
+    let thief = envoy_sidecar(&dir, "thief-1.shop", "shop/thief", a2, &[ads]);
+    let web = envoy_sidecar(&dir, "web-1.shop", "shop/web", a3, &[ads]);
     // (status code, body) of a request through the sidecar at `ip`.
     let call = |ip: &str, method: &str, path: &str| {
         let (_, out, _) = common::curl(&[
@@ -1114,9 +1117,9 @@ fn a_traffic_split_through_envoy_sidecars_follows_its_weights() {
     std::fs::write(manifests.join("shop.yaml"), &base).unwrap();
     std::fs::write(manifests.join("split.yaml"), split(80, 20)).unwrap();
     let ctl = run_controller(&manifests, ads, admin, &dir.path("state"));
-    let client = envoy_sidecar(&dir, "client-1.shop", "shop/client", a1, ads);
-    let v1 = envoy_sidecar(&dir, "web-v1-1.shop", "shop/web", a2, ads);
-    let v2 = envoy_sidecar(&dir, "web-v2-1.shop", "shop/web", a3, ads);
+    let client = envoy_sidecar(&dir, "client-1.shop", "shop/client", a1, &[ads]);
+    let v1 = envoy_sidecar(&dir, "web-v1-1.shop", "shop/web", a2, &[ads]);
+    let v2 = envoy_sidecar(&dir, "web-v2-1.shop", "shop/web", a3, &[ads]);
     // `n` requests on one connection through the client's sidecar: (v1, v2) answers.
     let burst = |n: usize| {
         let url = "http://127.0.13.5:15001/";
@@ -1168,13 +1171,19 @@ fn run_controller(manifests: &Path, ads: u16, admin: u16, state: &Path) -> Proc 
 
 /// `flowgate-controller run --source SOURCE`, up when this returns.
 fn run_controller_from(source: &str, ads: u16, admin: u16, state: &Path) -> Proc {
+    run_controller_with(source, ads, admin, state, &[])
+}
+
+/// `flowgate-controller run --source SOURCE` with `extra` arguments, up when this returns.
+fn run_controller_with(source: &str, ads: u16, admin: u16, state: &Path, extra: &[String]) -> Proc {
     let mut ctl = daemon(
         Command::new(env!("CARGO_BIN_EXE_flowgate-controller"))
             .args(["run", "--source", source])
             .args(["--listen", &format!("127.0.0.1:{ads}")])
             .args(["--admin", &format!("127.0.0.1:{admin}")])
             .arg("--state")
-            .arg(state),
+            .arg(state)
+            .args(extra),
         "flowgate-controller",
     );
     ctl.wait_port(ads);
@@ -1189,15 +1198,20 @@ fn run_controller_from(source: &str, ads: u16, admin: u16, state: &Path) -> Proc
 
 /// An Envoy bootstrap's `xds` cluster: the controller's port over TLS (HTTP/2), the
 /// controller's certificate checked against the state directory's trust bundle and its
-/// SPIFFE ID.
-fn xds_cluster(ads: u16, state: &Path) -> String {
+/// SPIFFE ID. With several ports (replicas), Envoy takes them in turn when a stream fails.
+fn xds_cluster(ads: &[u16], state: &Path) -> String {
+    let endpoints: Vec<String> = ads
+        .iter()
+        .map(|p| format!("{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }} }} }}"))
+        .collect();
+    let endpoints = endpoints.join(", ");
     format!(
         r#"  - name: xds
     type: STATIC
     connect_timeout: 1s
     load_assignment:
       cluster_name: xds
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {ads} }} }} }} }}] }}]
+      endpoints: [{{ lb_endpoints: [{endpoints}] }}]
     typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
@@ -1286,4 +1300,189 @@ fn run_takes_its_mesh_from_etcd() {
     let (code, _, err) = controller(&["run", "--source", "consul:x"]);
     assert_eq!(code, 2);
     assert!(err.contains("etcd:HOST:PORT"), "{err}");
+}
+
+/// The admin endpoint's `/status`, parsed.
+fn status_of(admin: u16) -> serde_json::Value {
+    let (_, body, _) =
+        common::curl(&["-s", "-m", "2", &format!("http://127.0.0.1:{admin}/status")]);
+    serde_json::from_str(&body).unwrap_or_default()
+}
+
+/// The versions proxy `node` ACKed, per type, as the controller at `admin` saw them, if it
+/// is connected there.
+fn acked(admin: u16, node: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    let status = status_of(admin);
+    let proxy = status["proxies"]
+        .as_array()?
+        .iter()
+        .find(|p| p["node"] == node && p["connected"] == true)?
+        .clone();
+    Some(
+        proxy["types"]
+            .as_object()?
+            .iter()
+            .map(|(t, s)| {
+                (
+                    t.clone(),
+                    s["acked"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Two controller replicas on one etcd (the mesh and the shared CA both there, sealed with
+/// one key file): they hand out one trust bundle and one token key; an Envoy pair listing
+/// both connects to either; stopping the replica the client's sidecar is on moves it to the
+/// other, which serves it the same versions of everything (the same certificate: nothing is
+/// issued again), while requests cross the pair without one failing.
+#[test]
+fn two_replicas_on_one_etcd_take_over_each_others_proxies_without_a_failed_request() {
+    if !common::peers(&["envoy", "nginx", "curl", "etcd"]) {
+        return;
+    }
+    let net = 14;
+    let etcd = flowgate_pipeline::testing::Etcd::start("controller-replicas");
+    let dir = TempDir::new("controller-replicas");
+    let (app, ads1, ads2, admin1, admin2, admin_a, admin_b) = (
+        reserve_port(),
+        reserve_port(),
+        reserve_port(),
+        reserve_port(),
+        reserve_port(),
+        reserve_port(),
+        reserve_port(),
+    );
+    let _web = web_app(
+        "controller-replicas",
+        &format!("127.0.{net}.6"),
+        app,
+        "web $http_host",
+    );
+    let client = flowgate::lb::discovery::EtcdClient::new(etcd.client, Duration::from_secs(2));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(client.put(b"/mesh/shop.yaml", shop(net, app, "").as_bytes()))
+        .unwrap();
+    let key = dir.write(
+        "shared.key",
+        "0123456789abcdef0123456789abcdef-test-only-key",
+    );
+    let replica = |ads: u16, admin: u16, state: &str| {
+        run_controller_with(
+            &format!("etcd:{}/mesh/", etcd.client),
+            ads,
+            admin,
+            &dir.path(state),
+            &[
+                "--shared".into(),
+                format!("etcd:{}/flowgate/controller/", etcd.client),
+                "--shared-key".into(),
+                key.display().to_string(),
+            ],
+        )
+    };
+    // The first replica's state is `state`, where the sidecars' bootstraps read from.
+    let mut ctl1 = Some(replica(ads1, admin1, "state"));
+    let mut ctl2 = Some(replica(ads2, admin2, "state-2"));
+    let read =
+        |state: &str, file: &str| std::fs::read_to_string(dir.path(state).join(file)).unwrap();
+    assert_eq!(
+        read("state", "ca.pem"),
+        read("state-2", "ca.pem"),
+        "one trust bundle"
+    );
+    assert_eq!(
+        read("state", "token.key"),
+        read("state-2", "token.key"),
+        "one token key"
+    );
+
+    let _a = envoy_sidecar(&dir, "client-1.shop", "shop/client", admin_a, &[ads1, ads2]);
+    let _b = envoy_sidecar(&dir, "web-1.shop", "shop/web", admin_b, &[ads2, ads1]);
+    let stderr = |c: &Option<Proc>| c.as_ref().map(Proc::stderr_so_far).unwrap_or_default();
+    assert!(
+        common::wait_until(Duration::from_secs(30), || through_pair(net).is_ok()),
+        "no answer through the sidecars: {:?}; replica 1: {}; replica 2: {}",
+        through_pair(net),
+        stderr(&ctl1),
+        stderr(&ctl2)
+    );
+    // Where the client's sidecar is, and what it holds there.
+    let on = |admin: u16| acked(admin, "client-1.shop");
+    assert!(
+        common::wait_until(Duration::from_secs(10), || on(admin1)
+            .or(on(admin2))
+            .is_some_and(|v| v.len() >= 4 && v.values().all(|a| !a.is_empty()))),
+        "{} / {}",
+        status_of(admin1),
+        status_of(admin2)
+    );
+    let (victim, survivor) = if on(admin1).is_some() {
+        (1, admin2)
+    } else {
+        (2, admin1)
+    };
+    let before = on(if victim == 1 { admin1 } else { admin2 }).unwrap();
+    let (certs_before, _) = envoy_certs(admin_a);
+    let issued_before = status_of(survivor)["mesh"]["leaves_issued"]
+        .as_u64()
+        .unwrap();
+
+    // Twenty seconds of requests; the client's replica stops five seconds in.
+    let start = Instant::now();
+    let (mut ok, mut failed) = (0u32, Vec::new());
+    while start.elapsed() < Duration::from_secs(20) {
+        let tick = Instant::now();
+        match through_pair(net) {
+            Ok(body) if body == "web web.shop" => ok += 1,
+            Ok(body) => failed.push(format!("{:.1}s: {body}", start.elapsed().as_secs_f64())),
+            Err(e) => failed.push(format!("{:.1}s: {e}", start.elapsed().as_secs_f64())),
+        }
+        if start.elapsed() >= Duration::from_secs(5) {
+            let gone = if victim == 1 {
+                ctl1.take()
+            } else {
+                ctl2.take()
+            };
+            if let Some(p) = gone {
+                p.stop();
+            }
+        }
+        if let Some(left) = Duration::from_millis(50).checked_sub(tick.elapsed()) {
+            std::thread::sleep(left);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(20)]
+    );
+    assert!(ok >= 200, "only {ok} requests in 20 s");
+    // The client's sidecar moved to the survivor, which serves it the same versions.
+    assert!(
+        common::wait_until(Duration::from_secs(20), || acked(survivor, "client-1.shop")
+            .is_some_and(|after| before.iter().all(|(t, v)| after.get(t) == Some(v)))),
+        "before: {before:?}; after: {:?}; survivor: {}; {}",
+        acked(survivor, "client-1.shop"),
+        status_of(survivor),
+        stderr(if victim == 1 { &ctl2 } else { &ctl1 })
+    );
+    assert_eq!(
+        status_of(survivor)["mesh"]["leaves_issued"]
+            .as_u64()
+            .unwrap(),
+        issued_before,
+        "the survivor issued no leaf for the proxies it took over"
+    );
+    let (certs_after, _) = envoy_certs(admin_a);
+    assert_eq!(
+        certs_after, certs_before,
+        "the client's sidecar kept its certificate"
+    );
 }

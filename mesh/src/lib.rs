@@ -38,8 +38,9 @@
 //! port where callers prove their service account by mesh certificate or bootstrap token
 //! and get only their own pods' secrets ([`xds::auth`]).
 //!
-//! Sources: a watched directory ([`DirSource`]) and etcd v3 ([`EtcdSource`]). Not built
-//! yet (issue 14): traffic capture, the Kubernetes source.
+//! Sources: a watched directory ([`DirSource`]) and etcd v3 ([`EtcdSource`]). Controller
+//! replicas share the CA, the token key and the leaves through etcd ([`replica`]). Not
+//! built yet (issue 14): traffic capture, the Kubernetes source.
 
 #![forbid(unsafe_code)]
 

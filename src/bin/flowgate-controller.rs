@@ -7,6 +7,9 @@
 //!                         [--server-name NAME]   names in the controller's certificate
 //!                         [--admin ADDR]         GET /status as JSON (default 127.0.0.1:15000)
 //!                         [--state DIR]          CA root, trust bundle `ca.pem`, token key
+//!                         [--shared etcd:HOST:PORT/PREFIX --shared-key FILE]
+//!                                                one of several replicas: CA, token key and
+//!                                                leaves shared in etcd, sealed with FILE
 //! flowgate-controller status [--admin ADDR]      each proxy's ACKed/NACKed versions, the
 //!                                                manifests' errors
 //! flowgate-controller check PATH                 validate a manifest directory (or file):
@@ -83,6 +86,17 @@ enum Command {
         /// first use), the trust bundle it writes (`ca.pem`) and the token key.
         #[arg(long, default_value = ".flowgate-controller")]
         state: PathBuf,
+        /// Run as one of several replicas: `etcd:HOST:PORT[/PREFIX]` (default prefix
+        /// `/flowgate/controller/`) holds the CA's roots, the token key and every service
+        /// account's leaf, encrypted with `--shared-key`, so every replica serves the same
+        /// certificates and a proxy can move between them. Each replica keeps its own state
+        /// directory (a copy, for `token` and `certificate`).
+        #[arg(long, requires = "shared_key")]
+        shared: Option<String>,
+        /// The file (at least 32 random bytes) every replica holds; the records in etcd are
+        /// sealed with a key derived from it.
+        #[arg(long)]
+        shared_key: Option<PathBuf>,
     },
     /// Print the running controller's status: the mesh version and its manifest errors, and
     /// per proxy and type the versions sent, ACKed and NACKed (with the reason).
@@ -170,6 +184,8 @@ struct MeshStatus {
     errors: Vec<String>,
     /// Per pod's node id: when the leaf it is served over SDS expires.
     leaf_expiry: std::collections::BTreeMap<String, SystemTime>,
+    /// How many sidecar leaves this controller issued since it started.
+    leaves_issued: u64,
 }
 
 /// The status document: the mesh and every proxy.
@@ -208,7 +224,7 @@ fn status_json(mesh: &MeshStatus, proxies: &[flowgate::mesh::xds::ProxyStatus]) 
         })
         .collect();
     serde_json::json!({
-        "mesh": {"version": mesh.version, "errors": mesh.errors},
+        "mesh": {"version": mesh.version, "errors": mesh.errors, "leaves_issued": mesh.leaves_issued},
         "proxies": proxies,
     })
     .to_string()
@@ -479,6 +495,8 @@ struct RunOptions {
     admin: std::net::SocketAddr,
     state: PathBuf,
     server_names: Vec<String>,
+    /// The shared store (`etcd:…`) and its key file, when run as one of several replicas.
+    shared: Option<(String, PathBuf)>,
 }
 
 /// The source `--source` names: `dir:PATH`, or `etcd:HOST:PORT[/PREFIX]` (an
@@ -492,21 +510,282 @@ fn open_source(spec: &str) -> Result<Box<dyn flowgate::mesh::Source>, String> {
         ));
     }
     if let Some(rest) = spec.strip_prefix("etcd:") {
-        let rest = rest.strip_prefix("http://").unwrap_or(rest);
-        let (addr, prefix) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/flowgate/mesh/"),
-        };
-        use std::net::ToSocketAddrs;
-        let addr = addr
-            .to_socket_addrs()
-            .map_err(|e| format!("etcd address `{addr}`: {e}"))?
-            .next()
-            .ok_or_else(|| format!("etcd address `{addr}` resolves to nothing"))?;
-        let client = flowgate::lb::discovery::EtcdClient::new(addr, Duration::from_secs(5));
+        let (client, prefix) = etcd_at(rest, "/flowgate/mesh/")?;
         return Ok(Box::new(EtcdSource::new(client, prefix)));
     }
     Err("expected `dir:PATH` or `etcd:HOST:PORT[/PREFIX]`".into())
+}
+
+/// An etcd client and key prefix from `[http://]HOST:PORT[/PREFIX]`.
+fn etcd_at(
+    spec: &str,
+    default_prefix: &str,
+) -> Result<(flowgate::lb::discovery::EtcdClient, String), String> {
+    use std::net::ToSocketAddrs;
+    let rest = spec.strip_prefix("http://").unwrap_or(spec);
+    let (addr, prefix) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, default_prefix),
+    };
+    let addr = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("etcd address `{addr}`: {e}"))?
+        .next()
+        .ok_or_else(|| format!("etcd address `{addr}` resolves to nothing"))?;
+    Ok((
+        flowgate::lb::discovery::EtcdClient::new(addr, Duration::from_secs(5)),
+        prefix.to_string(),
+    ))
+}
+
+/// The shared store `--shared etcd:…` names, sealed with the key in `key_file`.
+fn open_shared(
+    spec: &str,
+    key_file: &Path,
+) -> Result<flowgate::mesh::replica::SharedStore, String> {
+    use flowgate::mesh::replica::{SealKey, SharedStore};
+    let rest = spec
+        .strip_prefix("etcd:")
+        .ok_or("expected `etcd:HOST:PORT[/PREFIX]`")?;
+    let (client, prefix) = etcd_at(rest, "/flowgate/controller/")?;
+    let key = SealKey::from_file(key_file).map_err(|e| e.to_string())?;
+    Ok(SharedStore::new(client, prefix, key))
+}
+
+/// Retries `op` (with a capped backoff, each failure logged) until it succeeds or fails
+/// for good: etcd may come up after the controller. A record that does not open is for
+/// good.
+async fn until_reachable<T, F, Fut>(what: &str, mut op: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, flowgate::mesh::replica::ReplicaError>>,
+{
+    use flowgate::mesh::replica::ReplicaError;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(ReplicaError::Etcd(e)) => {
+                tracing::warn!("{what}: etcd: {e}; trying again in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(format!("{what}: {e}")),
+        }
+    }
+}
+
+/// With replicas: the shared store and the revisions of its records this replica holds.
+struct Shared {
+    store: std::sync::Arc<flowgate::mesh::replica::SharedStore>,
+    ca_revision: i64,
+    leaf_revisions: std::collections::BTreeMap<flowgate::mesh::ca::SpiffeId, i64>,
+}
+
+/// The CA and the leaves it issued, kept in the shared store when there is one.
+struct Authority {
+    ca: std::sync::Arc<flowgate::mesh::ca::Ca>,
+    leaves: flowgate::mesh::xds::compile::Leaves,
+    shared: Option<Shared>,
+}
+
+impl Authority {
+    /// Makes `next` the CA. With replicas it is written to the shared store first; if
+    /// another replica changed the CA since, that one is taken instead. Returns whether the
+    /// CA changed.
+    async fn change_ca(&mut self, next: flowgate::mesh::ca::Ca) -> bool {
+        use flowgate::mesh::ca::Ca;
+        let mut next = next;
+        if let Some(shared) = &mut self.shared {
+            let record = next.export();
+            if record != self.ca.export() {
+                match shared.store.put_ca(&record, shared.ca_revision).await {
+                    Ok(Ok(rev)) => shared.ca_revision = rev,
+                    Ok(Err(Some(theirs))) => {
+                        match Ca::import(&theirs.value, next.leaf_validity()) {
+                            Ok(ca) => {
+                                tracing::info!(
+                                    "another replica changed the CA first; taking its change"
+                                );
+                                shared.ca_revision = theirs.mod_revision;
+                                next = ca;
+                            }
+                            Err(e) => {
+                                tracing::error!("the shared CA: {e}; keeping this one");
+                                return false;
+                            }
+                        }
+                    }
+                    Ok(Err(None)) => {
+                        tracing::error!("the shared CA record was deleted; keeping this one");
+                        return false;
+                    }
+                    Err(e) => {
+                        tracing::error!("writing the CA to the shared store: {e}; not changed");
+                        return false;
+                    }
+                }
+            }
+        }
+        self.ca = std::sync::Arc::new(next);
+        true
+    }
+
+    /// Takes what other replicas wrote; returns (the CA changed, anything changed).
+    fn apply(&mut self, changes: Vec<flowgate::mesh::replica::Change>) -> (bool, bool) {
+        use flowgate::mesh::ca::Ca;
+        use flowgate::mesh::replica::Change;
+        let Some(shared) = &mut self.shared else {
+            return (false, false);
+        };
+        let (mut ca_changed, mut any) = (false, false);
+        for change in changes {
+            match change {
+                Change::Ca(stored) if stored.mod_revision > shared.ca_revision => {
+                    shared.ca_revision = stored.mod_revision;
+                    if stored.value == self.ca.export() {
+                        continue;
+                    }
+                    match Ca::import(&stored.value, self.ca.leaf_validity()) {
+                        Ok(ca) => {
+                            tracing::info!("the CA changed in the shared store; taking it");
+                            self.ca = std::sync::Arc::new(ca);
+                            (ca_changed, any) = (true, true);
+                        }
+                        Err(e) => tracing::error!("the shared CA: {e}; keeping this one"),
+                    }
+                }
+                Change::Leaf(id, stored)
+                    if stored.mod_revision
+                        > shared.leaf_revisions.get(&id).copied().unwrap_or(0) =>
+                {
+                    shared
+                        .leaf_revisions
+                        .insert(id.clone(), stored.mod_revision);
+                    let same = self
+                        .leaves
+                        .leaf(&id)
+                        .is_some_and(|l| l.issued.cert_pem == stored.value.cert_pem);
+                    if !same {
+                        match stored.value.leaf() {
+                            Ok(leaf) => {
+                                self.leaves.adopt(id, leaf);
+                                any = true;
+                            }
+                            Err(e) => tracing::error!("the shared leaf of {id}: {e}"),
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        (ca_changed, any)
+    }
+
+    /// The snapshot of `mesh`. With replicas, leaves issued for it are written to the
+    /// shared store before it is served; where another replica's leaf came first, that one
+    /// is taken and the snapshot made again.
+    async fn compile(
+        &mut self,
+        mesh: &MeshState,
+        status: &std::sync::Mutex<MeshStatus>,
+    ) -> flowgate::mesh::xds::Snapshot {
+        use flowgate::mesh::replica::LeafRecord;
+        let mut tries = 0;
+        loop {
+            let snap = snapshot(mesh, &self.ca, &mut self.leaves, status);
+            status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .leaves_issued = self.leaves.issued_count();
+            let Some(shared) = &mut self.shared else {
+                return snap;
+            };
+            let mut lost = false;
+            for id in self.leaves.take_fresh() {
+                let Some(record) = self.leaves.leaf(&id).and_then(LeafRecord::of) else {
+                    continue;
+                };
+                let expected = shared.leaf_revisions.get(&id).copied().unwrap_or(0);
+                match shared.store.put_leaf(&id, &record, expected).await {
+                    Ok(Ok(rev)) => {
+                        shared.leaf_revisions.insert(id, rev);
+                    }
+                    Ok(Err(Some(theirs))) => match theirs.value.leaf() {
+                        Ok(leaf) => {
+                            shared
+                                .leaf_revisions
+                                .insert(id.clone(), theirs.mod_revision);
+                            self.leaves.adopt(id, leaf);
+                            lost = true;
+                        }
+                        Err(e) => tracing::error!("the shared leaf of {id}: {e}"),
+                    },
+                    // Deleted meanwhile: written again next time.
+                    Ok(Err(None)) => {
+                        shared.leaf_revisions.remove(&id);
+                    }
+                    Err(e) => tracing::error!(
+                        "sharing the leaf of {id}: {e}; served, but only by this replica"
+                    ),
+                }
+            }
+            tries += 1;
+            if !lost || tries >= 3 {
+                return snap;
+            }
+        }
+    }
+}
+
+/// Follows the shared store from `revision` on, handing each batch of changes over; after
+/// a broken or compacted watch, lists everything again.
+async fn follow_shared(
+    store: std::sync::Arc<flowgate::mesh::replica::SharedStore>,
+    mut revision: i64,
+    tx: tokio::sync::mpsc::Sender<Vec<flowgate::mesh::replica::Change>>,
+) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        if revision == 0 {
+            match store.list().await {
+                Ok((rev, changes)) => {
+                    if tx.send(changes).await.is_err() {
+                        return;
+                    }
+                    revision = rev + 1;
+                }
+                Err(e) => {
+                    tracing::warn!("the shared store: {e}; trying again in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        }
+        match store.watch(revision).await {
+            Ok(mut watch) => loop {
+                match watch.next().await {
+                    Ok(Some(changes)) => {
+                        backoff = Duration::from_millis(250);
+                        if !changes.is_empty() && tx.send(changes).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!("watching the shared store: {e}");
+                        break;
+                    }
+                }
+            },
+            Err(e) => tracing::warn!("watching the shared store: {e}"),
+        }
+        // Start over from a full list: what was missed is in it.
+        revision = 0;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// `run`: the source feeds snapshots to the ADS server, served over TLS.
@@ -524,7 +803,18 @@ fn run(opts: RunOptions) -> ExitCode {
         admin: admin_at,
         state,
         mut server_names,
+        shared,
     } = opts;
+    let shared = match shared
+        .map(|(spec, key)| open_shared(&spec, &key))
+        .transpose()
+    {
+        Ok(s) => s.map(Arc::new),
+        Err(e) => {
+            eprintln!("error: --shared: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut src = match open_source(&source) {
         Ok(s) => s,
         Err(e) => {
@@ -534,7 +824,7 @@ fn run(opts: RunOptions) -> ExitCode {
     };
     server_names.push(listen.ip().to_string());
     let tokens = match TokenKey::load_or_generate(&state.join("token.key")) {
-        Ok(k) => Arc::new(k),
+        Ok(k) => k,
         Err(e) => {
             eprintln!("error: the token key in {}: {e}", state.display());
             return ExitCode::from(2);
@@ -565,7 +855,28 @@ fn run(opts: RunOptions) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let auth = Arc::new(Authenticator::new(tokens));
+        // With replicas, every one signs tokens with the key in the shared store (the first
+        // replica's), copied to the state directory for `token`.
+        let tokens = match &shared {
+            Some(store) => {
+                let mine = tokens.to_bytes();
+                match until_reachable("the shared token key", || store.token_key_or_create(|| mine)).await {
+                    Ok(raw) => {
+                        let key = TokenKey::from_bytes(raw);
+                        if let Err(e) = key.save(&state.join("token.key")) {
+                            tracing::error!("{e}");
+                        }
+                        key
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            None => tokens,
+        };
+        let auth = Arc::new(Authenticator::new(Arc::new(tokens)));
         let (server, snapshots) = AdsServer::new();
         let server = server.with_authenticator(auth.clone());
         let mesh_status = Arc::new(std::sync::Mutex::new(MeshStatus::default()));
@@ -622,17 +933,59 @@ fn run(opts: RunOptions) -> ExitCode {
             }
         };
         let cert = &first.mesh_config.certificate;
-        let mut ca = match Ca::load_or_generate(
-            &state,
-            &cert.trust_domain,
-            cert.service_cert_validity_duration,
-        ) {
-            Ok(c) => Arc::new(c),
+        let (td, validity) = (cert.trust_domain.clone(), cert.service_cert_validity_duration);
+        let local = || Ca::load_or_generate(&state, &td, validity);
+        // With replicas, the CA is the shared store's (this replica's, if it is the first),
+        // and so are the leaves the others issued.
+        let loaded = match &shared {
+            Some(store) => {
+                let record = until_reachable("the shared CA", || {
+                    store.ca_or_create(|| local().map(|ca| ca.export()))
+                })
+                .await;
+                let ca = record.and_then(|r| {
+                    Ca::import(&r.value, validity)
+                        .map(|ca| (ca, r.mod_revision))
+                        .map_err(|e| e.to_string())
+                });
+                let listed = until_reachable("the shared leaves", || store.list()).await;
+                match (ca, listed) {
+                    (Ok((ca, rev)), Ok((revision, changes))) => {
+                        if let Err(e) = ca.save(&state) {
+                            tracing::error!("saving the CA's roots: {e}");
+                        }
+                        Ok((ca, Some((rev, revision, changes))))
+                    }
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                }
+            }
+            None => local().map(|ca| (ca, None)).map_err(|e| e.to_string()),
+        };
+        let (ca, listed) = match loaded {
+            Ok(c) => c,
             Err(e) => {
                 eprintln!("error: the certificate authority: {e}");
                 return ExitCode::from(2);
             }
         };
+        let mut authority = Authority {
+            ca: Arc::new(ca),
+            leaves: Leaves::default(),
+            shared: None,
+        };
+        let (shared_tx, mut shared_rx) = tokio::sync::mpsc::channel(16);
+        if let (Some(store), Some((ca_revision, revision, changes))) = (&shared, listed) {
+            authority.shared = Some(Shared {
+                store: store.clone(),
+                ca_revision,
+                leaf_revisions: Default::default(),
+            });
+            authority.apply(changes);
+            tokio::spawn(follow_shared(store.clone(), revision + 1, shared_tx));
+        } else {
+            drop(shared_tx);
+        }
+        let ca = authority.ca.clone();
         write_bundle(&state, &ca);
         let mut current = match server_cert(&ca, &server_names) {
             Ok(c) => c,
@@ -646,9 +999,8 @@ fn run(opts: RunOptions) -> ExitCode {
         // (`flowgate-controller token`, same state directory) or their mesh certificate.
         let shared_ca: SharedCa = Arc::new(std::sync::RwLock::new(Some(ca.clone())));
         let certs = CertService::new(shared_ca.clone(), auth);
-        let mut leaves = Leaves::default();
         if snapshots
-            .send(Arc::new(snapshot(&first, &ca, &mut leaves, &leaf_status)))
+            .send(Arc::new(authority.compile(&first, &leaf_status).await))
             .is_err()
         {
             return ExitCode::FAILURE;
@@ -658,16 +1010,18 @@ fn run(opts: RunOptions) -> ExitCode {
             // Leaves are renewed at half their life: rebuild the snapshot now and then.
             let mut renew = tokio::time::interval(Duration::from_secs(30));
             renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            // A root rotation in progress: when its staged root starts signing, and the
-            // overlap the old root then gets.
-            let mut promote: Option<(tokio::time::Instant, Duration)> = None;
             let mut last_compiled = tokio::time::Instant::now();
             loop {
-                // A changed CA (rotation, pruning): saved, its bundle written, the
-                // controller's own certificate re-issued and its trust updated.
+                // A CA change made here (rotation, pruning, a new leaf lifetime): saved, its
+                // bundle written, the controller's own certificate re-issued and its trust
+                // updated.
                 let mut changed_ca: Option<Ca> = None;
+                // The CA changed in the shared store (another replica's change).
+                let mut adopted_ca = false;
                 // The controller's own certificate is due (half its life, or a new CA).
                 let mut reissue = false;
+                // A staged root's promotion, kept with the roots.
+                let promotion = authority.ca.promotion();
                 tokio::select! {
                     Some(update) = updates.recv() => {
                         // Changes in quick succession (a burst of etcd puts) are compiled
@@ -692,14 +1046,15 @@ fn run(opts: RunOptions) -> ExitCode {
                         }
                         // A new leaf lifetime in the MeshConfig: every leaf again.
                         let wanted = &last.mesh_config.certificate;
+                        let ca = &authority.ca;
                         if wanted.service_cert_validity_duration != ca.leaf_validity() {
-                            let mut next = (*ca).clone();
+                            let mut next = (**ca).clone();
                             next.set_leaf_validity(wanted.service_cert_validity_duration);
                             tracing::info!(
                                 "leaf lifetime now {} s; every leaf is issued again",
                                 wanted.service_cert_validity_duration.as_secs()
                             );
-                            leaves = Leaves::default();
+                            authority.leaves.clear();
                             changed_ca = Some(next);
                         }
                         if !wanted.trust_domain.eq_ignore_ascii_case(ca.trust_domain()) {
@@ -710,42 +1065,51 @@ fn run(opts: RunOptions) -> ExitCode {
                             );
                         }
                     }
+                    Some(changes) = shared_rx.recv() => {
+                        let (ca_changed, any) = authority.apply(changes);
+                        if !any {
+                            continue;
+                        }
+                        adopted_ca = ca_changed;
+                    }
                     Some(overlap) = rotate_rx.recv() => {
-                        let mut next = (*ca).clone();
+                        let mut next = (*authority.ca).clone();
                         match next.stage_root() {
                             Ok(_) => {
                                 tracing::info!(
                                     "root rotation: a new root is trusted; it signs in {} s",
                                     ROOT_PROPAGATION.as_secs()
                                 );
-                                promote = Some((tokio::time::Instant::now() + ROOT_PROPAGATION, overlap));
+                                next.schedule_promotion(SystemTime::now() + ROOT_PROPAGATION, overlap);
                                 changed_ca = Some(next);
                             }
                             Err(e) => tracing::error!("root rotation: {e}"),
                         }
                     }
                     () = async {
-                        match promote {
-                            Some((at, _)) => tokio::time::sleep_until(at).await,
+                        match promotion {
+                            Some((at, _)) => {
+                                let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+                                tokio::time::sleep(wait).await;
+                            }
                             None => std::future::pending().await,
                         }
                     } => {
-                        let overlap = promote.take().map_or(Duration::ZERO, |(_, o)| o);
-                        let mut next = (*ca).clone();
+                        let overlap = promotion.map_or(Duration::ZERO, |(_, o)| o);
+                        let mut next = (*authority.ca).clone();
                         if next.promote(overlap) {
                             tracing::info!(
                                 "root rotation: the new root signs; the old one is trusted for {} s more",
                                 overlap.as_secs()
                             );
-                            // Every leaf again, from the new root.
-                            leaves = Leaves::default();
+                            // Every leaf is issued again from the new root.
                             changed_ca = Some(next);
                         }
                     }
                     _ = renew.tick() => {
                         let now = SystemTime::now();
-                        if ca.next_retirement().is_some_and(|t| t <= now) {
-                            let mut next = (*ca).clone();
+                        if authority.ca.next_retirement().is_some_and(|t| t <= now) {
+                            let mut next = (*authority.ca).clone();
                             let n = next.prune(now);
                             tracing::info!("root rotation: {n} old root(s) no longer trusted");
                             changed_ca = Some(next);
@@ -755,16 +1119,19 @@ fn run(opts: RunOptions) -> ExitCode {
                     }
                 }
                 if let Some(next) = changed_ca {
-                    if let Err(e) = next.save(&state) {
+                    adopted_ca |= authority.change_ca(next).await;
+                }
+                if adopted_ca {
+                    let ca = &authority.ca;
+                    if let Err(e) = ca.save(&state) {
                         tracing::error!("saving the CA's roots: {e}");
                     }
-                    write_bundle(&state, &next);
-                    ca = Arc::new(next);
+                    write_bundle(&state, ca);
                     *shared_ca.write().unwrap_or_else(|p| p.into_inner()) = Some(ca.clone());
                     reissue = true;
                 }
                 if reissue {
-                    match server_cert(&ca, &server_names) {
+                    match server_cert(&authority.ca, &server_names) {
                         Ok(c) => {
                             current = c;
                             let _ = tls_tx.send(current.config.clone());
@@ -773,10 +1140,8 @@ fn run(opts: RunOptions) -> ExitCode {
                     }
                 }
                 last_compiled = tokio::time::Instant::now();
-                if snapshots
-                    .send(Arc::new(snapshot(&last, &ca, &mut leaves, &leaf_status)))
-                    .is_err()
-                {
+                let snap = authority.compile(&last, &leaf_status).await;
+                if snapshots.send(Arc::new(snap)).is_err() {
                     break;
                 }
             }
@@ -877,12 +1242,15 @@ fn main() -> ExitCode {
             server_names,
             admin,
             state,
+            shared,
+            shared_key,
         } => run(RunOptions {
             source,
             listen,
             admin,
             state,
             server_names,
+            shared: shared.zip(shared_key),
         }),
         Command::Certificate {
             account,

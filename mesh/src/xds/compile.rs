@@ -983,6 +983,12 @@ impl Leaves {
         std::mem::take(&mut self.fresh).into_iter().collect()
     }
 
+    /// Forgets every leaf (each is issued again when next asked for), keeping the count.
+    pub fn clear(&mut self) {
+        self.issued.clear();
+        self.fresh.clear();
+    }
+
     /// How many leaves were issued here in all.
     pub fn issued_count(&self) -> u64 {
         self.count
