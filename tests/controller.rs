@@ -921,11 +921,14 @@ fn strict_mode_enforces_smi_traffic_targets_in_envoy_sidecars() {
         app,
         "web $request_method $uri",
     );
+    // The web pod also serves a TCP port (`db`): it writes `db` and closes.
+    let (db, db_app) = (reserve_port(), reserve_port());
+    let _db = TcpBanner::start(&format!("127.0.12.6:{db_app}"), b"db\n");
     let manifests = dir.path("mesh");
     std::fs::create_dir_all(&manifests).unwrap();
     let mesh = |sources: &str| {
         format!(
-            "apiVersion: config.flowgate.io/v1alpha1\nkind: MeshConfig\nmetadata: {{ name: mesh }}\nspec: {{ traffic: {{ enablePermissiveTrafficPolicyMode: false }} }}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{ name: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: client, namespace: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: thief, namespace: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: web, namespace: shop }}\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  selector: {{ app: web }}\n  ports: [{{ name: http, port: 80, targetPort: {app} }}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: client-1, namespace: shop, labels: {{ app: client }} }}\nspec: {{ serviceAccountName: client }}\nstatus: {{ podIP: 127.0.12.5 }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: thief-1, namespace: shop, labels: {{ app: thief }} }}\nspec: {{ serviceAccountName: thief }}\nstatus: {{ podIP: 127.0.12.7 }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: web-1, namespace: shop, labels: {{ app: web }} }}\nspec: {{ serviceAccountName: web }}\nstatus: {{ podIP: 127.0.12.6 }}\n---\napiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {{ name: web-routes, namespace: shop }}\nspec:\n  matches:\n    - {{ name: allowed, pathRegex: /allowed, methods: [GET] }}\n---\napiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  destination: {{ kind: ServiceAccount, name: web, namespace: shop }}\n  rules: [{{ kind: HTTPRouteGroup, name: web-routes, matches: [allowed] }}]\n  sources: [{sources}]\n"
+            "apiVersion: config.flowgate.io/v1alpha1\nkind: MeshConfig\nmetadata: {{ name: mesh }}\nspec: {{ traffic: {{ enablePermissiveTrafficPolicyMode: false }} }}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{ name: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: client, namespace: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: thief, namespace: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: web, namespace: shop }}\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  selector: {{ app: web }}\n  ports: [{{ name: http, port: 80, targetPort: {app} }}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: client-1, namespace: shop, labels: {{ app: client }} }}\nspec: {{ serviceAccountName: client }}\nstatus: {{ podIP: 127.0.12.5 }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: thief-1, namespace: shop, labels: {{ app: thief }} }}\nspec: {{ serviceAccountName: thief }}\nstatus: {{ podIP: 127.0.12.7 }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: web-1, namespace: shop, labels: {{ app: web }} }}\nspec: {{ serviceAccountName: web }}\nstatus: {{ podIP: 127.0.12.6 }}\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: db, namespace: shop }}\nspec:\n  selector: {{ app: web }}\n  ports: [{{ name: tcp-db, port: {db}, targetPort: {db_app} }}]\n---\napiVersion: specs.smi-spec.io/v1alpha4\nkind: TCPRoute\nmetadata: {{ name: db, namespace: shop }}\nspec: {{ matches: {{ ports: [{db}] }} }}\n---\napiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {{ name: db, namespace: shop }}\nspec:\n  destination: {{ kind: ServiceAccount, name: web, namespace: shop }}\n  rules: [{{ kind: TCPRoute, name: db }}]\n  sources: [{{ kind: ServiceAccount, name: client, namespace: shop }}]\n---\napiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {{ name: web-routes, namespace: shop }}\nspec:\n  matches:\n    - {{ name: allowed, pathRegex: /allowed, methods: [GET] }}\n---\napiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  destination: {{ kind: ServiceAccount, name: web, namespace: shop }}\n  rules: [{{ kind: HTTPRouteGroup, name: web-routes, matches: [allowed] }}]\n  sources: [{sources}]\n"
         )
     };
     let client_only = "{ kind: ServiceAccount, name: client, namespace: shop }";
@@ -1025,6 +1028,18 @@ fn strict_mode_enforces_smi_traffic_targets_in_envoy_sidecars() {
     };
     assert_eq!(direct("shop/thief"), "403");
     assert_eq!(direct("shop/client"), "200");
+    // TCP: the client's TrafficTarget has a TCPRoute for db's port — its sidecar's
+    // `127.0.12.5:<db>` reaches the workload over mTLS; the thief's sidecar has no cluster
+    // for db and closes the connection.
+    let db_from = |ip: &str| tcp_read(&format!("{ip}:{db}"));
+    assert!(
+        common::wait_until(Duration::from_secs(10), || db_from("127.0.12.5").as_deref()
+            == Ok("db\n")),
+        "the client never reached db: {:?}; web listeners: {}",
+        db_from("127.0.12.5"),
+        common::curl(&["-s", &format!("http://127.0.0.1:{a3}/listeners")]).1
+    );
+    assert_ne!(db_from("127.0.12.7").as_deref(), Ok("db\n"));
     // Let the thief in: in force within seconds of the file being saved.
     std::fs::write(
         manifests.join("shop.yaml"),
@@ -1050,9 +1065,94 @@ fn strict_mode_enforces_smi_traffic_targets_in_envoy_sidecars() {
         .1,
         controller(&["status", "--admin", &format!("127.0.0.1:{admin}")]).1
     );
+    // The thief may now call web's HTTP routes, so its sidecar has db's cluster too; but
+    // no TCPRoute lets it on db's port: web's inbound TLS refuses its identity on that
+    // port (before the workload is dialled — db speaks first, so Envoy's network RBAC,
+    // which waits for the caller's first byte, would be too late).
+    assert!(
+        common::wait_until(Duration::from_secs(10), || {
+            clusters(a2).contains(&format!("outbound|{db}||db.shop|mtls"))
+        }),
+        "{}",
+        clusters(a2)
+    );
+    let refused = || {
+        let stats = common::curl(&[
+            "-s",
+            &format!("http://127.0.0.1:{a3}/stats?filter=fail_verify_san"),
+        ])
+        .1;
+        stats
+            .lines()
+            .filter(|l| l.contains("15006"))
+            .filter_map(|l| l.rsplit(": ").next()?.trim().parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    let before = refused();
+    assert_ne!(db_from("127.0.12.7").as_deref(), Ok("db\n"));
+    assert!(
+        common::wait_until(Duration::from_secs(5), || refused() > before),
+        "web's inbound did not refuse the thief's certificate: {}",
+        common::curl(&["-s", &format!("http://127.0.0.1:{a3}/stats?filter=ssl")]).1
+    );
+    assert_eq!(db_from("127.0.12.5").as_deref(), Ok("db\n"));
     drop(client);
     drop(thief);
     drop(web);
+}
+
+/// A TCP server that writes `banner` to each connection and closes it; stopped on drop.
+struct TcpBanner {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TcpBanner {
+    fn start(addr: &str, banner: &'static [u8]) -> TcpBanner {
+        use std::io::Write;
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind(addr).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.write_all(banner);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        TcpBanner {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TcpBanner {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Everything a TCP server at `addr` sends before it closes (at most 3 s), or why not.
+fn tcp_read(addr: &str) -> Result<String, String> {
+    use std::io::Read;
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))
+            .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .map_err(|e| format!("read: {e} after {out:?}"))?;
+    Ok(out)
 }
 
 /// A TrafficSplit through real Envoy sidecars: 80/20 over 1000 requests lands within 5

@@ -551,16 +551,24 @@ fn match_permission(
     }
 }
 
-/// The HTTP RBAC filter of a pod's inbound listener in strict mode: one ALLOW policy per
-/// SMI `TrafficTarget` whose destination is the pod's service account — its sources'
-/// SPIFFE IDs as authenticated principals, its `HTTPRouteGroup` matches as permissions (any
-/// request when it names no HTTP rule). With no such TrafficTarget, nothing is allowed.
-fn inbound_rbac(state: &MeshState, ns: &str, sa: &str) -> HttpFilter {
+/// The RBAC policies of a pod's inbound port in strict mode: one ALLOW policy per SMI
+/// `TrafficTarget` whose destination is the pod's service account — its sources' SPIFFE
+/// IDs as authenticated principals, its rules as permissions: an `HTTPRouteGroup`'s matches
+/// (only on an HTTP port, `http`), a `TCPRoute` whose ports include one of `ports` (the
+/// service and target ports of this inbound port; any when it lists none) as any traffic,
+/// any traffic when it names no rule. A TrafficTarget that allows nothing here is left out;
+/// with no policy, nothing is allowed.
+fn inbound_policies(
+    state: &MeshState,
+    ns: &str,
+    sa: &str,
+    ports: &[u16],
+    http: bool,
+) -> BTreeMap<String, envoy_types::pb::envoy::config::rbac::v3::Policy> {
     use envoy_types::pb::envoy::config::rbac::v3::{Permission, permission};
-    use envoy_types::pb::envoy::config::rbac::v3::{Policy, Principal, Rbac as Rules, principal};
-    use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
+    use envoy_types::pb::envoy::config::rbac::v3::{Policy, Principal, principal};
     let td = &state.mesh_config.certificate.trust_domain;
-    let mut policies = std::collections::HashMap::new();
+    let mut policies = BTreeMap::new();
     for t in state.traffic_targets.values() {
         let tt = &t.value;
         let tns = tt.metadata.ns();
@@ -587,12 +595,10 @@ fn inbound_rbac(state: &MeshState, ns: &str, sa: &str) -> HttpFilter {
         let mut permissions = Vec::new();
         let mut any = tt.spec.rules.is_empty();
         for r in &tt.spec.rules {
+            let key = (tns.to_string(), r.name.clone());
             match r.kind.as_str() {
-                "HTTPRouteGroup" => {
-                    let Some(g) = state
-                        .http_route_groups
-                        .get(&(tns.to_string(), r.name.clone()))
-                    else {
+                "HTTPRouteGroup" if http => {
+                    let Some(g) = state.http_route_groups.get(&key) else {
                         continue;
                     };
                     for m in &g.value.spec.matches {
@@ -601,14 +607,24 @@ fn inbound_rbac(state: &MeshState, ns: &str, sa: &str) -> HttpFilter {
                         }
                     }
                 }
-                // TCP routes allow the connection; on an HTTP listener that is any request.
-                _ => any = true,
+                "TCPRoute" => {
+                    let Some(route) = state.tcp_routes.get(&key) else {
+                        continue;
+                    };
+                    let want = &route.value.spec.matches.ports;
+                    // The connection is allowed; on an HTTP port that is any request.
+                    any |= want.is_empty() || want.iter().any(|p| ports.contains(p));
+                }
+                _ => {}
             }
         }
         if any {
             permissions = vec![Permission {
                 rule: Some(permission::Rule::Any(true)),
             }];
+        }
+        if permissions.is_empty() {
+            continue;
         }
         policies.insert(
             format!("{tns}/{}", tt.metadata.name),
@@ -619,86 +635,250 @@ fn inbound_rbac(state: &MeshState, ns: &str, sa: &str) -> HttpFilter {
             },
         );
     }
-    let rbac = Rbac {
-        rules: Some(Rules {
-            action: 0, // ALLOW
-            policies,
-            ..Default::default()
-        }),
+    policies
+}
+
+/// `message` packed with its RBAC `policies` in name order, so equal policies give equal
+/// bytes and so equal resource versions (prost writes a protobuf map in the order of a
+/// `HashMap`, which differs between processes and between maps). The bytes are `message`
+/// with empty rules, then one copy per policy carrying only it: concatenated protobuf
+/// messages merge, and a map's entries accumulate.
+fn packed_with_policies<M: prost::Name>(
+    message: impl Fn(envoy_types::pb::envoy::config::rbac::v3::Rbac) -> M,
+    policies: BTreeMap<String, envoy_types::pb::envoy::config::rbac::v3::Policy>,
+) -> Any {
+    use envoy_types::pb::envoy::config::rbac::v3::Rbac as Rules;
+    let rules = |policies| Rules {
+        action: 0, // ALLOW
+        policies,
         ..Default::default()
     };
+    let mut any = pack_any(message(rules(Default::default())));
+    for (name, policy) in policies {
+        let one = std::collections::HashMap::from([(name, policy)]);
+        any.value
+            .extend(prost::Message::encode_to_vec(&message(rules(one))));
+    }
+    any
+}
+
+/// The HTTP RBAC filter of a pod's inbound HTTP port in strict mode (see
+/// [`inbound_policies`]): what no policy allows gets 403.
+fn inbound_rbac(state: &MeshState, ns: &str, sa: &str, ports: &[u16]) -> HttpFilter {
+    use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
+    let policies = inbound_policies(state, ns, sa, ports, true);
     HttpFilter {
         name: "envoy.filters.http.rbac".into(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(rbac))),
+        config_type: Some(http_filter::ConfigType::TypedConfig(packed_with_policies(
+            |rules| Rbac {
+                rules: Some(rules),
+                ..Default::default()
+            },
+            policies,
+        ))),
         ..Default::default()
     }
+}
+
+/// The network RBAC filter of a pod's inbound TCP port in strict mode (see
+/// [`inbound_policies`]): a connection no policy allows is closed.
+fn inbound_network_rbac(
+    state: &MeshState,
+    ns: &str,
+    sa: &str,
+    ports: &[u16],
+    stat_prefix: &str,
+) -> envoy_types::pb::envoy::config::listener::v3::Filter {
+    use envoy_types::pb::envoy::config::listener::v3::{Filter, filter};
+    use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac;
+    let policies = inbound_policies(state, ns, sa, ports, false);
+    Filter {
+        name: "envoy.filters.network.rbac".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(packed_with_policies(
+            |rules| Rbac {
+                rules: Some(rules),
+                stat_prefix: stat_prefix.into(),
+                ..Default::default()
+            },
+            policies,
+        ))),
+    }
+}
+
+/// A `tcp_proxy` network filter to `cluster`. With `after_handshake`, the upstream
+/// connection waits for the downstream TLS handshake to finish, so a caller refused there
+/// never reaches the workload.
+fn tcp_proxy_filter(
+    stat_prefix: &str,
+    cluster: &str,
+    after_handshake: bool,
+) -> envoy_types::pb::envoy::config::listener::v3::Filter {
+    use envoy_types::pb::envoy::config::listener::v3::{Filter, filter};
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+        TcpProxy, UpstreamConnectMode, tcp_proxy,
+    };
+    let mut proxy = TcpProxy {
+        stat_prefix: stat_prefix.into(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
+        ..Default::default()
+    };
+    if after_handshake {
+        proxy.upstream_connect_mode = UpstreamConnectMode::OnDownstreamTlsHandshake as i32;
+        proxy.max_early_data_bytes = Some(UInt32Value { value: 0 });
+    }
+    Filter {
+        name: "envoy.filters.network.tcp_proxy".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(proxy))),
+    }
+}
+
+/// The SPIFFE IDs the `policies` admit (their authenticated principals).
+fn principals_of(
+    policies: &BTreeMap<String, envoy_types::pb::envoy::config::rbac::v3::Policy>,
+) -> Vec<String> {
+    use envoy_types::pb::envoy::config::rbac::v3::principal;
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+    let mut ids: Vec<String> = policies
+        .values()
+        .flat_map(|p| &p.principals)
+        .filter_map(|p| match &p.identifier {
+            Some(principal::Identifier::Authenticated(a)) => {
+                match a.principal_name.as_ref()?.match_pattern.as_ref()? {
+                    MatchPattern::Exact(id) => Some(id.clone()),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// The mesh TLS context, with the peer's certificate required to name one of `ids` (URI
+/// SAN). With none, a name no mesh certificate carries: nobody passes.
+fn mesh_tls_for(
+    ids: &[String],
+    td: &str,
+) -> envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::CommonTlsContext {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CertificateValidationContext, SubjectAltNameMatcher, common_tls_context,
+        subject_alt_name_matcher,
+    };
+    let nobody = [format!("spiffe://{td}/nobody")];
+    let ids = if ids.is_empty() { &nobody[..] } else { ids };
+    let mut tls = mesh_tls();
+    tls.validation_context_type = Some(
+        common_tls_context::ValidationContextType::CombinedValidationContext(
+            common_tls_context::CombinedCertificateValidationContext {
+                default_validation_context: Some(CertificateValidationContext {
+                    match_typed_subject_alt_names: ids
+                        .iter()
+                        .map(|id| SubjectAltNameMatcher {
+                            san_type: subject_alt_name_matcher::SanType::Uri as i32,
+                            matcher: Some(string_exact(id)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }),
+                validation_context_sds_secret_config: Some(sds_ads(ROOT_SECRET)),
+                ..Default::default()
+            },
+        ),
+    );
+    tls
+}
+
+/// Whether a service port carries opaque bytes rather than HTTP: `appProtocol: tcp`, or
+/// (without an `appProtocol`) a name that is `tcp` or starts with `tcp-`. Anything else is
+/// HTTP, as in OSM.
+pub fn is_tcp(port: &ServicePort) -> bool {
+    match &port.app_protocol {
+        Some(p) => p.eq_ignore_ascii_case("tcp"),
+        None => port
+            .name
+            .as_deref()
+            .is_some_and(|n| n == "tcp" || n.starts_with("tcp-")),
+    }
+}
+
+/// The TLS server name a caller's sidecar sends to reach service `ns/name` at `port`: it
+/// picks the filter chain (the workload's port, HTTP or TCP) at the destination's inbound
+/// listener. Istio's form, so the names read the same.
+pub fn inbound_sni(ns: &str, name: &str, port: u16) -> String {
+    format!("outbound_.{port}_._.{name}.{ns}.svc.cluster.local")
 }
 
 /// What the sidecar of pod `ns/pod` is served of its own (besides its secrets, and over
 /// what every sidecar shares: [`sidecar_shared`]), in explicit proxy mode:
 /// - an **inbound** listener at `<pod IP>:15006` that requires a mesh client certificate
-///   (mTLS, SDS) and passes requests to its workload at `<pod IP>:<target port>` of the
-///   first service port that selects it (cluster `inbound|<port>`);
+///   (mTLS, SDS), with a filter chain per workload port that a service port selecting the
+///   pod targets (cluster `inbound|<port>` at `<pod IP>:<target port>`), chosen by the TLS
+///   server name the caller's sidecar sends ([`inbound_sni`]; without one, the first HTTP
+///   port): HTTP requests through an HTTP connection manager, or bytes through `tcp_proxy`
+///   for a TCP port ([`is_tcp`]);
 /// - an **outbound** listener at `<pod IP>:15001` taking plain HTTP from its workload,
 ///   routed by `Host` (`<svc>.<ns>`, with or without `:<port>`, and
 ///   `<svc>.<ns>.svc.cluster.local`) by the shared `outbound` route configuration (RDS)
 ///   to the service's mTLS cluster `outbound|<port>||<svc>.<ns>|mtls` — a TrafficSplit
-///   as weighted clusters.
+///   as weighted clusters;
+/// - an **outbound TCP** listener per TCP service port of the mesh at
+///   `<pod IP>:<service port>` (`outbound-tcp|<port>||<svc>.<ns>`), passing bytes to the
+///   service's mTLS cluster (the first service takes a port two share).
 ///
 /// In permissive mode every meshed call is allowed (still over mTLS); in strict mode
-/// (`enablePermissiveTrafficPolicyMode: false`) the inbound listener's HTTP RBAC filter
-/// allows only what SMI TrafficTargets allow (see `inbound_rbac`), and answers 403
-/// otherwise. `None` for a pod without an IP.
+/// (`enablePermissiveTrafficPolicyMode: false`) SMI TrafficTargets decide: an HTTP port's
+/// RBAC filter answers 403 to what they do not allow (see `inbound_rbac`); a TCP port's
+/// TLS handshake admits only the identities a `TCPRoute` for the port lets in, and the
+/// workload is dialled after it. `None` for a pod without an IP.
 pub fn sidecar_resources(state: &MeshState, ns: &str, pod: &str) -> Option<Resources> {
-    use envoy_types::pb::envoy::config::listener::v3::FilterChain;
+    use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch};
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
     let p = state.pods.get(&(ns.to_string(), pod.to_string()))?;
     let ip = p.value.status.pod_ip.clone()?;
     let mut out = Resources::default();
-    // Inbound: the first service port selecting this pod names the workload's port.
-    let local = state.services.values().find_map(|s| {
-        if s.value.selects(&p.value) {
-            s.value.spec.ports.first().map(target_port)
-        } else {
-            None
+    // Inbound: a filter chain per workload port that a service port selecting this pod
+    // targets, picked by the SNI the caller's sidecar sends (`inbound_sni`).
+    struct Chain {
+        target: u16,
+        tcp: bool,
+        names: Vec<String>,
+        ports: Vec<u16>,
+    }
+    let mut chains: Vec<Chain> = Vec::new();
+    for s in state.services.values() {
+        if !s.value.selects(&p.value) {
+            continue;
         }
-    });
-    if let Some(app_port) = local {
-        let inbound_cluster = format!("inbound|{app_port}");
-        out.put(
-            inbound_cluster.clone(),
-            Cluster {
-                name: inbound_cluster.clone(),
-                cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
-                    cluster::DiscoveryType::Static as i32,
-                )),
-                connect_timeout: Some(PbDuration {
-                    seconds: 5,
-                    nanos: 0,
-                }),
-                load_assignment: Some(assignment(
-                    &inbound_cluster,
-                    vec![lb_endpoint(&ip, app_port)],
-                )),
-                ..Default::default()
-            },
-        );
-        let routes = RouteConfiguration {
-            name: "inbound".into(),
-            virtual_hosts: vec![VirtualHost {
-                name: "inbound".into(),
-                domains: vec!["*".into()],
-                routes: vec![route_to(cluster_action(inbound_cluster))],
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        // Strict mode: SMI TrafficTargets decide who may call, on which routes.
+        let (sns, sname) = (s.value.metadata.ns(), s.value.metadata.name.as_str());
+        for port in &s.value.spec.ports {
+            let target = target_port(port);
+            let i = match chains.iter().position(|c| c.target == target) {
+                Some(i) => i,
+                None => {
+                    chains.push(Chain {
+                        target,
+                        tcp: is_tcp(port),
+                        names: Vec::new(),
+                        ports: vec![target],
+                    });
+                    chains.len() - 1
+                }
+            };
+            let c = &mut chains[i];
+            c.names.push(inbound_sni(sns, sname, port.port));
+            c.ports.push(port.port);
+        }
+    }
+    if !chains.is_empty() {
+        // Strict mode: SMI TrafficTargets decide who may call, on which routes and ports.
         let strict = !state
             .mesh_config
             .traffic
             .enable_permissive_traffic_policy_mode;
-        let rbac = strict.then(|| inbound_rbac(state, ns, p.value.service_account()));
+        let sa = p.value.service_account();
         let tls = DownstreamTlsContext {
             common_tls_context: Some(mesh_tls()),
             require_client_certificate: Some(envoy_types::pb::google::protobuf::BoolValue {
@@ -706,20 +886,86 @@ pub fn sidecar_resources(state: &MeshState, ns: &str, pod: &str) -> Option<Resou
             }),
             ..Default::default()
         };
+        let mut filter_chains = Vec::new();
+        for c in &chains {
+            let cluster = format!("inbound|{}", c.target);
+            out.put(
+                cluster.clone(),
+                Cluster {
+                    name: cluster.clone(),
+                    cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                        cluster::DiscoveryType::Static as i32,
+                    )),
+                    connect_timeout: Some(PbDuration {
+                        seconds: 5,
+                        nanos: 0,
+                    }),
+                    load_assignment: Some(assignment(&cluster, vec![lb_endpoint(&ip, c.target)])),
+                    ..Default::default()
+                },
+            );
+            let mut chain_tls = tls.clone();
+            let filters = if c.tcp {
+                let mut f = Vec::new();
+                if strict {
+                    // Envoy's network RBAC decides on the first byte from the caller,
+                    // which a server-first protocol never waits for: the TLS handshake
+                    // admits only the allowed identities, and the workload is dialled
+                    // after it (the RBAC filter stays, for its stats and as a second
+                    // check).
+                    let policies = inbound_policies(state, ns, sa, &c.ports, false);
+                    let td = &state.mesh_config.certificate.trust_domain;
+                    chain_tls.common_tls_context =
+                        Some(mesh_tls_for(&principals_of(&policies), td));
+                    f.push(inbound_network_rbac(state, ns, sa, &c.ports, &cluster));
+                }
+                f.push(tcp_proxy_filter(&cluster, &cluster, true));
+                f
+            } else {
+                let routes = RouteConfiguration {
+                    name: "inbound".into(),
+                    virtual_hosts: vec![VirtualHost {
+                        name: "inbound".into(),
+                        domains: vec!["*".into()],
+                        routes: vec![route_to(cluster_action(cluster.clone()))],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                let rbac = strict.then(|| inbound_rbac(state, ns, sa, &c.ports));
+                vec![hcm_filter(
+                    "inbound",
+                    Routes::Inline(Box::new(routes)),
+                    rbac,
+                )]
+            };
+            filter_chains.push(FilterChain {
+                name: cluster,
+                filter_chain_match: Some(FilterChainMatch {
+                    server_names: c.names.clone(),
+                    ..Default::default()
+                }),
+                filters,
+                transport_socket: Some(tls_socket(pack_any(chain_tls))),
+                ..Default::default()
+            });
+        }
+        // A caller that sends no (or another) name gets the first HTTP port (else the
+        // first port).
+        let first = chains.iter().position(|c| !c.tcp).unwrap_or(0);
+        let default_filter_chain = filter_chains.get(first).map(|c| FilterChain {
+            name: "default".into(),
+            filter_chain_match: None,
+            ..c.clone()
+        });
         out.put(
             "inbound".into(),
             Listener {
                 name: "inbound".into(),
                 address: Some(socket(&ip, INBOUND_PORT)),
-                filter_chains: vec![FilterChain {
-                    filters: vec![hcm_filter(
-                        "inbound",
-                        Routes::Inline(Box::new(routes)),
-                        rbac,
-                    )],
-                    transport_socket: Some(tls_socket(pack_any(tls))),
-                    ..Default::default()
-                }],
+                listener_filters: vec![tls_inspector()],
+                filter_chains,
+                default_filter_chain,
                 ..Default::default()
             },
         );
@@ -738,7 +984,49 @@ pub fn sidecar_resources(state: &MeshState, ns: &str, pod: &str) -> Option<Resou
             ..Default::default()
         },
     );
+    // Outbound TCP (explicit proxy mode): each TCP service port of the mesh at the
+    // sidecar's `<pod IP>:<port>`, bytes passed to the service's mTLS cluster — the first
+    // service takes a port two share, and the sidecar's own ports are skipped. A service
+    // this sidecar may not call has no cluster in its set: the connection is closed.
+    let mut taken = vec![INBOUND_PORT, OUTBOUND_PORT];
+    for s in state.services.values() {
+        let (sns, sname) = (s.value.metadata.ns(), s.value.metadata.name.as_str());
+        for port in s.value.spec.ports.iter().filter(|p| is_tcp(p)) {
+            if taken.contains(&port.port) {
+                continue;
+            }
+            taken.push(port.port);
+            let name = format!("outbound-tcp|{}||{sname}.{sns}", port.port);
+            let cluster = sidecar_cluster_name(sns, sname, port.port);
+            out.put(
+                name.clone(),
+                Listener {
+                    name: name.clone(),
+                    address: Some(socket(&ip, port.port)),
+                    filter_chains: vec![FilterChain {
+                        filters: vec![tcp_proxy_filter(&name, &cluster, false)],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            );
+        }
+    }
     Some(out)
+}
+
+/// The TLS inspector listener filter: reads the client hello's server name for filter
+/// chain matching.
+fn tls_inspector() -> envoy_types::pb::envoy::config::listener::v3::ListenerFilter {
+    use envoy_types::pb::envoy::config::listener::v3::{ListenerFilter, listener_filter};
+    use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+    ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
+            TlsInspector::default(),
+        ))),
+        ..Default::default()
+    }
 }
 
 /// The name of the route configuration every sidecar's outbound listener takes over RDS.
@@ -769,7 +1057,12 @@ fn sidecar_shared_for(state: &MeshState, may_call: &dyn Fn(&Service) -> bool) ->
                 domains.push(format!("{name}.{sns}"));
                 domains.push(format!("{name}.{sns}.svc.cluster.local"));
             }
+            // A TCP port is reached by its own listener, not by host name.
+            let tcp = is_tcp(port);
             if !allowed {
+                if tcp {
+                    continue;
+                }
                 hosts.push(VirtualHost {
                     name: format!("{name}.{sns}:{}", port.port),
                     domains,
@@ -781,7 +1074,7 @@ fn sidecar_shared_for(state: &MeshState, may_call: &dyn Fn(&Service) -> bool) ->
             let cname = sidecar_cluster_name(sns, name, port.port);
             let upstream = UpstreamTlsContext {
                 common_tls_context: Some(mesh_tls()),
-                sni: format!("{name}.{sns}"),
+                sni: inbound_sni(sns, name, port.port),
                 ..Default::default()
             };
             out.put(
@@ -795,6 +1088,9 @@ fn sidecar_shared_for(state: &MeshState, may_call: &dyn Fn(&Service) -> bool) ->
                 .collect();
             out.put(cname.clone(), assignment(&cname, eps));
             // The route: the service's mTLS cluster, or a split's weighted mTLS clusters.
+            if tcp {
+                continue;
+            }
             let action = route_action(state, svc, port.port, sidecar_cluster_name);
             hosts.push(VirtualHost {
                 name: format!("{name}.{sns}:{}", port.port),
@@ -1199,5 +1495,150 @@ mod tests {
         let (sets, of_pod) = sidecar_sets(&permissive);
         assert_eq!(sets.keys().collect::<Vec<_>>(), [SIDECAR_SET]);
         assert!(of_pod.values().all(|s| s == SIDECAR_SET));
+    }
+
+    /// The RBAC filter of a filter chain, decoded: its policies' names.
+    fn policies_of(
+        chain: &envoy_types::pb::envoy::config::listener::v3::FilterChain,
+    ) -> Vec<String> {
+        use envoy_types::pb::envoy::config::listener::v3::filter;
+        use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+        use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetRbac;
+        let Some(filter::ConfigType::TypedConfig(any)) = &chain.filters[0].config_type else {
+            panic!("a typed filter")
+        };
+        let rules = if any.type_url.ends_with("network.rbac.v3.RBAC") {
+            NetRbac::decode(any.value.as_slice()).unwrap().rules
+        } else {
+            let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+            let Some(http_filter::ConfigType::TypedConfig(any)) = &hcm.http_filters[0].config_type
+            else {
+                panic!("a typed HTTP filter")
+            };
+            assert!(
+                any.type_url.ends_with("http.rbac.v3.RBAC"),
+                "{}",
+                any.type_url
+            );
+            HttpRbac::decode(any.value.as_slice()).unwrap().rules
+        };
+        let mut names: Vec<String> = rules.unwrap().policies.into_keys().collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn each_workload_port_gets_its_chain_and_tcp_routes_decide_tcp_ports() {
+        let text = "apiVersion: config.flowgate.io/v1alpha1\nkind: MeshConfig\nmetadata: { name: mesh }\nspec: { traffic: { enablePermissiveTrafficPolicyMode: false } }\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: { name: client }\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: { name: db-client }\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: { name: thief }\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: { name: web }\n---\napiVersion: v1\nkind: Service\nmetadata: { name: web }\nspec: { selector: { app: web }, ports: [{ name: http, port: 80, targetPort: 8080 }, { name: tcp-db, port: 5432 }] }\n---\napiVersion: v1\nkind: Pod\nmetadata: { name: web-1, labels: { app: web } }\nspec: { serviceAccountName: web }\nstatus: { podIP: 10.0.0.6 }\n---\napiVersion: v1\nkind: Pod\nmetadata: { name: client-1 }\nspec: { serviceAccountName: client }\nstatus: { podIP: 10.0.0.5 }\n---\napiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: { name: all }\nspec: { matches: [{ name: any, pathRegex: '.*' }] }\n---\napiVersion: specs.smi-spec.io/v1alpha4\nkind: TCPRoute\nmetadata: { name: db }\nspec: { matches: { ports: [5432] } }\n---\napiVersion: specs.smi-spec.io/v1alpha4\nkind: TCPRoute\nmetadata: { name: elsewhere }\nspec: { matches: { ports: [9999] } }\n---\napiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: { name: http-a }\nspec:\n  destination: { kind: ServiceAccount, name: web }\n  rules: [{ kind: HTTPRouteGroup, name: all }]\n  sources: [{ kind: ServiceAccount, name: client }]\n---\napiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: { name: http-b }\nspec:\n  destination: { kind: ServiceAccount, name: web }\n  rules: [{ kind: HTTPRouteGroup, name: all }]\n  sources: [{ kind: ServiceAccount, name: thief }]\n---\napiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: { name: tcp-db }\nspec:\n  destination: { kind: ServiceAccount, name: web }\n  rules: [{ kind: TCPRoute, name: db }]\n  sources: [{ kind: ServiceAccount, name: db-client }]\n---\napiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: { name: tcp-elsewhere }\nspec:\n  destination: { kind: ServiceAccount, name: web }\n  rules: [{ kind: TCPRoute, name: elsewhere }]\n  sources: [{ kind: ServiceAccount, name: thief }]\n";
+        let state = MeshState::build(parse_manifests(text, Path::new("m.yaml")).unwrap()).unwrap();
+        let web = sidecar_resources(&state, "default", "web-1").unwrap();
+        let inbound = &web.of(type_url::LISTENER).unwrap()["inbound"];
+        let inbound = Listener::decode(inbound.value.as_slice()).unwrap();
+        assert_eq!(
+            inbound.listener_filters[0].name,
+            "envoy.filters.listener.tls_inspector"
+        );
+        let chains: Vec<(&str, &[String])> = inbound
+            .filter_chains
+            .iter()
+            .map(|c| {
+                (
+                    c.name.as_str(),
+                    c.filter_chain_match
+                        .as_ref()
+                        .unwrap()
+                        .server_names
+                        .as_slice(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            chains,
+            [
+                ("inbound|8080", &[inbound_sni("default", "web", 80)][..]),
+                ("inbound|5432", &[inbound_sni("default", "web", 5432)][..]),
+            ]
+        );
+        // HTTP: both HTTP targets; a TCP route allows its ports only.
+        assert_eq!(
+            policies_of(&inbound.filter_chains[0]),
+            ["default/http-a", "default/http-b"]
+        );
+        // TCP: the TCP route on 5432; HTTP rules and other ports' routes do not apply.
+        assert_eq!(policies_of(&inbound.filter_chains[1]), ["default/tcp-db"]);
+        assert!(
+            format!("{:?}", inbound.filter_chains[1].filters[1]).contains("tcp_proxy"),
+            "bytes to the workload"
+        );
+        // The TCP port's TLS admits only the allowed identity (the workload speaks first
+        // maybe: the network RBAC would see no byte from the caller).
+        let tls_of = |chain: &envoy_types::pb::envoy::config::listener::v3::FilterChain| {
+            use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+            use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
+            let Some(ConfigType::TypedConfig(any)) =
+                &chain.transport_socket.as_ref().unwrap().config_type
+            else {
+                panic!("typed TLS")
+            };
+            format!(
+                "{:?}",
+                DownstreamTlsContext::decode(any.value.as_slice()).unwrap()
+            )
+        };
+        let tcp_tls = tls_of(&inbound.filter_chains[1]);
+        assert!(
+            tcp_tls.contains("spiffe://cluster.local/ns/default/sa/db-client"),
+            "{tcp_tls}"
+        );
+        assert!(!tcp_tls.contains("sa/thief"), "{tcp_tls}");
+        assert!(
+            !tls_of(&inbound.filter_chains[0]).contains("spiffe://"),
+            "HTTP: RBAC decides"
+        );
+        // A caller without a server name gets the first HTTP port.
+        assert_eq!(
+            inbound.default_filter_chain.as_ref().unwrap().filters,
+            inbound.filter_chains[0].filters
+        );
+        assert!(
+            web.of(type_url::CLUSTER)
+                .unwrap()
+                .contains_key("inbound|5432")
+        );
+        // Equal state, equal bytes: the RBAC policies are written in name order.
+        for _ in 0..5 {
+            assert_eq!(
+                sidecar_resources(&state, "default", "web-1")
+                    .unwrap()
+                    .versions,
+                web.versions
+            );
+        }
+        // The caller reaches the TCP port at its own sidecar's <pod IP>:5432, and the
+        // shared routes know only the HTTP port.
+        let client = sidecar_resources(&state, "default", "client-1").unwrap();
+        let tcp = &client.of(type_url::LISTENER).unwrap()["outbound-tcp|5432||web.default"];
+        let tcp = Listener::decode(tcp.value.as_slice()).unwrap();
+        assert!(
+            format!("{:?}", tcp.address).contains("10.0.0.5")
+                && format!("{:?}", tcp.address).contains("5432")
+        );
+        let shared = sidecar_shared(&state);
+        let routes = &shared.of(type_url::ROUTE).unwrap()[OUTBOUND_ROUTES];
+        let routes = RouteConfiguration::decode(routes.value.as_slice()).unwrap();
+        assert_eq!(
+            routes
+                .virtual_hosts
+                .iter()
+                .map(|v| v.name.as_str())
+                .collect::<Vec<_>>(),
+            ["web.default:80"]
+        );
+        assert!(
+            shared
+                .of(type_url::CLUSTER)
+                .unwrap()
+                .contains_key("outbound|5432||web.default|mtls")
+        );
     }
 }
