@@ -1400,6 +1400,11 @@ fn run_takes_its_mesh_from_etcd() {
     let (code, _, err) = controller(&["run", "--source", "consul:x"]);
     assert_eq!(code, 2);
     assert!(err.contains("etcd:HOST:PORT"), "{err}");
+    if !cfg!(feature = "kube") {
+        let (code, _, err) = controller(&["run", "--source", "kube"]);
+        assert_eq!(code, 2);
+        assert!(err.contains("--features kube"), "{err}");
+    }
 }
 
 /// The admin endpoint's `/status`, parsed.

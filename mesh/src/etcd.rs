@@ -24,13 +24,12 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use flowgate_lb::discovery::{EtcdClient, EtcdWatch, WatchBatch, WatchEvent};
 
 use crate::load::{Located, ManifestError, Resource, parse_manifests};
-use crate::source::{MAX_FILES, NextUpdate, Source, Update};
+use crate::source::{MAX_FILES, NextUpdate, Source, Update, yielded};
 use crate::state::MeshState;
 
 /// The manifests under an etcd prefix, watched.
@@ -78,19 +77,7 @@ impl EtcdSource {
     /// The state the keys held now describe: `Some` when it differs from the last yielded
     /// one (or is broken).
     fn build(&mut self) -> Option<Update> {
-        match build(&self.kvs) {
-            Ok(state) => {
-                if self.last_version == Some(state.version) {
-                    return None;
-                }
-                self.last_version = Some(state.version);
-                Some(Update::State(Arc::new(state)))
-            }
-            Err(errors) => {
-                self.last_version = None;
-                Some(Update::Rejected(errors))
-            }
-        }
+        yielded(build(&self.kvs), &mut self.last_version)
     }
 
     /// One step: `Some` when there is something to yield.

@@ -38,14 +38,17 @@
 //! port where callers prove their service account by mesh certificate or bootstrap token
 //! and get only their own pods' secrets ([`xds::auth`]).
 //!
-//! Sources: a watched directory ([`DirSource`]) and etcd v3 ([`EtcdSource`]). Controller
-//! replicas share the CA, the token key and the leaves through etcd ([`replica`]). Not
-//! built yet (issue 14): traffic capture, the Kubernetes source.
+//! Sources: a watched directory ([`DirSource`]), etcd v3 ([`EtcdSource`]) and, with the
+//! `kube` feature, the Kubernetes API (`KubeSource`, tested on recorded objects only).
+//! Controller replicas share the CA, the token key and the leaves through etcd
+//! ([`replica`]). Not built yet: traffic capture (the sidecar's issue).
 
 #![forbid(unsafe_code)]
 
 pub mod ca;
 pub mod etcd;
+#[cfg(feature = "kube")]
+pub mod kubernetes;
 pub mod load;
 pub mod model;
 pub mod replica;
@@ -55,6 +58,8 @@ pub mod token;
 pub mod xds;
 
 pub use etcd::EtcdSource;
+#[cfg(feature = "kube")]
+pub use kubernetes::KubeSource;
 pub use load::{Located, ManifestError, Origin, Resource, parse_manifests};
 pub use source::{DirSource, Source, Update, load_dir};
 pub use state::MeshState;

@@ -45,7 +45,7 @@ pub fn load_dir(dir: &Path) -> Result<MeshState, Vec<ManifestError>> {
 }
 
 /// The state `files` describe, or every error (`errors`, the files' own).
-fn build_from(
+pub(crate) fn build_from(
     files: &[(PathBuf, String)],
     mut errors: Vec<ManifestError>,
 ) -> Result<MeshState, Vec<ManifestError>> {
@@ -60,6 +60,28 @@ fn build_from(
         return Err(errors);
     }
     MeshState::build(resources)
+}
+
+/// What a source yields for a rebuilt `result`: a state only when its version differs from
+/// `last_version` (then recorded), every rejection (which forgets it, so the next good
+/// state is yielded even if it equals the last one).
+pub(crate) fn yielded(
+    result: Result<MeshState, Vec<ManifestError>>,
+    last_version: &mut Option<u64>,
+) -> Option<Update> {
+    match result {
+        Ok(state) => {
+            if *last_version == Some(state.version) {
+                return None;
+            }
+            *last_version = Some(state.version);
+            Some(Update::State(Arc::new(state)))
+        }
+        Err(errors) => {
+            *last_version = None;
+            Some(Update::Rejected(errors))
+        }
+    }
 }
 
 /// The manifest files under `dir` and their contents, in path order, and the errors of
@@ -182,19 +204,10 @@ impl DirSource {
             let fp = fingerprint(&files, &errors);
             if self.seen != Some(fp) {
                 self.seen = Some(fp);
-                match build_from(&files, errors) {
-                    Ok(state) => {
-                        if self.last_version != Some(state.version) {
-                            self.last_version = Some(state.version);
-                            return Update::State(Arc::new(state));
-                        }
-                    }
-                    Err(errors) => {
-                        // Once fixed, the state is yielded again even if it equals the
-                        // last good one, so the consumer learns the errors are gone.
-                        self.last_version = None;
-                        return Update::Rejected(errors);
-                    }
+                // Once fixed, the state is yielded again even if it equals the last good
+                // one, so the consumer learns the errors are gone.
+                if let Some(update) = yielded(build_from(&files, errors), &mut self.last_version) {
+                    return update;
                 }
             }
             tokio::time::sleep(self.interval).await;

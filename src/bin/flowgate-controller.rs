@@ -64,9 +64,11 @@ enum Command {
     /// broken change is logged with every error at file:line and the last good mesh stays
     /// served.
     Run {
-        /// Where the manifests are: `dir:PATH` (a directory, polled every 250 ms) or
+        /// Where the manifests are: `dir:PATH` (a directory, polled every 250 ms),
         /// `etcd:HOST:PORT[/PREFIX]` (every key under the prefix, default
-        /// `/flowgate/mesh/`, is one manifest file; watched).
+        /// `/flowgate/mesh/`, is one manifest file; watched) or `kube` (the Kubernetes API
+        /// the in-cluster service account or the kubeconfig names; built with the `kube`
+        /// feature).
         #[arg(long)]
         source: String,
         /// Where ADS and the certificate service listen: TLS with the controller's mesh
@@ -513,7 +515,13 @@ fn open_source(spec: &str) -> Result<Box<dyn flowgate::mesh::Source>, String> {
         let (client, prefix) = etcd_at(rest, "/flowgate/mesh/")?;
         return Ok(Box::new(EtcdSource::new(client, prefix)));
     }
-    Err("expected `dir:PATH` or `etcd:HOST:PORT[/PREFIX]`".into())
+    if spec == "kube" {
+        #[cfg(feature = "kube")]
+        return Ok(Box::new(flowgate::mesh::KubeSource::infer()));
+        #[cfg(not(feature = "kube"))]
+        return Err("this controller was built without the Kubernetes source (build it with `--features kube`)".into());
+    }
+    Err("expected `dir:PATH`, `etcd:HOST:PORT[/PREFIX]` or `kube`".into())
 }
 
 /// An etcd client and key prefix from `[http://]HOST:PORT[/PREFIX]`.
