@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Proc, TempDir, daemon, python_module, reserve_port};
+use common::{Proc, TempDir, daemon, in_netns, python_module, reserve_port};
 use flowgate::mesh::token::TokenKey;
 
 fn controller(args: &[&str]) -> (i32, String, String) {
@@ -866,8 +866,21 @@ fn a_root_rotation_with_short_leaves_fails_no_request_under_load() {
 /// controller's ADS address, its trust bundle and a bootstrap token for `account` (`ns/sa`):
 /// every listener, cluster, endpoint and secret comes over ADS.
 fn envoy_sidecar(dir: &TempDir, node: &str, account: &str, admin_port: u16, ads: &[u16]) -> Proc {
+    let at: Vec<std::net::SocketAddr> = ads.iter().map(|p| ([127, 0, 0, 1], *p).into()).collect();
+    envoy_sidecar_in(None, dir, node, account, admin_port, &at)
+}
+
+/// [`envoy_sidecar`] in network namespace `netns` (when given), the controllers at `ads`.
+fn envoy_sidecar_in(
+    netns: Option<&str>,
+    dir: &TempDir,
+    node: &str,
+    account: &str,
+    admin_port: u16,
+    ads: &[std::net::SocketAddr],
+) -> Proc {
     let state = dir.path("state");
-    let (xds_cluster, xds_grpc) = (xds_cluster(ads, &state), xds_grpc(&state, account));
+    let (xds_cluster, xds_grpc) = (xds_cluster_at(ads, &state), xds_grpc(&state, account));
     let bootstrap = dir.write(
         &format!("{node}.yaml"),
         &format!(
@@ -886,7 +899,7 @@ static_resources:
         ),
     );
     daemon(
-        Command::new("envoy").arg("-c").arg(&bootstrap).args([
+        in_netns(netns, "envoy").arg("-c").arg(&bootstrap).args([
             "--concurrency",
             "1",
             "--disable-hot-restart",
@@ -1276,17 +1289,34 @@ fn run_controller_from(source: &str, ads: u16, admin: u16, state: &Path) -> Proc
 
 /// `flowgate-controller run --source SOURCE` with `extra` arguments, up when this returns.
 fn run_controller_with(source: &str, ads: u16, admin: u16, state: &Path, extra: &[String]) -> Proc {
+    run_controller_on(source, ([127, 0, 0, 1], ads).into(), admin, state, extra)
+}
+
+/// `flowgate-controller run --source SOURCE` with ADS on `listen`, up when this returns.
+fn run_controller_on(
+    source: &str,
+    listen: std::net::SocketAddr,
+    admin: u16,
+    state: &Path,
+    extra: &[String],
+) -> Proc {
     let mut ctl = daemon(
         Command::new(env!("CARGO_BIN_EXE_flowgate-controller"))
             .args(["run", "--source", source])
-            .args(["--listen", &format!("127.0.0.1:{ads}")])
+            .args(["--listen", &listen.to_string()])
             .args(["--admin", &format!("127.0.0.1:{admin}")])
             .arg("--state")
             .arg(state)
             .args(extra),
         "flowgate-controller",
     );
-    ctl.wait_port(ads);
+    assert!(
+        common::wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok()
+        }),
+        "the controller does not listen on {listen}: {}",
+        ctl.stderr_so_far()
+    );
     ctl.wait_port(admin);
     assert!(
         common::wait_until(Duration::from_secs(10), || state.join("ca.pem").exists()),
@@ -1300,9 +1330,15 @@ fn run_controller_with(source: &str, ads: u16, admin: u16, state: &Path, extra: 
 /// controller's certificate checked against the state directory's trust bundle and its
 /// SPIFFE ID. With several ports (replicas), Envoy takes them in turn when a stream fails.
 fn xds_cluster(ads: &[u16], state: &Path) -> String {
+    let at: Vec<std::net::SocketAddr> = ads.iter().map(|p| ([127, 0, 0, 1], *p).into()).collect();
+    xds_cluster_at(&at, state)
+}
+
+/// [`xds_cluster`] with the controllers at `ads`.
+fn xds_cluster_at(ads: &[std::net::SocketAddr], state: &Path) -> String {
     let endpoints: Vec<String> = ads
         .iter()
-        .map(|p| format!("{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }} }} }}"))
+        .map(|a| format!("{{ endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }} }}", a.ip(), a.port()))
         .collect();
     let endpoints = endpoints.join(", ");
     format!(
@@ -1590,4 +1626,227 @@ fn two_replicas_on_one_etcd_take_over_each_others_proxies_without_a_failed_reque
         certs_after, certs_before,
         "the client's sidecar kept its certificate"
     );
+}
+
+/// Network namespaces for a test: a `cluster` namespace with a bridge, a namespace per pod
+/// attached to it, and the host attached too (`10.251.0.1/24`), so pods and the host reach
+/// each other on one segment with no forwarding. Everything is removed on drop.
+struct PodNet {
+    namespaces: Vec<String>,
+    host_if: String,
+}
+
+impl PodNet {
+    /// The segment and `pods` namespaces (addresses `10.251.0.2`, `.3`, … in order), or
+    /// `None` where the test may skip (not root).
+    fn new(pods: usize) -> Option<PodNet> {
+        let root = flowgate_pipeline::testing::require_peer(
+            "root (the test creates network namespaces)",
+            flowgate_pipeline::testing::is_root(),
+            "run the tests as root",
+        );
+        if !root || !common::peers(&["ip"]) {
+            return None;
+        }
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let tag = std::process::id() % 100_000;
+        let cluster = format!("fgc{tag}");
+        let mut net = PodNet {
+            namespaces: vec![cluster.clone()],
+            host_if: format!("fgc{tag}h"),
+        };
+        ip(&["netns", "add", &cluster]);
+        ip(&["-n", &cluster, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &cluster, "link", "set", "br0", "up"]);
+        // The host's end.
+        let host_peer = format!("fgc{tag}hp");
+        ip(&[
+            "link",
+            "add",
+            &net.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &host_peer,
+        ]);
+        ip(&["link", "set", &host_peer, "netns", &cluster]);
+        ip(&[
+            "-n", &cluster, "link", "set", &host_peer, "master", "br0", "up",
+        ]);
+        ip(&["addr", "add", "10.251.0.1/24", "dev", &net.host_if]);
+        ip(&["link", "set", &net.host_if, "up"]);
+        for i in 0..pods {
+            let ns = format!("fgc{tag}p{i}");
+            ip(&["netns", "add", &ns]);
+            net.namespaces.push(ns.clone());
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            let (inner, outer) = (format!("fgc{tag}p{i}i"), format!("fgc{tag}p{i}o"));
+            ip(&[
+                "link", "add", &inner, "type", "veth", "peer", "name", &outer,
+            ]);
+            ip(&["link", "set", &inner, "netns", &ns]);
+            ip(&["link", "set", &outer, "netns", &cluster]);
+            ip(&["-n", &cluster, "link", "set", &outer, "master", "br0", "up"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("10.251.0.{}/24", i + 2),
+                "dev",
+                &inner,
+            ]);
+            ip(&["-n", &ns, "link", "set", &inner, "up"]);
+        }
+        Some(net)
+    }
+
+    /// Pod `i`'s namespace.
+    fn pod(&self, i: usize) -> &str {
+        &self.namespaces[i + 1]
+    }
+
+    /// `curl ARGS` inside pod `i`'s namespace: (exit ok, stdout).
+    fn curl(&self, i: usize, args: &[&str]) -> (bool, String) {
+        let out = in_netns(Some(self.pod(i)), "curl")
+            .args(["-sS", "--max-time", "5"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+}
+
+impl Drop for PodNet {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// The acceptance pair in network namespaces: two workloads (nginx), each in its own
+/// namespace behind an Envoy bootstrapped only with the controller's ADS address (on the
+/// host, across a bridge) and a bootstrap token; permissive mode: both directions answer
+/// 200, and each receiving sidecar counts mesh TLS handshakes on its inbound port.
+#[test]
+fn envoy_sidecars_in_network_namespaces_call_each_other_over_mtls() {
+    if !common::peers(&["envoy", "nginx", "curl"]) {
+        return;
+    }
+    let Some(net) = PodNet::new(2) else {
+        return;
+    };
+    let dir = TempDir::new("controller-netns");
+    let (app, ads, admin, envoy_admin) = (18080, reserve_port(), reserve_port(), 15000);
+    // Pod 0 is `client-1` (10.251.0.2), pod 1 is `web-1` (10.251.0.3); each runs an app.
+    let apps: Vec<(Proc, TempDir)> = (0..2)
+        .map(|i| {
+            let d = TempDir::new(&format!("controller-netns-app{i}"));
+            let ng = common::nginx_in(
+                Some(net.pod(i)),
+                &d,
+                &format!(
+                    "server {{ listen 10.251.0.{}:{app}; location / {{ return 200 \"{} $http_host\"; }} }}",
+                    i + 2,
+                    ["client", "web"][i]
+                ),
+            );
+            (ng, d)
+        })
+        .collect();
+    let manifests = dir.path("mesh");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("shop.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{ name: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: client, namespace: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: web, namespace: shop }}\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  selector: {{ app: web }}\n  ports: [{{ name: http, port: 80, targetPort: {app} }}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: client, namespace: shop }}\nspec:\n  selector: {{ app: client }}\n  ports: [{{ name: http, port: 80, targetPort: {app} }}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: client-1, namespace: shop, labels: {{ app: client }} }}\nspec: {{ serviceAccountName: client }}\nstatus: {{ podIP: 10.251.0.2 }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: web-1, namespace: shop, labels: {{ app: web }} }}\nspec: {{ serviceAccountName: web }}\nstatus: {{ podIP: 10.251.0.3 }}\n"
+        ),
+    )
+    .unwrap();
+    let listen: std::net::SocketAddr = ([10, 251, 0, 1], ads).into();
+    let ctl = run_controller_on(
+        &format!("dir:{}", manifests.display()),
+        listen,
+        admin,
+        &dir.path("state"),
+        &[],
+    );
+    let sidecars: Vec<Proc> = [("client-1.shop", "shop/client"), ("web-1.shop", "shop/web")]
+        .iter()
+        .enumerate()
+        .map(|(i, (node, account))| {
+            envoy_sidecar_in(
+                Some(net.pod(i)),
+                &dir,
+                node,
+                account,
+                envoy_admin,
+                &[listen],
+            )
+        })
+        .collect();
+    // From each pod through its own sidecar to the other's service.
+    let call = |from: usize, host: &str| {
+        net.curl(
+            from,
+            &[
+                "-H",
+                &format!("Host: {host}"),
+                &format!("http://10.251.0.{}:15001/", from + 2),
+            ],
+        )
+        .1
+    };
+    for (from, host, want) in [
+        (0, "web.shop", "web web.shop"),
+        (1, "client.shop", "client client.shop"),
+    ] {
+        assert!(
+            common::wait_until(Duration::from_secs(30), || call(from, host) == want),
+            "pod {from} → {host}: {:?}; controller: {}; sidecar: {}",
+            call(from, host),
+            ctl.stderr_so_far(),
+            sidecars[from].stderr_so_far()
+        );
+    }
+    // Each receiving sidecar did mesh TLS handshakes on its inbound port.
+    for i in 0..2 {
+        let (_, stats) = net.curl(
+            i,
+            &[&format!(
+                "http://127.0.0.1:{envoy_admin}/stats?filter=ssl.handshake"
+            )],
+        );
+        let handshakes: u64 = stats
+            .lines()
+            .filter(|l| l.contains("15006"))
+            .filter_map(|l| l.rsplit(": ").next()?.trim().parse::<u64>().ok())
+            .sum();
+        assert!(handshakes >= 1, "pod {i}: {stats}");
+    }
+    // The workloads are not reachable from the host except through the mesh: the inbound
+    // port wants a mesh certificate.
+    let (ok, _, _) = common::curl(&["-s", "-k", "-m", "2", "https://10.251.0.3:15006/"]);
+    assert!(
+        !ok,
+        "the inbound listener served a client without a mesh certificate"
+    );
+    drop(sidecars);
+    drop(ctl);
+    drop(apps);
 }

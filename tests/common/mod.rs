@@ -310,6 +310,25 @@ impl Drop for Echo {
 /// nginx in the foreground as a single process, on a config written into `dir` (the test
 /// checked `peers(&["nginx"])`).
 pub fn nginx(dir: &TempDir, server_blocks: &str) -> Proc {
+    nginx_in(None, dir, server_blocks)
+}
+
+/// `program`, run in network namespace `netns` when given (`ip netns exec` execs it: the
+/// PID is the program's).
+pub fn in_netns(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// [`nginx`] in network namespace `netns` when given (`ip netns exec` execs nginx: the PID
+/// is nginx's).
+pub fn nginx_in(netns: Option<&str>, dir: &TempDir, server_blocks: &str) -> Proc {
     std::fs::create_dir_all(dir.path("logs")).unwrap();
     let conf = format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {pid};\nerror_log {err} warn;\n\
@@ -322,7 +341,7 @@ pub fn nginx(dir: &TempDir, server_blocks: &str) -> Proc {
     );
     let path = dir.write("nginx.conf", &conf);
     daemon(
-        Command::new("nginx")
+        in_netns(netns, "nginx")
             .arg("-p")
             .arg(&dir.0)
             .arg("-c")
