@@ -671,6 +671,7 @@ struct Pair {
     ctl: Proc,
     _nginx: (Proc, TempDir),
     dir: TempDir,
+    ads: u16,
     admin: u16,
     admin_a: u16,
     admin_b: u16,
@@ -701,6 +702,7 @@ impl Pair {
             ctl,
             _nginx: (ng, ndir),
             dir,
+            ads,
             admin,
             admin_a,
             admin_b,
@@ -860,6 +862,25 @@ fn a_root_rotation_with_short_leaves_fails_no_request_under_load() {
         roots_after.iter().all(|r| !roots_before.contains(r)),
         "the web sidecar no longer trusts the old root: {roots_before:?} → {roots_after:?}"
     );
+    // The controller restarts, with a certificate only the new root signs: the sidecars,
+    // bootstrapped when only the old root existed, follow the trust file and reconnect.
+    let admin = pair.admin;
+    pair.ctl.signal("TERM");
+    assert!(
+        common::wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", admin)).is_err()
+        }),
+        "the controller did not stop"
+    );
+    let _ctl = run_controller(&pair.dir.path("mesh"), pair.ads, admin, &state);
+    for node in ["client-1.shop", "web-1.shop"] {
+        assert!(
+            common::wait_until(Duration::from_secs(30), || acked(admin, node).is_some()),
+            "{node} did not reconnect to the restarted controller: {}",
+            status_of(admin)
+        );
+    }
+    assert_eq!(through_pair(pair.net).as_deref(), Ok("web web.shop"));
 }
 
 /// An Envoy sidecar for pod node `node` (`<pod>.<ns>`) bootstrapped with nothing but the
@@ -1327,8 +1348,9 @@ fn run_controller_on(
 }
 
 /// An Envoy bootstrap's `xds` cluster: the controller's port over TLS (HTTP/2), the
-/// controller's certificate checked against the state directory's trust bundle and its
-/// SPIFFE ID. With several ports (replicas), Envoy takes them in turn when a stream fails.
+/// controller's certificate checked against the state directory's trust bundle (the SDS
+/// file `ca-sds.yaml`, watched: a root rotation reaches Envoy) and its SPIFFE ID. With
+/// several ports (replicas), Envoy takes them in turn when a stream fails.
 fn xds_cluster(ads: &[u16], state: &Path) -> String {
     let at: Vec<std::net::SocketAddr> = ads.iter().map(|p| ([127, 0, 0, 1], *p).into()).collect();
     xds_cluster_at(&at, state)
@@ -1359,12 +1381,18 @@ fn xds_cluster_at(ads: &[std::net::SocketAddr], state: &Path) -> String {
         sni: localhost
         common_tls_context:
           alpn_protocols: [h2]
-          validation_context:
-            trusted_ca: {{ filename: "{}" }}
-            match_typed_subject_alt_names:
-            - {{ san_type: URI, matcher: {{ exact: "spiffe://cluster.local/ns/flowgate-system/sa/flowgate-controller" }} }}
+          combined_validation_context:
+            default_validation_context:
+              match_typed_subject_alt_names:
+              - {{ san_type: URI, matcher: {{ exact: "spiffe://cluster.local/ns/flowgate-system/sa/flowgate-controller" }} }}
+            validation_context_sds_secret_config:
+              name: flowgate-mesh-ca
+              sds_config:
+                resource_api_version: V3
+                path_config_source: {{ path: "{}", watched_directory: {{ path: "{}" }} }}
 "#,
-        state.join("ca.pem").display()
+        state.join("ca-sds.yaml").display(),
+        state.display()
     )
 }
 

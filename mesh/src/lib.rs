@@ -55,6 +55,7 @@ pub mod replica;
 pub mod source;
 pub mod state;
 pub mod token;
+pub mod workload;
 pub mod xds;
 
 pub use etcd::EtcdSource;

@@ -5,6 +5,8 @@
 //! certificate renews itself through the CSR service without a token.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,11 +16,9 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use flowgate_mesh::ca::{Ca, Issued, SpiffeId, spiffe_id_of};
 use flowgate_mesh::token::TokenKey;
 use flowgate_mesh::xds::auth::{Authenticator, server_config};
-use flowgate_mesh::xds::certify::{
-    CREATE_CERTIFICATE, CertService, CertificateRequest, CertificateResponse, SharedCa,
-};
+use flowgate_mesh::xds::certify::{CREATE_CERTIFICATE, CertificateRequest, CertificateResponse};
 use flowgate_mesh::xds::compile::{Resources, sidecar_secrets};
-use flowgate_mesh::xds::{AdsServer, Snapshot, serve_tls, type_url};
+use flowgate_mesh::xds::{AdsServer, Snapshot, type_url};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose,
     PKCS_ECDSA_P256_SHA256, SanType,
@@ -84,8 +84,6 @@ impl Controller {
                 &["localhost".into(), "127.0.0.1".into()],
             )
             .unwrap();
-        let (_configs_tx, configs) =
-            tokio::sync::watch::channel(server_config(&ca, &server_leaf).unwrap());
         let (ads, snapshots) = AdsServer::new();
         let ads = ads.with_authenticator(auth.clone());
         // Two pods' sidecars: web-1 runs as shop/web, db-1 as shop/db.
@@ -109,23 +107,14 @@ impl Controller {
                 secrets("db"),
             );
         snapshots.send(Arc::new(snap)).unwrap();
-        let shared: SharedCa = Arc::new(std::sync::RwLock::new(Some(ca.clone())));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _keep = (snapshots, _configs_tx);
-            serve_tls(
-                listener,
-                configs,
-                ads,
-                Some(CertService::new(shared, auth)),
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-        });
+        let (addr, stop) = common::serve_on_loopback(
+            ca.clone(),
+            auth,
+            server_config(&ca, &server_leaf).unwrap(),
+            ads,
+            snapshots,
+        )
+        .await;
         Controller {
             addr,
             ca,

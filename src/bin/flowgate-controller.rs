@@ -6,7 +6,8 @@
 //!                         [--listen ADDR]        (TLS; SotW and delta; default 127.0.0.1:15010)
 //!                         [--server-name NAME]   names in the controller's certificate
 //!                         [--admin ADDR]         GET /status as JSON (default 127.0.0.1:15000)
-//!                         [--state DIR]          CA root, trust bundle `ca.pem`, token key
+//!                         [--state DIR]          CA root, trust bundle `ca.pem` (and as an
+//!                                                SDS file, `ca-sds.yaml`), token key
 //!                         [--shared etcd:HOST:PORT/PREFIX --shared-key FILE]
 //!                                                one of several replicas: CA, token key and
 //!                                                leaves shared in etcd, sealed with FILE
@@ -471,14 +472,25 @@ fn server_cert(
     })
 }
 
-/// Writes the trust bundle proxies verify the controller (and each other) with.
+/// The name of the secret in `ca-sds.yaml`.
+const CA_SDS_SECRET: &str = "flowgate-mesh-ca";
+
+/// Writes the trust bundle proxies verify the controller (and each other) with: `ca.pem`,
+/// and `ca-sds.yaml`, the same as an SDS file an Envoy bootstrap can name
+/// (`path_config_source` with a `watched_directory`), so Envoy follows a root rotation
+/// without a restart. Each is replaced whole (written aside, then renamed).
 fn write_bundle(state: &Path, ca: &flowgate::mesh::ca::Ca) {
-    let path = state.join("ca.pem");
-    let tmp = state.join("ca.pem.tmp");
-    if let Err(e) =
-        std::fs::write(&tmp, ca.bundle_pem()).and_then(|()| std::fs::rename(&tmp, &path))
-    {
-        tracing::error!("writing {}: {e}", path.display());
+    let bundle = ca.bundle_pem();
+    let indented: String = bundle.lines().map(|l| format!("        {l}\n")).collect();
+    let sds = format!(
+        "resources:\n- \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  name: {CA_SDS_SECRET}\n  validation_context:\n    trusted_ca:\n      inline_string: |\n{indented}"
+    );
+    for (name, text) in [("ca.pem", bundle.as_str()), ("ca-sds.yaml", sds.as_str())] {
+        let path = state.join(name);
+        let tmp = state.join(format!(".{name}.tmp"));
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)) {
+            tracing::error!("writing {}: {e}", path.display());
+        }
     }
 }
 
@@ -1167,7 +1179,25 @@ fn run(opts: RunOptions) -> ExitCode {
                 _ => std::future::pending::<()>().await,
             }
         };
-        match serve_tls(listener, tls_rx, server, Some(certs), stop).await {
+        let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+        let serving = serve_tls(listener, tls_rx, server, Some(certs), async {
+            let _ = drain_rx.await;
+        });
+        tokio::pin!(serving);
+        let result = tokio::select! {
+            r = &mut serving => r,
+            () = stop => {
+                // Proxies' streams never end by themselves: they are told to go (HTTP/2
+                // GOAWAY) and get a moment to, then the controller exits; they reconnect
+                // to another replica, or to this one restarted, with what they hold.
+                let _ = drain_tx.send(());
+                tracing::info!("stopping");
+                tokio::time::timeout(SHUTDOWN_GRACE, &mut serving)
+                    .await
+                    .unwrap_or(Ok(()))
+            }
+        };
+        match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -1176,6 +1206,9 @@ fn run(opts: RunOptions) -> ExitCode {
         }
     })
 }
+
+/// How long a stopping controller waits for its streams to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// `certificate`: a certificate and key for NS/SA made by the state directory's CA, and the
 /// trust bundle, written to `out` (for a proxyless gRPC client or a test).

@@ -1,8 +1,10 @@
 //! xDS: the mesh compiled to standard Envoy resources ([`compile`]) and served over ADS
-//! ([`server`]).
+//! ([`server`]); the other end, a delta ADS client a sidecar follows its controller with
+//! ([`client`]).
 
 pub mod auth;
 pub mod certify;
+pub mod client;
 pub mod compile;
 pub mod server;
 
