@@ -102,14 +102,8 @@ async fn a_sidecar_follows_its_complete_configuration_and_nacks_what_it_refuses(
         token: None,
     };
     let (out, mut configs) = watch::channel(None);
-    // The check refuses any listener named `refused`.
-    let check = |r: &Received| match r
-        .of(type_url::LISTENER)
-        .find(|(n, _)| n.as_str() == "refused")
-    {
-        Some(_) => Err("listener `refused` is not supported".to_string()),
-        None => Ok(()),
-    };
+    // The check is the sidecar's: the subset of xDS it accepts.
+    let check = |r: &Received| flowgate_mesh::xds::subset::read(r).map(drop);
     let task = {
         let channel = channel.clone();
         let options = options.clone();
@@ -142,13 +136,41 @@ async fn a_sidecar_follows_its_complete_configuration_and_nacks_what_it_refuses(
     let moved = next_config(&mut configs).await;
     assert!(endpoints_of(&moved, store).contains("10.42.9.9"));
 
-    // A listener the check refuses: NACKed with the reason, the configuration kept.
+    // A listener outside the subset (a Redis proxy): NACKed with the reason, the
+    // configuration kept.
     let mut bad = snapshot(&demo_with("10.42.9.9"), &ca, &mut leaves);
     let mut extra = flowgate_mesh::xds::Resources::default();
     extra.put(
         "refused".into(),
         envoy_types::pb::envoy::config::listener::v3::Listener {
             name: "refused".into(),
+            address: Some(envoy_types::pb::envoy::config::core::v3::Address {
+                address: Some(
+                    envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(
+                        envoy_types::pb::envoy::config::core::v3::SocketAddress {
+                            address: "127.0.0.1".into(),
+                            port_specifier: Some(
+                                envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(6379),
+                            ),
+                            ..Default::default()
+                        },
+                    ),
+                ),
+            }),
+            filter_chains: vec![envoy_types::pb::envoy::config::listener::v3::FilterChain {
+                filters: vec![envoy_types::pb::envoy::config::listener::v3::Filter {
+                    name: "envoy.filters.network.redis_proxy".into(),
+                    config_type: Some(
+                        envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(
+                            envoy_types::pb::google::protobuf::Any {
+                                type_url: "type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy".into(),
+                                value: Vec::new(),
+                            },
+                        ),
+                    ),
+                }],
+                ..Default::default()
+            }],
             ..Default::default()
         },
     );
@@ -173,7 +195,8 @@ async fn a_sidecar_follows_its_complete_configuration_and_nacks_what_it_refuses(
     .await
     .expect("the NACK reached the server");
     assert!(
-        nacked.1.contains("listener `refused` is not supported"),
+        nacked.1.contains("listener `refused`")
+            && nacked.1.contains("envoy.filters.network.redis_proxy"),
         "{nacked:?}"
     );
     let held = configs.borrow().clone().unwrap();

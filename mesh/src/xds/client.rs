@@ -65,13 +65,9 @@ impl Received {
                     cluster::DiscoveryType::Eds as i32,
                 ))
             {
-                let service = c
-                    .eds_cluster_config
-                    .as_ref()
-                    .map(|e| e.service_name.clone())
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| name.clone());
-                refs.entry(type_url::ENDPOINT).or_default().insert(service);
+                refs.entry(type_url::ENDPOINT)
+                    .or_default()
+                    .insert(eds_service(&c, name));
             }
             if let Some(ts) = c.transport_socket.as_ref().and_then(typed)
                 && let Ok(tls) = UpstreamTlsContext::decode(ts.value.as_slice())
@@ -147,6 +143,35 @@ impl Received {
             }
         }
         next
+    }
+}
+
+/// The name of the endpoints an EDS cluster asks for: its `service_name`, else its own.
+pub(crate) fn eds_service(c: &Cluster, name: &str) -> String {
+    c.eds_cluster_config
+        .as_ref()
+        .map(|e| e.service_name.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| name.to_string())
+}
+
+impl From<&super::Resources> for Received {
+    /// The resources a controller compiled, as a client would hold them.
+    fn from(r: &super::Resources) -> Received {
+        let mut out = Received::default();
+        for (t, by_name) in &r.by_type {
+            let held = out.resources.entry(t.clone()).or_default();
+            for (name, any) in by_name {
+                let version = r
+                    .versions
+                    .get(t)
+                    .and_then(|v| v.get(name))
+                    .cloned()
+                    .unwrap_or_default();
+                held.insert(name.clone(), (version, any.clone()));
+            }
+        }
+        out
     }
 }
 

@@ -90,10 +90,14 @@ impl Resources {
             .insert(name, any);
     }
 
-    /// Adds (or replaces) every type of `other`.
+    /// Adds every resource of `other` (replacing those of the same type and name).
     pub fn extend(&mut self, other: Resources) {
-        self.by_type.extend(other.by_type);
-        self.versions.extend(other.versions);
+        for (t, by_name) in other.by_type {
+            self.by_type.entry(t).or_default().extend(by_name);
+        }
+        for (t, by_name) in other.versions {
+            self.versions.entry(t).or_default().extend(by_name);
+        }
     }
 
     /// The resources of `type_url`.

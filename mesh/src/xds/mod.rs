@@ -7,6 +7,7 @@ pub mod certify;
 pub mod client;
 pub mod compile;
 pub mod server;
+pub mod subset;
 
 pub use compile::{Resources, grpc_resources, type_url};
 pub use server::{
