@@ -361,6 +361,53 @@ async fn mux_sends_a_message_again_when_a_reused_session_fails_retry_safe() {
     }
 }
 
+/// Under load many pooled sessions go idle together and the other side closes them
+/// together: a message that meets one of them is sent again on a new session, not on
+/// another pooled one that is just as stale (which would fail it after the resends ran out).
+#[tokio::test(start_paused = true)]
+async fn mux_resends_on_a_new_session_when_every_pooled_one_is_stale() {
+    let stale = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let session = Arc::new(
+        Pipeline::builder("session")
+            .filter(Counting(opened.clone()))
+            .filter(StaleAfterOne {
+                stale: stale.clone(),
+                retry_safe: true,
+            })
+            .build()
+            .unwrap(),
+    );
+    let mux = Mux::with(
+        session,
+        Dyn::value(String::new()),
+        MuxOptions {
+            max_resends: 3,
+            ..Default::default()
+        },
+    );
+    // Five streams at once: five sessions, each having carried one message.
+    let outs = futures_util::future::join_all(
+        ["a", "b", "c", "d", "e"].map(|m| testing::run(&mux, messages(&[m]))),
+    )
+    .await;
+    assert!(
+        outs.iter()
+            .all(|o| matches!(o.last(), Some(Event::StreamEnd(None))))
+    );
+    let pooled = opened.load(Ordering::SeqCst);
+    assert_eq!(pooled, 5);
+    // Every pooled session is now stale: the message is answered by one new session.
+    stale.store(true, Ordering::SeqCst);
+    let out = testing::run(&mux, messages(&["f"])).await;
+    assert_eq!(data_of(&out), b"f", "{out:?}");
+    assert!(
+        matches!(out.last(), Some(Event::StreamEnd(None))),
+        "{out:?}"
+    );
+    assert_eq!(opened.load(Ordering::SeqCst), pooled + 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn fork_join_waits_for_children_and_race_takes_the_first() {
     let seen = Arc::new(AtomicUsize::new(0));

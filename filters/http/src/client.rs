@@ -54,7 +54,7 @@ pub struct UnaskedUpgrade;
 /// A connection that ends before any byte of a response fails the request with
 /// [`ClosedBeforeResponse`]; when the connection had answered earlier requests (it came
 /// from the pool) and the request is idempotent, that failure is retry-safe, so the pool
-/// sends the request again on another connection.
+/// sends the request again on a new connection.
 pub(crate) struct ClientCodec {
     pub(crate) sub: SubPipeline,
     pub(crate) limits: Limits,

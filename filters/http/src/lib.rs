@@ -557,9 +557,10 @@ fn d_idle() -> Duration {
     Duration::from_secs(60)
 }
 
-/// How often `mux-http` and `balance-http` send an idempotent request again when a pooled
-/// connection closes under it before any byte of the response (each time on another
-/// connection; a new connection's failure is the answer).
+/// How often `mux-http` and `balance-http` may send an idempotent request again when a
+/// pooled connection closes under it before any byte of the response. A resend goes on a
+/// new connection (the pooled ones may be closing too), whose failure is the answer, so in
+/// practice it is sent again once.
 pub(crate) const STALE_RESENDS: usize = 3;
 
 impl FilterConfig for MuxHttpConfig {
@@ -600,7 +601,7 @@ impl FilterConfig for MuxHttpConfig {
 /// before it, each as a bodiless message ending with an
 /// [`Interim`](flowgate_pipeline::joint::Interim) tail. An idempotent request that a pooled connection
 /// closes under before any byte of its response (the upstream's keep-alive timeout met
-/// the request on the wire) is sent again on another connection, up to 3 times, as
+/// the request on the wire) is sent again on a new connection, as
 /// [`MuxOptions::max_resends`] describes.
 ///
 /// A stream whose first message is an upgrade request (`Connection: upgrade` +

@@ -32,8 +32,9 @@ pub struct MuxOptions {
     pub max_message_bytes: usize,
     /// How many times a message is sent again when the session it went to had carried
     /// messages before and fails with a retry-safe error before any reply to it arrived
-    /// (a pooled connection the other side closed as the message was sent). Each resend
-    /// goes to another session; a fresh session's failure is the answer. Default 0 (off):
+    /// (a pooled connection the other side closed as the message was sent). A resend goes
+    /// to a new session, never a pooled one (those may be closing too), so one resend is
+    /// all it takes: a fresh session's failure is the answer. Default 0 (off):
     /// only the session pipeline knows whether a failure is safe to retry, so protocols
     /// that mark their failures turn this on (`mux-http` does).
     pub max_resends: usize,
@@ -198,10 +199,16 @@ impl MuxStream {
         let key = (std::thread::current().id(), key);
         let mut sessions = lock(&shared.pool.sessions);
         let list = sessions.entry(key.clone()).or_default();
-        let found = list
-            .iter()
-            .find(|s| lock(&s.state).in_flight < shared.opts.max_queue)
-            .cloned();
+        // A resend goes to a new session: the pooled ones went idle together with the one
+        // that failed and may be closing too (one stale connection met under load is
+        // seldom the only one), and a fresh session's failure is a real answer.
+        let found = if resent > 0 {
+            None
+        } else {
+            list.iter()
+                .find(|s| lock(&s.state).in_flight < shared.opts.max_queue)
+                .cloned()
+        };
         let session = match found {
             Some(s) => s,
             None => {
