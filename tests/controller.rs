@@ -1654,6 +1654,23 @@ fn two_replicas_on_one_etcd_take_over_each_others_proxies_without_a_failed_reque
         certs_after, certs_before,
         "the client's sidecar kept its certificate"
     );
+    // An account that joins gets a shared leaf; when it leaves, its leaf is deleted.
+    let leaf_key = b"/flowgate/controller/leaves/shop/extra";
+    rt.block_on(client.put(
+        b"/mesh/extra.yaml",
+        format!("apiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: extra, namespace: shop }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: extra-1, namespace: shop }}\nspec: {{ serviceAccountName: extra }}\nstatus: {{ podIP: 127.0.{net}.9 }}\n").as_bytes(),
+    ))
+    .unwrap();
+    let held = || rt.block_on(client.get(leaf_key)).unwrap().is_some();
+    assert!(
+        common::wait_until(Duration::from_secs(10), held),
+        "no shared leaf for shop/extra"
+    );
+    rt.block_on(client.delete(b"/mesh/extra.yaml")).unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(10), || !held()),
+        "the leaf of an account that left stayed"
+    );
 }
 
 /// Network namespaces for a test: a `cluster` namespace with a bridge, a namespace per pod

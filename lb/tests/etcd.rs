@@ -135,8 +135,12 @@ async fn put_if_lets_one_of_two_writers_win() {
     assert_eq!((kv.value.as_slice(), kv.mod_revision), (&b"c"[..], rev2));
     let (_, kvs) = client.range_prefix_kv(b"/re").await.unwrap();
     assert_eq!(kvs, vec![kv]);
+    // A delete at a stale revision does nothing; at the current one it deletes.
+    assert!(!client.delete_if(b"/rec", rev).await.unwrap());
+    assert!(client.get(b"/rec").await.unwrap().is_some());
+    assert!(client.delete_if(b"/rec", rev2).await.unwrap());
+    assert_eq!(client.get(b"/rec").await.unwrap(), None);
     // Gone: a replace at the old revision loses with nothing there.
-    client.delete(b"/rec").await.unwrap();
     assert_eq!(
         client.put_if(b"/rec", b"e", rev2).await.unwrap(),
         Swap::Lost { current: None }

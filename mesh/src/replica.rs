@@ -378,6 +378,12 @@ impl SharedStore {
         self.swap(&self.leaf_at(id), leaf, expected).await
     }
 
+    /// Deletes `id`'s leaf if its record is still at `expected` (an account that left the
+    /// mesh); `true` when it was deleted.
+    pub async fn delete_leaf(&self, id: &SpiffeId, expected: i64) -> Result<bool, ReplicaError> {
+        Ok(self.client.delete_if(&self.leaf_at(id), expected).await?)
+    }
+
     /// Every shared record (the CA and the leaves) as changes, and the store's revision to
     /// [`watch`](Self::watch) from. A record that does not open is reported and skipped.
     pub async fn list(&self) -> Result<(i64, Vec<Change>), ReplicaError> {

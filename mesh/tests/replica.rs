@@ -124,6 +124,18 @@ async fn replicas_agree_on_one_ca_one_token_key_and_one_leaf_per_account() {
     assert_eq!(seen.0, id);
     assert_eq!((seen.1.value, seen.1.mod_revision), (renewed, rev2));
 
+    // The account leaves the mesh: its leaf is deleted, unless it changed meanwhile.
+    assert!(
+        !b.delete_leaf(&id, won).await.unwrap(),
+        "a stale revision deletes nothing"
+    );
+    assert!(b.delete_leaf(&id, rev2).await.unwrap());
+    let (_, listed) = a.list().await.unwrap();
+    assert!(
+        !listed.iter().any(|c| matches!(c, Change::Leaf(..))),
+        "{listed:?}"
+    );
+
     // A CA change at a stale revision loses to the newer one.
     let mut next = ca.clone();
     next.stage_root().unwrap();

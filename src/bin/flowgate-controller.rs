@@ -750,6 +750,33 @@ impl Authority {
                     ),
                 }
             }
+            // Accounts that left the mesh: their shared leaves go (unless another replica
+            // wrote them since).
+            let accounts: std::collections::BTreeSet<(&str, &str)> = mesh
+                .pods
+                .iter()
+                .map(|((ns, _), pod)| (ns.as_str(), pod.value.service_account()))
+                .collect();
+            let gone: Vec<(flowgate::mesh::ca::SpiffeId, i64)> = shared
+                .leaf_revisions
+                .iter()
+                .filter(|(id, _)| {
+                    !accounts.contains(&(id.namespace.as_str(), id.service_account.as_str()))
+                })
+                .map(|(id, rev)| (id.clone(), *rev))
+                .collect();
+            for (id, rev) in gone {
+                match shared.store.delete_leaf(&id, rev).await {
+                    Ok(deleted) => {
+                        if deleted {
+                            tracing::info!("{id} left the mesh; its shared leaf is deleted");
+                        }
+                        shared.leaf_revisions.remove(&id);
+                        self.leaves.forget(&id);
+                    }
+                    Err(e) => tracing::warn!("deleting the shared leaf of {id}: {e}"),
+                }
+            }
             tries += 1;
             if !lost || tries >= 3 {
                 return snap;

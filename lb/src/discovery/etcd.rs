@@ -107,6 +107,27 @@ impl EtcdClient {
             .map(drop)
     }
 
+    /// Deletes `key` only if it was last changed at `mod_revision`, in one transaction;
+    /// `true` when it was deleted.
+    pub async fn delete_if(&self, key: &[u8], mod_revision: i64) -> Result<bool, DiscoveryError> {
+        let k = B64.encode(key);
+        let v = self
+            .call(
+                "/v3/kv/txn",
+                json!({
+                    "compare": [{
+                        "key": k,
+                        "target": "MOD",
+                        "result": "EQUAL",
+                        "mod_revision": mod_revision.to_string(),
+                    }],
+                    "success": [{"request_delete_range": {"key": k}}],
+                }),
+            )
+            .await?;
+        Ok(v["succeeded"].as_bool() == Some(true))
+    }
+
     /// The value of `key` and the revision it was last changed at, if it exists.
     pub async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, DiscoveryError> {
         let v = self

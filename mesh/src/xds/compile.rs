@@ -1283,6 +1283,12 @@ impl Leaves {
         std::mem::take(&mut self.fresh).into_iter().collect()
     }
 
+    /// Forgets `id`'s leaf (an account that left the mesh).
+    pub fn forget(&mut self, id: &SpiffeId) {
+        self.issued.remove(id);
+        self.fresh.remove(id);
+    }
+
     /// Forgets every leaf (each is issued again when next asked for), keeping the count.
     pub fn clear(&mut self) {
         self.issued.clear();
