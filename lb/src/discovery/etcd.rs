@@ -43,6 +43,17 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0] // every key
 }
 
+/// A transaction's comparison: the key (base64) was last changed at `mod_revision` (`0`:
+/// it does not exist).
+fn same_revision(key_b64: &str, mod_revision: i64) -> Value {
+    json!({
+        "key": key_b64,
+        "target": "MOD",
+        "result": "EQUAL",
+        "mod_revision": mod_revision.to_string(),
+    })
+}
+
 fn as_i64(v: &Value) -> i64 {
     match v {
         Value::String(s) => s.parse().unwrap_or(0),
@@ -115,12 +126,7 @@ impl EtcdClient {
             .call(
                 "/v3/kv/txn",
                 json!({
-                    "compare": [{
-                        "key": k,
-                        "target": "MOD",
-                        "result": "EQUAL",
-                        "mod_revision": mod_revision.to_string(),
-                    }],
+                    "compare": [same_revision(&k, mod_revision)],
                     "success": [{"request_delete_range": {"key": k}}],
                 }),
             )
@@ -152,12 +158,7 @@ impl EtcdClient {
             .call(
                 "/v3/kv/txn",
                 json!({
-                    "compare": [{
-                        "key": k,
-                        "target": "MOD",
-                        "result": "EQUAL",
-                        "mod_revision": mod_revision.to_string(),
-                    }],
+                    "compare": [same_revision(&k, mod_revision)],
                     "success": [{"request_put": {"key": k, "value": B64.encode(value)}}],
                     "failure": [{"request_range": {"key": k}}],
                 }),
