@@ -214,3 +214,58 @@ fn rustls_pemfile_certs(path: &Path) -> Vec<rustls::pki_types::CertificateDer<'s
         .map(|c| c.unwrap())
         .collect()
 }
+
+/// `rbac` behind `accept-tls` with client certificates, through the `flowgate` binary and
+/// curl: the identity of the verified client certificate decides — one client may `GET
+/// /books`, another client of the same CA gets 403 there, and neither may `POST`.
+#[test]
+fn rbac_decides_by_the_verified_client_identity() {
+    if !peers(&["nginx", "curl", "openssl"]) {
+        return;
+    }
+    let dir = TempDir::new("rbac");
+    let (_nginx, up) = nginx_hello(&dir);
+    let server_pki = OpensslPki::new(&dir, "server");
+    let (cert, key) = server_pki.leaf("localhost", "localhost", false);
+    let clients = OpensslPki::new(&dir, "clients");
+    let (reader_cert, reader_key) = clients.leaf("reader", "reader.shop", true);
+    let (other_cert, other_key) = clients.leaf("other", "other.shop", true);
+    let port = reserve_port();
+    let cfg = dir.write(
+        "rbac.yaml",
+        &format!(
+            "listeners:\n  - listen: 127.0.0.1:{port}\n    pipeline: tls\npipelines:\n  tls:\n    - accept-tls:\n        pipeline: http\n        certificates: [{{ cert: {}, key: {} }}]\n        client_auth: {{ ca: {} }}\n  http:\n    - demux-http: {{ pipeline: request }}\n  request:\n    - rbac:\n        pipeline: app\n        policies:\n          readers:\n            principals: [reader.shop]\n            permissions: [{{ methods: [GET], path_prefix: /books }}]\n  app:\n    - mux-http: {{ pipeline: upstream }}\n  upstream:\n    - connect: {{ endpoints: 127.0.0.1:{up} }}\n",
+            cert.display(),
+            key.display(),
+            clients.ca().display()
+        ),
+    );
+    let _fg = flowgate_run(&cfg, &[port]);
+    let ca = server_pki.ca();
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let call = |cert: &Path, key: &Path, method: &str, path: &str| {
+        curl(&[
+            "-s",
+            "--resolve",
+            &resolve,
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "-X",
+            method,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("https://localhost:{port}{path}"),
+        ])
+        .1
+    };
+    assert_eq!(call(&reader_cert, &reader_key, "GET", "/books/1"), "200");
+    assert_eq!(call(&reader_cert, &reader_key, "GET", "/admin"), "403");
+    assert_eq!(call(&reader_cert, &reader_key, "POST", "/books/1"), "403");
+    assert_eq!(call(&other_cert, &other_key, "GET", "/books/1"), "403");
+}

@@ -111,6 +111,7 @@ mod event_io;
 mod h2_watch;
 mod h2client;
 mod http2;
+mod rbac;
 
 pub use access_log::AccessLogFormat;
 pub use balance::{BalanceHttp, BalanceHttpConfig, HashOn, PickedUpstream, UpstreamTlsConfig};
@@ -123,6 +124,7 @@ mod timeout;
 mod tunnel;
 
 pub use cors::CorsConfig;
+pub use rbac::{RbacAction, RbacConfig, RbacPermissionConfig, RbacPolicyConfig};
 pub use retry::RetryConfig;
 pub use rewrite::{PrefixRewrite, RedirectConfig, RewriteConfig};
 pub use route::{
@@ -149,7 +151,7 @@ use serde::{Deserialize, Serialize};
 pub use codec::{TooManyInterim, Trailers};
 
 /// Registers `demux-http`, `mux-http`, `respond`, `route`, `headers`, `rewrite`, `redirect`,
-/// `retry`, `cors` and (with the `net` feature) `balance-http`.
+/// `retry`, `cors`, `rbac` and (with the `net` feature) `balance-http`.
 pub fn register(r: &mut Registry) {
     r.register::<DemuxHttpConfig>("demux-http");
     r.register::<MuxHttpConfig>("mux-http");
@@ -161,6 +163,7 @@ pub fn register(r: &mut Registry) {
     r.register::<RedirectConfig>("redirect");
     r.register::<RetryConfig>("retry");
     r.register::<CorsConfig>("cors");
+    r.register::<RbacConfig>("rbac");
     r.register::<BalanceHttpConfig>("balance-http");
 }
 
