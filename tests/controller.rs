@@ -759,6 +759,31 @@ fn through_pair(net: u8) -> Result<String, String> {
     }
 }
 
+/// Requests through the client's sidecar for `run`, 20 a second, each on a new
+/// connection, calling `between(elapsed)` after each: how many were answered `web web.shop`,
+/// and what went wrong with the others (each with its time).
+fn load_through_pair(
+    net: u8,
+    run: Duration,
+    mut between: impl FnMut(Duration),
+) -> (u32, Vec<String>) {
+    let start = Instant::now();
+    let (mut ok, mut failed) = (0u32, Vec::new());
+    while start.elapsed() < run {
+        let tick = Instant::now();
+        match through_pair(net) {
+            Ok(body) if body == "web web.shop" => ok += 1,
+            Ok(body) => failed.push(format!("{:.1}s: {body}", start.elapsed().as_secs_f64())),
+            Err(e) => failed.push(format!("{:.1}s: {e}", start.elapsed().as_secs_f64())),
+        }
+        between(start.elapsed());
+        if let Some(left) = Duration::from_millis(50).checked_sub(tick.elapsed()) {
+            std::thread::sleep(left);
+        }
+    }
+    (ok, failed)
+}
+
 /// The serial numbers of the certificate an Envoy presents and of the roots it trusts, as
 /// SDS gave them (its admin `/certs`; the bootstrap's trust of the controller, read from a
 /// file, left out).
@@ -804,18 +829,10 @@ fn a_root_rotation_with_short_leaves_fails_no_request_under_load() {
     let (_, roots_before) = envoy_certs(pair.admin_b);
     assert!(!certs_before.is_empty() && !roots_before.is_empty());
 
-    let start = Instant::now();
-    let (mut ok, mut failed) = (0u32, Vec::new());
     let mut rotated = false;
     let mut saw_two_roots = false;
-    while start.elapsed() < Duration::from_secs(300) {
-        let tick = Instant::now();
-        match through_pair(pair.net) {
-            Ok(body) if body == "web web.shop" => ok += 1,
-            Ok(body) => failed.push(format!("{:.1}s: {body}", start.elapsed().as_secs_f64())),
-            Err(e) => failed.push(format!("{:.1}s: {e}", start.elapsed().as_secs_f64())),
-        }
-        if !rotated && start.elapsed() >= Duration::from_secs(120) {
+    let (ok, failed) = load_through_pair(pair.net, Duration::from_secs(300), |elapsed| {
+        if !rotated && elapsed >= Duration::from_secs(120) {
             let (code, out, err) = controller(&[
                 "rotate-root",
                 "--overlap",
@@ -828,10 +845,7 @@ fn a_root_rotation_with_short_leaves_fails_no_request_under_load() {
         }
         saw_two_roots |= std::fs::read_to_string(state.join("ca.pem"))
             .is_ok_and(|b| b.matches("BEGIN CERTIFICATE").count() == 2);
-        if let Some(left) = Duration::from_millis(50).checked_sub(tick.elapsed()) {
-            std::thread::sleep(left);
-        }
-    }
+    });
     assert!(
         failed.is_empty(),
         "{} of {} requests failed: {:?}; controller: {}",
@@ -1602,16 +1616,8 @@ fn two_replicas_on_one_etcd_take_over_each_others_proxies_without_a_failed_reque
         .unwrap();
 
     // Twenty seconds of requests; the client's replica stops five seconds in.
-    let start = Instant::now();
-    let (mut ok, mut failed) = (0u32, Vec::new());
-    while start.elapsed() < Duration::from_secs(20) {
-        let tick = Instant::now();
-        match through_pair(net) {
-            Ok(body) if body == "web web.shop" => ok += 1,
-            Ok(body) => failed.push(format!("{:.1}s: {body}", start.elapsed().as_secs_f64())),
-            Err(e) => failed.push(format!("{:.1}s: {e}", start.elapsed().as_secs_f64())),
-        }
-        if start.elapsed() >= Duration::from_secs(5) {
+    let (ok, failed) = load_through_pair(net, Duration::from_secs(20), |elapsed| {
+        if elapsed >= Duration::from_secs(5) {
             let gone = if victim == 1 {
                 ctl1.take()
             } else {
@@ -1621,10 +1627,7 @@ fn two_replicas_on_one_etcd_take_over_each_others_proxies_without_a_failed_reque
                 p.stop();
             }
         }
-        if let Some(left) = Duration::from_millis(50).checked_sub(tick.elapsed()) {
-            std::thread::sleep(left);
-        }
-    }
+    });
     assert!(
         failed.is_empty(),
         "{} of {} requests failed: {:?}",

@@ -10,6 +10,8 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName};
 use http::{HeaderValue, Method, StatusCode, request};
 use serde::{Deserialize, Serialize};
 
+use super::route::whole_regex;
+
 /// Whether the policies allow (everything else is denied) or deny (everything else is
 /// allowed).
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -131,13 +133,6 @@ impl Policy {
     }
 }
 
-fn whole(re: &str, field: &str) -> Result<regex::Regex, ConfigError> {
-    regex::RegexBuilder::new(&format!("^(?:{re})$"))
-        .size_limit(1 << 20)
-        .build()
-        .map_err(|e| ConfigError::new(field, e))
-}
-
 /// The policies of `config`, checked and compiled.
 fn compile(config: &RbacConfig) -> Result<Vec<Policy>, ConfigError> {
     {
@@ -173,7 +168,7 @@ fn compile(config: &RbacConfig) -> Result<Vec<Policy>, ConfigError> {
                     path_regex: m
                         .path_regex
                         .as_deref()
-                        .map(|r| whole(r, &at("path_regex")))
+                        .map(|r| whole_regex(r, &at("path_regex")))
                         .transpose()?,
                     headers: m
                         .headers
@@ -181,7 +176,7 @@ fn compile(config: &RbacConfig) -> Result<Vec<Policy>, ConfigError> {
                         .map(|(k, v)| {
                             let n = HeaderName::from_bytes(k.as_bytes())
                                 .map_err(|e| ConfigError::new(at(&format!("headers.{k}")), e))?;
-                            Ok((n, whole(v, &at(&format!("headers.{k}")))?))
+                            Ok((n, whole_regex(v, &at(&format!("headers.{k}")))?))
                         })
                         .collect::<Result<_, ConfigError>>()?,
                 });

@@ -103,6 +103,15 @@ struct CompiledMatch {
     query: Vec<(String, String)>,
 }
 
+/// `re` compiled to match a whole string (anchored), its size bounded; an error names
+/// `field`.
+pub(crate) fn whole_regex(re: &str, field: &str) -> Result<regex::Regex, ConfigError> {
+    regex::RegexBuilder::new(&format!("^(?:{re})$"))
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| ConfigError::new(field, e))
+}
+
 fn host_of(p: &request::Parts) -> Option<&str> {
     let raw = p.uri.host().or_else(|| {
         p.headers
@@ -134,15 +143,11 @@ impl CompiledMatch {
                 Ok((n, v))
             })
             .collect::<Result<_, ConfigError>>()?;
-        let path_regex = match &m.path_regex {
-            None => None,
-            Some(r) => Some(
-                regex::RegexBuilder::new(&format!("^(?:{r})$"))
-                    .size_limit(1 << 20)
-                    .build()
-                    .map_err(|e| ConfigError::new("path_regex", e))?,
-            ),
-        };
+        let path_regex = m
+            .path_regex
+            .as_deref()
+            .map(|r| whole_regex(r, "path_regex"))
+            .transpose()?;
         Ok(CompiledMatch {
             host: m.host.clone(),
             path: m.path.clone(),

@@ -206,18 +206,11 @@ impl EtcdClient {
         &self,
         prefix: &[u8],
     ) -> Result<(i64, Vec<(Vec<u8>, Vec<u8>)>), DiscoveryError> {
-        let v = self
-            .call(
-                "/v3/kv/range",
-                json!({"key": B64.encode(prefix), "range_end": B64.encode(prefix_end(prefix))}),
-            )
-            .await?;
-        let revision = as_i64(&v["header"]["revision"]);
-        let mut kvs = Vec::new();
-        for kv in v["kvs"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-            kvs.push((b64_field(kv, "key")?, b64_field(kv, "value")?));
-        }
-        Ok((revision, kvs))
+        let (revision, kvs) = self.range_prefix_kv(prefix).await?;
+        Ok((
+            revision,
+            kvs.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+        ))
     }
 }
 
