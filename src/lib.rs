@@ -40,6 +40,8 @@ pub mod config;
 #[cfg(feature = "http")]
 pub mod gateway;
 pub mod runner;
+#[cfg(all(feature = "mesh", feature = "http"))]
+pub mod sidecar;
 
 pub use flowgate_config as vocabulary;
 pub use flowgate_lb as lb;

@@ -14,20 +14,9 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::mesh::*;
 use common::{Proc, TempDir, daemon, in_netns, python_module, reserve_port};
 use flowgate::mesh::token::TokenKey;
-
-fn controller(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_flowgate-controller"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn demo() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mesh")
@@ -710,34 +699,6 @@ impl Pair {
     }
 }
 
-/// The pair's manifests: namespace `shop`, accounts `client` and `web`, service `web` (port
-/// 80 → `app`), pods `client-1` (127.0.NET.5) and `web-1` (127.0.NET.6); `mesh_config`
-/// (a manifest and `---`, or empty) first.
-fn shop(net: u8, app: u16, mesh_config: &str) -> String {
-    format!(
-        "{mesh_config}apiVersion: v1\nkind: Namespace\nmetadata: {{ name: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: client, namespace: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: web, namespace: shop }}\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  selector: {{ app: web }}\n  ports: [{{ name: http, port: 80, targetPort: {app} }}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: client-1, namespace: shop, labels: {{ app: client }} }}\nspec: {{ serviceAccountName: client }}\nstatus: {{ podIP: 127.0.{net}.5 }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: web-1, namespace: shop, labels: {{ app: web }} }}\nspec: {{ serviceAccountName: web }}\nstatus: {{ podIP: 127.0.{net}.6 }}\n"
-    )
-}
-
-/// The web workload: nginx on `ip`:`port` answering 200 with `body` (nginx variables
-/// allowed), up when this returns.
-fn web_app(tag: &str, ip: &str, port: u16, body: &str) -> (Proc, TempDir) {
-    let dir = TempDir::new(&format!("{tag}-nginx"));
-    let ng = common::nginx(
-        &dir,
-        &format!("server {{ listen {ip}:{port}; location / {{ return 200 \"{body}\"; }} }}"),
-    );
-    assert!(
-        common::wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
-            ip, port
-        ))
-        .is_ok()),
-        "nginx: {}",
-        ng.stderr_so_far()
-    );
-    (ng, dir)
-}
-
 /// One request through the client's sidecar on a new connection: the body of a 200, or
 /// what went wrong.
 fn through_pair(net: u8) -> Result<String, String> {
@@ -897,55 +858,6 @@ fn a_root_rotation_with_short_leaves_fails_no_request_under_load() {
     assert_eq!(through_pair(pair.net).as_deref(), Ok("web web.shop"));
 }
 
-/// An Envoy sidecar for pod node `node` (`<pod>.<ns>`) bootstrapped with nothing but the
-/// controller's ADS address, its trust bundle and a bootstrap token for `account` (`ns/sa`):
-/// every listener, cluster, endpoint and secret comes over ADS.
-fn envoy_sidecar(dir: &TempDir, node: &str, account: &str, admin_port: u16, ads: &[u16]) -> Proc {
-    let at: Vec<std::net::SocketAddr> = ads.iter().map(|p| ([127, 0, 0, 1], *p).into()).collect();
-    envoy_sidecar_in(None, dir, node, account, admin_port, &at)
-}
-
-/// [`envoy_sidecar`] in network namespace `netns` (when given), the controllers at `ads`.
-fn envoy_sidecar_in(
-    netns: Option<&str>,
-    dir: &TempDir,
-    node: &str,
-    account: &str,
-    admin_port: u16,
-    ads: &[std::net::SocketAddr],
-) -> Proc {
-    let state = dir.path("state");
-    let (xds_cluster, xds_grpc) = (xds_cluster_at(ads, &state), xds_grpc(&state, account));
-    let bootstrap = dir.write(
-        &format!("{node}.yaml"),
-        &format!(
-            r#"node: {{ id: {node}, cluster: {node} }}
-admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }} }}
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    grpc_services: {xds_grpc}
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-{xds_cluster}"#
-        ),
-    );
-    daemon(
-        in_netns(netns, "envoy").arg("-c").arg(&bootstrap).args([
-            "--concurrency",
-            "1",
-            "--disable-hot-restart",
-            "-l",
-            "error",
-            "--use-dynamic-base-id",
-        ]),
-        node,
-    )
-}
-
 /// Strict mode with real Envoy sidecars: SMI decides. The client may `GET /allowed` on
 /// web (200) but nothing else (403), the thief — no TrafficTarget names it — gets 403, and
 /// adding the thief as a source lets it in within seconds of the file being saved.
@@ -974,34 +886,13 @@ fn strict_mode_enforces_smi_traffic_targets_in_envoy_sidecars() {
     let _db = TcpBanner::start(&format!("127.0.12.6:{db_app}"), b"db\n");
     let manifests = dir.path("mesh");
     std::fs::create_dir_all(&manifests).unwrap();
-    let mesh = |sources: &str| {
-        format!(
-            "apiVersion: config.flowgate.io/v1alpha1\nkind: MeshConfig\nmetadata: {{ name: mesh }}\nspec: {{ traffic: {{ enablePermissiveTrafficPolicyMode: false }} }}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{ name: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: client, namespace: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: thief, namespace: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: web, namespace: shop }}\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  selector: {{ app: web }}\n  ports: [{{ name: http, port: 80, targetPort: {app} }}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: client-1, namespace: shop, labels: {{ app: client }} }}\nspec: {{ serviceAccountName: client }}\nstatus: {{ podIP: 127.0.12.5 }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: thief-1, namespace: shop, labels: {{ app: thief }} }}\nspec: {{ serviceAccountName: thief }}\nstatus: {{ podIP: 127.0.12.7 }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: web-1, namespace: shop, labels: {{ app: web }} }}\nspec: {{ serviceAccountName: web }}\nstatus: {{ podIP: 127.0.12.6 }}\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: db, namespace: shop }}\nspec:\n  selector: {{ app: web }}\n  ports: [{{ name: tcp-db, port: {db}, targetPort: {db_app} }}]\n---\napiVersion: specs.smi-spec.io/v1alpha4\nkind: TCPRoute\nmetadata: {{ name: db, namespace: shop }}\nspec: {{ matches: {{ ports: [{db}] }} }}\n---\napiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {{ name: db, namespace: shop }}\nspec:\n  destination: {{ kind: ServiceAccount, name: web, namespace: shop }}\n  rules: [{{ kind: TCPRoute, name: db }}]\n  sources: [{{ kind: ServiceAccount, name: client, namespace: shop }}]\n---\napiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {{ name: web-routes, namespace: shop }}\nspec:\n  matches:\n    - {{ name: allowed, pathRegex: /allowed, methods: [GET] }}\n---\napiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  destination: {{ kind: ServiceAccount, name: web, namespace: shop }}\n  rules: [{{ kind: HTTPRouteGroup, name: web-routes, matches: [allowed] }}]\n  sources: [{sources}]\n"
-        )
-    };
+    let mesh = |sources: &str| strict_shop(12, app, db, db_app, sources);
     let client_only = "{ kind: ServiceAccount, name: client, namespace: shop }";
     std::fs::write(manifests.join("shop.yaml"), mesh(client_only)).unwrap();
     let ctl = run_controller(&manifests, ads, admin, &dir.path("state"));
     let client = envoy_sidecar(&dir, "client-1.shop", "shop/client", a1, &[ads]);
     let thief = envoy_sidecar(&dir, "thief-1.shop", "shop/thief", a2, &[ads]);
     let web = envoy_sidecar(&dir, "web-1.shop", "shop/web", a3, &[ads]);
-    // (status code, body) of a request through the sidecar at `ip`.
-    let call = |ip: &str, method: &str, path: &str| {
-        let (_, out, _) = common::curl(&[
-            "-s",
-            "-m",
-            "2",
-            "-X",
-            method,
-            "-H",
-            "Host: web.shop",
-            "-w",
-            "\n%{http_code}",
-            &format!("http://{ip}:15001{path}"),
-        ]);
-        let (body, code) = out.rsplit_once('\n').unwrap_or(("", ""));
-        (code.to_string(), body.to_string())
-    };
     assert!(
         common::wait_until(Duration::from_secs(30), || call(
             "127.0.12.5",
@@ -1149,60 +1040,6 @@ fn strict_mode_enforces_smi_traffic_targets_in_envoy_sidecars() {
     drop(web);
 }
 
-/// A TCP server that writes `banner` to each connection and closes it; stopped on drop.
-struct TcpBanner {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl TcpBanner {
-    fn start(addr: &str, banner: &'static [u8]) -> TcpBanner {
-        use std::io::Write;
-        use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind(addr).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut s, _)) => {
-                        let _ = s.set_nonblocking(false);
-                        let _ = s.write_all(banner);
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        TcpBanner {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for TcpBanner {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Everything a TCP server at `addr` sends before it closes (at most 3 s), or why not.
-fn tcp_read(addr: &str) -> Result<String, String> {
-    use std::io::Read;
-    let mut s =
-        std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))
-            .map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out)
-        .map_err(|e| format!("read: {e} after {out:?}"))?;
-    Ok(out)
-}
-
 /// A TrafficSplit through real Envoy sidecars: 80/20 over 1000 requests lands within 5
 /// points of 80 %, and a change to 0/100 is in force soon after the file is saved (the
 /// time is printed; the bound asserted is loose, the machine is shared).
@@ -1311,116 +1148,6 @@ fn a_traffic_split_through_envoy_sidecars_follows_its_weights() {
     drop(v2);
 }
 
-/// `flowgate-controller run` on the manifest directory `manifests`, ADS on `ads`, the admin
-/// endpoint on `admin`, state in `state`; returned once both ports accept.
-fn run_controller(manifests: &Path, ads: u16, admin: u16, state: &Path) -> Proc {
-    run_controller_from(&format!("dir:{}", manifests.display()), ads, admin, state)
-}
-
-/// `flowgate-controller run --source SOURCE`, up when this returns.
-fn run_controller_from(source: &str, ads: u16, admin: u16, state: &Path) -> Proc {
-    run_controller_with(source, ads, admin, state, &[])
-}
-
-/// `flowgate-controller run --source SOURCE` with `extra` arguments, up when this returns.
-fn run_controller_with(source: &str, ads: u16, admin: u16, state: &Path, extra: &[String]) -> Proc {
-    run_controller_on(source, ([127, 0, 0, 1], ads).into(), admin, state, extra)
-}
-
-/// `flowgate-controller run --source SOURCE` with ADS on `listen`, up when this returns.
-fn run_controller_on(
-    source: &str,
-    listen: std::net::SocketAddr,
-    admin: u16,
-    state: &Path,
-    extra: &[String],
-) -> Proc {
-    let mut ctl = daemon(
-        Command::new(env!("CARGO_BIN_EXE_flowgate-controller"))
-            .args(["run", "--source", source])
-            .args(["--listen", &listen.to_string()])
-            .args(["--admin", &format!("127.0.0.1:{admin}")])
-            .arg("--state")
-            .arg(state)
-            .args(extra),
-        "flowgate-controller",
-    );
-    assert!(
-        common::wait_until(Duration::from_secs(10), || {
-            std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok()
-        }),
-        "the controller does not listen on {listen}: {}",
-        ctl.stderr_so_far()
-    );
-    ctl.wait_port(admin);
-    assert!(
-        common::wait_until(Duration::from_secs(10), || state.join("ca.pem").exists()),
-        "no trust bundle: {}",
-        ctl.stderr_so_far()
-    );
-    ctl
-}
-
-/// An Envoy bootstrap's `xds` cluster: the controller's port over TLS (HTTP/2), the
-/// controller's certificate checked against the state directory's trust bundle (the SDS
-/// file `ca-sds.yaml`, watched: a root rotation reaches Envoy) and its SPIFFE ID. With
-/// several ports (replicas), Envoy takes them in turn when a stream fails.
-fn xds_cluster(ads: &[u16], state: &Path) -> String {
-    let at: Vec<std::net::SocketAddr> = ads.iter().map(|p| ([127, 0, 0, 1], *p).into()).collect();
-    xds_cluster_at(&at, state)
-}
-
-/// [`xds_cluster`] with the controllers at `ads`.
-fn xds_cluster_at(ads: &[std::net::SocketAddr], state: &Path) -> String {
-    let endpoints: Vec<String> = ads
-        .iter()
-        .map(|a| format!("{{ endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }} }}", a.ip(), a.port()))
-        .collect();
-    let endpoints = endpoints.join(", ");
-    format!(
-        r#"  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{ lb_endpoints: [{endpoints}] }}]
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    transport_socket:
-      name: envoy.transport_sockets.tls
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-        sni: localhost
-        common_tls_context:
-          alpn_protocols: [h2]
-          combined_validation_context:
-            default_validation_context:
-              match_typed_subject_alt_names:
-              - {{ san_type: URI, matcher: {{ exact: "spiffe://cluster.local/ns/flowgate-system/sa/flowgate-controller" }} }}
-            validation_context_sds_secret_config:
-              name: flowgate-mesh-ca
-              sds_config:
-                resource_api_version: V3
-                path_config_source: {{ path: "{}", watched_directory: {{ path: "{}" }} }}
-"#,
-        state.join("ca-sds.yaml").display(),
-        state.display()
-    )
-}
-
-/// `grpc_services` naming the `xds` cluster, each stream carrying a bootstrap token for
-/// `account` (made by `flowgate-controller token` from the state directory).
-fn xds_grpc(state: &Path, account: &str) -> String {
-    let (code, token, err) = controller(&["token", account, "--state", state.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
-    format!(
-        "[{{ envoy_grpc: {{ cluster_name: xds }}, initial_metadata: [{{ key: authorization, value: \"Bearer {}\" }}] }}]",
-        token.trim()
-    )
-}
-
 /// `run --source etcd:…`: the demo's manifests put under a prefix of a real etcd are the
 /// mesh; a broken key shows in `status` at its key and line, and its removal clears it.
 #[test]
@@ -1483,36 +1210,6 @@ fn run_takes_its_mesh_from_etcd() {
         assert_eq!(code, 2);
         assert!(err.contains("--features kube"), "{err}");
     }
-}
-
-/// The admin endpoint's `/status`, parsed.
-fn status_of(admin: u16) -> serde_json::Value {
-    let (_, body, _) =
-        common::curl(&["-s", "-m", "2", &format!("http://127.0.0.1:{admin}/status")]);
-    serde_json::from_str(&body).unwrap_or_default()
-}
-
-/// The versions proxy `node` ACKed, per type, as the controller at `admin` saw them, if it
-/// is connected there.
-fn acked(admin: u16, node: &str) -> Option<std::collections::BTreeMap<String, String>> {
-    let status = status_of(admin);
-    let proxy = status["proxies"]
-        .as_array()?
-        .iter()
-        .find(|p| p["node"] == node && p["connected"] == true)?
-        .clone();
-    Some(
-        proxy["types"]
-            .as_object()?
-            .iter()
-            .map(|(t, s)| {
-                (
-                    t.clone(),
-                    s["acked"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect(),
-    )
 }
 
 /// Two controller replicas on one etcd (the mesh and the shared CA both there, sealed with

@@ -16,6 +16,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+#[cfg(feature = "mesh")]
+pub mod mesh;
+
 #[allow(unused_imports, reason = "not every test file uses every helper")]
 pub use flowgate_pipeline::testing::{reserve_port, wait_until};
 

@@ -123,6 +123,10 @@ pub struct UpstreamTlsConfig {
         with = "flowgate_pipeline::serde_duration"
     )]
     pub handshake_timeout: Duration,
+    /// Check the endpoints by identity instead of by `sni` (a mesh's SPIFFE IDs; `*` for
+    /// any the CA signed): see `connect-tls`'s `identities`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
 }
 
 impl UpstreamTlsConfig {
@@ -134,6 +138,7 @@ impl UpstreamTlsConfig {
             verify: true,
             client_cert: None,
             handshake_timeout: default_handshake_timeout(),
+            identities: Vec::new(),
         }
     }
 
@@ -146,6 +151,7 @@ impl UpstreamTlsConfig {
             verify: self.verify,
             alpn: alpn.iter().map(|a| a.to_string()).collect(),
             client_cert: self.client_cert.clone(),
+            identities: self.identities.clone(),
             versions: vec![TlsVersion::Tls12, TlsVersion::Tls13],
             cipher_suites: None,
             handshake_timeout: self.handshake_timeout,

@@ -72,6 +72,11 @@ pub struct RouteMatch {
     /// case-insensitive, or `*.suffix`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// The authority as the client sent it (the Host field or the absolute URI's), port
+    /// included when it sent one — Envoy's virtual host domains: exact (case-insensitive),
+    /// `*.suffix`, or `*` for any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
     /// The exact path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
@@ -95,6 +100,7 @@ pub struct RouteMatch {
 
 struct CompiledMatch {
     host: Option<String>,
+    authority: Option<String>,
     path: Option<String>,
     path_prefix: Option<String>,
     path_regex: Option<regex::Regex>,
@@ -110,6 +116,15 @@ pub(crate) fn whole_regex(re: &str, field: &str) -> Result<regex::Regex, ConfigE
         .size_limit(1 << 20)
         .build()
         .map_err(|e| ConfigError::new(field, e))
+}
+
+/// The authority as sent: the absolute URI's, else the Host field.
+fn authority_of(p: &request::Parts) -> Option<&str> {
+    p.uri.authority().map(|a| a.as_str()).or_else(|| {
+        p.headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 fn host_of(p: &request::Parts) -> Option<&str> {
@@ -150,6 +165,7 @@ impl CompiledMatch {
             .transpose()?;
         Ok(CompiledMatch {
             host: m.host.clone(),
+            authority: m.authority.clone(),
             path: m.path.clone(),
             path_prefix: m.path_prefix.clone(),
             path_regex,
@@ -168,6 +184,9 @@ impl CompiledMatch {
         self.host
             .as_deref()
             .is_none_or(|h| host_of(p).is_some_and(|host| host_matches(h, host)))
+            && self.authority.as_deref().is_none_or(|a| {
+                a == "*" || authority_of(p).is_some_and(|sent| host_matches(a, sent))
+            })
             && self.path.as_deref().is_none_or(|x| x == path)
             && self.path_prefix.as_deref().is_none_or(|x| {
                 path.starts_with(x)
@@ -567,6 +586,19 @@ mod tests {
         assert!(!h.matches(&p));
         p.headers.insert("x-canary", HeaderValue::from_static("1"));
         assert!(h.matches(&p));
+        // The authority as sent: a port is part of it, as in Envoy's domains.
+        let a = |authority: &str| {
+            CompiledMatch::new(&RouteMatch {
+                authority: Some(authority.into()),
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        assert!(a("web.shop:8080").matches(&req("/", "Web.Shop:8080")));
+        assert!(!a("web.shop:8080").matches(&req("/", "web.shop")));
+        assert!(!a("web.shop").matches(&req("/", "web.shop:8080")));
+        assert!(a("web.shop").matches(&req("http://web.shop/x", "other")));
+        assert!(a("*").matches(&req("/", "anything:1")));
     }
 
     #[test]

@@ -957,3 +957,115 @@ fn net_registry() -> flowgate_pipeline::registry::Registry {
     flowgate_filters_net::register(&mut r);
     r
 }
+
+// === identities (a mesh's SPIFFE IDs) ===
+
+/// Writes `<name>.pem` and `<name>.key` for a leaf whose only name is the URI `id`.
+fn spiffe_leaf(pki: &Pki, name: &str, id: &str) {
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().unwrap())];
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.use_authority_key_identifier_extension = true;
+    let key = KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &pki.ca, &pki.ca_key).unwrap();
+    std::fs::write(pki.path(&format!("{name}.pem")), cert.pem()).unwrap();
+    std::fs::write(pki.path(&format!("{name}.key")), key.serialize_pem()).unwrap();
+}
+
+const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+const BUYER: &str = "spiffe://cluster.local/ns/shop/sa/buyer";
+const THIEF: &str = "spiffe://cluster.local/ns/shop/sa/thief";
+
+/// A mesh PKI: `web` serves, `buyer` and `thief` call, all signed by one CA and named only
+/// by SPIFFE IDs.
+fn mesh_pki() -> Pki {
+    let pki = Pki::new("mesh");
+    spiffe_leaf(&pki, "web", WEB);
+    spiffe_leaf(&pki, "buyer", BUYER);
+    spiffe_leaf(&pki, "thief", THIEF);
+    pki
+}
+
+/// `ConnectTls` from configuration (as a sidecar calls another: the SNI names the
+/// service, the identity is checked) to `AcceptTls` (`web`, admitting only `buyer`), then
+/// echo; returns how the stream ended.
+async fn mesh_call(pki: &Pki, client: &str, want_server: &str) -> Option<StreamError> {
+    let server = AcceptTls::new(
+        serde_json::from_value::<AcceptTlsConfig>(json!({
+            "pipeline": "echo",
+            "certificates": [{"cert": "web.pem", "key": "web.key"}],
+            "client_auth": {"ca": "ca.pem", "identities": [BUYER]},
+        }))
+        .unwrap()
+        .server_config(&pki.cx())
+        .unwrap(),
+        echo(),
+    );
+    let inner = Pipeline::builder("tls-server")
+        .filter(server)
+        .build()
+        .unwrap();
+    let config: ConnectTlsConfig = serde_json::from_value(json!({
+        "pipeline": "up",
+        "sni": "outbound_.8080_._.web.shop.svc.cluster.local",
+        "ca": "ca.pem",
+        "identities": [want_server],
+        "client_cert": {"cert": format!("{client}.pem"), "key": format!("{client}.key")},
+    }))
+    .unwrap();
+    let filter = ConnectTls::new(
+        config.client_config(&pki.cx()).unwrap(),
+        config.server_name().unwrap(),
+        inner,
+    );
+    let mut h = Harness::new(&filter);
+    h.push("ping".into());
+    h.push(Event::END);
+    let out = h.collect().await;
+    if testing_data(&out) == b"ping" {
+        return None;
+    }
+    match out.last() {
+        Some(Event::StreamEnd(e)) => Some(e.clone().expect("an error end without the echo")),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn testing_data(events: &[Event]) -> Vec<u8> {
+    flowgate_pipeline::testing::data_of(events)
+}
+
+#[tokio::test]
+async fn identities_pin_who_may_connect_both_ways() {
+    let pki = mesh_pki();
+    // The server is checked by its SPIFFE ID, not by the SNI it was called with.
+    let e = mesh_call(&pki, "buyer", WEB).await;
+    assert!(e.is_none(), "{e:?}");
+    let e = mesh_call(&pki, "buyer", "*").await;
+    assert!(e.is_none(), "{e:?}");
+    // Another identity than the one wanted: the client refuses the server.
+    let e = mesh_call(&pki, "buyer", BUYER).await.unwrap();
+    assert_eq!(
+        (e.kind(), e.side()),
+        (ErrorKind::Tls, Side::Upstream),
+        "{e}"
+    );
+    // A client the server does not admit, though its CA signed it.
+    let e = mesh_call(&pki, "thief", WEB).await.unwrap();
+    assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
+
+    // Without identities the SNI must be on the certificate, and it is not.
+    let config: ConnectTlsConfig = serde_json::from_value(json!({
+        "pipeline": "up", "ca": "ca.pem", "sni": "outbound_.8080_._.web.shop.svc.cluster.local",
+    }))
+    .unwrap();
+    assert!(config.client_config(&pki.cx()).is_ok());
+    // And without an SNI, identities are how the server is checked.
+    let config: ConnectTlsConfig =
+        serde_json::from_value(json!({"pipeline": "up", "ca": "ca.pem"})).unwrap();
+    assert_eq!(config.server_name().unwrap_err().field, "sni");
+    let config: ConnectTlsConfig =
+        serde_json::from_value(json!({"pipeline": "up", "ca": "ca.pem", "identities": [WEB]}))
+            .unwrap();
+    assert!(config.server_name().is_ok());
+}

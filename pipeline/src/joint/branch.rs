@@ -5,7 +5,10 @@ use std::task::{Context as TaskCx, Poll};
 use futures_core::Stream;
 
 use super::Prepend;
-use crate::{Context, Description, Event, Events, Filter, Head, SubPipeline};
+use crate::filter::error_stream;
+use crate::{
+    Context, Description, ErrorKind, Event, Events, Filter, Head, Side, StreamError, SubPipeline,
+};
 
 /// A branch condition: a function of the context and the first message head (if the stream
 /// starts with a message).
@@ -39,6 +42,8 @@ struct Arm {
 pub struct Branch {
     arms: Arc<Vec<Arm>>,
     otherwise: Option<SubPipeline>,
+    refuse: bool,
+    on_start: bool,
 }
 
 impl Branch {
@@ -70,6 +75,24 @@ impl Branch {
         self.otherwise = Some(target.into());
         self
     }
+
+    /// Ends streams that no arm matches with a `NoRoute` error (the connection is closed)
+    /// instead of passing them through; an `otherwise` target still takes them first.
+    #[must_use]
+    pub fn refuse_others(mut self) -> Self {
+        self.refuse = true;
+        self
+    }
+
+    /// Decides as the stream starts, from the context alone (the conditions get no head),
+    /// instead of on the first event: for conditions on connection facts (TLS server
+    /// name, peer identity, ports), so that a server that speaks first is reached before
+    /// the client has sent anything.
+    #[must_use]
+    pub fn on_start(mut self) -> Self {
+        self.on_start = true;
+        self
+    }
 }
 
 impl Filter for Branch {
@@ -90,11 +113,25 @@ impl Filter for Branch {
     }
 
     fn attach(&self, input: Events, cx: &Context) -> Events {
+        if self.on_start {
+            let target = self
+                .arms
+                .iter()
+                .find(|a| (a.cond)(cx, None))
+                .map(|a| &a.target)
+                .or(self.otherwise.as_ref());
+            return match target {
+                Some(t) => t.attach(input, cx),
+                None if self.refuse => refused(),
+                None => input,
+            };
+        }
         Box::pin(BranchStream::Waiting {
             input,
             cx: cx.clone(),
             arms: self.arms.clone(),
             otherwise: self.otherwise.clone(),
+            refuse: self.refuse,
         })
     }
 
@@ -107,12 +144,18 @@ impl Filter for Branch {
     }
 }
 
+/// The end of a stream no arm took.
+fn refused() -> Events {
+    error_stream(StreamError::new(ErrorKind::NoRoute, Side::Downstream))
+}
+
 enum BranchStream {
     Waiting {
         input: Events,
         cx: Context,
         arms: Arc<Vec<Arm>>,
         otherwise: Option<SubPipeline>,
+        refuse: bool,
     },
     Running(Events),
     Gone,
@@ -137,6 +180,7 @@ impl Stream for BranchStream {
                         cx,
                         arms,
                         otherwise,
+                        refuse,
                     } = std::mem::replace(&mut *self, BranchStream::Gone)
                     else {
                         return Poll::Ready(None);
@@ -153,6 +197,7 @@ impl Stream for BranchStream {
                     let input = Prepend::boxed(first, input);
                     let out = match target {
                         Some(t) => t.attach(input, &cx),
+                        None if refuse => refused(),
                         None => input,
                     };
                     *self = BranchStream::Running(out);

@@ -151,6 +151,15 @@ pub struct BranchConfig {
     /// Where streams go when no arm matches; without it they pass through unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otherwise: Option<String>,
+    /// Close streams no arm matches (and no `otherwise` takes) instead. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refuse_others: bool,
+    /// Decide as the stream starts instead of on its first event. Needed when the server
+    /// speaks first (a TCP protocol that greets), and right when the facts the arms test
+    /// are known at the start: TLS facts behind `accept-tls` are, a peer address that
+    /// `accept-proxy-protocol` reads from the first bytes is not. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_start: bool,
 }
 
 /// One arm of a `branch`.
@@ -179,6 +188,10 @@ pub struct Match {
     /// The peer's address is inside this prefix (`10.0.0.0/8`, `2001:db8::/32`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
+    /// The peer's verified identity (from `accept-tls` with `client_auth`: a mesh's SPIFFE
+    /// ID) is one of these; `*` for any verified identity.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
 }
 
 /// A parsed IP prefix.
@@ -260,6 +273,7 @@ impl Match {
             .transpose()
             .map_err(|e| ConfigError::new("peer", e))?;
         let (sni, alpn, port) = (self.sni.clone(), self.alpn.clone(), self.port);
+        let identities = self.identities.clone();
         Ok(move |cx: &Context| {
             let conn = cx.conn();
             let tls = conn.tls.as_deref();
@@ -271,14 +285,21 @@ impl Match {
                 .is_none_or(|p| tls.and_then(|t| t.alpn.as_deref()) == Some(p.as_bytes()))
                 && port.is_none_or(|p| conn.local.map(|a| a.port()) == Some(p))
                 && peer.is_none_or(|p| conn.peer.is_some_and(|a| p.contains(a.ip())))
+                && (identities.is_empty()
+                    || tls
+                        .and_then(|t| t.peer_identity.as_deref())
+                        .is_some_and(|id| identities.iter().any(|i| i == "*" || i == id)))
         })
     }
 }
 
 impl FilterConfig for BranchConfig {
     fn build(self: Box<Self>, _cx: &BuildContext) -> Result<Arc<dyn Filter>, ConfigError> {
-        if self.arms.is_empty() {
-            return Err(ConfigError::new("arms", "give at least one arm"));
+        if self.arms.is_empty() && !self.refuse_others {
+            return Err(ConfigError::new(
+                "arms",
+                "give at least one arm (or `refuse_others: true` to close every stream)",
+            ));
         }
         let mut b = Branch::new();
         for (i, arm) in self.arms.iter().enumerate() {
@@ -295,6 +316,12 @@ impl FilterConfig for BranchConfig {
         }
         if let Some(o) = self.otherwise {
             b = b.otherwise(SubPipeline::named(o));
+        }
+        if self.refuse_others {
+            b = b.refuse_others();
+        }
+        if self.on_start {
+            b = b.on_start();
         }
         Ok(Arc::new(b))
     }
@@ -378,5 +405,58 @@ mod tests {
         );
         let all = Match::default().compile().unwrap();
         assert!(all(&Context::new()));
+    }
+
+    fn with_identity(id: Option<&str>) -> Context {
+        Context::with_conn(ConnInfo {
+            tls: Some(Arc::new(TlsInfo {
+                sni: Some("web".into()),
+                peer_identity: id.map(str::to_string),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn identities_and_refusing_the_rest() {
+        let buyer = "spiffe://cluster.local/ns/shop/sa/buyer";
+        let m = Match {
+            sni: Some("web".into()),
+            identities: vec![buyer.into()],
+            ..Default::default()
+        }
+        .compile()
+        .unwrap();
+        assert!(m(&with_identity(Some(buyer))));
+        assert!(!m(&with_identity(Some(
+            "spiffe://cluster.local/ns/shop/sa/thief"
+        ))));
+        assert!(!m(&with_identity(None)));
+        let any = Match {
+            identities: vec!["*".into()],
+            ..Default::default()
+        }
+        .compile()
+        .unwrap();
+        assert!(any(&with_identity(Some("x"))) && !any(&with_identity(None)));
+
+        // Closing what no arm takes, decided at the start (no input needed): a refused
+        // identity meets a closed connection before it sends anything.
+        let config: BranchConfig = serde_json::from_value(serde_json::json!({
+            "arms": [{"when": {"identities": [buyer]}, "pipeline": "allowed"}],
+            "refuse_others": true,
+            "on_start": true,
+        }))
+        .unwrap();
+        let branch = Box::new(config)
+            .build(&BuildContext::new(std::path::Path::new(".")))
+            .unwrap();
+        let thief = with_identity(Some("spiffe://cluster.local/ns/shop/sa/thief"));
+        let mut h = crate::testing::Harness::with_context(&*branch, &thief);
+        let Some(crate::Event::StreamEnd(Some(e))) = h.try_next() else {
+            panic!("refused at once")
+        };
+        assert_eq!(e.kind(), crate::ErrorKind::NoRoute);
     }
 }

@@ -13,7 +13,7 @@ use rustls::{ClientConfig, ServerConfig};
 use serde::{Deserialize, Serialize};
 
 use super::certs::{SniResolver, load_certs, load_key, load_roots};
-use super::no_verify::AcceptAnyServerCert;
+use super::pinned::{PinnedClientCert, PinnedServerCert};
 use super::suites::{mismatch, provider, versions};
 use super::{AcceptTls, ConnectTls, DEFAULT_MAX_FEED};
 
@@ -52,6 +52,11 @@ pub struct ClientAuthConfig {
     /// without one, but a certificate it does send must still verify.
     #[serde(default = "flowgate_pipeline::registry::default_true")]
     pub required: bool,
+    /// Admit only client certificates that name one of these identities (a DNS or URI
+    /// subject alternative name, such as a mesh's SPIFFE ID); any that verifies when
+    /// empty. A certificate naming none fails the handshake.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
 }
 
 /// A client certificate for `connect-tls` (mutual TLS to the upstream).
@@ -154,7 +159,14 @@ impl AcceptTlsConfig {
                 let verifier = verifier
                     .build()
                     .map_err(|e| ConfigError::new("client_auth.ca", e))?;
-                builder.with_client_cert_verifier(verifier)
+                if auth.identities.is_empty() {
+                    builder.with_client_cert_verifier(verifier)
+                } else {
+                    builder.with_client_cert_verifier(Arc::new(PinnedClientCert {
+                        inner: verifier,
+                        identities: auth.identities.clone(),
+                    }))
+                }
             }
         };
         let mut config = builder.with_cert_resolver(Arc::new(SniResolver::new(entries)));
@@ -208,6 +220,12 @@ pub struct ConnectTlsConfig {
     /// A client certificate for upstreams that require mutual TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_cert: Option<ClientCertConfig>,
+    /// Check the upstream by identity instead of by `sni`, as a mesh does: its certificate
+    /// must chain to `ca` and name one of these (a DNS or URI subject alternative name,
+    /// such as a SPIFFE ID; `*` for any the CA signed). `sni` is then only sent. Default
+    /// none: the certificate must carry `sni`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
     /// Allowed protocol versions. Default both `tls1.2` and `tls1.3`.
     #[serde(default = "default_versions")]
     pub versions: Vec<TlsVersion>,
@@ -232,9 +250,9 @@ impl ConnectTlsConfig {
         match &self.sni {
             Some(n) => ServerName::try_from(n.clone())
                 .map_err(|e| ConfigError::new("sni", format!("`{n}`: {e}"))),
-            None if self.verify => Err(ConfigError::new(
+            None if self.verify && self.identities.is_empty() => Err(ConfigError::new(
                 "sni",
-                "required to verify the upstream's certificate (or set `verify: false`, for tests only)",
+                "required to verify the upstream's certificate (or give `identities`, or set `verify: false`, for tests only)",
             )),
             None => Ok(ServerName::IpAddress(
                 std::net::Ipv4Addr::UNSPECIFIED.into(),
@@ -252,10 +270,20 @@ impl ConnectTlsConfig {
         let builder = match (&self.ca, self.verify) {
             (_, false) => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert(provider))),
+                .with_custom_certificate_verifier(Arc::new(PinnedServerCert::any(provider))),
             (Some(ca), true) => {
                 let roots = load_roots(&cx.path(ca)).map_err(|p| ConfigError::new("ca", p))?;
-                builder.with_root_certificates(roots)
+                if self.identities.is_empty() {
+                    builder.with_root_certificates(roots)
+                } else {
+                    builder
+                        .dangerous()
+                        .with_custom_certificate_verifier(Arc::new(PinnedServerCert {
+                            roots: Some(Arc::new(roots)),
+                            identities: self.identities.clone(),
+                            provider,
+                        }))
+                }
             }
             (None, true) => {
                 return Err(ConfigError::new(

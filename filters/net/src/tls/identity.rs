@@ -82,6 +82,27 @@ pub(super) fn peer_identity(cert: &[u8]) -> Option<String> {
 }
 
 fn subject_alt_name(extensions: &[u8]) -> Option<String> {
+    subject_alt_names(extensions).and_then(|n| n.into_iter().next())
+}
+
+/// Every DNS and URI subject alternative name of the DER certificate `cert`, in order
+/// (none when it cannot be read).
+pub(super) fn alt_names(cert: &[u8]) -> Vec<String> {
+    (|| {
+        let cert = Der(cert).expect(SEQUENCE)?;
+        let mut tbs = Der(Der(cert).expect(SEQUENCE)?);
+        while let Some((tag, content)) = tbs.next() {
+            if tag == EXTENSIONS {
+                return subject_alt_names(content);
+            }
+        }
+        None
+    })()
+    .unwrap_or_default()
+}
+
+/// The DNS and URI names of the subjectAltName extension, if there is one.
+fn subject_alt_names(extensions: &[u8]) -> Option<Vec<String>> {
     let mut exts = Der(Der(extensions).expect(SEQUENCE)?);
     while let Some((_, ext)) = exts.next() {
         let mut ext = Der(ext);
@@ -96,12 +117,13 @@ fn subject_alt_name(extensions: &[u8]) -> Option<String> {
             return None;
         }
         let mut names = Der(Der(value).expect(SEQUENCE)?);
+        let mut found = Vec::new();
         while let Some((tag, name)) = names.next() {
             if tag == DNS_NAME || tag == URI {
-                return String::from_utf8(name.to_vec()).ok();
+                found.extend(String::from_utf8(name.to_vec()).ok());
             }
         }
-        return None;
+        return (!found.is_empty()).then_some(found);
     }
     None
 }
@@ -172,6 +194,15 @@ mod tests {
         ];
         for (sans, cn, want) in cases {
             let der = cert(sans.clone(), cn);
+            let names: Vec<String> = sans
+                .iter()
+                .filter_map(|s| match s {
+                    SanType::DnsName(n) => Some(n.to_string()),
+                    SanType::URI(u) => Some(u.to_string()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(alt_names(&der), names);
             assert_eq!(
                 peer_identity(&der).as_deref(),
                 want,
@@ -182,6 +213,7 @@ mod tests {
 
     #[test]
     fn garbage_is_none() {
+        assert!(alt_names(b"").is_empty());
         assert_eq!(peer_identity(b""), None);
         assert_eq!(peer_identity(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
         assert_eq!(peer_identity(&[0x30, 0x03, 0x30, 0x01]), None);

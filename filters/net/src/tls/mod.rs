@@ -61,7 +61,7 @@ mod certs;
 mod config;
 mod connect;
 mod identity;
-mod no_verify;
+mod pinned;
 mod session;
 mod suites;
 

@@ -1,0 +1,326 @@
+//! The mesh sidecar that `flowgate-sidecar` runs: it gets its certificate by CSR and keeps
+//! it renewed ([`flowgate_mesh::workload`]), follows its controller over delta ADS
+//! ([`flowgate_mesh::xds::client`]), and serves what it is sent — the accepted subset of
+//! Envoy's xDS ([`flowgate_mesh::xds::subset`]) [compiled](compile) into Flowgate
+//! pipelines. A configuration is checked whole before it is ACKed (read, compiled,
+//! validated, its listeners' addresses free): what fails is NACKed with the reason and the
+//! running configuration stays.
+//!
+//! The last good configuration is kept in the state directory (`config.json` and the
+//! secrets it names): a sidecar restarted while its controller is down serves it at once.
+//! A renewed certificate is compiled into a new configuration: new connections use it,
+//! live connections keep the pipelines they started with.
+//!
+//! Explicit proxy mode only (the controller's listeners at the pod's address): traffic
+//! capture (`original_dst`) is refused, not built yet.
+//!
+//! ```
+//! use flowgate::sidecar::compile::{Options, compile};
+//! use flowgate::mesh::xds::subset::{ListenerSpec, SidecarConfig};
+//! // A listener for captured traffic: refused (the NACK's reason names it).
+//! let mut config = SidecarConfig::default();
+//! config.listeners.insert(
+//!     "virtual-outbound".into(),
+//!     ListenerSpec {
+//!         address: "0.0.0.0:15001".parse()?,
+//!         original_dst: true,
+//!         chains: Vec::new(),
+//!         default_chain: None,
+//!     },
+//! );
+//! let why = compile(&config, &Options::default()).unwrap_err();
+//! assert!(why.starts_with("listener `virtual-outbound`: `original_dst`"));
+//! # Ok::<(), std::net::AddrParseError>(())
+//! ```
+
+pub mod compile;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowgate_mesh::workload::{self, Controller, WorkloadCert};
+use flowgate_mesh::xds::client::{ClientOptions, Received, follow};
+use flowgate_mesh::xds::subset;
+use flowgate_pipeline::registry::Registry;
+use flowgate_pipeline::server::Server;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::config;
+
+/// How a sidecar runs.
+#[derive(Clone, Debug)]
+pub struct SidecarOptions {
+    /// The controller: its address, the trust bundle, the bootstrap token.
+    pub controller: Controller,
+    /// The node id (`<pod>.<namespace>`).
+    pub node: String,
+    /// Where the last good configuration and its secrets are kept.
+    pub state: PathBuf,
+    /// Worker threads (`None`: one per CPU).
+    pub workers: Option<usize>,
+}
+
+/// Why the sidecar stopped with a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    /// The state directory or the control runtime failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The workers could not start.
+    #[error(transparent)]
+    Server(#[from] flowgate_pipeline::server::ServerError),
+}
+
+/// The file the last good configuration is kept in, in the state directory.
+pub const CONFIG_FILE: &str = "config.json";
+
+/// Compiles `received` with the sidecar's certificate and validates the result; `Err` is
+/// the NACK's reason.
+pub fn prepare(
+    received: &Received,
+    cert: Option<&WorkloadCert>,
+    workers: Option<usize>,
+    state: &Path,
+    registry: &Arc<Registry>,
+) -> Result<(compile::Compiled, Listeners), String> {
+    let read = subset::read(received)?;
+    if read.listeners.is_empty() {
+        // Nothing to serve (yet): nothing to build.
+        let compiled = compile::compile(&read, &compile::Options::default())?;
+        return Ok((compiled, Vec::new()));
+    }
+    let opts = compile::Options {
+        certificate: cert.map(|c| (c.cert_pem.clone(), c.key_pem.clone())),
+        workers,
+        drain_timeout: Some(Duration::from_secs(5)),
+    };
+    let compiled = compile::compile(&read, &opts)?;
+    // The files must exist to be validated: written first (named by their contents, so
+    // nothing running is overwritten).
+    write_files(state, &compiled.files).map_err(|e| format!("state directory: {e}"))?;
+    let cfg = config::parse(&compiled.config, CONFIG_FILE, state, registry)
+        .map_err(|e| format!("the compiled configuration does not build: {e}"))?;
+    Ok((compiled, cfg.listeners))
+}
+
+/// Built listeners with their pipelines, as [`Server::apply`] takes them.
+pub type Listeners = Vec<(
+    flowgate_pipeline::server::ListenerConfig,
+    Arc<flowgate_pipeline::Pipeline>,
+)>;
+
+fn write_files(
+    state: &Path,
+    files: &std::collections::BTreeMap<String, String>,
+) -> std::io::Result<()> {
+    for (name, contents) in files {
+        let path = state.join(name);
+        if std::fs::read_to_string(&path).is_ok_and(|c| &c == contents) {
+            continue;
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        write_private(&tmp, contents)?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(())
+}
+
+/// Writes `contents` readable by the owner only (keys are among them).
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
+}
+
+/// Keeps `compiled` as the last good configuration, and removes secrets it no longer
+/// names.
+fn save(state: &Path, compiled: &compile::Compiled) -> std::io::Result<()> {
+    let tmp = state.join(format!("{CONFIG_FILE}.tmp"));
+    write_private(&tmp, &compiled.config)?;
+    std::fs::rename(&tmp, state.join(CONFIG_FILE))?;
+    if let Ok(dir) = std::fs::read_dir(state.join("secrets")) {
+        for e in dir.flatten() {
+            let name = format!("secrets/{}", e.file_name().to_string_lossy());
+            if !compiled.files.contains_key(&name) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the sidecar until SIGTERM or SIGINT, then drains.
+pub fn run(opts: SidecarOptions, registry: Arc<Registry>) -> Result<(), SidecarError> {
+    std::fs::create_dir_all(&opts.state)?;
+    let mut builder = Server::builder().drain_timeout(Duration::from_secs(5));
+    if let Some(n) = opts.workers {
+        builder = builder.workers(n);
+    }
+    let server = builder.start()?;
+    // The last good configuration, at once.
+    let saved = opts.state.join(CONFIG_FILE);
+    if saved.exists() {
+        match config::load_with(&saved, &registry).map(|c| server.apply(c.listeners)) {
+            Ok(Ok(())) => {
+                tracing::info!(file = %saved.display(), "serving the last good configuration")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "the last good configuration does not bind"),
+            Err(e) => tracing::warn!(error = %e, "the last good configuration does not load"),
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(control(&opts, &server, &registry));
+    tracing::info!(
+        connections = server.connections(),
+        "shutting down: draining live connections"
+    );
+    server.shutdown();
+    result
+}
+
+/// Follows the controller and applies what it sends, until a signal.
+async fn control(
+    opts: &SidecarOptions,
+    server: &Server,
+    registry: &Arc<Registry>,
+) -> Result<(), SidecarError> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (mut certs, _renewal) = workload::keep_certificate(opts.controller.clone());
+    let (configs_tx, mut configs) = watch::channel::<Option<Arc<Received>>>(None);
+    let configs_tx = Arc::new(configs_tx);
+    let mut held = Received::default();
+    let mut follower: Option<tokio::task::JoinHandle<Received>> = None;
+    let mut applied: Option<String> = None;
+    loop {
+        // (Re)start following once there is a certificate to connect with.
+        if follower.as_ref().is_none_or(|f| f.is_finished()) {
+            if let Some(f) = follower.take() {
+                held = f.await.unwrap_or(held);
+            }
+            let cert = certs.borrow().clone();
+            if let Some(cert) = cert {
+                follower = Some(tokio::spawn(follow_once(
+                    opts.clone(),
+                    cert,
+                    held.clone(),
+                    registry.clone(),
+                    configs_tx.clone(),
+                    certs.clone(),
+                )));
+            }
+        }
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            r = certs.changed() => {
+                if r.is_err() {
+                    return Ok(());
+                }
+                // A renewed certificate: a new configuration with it.
+                if let Some(received) = configs.borrow().clone() {
+                    apply(opts, server, registry, &received, certs.borrow().as_deref(), &mut applied);
+                }
+            }
+            r = configs.changed() => {
+                if r.is_err() {
+                    return Ok(());
+                }
+                let received = configs.borrow().clone();
+                if let Some(received) = received {
+                    held = (*received).clone();
+                    apply(opts, server, registry, &received, certs.borrow().as_deref(), &mut applied);
+                }
+            }
+            () = tokio::time::sleep(Duration::from_secs(1)), if follower.as_ref().is_none_or(|f| f.is_finished()) => {}
+        }
+    }
+}
+
+/// One ADS stream on a channel presenting `cert`; returns what it held when it ends, after
+/// a pause (so a controller that is down is tried again at a gentle pace).
+async fn follow_once(
+    opts: SidecarOptions,
+    cert: Arc<WorkloadCert>,
+    held: Received,
+    registry: Arc<Registry>,
+    out: Arc<watch::Sender<Option<Arc<Received>>>>,
+    certs: watch::Receiver<Option<Arc<WorkloadCert>>>,
+) -> Received {
+    let channel = match workload::connect(&opts.controller, Some(&cert)).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("controller: {e}; trying again in 2 s");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            return held;
+        }
+    };
+    let options = ClientOptions {
+        node: opts.node.clone(),
+        token: None,
+    };
+    let state = opts.state.clone();
+    let workers = opts.workers;
+    // A configuration still warming (something it names has not arrived) is checked as
+    // far as it goes; a complete one is compiled and built.
+    let check = move |r: &Received| {
+        if !r.missing().is_empty() {
+            return subset::read(r).map(drop);
+        }
+        prepare(r, certs.borrow().as_deref(), workers, &state, &registry).map(drop)
+    };
+    let before = held.clone();
+    match follow(channel, &options, held, check, &out).await {
+        Ok(()) => {}
+        Err(e) => tracing::warn!("controller: {e}; following again in 2 s"),
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    out.borrow().as_deref().cloned().unwrap_or(before)
+}
+
+/// Compiles and applies `received`; a failure keeps what runs (it was checked before its
+/// ACK, so this is a listener that could not bind after all).
+fn apply(
+    opts: &SidecarOptions,
+    server: &Server,
+    registry: &Arc<Registry>,
+    received: &Received,
+    cert: Option<&WorkloadCert>,
+    applied: &mut Option<String>,
+) {
+    let (compiled, listeners) = match prepare(received, cert, opts.workers, &opts.state, registry) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!("configuration refused: {e}");
+            return;
+        }
+    };
+    if applied.as_ref() == Some(&compiled.config) {
+        return;
+    }
+    let count = listeners.len();
+    match server.apply(listeners) {
+        Ok(()) => {
+            tracing::info!(listeners = count, "configuration applied");
+            if let Err(e) = save(&opts.state, &compiled) {
+                tracing::warn!("cannot keep the configuration in the state directory: {e}");
+            }
+            *applied = Some(compiled.config);
+        }
+        Err(e) => tracing::error!("configuration not applied: {e}"),
+    }
+}
