@@ -35,6 +35,7 @@
 //! # Ok::<(), flowgate::config::ConfigFileError>(())
 //! ```
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 #[cfg(feature = "http")]

@@ -18,11 +18,18 @@ use common::{Proc, TempDir, daemon, reserve_port};
 
 /// `flowgate-sidecar run` for pod `node` running as `account`, against the controller at
 /// `ads` (its state directory `state` holds the trust bundle and the token key).
-fn flowgate_sidecar(dir: &TempDir, node: &str, account: &str, ads: u16, state: &Path) -> Proc {
+fn flowgate_sidecar(
+    dir: &TempDir,
+    node: &str,
+    account: &str,
+    ads: u16,
+    state: &Path,
+    admin: u16,
+) -> Proc {
     let (code, token, err) = controller(&["token", account, "--state", state.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     dir.write(&format!("{node}.token"), token.trim());
-    run_sidecar(dir, node, ads, state)
+    run_sidecar(dir, node, ads, state, admin)
 }
 
 #[test]
@@ -52,9 +59,24 @@ fn flowgate_sidecars_carry_mtls_enforce_smi_and_survive_their_controller() {
     .unwrap();
     let state = dir.path("state");
     let ctl = run_controller(&manifests, ads, admin, &state);
-    let client = flowgate_sidecar(&dir, "client-1.shop", "shop/client", ads, &state);
-    let thief = flowgate_sidecar(&dir, "thief-1.shop", "shop/thief", ads, &state);
-    let mut web = flowgate_sidecar(&dir, "web-1.shop", "shop/web", ads, &state);
+    let (client_admin, web_admin) = (reserve_port(), reserve_port());
+    let client = flowgate_sidecar(
+        &dir,
+        "client-1.shop",
+        "shop/client",
+        ads,
+        &state,
+        client_admin,
+    );
+    let thief = flowgate_sidecar(
+        &dir,
+        "thief-1.shop",
+        "shop/thief",
+        ads,
+        &state,
+        reserve_port(),
+    );
+    let mut web = flowgate_sidecar(&dir, "web-1.shop", "shop/web", ads, &state, web_admin);
     let (client_ip, thief_ip) = (format!("127.0.{net}.5"), format!("127.0.{net}.7"));
 
     let allowed = || call(&client_ip, "GET", "/allowed");
@@ -100,6 +122,33 @@ fn flowgate_sidecars_carry_mtls_enforce_smi_and_survive_their_controller() {
         web_acks.get("Secret").is_some_and(|v| !v.is_empty()),
         "{web_acks:?}"
     );
+    // The admin endpoint: ready, the configuration's versions (those ACKed), the
+    // certificate's identity and expiry, the clusters' endpoints.
+    let admin_get = |port: u16, path: &str| {
+        common::curl(&["-s", "-m", "2", &format!("http://127.0.0.1:{port}{path}")]).1
+    };
+    assert_eq!(admin_get(web_admin, "/ready"), r#"{"ready": true}"#);
+    let status: serde_json::Value = serde_json::from_str(&admin_get(web_admin, "/status")).unwrap();
+    assert_eq!(status["config"]["source"], "controller", "{status}");
+    assert_eq!(
+        status["certificate"]["identity"],
+        "spiffe://cluster.local/ns/shop/sa/web"
+    );
+    assert!(
+        status["certificate"]["expires_in_s"].as_u64().unwrap() > 60,
+        "{status}"
+    );
+    let listener_versions = status["config"]["versions"]["Listener"]
+        .as_object()
+        .unwrap();
+    assert!(listener_versions.contains_key("inbound"), "{status}");
+    let clusters: serde_json::Value =
+        serde_json::from_str(&admin_get(client_admin, "/clusters")).unwrap();
+    assert_eq!(
+        clusters["outbound|80||web.shop|mtls"]["endpoints"][0]["address"],
+        format!("{web_ip}:15006"),
+        "{clusters}"
+    );
 
     // The thief is let in: in force within seconds of the file being saved.
     let both = "{ kind: ServiceAccount, name: client, namespace: shop }, { kind: ServiceAccount, name: thief, namespace: shop }";
@@ -113,15 +162,18 @@ fn flowgate_sidecars_carry_mtls_enforce_smi_and_survive_their_controller() {
             &thief_ip, "GET", "/allowed"
         )
         .0 == "200"),
-        "the thief is still refused: web: {}",
-        web.stderr_so_far()
+        "the thief is still refused: {:?}; thief: {}; web: {}; controller: {}",
+        call(&thief_ip, "GET", "/allowed"),
+        thief.stderr_so_far(),
+        web.stderr_so_far(),
+        status_of(admin)
     );
 
     // The controller goes away and web's sidecar restarts: it serves its last good
     // configuration at once.
     drop(ctl);
     let _ = web.stop();
-    web = run_sidecar(&dir, "web-1.shop", ads, &state);
+    web = run_sidecar(&dir, "web-1.shop", ads, &state, web_admin);
     assert!(
         common::wait_until(Duration::from_secs(10), || allowed().0 == "200"),
         "after a restart without its controller: {:?}; web: {}",
@@ -129,11 +181,14 @@ fn flowgate_sidecars_carry_mtls_enforce_smi_and_survive_their_controller() {
         web.stderr_so_far()
     );
     assert_eq!(call(&client_ip, "GET", "/other").0, "403");
+    let status: serde_json::Value =
+        serde_json::from_str(&admin_get(web_admin, "/status")).unwrap_or_default();
+    assert_eq!(status["config"]["source"], "saved", "{status}");
     drop((client, thief, web));
 }
 
 /// `flowgate-sidecar run` for `node` with its token file and state directory in `dir`.
-fn run_sidecar(dir: &TempDir, node: &str, ads: u16, state: &Path) -> Proc {
+fn run_sidecar(dir: &TempDir, node: &str, ads: u16, state: &Path, admin: u16) -> Proc {
     daemon(
         Command::new(env!("CARGO_BIN_EXE_flowgate-sidecar"))
             .args(["run", "--controller", &format!("https://127.0.0.1:{ads}")])
@@ -142,6 +197,7 @@ fn run_sidecar(dir: &TempDir, node: &str, ads: u16, state: &Path) -> Proc {
             .arg("--token-file")
             .arg(dir.path(&format!("{node}.token")))
             .args(["--node", node, "--workers", "1"])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
             .arg("--state")
             .arg(dir.path(&format!("sidecar-{node}"))),
         node,
@@ -181,7 +237,14 @@ fn a_flowgate_sidecar_and_an_envoy_sidecar_call_each_other() {
         (("web-1.shop", "shop/web"), ("client-1.shop", "shop/client")),
         (("client-1.shop", "shop/client"), ("web-1.shop", "shop/web")),
     ] {
-        let ours = flowgate_sidecar(&dir, flowgate_side.0, flowgate_side.1, ads, &state);
+        let ours = flowgate_sidecar(
+            &dir,
+            flowgate_side.0,
+            flowgate_side.1,
+            ads,
+            &state,
+            reserve_port(),
+        );
         let envoy = envoy_sidecar(&dir, envoy_side.0, envoy_side.1, envoy_admin, &[ads]);
         assert!(
             common::wait_until(Duration::from_secs(30), || get()

@@ -34,6 +34,7 @@
 
 mod context;
 mod describe;
+mod drain;
 mod dynamic;
 mod event;
 pub mod feed;
@@ -48,6 +49,7 @@ pub mod testing;
 
 pub use context::{ConnInfo, Context, TlsInfo};
 pub use describe::Description;
+pub use drain::Drain;
 pub use dynamic::Dyn;
 pub use event::{ErrorKind, Event, Head, Side, StreamError, Tail};
 pub use filter::{

@@ -233,53 +233,28 @@ fn status_json(mesh: &MeshStatus, proxies: &[flowgate::mesh::xds::ProxyStatus]) 
     .to_string()
 }
 
-/// Answers `GET /status` on `listener` with [`status_json`]; anything else gets 404.
+/// Answers `GET /status` on `listener` with [`status_json`] and `POST /rotate-root`;
+/// anything else gets 404.
 async fn admin(
     listener: tokio::net::TcpListener,
     server: flowgate::mesh::xds::AdsServer,
     mesh: std::sync::Arc<std::sync::Mutex<MeshStatus>>,
     rotate: tokio::sync::mpsc::Sender<Duration>,
 ) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    loop {
-        let Ok((mut s, _)) = listener.accept().await else {
-            continue;
-        };
-        let server = server.clone();
-        let mesh = mesh.clone();
-        let rotate = rotate.clone();
-        tokio::spawn(async move {
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            let read = async {
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-            };
-            if tokio::time::timeout(Duration::from_secs(5), read)
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-            let line = String::from_utf8_lossy(line);
-            let (code, body) = if line.starts_with("GET /status ") {
+    flowgate::admin::serve(listener, move |method, target| {
+        match (method, target.split_once('?').unwrap_or((target, ""))) {
+            ("GET", ("/status", _)) => {
                 let m = mesh.lock().unwrap_or_else(|p| p.into_inner());
-                ("200 OK", status_json(&m, &server.status()))
-            } else if let Some(rest) = line.strip_prefix("POST /rotate-root") {
-                // `POST /rotate-root?overlap=DURATION`: default one hour.
-                let overlap = rest
-                    .split_whitespace()
-                    .next()
-                    .and_then(|q| q.strip_prefix("?overlap="))
+                (200, status_json(&m, &server.status()))
+            }
+            // `POST /rotate-root?overlap=DURATION`: default one hour.
+            ("POST", ("/rotate-root", query)) => {
+                let overlap = query
+                    .strip_prefix("overlap=")
                     .map_or(Ok(Duration::from_secs(3600)), parse_duration);
                 match overlap {
                     Ok(o) if rotate.try_send(o).is_ok() => (
-                        "202 Accepted",
+                        202,
                         format!(
                             "{{\"rotation\": \"staged\", \"promote_in_s\": {}, \"overlap_s\": {}}}",
                             ROOT_PROPAGATION.as_secs(),
@@ -287,28 +262,22 @@ async fn admin(
                         ),
                     ),
                     Ok(_) => (
-                        "409 Conflict",
+                        409,
                         "{\"error\": \"a rotation is already being started\"}".to_string(),
                     ),
                     Err(e) => (
-                        "400 Bad Request",
+                        400,
                         serde_json::json!({ "error": format!("overlap: {e}") }).to_string(),
                     ),
                 }
-            } else {
-                (
-                    "404 Not Found",
-                    "{\"error\": \"GET /status or POST /rotate-root[?overlap=DURATION]\"}"
-                        .to_string(),
-                )
-            };
-            let resp = format!(
-                "HTTP/1.1 {code}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = s.write_all(resp.as_bytes()).await;
-        });
-    }
+            }
+            _ => (
+                404,
+                "{\"error\": \"GET /status or POST /rotate-root[?overlap=DURATION]\"}".to_string(),
+            ),
+        }
+    })
+    .await;
 }
 
 /// Sends `request_line` (`METHOD PATH`) to the admin endpoint: the status line and body.

@@ -8,6 +8,7 @@
 //!                      [--server-name NAME]              the name the controller's certificate carries
 //!                      [--state DIR]                     the last good configuration and secrets
 //!                      [--workers N]
+//!                      [--admin ADDR|off]                GET /ready, /status, /clusters (127.0.0.1:15021)
 //! flowgate-sidecar check --state DIR                     validate the kept configuration
 //! ```
 //!
@@ -73,6 +74,10 @@ enum Command {
         /// Worker threads (default: one per CPU).
         #[arg(long)]
         workers: Option<usize>,
+        /// Where the admin endpoint listens (`GET /ready`, `/status`, `/clusters`; keep it
+        /// on loopback), or `off`.
+        #[arg(long, default_value = "127.0.0.1:15021")]
+        admin: String,
     },
     /// Validate the configuration kept in a state directory: exit 0, or 2 with the error.
     Check {
@@ -95,7 +100,18 @@ fn main() -> ExitCode {
             node,
             state,
             workers,
+            admin,
         } => {
+            let admin = match admin.as_str() {
+                "off" => None,
+                a => match a.parse() {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        eprintln!("flowgate-sidecar: --admin {a}: {e} (an IP:port, or `off`)");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
             let trust_pem = match std::fs::read_to_string(&trust) {
                 Ok(t) => t,
                 Err(e) => {
@@ -124,6 +140,7 @@ fn main() -> ExitCode {
                 node,
                 state,
                 workers,
+                admin,
             };
             match flowgate::sidecar::run(opts, registry) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -539,8 +539,8 @@ impl Out<'_> {
     }
 
     /// Upstream TLS as `connect-tls` and `balance-http` take it: the server checked by
-    /// the roots (any identity they signed, as Envoy without SAN matchers), the sidecar's
-    /// certificate presented.
+    /// the roots and by its SPIFFE ID when SANs are pinned (any identity the roots signed
+    /// otherwise, as Envoy without SAN matchers), the sidecar's certificate presented.
     fn upstream_tls(
         &mut self,
         tls: &flowgate_mesh::xds::subset::UpstreamTls,
@@ -552,7 +552,11 @@ impl Out<'_> {
         match &tls.roots_secret {
             Some(r) => {
                 v["ca"] = json!(self.roots(r)?);
-                v["identities"] = json!(["*"]);
+                v["identities"] = if tls.allowed_sans.is_empty() {
+                    json!(["*"])
+                } else {
+                    json!(tls.allowed_sans)
+                };
             }
             // Envoy does not check a server without a validation context.
             None => v["verify"] = json!(false),
@@ -912,7 +916,10 @@ mod tests {
         assert_eq!(hosts[0]["match"]["authority"], json!("web.default:80"));
         let cluster = &p["cluster:outbound|80||web.default|mtls"][0]["balance-http"];
         assert_eq!(cluster["endpoints"][0]["address"], json!("10.0.0.6:15006"));
-        assert_eq!(cluster["tls"]["identities"], json!(["*"]));
+        assert_eq!(
+            cluster["tls"]["identities"],
+            json!(["spiffe://cluster.local/ns/default/sa/web"])
+        );
         assert_eq!(
             cluster["tls"]["sni"],
             json!("outbound_.80_._.web.default.svc.cluster.local")

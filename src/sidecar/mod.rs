@@ -11,6 +11,12 @@
 //! A renewed certificate is compiled into a new configuration: new connections use it,
 //! live connections keep the pipelines they started with.
 //!
+//! The admin endpoint (loopback) answers `GET /ready` (200 once a configuration runs —
+//! the saved one or the controller's —, 503 before), `GET /status` (where the running
+//! configuration came from, its resource versions, the last refusal, the certificate's
+//! identity and expiry) and `GET /clusters` (endpoints and weights; endpoint health is not
+//! reported yet).
+//!
 //! Explicit proxy mode only (the controller's listeners at the pod's address): traffic
 //! capture (`original_dst`) is refused, not built yet.
 //!
@@ -60,6 +66,102 @@ pub struct SidecarOptions {
     pub state: PathBuf,
     /// Worker threads (`None`: one per CPU).
     pub workers: Option<usize>,
+    /// Where the admin endpoint listens (keep it on loopback); `None`: no admin endpoint.
+    pub admin: Option<std::net::SocketAddr>,
+}
+
+/// What the admin endpoint reports.
+#[derive(Debug, Default)]
+struct Status {
+    /// Where the running configuration came from: `saved` (the state directory, at start)
+    /// or `controller`.
+    source: Option<&'static str>,
+    /// Listeners running.
+    listeners: usize,
+    /// When the running configuration was applied (Unix seconds).
+    applied_at: Option<u64>,
+    /// The resource versions of the running configuration, by type and name.
+    versions: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    /// Clusters of the running configuration: endpoints and weights.
+    clusters: std::collections::BTreeMap<String, Vec<(std::net::SocketAddr, u32)>>,
+    /// The last configuration refused, and why.
+    last_refusal: Option<String>,
+    /// The certificate: its identity and expiry (Unix seconds).
+    certificate: Option<(String, u64)>,
+}
+
+type Shared = Arc<std::sync::Mutex<Status>>;
+
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Status> {
+    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn unix(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Status {
+    fn ready(&self) -> bool {
+        self.source.is_some() && self.listeners > 0
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let now = unix(std::time::SystemTime::now());
+        serde_json::json!({
+            "ready": self.ready(),
+            "config": {
+                "source": self.source,
+                "listeners": self.listeners,
+                "applied_at": self.applied_at,
+                "versions": self.versions,
+                "last_refusal": self.last_refusal,
+            },
+            "certificate": self.certificate.as_ref().map(|(id, until)| serde_json::json!({
+                "identity": id,
+                "not_after": until,
+                "expires_in_s": until.saturating_sub(now),
+            })),
+        })
+    }
+
+    fn clusters_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.clusters
+                .iter()
+                .map(|(name, eps)| {
+                    let eps: Vec<serde_json::Value> = eps
+                        .iter()
+                        .map(|(a, w)| serde_json::json!({ "address": a.to_string(), "weight": w }))
+                        .collect();
+                    (name.clone(), serde_json::json!({ "endpoints": eps }))
+                })
+                .collect(),
+        )
+    }
+}
+
+/// The admin endpoint: `GET /ready` (200 once a configuration runs, else 503), `GET
+/// /status` (configuration versions and source, the last refusal, the certificate's
+/// expiry), `GET /clusters` (endpoints and weights).
+async fn admin(listener: tokio::net::TcpListener, status: Shared) {
+    crate::admin::serve(listener, move |method, target| {
+        let s = lock(&status);
+        match (method, target) {
+            ("GET", "/ready") if s.ready() => (200, "{\"ready\": true}".into()),
+            ("GET", "/ready") => (
+                503,
+                "{\"ready\": false, \"why\": \"no configuration yet\"}".into(),
+            ),
+            ("GET", "/status") => (200, s.json().to_string()),
+            ("GET", "/clusters") => (200, s.clusters_json().to_string()),
+            _ => (
+                404,
+                "{\"error\": \"GET /ready, /status or /clusters\"}".into(),
+            ),
+        }
+    })
+    .await;
 }
 
 /// Why the sidecar stopped with a failure.
@@ -169,21 +271,39 @@ pub fn run(opts: SidecarOptions, registry: Arc<Registry>) -> Result<(), SidecarE
         builder = builder.workers(n);
     }
     let server = builder.start()?;
+    let status = Shared::default();
     // The last good configuration, at once.
     let saved = opts.state.join(CONFIG_FILE);
     if saved.exists() {
-        match config::load_with(&saved, &registry).map(|c| server.apply(c.listeners)) {
-            Ok(Ok(())) => {
-                tracing::info!(file = %saved.display(), "serving the last good configuration")
+        match config::load_with(&saved, &registry) {
+            Ok(c) => {
+                let count = c.listeners.len();
+                match server.apply(c.listeners) {
+                    Ok(()) => {
+                        tracing::info!(file = %saved.display(), "serving the last good configuration");
+                        let mut s = lock(&status);
+                        s.source = Some("saved");
+                        s.listeners = count;
+                        s.applied_at = Some(unix(std::time::SystemTime::now()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the last good configuration does not bind")
+                    }
+                }
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "the last good configuration does not bind"),
             Err(e) => tracing::warn!(error = %e, "the last good configuration does not load"),
         }
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let result = rt.block_on(control(&opts, &server, &registry));
+    let result = rt.block_on(async {
+        if let Some(addr) = opts.admin {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            tokio::spawn(admin(listener, status.clone()));
+        }
+        control(&opts, &server, &registry, &status).await
+    });
     tracing::info!(
         connections = server.connections(),
         "shutting down: draining live connections"
@@ -197,6 +317,7 @@ async fn control(
     opts: &SidecarOptions,
     server: &Server,
     registry: &Arc<Registry>,
+    status: &Shared,
 ) -> Result<(), SidecarError> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -221,6 +342,7 @@ async fn control(
                     registry.clone(),
                     configs_tx.clone(),
                     certs.clone(),
+                    status.clone(),
                 )));
             }
         }
@@ -232,8 +354,12 @@ async fn control(
                     return Ok(());
                 }
                 // A renewed certificate: a new configuration with it.
+                let cert = certs.borrow().clone();
+                if let Some(c) = &cert {
+                    lock(status).certificate = Some((c.id.to_string(), unix(c.not_after)));
+                }
                 if let Some(received) = configs.borrow().clone() {
-                    apply(opts, server, registry, &received, certs.borrow().as_deref(), &mut applied);
+                    apply(opts, server, registry, &received, cert.as_deref(), &mut applied, status);
                 }
             }
             r = configs.changed() => {
@@ -243,7 +369,8 @@ async fn control(
                 let received = configs.borrow().clone();
                 if let Some(received) = received {
                     held = (*received).clone();
-                    apply(opts, server, registry, &received, certs.borrow().as_deref(), &mut applied);
+                    let cert = certs.borrow().clone();
+                    apply(opts, server, registry, &received, cert.as_deref(), &mut applied, status);
                 }
             }
             () = tokio::time::sleep(Duration::from_secs(1)), if follower.as_ref().is_none_or(|f| f.is_finished()) => {}
@@ -260,6 +387,7 @@ async fn follow_once(
     registry: Arc<Registry>,
     out: Arc<watch::Sender<Option<Arc<Received>>>>,
     certs: watch::Receiver<Option<Arc<WorkloadCert>>>,
+    status: Shared,
 ) -> Received {
     let channel = match workload::connect(&opts.controller, Some(&cert)).await {
         Ok(c) => c,
@@ -278,10 +406,15 @@ async fn follow_once(
     // A configuration still warming (something it names has not arrived) is checked as
     // far as it goes; a complete one is compiled and built.
     let check = move |r: &Received| {
-        if !r.missing().is_empty() {
-            return subset::read(r).map(drop);
+        let verdict = if r.missing().is_empty() {
+            prepare(r, certs.borrow().as_deref(), workers, &state, &registry).map(drop)
+        } else {
+            subset::read(r).map(drop)
+        };
+        if let Err(why) = &verdict {
+            lock(&status).last_refusal = Some(why.clone());
         }
-        prepare(r, certs.borrow().as_deref(), workers, &state, &registry).map(drop)
+        verdict
     };
     let before = held.clone();
     match follow(channel, &options, held, check, &out).await {
@@ -301,6 +434,7 @@ fn apply(
     received: &Received,
     cert: Option<&WorkloadCert>,
     applied: &mut Option<String>,
+    status: &Shared,
 ) {
     let (compiled, listeners) = match prepare(received, cert, opts.workers, &opts.state, registry) {
         Ok(x) => x,
@@ -316,6 +450,31 @@ fn apply(
     match server.apply(listeners) {
         Ok(()) => {
             tracing::info!(listeners = count, "configuration applied");
+            let mut s = lock(status);
+            s.source = Some("controller");
+            s.listeners = count;
+            s.applied_at = Some(unix(std::time::SystemTime::now()));
+            s.versions = received
+                .resources
+                .iter()
+                .map(|(t, rs)| {
+                    let short = t.rsplit('.').next().unwrap_or(t).to_string();
+                    let v = rs
+                        .iter()
+                        .map(|(n, (v, _))| (n.clone(), v.clone()))
+                        .collect();
+                    (short, v)
+                })
+                .collect();
+            s.clusters = subset::read(received)
+                .map(|c| {
+                    c.clusters
+                        .into_iter()
+                        .map(|(n, c)| (n, c.endpoints))
+                        .collect()
+                })
+                .unwrap_or_default();
+            drop(s);
             if let Err(e) = save(&opts.state, &compiled) {
                 tracing::warn!("cannot keep the configuration in the state directory: {e}");
             }

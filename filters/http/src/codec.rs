@@ -141,6 +141,10 @@ pub(crate) struct RequestStream {
     /// new deadline is sooner): when it fires early it is moved here.
     deadline: Instant,
     finished: bool,
+    /// Resolves when the connection's listener drains (see [`Self::drain_on`]).
+    drain: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// Draining: the input ends at the next point between requests.
+    draining: bool,
 }
 
 impl RequestStream {
@@ -154,7 +158,18 @@ impl RequestStream {
             armed_for: None,
             deadline: Instant::now() + timeouts.idle,
             finished: false,
+            drain: None,
+            draining: false,
         }
+    }
+
+    /// Ends the requests (a clean end, as a client closing would) at the first point
+    /// between requests after `drain` starts: the responses in flight are sent, then the
+    /// connection closes, and its client reconnects to the configuration in force.
+    pub(crate) fn drain_on(mut self, drain: Option<flowgate_pipeline::Drain>) -> Self {
+        self.draining = drain.as_ref().is_some_and(|d| d.is_draining());
+        self.drain = drain.map(|d| d.wait());
+        self
     }
 
     /// Whether the armed state's deadline has passed (the timer is polled, and moved to the
@@ -231,6 +246,18 @@ impl Stream for RequestStream {
                 Poll::Pending => {}
             }
             this.rearm();
+            if !this.draining
+                && let Some(d) = this.drain.as_mut()
+                && d.as_mut().poll(cx).is_ready()
+            {
+                this.draining = true;
+                this.drain = None;
+            }
+            if this.draining && this.armed_for == Some(false) {
+                this.armed_for = None;
+                this.out.push_back(Event::END);
+                continue;
+            }
             if let Some(in_head) = this.armed_for
                 && this.timer_expired(cx)
             {

@@ -219,6 +219,8 @@ async fn run(
     tokio::pin!(header_deadline);
     let mut accepting = true;
     let mut was_busy = false;
+    // The listener drains: say goodbye (GOAWAY) and let the streams in flight finish.
+    let mut drain = cx.get::<flowgate_pipeline::Drain>().map(|d| d.wait());
     let result = poll_fn(|task| {
         loop {
             let mut progressed = false;
@@ -244,6 +246,14 @@ async fn run(
             } else if let Poll::Ready(r) = conn.poll_closed(task) {
                 // Everything sent: the connection is done (or failed).
                 return Poll::Ready(r.map_err(H2ConnError::from));
+            }
+            if accepting
+                && let Some(d) = drain.as_mut()
+                && d.as_mut().poll(task).is_ready()
+            {
+                drain = None;
+                conn.graceful_shutdown();
+                progressed = true;
             }
             while let Poll::Ready(Some(())) = streams.poll_next_unpin(task) {}
             let busy = !streams.is_empty();
@@ -771,6 +781,50 @@ mod tests {
             .unwrap();
         assert!(t.elapsed() >= Duration::from_secs(30), "{:?}", t.elapsed());
         let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    }
+
+    #[tokio::test]
+    async fn a_draining_listener_closes_its_idle_connections_of_both_versions() {
+        let f = Arc::new(DemuxHttp::new(hello(), Limits::default()));
+        // HTTP/2: GOAWAY once the request in flight is answered, then the end.
+        let drain = flowgate_pipeline::Drain::default();
+        let cx = Context::new();
+        cx.insert(drain.clone());
+        let (io, done) = attach_watched(f.clone(), cx);
+        let (send, conn) = h2::client::handshake(io).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let mut send = send.ready().await.unwrap();
+        let (resp, _) = send.send_request(get("/"), true).unwrap();
+        assert_eq!(resp.await.unwrap().status(), 200);
+        drain.start();
+        tokio::time::timeout(Duration::from_secs(5), done)
+            .await
+            .expect("the drained HTTP/2 connection was not closed")
+            .unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+
+        // HTTP/1.1 keep-alive: the response, then the connection closes between requests.
+        let drain = flowgate_pipeline::Drain::default();
+        let cx = Context::new();
+        cx.insert(drain.clone());
+        let mut io = attach(f, cx);
+        io.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"hello\n") {
+            let n = io.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the response");
+            got.extend_from_slice(&buf[..n]);
+        }
+        drain.start();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut rest))
+            .await
+            .expect("the drained HTTP/1.1 connection was not closed")
+            .unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
     }
 
     #[tokio::test]

@@ -519,7 +519,10 @@ impl H1 {
             switch.clone(),
             self.upgrade.clone(),
         );
-        let decoded = Box::pin(codec::RequestStream::new(input, decoder, self.timeouts));
+        let decoded = Box::pin(
+            codec::RequestStream::new(input, decoder, self.timeouts)
+                .drain_on(cx.get::<flowgate_pipeline::Drain>()),
+        );
         let replies = self.demux.attach(decoded, cx);
         Box::pin(TransformStream::new(
             replies,

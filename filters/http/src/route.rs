@@ -98,6 +98,30 @@ pub struct RouteMatch {
     pub query: BTreeMap<String, String>,
 }
 
+impl RouteMatch {
+    /// The authority, when it is exact (no `*`) and the only condition.
+    fn exact_authority_only(&self) -> Option<&str> {
+        let RouteMatch {
+            host,
+            authority,
+            path,
+            path_prefix,
+            path_regex,
+            method,
+            headers,
+            query,
+        } = self;
+        let only = host.is_none()
+            && path.is_none()
+            && path_prefix.is_none()
+            && path_regex.is_none()
+            && method.is_empty()
+            && headers.is_empty()
+            && query.is_empty();
+        authority.as_deref().filter(|a| only && !a.contains('*'))
+    }
+}
+
 struct CompiledMatch {
     host: Option<String>,
     authority: Option<String>,
@@ -253,10 +277,16 @@ impl FilterConfig for RouteConfig {
         }
         let mut branch = Branch::new();
         let mut inner = Vec::new();
+        let mut matches = Vec::with_capacity(self.routes.len());
+        for (i, r) in self.routes.iter().enumerate() {
+            let m = CompiledMatch::new(&r.when).map_err(|e| {
+                ConfigError::new(format!("routes[{i}].match.{}", e.field), e.problem)
+            })?;
+            matches.push(m);
+        }
+        let matches = Arc::new(matches);
         for (i, r) in self.routes.iter().enumerate() {
             let field = |f: &str| format!("routes[{i}].{f}");
-            let m = CompiledMatch::new(&r.when)
-                .map_err(|e| ConfigError::new(field(&format!("match.{}", e.field)), e.problem))?;
             let target: SubPipeline = match (&r.pipeline, r.split.is_empty()) {
                 (Some(p), true) => SubPipeline::named(p.clone()),
                 (None, false) => {
@@ -291,15 +321,17 @@ impl FilterConfig for RouteConfig {
                 }
             };
             let label = serde_json::to_string(&r.when).unwrap_or_default();
+            let m = matches.clone();
             branch = branch.when(
                 label,
                 move |_cx, head| {
                     head.and_then(|h| h.get::<request::Parts>())
-                        .is_some_and(|p| m.matches(p))
+                        .is_some_and(|p| m[i].matches(p))
                 },
                 target,
             );
         }
+        branch = branch.select_with(AuthorityIndex::new(&self.routes, matches).into_selector());
         if let Some(d) = &self.default {
             branch = branch.otherwise(SubPipeline::named(d.clone()));
         }
@@ -312,6 +344,57 @@ impl FilterConfig for RouteConfig {
             inner,
             config,
         }))
+    }
+}
+
+/// Routes that match on an exact authority alone (a mesh sidecar's thousands of virtual
+/// hosts), found by a map; the others tried in order — the first match wins either way.
+struct AuthorityIndex {
+    exact: std::collections::HashMap<String, usize>,
+    scan: Vec<usize>,
+    matches: Arc<Vec<CompiledMatch>>,
+}
+
+impl AuthorityIndex {
+    fn new(routes: &[RouteEntry], matches: Arc<Vec<CompiledMatch>>) -> Self {
+        let mut exact = std::collections::HashMap::new();
+        let mut scan = Vec::new();
+        for (i, r) in routes.iter().enumerate() {
+            match r.when.exact_authority_only() {
+                Some(a) => {
+                    exact.entry(a.to_ascii_lowercase()).or_insert(i);
+                }
+                None => scan.push(i),
+            }
+        }
+        AuthorityIndex {
+            exact,
+            scan,
+            matches,
+        }
+    }
+
+    fn into_selector(
+        self,
+    ) -> impl Fn(&Context, Option<&flowgate_pipeline::Head>) -> Option<usize> + Send + Sync + 'static
+    {
+        move |_cx, head| {
+            let p = head.and_then(|h| h.get::<request::Parts>())?;
+            let hit = if self.exact.is_empty() {
+                None
+            } else {
+                authority_of(p).and_then(|a| self.exact.get(&a.to_ascii_lowercase()).copied())
+            };
+            for &i in &self.scan {
+                if hit.is_some_and(|h| i > h) {
+                    break;
+                }
+                if self.matches[i].matches(p) {
+                    return Some(i);
+                }
+            }
+            hit
+        }
     }
 }
 
@@ -599,6 +682,57 @@ mod tests {
         assert!(!a("web.shop").matches(&req("/", "web.shop:8080")));
         assert!(a("web.shop").matches(&req("http://web.shop/x", "other")));
         assert!(a("*").matches(&req("/", "anything:1")));
+    }
+
+    #[test]
+    fn the_authority_index_picks_what_trying_each_route_would() {
+        let entry = |m: serde_json::Value| RouteEntry {
+            when: serde_json::from_value(m).unwrap(),
+            pipeline: Some("p".into()),
+            split: Vec::new(),
+        };
+        let routes = vec![
+            entry(serde_json::json!({ "authority": "a.shop:80" })),
+            entry(serde_json::json!({ "authority": "*.shop:81" })),
+            entry(serde_json::json!({ "authority": "b.shop:81" })),
+            entry(serde_json::json!({ "authority": "c.shop", "path_prefix": "/x/" })),
+            entry(serde_json::json!({ "authority": "A.SHOP:80" })),
+            entry(serde_json::json!({ "authority": "c.shop" })),
+            entry(serde_json::json!({ "authority": "*" })),
+        ];
+        let matches: Vec<CompiledMatch> = routes
+            .iter()
+            .map(|r| CompiledMatch::new(&r.when).unwrap())
+            .collect();
+        let linear = |p: &request::Parts| matches.iter().position(|m| m.matches(p));
+        let index = AuthorityIndex::new(
+            &routes,
+            Arc::new(
+                routes
+                    .iter()
+                    .map(|r| CompiledMatch::new(&r.when).unwrap())
+                    .collect(),
+            ),
+        );
+        assert_eq!(index.exact.len(), 3, "a.shop:80, b.shop:81 and c.shop");
+        let select = index.into_selector();
+        let cx = Context::new();
+        for (path, host) in [
+            ("/", "a.shop:80"),
+            ("/", "A.Shop:80"),
+            ("/", "b.shop:81"),
+            ("/x/1", "c.shop"),
+            ("/y", "c.shop"),
+            ("/", "d.shop:81"),
+            ("/", "other"),
+        ] {
+            let head = flowgate_pipeline::Head::new(req(path, host));
+            assert_eq!(
+                select(&cx, Some(&head)),
+                linear(&req(path, host)),
+                "{host}{path}"
+            );
+        }
     }
 
     #[test]

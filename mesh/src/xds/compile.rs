@@ -824,8 +824,9 @@ pub fn inbound_sni(ns: &str, name: &str, port: u16) -> String {
 ///   port): HTTP requests through an HTTP connection manager, or bytes through `tcp_proxy`
 ///   for a TCP port ([`is_tcp`]);
 /// - an **outbound** listener at `<pod IP>:15001` taking plain HTTP from its workload,
-///   routed by `Host` (`<svc>.<ns>`, with or without `:<port>`, and
-///   `<svc>.<ns>.svc.cluster.local`) by the shared `outbound` route configuration (RDS)
+///   routed by `Host` (`<svc>.<ns>` and `<svc>.<ns>.svc.cluster.local`, and the service's
+///   cluster IP, each with `:<port>`, and without it for the first port) by the shared
+///   `outbound` route configuration (RDS)
 ///   to the service's mTLS cluster `outbound|<port>||<svc>.<ns>|mtls` — a TrafficSplit
 ///   as weighted clusters;
 /// - an **outbound TCP** listener per TCP service port of the mesh at
@@ -1037,7 +1038,8 @@ fn tls_inspector() -> envoy_types::pb::envoy::config::listener::v3::ListenerFilt
 pub const OUTBOUND_ROUTES: &str = "outbound";
 
 /// What every sidecar shares ([`SIDECAR_SET`] in a snapshot): an mTLS cluster per service
-/// port (to the destination sidecars' inbound port) with its endpoints, and the
+/// port (to the destination sidecars' inbound port, whose certificates must name the
+/// SPIFFE ID of one of the service's pods' accounts) with its endpoints, and the
 /// `outbound` route configuration choosing among them by `Host` (a TrafficSplit as
 /// weighted clusters).
 pub fn sidecar_shared(state: &MeshState) -> Resources {
@@ -1051,16 +1053,33 @@ fn sidecar_shared_for(state: &MeshState, may_call: &dyn Fn(&Service) -> bool) ->
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
     let mut out = Resources::default();
     let mut hosts = Vec::new();
+    // Envoy refuses a route configuration naming one domain twice: the first service
+    // keeps a domain two would share (two services on one cluster IP).
+    let mut taken = std::collections::HashSet::new();
     for s in state.services.values() {
         let svc = &s.value;
         let (sns, name) = (svc.metadata.ns(), svc.metadata.name.as_str());
         let allowed = may_call(svc);
+        let cluster_ip = svc
+            .spec
+            .cluster_ip
+            .as_deref()
+            .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok());
         for (i, port) in svc.spec.ports.iter().enumerate() {
-            let mut domains = vec![format!("{name}.{sns}:{}", port.port)];
+            let fqdn = format!("{name}.{sns}.svc.cluster.local");
+            let mut domains = vec![
+                format!("{name}.{sns}:{}", port.port),
+                format!("{fqdn}:{}", port.port),
+            ];
+            if let Some(ip) = cluster_ip {
+                domains.push(format!("{ip}:{}", port.port));
+            }
             if i == 0 {
                 domains.push(format!("{name}.{sns}"));
-                domains.push(format!("{name}.{sns}.svc.cluster.local"));
+                domains.push(fqdn);
+                domains.extend(cluster_ip.map(str::to_string));
             }
+            domains.retain(|d| taken.insert(d.clone()));
             // A TCP port is reached by its own listener, not by host name.
             let tcp = is_tcp(port);
             if !allowed {
@@ -1076,8 +1095,26 @@ fn sidecar_shared_for(state: &MeshState, may_call: &dyn Fn(&Service) -> bool) ->
                 continue;
             }
             let cname = sidecar_cluster_name(sns, name, port.port);
+            // The destination is checked by its SPIFFE ID: the accounts of the service's
+            // pods (and nobody, without pods).
+            let mut ids: Vec<String> = state
+                .pods_of(svc)
+                .map(|p| {
+                    format!(
+                        "spiffe://{}/ns/{}/sa/{}",
+                        state.mesh_config.certificate.trust_domain,
+                        p.value.metadata.ns(),
+                        p.value.service_account()
+                    )
+                })
+                .collect();
+            ids.sort();
+            ids.dedup();
             let upstream = UpstreamTlsContext {
-                common_tls_context: Some(mesh_tls()),
+                common_tls_context: Some(mesh_tls_for(
+                    &ids,
+                    &state.mesh_config.certificate.trust_domain,
+                )),
                 sni: inbound_sni(sns, name, port.port),
                 ..Default::default()
             };
@@ -1448,6 +1485,38 @@ mod tests {
                 .contains_key("inbound|14001")
         );
         assert!(sidecar_resources(&state, "bookstore", "nobody").is_none());
+    }
+
+    #[test]
+    fn a_cluster_ip_is_a_host_name_and_no_domain_is_named_twice() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: { name: a }\nspec: { clusterIP: 10.96.0.7, selector: { app: a }, ports: [{ name: a, port: 80 }, { name: b, port: 81 }] }\n---\napiVersion: v1\nkind: Service\nmetadata: { name: b }\nspec: { clusterIP: 10.96.0.7, selector: { app: b }, ports: [{ port: 80 }] }\n";
+        let state = MeshState::build(parse_manifests(text, Path::new("m.yaml")).unwrap()).unwrap();
+        let r = sidecar_shared(&state);
+        let any = &r.of(type_url::ROUTE).unwrap()[OUTBOUND_ROUTES];
+        let table = RouteConfiguration::decode(any.value.as_slice()).unwrap();
+        let domains: Vec<&String> = table
+            .virtual_hosts
+            .iter()
+            .flat_map(|v| &v.domains)
+            .collect();
+        let a80 = &table.virtual_hosts[0].domains;
+        assert!(
+            a80.contains(&"10.96.0.7:80".to_string()) && a80.contains(&"10.96.0.7".to_string())
+        );
+        assert!(
+            table.virtual_hosts[1]
+                .domains
+                .contains(&"10.96.0.7:81".to_string())
+        );
+        // `b` shares the address: it keeps its names, `a` keeps the address.
+        let b = &table.virtual_hosts[2].domains;
+        assert!(
+            b.contains(&"b.default:80".to_string()) && !b.iter().any(|d| d.starts_with("10.96"))
+        );
+        let mut unique = domains.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), domains.len());
     }
 
     #[test]

@@ -157,6 +157,9 @@ pub struct UpstreamTls {
     pub cert_secret: Option<String>,
     /// The SDS secret with the roots the server is verified against.
     pub roots_secret: Option<String>,
+    /// The server's certificate must name one of these URI SANs (any the roots signed
+    /// when empty).
+    pub allowed_sans: Vec<String>,
 }
 
 /// A route table.
@@ -513,11 +516,13 @@ fn read_cluster(
         Some(ts) => {
             let any = typed_socket(ts, &what)?;
             let t: UpstreamTlsContext = decode(any, &what)?;
-            let (cert_secret, roots_secret, _) = tls_secrets(t.common_tls_context.as_ref(), &what)?;
+            let (cert_secret, roots_secret, allowed_sans) =
+                tls_secrets(t.common_tls_context.as_ref(), &what)?;
             Some(UpstreamTls {
                 sni: t.sni,
                 cert_secret,
                 roots_secret,
+                allowed_sans,
             })
         }
     };

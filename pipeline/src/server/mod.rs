@@ -169,6 +169,8 @@ pub enum ServerError {
 pub(crate) struct Listener {
     config: ListenerConfig,
     pipeline: ArcSwap<Pipeline>,
+    /// The drain signal of the connections running `pipeline`: started when it is replaced.
+    drain: ArcSwap<crate::Drain>,
     conns: Slots,
 }
 
@@ -318,8 +320,10 @@ impl Server {
     }
 
     /// Makes the running listeners match `listeners`: same address → swap the pipeline (and
-    /// keep the socket); new address → bind on every worker; gone → stop accepting (live
-    /// connections finish). Nothing changes if any new address fails to bind.
+    /// keep the socket; the connections on the old one are told to drain — see
+    /// [`Drain`](crate::Drain) — so keep-alive clients come over to the new one); new
+    /// address → bind on every worker; gone → stop accepting (live connections finish).
+    /// Nothing changes if any new address fails to bind.
     pub fn apply(
         &self,
         listeners: Vec<(ListenerConfig, Arc<Pipeline>)>,
@@ -350,12 +354,16 @@ impl Server {
         for (key, (config, pipeline)) in wanted {
             if let Some(l) = current.get(&key) {
                 l.pipeline.store(pipeline);
+                // Connections on the replaced pipeline close once idle: their clients come
+                // back to this one.
+                l.drain.swap(Arc::new(crate::Drain::default())).start();
             } else {
                 current.insert(
                     key,
                     Arc::new(Listener {
                         config,
                         pipeline: ArcSwap::new(pipeline),
+                        drain: ArcSwap::from_pointee(crate::Drain::default()),
                         conns: Slots::default(),
                     }),
                 );
@@ -391,6 +399,10 @@ impl Server {
     /// Stops accepting, waits for live connections up to the drain timeout, closes the rest,
     /// and joins the workers.
     pub fn shutdown(mut self) {
+        // Connections between messages close now; the others when their exchange is done.
+        for l in lock(&self.listeners).values() {
+            l.drain.load().start();
+        }
         for w in &self.workers {
             let _ = w.tx.send(Command::Shutdown);
         }
@@ -618,9 +630,11 @@ async fn accept_loop(
                 }
                 let conn = conn_info(&stream, peer, worker, listener.config.transparent);
                 let pipeline = listener.pipeline.load_full();
+                let cx = crate::Context::with_conn(conn);
+                cx.insert(crate::Drain::clone(&listener.drain.load()));
                 let guard = live.enter();
                 tokio::spawn(async move {
-                    tcp::serve(stream, pipeline, conn).await;
+                    tcp::serve_in(stream, pipeline, cx).await;
                     drop(guard);
                     drop(slot);
                 });

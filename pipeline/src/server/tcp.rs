@@ -184,7 +184,12 @@ impl WriteGather {
 /// pipeline's output `Data` goes back to the socket, until the output ends. `Data` that is
 /// ready at the same time is written together ([`WriteGather`]).
 pub async fn serve(stream: TcpStream, pipeline: Arc<Pipeline>, conn: ConnInfo) {
-    let cx = Context::with_conn(conn);
+    serve_in(stream, pipeline, Context::with_conn(conn)).await;
+}
+
+/// [`serve`] in the context `cx` (made by the caller, with what it stores for the
+/// connection, such as its listener's [`Drain`](crate::Drain)).
+pub async fn serve_in(stream: TcpStream, pipeline: Arc<Pipeline>, cx: Context) {
     let (read, mut write) = stream.into_split();
     let mut out = pipeline.attach(Box::pin(TcpSource::new(read, Side::Downstream)), &cx);
     let mut gather = WriteGather::default();
