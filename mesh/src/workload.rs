@@ -110,6 +110,34 @@ impl std::fmt::Debug for WorkloadCert {
 }
 
 impl WorkloadCert {
+    /// A certificate kept from before (a restarted workload's): the leaf (its SPIFFE ID and
+    /// expiry read from it), the key it was made for, the roots.
+    pub fn from_pem(
+        cert_pem: &str,
+        key_pem: &str,
+        roots_pem: &str,
+    ) -> Result<WorkloadCert, WorkloadError> {
+        let issued = Issued::from_pem(cert_pem, Some(key_pem.to_string()))
+            .map_err(|e| WorkloadError::BadAnswer(e.to_string()))?;
+        let key = KeyPair::from_pem(key_pem)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&issued.cert_der)
+            .map_err(|e| WorkloadError::BadAnswer(e.to_string()))?;
+        if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(WorkloadError::BadAnswer(
+                "the certificate is not for the key kept with it".into(),
+            ));
+        }
+        Ok(WorkloadCert {
+            cert_pem: issued.cert_pem,
+            key_pem: key_pem.to_string(),
+            roots_pem: roots_pem.to_string(),
+            id: issued.id,
+            not_after: issued.not_after,
+            // Renewal is timed from receipt: a kept one, from now (half what is left).
+            received: SystemTime::now(),
+        })
+    }
+
     /// When to renew it: half its remaining life at receipt, moved by up to ±5 % of that
     /// life (`jitter` in `[-1, 1]`), so workloads that started together spread out.
     pub fn renew_at(&self, jitter: f64) -> SystemTime {
@@ -254,12 +282,27 @@ pub fn keep_certificate(
     watch::Receiver<Option<Arc<WorkloadCert>>>,
     tokio::task::JoinHandle<()>,
 ) {
-    let (tx, rx) = watch::channel(None);
+    keep_certificate_from(controller, None)
+}
+
+/// [`keep_certificate`], starting from `kept` (a restarted workload's certificate, still
+/// valid): it is current at once and renewed when it is due, with itself as the proof.
+pub fn keep_certificate_from(
+    controller: Controller,
+    kept: Option<WorkloadCert>,
+) -> (
+    watch::Receiver<Option<Arc<WorkloadCert>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let kept = kept
+        .filter(|c| SystemTime::now() < c.not_after)
+        .map(Arc::new);
+    let (tx, rx) = watch::channel(kept.clone());
     let task = tokio::spawn(async move {
         let mut backoff = MIN_BACKOFF;
-        let mut current: Option<Arc<WorkloadCert>> = None;
         // Due now: nothing held yet, or the last try failed.
-        let mut due = true;
+        let mut due = kept.is_none();
+        let mut current: Option<Arc<WorkloadCert>> = kept;
         loop {
             if let (false, Some(c)) = (due, &current) {
                 let wait = c

@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime};
 
 use flowgate_mesh::ca::{Ca, SpiffeId};
 use flowgate_mesh::token::TokenKey;
-use flowgate_mesh::workload::{Controller, WorkloadError, keep_certificate, obtain};
+use flowgate_mesh::workload::{
+    Controller, WorkloadCert, WorkloadError, keep_certificate, keep_certificate_from, obtain,
+};
 use flowgate_mesh::xds::AdsServer;
 use flowgate_mesh::xds::auth::{Authenticator, server_config};
 
@@ -91,6 +93,28 @@ async fn a_workload_gets_its_certificate_by_token_and_renews_it_by_certificate()
         seen[2].received > seen[0].received + Duration::from_secs(2),
         "renewed at about half the 4 s life"
     );
+
+    // A restarted workload takes back what it kept: the same identity and expiry, current
+    // at once, renewed (with itself: the token is gone) when due.
+    let last = &seen[2];
+    let kept = WorkloadCert::from_pem(&last.cert_pem, &last.key_pem, &last.roots_pem).unwrap();
+    assert_eq!((&kept.id, kept.not_after), (&last.id, last.not_after));
+    let err = WorkloadCert::from_pem(&last.cert_pem, &seen[0].key_pem, &last.roots_pem);
+    assert!(err.is_err(), "a key the certificate is not for");
+    let (mut again, task) = keep_certificate_from(access(addr, &ca, None), Some(kept));
+    assert_eq!(
+        again.borrow().as_ref().map(|c| c.cert_pem.clone()),
+        Some(last.cert_pem.clone())
+    );
+    tokio::time::timeout(Duration::from_secs(8), again.changed())
+        .await
+        .expect("renewed within 8 s")
+        .unwrap();
+    assert_ne!(
+        again.borrow().as_ref().map(|c| c.cert_pem.clone()),
+        Some(last.cert_pem.clone())
+    );
+    task.abort();
 }
 
 #[tokio::test]

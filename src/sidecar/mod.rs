@@ -263,6 +263,35 @@ fn save(state: &Path, compiled: &compile::Compiled) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The files the sidecar's certificate is kept in, in the state directory.
+const KEPT: [&str; 3] = ["cert.pem", "key.pem", "roots.pem"];
+
+/// The certificate kept in `state`, if there is one and it is valid.
+fn kept_certificate(state: &Path) -> Option<WorkloadCert> {
+    let read = |f: &str| std::fs::read_to_string(state.join(f)).ok();
+    let (cert, key, roots) = (read(KEPT[0])?, read(KEPT[1])?, read(KEPT[2])?);
+    match WorkloadCert::from_pem(&cert, &key, &roots) {
+        Ok(c) if std::time::SystemTime::now() < c.not_after => Some(c),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!("the kept certificate is not usable: {e}");
+            None
+        }
+    }
+}
+
+fn keep_certificate_files(state: &Path, c: &WorkloadCert) -> std::io::Result<()> {
+    if kept_certificate(state).is_some_and(|k| k.cert_pem == c.cert_pem) {
+        return Ok(());
+    }
+    for (name, text) in KEPT.iter().zip([&c.cert_pem, &c.key_pem, &c.roots_pem]) {
+        let tmp = state.join(format!("{name}.tmp"));
+        write_private(&tmp, text)?;
+        std::fs::rename(&tmp, state.join(name))?;
+    }
+    Ok(())
+}
+
 /// Runs the sidecar until SIGTERM or SIGINT, then drains.
 pub fn run(opts: SidecarOptions, registry: Arc<Registry>) -> Result<(), SidecarError> {
     std::fs::create_dir_all(&opts.state)?;
@@ -274,12 +303,14 @@ pub fn run(opts: SidecarOptions, registry: Arc<Registry>) -> Result<(), SidecarE
     let status = Shared::default();
     // The last good configuration, at once.
     let saved = opts.state.join(CONFIG_FILE);
+    let mut serving = None;
     if saved.exists() {
         match config::load_with(&saved, &registry) {
             Ok(c) => {
                 let count = c.listeners.len();
                 match server.apply(c.listeners) {
                     Ok(()) => {
+                        serving = std::fs::read_to_string(&saved).ok();
                         tracing::info!(file = %saved.display(), "serving the last good configuration");
                         let mut s = lock(&status);
                         s.source = Some("saved");
@@ -302,7 +333,7 @@ pub fn run(opts: SidecarOptions, registry: Arc<Registry>) -> Result<(), SidecarE
             let listener = tokio::net::TcpListener::bind(addr).await?;
             tokio::spawn(admin(listener, status.clone()));
         }
-        control(&opts, &server, &registry, &status).await
+        control(&opts, &server, &registry, &status, serving).await
     });
     tracing::info!(
         connections = server.connections(),
@@ -318,15 +349,22 @@ async fn control(
     server: &Server,
     registry: &Arc<Registry>,
     status: &Shared,
+    serving: Option<String>,
 ) -> Result<(), SidecarError> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let (mut certs, _renewal) = workload::keep_certificate(opts.controller.clone());
+    // The certificate kept from before (still valid) is current at once: the configuration
+    // compiled with it is the one saved, and nothing changes when the controller resends it.
+    let kept = kept_certificate(&opts.state);
+    if let Some(c) = &kept {
+        lock(status).certificate = Some((c.id.to_string(), unix(c.not_after)));
+    }
+    let (mut certs, _renewal) = workload::keep_certificate_from(opts.controller.clone(), kept);
     let (configs_tx, mut configs) = watch::channel::<Option<Arc<Received>>>(None);
     let configs_tx = Arc::new(configs_tx);
     let mut held = Received::default();
     let mut follower: Option<tokio::task::JoinHandle<Received>> = None;
-    let mut applied: Option<String> = None;
+    let mut applied: Option<String> = serving;
     loop {
         // (Re)start following once there is a certificate to connect with.
         if follower.as_ref().is_none_or(|f| f.is_finished()) {
@@ -353,10 +391,13 @@ async fn control(
                 if r.is_err() {
                     return Ok(());
                 }
-                // A renewed certificate: a new configuration with it.
+                // A renewed certificate: kept, and a new configuration with it.
                 let cert = certs.borrow().clone();
                 if let Some(c) = &cert {
                     lock(status).certificate = Some((c.id.to_string(), unix(c.not_after)));
+                    if let Err(e) = keep_certificate_files(&opts.state, c) {
+                        tracing::warn!("cannot keep the certificate in the state directory: {e}");
+                    }
                 }
                 if let Some(received) = configs.borrow().clone() {
                     apply(opts, server, registry, &received, cert.as_deref(), &mut applied, status);

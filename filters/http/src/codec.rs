@@ -95,6 +95,8 @@ pub(crate) struct DecodeRequests {
     decoder: RequestDecoder,
     buf: BytesMut,
     closing: bool,
+    /// The listener drains: the next request is the connection's last.
+    draining: bool,
     done: bool,
     log: Option<AccessLog>,
     switch: Arc<Switch>,
@@ -163,13 +165,29 @@ impl RequestStream {
         }
     }
 
-    /// Ends the requests (a clean end, as a client closing would) at the first point
-    /// between requests after `drain` starts: the responses in flight are sent, then the
-    /// connection closes, and its client reconnects to the configuration in force.
+    /// Once `drain` starts, the connection ends gracefully: the next request is its last
+    /// (its response says `Connection: close`, see [`EncodeResponses::drain_on`]), and an
+    /// idle connection is closed after [`DRAIN_IDLE`] without one (a clean end, as a
+    /// client closing would). Its client reconnects to the configuration in force.
     pub(crate) fn drain_on(mut self, drain: Option<flowgate_pipeline::Drain>) -> Self {
-        self.draining = drain.as_ref().is_some_and(|d| d.is_draining());
-        self.drain = drain.map(|d| d.wait());
+        if drain.as_ref().is_some_and(|d| d.is_draining()) {
+            self.start_draining();
+        } else {
+            self.drain = drain.map(|d| d.wait());
+        }
         self
+    }
+
+    fn start_draining(&mut self) {
+        self.draining = true;
+        self.drain = None;
+        self.decoder.draining = true;
+        // Idle from now on closes after the grace period.
+        self.timeouts.idle = self.timeouts.idle.min(DRAIN_IDLE);
+        if self.armed_for == Some(false) {
+            self.armed_for = None;
+        }
+        self.rearm();
     }
 
     /// Whether the armed state's deadline has passed (the timer is polled, and moved to the
@@ -250,18 +268,17 @@ impl Stream for RequestStream {
                 && let Some(d) = this.drain.as_mut()
                 && d.as_mut().poll(cx).is_ready()
             {
-                this.draining = true;
-                this.drain = None;
-            }
-            if this.draining && this.armed_for == Some(false) {
-                this.armed_for = None;
-                this.out.push_back(Event::END);
-                continue;
+                this.start_draining();
             }
             if let Some(in_head) = this.armed_for
                 && this.timer_expired(cx)
             {
                 this.armed_for = None;
+                if this.draining && !in_head {
+                    // Drained and idle: a clean end.
+                    this.out.push_back(Event::END);
+                    continue;
+                }
                 let kind = if in_head {
                     ErrorKind::IdleTimeout
                 } else {
@@ -292,6 +309,7 @@ impl DecodeRequests {
             decoder: RequestDecoder::new(limits),
             buf: BytesMut::new(),
             closing: false,
+            draining: false,
             done: false,
             log,
             switch,
@@ -347,7 +365,7 @@ impl DecodeRequests {
             };
             match r {
                 Ok(Some(Frame::Head(mut parts, framing))) => {
-                    self.closing = wants_close(&parts);
+                    self.closing = wants_close(&parts) || self.draining;
                     self.classify(&mut parts, framing);
                     if let Some(l) = &self.log {
                         l.request(&parts);
@@ -441,6 +459,9 @@ enum BodyMode {
 /// (the switch and the access log see only the final one), and a client that spoke
 /// HTTP/1.0 gets none (RFC 9110 §15.2).
 pub(crate) struct EncodeResponses {
+    /// The listener's drain signal: responses started while it drains say
+    /// `Connection: close`.
+    drain: Option<flowgate_pipeline::Drain>,
     mode: BodyMode,
     out: BytesMut,
     /// Between a response's head and its end.
@@ -454,9 +475,21 @@ pub(crate) struct EncodeResponses {
     verdict: Verdict,
 }
 
+/// How long a drained HTTP/1 connection may stay idle before it is closed: a client that
+/// was about to send gets its answer (with `Connection: close`) rather than a closed
+/// connection.
+pub(crate) const DRAIN_IDLE: Duration = Duration::from_secs(1);
+
 impl EncodeResponses {
+    /// Responses started once `drain` drains say `Connection: close`.
+    pub(crate) fn drain_on(mut self, drain: Option<flowgate_pipeline::Drain>) -> Self {
+        self.drain = drain;
+        self
+    }
+
     pub(crate) fn new(log: Option<AccessLog>, switch: Arc<Switch>) -> Self {
         EncodeResponses {
+            drain: None,
             mode: BodyMode::Raw,
             out: BytesMut::new(),
             in_response: false,
@@ -610,7 +643,10 @@ impl Transform for EncodeResponses {
                 if let Some(l) = &self.log {
                     l.status(parts.status.as_u16());
                 }
-                if self.verdict == Verdict::Close {
+                let draining = self.drain.as_ref().is_some_and(|d| d.is_draining())
+                    && self.verdict == Verdict::Plain
+                    && !parts.status.is_informational();
+                if self.verdict == Verdict::Close || draining {
                     let mut closing = parts.clone();
                     closing
                         .headers

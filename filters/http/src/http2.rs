@@ -803,28 +803,44 @@ mod tests {
             .unwrap();
         let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
 
-        // HTTP/1.1 keep-alive: the response, then the connection closes between requests.
+        // HTTP/1.1 keep-alive: the next request is the last (its response says so), and
+        // an idle connection closes after a moment.
         let drain = flowgate_pipeline::Drain::default();
-        let cx = Context::new();
-        cx.insert(drain.clone());
-        let mut io = attach(f, cx);
-        io.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !got.ends_with(b"hello\n") {
-            let n = io.read(&mut buf).await.unwrap();
-            assert!(n > 0, "closed before the response");
-            got.extend_from_slice(&buf[..n]);
+        let one = |drain: &flowgate_pipeline::Drain| {
+            let cx = Context::new();
+            cx.insert(drain.clone());
+            attach(f.clone(), cx)
+        };
+        async fn response(io: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.ends_with(b"hello\n") {
+                let n = io.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed before the response: {got:?}");
+                got.extend_from_slice(&buf[..n]);
+            }
+            String::from_utf8(got).unwrap()
+        }
+        let (mut busy, mut idle) = (one(&drain), one(&drain));
+        for io in [&mut busy, &mut idle] {
+            io.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+                .await
+                .unwrap();
+            assert!(!response(io).await.contains("connection: close"));
         }
         drain.start();
-        let mut rest = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut rest))
+        busy.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
             .await
-            .expect("the drained HTTP/1.1 connection was not closed")
             .unwrap();
-        assert!(rest.is_empty(), "{rest:?}");
+        assert!(response(&mut busy).await.contains("connection: close\r\n"));
+        for io in [&mut busy, &mut idle] {
+            let mut rest = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut rest))
+                .await
+                .expect("the drained HTTP/1.1 connection was not closed")
+                .unwrap();
+            assert!(rest.is_empty(), "{rest:?}");
+        }
     }
 
     #[tokio::test]

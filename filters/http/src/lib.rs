@@ -519,14 +519,16 @@ impl H1 {
             switch.clone(),
             self.upgrade.clone(),
         );
+        let drain = cx.get::<flowgate_pipeline::Drain>();
         let decoded = Box::pin(
-            codec::RequestStream::new(input, decoder, self.timeouts)
-                .drain_on(cx.get::<flowgate_pipeline::Drain>()),
+            codec::RequestStream::new(input, decoder, self.timeouts).drain_on(drain.clone()),
         );
         let replies = self.demux.attach(decoded, cx);
         Box::pin(TransformStream::new(
             replies,
-            vec![Box::new(codec::EncodeResponses::new(log, switch))],
+            vec![Box::new(
+                codec::EncodeResponses::new(log, switch).drain_on(drain),
+            )],
         ))
     }
 }
