@@ -46,10 +46,24 @@ use crate::Filter;
 
 pub use flowgate_config::{ConfigError, default_true};
 
-/// What a filter configuration may need while building: where relative paths start.
+/// What a filter configuration may need while building: where relative paths start, and
+/// the values built once for the whole configuration ([`shared`](Self::shared)).
 #[derive(Clone, Debug, Default)]
 pub struct BuildContext {
     base_dir: PathBuf,
+    shared: Arc<std::sync::Mutex<SharedValues>>,
+}
+
+/// Values built once per configuration, by type and key.
+#[derive(Default)]
+struct SharedValues(
+    std::collections::HashMap<(std::any::TypeId, String), Arc<dyn std::any::Any + Send + Sync>>,
+);
+
+impl std::fmt::Debug for SharedValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} shared values", self.0.len())
+    }
 }
 
 impl BuildContext {
@@ -57,7 +71,50 @@ impl BuildContext {
     pub fn new(base_dir: impl Into<PathBuf>) -> Self {
         BuildContext {
             base_dir: base_dir.into(),
+            shared: Arc::default(),
         }
+    }
+
+    /// The value of type `T` built for `key` in this configuration, built by `make` the
+    /// first time: what many filters of one configuration name alike (a TLS client
+    /// configuration a thousand clusters share) is built, and held, once. An error is not
+    /// kept: the next asker tries again.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use flowgate_pipeline::registry::BuildContext;
+    /// let cx = BuildContext::new(".");
+    /// let a = cx.shared("roots:ca.pem", || Ok::<_, ()>(Arc::new(vec![1u8])))?;
+    /// let b = cx.shared("roots:ca.pem", || Ok::<_, ()>(Arc::new(vec![2u8])))?;
+    /// assert!(Arc::ptr_eq(&a, &b));
+    /// # Ok::<(), ()>(())
+    /// ```
+    pub fn shared<T, E>(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> Result<Arc<T>, E>,
+    ) -> Result<Arc<T>, E>
+    where
+        T: std::any::Any + Send + Sync,
+    {
+        let id = (std::any::TypeId::of::<T>(), key.to_string());
+        let found = self
+            .shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
+            .get(&id)
+            .cloned();
+        if let Some(v) = found.and_then(|v| v.downcast::<T>().ok()) {
+            return Ok(v);
+        }
+        let v = make()?;
+        self.shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
+            .insert(id, v.clone());
+        Ok(v)
     }
 
     /// Resolves a path from the configuration.

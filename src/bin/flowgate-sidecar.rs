@@ -87,7 +87,30 @@ enum Command {
     },
 }
 
+/// mimalloc returns freed memory to the system lazily, when the thread that freed it
+/// allocates again. The sidecar's control thread compiles and builds each configuration
+/// (tens of MiB at a thousand services, freed once built) and then sleeps, so that memory
+/// would stay with the process. mimalloc reads `MIMALLOC_PURGE_DELAY` when it starts: the
+/// sidecar runs itself again with it at 0 (return at once) unless it is set — the
+/// measured throughput is the same either way.
+fn purge_freed_memory_at_once() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("MIMALLOC_PURGE_DELAY", "0")
+        .exec();
+    // `exec` returns only when it failed: go on as we are.
+    eprintln!("flowgate-sidecar: cannot restart with MIMALLOC_PURGE_DELAY=0 ({err}); going on");
+}
+
 fn main() -> ExitCode {
+    purge_freed_memory_at_once();
     flowgate::runner::init_logging();
     let registry = Arc::new(flowgate::config::default_registry());
     match Cli::parse().command {

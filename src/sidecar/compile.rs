@@ -29,6 +29,8 @@ use serde_json::{Value, json};
 pub struct Compiled {
     /// The configuration file's text (JSON, which YAML reads as it is).
     pub config: String,
+    /// How many listeners it has (none: nothing to serve yet).
+    pub listeners: usize,
     /// Files the configuration names, by path relative to its directory, with their
     /// contents (certificates, keys, roots: named by a hash of their contents, so a
     /// changed secret is a new file and a changed configuration).
@@ -78,6 +80,7 @@ pub fn compile(config: &SidecarConfig, opts: &Options) -> Result<Compiled, Strin
             .map_err(|e| format!("listener `{name}`: {e}"))?;
         listeners.push(json!({ "listen": l.address.to_string(), "pipeline": pipeline }));
     }
+    let count = listeners.len();
     let mut doc = json!({ "listeners": listeners, "pipelines": out.pipelines });
     if let Some(w) = opts.workers {
         doc["workers"] = json!(w);
@@ -88,6 +91,7 @@ pub fn compile(config: &SidecarConfig, opts: &Options) -> Result<Compiled, Strin
     let config = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
     Ok(Compiled {
         config,
+        listeners: count,
         files: out.files,
     })
 }

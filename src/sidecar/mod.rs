@@ -187,24 +187,74 @@ pub fn prepare(
     state: &Path,
     registry: &Arc<Registry>,
 ) -> Result<(compile::Compiled, Listeners), String> {
+    let compiled = compile_received(received, cert, workers)?;
+    let listeners = build(&compiled, state, registry)?;
+    Ok((compiled, listeners))
+}
+
+/// Reads `received` (the subset) and compiles it with the sidecar's certificate.
+pub fn compile_received(
+    received: &Received,
+    cert: Option<&WorkloadCert>,
+    workers: Option<usize>,
+) -> Result<compile::Compiled, String> {
     let read = subset::read(received)?;
-    if read.listeners.is_empty() {
-        // Nothing to serve (yet): nothing to build.
-        let compiled = compile::compile(&read, &compile::Options::default())?;
-        return Ok((compiled, Vec::new()));
-    }
     let opts = compile::Options {
         certificate: cert.map(|c| (c.cert_pem.clone(), c.key_pem.clone())),
         workers,
         drain_timeout: Some(Duration::from_secs(5)),
     };
-    let compiled = compile::compile(&read, &opts)?;
-    // The files must exist to be validated: written first (named by their contents, so
-    // nothing running is overwritten).
+    compile::compile(&read, &opts)
+}
+
+/// Builds a compiled configuration (its files written to `state` first, named by their
+/// contents, so nothing running is overwritten); no listeners builds nothing.
+pub fn build(
+    compiled: &compile::Compiled,
+    state: &Path,
+    registry: &Arc<Registry>,
+) -> Result<Listeners, String> {
+    if compiled.listeners == 0 {
+        return Ok(Vec::new());
+    }
     write_files(state, &compiled.files).map_err(|e| format!("state directory: {e}"))?;
     let cfg = config::parse(&compiled.config, CONFIG_FILE, state, registry)
         .map_err(|e| format!("the compiled configuration does not build: {e}"))?;
-    Ok((compiled, cfg.listeners))
+    Ok(cfg.listeners)
+}
+
+/// The configuration running (its text) and the one last built by a check, so that what
+/// was validated before its ACK is applied as it was built, and what runs is not built
+/// again.
+#[derive(Default)]
+struct Builds {
+    running: Option<String>,
+    checked: Option<(String, Listeners)>,
+}
+
+type SharedBuilds = Arc<std::sync::Mutex<Builds>>;
+
+fn builds(b: &SharedBuilds) -> std::sync::MutexGuard<'_, Builds> {
+    b.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The check before an ACK: compiled, and built unless it is what runs (the built
+/// listeners kept for [`apply`]).
+fn check(
+    received: &Received,
+    cert: Option<&WorkloadCert>,
+    workers: Option<usize>,
+    state: &Path,
+    registry: &Arc<Registry>,
+    done: &SharedBuilds,
+) -> Result<(), String> {
+    let compiled = compile_received(received, cert, workers)?;
+    if builds(done).running.as_deref() == Some(compiled.config.as_str()) {
+        return Ok(());
+    }
+    let listeners = build(&compiled, state, registry)?;
+    builds(done).checked = Some((compiled.config, listeners));
+    Ok(())
 }
 
 /// Built listeners with their pipelines, as [`Server::apply`] takes them.
@@ -303,14 +353,14 @@ pub fn run(opts: SidecarOptions, registry: Arc<Registry>) -> Result<(), SidecarE
     let status = Shared::default();
     // The last good configuration, at once.
     let saved = opts.state.join(CONFIG_FILE);
-    let mut serving = None;
+    let done = SharedBuilds::default();
     if saved.exists() {
         match config::load_with(&saved, &registry) {
             Ok(c) => {
                 let count = c.listeners.len();
                 match server.apply(c.listeners) {
                     Ok(()) => {
-                        serving = std::fs::read_to_string(&saved).ok();
+                        builds(&done).running = std::fs::read_to_string(&saved).ok();
                         tracing::info!(file = %saved.display(), "serving the last good configuration");
                         let mut s = lock(&status);
                         s.source = Some("saved");
@@ -333,7 +383,7 @@ pub fn run(opts: SidecarOptions, registry: Arc<Registry>) -> Result<(), SidecarE
             let listener = tokio::net::TcpListener::bind(addr).await?;
             tokio::spawn(admin(listener, status.clone()));
         }
-        control(&opts, &server, &registry, &status, serving).await
+        control(&opts, &server, &registry, &status, &done).await
     });
     tracing::info!(
         connections = server.connections(),
@@ -349,7 +399,7 @@ async fn control(
     server: &Server,
     registry: &Arc<Registry>,
     status: &Shared,
-    serving: Option<String>,
+    done: &SharedBuilds,
 ) -> Result<(), SidecarError> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -364,7 +414,6 @@ async fn control(
     let configs_tx = Arc::new(configs_tx);
     let mut held = Received::default();
     let mut follower: Option<tokio::task::JoinHandle<Received>> = None;
-    let mut applied: Option<String> = serving;
     loop {
         // (Re)start following once there is a certificate to connect with.
         if follower.as_ref().is_none_or(|f| f.is_finished()) {
@@ -380,7 +429,7 @@ async fn control(
                     registry.clone(),
                     configs_tx.clone(),
                     certs.clone(),
-                    status.clone(),
+                    (status.clone(), done.clone()),
                 )));
             }
         }
@@ -400,7 +449,7 @@ async fn control(
                     }
                 }
                 if let Some(received) = configs.borrow().clone() {
-                    apply(opts, server, registry, &received, cert.as_deref(), &mut applied, status);
+                    apply(opts, server, registry, &received, cert.as_deref(), done, status);
                 }
             }
             r = configs.changed() => {
@@ -411,7 +460,7 @@ async fn control(
                 if let Some(received) = received {
                     held = (*received).clone();
                     let cert = certs.borrow().clone();
-                    apply(opts, server, registry, &received, cert.as_deref(), &mut applied, status);
+                    apply(opts, server, registry, &received, cert.as_deref(), done, status);
                 }
             }
             () = tokio::time::sleep(Duration::from_secs(1)), if follower.as_ref().is_none_or(|f| f.is_finished()) => {}
@@ -428,7 +477,7 @@ async fn follow_once(
     registry: Arc<Registry>,
     out: Arc<watch::Sender<Option<Arc<Received>>>>,
     certs: watch::Receiver<Option<Arc<WorkloadCert>>>,
-    status: Shared,
+    (status, done): (Shared, SharedBuilds),
 ) -> Received {
     let channel = match workload::connect(&opts.controller, Some(&cert)).await {
         Ok(c) => c,
@@ -448,7 +497,8 @@ async fn follow_once(
     // far as it goes; a complete one is compiled and built.
     let check = move |r: &Received| {
         let verdict = if r.missing().is_empty() {
-            prepare(r, certs.borrow().as_deref(), workers, &state, &registry).map(drop)
+            let cert = certs.borrow().clone();
+            check(r, cert.as_deref(), workers, &state, &registry, &done)
         } else {
             subset::read(r).map(drop)
         };
@@ -474,19 +524,36 @@ fn apply(
     registry: &Arc<Registry>,
     received: &Received,
     cert: Option<&WorkloadCert>,
-    applied: &mut Option<String>,
+    done: &SharedBuilds,
     status: &Shared,
 ) {
-    let (compiled, listeners) = match prepare(received, cert, opts.workers, &opts.state, registry) {
+    let compiled = match compile_received(received, cert, opts.workers) {
         Ok(x) => x,
         Err(e) => {
             tracing::error!("configuration refused: {e}");
             return;
         }
     };
-    if applied.as_ref() == Some(&compiled.config) {
-        return;
-    }
+    let checked = {
+        let mut b = builds(done);
+        if b.running.as_deref() == Some(compiled.config.as_str()) {
+            return;
+        }
+        b.checked
+            .take()
+            .filter(|(text, _)| *text == compiled.config)
+            .map(|(_, l)| l)
+    };
+    let listeners = match checked {
+        Some(l) => l,
+        None => match build(&compiled, &opts.state, registry) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("configuration refused: {e}");
+                return;
+            }
+        },
+    };
     let count = listeners.len();
     match server.apply(listeners) {
         Ok(()) => {
@@ -519,7 +586,7 @@ fn apply(
             if let Err(e) = save(&opts.state, &compiled) {
                 tracing::warn!("cannot keep the configuration in the state directory: {e}");
             }
-            *applied = Some(compiled.config);
+            builds(done).running = Some(compiled.config);
         }
         Err(e) => tracing::error!("configuration not applied: {e}"),
     }

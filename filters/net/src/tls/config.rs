@@ -260,8 +260,20 @@ impl ConnectTlsConfig {
         }
     }
 
-    /// Loads the files and builds the rustls client configuration.
+    /// Loads the files and builds the rustls client configuration — once per configuration
+    /// for equal settings: the clusters of a sidecar share it (and its session cache).
     pub fn client_config(&self, cx: &BuildContext) -> Result<Arc<ClientConfig>, ConfigError> {
+        let mut key = self.clone();
+        key.pipeline.clear();
+        key.sni = None; // sent per connection, not part of the client configuration
+        let key = format!(
+            "connect-tls:{}",
+            serde_json::to_string(&key).unwrap_or_default()
+        );
+        cx.shared(&key, || self.build_client_config(cx))
+    }
+
+    fn build_client_config(&self, cx: &BuildContext) -> Result<Arc<ClientConfig>, ConfigError> {
         let provider = provider(self.cipher_suites.as_deref())?;
         let versions = versions(&self.versions)?;
         let builder = ClientConfig::builder_with_provider(provider.clone())
