@@ -1048,104 +1048,13 @@ fn a_traffic_split_through_envoy_sidecars_follows_its_weights() {
     if !common::peers(&["envoy", "nginx", "curl"]) {
         return;
     }
-    let dir = TempDir::new("controller-split");
-    let (app, ads, admin, a1, a2, a3) = (
-        reserve_port(),
-        reserve_port(),
-        reserve_port(),
-        reserve_port(),
-        reserve_port(),
-        reserve_port(),
+    traffic_split_case(
+        "controller-split",
+        13,
+        &|dir, node, account, ads, _state| {
+            envoy_sidecar(dir, node, account, reserve_port(), &[ads])
+        },
     );
-    let ndir = TempDir::new("controller-split-nginx");
-    let ng = common::nginx(
-        &ndir,
-        &format!(
-            "server {{ listen 127.0.13.6:{app}; keepalive_requests 100000; location / {{ return 200 \"v1\\n\"; }} }} \
-             server {{ listen 127.0.13.8:{app}; keepalive_requests 100000; location / {{ return 200 \"v2\\n\"; }} }}"
-        ),
-    );
-    assert!(
-        common::wait_until(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.13.6", app)).is_ok()
-                && std::net::TcpStream::connect(("127.0.13.8", app)).is_ok()
-        }),
-        "nginx: {}",
-        ng.stderr_so_far()
-    );
-    let manifests = dir.path("mesh");
-    std::fs::create_dir_all(&manifests).unwrap();
-    let svc = |name: &str, selector: &str| {
-        format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{ name: {name}, namespace: shop }}\nspec:\n  selector: {{ {selector} }}\n  ports: [{{ name: http, port: 80, targetPort: {app} }}]\n---\n"
-        )
-    };
-    let pod = |name: &str, sa: &str, labels: &str, ip: &str| {
-        format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{ name: {name}, namespace: shop, labels: {{ {labels} }} }}\nspec: {{ serviceAccountName: {sa} }}\nstatus: {{ podIP: {ip} }}\n---\n"
-        )
-    };
-    let mut base = String::from(
-        "apiVersion: v1\nkind: Namespace\nmetadata: { name: shop }\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: { name: client, namespace: shop }\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: { name: web, namespace: shop }\n---\n",
-    );
-    base += &svc("web", "app: web");
-    base += &svc("web-v1", "app: web, version: v1");
-    base += &svc("web-v2", "app: web, version: v2");
-    base += &pod("client-1", "client", "app: client", "127.0.13.5");
-    base += &pod("web-v1-1", "web", "app: web, version: v1", "127.0.13.6");
-    base += &pod("web-v2-1", "web", "app: web, version: v2", "127.0.13.8");
-    let split = |v1: u32, v2: u32| {
-        format!(
-            "apiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\nmetadata: {{ name: web-split, namespace: shop }}\nspec:\n  service: web\n  backends:\n    - {{ service: web-v1, weight: {v1} }}\n    - {{ service: web-v2, weight: {v2} }}\n"
-        )
-    };
-    std::fs::write(manifests.join("shop.yaml"), &base).unwrap();
-    std::fs::write(manifests.join("split.yaml"), split(80, 20)).unwrap();
-    let ctl = run_controller(&manifests, ads, admin, &dir.path("state"));
-    let client = envoy_sidecar(&dir, "client-1.shop", "shop/client", a1, &[ads]);
-    let v1 = envoy_sidecar(&dir, "web-v1-1.shop", "shop/web", a2, &[ads]);
-    let v2 = envoy_sidecar(&dir, "web-v2-1.shop", "shop/web", a3, &[ads]);
-    // `n` requests on one connection through the client's sidecar: (v1, v2) answers.
-    let burst = |n: usize| {
-        let url = "http://127.0.13.5:15001/";
-        let mut args = vec!["-s", "-m", "30", "-H", "Host: web.shop"];
-        args.extend(std::iter::repeat_n(url, n));
-        let (_, out, _) = common::curl(&args);
-        (
-            out.lines().filter(|l| *l == "v1").count(),
-            out.lines().filter(|l| *l == "v2").count(),
-        )
-    };
-    assert!(
-        common::wait_until(Duration::from_secs(30), || {
-            let (a, b) = burst(20);
-            a + b == 20
-        }),
-        "no answers through the sidecars; controller: {}; client: {}; v1: {}; v2: {}",
-        ctl.stderr_so_far(),
-        client.stderr_so_far(),
-        v1.stderr_so_far(),
-        v2.stderr_so_far()
-    );
-    let (a, b) = burst(1000);
-    assert_eq!(a + b, 1000, "every request answered");
-    let share = a as f64 / 10.0;
-    assert!((75.0..=85.0).contains(&share), "v1 got {share} % of 1000");
-    // 0/100: timed from the save to the first burst that v2 answers whole.
-    std::fs::write(manifests.join("split.yaml"), split(0, 100)).unwrap();
-    let saved = Instant::now();
-    assert!(
-        common::wait_until(Duration::from_secs(10), || burst(10) == (0, 10)),
-        "0/100 never took effect: {:?}",
-        burst(10)
-    );
-    eprintln!(
-        "traffic split: v1 {share} % of 1000 at 80/20; 0/100 in force {:?} after the save",
-        saved.elapsed()
-    );
-    drop(client);
-    drop(v1);
-    drop(v2);
 }
 
 /// `run --source etcd:…`: the demo's manifests put under a prefix of a real etcd are the

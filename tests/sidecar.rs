@@ -261,3 +261,15 @@ fn a_flowgate_sidecar_and_an_envoy_sidecar_call_each_other() {
         let _ = ours.stop();
     }
 }
+
+/// The TrafficSplit case the Envoy sidecars pass (`tests/controller.rs`), through Flowgate
+/// sidecars: the same weights and the same change, the same bounds.
+#[test]
+fn a_traffic_split_through_flowgate_sidecars_follows_its_weights() {
+    if !common::peers(&["nginx", "curl"]) {
+        return;
+    }
+    traffic_split_case("sidecar-split", 17, &|dir, node, account, ads, state| {
+        flowgate_sidecar(dir, node, account, ads, state, reserve_port())
+    });
+}
