@@ -100,24 +100,12 @@ fn duration(d: Duration) -> String {
     format!("{}ms", d.as_millis().max(1))
 }
 
-/// `s` with every regular-expression metacharacter escaped.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if "\\.+*?()|[]{}^$#&-~".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// A whole-string regex for `t`.
 fn regex_of(t: &Text) -> String {
     match t {
-        Text::Exact(s) => escape(s),
-        Text::Prefix(s) => format!("{}.*", escape(s)),
-        Text::Suffix(s) => format!(".*{}", escape(s)),
+        Text::Exact(s) => regex::escape(s),
+        Text::Prefix(s) => format!("{}.*", regex::escape(s)),
+        Text::Suffix(s) => format!(".*{}", regex::escape(s)),
         Text::Regex(r) => r.clone(),
         Text::Present => ".*".into(),
     }
@@ -400,7 +388,7 @@ impl Out<'_> {
                 PathMatch::Prefix(p) if p.is_empty() || p.ends_with('/') => {
                     json!({ "path_prefix": if p.is_empty() { "/" } else { p } })
                 }
-                PathMatch::Prefix(p) => json!({ "path_regex": format!("{}.*", escape(p)) }),
+                PathMatch::Prefix(p) => json!({ "path_regex": format!("{}.*", regex::escape(p)) }),
                 PathMatch::Regex(re) => json!({ "path_regex": re }),
             };
             let target = self.route_target(&format!("{name}/{i}"), r)?;
@@ -1046,6 +1034,5 @@ mod tests {
             ),
         ]);
         assert!(terms(&many, 1).is_err());
-        assert_eq!(escape("a.b*(c)"), "a\\.b\\*\\(c\\)");
     }
 }

@@ -178,33 +178,27 @@ pub enum SidecarError {
 /// The file the last good configuration is kept in, in the state directory.
 pub const CONFIG_FILE: &str = "config.json";
 
-/// Compiles `received` with the sidecar's certificate and validates the result; `Err` is
-/// the NACK's reason.
-pub fn prepare(
-    received: &Received,
-    cert: Option<&WorkloadCert>,
-    workers: Option<usize>,
-    state: &Path,
-    registry: &Arc<Registry>,
-) -> Result<(compile::Compiled, Listeners), String> {
-    let compiled = compile_received(received, cert, workers)?;
-    let listeners = build(&compiled, state, registry)?;
-    Ok((compiled, listeners))
-}
-
 /// Reads `received` (the subset) and compiles it with the sidecar's certificate.
 pub fn compile_received(
     received: &Received,
     cert: Option<&WorkloadCert>,
     workers: Option<usize>,
 ) -> Result<compile::Compiled, String> {
-    let read = subset::read(received)?;
+    compile_read(&subset::read(received)?, cert, workers)
+}
+
+/// Compiles what was read with the sidecar's certificate.
+fn compile_read(
+    read: &subset::SidecarConfig,
+    cert: Option<&WorkloadCert>,
+    workers: Option<usize>,
+) -> Result<compile::Compiled, String> {
     let opts = compile::Options {
         certificate: cert.map(|c| (c.cert_pem.clone(), c.key_pem.clone())),
         workers,
         drain_timeout: Some(Duration::from_secs(5)),
     };
-    compile::compile(&read, &opts)
+    compile::compile(read, &opts)
 }
 
 /// Builds a compiled configuration (its files written to `state` first, named by their
@@ -527,13 +521,16 @@ fn apply(
     done: &SharedBuilds,
     status: &Shared,
 ) {
-    let compiled = match compile_received(received, cert, opts.workers) {
+    let compiled = match subset::read(received)
+        .and_then(|read| Ok((compile_read(&read, cert, opts.workers)?, read)))
+    {
         Ok(x) => x,
         Err(e) => {
             tracing::error!("configuration refused: {e}");
             return;
         }
     };
+    let (compiled, read) = compiled;
     let checked = {
         let mut b = builds(done);
         if b.running.as_deref() == Some(compiled.config.as_str()) {
@@ -574,14 +571,11 @@ fn apply(
                     (short, v)
                 })
                 .collect();
-            s.clusters = subset::read(received)
-                .map(|c| {
-                    c.clusters
-                        .into_iter()
-                        .map(|(n, c)| (n, c.endpoints))
-                        .collect()
-                })
-                .unwrap_or_default();
+            s.clusters = read
+                .clusters
+                .into_iter()
+                .map(|(n, c)| (n, c.endpoints))
+                .collect();
             drop(s);
             if let Err(e) = save(&opts.state, &compiled) {
                 tracing::warn!("cannot keep the configuration in the state directory: {e}");

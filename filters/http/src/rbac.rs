@@ -3,13 +3,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use flowgate_pipeline::joint::Branch;
 use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig};
-use flowgate_pipeline::{Context, Description, Event, Events, Filter, Head, SubPipeline, Tail};
-use futures_util::StreamExt;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName};
+use flowgate_pipeline::{Context, Description, Events, Filter, Head, Pipeline, SubPipeline};
+use http::header::{CONTENT_TYPE, HeaderName};
 use http::{HeaderValue, Method, StatusCode, request};
 use serde::{Deserialize, Serialize};
 
+use super::Respond;
 use super::route::whole_regex;
 
 /// Whether the policies allow (everything else is denied) or deny (everything else is
@@ -135,97 +136,128 @@ impl Policy {
 
 /// The policies of `config`, checked and compiled.
 fn compile(config: &RbacConfig) -> Result<Vec<Policy>, ConfigError> {
-    {
-        let mut policies = Vec::new();
-        for (name, p) in &config.policies {
-            let at = |f: &str| format!("policies.{name}.{f}");
-            if p.principals.is_empty() {
-                return Err(ConfigError::new(
-                    at("principals"),
-                    "name at least one, or \"*\"",
-                ));
-            }
-            if p.permissions.is_empty() {
-                return Err(ConfigError::new(
-                    at("permissions"),
-                    "give at least one, or {} for any request",
-                ));
-            }
-            let mut permissions = Vec::new();
-            for (i, m) in p.permissions.iter().enumerate() {
-                let at = |f: &str| format!("policies.{name}.permissions[{i}].{f}");
-                permissions.push(Permission {
-                    methods: m
-                        .methods
-                        .iter()
-                        .map(|x| {
-                            Method::from_bytes(x.as_bytes())
-                                .map_err(|e| ConfigError::new(at("methods"), e))
-                        })
-                        .collect::<Result<_, _>>()?,
-                    path: m.path.clone(),
-                    path_prefix: m.path_prefix.clone(),
-                    path_regex: m
-                        .path_regex
-                        .as_deref()
-                        .map(|r| whole_regex(r, &at("path_regex")))
-                        .transpose()?,
-                    headers: m
-                        .headers
-                        .iter()
-                        .map(|(k, v)| {
-                            let n = HeaderName::from_bytes(k.as_bytes())
-                                .map_err(|e| ConfigError::new(at(&format!("headers.{k}")), e))?;
-                            Ok((n, whole_regex(v, &at(&format!("headers.{k}")))?))
-                        })
-                        .collect::<Result<_, ConfigError>>()?,
-                });
-            }
-            policies.push(Policy {
-                name: name.clone(),
-                anyone: p.principals.iter().any(|x| x == "*"),
-                principals: p.principals.clone(),
-                permissions,
+    let mut policies = Vec::new();
+    for (name, p) in &config.policies {
+        let at = |f: &str| format!("policies.{name}.{f}");
+        if p.principals.is_empty() {
+            return Err(ConfigError::new(
+                at("principals"),
+                "name at least one, or \"*\"",
+            ));
+        }
+        if p.permissions.is_empty() {
+            return Err(ConfigError::new(
+                at("permissions"),
+                "give at least one, or {} for any request",
+            ));
+        }
+        let mut permissions = Vec::new();
+        for (i, m) in p.permissions.iter().enumerate() {
+            let at = |f: &str| format!("policies.{name}.permissions[{i}].{f}");
+            permissions.push(Permission {
+                methods: m
+                    .methods
+                    .iter()
+                    .map(|x| {
+                        Method::from_bytes(x.as_bytes())
+                            .map_err(|e| ConfigError::new(at("methods"), e))
+                    })
+                    .collect::<Result<_, _>>()?,
+                path: m.path.clone(),
+                path_prefix: m.path_prefix.clone(),
+                path_regex: m
+                    .path_regex
+                    .as_deref()
+                    .map(|r| whole_regex(r, &at("path_regex")))
+                    .transpose()?,
+                headers: m
+                    .headers
+                    .iter()
+                    .map(|(k, v)| {
+                        let n = HeaderName::from_bytes(k.as_bytes())
+                            .map_err(|e| ConfigError::new(at(&format!("headers.{k}")), e))?;
+                        Ok((n, whole_regex(v, &at(&format!("headers.{k}")))?))
+                    })
+                    .collect::<Result<_, ConfigError>>()?,
             });
         }
-        Ok(policies)
+        policies.push(Policy {
+            name: name.clone(),
+            anyone: p.principals.iter().any(|x| x == "*"),
+            principals: p.principals.clone(),
+            permissions,
+        });
     }
+    Ok(policies)
 }
 
 impl FilterConfig for RbacConfig {
     fn build(self: Box<Self>, _cx: &BuildContext) -> Result<Arc<dyn Filter>, ConfigError> {
-        Ok(Arc::new(Rbac {
-            policies: Arc::new(compile(&self)?),
-            action: self.action,
-            sub: SubPipeline::named(self.pipeline.clone()),
-            config: *self,
-        }))
+        let sub = SubPipeline::named(self.pipeline.clone());
+        Ok(Arc::new(Rbac::new(*self, sub)?))
     }
 }
 
-/// The `rbac` filter.
+/// The `rbac` filter: a [`Branch`] on the request head to the sub-pipeline, or to a
+/// [`Respond`] with the 403.
 struct Rbac {
-    policies: Arc<Vec<Policy>>,
-    action: RbacAction,
+    branch: Branch,
     sub: SubPipeline,
     config: RbacConfig,
 }
 
-/// The 403 answer: a bodied response naming RBAC, as Envoy's.
-fn denied() -> Events {
-    const BODY: &str = "RBAC: access denied";
-    let (mut head, ()) = http::Response::new(()).into_parts();
-    head.status = StatusCode::FORBIDDEN;
-    head.headers
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    head.headers
-        .insert(CONTENT_LENGTH, HeaderValue::from(BODY.len()));
-    Box::pin(futures_util::stream::iter([
-        Event::MessageStart(Head::new(head)),
-        Event::Data(bytes::Bytes::from_static(BODY.as_bytes())),
-        Event::MessageEnd(Tail::none()),
-        Event::END,
-    ]))
+impl Rbac {
+    /// `config`'s policies in front of `sub`.
+    fn new(config: RbacConfig, sub: SubPipeline) -> Result<Self, ConfigError> {
+        let policies = compile(&config)?;
+        let action = config.action;
+        // The 403, a bodied response naming RBAC, as Envoy's.
+        let mut headers = http::HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        let denied = Pipeline::builder("rbac-denied")
+            .filter(Respond::new(
+                StatusCode::FORBIDDEN,
+                headers,
+                bytes::Bytes::from_static(b"RBAC: access denied"),
+            ))
+            .build()
+            .map_err(|e| ConfigError::new("pipeline", e))?;
+        let branch = Branch::new()
+            .when(
+                "allowed",
+                move |cx, head| allowed(&policies, action, cx, head),
+                sub.clone(),
+            )
+            .otherwise(denied);
+        Ok(Rbac {
+            branch,
+            sub,
+            config,
+        })
+    }
+}
+
+/// Whether the stream starting with `head` may pass (one that is not a request does).
+fn allowed(policies: &[Policy], action: RbacAction, cx: &Context, head: Option<&Head>) -> bool {
+    let Some(req) = head.and_then(|h| h.get::<request::Parts>()) else {
+        return true;
+    };
+    let peer = cx.conn().tls.and_then(|t| t.peer_identity.clone());
+    let matched = policies.iter().find(|p| p.matches(peer.as_deref(), req));
+    let allowed = match action {
+        RbacAction::Allow => matched.is_some(),
+        RbacAction::Deny => matched.is_none(),
+    };
+    if !allowed {
+        tracing::debug!(
+            peer = peer.as_deref().unwrap_or("-"),
+            method = %req.method,
+            path = req.uri.path(),
+            policy = matched.map_or("-", |p| p.name.as_str()),
+            "rbac: denied"
+        );
+    }
+    allowed
 }
 
 impl Filter for Rbac {
@@ -236,50 +268,7 @@ impl Filter for Rbac {
     }
 
     fn attach(&self, input: Events, cx: &Context) -> Events {
-        let (policies, action, sub, cx) = (
-            self.policies.clone(),
-            self.action,
-            self.sub.clone(),
-            cx.clone(),
-        );
-        let stream = futures_util::stream::once(async move {
-            let mut input = input;
-            let first = input.next().await.unwrap_or(Event::END);
-            // The decision, on the request head (a stream that is not a request passes).
-            let allowed = match &first {
-                Event::MessageStart(h) => match h.get::<request::Parts>() {
-                    Some(req) => {
-                        let peer = cx.conn().tls.and_then(|t| t.peer_identity.clone());
-                        let matched = policies.iter().find(|p| p.matches(peer.as_deref(), req));
-                        let allowed = match action {
-                            RbacAction::Allow => matched.is_some(),
-                            RbacAction::Deny => matched.is_none(),
-                        };
-                        if !allowed {
-                            tracing::debug!(
-                                peer = peer.as_deref().unwrap_or("-"),
-                                method = %req.method,
-                                path = req.uri.path(),
-                                policy = matched.map_or("-", |p| p.name.as_str()),
-                                "rbac: denied"
-                            );
-                        }
-                        allowed
-                    }
-                    None => true,
-                },
-                _ => true,
-            };
-            if !allowed {
-                return denied();
-            }
-            sub.attach(
-                Box::pin(futures_util::stream::once(async move { first }).chain(input)),
-                &cx,
-            )
-        })
-        .flatten();
-        Box::pin(stream)
+        self.branch.attach(input, cx)
     }
 
     fn subs(&self) -> Vec<SubPipeline> {
@@ -291,7 +280,7 @@ impl Filter for Rbac {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
-    use flowgate_pipeline::{ConnInfo, Pipeline, TlsInfo};
+    use flowgate_pipeline::{ConnInfo, Event, Tail, TlsInfo};
 
     /// `rbac` configured by `yaml` in front of an app that answers 200 to anything.
     fn rbac(yaml: serde_json::Value) -> Rbac {
@@ -308,12 +297,7 @@ mod tests {
             })
             .build()
             .unwrap();
-        Rbac {
-            policies: Arc::new(compile(&config).unwrap()),
-            action: config.action,
-            sub: app.into(),
-            config,
-        }
+        Rbac::new(config, app.into()).unwrap()
     }
 
     /// The status of `method path` (with `x-team: team`) from `peer` through `rbac`.

@@ -383,7 +383,14 @@ impl AuthorityIndex {
             let hit = if self.exact.is_empty() {
                 None
             } else {
-                authority_of(p).and_then(|a| self.exact.get(&a.to_ascii_lowercase()).copied())
+                // Hosts are almost always sent in lower case: no copy then.
+                authority_of(p).and_then(|a| {
+                    if a.bytes().any(|b| b.is_ascii_uppercase()) {
+                        self.exact.get(&a.to_ascii_lowercase()).copied()
+                    } else {
+                        self.exact.get(a).copied()
+                    }
+                })
             };
             for &i in &self.scan {
                 if hit.is_some_and(|h| i > h) {
