@@ -339,6 +339,22 @@ pub fn parse_manifests(
             continue;
         }
         match reader(&doc) {
+            Ok(Resource::Pod(p))
+                if p.metadata
+                    .annotations
+                    .get(crate::model::CAPTURE_ANNOTATION)
+                    .is_some_and(|v| {
+                        !v.eq_ignore_ascii_case("redirect") && !v.eq_ignore_ascii_case("none")
+                    }) =>
+            {
+                errors.push(ManifestError::at(
+                    &origin,
+                    format!(
+                        "Pod: annotation `{}` is `redirect` or `none`",
+                        crate::model::CAPTURE_ANNOTATION
+                    ),
+                ));
+            }
             Ok(r) => out.push(Located { origin, value: r }),
             Err(e) => {
                 let mut err = yaml_error(&e, file, first_line);
@@ -361,6 +377,22 @@ mod tests {
     use super::*;
 
     const TWO: &str = "# services\napiVersion: v1\nkind: Service\nmetadata: { name: bookstore, namespace: store }\nspec:\n  selector: { app: bookstore }\n  ports: [{ port: 14001, name: http, appProtocol: http }]\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: { name: bookstore, namespace: store }\n";
+
+    #[test]
+    fn a_capture_mode_is_redirect_or_none() {
+        let pod = |mode: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: a\n  annotations: {{ flowgate.io/capture: {mode} }}\n"
+            )
+        };
+        let r = parse_manifests(&pod("redirect"), Path::new("p.yaml")).unwrap();
+        assert!(matches!(&r[0].value, Resource::Pod(p) if p.captured()));
+        let r = parse_manifests(&pod("none"), Path::new("p.yaml")).unwrap();
+        assert!(matches!(&r[0].value, Resource::Pod(p) if !p.captured()));
+        let e = parse_manifests(&pod("tproxy"), Path::new("p.yaml")).unwrap_err();
+        assert!(e[0].message.contains("flowgate.io/capture"), "{:?}", e[0]);
+        assert_eq!(e[0].line, 1);
+    }
 
     #[test]
     fn multi_document_files_keep_their_lines() {

@@ -22,7 +22,16 @@ pub struct ObjectMeta {
     /// Its labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Its annotations (the mesh reads [`CAPTURE_ANNOTATION`] on pods).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
 }
+
+/// The pod annotation that says how its sidecar gets the workload's traffic: `redirect`
+/// (iptables REDIRECT in the pod's network namespace, set up by `flowgate-sidecar init`:
+/// the workload dials services as it would without a mesh) or `none` (the default:
+/// explicit proxy mode, the workload sends HTTP to `<pod IP>:15001` itself).
+pub const CAPTURE_ANNOTATION: &str = "flowgate.io/capture";
 
 impl ObjectMeta {
     /// The namespace, `default` when absent.
@@ -152,6 +161,15 @@ impl Pod {
             .service_account_name
             .as_deref()
             .unwrap_or("default")
+    }
+
+    /// Whether its traffic is captured ([`CAPTURE_ANNOTATION`] `redirect`) rather than sent
+    /// to its sidecar explicitly.
+    pub fn captured(&self) -> bool {
+        self.metadata
+            .annotations
+            .get(CAPTURE_ANNOTATION)
+            .is_some_and(|v| v.eq_ignore_ascii_case("redirect"))
     }
 }
 

@@ -10,13 +10,20 @@
 //!                      [--workers N]
 //!                      [--admin ADDR|off]                GET /ready, /status, /clusters (127.0.0.1:15021)
 //! flowgate-sidecar check --state DIR                     validate the kept configuration
+//! flowgate-sidecar init [--proxy-uid N] [--proxy-gid N]  capture the network namespace's
+//!                       [--exclude-inbound-ports P,…]     TCP traffic with iptables
+//!                       [--exclude-outbound-ports P,…]    (outbound → 15001, inbound → 15006)
+//!                       [--exclude-outbound-cidrs C,…]
+//!                       [--dry-run | --remove]
 //! ```
 //!
 //! See [`flowgate::sidecar`]: the certificate comes by CSR and is renewed at half its
 //! lifetime; the configuration is the accepted subset of Envoy's xDS compiled into Flowgate
 //! pipelines, NACKed with the reason when it cannot be served; the last good one is kept in
-//! the state directory and served at once after a restart. Explicit proxy mode: traffic
-//! capture is not built yet.
+//! the state directory and served at once after a restart. A pod annotated
+//! `flowgate.io/capture: redirect` has its traffic captured ([`flowgate::sidecar::capture`]:
+//! run `init` in its network namespace, then the sidecar as the proxy user); otherwise the
+//! workload sends to its sidecar explicitly.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -34,7 +41,8 @@ const EXAMPLES: &str = "\
 Examples:
   flowgate-sidecar run --controller https://127.0.0.1:15010 --trust ca.pem \\
       --token-file bookbuyer.token --node bookbuyer-7d4f.bookbuyer --state /var/lib/flowgate-sidecar
-  flowgate-sidecar check --state /var/lib/flowgate-sidecar";
+  flowgate-sidecar check --state /var/lib/flowgate-sidecar
+  ip netns exec bookbuyer flowgate-sidecar init --proxy-uid 1337";
 
 /// `flowgate-sidecar`: the Flowgate mesh sidecar — certificate by CSR, configuration over
 /// delta ADS from flowgate-controller (or any control plane serving the accepted subset of
@@ -78,6 +86,38 @@ enum Command {
         /// on loopback), or `off`.
         #[arg(long, default_value = "127.0.0.1:15021")]
         admin: String,
+    },
+    /// Capture this network namespace's TCP traffic for the sidecar with iptables (nat
+    /// table): what the workload dials goes to 15001, what arrives goes to 15006. The
+    /// sidecar must then run as the proxy user (or group), whose connections pass.
+    Init {
+        /// The sidecar's user: its connections are not captured.
+        #[arg(long, default_value_t = flowgate::sidecar::capture::PROXY_UID)]
+        proxy_uid: u32,
+        /// The sidecar's group: its connections are not captured either.
+        #[arg(long)]
+        proxy_gid: Option<u32>,
+        /// Where outbound connections go.
+        #[arg(long, default_value_t = 15001)]
+        outbound_port: u16,
+        /// Where inbound connections go.
+        #[arg(long, default_value_t = 15006)]
+        inbound_port: u16,
+        /// Inbound ports left alone (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        exclude_inbound_ports: Vec<u16>,
+        /// Outbound destination ports left alone (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        exclude_outbound_ports: Vec<u16>,
+        /// Outbound destinations left alone (comma-separated IPv4 prefixes).
+        #[arg(long, value_delimiter = ',')]
+        exclude_outbound_cidrs: Vec<String>,
+        /// Print the rules instead of setting them.
+        #[arg(long, conflicts_with = "remove")]
+        dry_run: bool,
+        /// Take the rules away.
+        #[arg(long)]
+        remove: bool,
     },
     /// Validate the configuration kept in a state directory: exit 0, or 2 with the error.
     Check {
@@ -170,6 +210,44 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("flowgate-sidecar: {e}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Init {
+            proxy_uid,
+            proxy_gid,
+            outbound_port,
+            inbound_port,
+            exclude_inbound_ports,
+            exclude_outbound_ports,
+            exclude_outbound_cidrs,
+            dry_run,
+            remove,
+        } => {
+            use flowgate::sidecar::capture;
+            let c = capture::Capture {
+                outbound_port,
+                inbound_port,
+                proxy_uid: Some(proxy_uid),
+                proxy_gid,
+                exclude_inbound_ports,
+                exclude_outbound_ports,
+                exclude_outbound_cidrs,
+            };
+            let done = if dry_run {
+                capture::describe(&c).map(|text| {
+                    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+                })
+            } else if remove {
+                capture::remove()
+            } else {
+                capture::install(&c)
+            };
+            match done {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("flowgate-sidecar init: {e}");
+                    ExitCode::from(2)
                 }
             }
         }

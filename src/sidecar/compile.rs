@@ -78,7 +78,12 @@ pub fn compile(config: &SidecarConfig, opts: &Options) -> Result<Compiled, Strin
         let pipeline = out
             .listener(name, l)
             .map_err(|e| format!("listener `{name}`: {e}"))?;
-        listeners.push(json!({ "listen": l.address.to_string(), "pipeline": pipeline }));
+        let mut listener = json!({ "listen": l.address.to_string(), "pipeline": pipeline });
+        if l.original_dst {
+            // Captured connections: their original destination (`SO_ORIGINAL_DST`).
+            listener["transparent"] = json!(true);
+        }
+        listeners.push(listener);
     }
     let count = listeners.len();
     let mut doc = json!({ "listeners": listeners, "pipelines": out.pipelines });
@@ -98,6 +103,14 @@ pub fn compile(config: &SidecarConfig, opts: &Options) -> Result<Compiled, Strin
 
 fn duration(d: Duration) -> String {
     format!("{}ms", d.as_millis().max(1))
+}
+
+/// The length of a chain's longest destination prefix (`None`: it has none).
+fn longest_prefix(c: &ChainSpec) -> Option<u8> {
+    c.destination_prefixes
+        .iter()
+        .filter_map(|p| p.rsplit_once('/').and_then(|(_, l)| l.parse().ok()))
+        .max()
 }
 
 /// A whole-string regex for `t`.
@@ -151,18 +164,25 @@ impl Out<'_> {
     }
 
     fn listener(&mut self, name: &str, l: &ListenerSpec) -> Result<String, String> {
-        if l.original_dst {
-            return Err("`original_dst` (traffic capture) is not built yet: \
-                 the sidecar serves explicit proxy mode"
-                .into());
-        }
         let port = l.address.port();
-        // A chain for another destination port never matches without capture.
-        let chains: Vec<&ChainSpec> = l
+        // Without capture a connection's destination is the listener's own address: a
+        // chain for another port never matches.
+        let mut chains: Vec<&ChainSpec> = l
             .chains
             .iter()
-            .filter(|c| c.destination_port.is_none_or(|p| p == port))
+            .filter(|c| l.original_dst || c.destination_port.is_none_or(|p| p == port))
             .collect();
+        // The most specific chain first, as Envoy matches them: destination port, then
+        // the longest destination prefix, then server names, then ALPN (a stable sort:
+        // the chains' order among equals).
+        chains.sort_by_key(|c| {
+            (
+                c.destination_port.is_none(),
+                std::cmp::Reverse(longest_prefix(c)),
+                c.server_names.is_empty(),
+                c.alpn.is_empty(),
+            )
+        });
         let all: Vec<&ChainSpec> = chains.iter().copied().chain(&l.default_chain).collect();
         let Some(first) = all.first() else {
             return Err("no filter chain".into());
@@ -195,24 +215,25 @@ impl Out<'_> {
                     .map_err(|e| format!("filter chain `{}`: {e}", c.name))?,
             );
         }
-        let Some(tls) = tls else {
-            // Plaintext: chains can differ only by what a plaintext connection shows.
-            if all
+        if tls.is_none()
+            && all
                 .iter()
                 .any(|c| !c.server_names.is_empty() || !c.alpn.is_empty())
-            {
-                return Err("server names or ALPN on a plaintext filter chain (TLS \
-                     passthrough) are not supported"
-                    .into());
-            }
-            if all.len() > 1 {
-                return Err("several plaintext filter chains on one port are not supported".into());
-            }
-            return Ok(bodies.swap_remove(0));
-        };
-        // TLS terminated here, then a branch by server name and ALPN.
+        {
+            return Err("server names or ALPN on a plaintext filter chain (TLS \
+                 passthrough) are not supported"
+                .into());
+        }
+        // A branch by destination (captured connections), server name and ALPN, decided
+        // as the connection starts (after the handshake, with TLS).
         let mut arms = Vec::new();
         for (c, body) in chains.iter().zip(&bodies) {
+            let ports: Option<u16> = c.destination_port.filter(|_| l.original_dst);
+            let prefixes: Vec<Option<&String>> = if c.destination_prefixes.is_empty() {
+                vec![None]
+            } else {
+                c.destination_prefixes.iter().map(Some).collect()
+            };
             let names: Vec<Option<&String>> = if c.server_names.is_empty() {
                 vec![None]
             } else {
@@ -223,23 +244,45 @@ impl Out<'_> {
             } else {
                 c.alpn.iter().map(Some).collect()
             };
-            for n in &names {
-                for a in &alpns {
-                    let mut when = json!({});
-                    if let Some(n) = n {
-                        when["sni"] = json!(n);
+            for d in &prefixes {
+                for n in &names {
+                    for a in &alpns {
+                        let mut when = json!({});
+                        if let Some(p) = ports {
+                            when["destination_port"] = json!(p);
+                        }
+                        if let Some(d) = d {
+                            when["destination"] = json!(d);
+                        }
+                        if let Some(n) = n {
+                            when["sni"] = json!(n);
+                        }
+                        if let Some(a) = a {
+                            when["alpn"] = json!(a);
+                        }
+                        arms.push(json!({ "when": when, "pipeline": body }));
                     }
-                    if let Some(a) = a {
-                        when["alpn"] = json!(a);
-                    }
-                    arms.push(json!({ "when": when, "pipeline": body }));
                 }
             }
         }
+        let default = l.default_chain.as_ref().and(bodies.last());
+        let Some(tls) = tls else {
+            // Plaintext: one chain that takes everything is the listener's pipeline.
+            if all.len() == 1 && arms.len() == 1 && arms[0]["when"] == json!({}) {
+                return Ok(bodies.swap_remove(0));
+            }
+            if default.is_some() && chains.is_empty() {
+                return Ok(bodies.swap_remove(0));
+            }
+            let mut branch = json!({ "arms": arms, "refuse_others": true, "on_start": true });
+            if let Some(d) = default {
+                branch["otherwise"] = json!(d);
+            }
+            return Ok(self.add(base, json!([{ "branch": branch }])));
+        };
+        // TLS terminated here, then the branch.
         let mut branch = json!({ "arms": arms, "refuse_others": true, "on_start": true });
-        if l.default_chain.is_some()
-            && let Some(d) = bodies.last()
-        {
+        if let Some(d) = default {
             branch["otherwise"] = json!(d);
         }
         let select = self.add(format!("{base}/select"), json!([{ "branch": branch }]));
@@ -926,6 +969,73 @@ mod tests {
     }
 
     #[test]
+    fn captured_pods_match_the_original_destination_on_one_outbound_listener() {
+        let text = STRICT
+            .replace(
+                "spec: { selector: { app: web },",
+                "spec: { clusterIP: 10.96.0.6, selector: { app: web },",
+            )
+            .replace(
+                "metadata: { name: web-1, labels: { app: web } }",
+                "metadata: { name: web-1, labels: { app: web }, annotations: { flowgate.io/capture: redirect } }",
+            )
+            .replace(
+                "metadata: { name: client-1 }",
+                "metadata: { name: client-1, annotations: { flowgate.io/capture: redirect } }",
+            );
+        let state = MeshState::build(parse_manifests(&text, Path::new("m.yaml")).unwrap()).unwrap();
+        let client = compile(
+            &served(&state, "default", "client-1", "client"),
+            &Options::default(),
+        )
+        .unwrap();
+        builds(&client);
+        let doc: Value = serde_json::from_str(&client.config).unwrap();
+        assert_eq!(
+            doc["listeners"],
+            json!([{ "listen": "0.0.0.0:15001", "pipeline": "listener:outbound", "transparent": true }])
+        );
+        // The TCP port at the service's address first (the more specific match), then
+        // HTTP by port; anything else is closed.
+        let branch = &doc["pipelines"]["listener:outbound"][0]["branch"];
+        let whens: Vec<&Value> = branch["arms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| &a["when"])
+            .collect();
+        assert_eq!(
+            whens,
+            [
+                &json!({ "destination_port": 5432, "destination": "10.96.0.6/32" }),
+                &json!({ "destination_port": 80 })
+            ]
+        );
+        assert_eq!(branch["refuse_others"], json!(true));
+        assert_eq!(branch["on_start"], json!(true));
+        let tcp = branch["arms"][0]["pipeline"].as_str().unwrap();
+        assert_eq!(tcp, "tcp:outbound|5432||web.default|mtls");
+        assert_eq!(
+            doc["pipelines"][tcp][0]["connect-tls"]["identities"],
+            json!(["spiffe://cluster.local/ns/default/sa/web"])
+        );
+        // The destination's inbound listener takes what iptables redirects to any address.
+        let web = compile(
+            &served(&state, "default", "web-1", "web"),
+            &Options::default(),
+        )
+        .unwrap();
+        let doc: Value = serde_json::from_str(&web.config).unwrap();
+        let addrs: Vec<&Value> = doc["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| &l["listen"])
+            .collect();
+        assert_eq!(addrs, [&json!("0.0.0.0:15006"), &json!("0.0.0.0:15001")]);
+    }
+
+    #[test]
     fn the_sidecars_own_certificate_replaces_the_served_one() {
         let config = served(&strict(), "default", "web-1", "web");
         let own = Options {
@@ -950,16 +1060,6 @@ mod tests {
     #[test]
     fn what_the_filters_cannot_do_is_refused_by_name() {
         let mut config = served(&strict(), "default", "web-1", "web");
-        let mut captured = config.clone();
-        if let Some(l) = captured.listeners.get_mut("inbound") {
-            l.original_dst = true;
-        }
-        let why = compile(&captured, &Options::default()).unwrap_err();
-        assert!(
-            why.contains("listener `inbound`") && why.contains("original_dst"),
-            "{why}"
-        );
-
         config.clusters.insert(
             "inbound|8080".into(),
             ClusterSpec {

@@ -17,28 +17,40 @@
 //! identity and expiry) and `GET /clusters` (endpoints and weights; endpoint health is not
 //! reported yet).
 //!
-//! Explicit proxy mode only (the controller's listeners at the pod's address): traffic
-//! capture (`original_dst`) is refused, not built yet.
+//! Two ways to get the workload's traffic, chosen per pod by the controller: explicit proxy
+//! mode (the workload sends HTTP to `<pod IP>:15001` itself), or capture (a pod annotated
+//! `flowgate.io/capture: redirect`): iptables rules set by `flowgate-sidecar init`
+//! ([`capture`]) redirect what the workload dials to a listener at `0.0.0.0:15001` that
+//! reads the original destination (`SO_ORIGINAL_DST`) and picks the filter chain by it.
 //!
 //! ```
 //! use flowgate::sidecar::compile::{Options, compile};
-//! use flowgate::mesh::xds::subset::{ListenerSpec, SidecarConfig};
-//! // A listener for captured traffic: refused (the NACK's reason names it).
+//! use flowgate::mesh::xds::subset::{App, ChainSpec, ListenerSpec, SidecarConfig};
+//! // A listener for captured traffic: port 5432 of 10.96.0.7 to a TCP cluster, the rest
+//! // closed.
 //! let mut config = SidecarConfig::default();
+//! let db = ChainSpec {
+//!     destination_port: Some(5432),
+//!     destination_prefixes: vec!["10.96.0.7/32".into()],
+//!     app: App::Tcp { cluster: "db".into() },
+//!     ..Default::default()
+//! };
 //! config.listeners.insert(
-//!     "virtual-outbound".into(),
+//!     "outbound".into(),
 //!     ListenerSpec {
 //!         address: "0.0.0.0:15001".parse()?,
 //!         original_dst: true,
-//!         chains: Vec::new(),
+//!         chains: vec![db],
 //!         default_chain: None,
 //!     },
 //! );
-//! let why = compile(&config, &Options::default()).unwrap_err();
-//! assert!(why.starts_with("listener `virtual-outbound`: `original_dst`"));
-//! # Ok::<(), std::net::AddrParseError>(())
+//! let compiled = compile(&config, &Options::default()).map_err(std::io::Error::other)?;
+//! assert!(compiled.config.contains(r#""transparent": true"#));
+//! assert!(compiled.config.contains(r#""destination": "10.96.0.7/32""#));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod capture;
 pub mod compile;
 
 use std::path::{Path, PathBuf};

@@ -833,6 +833,12 @@ pub fn inbound_sni(ns: &str, name: &str, port: u16) -> String {
 ///   `<pod IP>:<service port>` (`outbound-tcp|<port>||<svc>.<ns>`), passing bytes to the
 ///   service's mTLS cluster (the first service takes a port two share).
 ///
+/// A pod annotated `flowgate.io/capture: redirect` ([`crate::model::CAPTURE_ANNOTATION`])
+/// has its traffic captured by iptables instead (`flowgate-sidecar init`): its inbound
+/// listener is at `0.0.0.0:15006`, and one outbound listener at `0.0.0.0:15001` reads
+/// the original destination and matches it per service port (see `captured_outbound`);
+/// there are no per-port TCP listeners.
+///
 /// In permissive mode every meshed call is allowed (still over mTLS); in strict mode
 /// (`enablePermissiveTrafficPolicyMode: false`) SMI TrafficTargets decide: an HTTP port's
 /// RBAC filter answers 403 to what they do not allow (see `inbound_rbac`); a TCP port's
@@ -967,13 +973,23 @@ pub fn sidecar_resources(state: &MeshState, ns: &str, pod: &str) -> Option<Resou
             "inbound".into(),
             Listener {
                 name: "inbound".into(),
-                address: Some(socket(&ip, INBOUND_PORT)),
+                // Captured: any address (what iptables redirects arrives at the pod's).
+                address: Some(socket(
+                    if p.value.captured() { "0.0.0.0" } else { &ip },
+                    INBOUND_PORT,
+                )),
                 listener_filters: vec![tls_inspector()],
                 filter_chains,
                 default_filter_chain,
                 ..Default::default()
             },
         );
+    }
+    if p.value.captured() {
+        if let Some(l) = captured_outbound(state) {
+            out.put("outbound".into(), l);
+        }
+        return Some(out);
     }
     // Outbound: every service of the mesh by host name, from the shared route
     // configuration (see `sidecar_shared`).
@@ -1018,6 +1034,103 @@ pub fn sidecar_resources(state: &MeshState, ns: &str, pod: &str) -> Option<Resou
         }
     }
     Some(out)
+}
+
+/// The outbound listener of a pod whose traffic is captured
+/// ([`Pod::captured`](crate::model::Pod::captured)):
+/// `0.0.0.0:15001`, where iptables redirects what the workload dials, with the
+/// `original_dst` listener filter so that its filter chains match the destination the
+/// workload dialled:
+/// - per TCP service port with a cluster IP, that address and port (`outbound-tcp|…`):
+///   bytes to the service's mTLS cluster (the first service takes an address and port two
+///   share);
+/// - per other service port, that port (`outbound-http|<port>`): HTTP routed by `Host`
+///   with the shared `outbound` routes.
+///
+/// Anything else has no chain and is closed (no egress). `None` when the mesh has no
+/// service port.
+fn captured_outbound(state: &MeshState) -> Option<Listener> {
+    use envoy_types::pb::envoy::config::core::v3::CidrRange;
+    use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch};
+    let port_match = |port: u16| UInt32Value {
+        value: u32::from(port),
+    };
+    let mut chains = Vec::new();
+    let mut http_ports = std::collections::BTreeSet::new();
+    let mut tcp_taken = std::collections::HashSet::new();
+    for s in state.services.values() {
+        let (sns, sname) = (s.value.metadata.ns(), s.value.metadata.name.as_str());
+        let cluster_ip = s
+            .value
+            .spec
+            .cluster_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+        for port in &s.value.spec.ports {
+            if !is_tcp(port) {
+                http_ports.insert(port.port);
+                continue;
+            }
+            let Some(ip) = cluster_ip else {
+                continue;
+            };
+            if !tcp_taken.insert((ip, port.port)) {
+                continue;
+            }
+            let name = format!("outbound-tcp|{}||{sname}.{sns}", port.port);
+            let cluster = sidecar_cluster_name(sns, sname, port.port);
+            chains.push(FilterChain {
+                name: name.clone(),
+                filter_chain_match: Some(FilterChainMatch {
+                    destination_port: Some(port_match(port.port)),
+                    prefix_ranges: vec![CidrRange {
+                        address_prefix: ip.to_string(),
+                        prefix_len: Some(UInt32Value {
+                            value: if ip.is_ipv4() { 32 } else { 128 },
+                        }),
+                    }],
+                    ..Default::default()
+                }),
+                filters: vec![tcp_proxy_filter(&name, &cluster, false)],
+                ..Default::default()
+            });
+        }
+    }
+    for port in http_ports {
+        chains.push(FilterChain {
+            name: format!("outbound-http|{port}"),
+            filter_chain_match: Some(FilterChainMatch {
+                destination_port: Some(port_match(port)),
+                ..Default::default()
+            }),
+            filters: vec![hcm_filter("outbound", Routes::Rds(OUTBOUND_ROUTES), None)],
+            ..Default::default()
+        });
+    }
+    if chains.is_empty() {
+        return None;
+    }
+    Some(Listener {
+        name: "outbound".into(),
+        address: Some(socket("0.0.0.0", OUTBOUND_PORT)),
+        listener_filters: vec![original_dst()],
+        filter_chains: chains,
+        ..Default::default()
+    })
+}
+
+/// The original destination listener filter: a redirected connection's filter chain is
+/// matched on the address the workload dialled (`SO_ORIGINAL_DST`).
+fn original_dst() -> envoy_types::pb::envoy::config::listener::v3::ListenerFilter {
+    use envoy_types::pb::envoy::config::listener::v3::{ListenerFilter, listener_filter};
+    use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+    ListenerFilter {
+        name: "envoy.filters.listener.original_dst".into(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
+            OriginalDst::default(),
+        ))),
+        ..Default::default()
+    }
 }
 
 /// The TLS inspector listener filter: reads the client hello's server name for filter
@@ -1074,7 +1187,8 @@ fn sidecar_shared_for(state: &MeshState, may_call: &dyn Fn(&Service) -> bool) ->
             if let Some(ip) = cluster_ip {
                 domains.push(format!("{ip}:{}", port.port));
             }
-            if i == 0 {
+            // Without a port: the first port, and port 80 (a client omits it).
+            if i == 0 || port.port == 80 {
                 domains.push(format!("{name}.{sns}"));
                 domains.push(fqdn);
                 domains.extend(cluster_ip.map(str::to_string));

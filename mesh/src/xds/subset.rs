@@ -4,9 +4,10 @@
 //!
 //! Accepted:
 //! - **Listeners**: a socket address; filter chains matched on server names (SNI),
-//!   destination port, transport protocol and ALPN, plus a default chain; the listener
-//!   filters `tls_inspector`, `http_inspector` and `original_dst`; downstream TLS with the
-//!   certificate and the roots over SDS (peers' URI SANs optionally pinned by exact
+//!   destination port and address prefixes, transport protocol and ALPN, plus a default
+//!   chain; the listener filters `tls_inspector`, `http_inspector` and `original_dst`
+//!   (captured connections: chains match their original destination); downstream TLS
+//!   with the certificate and the roots over SDS (peers' URI SANs optionally pinned by exact
 //!   match), a client certificate optionally required; network filters `rbac` then
 //!   `http_connection_manager` or `tcp_proxy`.
 //! - **HTTP**: routes over RDS (ADS) or inline; HTTP filters `rbac` then `router`; virtual
@@ -88,6 +89,9 @@ pub struct ChainSpec {
     pub server_names: Vec<String>,
     /// The connection's (original) destination port.
     pub destination_port: Option<u16>,
+    /// The connection's (original) destination address is in one of these prefixes
+    /// (`10.96.0.10/32`); any when empty.
+    pub destination_prefixes: Vec<String>,
     /// `tls` or `raw_buffer`.
     pub transport_protocol: Option<String>,
     /// ALPN protocols.
@@ -619,6 +623,11 @@ fn read_listener(name: &str, any: &Any) -> Result<ListenerSpec, Refusal> {
     if l.filter_chain_matcher.is_some() {
         return Err(unsupported(&what, "filter_chain_matcher"));
     }
+    if l.bind_to_port.as_ref().is_some_and(|b| !b.value) {
+        // Istio's virtual listeners, handed connections by `use_original_dst`: the subset
+        // takes one listener whose chains match the original destination instead.
+        return Err(unsupported(&what, "bind_to_port: false"));
+    }
     let mut original_dst = l.use_original_dst.as_ref().is_some_and(|b| b.value);
     for f in &l.listener_filters {
         let type_url = match &f.config_type {
@@ -661,13 +670,29 @@ fn read_chain(c: &FilterChain, listener: &str) -> Result<ChainSpec, Refusal> {
         ..Default::default()
     };
     if let Some(m) = &c.filter_chain_match {
-        if !m.prefix_ranges.is_empty()
-            || !m.source_prefix_ranges.is_empty()
+        if !m.source_prefix_ranges.is_empty()
             || !m.direct_source_prefix_ranges.is_empty()
             || !m.source_ports.is_empty()
             || m.source_type != 0
         {
-            return Err(unsupported(&what, "filter_chain_match (address or source)"));
+            return Err(unsupported(&what, "filter_chain_match (source)"));
+        }
+        for r in &m.prefix_ranges {
+            let ip: std::net::IpAddr = r.address_prefix.parse().map_err(|_| {
+                format!(
+                    "{what}: prefix_ranges: `{}` is not an IP address",
+                    r.address_prefix
+                )
+            })?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            let len = r.prefix_len.as_ref().map_or(max, |l| l.value);
+            if len > max {
+                return Err(format!(
+                    "{what}: prefix_ranges: `{}/{len}`: length above {max}",
+                    r.address_prefix
+                ));
+            }
+            spec.destination_prefixes.push(format!("{ip}/{len}"));
         }
         spec.server_names = m.server_names.clone();
         spec.destination_port = m

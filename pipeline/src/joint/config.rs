@@ -9,6 +9,7 @@
 //!     arms:
 //!       - { when: { sni: "*.internal.example" }, pipeline: internal }
 //!       - { when: { peer: 10.0.0.0/8, port: 8443 }, pipeline: admin }
+//!       - { when: { destination: 10.96.0.0/12, destination_port: 80 }, pipeline: captured }
 //!     otherwise: public
 //! ```
 
@@ -188,6 +189,15 @@ pub struct Match {
     /// The peer's address is inside this prefix (`10.0.0.0/8`, `2001:db8::/32`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
+    /// The destination the client asked for (the original destination of a redirected
+    /// connection, read with a `transparent` listener, else the local address) is inside
+    /// this prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// The port of that destination: the port a captured client dialled, where `port` is
+    /// the port it was redirected to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_port: Option<u16>,
     /// The peer's verified identity (from `accept-tls` with `client_auth`: a mesh's SPIFFE
     /// ID) is one of these; `*` for any verified identity.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -272,6 +282,13 @@ impl Match {
             .map(Prefix::parse)
             .transpose()
             .map_err(|e| ConfigError::new("peer", e))?;
+        let destination = self
+            .destination
+            .as_deref()
+            .map(Prefix::parse)
+            .transpose()
+            .map_err(|e| ConfigError::new("destination", e))?;
+        let destination_port = self.destination_port;
         let (sni, alpn, port) = (self.sni.clone(), self.alpn.clone(), self.port);
         let identities = self.identities.clone();
         Ok(move |cx: &Context| {
@@ -285,6 +302,11 @@ impl Match {
                 .is_none_or(|p| tls.and_then(|t| t.alpn.as_deref()) == Some(p.as_bytes()))
                 && port.is_none_or(|p| conn.local.map(|a| a.port()) == Some(p))
                 && peer.is_none_or(|p| conn.peer.is_some_and(|a| p.contains(a.ip())))
+                && (destination.is_none() && destination_port.is_none() || {
+                    let to = conn.original_dst.or(conn.local);
+                    destination.is_none_or(|p| to.is_some_and(|a| p.contains(a.ip())))
+                        && destination_port.is_none_or(|p| to.map(|a| a.port()) == Some(p))
+                })
                 && (identities.is_empty()
                     || tls
                         .and_then(|t| t.peer_identity.as_deref())
@@ -405,6 +427,32 @@ mod tests {
         );
         let all = Match::default().compile().unwrap();
         assert!(all(&Context::new()));
+        // The destination: the original one of a redirected connection, else the local.
+        let captured = |dst: Option<&str>| {
+            Context::with_conn(ConnInfo {
+                local: Some("127.0.0.1:15001".parse().unwrap()),
+                original_dst: dst.map(|d| d.parse().unwrap()),
+                ..Default::default()
+            })
+        };
+        let m = Match {
+            destination: Some("10.96.0.0/16".into()),
+            destination_port: Some(80),
+            ..Default::default()
+        }
+        .compile()
+        .unwrap();
+        assert!(m(&captured(Some("10.96.3.4:80"))));
+        assert!(!m(&captured(Some("10.96.3.4:81"))));
+        assert!(!m(&captured(Some("10.97.3.4:80"))));
+        assert!(!m(&captured(None)));
+        let local = Match {
+            destination_port: Some(15001),
+            ..Default::default()
+        }
+        .compile()
+        .unwrap();
+        assert!(local(&captured(None)) && !local(&captured(Some("10.96.3.4:80"))));
     }
 
     fn with_identity(id: Option<&str>) -> Context {
