@@ -1058,6 +1058,22 @@ fn a_traffic_split_through_envoy_sidecars_follows_its_weights() {
     );
 }
 
+/// An OSM `Retry` through Envoy sidecars (see `retry_case`): the reference the Flowgate
+/// sidecars are held to in `tests/sidecar.rs`.
+#[test]
+fn an_osm_retry_through_envoy_sidecars_retries_and_times_out() {
+    if !common::peers(&["envoy", "python3", "curl"]) {
+        return;
+    }
+    retry_case(
+        "controller-retry",
+        18,
+        &|dir, node, account, ads, _state| {
+            envoy_sidecar(dir, node, account, reserve_port(), &[ads])
+        },
+    );
+}
+
 /// `run --source etcd:…`: the demo's manifests put under a prefix of a real etcd are the
 /// mesh; a broken key shows in `status` at its key and line, and its removal clears it.
 #[test]

@@ -484,3 +484,15 @@ fn captured_traffic_flows_through_flowgate_sidecars() {
 fn an_envoy_sidecar_on_captured_traffic_calls_a_flowgate_sidecar() {
     capture_case(2, ClientSidecar::Envoy);
 }
+
+/// The OSM `Retry` case the Envoy sidecars pass (`tests/controller.rs`), through Flowgate
+/// sidecars: the same answers.
+#[test]
+fn an_osm_retry_through_flowgate_sidecars_retries_and_times_out_as_envoy_does() {
+    if !common::peers(&["python3", "curl"]) {
+        return;
+    }
+    retry_case("sidecar-retry", 19, &|dir, node, account, ads, state| {
+        flowgate_sidecar(dir, node, account, ads, state, reserve_port())
+    });
+}

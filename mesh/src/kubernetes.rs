@@ -68,6 +68,7 @@ pub const KINDS: &[(&str, &str, &str, &str)] = &[
         "TrafficSplit",
         "trafficsplits",
     ),
+    ("policy.openservicemesh.io", "v1alpha1", "Retry", "retries"),
     (
         "config.flowgate.io",
         "v1alpha1",

@@ -84,6 +84,8 @@ pub enum Resource {
     TcpRoute(TcpRoute),
     /// `split.smi-spec.io/v1alpha2` or `v1alpha4 TrafficSplit`.
     TrafficSplit(TrafficSplit),
+    /// `policy.openservicemesh.io/v1alpha1 Retry`.
+    Retry(Retry),
     /// The mesh settings.
     MeshConfig(MeshConfig),
     /// FSM's `Plugin`.
@@ -107,6 +109,7 @@ impl Resource {
             Resource::HttpRouteGroup(_) => "HTTPRouteGroup",
             Resource::TcpRoute(_) => "TCPRoute",
             Resource::TrafficSplit(_) => "TrafficSplit",
+            Resource::Retry(_) => "Retry",
             Resource::MeshConfig(_) => "MeshConfig",
             Resource::Plugin(_) => "Plugin",
             Resource::PluginChain(_) => "PluginChain",
@@ -126,6 +129,7 @@ impl Resource {
             Resource::HttpRouteGroup(o) => &o.metadata,
             Resource::TcpRoute(o) => &o.metadata,
             Resource::TrafficSplit(o) => &o.metadata,
+            Resource::Retry(o) => &o.metadata,
             Resource::MeshConfig(o) => &o.metadata,
             Resource::Plugin(o) => &o.metadata,
             Resource::PluginChain(o) => &o.metadata,
@@ -168,6 +172,9 @@ const KINDS: &[(&str, &[&str], Reader)] = &[
         &["split.smi-spec.io/v1alpha2", "split.smi-spec.io/v1alpha4"],
         |t| read(t, Resource::TrafficSplit),
     ),
+    ("Retry", &["policy.openservicemesh.io/v1alpha1"], |t| {
+        read(t, Resource::Retry)
+    }),
     (
         "MeshConfig",
         &[

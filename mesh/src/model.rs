@@ -409,6 +409,79 @@ pub struct SplitBackend {
     pub weight: u32,
 }
 
+// === OSM policy ===
+
+/// `policy.openservicemesh.io/v1alpha1 Retry`: retries for the calls one service account's
+/// workloads make to some services (applied at the callers' sidecars, on the routes to
+/// those services), as OSM has it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// `apiVersion`, as written.
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// `kind`, as written.
+    pub kind: String,
+    /// Its metadata.
+    pub metadata: ObjectMeta,
+    /// Its spec.
+    pub spec: RetrySpec,
+}
+
+/// `Retry.spec`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetrySpec {
+    /// The calling service account (`kind: ServiceAccount`).
+    pub source: RetryRef,
+    /// The services called (`kind: Service`).
+    pub destinations: Vec<RetryRef>,
+    /// How to retry.
+    pub retry_policy: RetryPolicy,
+}
+
+/// A source or destination of a [`Retry`].
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRef {
+    /// `ServiceAccount` (source) or `Service` (destination).
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// Its namespace (the policy's when absent).
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+/// The retry conditions (Envoy's `retry_on`) the mesh takes, in a [`Retry`] and in a
+/// sidecar's routes.
+pub const RETRY_CONDITIONS: &[&str] = &[
+    "5xx",
+    "gateway-error",
+    "connect-failure",
+    "refused-stream",
+    "reset",
+    "retriable-status-codes",
+];
+
+/// `Retry.spec.retryPolicy`: Envoy's retry policy, as OSM passes it on.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// The conditions (Envoy's `retry_on`: `5xx`, `gateway-error`, `connect-failure`,
+    /// `reset`, `refused-stream`, `retriable-status-codes`), comma-separated.
+    pub retry_on: String,
+    /// Each try's timeout (`None`: the route's).
+    #[serde(default, with = "flowgate_config::duration::option")]
+    pub per_try_timeout: Option<Duration>,
+    /// Retries after the first try (OSM's default: 1, as Envoy's).
+    #[serde(default)]
+    pub num_retries: Option<u32>,
+    /// The back-off's base interval (Envoy's default 25 ms).
+    #[serde(default, with = "flowgate_config::duration::option")]
+    pub retry_backoff_base_interval: Option<Duration>,
+}
+
 // === MeshConfig ===
 
 /// The mesh-wide settings, shaped like OSM's `MeshConfig` (`config.flowgate.io/v1alpha1`,

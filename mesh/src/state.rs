@@ -32,6 +32,8 @@ pub struct MeshState {
     pub tcp_routes: BTreeMap<Key, Located<TcpRoute>>,
     /// SMI traffic splits.
     pub traffic_splits: BTreeMap<Key, Located<TrafficSplit>>,
+    /// OSM retry policies.
+    pub retries: BTreeMap<Key, Located<Retry>>,
     /// The mesh settings (defaults when no `MeshConfig` is given).
     pub mesh_config: MeshConfigSpec,
     /// Where the `MeshConfig` was written, if one was.
@@ -159,6 +161,14 @@ impl MeshState {
                     origin,
                     o,
                     "TrafficSplit",
+                    &mut errors,
+                ),
+                Resource::Retry(o) => put(
+                    &mut s.retries,
+                    key(&o.metadata),
+                    origin,
+                    o,
+                    "Retry",
                     &mut errors,
                 ),
                 Resource::MeshConfig(o) => {
@@ -400,6 +410,9 @@ impl MeshState {
         for sp in self.traffic_splits.values() {
             self.check_traffic_split(sp, errors);
         }
+        for r in self.retries.values() {
+            self.check_retry(r, errors);
+        }
         self.check_plugins(errors);
         let c = &self.mesh_config.certificate;
         if c.trust_domain.is_empty()
@@ -508,6 +521,88 @@ impl MeshState {
                 )),
             }
         }
+    }
+
+    fn check_retry(&self, r: &Located<Retry>, errors: &mut Vec<ManifestError>) {
+        let m = &r.value.metadata;
+        let ns = m.ns();
+        let name = format!("Retry {ns}/{}", m.name);
+        let mut error =
+            |e: String| errors.push(ManifestError::at(&r.origin, format!("{name}: {e}")));
+        let spec = &r.value.spec;
+        if spec.source.kind != "ServiceAccount" {
+            error(format!(
+                "source kind `{}` is not ServiceAccount",
+                spec.source.kind
+            ));
+        }
+        if spec.destinations.is_empty() {
+            error("no destinations".into());
+        }
+        for d in &spec.destinations {
+            let dns = d.namespace.as_deref().unwrap_or(ns);
+            if d.kind != "Service" {
+                error(format!("destination kind `{}` is not Service", d.kind));
+            } else if !self
+                .services
+                .contains_key(&(dns.to_string(), d.name.clone()))
+            {
+                error(format!(
+                    "destination service `{dns}/{}` is not defined",
+                    d.name
+                ));
+            }
+        }
+        let p = &spec.retry_policy;
+        for c in p.retry_on.split(',').map(str::trim) {
+            if !RETRY_CONDITIONS.contains(&c) {
+                error(format!(
+                    "retryOn `{c}` is not one of {}",
+                    RETRY_CONDITIONS.join(", ")
+                ));
+            }
+        }
+        if p.num_retries.is_some_and(|n| n > 9) {
+            error("numRetries above 9".into());
+        }
+        if p.per_try_timeout.is_some_and(|d| d.is_zero()) {
+            error("perTryTimeout must be more than zero".into());
+        }
+        let others = self
+            .retries
+            .values()
+            .filter(|o| {
+                o.value.metadata.name < m.name
+                    && o.value.metadata.ns() == ns
+                    && o.value.spec.source.name == spec.source.name
+                    && o.value.spec.source.namespace.as_deref().unwrap_or(ns)
+                        == spec.source.namespace.as_deref().unwrap_or(ns)
+                    && o.value
+                        .spec
+                        .destinations
+                        .iter()
+                        .any(|d| spec.destinations.contains(d))
+            })
+            .count();
+        if others > 0 {
+            error("another Retry already covers a destination of this source".into());
+        }
+    }
+
+    /// The retry policy for calls from account `(ns, sa)` to service `svc`, if a `Retry`
+    /// names them.
+    pub fn retry_for(&self, source: (&str, &str), svc: &Service) -> Option<&RetryPolicy> {
+        self.retries.values().find_map(|r| {
+            let rns = r.value.metadata.ns();
+            let s = &r.value.spec.source;
+            let from = (s.namespace.as_deref().unwrap_or(rns), s.name.as_str());
+            (from == source
+                && r.value.spec.destinations.iter().any(|d| {
+                    d.namespace.as_deref().unwrap_or(rns) == svc.metadata.ns()
+                        && d.name == svc.metadata.name
+                }))
+            .then_some(&r.value.spec.retry_policy)
+        })
     }
 
     fn check_traffic_split(&self, sp: &Located<TrafficSplit>, errors: &mut Vec<ManifestError>) {

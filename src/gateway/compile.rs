@@ -289,6 +289,7 @@ fn compile_backend(spec: &BackendSpec, bcx: &BuildContext) -> Result<Vec<Pipelin
         per_try_timeout: spec.per_try_timeout,
         backoff: Duration::from_millis(25),
         on_5xx: true,
+        on_status: Vec::new(),
         methods: ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]
             .map(String::from)
             .to_vec(),

@@ -10,7 +10,7 @@
 //! | pinned peer SANs, network RBAC | a `branch` on the peer's verified identity, decided when the connection starts; others are closed |
 //! | `http_connection_manager` | `demux-http` (HTTP/1.1 and HTTP/2), HTTP `rbac`, then the route table |
 //! | a route table | a `route` by authority in Envoy's order (exact domains, then `*.suffix` longest first, then `*`), then per virtual host a `route` by path; no match: 404 |
-//! | a route | `timeout` (Envoy's default 15 s), `retry` (`num_retries` + 1 tries), then the cluster, a weighted `route` split, or `respond` |
+//! | a route | `timeout` (Envoy's default 15 s), `retry` (`num_retries` + 1 tries, the per-try timeout, the statuses `5xx`, `gateway-error` and `retriable-status-codes` name, the back-off), then the cluster, a weighted `route` split, or `respond` |
 //! | an HTTP cluster | `balance-http` over its endpoints (weights, the policy, outlier detection, upstream TLS checked by identity); no endpoints: 503 |
 //! | `tcp_proxy` | `connect` (through `connect-tls` with upstream TLS); no endpoints: closed |
 
@@ -473,22 +473,40 @@ impl Out<'_> {
             return Ok(next);
         }
         let timeout = r.timeout.unwrap_or(ROUTE_TIMEOUT);
-        if let Some((on, retries)) = &r.retry {
-            let on_5xx = on
-                .split(',')
-                .map(str::trim)
-                .any(|c| c == "5xx" || c == "gateway-error");
-            next = self.add(
-                format!("{name}/retry"),
-                json!([{ "retry": {
-                    "pipeline": next,
-                    "tries": retries.saturating_add(1),
-                    "per_try_timeout": duration(if timeout.is_zero() { Duration::from_secs(3600) } else { timeout }),
-                    "on_5xx": on_5xx,
-                    // Envoy retries every method.
-                    "methods": ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE", "POST", "PATCH"],
-                } }]),
-            );
+        if let Some(retry) = &r.retry {
+            let on = |c: &str| retry.retry_on.iter().any(|x| x == c);
+            // `gateway-error`: 502–504; `5xx`: any 5xx; `retriable-status-codes`: the
+            // listed ones. Resets and refused connections are retried in every case (the
+            // filter's own rule), where Envoy needs `reset` or `connect-failure` for them.
+            let mut statuses: Vec<String> = Vec::new();
+            if on("5xx") {
+                statuses.push("5xx".into());
+            }
+            if on("retriable-status-codes") {
+                statuses.extend(retry.status_codes.iter().map(u16::to_string));
+            }
+            let per_try =
+                retry
+                    .per_try_timeout
+                    .filter(|d| !d.is_zero())
+                    .unwrap_or(if timeout.is_zero() {
+                        Duration::from_secs(3600)
+                    } else {
+                        timeout
+                    });
+            let mut config = json!({
+                "pipeline": next,
+                "tries": retry.num_retries.saturating_add(1),
+                "per_try_timeout": duration(per_try),
+                "on_5xx": on("gateway-error"),
+                "on_status": statuses,
+                // Envoy retries every method.
+                "methods": ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE", "POST", "PATCH"],
+            });
+            if let Some(b) = retry.backoff {
+                config["backoff"] = json!(duration(b));
+            }
+            next = self.add(format!("{name}/retry"), json!([{ "retry": config }]));
         }
         if !timeout.is_zero() {
             next = self.add(
@@ -847,7 +865,9 @@ mod tests {
     use flowgate_mesh::ca::{Ca, SpiffeId};
     use flowgate_mesh::xds::Resources;
     use flowgate_mesh::xds::client::Received;
-    use flowgate_mesh::xds::compile::{sidecar_resources, sidecar_secrets, sidecar_shared};
+    use flowgate_mesh::xds::compile::{
+        sidecar_resources, sidecar_secrets, sidecar_sets, sidecar_shared,
+    };
     use flowgate_mesh::xds::subset::{ClusterSpec, PolicySpec, read};
     use flowgate_mesh::{MeshState, parse_manifests};
 
@@ -1033,6 +1053,63 @@ mod tests {
             .map(|l| &l["listen"])
             .collect();
         assert_eq!(addrs, [&json!("0.0.0.0:15006"), &json!("0.0.0.0:15001")]);
+    }
+
+    #[test]
+    fn an_osm_retry_reaches_its_sources_routes_only() {
+        let text = format!(
+            "{}---\napiVersion: policy.openservicemesh.io/v1alpha1\nkind: Retry\nmetadata: {{ name: r }}\nspec:\n  source: {{ kind: ServiceAccount, name: client }}\n  destinations: [{{ kind: Service, name: web }}]\n  retryPolicy: {{ retryOn: '5xx,retriable-status-codes', perTryTimeout: 300ms, numRetries: 2, retryBackoffBaseInterval: 10ms }}\n",
+            STRICT.replace(
+                "enablePermissiveTrafficPolicyMode: false",
+                "enablePermissiveTrafficPolicyMode: true"
+            )
+        );
+        let state = MeshState::build(parse_manifests(&text, Path::new("m.yaml")).unwrap()).unwrap();
+        let (sets, of_pod) = sidecar_sets(&state);
+        let retry_of = |pod: &str, sa: &str| {
+            let ca = Ca::generate("cluster.local", Duration::from_secs(3600)).unwrap();
+            let leaf = ca
+                .issue(&SpiffeId::new("cluster.local", "default", sa).unwrap())
+                .unwrap();
+            let mut r = Resources::default();
+            r.extend(sets[&of_pod[&("default".to_string(), pod.to_string())]].clone());
+            r.extend(sidecar_resources(&state, "default", pod).unwrap());
+            r.extend(sidecar_secrets(&leaf, &ca.bundle_pem()));
+            let compiled =
+                compile(&read(&Received::from(&r)).unwrap(), &Options::default()).unwrap();
+            builds(&compiled);
+            let doc: Value = serde_json::from_str(&compiled.config).unwrap();
+            doc["pipelines"]
+                .as_object()
+                .unwrap()
+                .values()
+                .find_map(|p| p[0].get("retry").cloned())
+        };
+        // The client's route to web retries: 5xx, three tries of 300 ms, 10 ms back-off.
+        let retry = retry_of("client-1", "client").expect("the client's route retries");
+        assert_eq!(retry["tries"], json!(3));
+        assert_eq!(retry["per_try_timeout"], json!("300ms"));
+        assert_eq!(retry["backoff"], json!("10ms"));
+        assert_eq!(retry["on_status"], json!(["5xx"]));
+        assert_eq!(retry["on_5xx"], json!(false));
+        // Web's own sidecar (not the Retry's source) does not.
+        assert_eq!(retry_of("web-1", "web"), None);
+        // A Retry naming what is not there is refused at its line.
+        let bad = text
+            .replace("name: web }]", "name: nowhere }]")
+            .replace("retryOn: '5xx,", "retryOn: '5xx,retriable-4xx,");
+        let errors =
+            MeshState::build(parse_manifests(&bad, Path::new("m.yaml")).unwrap()).unwrap_err();
+        let all: Vec<String> = errors.iter().map(|e| e.message.clone()).collect();
+        assert!(
+            all.iter()
+                .any(|e| e.contains("Retry default/r: destination service `default/nowhere`")),
+            "{all:?}"
+        );
+        assert!(
+            all.iter().any(|e| e.contains("retryOn `retriable-4xx`")),
+            "{all:?}"
+        );
     }
 
     #[test]

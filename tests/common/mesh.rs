@@ -495,3 +495,109 @@ pub fn traffic_split_case(tag: &str, net: u8, sidecar: &StartSidecar) -> (f64, D
     drop(v2);
     (share, saved_after)
 }
+
+/// An HTTP workload on `ip`:`port` (python3): `/flaky` answers 503 and 200 in turn (the
+/// count of requests in the body), `/slow` answers 200 after a second, anything else 200.
+pub fn flaky_app(ip: &str, port: u16) -> Proc {
+    let script = format!(
+        r#"import http.server, threading, time
+n = 0
+lock = threading.Lock()
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    def do_GET(self):
+        global n
+        code, body = 200, b'ok\n'
+        if self.path.startswith('/flaky'):
+            with lock:
+                n += 1
+                k = n
+            code, body = (503 if k % 2 else 200), ('try %d\n' % k).encode()
+        elif self.path.startswith('/slow'):
+            time.sleep(1.0)
+            body = b'slow\n'
+        self.send_response(code)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(('{ip}', {port}), H).serve_forever()
+"#
+    );
+    let app = daemon(Command::new("python3").args(["-c", &script]), "flaky-app");
+    assert!(
+        super::wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
+            ip, port
+        ))
+        .is_ok()),
+        "the app did not start: {}",
+        app.stderr_so_far()
+    );
+    app
+}
+
+/// An OSM `Retry` through sidecars started by `sidecar`, on 127.0.NET.0/24 (the [`shop`]
+/// pods): the client's calls to `web` retry `5xx` twice with 400 ms per try. A workload
+/// failing every other request is never seen failing; one that takes a second is answered
+/// 504 after the three tries time out. With the `Retry` removed, the failures show and
+/// the slow answer arrives. The same answers through Envoy and Flowgate sidecars are the
+/// differential check. Returns the statuses seen, in order.
+pub fn retry_case(tag: &str, net: u8, sidecar: &StartSidecar) -> Vec<String> {
+    use super::reserve_port;
+    use std::time::Instant;
+    let dir = TempDir::new(tag);
+    let (app, ads, admin) = (reserve_port(), reserve_port(), reserve_port());
+    let _app = flaky_app(&format!("127.0.{net}.6"), app);
+    let manifests = dir.path("mesh");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(manifests.join("shop.yaml"), shop(net, app, "")).unwrap();
+    std::fs::write(
+        manifests.join("retry.yaml"),
+        "apiVersion: policy.openservicemesh.io/v1alpha1\nkind: Retry\nmetadata: { name: web, namespace: shop }\nspec:\n  source: { kind: ServiceAccount, name: client }\n  destinations: [{ kind: Service, name: web }]\n  retryPolicy: { retryOn: 5xx, numRetries: 2, perTryTimeout: 400ms, retryBackoffBaseInterval: 10ms }\n",
+    )
+    .unwrap();
+    let state = dir.path("state");
+    let ctl = run_controller(&manifests, ads, admin, &state);
+    let client = sidecar(&dir, "client-1.shop", "shop/client", ads, &state);
+    let web = sidecar(&dir, "web-1.shop", "shop/web", ads, &state);
+    let ip = format!("127.0.{net}.5");
+    let mut seen = Vec::new();
+    assert!(
+        super::wait_until(Duration::from_secs(30), || call(&ip, "GET", "/").0 == "200"),
+        "no answer through the sidecars: {:?}; controller: {}; client: {}; web: {}",
+        call(&ip, "GET", "/"),
+        ctl.stderr_so_far(),
+        client.stderr_so_far(),
+        web.stderr_so_far()
+    );
+    // Every other try fails: each call's failed try is retried.
+    for _ in 0..10 {
+        let (code, body) = call(&ip, "GET", "/flaky");
+        assert_eq!(code, "200", "{tag}: a retried call failed: {body:?}");
+        seen.push(code);
+    }
+    // Three tries of 400 ms, then 504.
+    let started = Instant::now();
+    let (code, _) = call(&ip, "GET", "/slow");
+    let took = started.elapsed();
+    assert_eq!(code, "504", "{tag}: the slow call after {took:?}");
+    assert!(
+        took >= Duration::from_millis(1100) && took < Duration::from_millis(2900),
+        "{tag}: three tries of 400 ms took {took:?}"
+    );
+    seen.push(code);
+    // Without the Retry: the failures come through, and the slow answer arrives.
+    std::fs::remove_file(manifests.join("retry.yaml")).unwrap();
+    assert!(
+        super::wait_until(Duration::from_secs(10), || call(&ip, "GET", "/flaky").0
+            == "503"),
+        "{tag}: the Retry's removal never took effect"
+    );
+    seen.push("503".into());
+    let (code, body) = call(&ip, "GET", "/slow");
+    assert_eq!((code.as_str(), body.as_str()), ("200", "slow\n"), "{tag}");
+    seen.push(code);
+    drop((client, web, ctl));
+    seen
+}

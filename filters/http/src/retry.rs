@@ -43,6 +43,10 @@ pub struct RetryConfig {
     /// Also retry when the response status is 5xx (502, 503, 504 only). Default true.
     #[serde(default = "flowgate_pipeline::registry::default_true")]
     pub on_5xx: bool,
+    /// Also retry on these response statuses: exact codes (`"500"`) or classes (`"5xx"`,
+    /// any 500–599). Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_status: Vec<String>,
     /// Methods that may be retried. Default the idempotent ones: GET, HEAD, OPTIONS, PUT,
     /// DELETE, TRACE.
     #[serde(default = "d_methods")]
@@ -86,18 +90,55 @@ impl FilterConfig for RetryConfig {
             .iter()
             .map(|m| Method::from_bytes(m.as_bytes()).map_err(|e| ConfigError::new("methods", e)))
             .collect::<Result<Vec<_>, _>>()?;
+        let statuses = self.statuses()?;
         Ok(Arc::new(Retry {
             sub: SubPipeline::named(self.pipeline.clone()),
             methods: Arc::new(methods),
+            statuses: Arc::new(statuses),
             config: *self,
         }))
     }
+}
+
+impl RetryConfig {
+    /// The response statuses retried, as inclusive ranges.
+    fn statuses(&self) -> Result<Vec<(u16, u16)>, ConfigError> {
+        let mut statuses = self
+            .on_status
+            .iter()
+            .map(|s| {
+                status_range(s).ok_or_else(|| {
+                    ConfigError::new(
+                        "on_status",
+                        format!("`{s}` is not a status code (503) or class (5xx)"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.on_5xx {
+            statuses.push((502, 504));
+        }
+        Ok(statuses)
+    }
+}
+
+/// `"503"` → (503, 503); `"5xx"` → (500, 599).
+fn status_range(s: &str) -> Option<(u16, u16)> {
+    let s = s.trim();
+    if let Some(class) = s.strip_suffix("xx").or_else(|| s.strip_suffix("XX")) {
+        let c: u16 = class.parse().ok().filter(|c| (1..=5).contains(c))?;
+        return Some((c * 100, c * 100 + 99));
+    }
+    let code: u16 = s.parse().ok().filter(|c| (100..=599).contains(c))?;
+    Some((code, code))
 }
 
 /// The `retry` filter.
 struct Retry {
     sub: SubPipeline,
     methods: Arc<Vec<Method>>,
+    /// The response statuses that are retried (inclusive ranges).
+    statuses: Arc<Vec<(u16, u16)>>,
     config: RetryConfig,
 }
 
@@ -116,6 +157,7 @@ impl Filter for Retry {
             sub: self.sub.clone(),
             config: self.config.clone(),
             methods: self.methods.clone(),
+            statuses: self.statuses.clone(),
             copy: Some((Vec::new(), 0)),
             retryable: false,
             attempt: None,
@@ -144,6 +186,7 @@ struct RetryStream {
     sub: SubPipeline,
     config: RetryConfig,
     methods: Arc<Vec<Method>>,
+    statuses: Arc<Vec<(u16, u16)>>,
     /// A copy of the request while it is small enough to send again (events, body bytes).
     copy: Option<(Vec<Event>, usize)>,
     /// Whether the request's method may be retried.
@@ -275,7 +318,12 @@ impl Stream for RetryStream {
                 }
                 Poll::Ready(Some(Event::MessageStart(head))) => {
                     let status = head.get::<response::Parts>().map(|p| p.status.as_u16());
-                    if this.config.on_5xx && matches!(status, Some(502..=504)) && this.can_retry() {
+                    if status.is_some_and(|s| {
+                        this.statuses
+                            .iter()
+                            .any(|(lo, hi)| (*lo..=*hi).contains(&s))
+                    }) && this.can_retry()
+                    {
                         this.schedule_retry();
                         continue;
                     }
@@ -357,6 +405,91 @@ mod tests {
         }
     }
 
+    /// Answers the statuses in turn, one per try (the last one from then on).
+    struct Statuses(Arc<AtomicUsize>, Vec<u16>);
+
+    impl Filter for Statuses {
+        fn describe(&self) -> Description {
+            Description::filter("statuses")
+        }
+        fn attach(&self, input: Events, _cx: &Context) -> Events {
+            let n = self.0.fetch_add(1, Ordering::SeqCst);
+            let status = self.1[n.min(self.1.len() - 1)];
+            let (mut head, ()) = http::Response::new(()).into_parts();
+            head.status = http::StatusCode::from_u16(status).unwrap();
+            let reply = futures_util::stream::iter(vec![
+                Event::MessageStart(Head::new(head)),
+                Event::MessageEnd(Tail::none()),
+                Event::END,
+            ]);
+            Box::pin(input.filter(|_| async { false }).chain(reply))
+        }
+    }
+
+    /// The final status and the number of tries, through a `retry` configured by `config`
+    /// over a try answering `answers` in turn.
+    async fn status_after(config: serde_json::Value, answers: Vec<u16>) -> (u16, usize) {
+        let tries = Arc::new(AtomicUsize::new(0));
+        let sub = Pipeline::builder("try")
+            .filter(Statuses(tries.clone(), answers))
+            .build()
+            .unwrap();
+        let config: RetryConfig = serde_json::from_value(config).unwrap();
+        let retry = Retry {
+            sub: sub.into(),
+            methods: Arc::new(vec![Method::GET]),
+            statuses: Arc::new(config.statuses().unwrap()),
+            config,
+        };
+        let (req, ()) = http::Request::get("/").body(()).unwrap().into_parts();
+        let out = flowgate_pipeline::testing::run(
+            &retry,
+            vec![
+                Event::MessageStart(Head::new(req)),
+                Event::MessageEnd(Tail::none()),
+                Event::END,
+            ],
+        )
+        .await;
+        let status = out
+            .iter()
+            .find_map(|e| match e {
+                Event::MessageStart(h) => h.get::<response::Parts>().map(|p| p.status.as_u16()),
+                _ => None,
+            })
+            .unwrap();
+        (status, tries.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn chosen_statuses_are_retried_and_others_answered() {
+        // 502–504 by default; 500 is not retried…
+        let default = serde_json::json!({ "pipeline": "try", "tries": 3 });
+        assert_eq!(
+            status_after(default.clone(), vec![503, 200]).await,
+            (200, 2)
+        );
+        assert_eq!(status_after(default, vec![500, 200]).await, (500, 1));
+        // …unless asked for: a class, or a code; the last try's answer stands.
+        let class = serde_json::json!({ "pipeline": "try", "tries": 3, "on_status": ["5xx"] });
+        assert_eq!(status_after(class.clone(), vec![500, 200]).await, (200, 2));
+        assert_eq!(status_after(class, vec![500, 501, 599]).await, (599, 3));
+        let code = serde_json::json!({ "pipeline": "try", "tries": 2, "on_5xx": false, "on_status": ["429"] });
+        assert_eq!(status_after(code.clone(), vec![429, 200]).await, (200, 2));
+        assert_eq!(status_after(code, vec![503, 200]).await, (503, 1));
+        for bad in ["6xx", "99", "abc", "0xx"] {
+            let config: RetryConfig = serde_json::from_value(
+                serde_json::json!({ "pipeline": "try", "on_status": [bad] }),
+            )
+            .unwrap();
+            let e = Box::new(config)
+                .build(&BuildContext::new(std::path::Path::new(".")))
+                .err()
+                .unwrap();
+            assert!(e.to_string().contains(bad), "{e}");
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn interim_responses_pass_and_commit_nothing() {
         let tries = Arc::new(AtomicUsize::new(0));
@@ -367,12 +500,14 @@ mod tests {
         let retry = Retry {
             sub: sub.into(),
             methods: Arc::new(vec![Method::GET]),
+            statuses: Arc::new(vec![(502, 504)]),
             config: RetryConfig {
                 pipeline: "try".into(),
                 tries: 2,
                 per_try_timeout: d_per_try(),
                 backoff: d_backoff(),
                 on_5xx: true,
+                on_status: Vec::new(),
                 methods: d_methods(),
                 max_body: d_max_body(),
             },

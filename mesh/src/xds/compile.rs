@@ -1156,13 +1156,20 @@ pub const OUTBOUND_ROUTES: &str = "outbound";
 /// `outbound` route configuration choosing among them by `Host` (a TrafficSplit as
 /// weighted clusters).
 pub fn sidecar_shared(state: &MeshState) -> Resources {
-    sidecar_shared_for(state, &|_| true)
+    sidecar_shared_for(state, &|_| true, None)
 }
 
 /// [`sidecar_shared`] for a sidecar that may call only the services `may_call` admits: the
 /// others get no cluster and no endpoints, and their hosts answer 403 at the caller's own
 /// sidecar (the destination's RBAC would refuse them anyway).
-fn sidecar_shared_for(state: &MeshState, may_call: &dyn Fn(&Service) -> bool) -> Resources {
+///
+/// With `source` (an account `(ns, sa)`), the routes to the services a `Retry` names for
+/// it carry its retry policy.
+fn sidecar_shared_for(
+    state: &MeshState,
+    may_call: &dyn Fn(&Service) -> bool,
+    source: Option<(&str, &str)>,
+) -> Resources {
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
     let mut out = Resources::default();
     let mut hosts = Vec::new();
@@ -1246,7 +1253,10 @@ fn sidecar_shared_for(state: &MeshState, may_call: &dyn Fn(&Service) -> bool) ->
             if tcp {
                 continue;
             }
-            let action = route_action(state, svc, port.port, sidecar_cluster_name);
+            let mut action = route_action(state, svc, port.port, sidecar_cluster_name);
+            action.retry_policy = source
+                .and_then(|s| state.retry_for(s, svc))
+                .map(envoy_retry);
             hosts.push(VirtualHost {
                 name: format!("{name}.{sns}:{}", port.port),
                 domains,
@@ -1264,6 +1274,29 @@ fn sidecar_shared_for(state: &MeshState, may_call: &dyn Fn(&Service) -> bool) ->
         },
     );
     out
+}
+
+/// An OSM retry policy as Envoy's.
+fn envoy_retry(
+    p: &crate::model::RetryPolicy,
+) -> envoy_types::pb::envoy::config::route::v3::RetryPolicy {
+    use envoy_types::pb::envoy::config::route::v3::retry_policy::RetryBackOff;
+    let pb = |d: std::time::Duration| PbDuration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    };
+    envoy_types::pb::envoy::config::route::v3::RetryPolicy {
+        retry_on: p.retry_on.clone(),
+        num_retries: Some(UInt32Value {
+            value: p.num_retries.unwrap_or(1),
+        }),
+        per_try_timeout: p.per_try_timeout.map(pb),
+        retry_back_off: p.retry_backoff_base_interval.map(|b| RetryBackOff {
+            base_interval: Some(pb(b)),
+            max_interval: None,
+        }),
+        ..Default::default()
+    }
 }
 
 /// The name of the set [`sidecar_shared`] goes in, in the controller's snapshots.
@@ -1298,6 +1331,8 @@ fn denied_route() -> Route {
 /// clusters and endpoints only for the services its TrafficTargets let it call — the
 /// services selecting pods that run as a destination naming it as a source; any other
 /// service's host answers 403 at the caller's sidecar. Only what a proxy needs goes to it.
+/// An account that an OSM `Retry` names as its source has a set of its own in either mode,
+/// whose routes to the `Retry`'s destinations carry its retry policy.
 pub fn sidecar_sets(
     state: &MeshState,
 ) -> (
@@ -1311,9 +1346,36 @@ pub fn sidecar_sets(
         .traffic
         .enable_permissive_traffic_policy_mode
     {
+        // One set for all, but an account a `Retry` names as its source gets its own
+        // (its routes carry the policy).
         sets.insert(SIDECAR_SET.to_string(), sidecar_shared(state));
-        for key in state.pods.keys() {
-            of_pod.insert(key.clone(), SIDECAR_SET.to_string());
+        let sources: std::collections::BTreeSet<(String, String)> = state
+            .retries
+            .values()
+            .map(|r| {
+                let s = &r.value.spec.source;
+                (
+                    s.namespace
+                        .as_deref()
+                        .unwrap_or(r.value.metadata.ns())
+                        .to_string(),
+                    s.name.clone(),
+                )
+            })
+            .collect();
+        for (key, pod) in &state.pods {
+            let account = (key.0.clone(), pod.value.service_account().to_string());
+            let name = if sources.contains(&account) {
+                let name = format!("sidecar:{}/{}", account.0, account.1);
+                if !sets.contains_key(&name) {
+                    let set = sidecar_shared_for(state, &|_| true, Some((&account.0, &account.1)));
+                    sets.insert(name.clone(), set);
+                }
+                name
+            } else {
+                SIDECAR_SET.to_string()
+            };
+            of_pod.insert(key.clone(), name);
         }
         return (sets, of_pod);
     }
@@ -1350,7 +1412,10 @@ pub fn sidecar_sets(
                     ))
                 })
             };
-            sets.insert(name.clone(), sidecar_shared_for(state, &may_call));
+            sets.insert(
+                name.clone(),
+                sidecar_shared_for(state, &may_call, Some((&account.0, &account.1))),
+            );
         }
         of_pod.insert(key.clone(), name);
     }

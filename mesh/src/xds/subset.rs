@@ -13,7 +13,9 @@
 //! - **HTTP**: routes over RDS (ADS) or inline; HTTP filters `rbac` then `router`; virtual
 //!   hosts by domain; routes matched by prefix, exact path or regex, to a cluster, to
 //!   weighted clusters, or answered directly; a route timeout and a retry policy
-//!   (`retry_on`, `num_retries`).
+//!   (`retry_on` with the conditions `5xx`, `gateway-error`, `connect-failure`,
+//!   `refused-stream`, `reset` and `retriable-status-codes`; `num_retries`,
+//!   `per_try_timeout`, `retriable_status_codes`, the back-off's base interval).
 //! - **Clusters**: `STATIC` (inline endpoints) or `EDS` over ADS; round robin, least
 //!   request, ring hash, Maglev or random; a connect timeout; upstream TLS (SNI, the
 //!   certificate and roots over SDS); outlier detection and circuit-breaker thresholds.
@@ -53,6 +55,7 @@ use prost::Message;
 
 use super::client::Received;
 use super::type_url;
+use crate::model::RETRY_CONDITIONS;
 
 /// A whole sidecar configuration in the accepted subset.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -193,9 +196,94 @@ pub struct RouteSpec {
     pub action: Action,
     /// The whole request's timeout (`None`: the default, 15 s, as Envoy's).
     pub timeout: Option<Duration>,
-    /// Retries: on which conditions (`5xx`, `connect-failure`, `retriable-status-codes`…)
-    /// and how many.
-    pub retry: Option<(String, u32)>,
+    /// Retries.
+    pub retry: Option<RetrySpec>,
+}
+
+/// A route's retry policy.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RetrySpec {
+    /// Envoy's conditions: `5xx`, `gateway-error`, `connect-failure`, `refused-stream`,
+    /// `reset`, `retriable-status-codes`.
+    pub retry_on: Vec<String>,
+    /// Retries after the first try (Envoy's default 1).
+    pub num_retries: u32,
+    /// Each try's timeout (`None`: the route's).
+    pub per_try_timeout: Option<Duration>,
+    /// The statuses `retriable-status-codes` retries.
+    pub status_codes: Vec<u16>,
+    /// The back-off's base interval (`None`: Envoy's 25 ms).
+    pub backoff: Option<Duration>,
+}
+
+fn read_retry(
+    p: &envoy_types::pb::envoy::config::route::v3::RetryPolicy,
+    what: &str,
+) -> Result<RetrySpec, Refusal> {
+    let field = |name: &str| Err(unsupported(what, &format!("retry_policy.{name}")));
+    if p.per_try_idle_timeout.is_some() {
+        return field("per_try_idle_timeout");
+    }
+    if p.retry_priority.is_some() {
+        return field("retry_priority");
+    }
+    if !p.retry_host_predicate.is_empty() {
+        return field("retry_host_predicate");
+    }
+    if !p.retry_options_predicates.is_empty() {
+        return field("retry_options_predicates");
+    }
+    if p.rate_limited_retry_back_off.is_some() {
+        return field("rate_limited_retry_back_off");
+    }
+    if !p.retriable_headers.is_empty() {
+        return field("retriable_headers");
+    }
+    if !p.retriable_request_headers.is_empty() {
+        return field("retriable_request_headers");
+    }
+    if p.retry_back_off
+        .as_ref()
+        .is_some_and(|b| b.max_interval.is_some())
+    {
+        return field("retry_back_off.max_interval");
+    }
+    let retry_on: Vec<String> = p
+        .retry_on
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect();
+    if let Some(c) = retry_on
+        .iter()
+        .find(|c| !RETRY_CONDITIONS.contains(&c.as_str()))
+    {
+        return Err(format!(
+            "{what}: retry condition `{c}` is not supported (supported: {})",
+            RETRY_CONDITIONS.join(", ")
+        ));
+    }
+    let status_codes = p
+        .retriable_status_codes
+        .iter()
+        .map(|c| {
+            u16::try_from(*c)
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+                .ok_or_else(|| format!("{what}: retriable status code {c}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RetrySpec {
+        retry_on,
+        num_retries: p.num_retries.as_ref().map_or(1, |n| n.value),
+        per_try_timeout: duration(&p.per_try_timeout),
+        status_codes,
+        backoff: p
+            .retry_back_off
+            .as_ref()
+            .and_then(|b| duration(&b.base_interval)),
+    })
 }
 
 /// A route's path match.
@@ -845,12 +933,11 @@ fn route_table(rc: &RouteConfiguration, what: &str) -> Result<RouteTable, Refusa
                         }
                         _ => return Err(unsupported(&vwhat, "cluster_specifier")),
                     };
-                    let retry = a.retry_policy.as_ref().map(|p| {
-                        (
-                            p.retry_on.clone(),
-                            p.num_retries.as_ref().map_or(1, |n| n.value),
-                        )
-                    });
+                    let retry = a
+                        .retry_policy
+                        .as_ref()
+                        .map(|p| read_retry(p, &vwhat))
+                        .transpose()?;
                     (action, duration(&a.timeout), retry)
                 }
                 Some(route::Action::DirectResponse(d)) => {
@@ -1166,5 +1253,41 @@ mod tests {
         };
         let why = rbac(&rules, "listener `x`").unwrap_err();
         assert!(why.contains("RBAC principal"), "{why}");
+        // Retry policies: what the filters cannot do is named.
+        use envoy_types::pb::envoy::config::route::v3::RetryPolicy;
+        let why = read_retry(
+            &RetryPolicy {
+                retry_on: "5xx,retriable-4xx".into(),
+                ..Default::default()
+            },
+            "route `r`",
+        )
+        .unwrap_err();
+        assert!(why.contains("`retriable-4xx`"), "{why}");
+        let why = read_retry(
+            &RetryPolicy {
+                retry_on: "5xx".into(),
+                host_selection_retry_max_attempts: 3,
+                retriable_request_headers: vec![Default::default()],
+                ..Default::default()
+            },
+            "route `r`",
+        )
+        .unwrap_err();
+        assert!(
+            why.contains("retry_policy.retriable_request_headers"),
+            "{why}"
+        );
+        let ok = read_retry(
+            &RetryPolicy {
+                retry_on: "gateway-error, retriable-status-codes".into(),
+                retriable_status_codes: vec![429],
+                ..Default::default()
+            },
+            "route `r`",
+        )
+        .unwrap();
+        assert_eq!(ok.retry_on, ["gateway-error", "retriable-status-codes"]);
+        assert_eq!((ok.num_retries, ok.status_codes), (1, vec![429]));
     }
 }
