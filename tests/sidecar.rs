@@ -496,3 +496,348 @@ fn an_osm_retry_through_flowgate_sidecars_retries_and_times_out_as_envoy_does() 
         flowgate_sidecar(dir, node, account, ads, state, reserve_port())
     });
 }
+
+/// Hot changes under load: 64 keep-alive connections at 10 requests a second each for
+/// 60 s through the client's sidecar, while the policy changes 20 times (a TrafficTarget
+/// letting a thief in comes and goes, a Retry comes and goes), a second web pod joins and
+/// leaves the service 6 times, and the sidecars' certificates (valid a minute) are renewed
+/// every half minute: no request the policy allows fails. The load reconnects after
+/// `Connection: close` and sends a request again only when a reused connection closed
+/// before answering, as HTTP clients do (counted and printed).
+#[test]
+fn hot_changes_under_load_fail_no_allowed_request() {
+    if !common::peers(&["nginx", "curl"]) {
+        return;
+    }
+    let net = 20;
+    let dir = TempDir::new("sidecar-hot");
+    let (app, ads, admin) = (reserve_port(), reserve_port(), reserve_port());
+    let ndir = TempDir::new("sidecar-hot-nginx");
+    let ng = common::nginx(
+        &ndir,
+        &format!(
+            "server {{ listen 127.0.{net}.6:{app}; keepalive_requests 100000; location / {{ return 200 \"web-1\\n\"; }} }} \
+             server {{ listen 127.0.{net}.8:{app}; keepalive_requests 100000; location / {{ return 200 \"web-2\\n\"; }} }}"
+        ),
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect((format!("127.0.{net}.6").as_str(), app)).is_ok()
+        }),
+        "nginx: {}",
+        ng.stderr_so_far()
+    );
+    let manifests = dir.path("mesh");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let pod = |name: &str, sa: &str, app_label: &str, ip: u8| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{ name: {name}, namespace: shop, labels: {{ app: {app_label} }} }}\nspec: {{ serviceAccountName: {sa} }}\nstatus: {{ podIP: 127.0.{net}.{ip} }}\n"
+        )
+    };
+    let target = |name: &str, source: &str| {
+        format!(
+            "apiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {{ name: {name}, namespace: shop }}\nspec:\n  destination: {{ kind: ServiceAccount, name: web, namespace: shop }}\n  rules: [{{ kind: HTTPRouteGroup, name: all, matches: [all] }}]\n  sources: [{{ kind: ServiceAccount, name: {source}, namespace: shop }}]\n"
+        )
+    };
+    let base = format!(
+        "apiVersion: config.flowgate.io/v1alpha1\nkind: MeshConfig\nmetadata: {{ name: mesh }}\nspec: {{ traffic: {{ enablePermissiveTrafficPolicyMode: false }}, certificate: {{ serviceCertValidityDuration: 1m }} }}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{ name: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: client, namespace: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: thief, namespace: shop }}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: web, namespace: shop }}\n---\napiVersion: v1\nkind: Service\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  selector: {{ app: web }}\n  ports: [{{ name: http, port: 80, targetPort: {app} }}]\n---\n{}---\n{}---\n{}---\napiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {{ name: all, namespace: shop }}\nspec:\n  matches: [{{ name: all, pathRegex: '.*', methods: ['*'] }}]\n---\n{}",
+        pod("client-1", "client", "client", 5),
+        pod("thief-1", "thief", "thief", 7),
+        pod("web-1", "web", "web", 6),
+        target("web", "client"),
+    );
+    std::fs::write(manifests.join("shop.yaml"), &base).unwrap();
+    let web2 = |serving: bool| pod("web-2", "web", if serving { "web" } else { "standby" }, 8);
+    std::fs::write(manifests.join("web-2.yaml"), web2(false)).unwrap();
+    let state = dir.path("state");
+    let ctl = run_controller(&manifests, ads, admin, &state);
+    let admins = [reserve_port(), reserve_port(), reserve_port()];
+    let sidecars: Vec<Proc> = [
+        ("client-1.shop", "shop/client"),
+        ("web-1.shop", "shop/web"),
+        ("web-2.shop", "shop/web"),
+    ]
+    .iter()
+    .zip(admins)
+    .map(|((node, account), a)| flowgate_sidecar(&dir, node, account, ads, &state, a))
+    .collect();
+    let client_ip = format!("127.0.{net}.5");
+    assert!(
+        common::wait_until(Duration::from_secs(30), || call(&client_ip, "GET", "/").0
+            == "200"),
+        "no answer: {:?}; controller: {}; client: {}",
+        call(&client_ip, "GET", "/"),
+        ctl.stderr_so_far(),
+        sidecars[0].stderr_so_far()
+    );
+    let status = |admin: u16| -> serde_json::Value {
+        let (_, body, _) = common::curl(&["-s", &format!("http://127.0.0.1:{admin}/status")]);
+        serde_json::from_str(&body).unwrap_or_default()
+    };
+    let not_after = |admin: u16| status(admin)["certificate"]["not_after"].clone();
+    let certs_before: Vec<serde_json::Value> = admins.iter().map(|a| not_after(*a)).collect();
+    let versions_before = status(admins[1])["config"]["versions"].clone();
+    // The changes, on a thread of their own while the load runs.
+    let run = Duration::from_secs(60);
+    let changes = std::sync::atomic::AtomicUsize::new(0);
+    let web2_answers = std::sync::atomic::AtomicU64::new(0);
+    let report = std::thread::scope(|s| {
+        s.spawn(|| {
+            let start = std::time::Instant::now();
+            let (mut thief, mut retry, mut serving) = (false, false, false);
+            for step in 0..26u32 {
+                // A change every 2.3 s from 2 s in: 20 policy changes and 6 endpoint ones.
+                let at = Duration::from_millis(2000 + 2300 * u64::from(step));
+                if let Some(wait) = at.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+                if step % 4 == 3 && step < 24 {
+                    serving = !serving;
+                    std::fs::write(manifests.join("web-2.yaml"), web2(serving)).unwrap();
+                } else if step % 2 == 0 {
+                    thief = !thief;
+                    if thief {
+                        std::fs::write(manifests.join("thief.yaml"), target("thief", "thief"))
+                            .unwrap();
+                    } else {
+                        std::fs::remove_file(manifests.join("thief.yaml")).unwrap();
+                    }
+                } else {
+                    retry = !retry;
+                    if retry {
+                        std::fs::write(
+                            manifests.join("retry.yaml"),
+                            "apiVersion: policy.openservicemesh.io/v1alpha1\nkind: Retry\nmetadata: { name: web, namespace: shop }\nspec:\n  source: { kind: ServiceAccount, name: client }\n  destinations: [{ kind: Service, name: web }]\n  retryPolicy: { retryOn: gateway-error, numRetries: 1 }\n",
+                        )
+                        .unwrap();
+                    } else {
+                        std::fs::remove_file(manifests.join("retry.yaml")).unwrap();
+                    }
+                }
+                changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        common::load::keepalive_load(
+            format!("{client_ip}:15001").parse().unwrap(),
+            "web.shop",
+            "/",
+            64,
+            10,
+            run,
+            &|status, body| {
+                if body == b"web-2\n" {
+                    web2_answers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                status == 200 && (body == b"web-1\n" || body == b"web-2\n")
+            },
+        )
+    });
+    let changes = changes.into_inner();
+    let web2_answers = web2_answers.into_inner();
+    eprintln!(
+        "hot changes: {} answered, {} failed, {} changes, {} answers from web-2, {} reconnects, {} sent again after a reused connection closed; statuses {:?}",
+        report.ok,
+        report.failures,
+        changes,
+        web2_answers,
+        report.reconnects,
+        report.replayed,
+        report.statuses
+    );
+    assert_eq!(
+        report.failures,
+        0,
+        "failed requests: {:#?}\nclient: {}",
+        report.failed,
+        sidecars[0].stderr_so_far()
+    );
+    assert!(report.ok > 30_000, "the load did not run: {report:?}");
+    assert_eq!(changes, 26);
+    // The changes reached the sidecars: web-2 served while it was in the service, web-1's
+    // configuration moved on, and every certificate was renewed during the run.
+    assert!(web2_answers > 1000, "web-2 answered {web2_answers}");
+    assert_ne!(status(admins[1])["config"]["versions"], versions_before);
+    for (i, a) in admins.iter().enumerate() {
+        assert_ne!(
+            not_after(*a),
+            certs_before[i],
+            "sidecar {i} kept its certificate"
+        );
+    }
+    drop((sidecars, ctl));
+}
+
+/// Bad input, permissive mode: garbage from a workload closes that connection only (a
+/// keep-alive connection next to it is answered before and after, and the sidecar lives
+/// on); a caller whose certificate comes from another CA — another trust domain, or a
+/// SPIFFE ID of this mesh signed by someone else — is refused at the inbound port, where a
+/// certificate of the mesh's CA is let in; and a server at the destination's address that
+/// presents a mesh certificate with the wrong SPIFFE ID is refused by the caller's sidecar
+/// (503), until the right sidecar is back.
+#[test]
+fn bad_input_is_refused_and_loses_nothing() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    if !common::peers(&["nginx", "curl", "openssl"]) {
+        return;
+    }
+    let net = 21;
+    let dir = TempDir::new("sidecar-bad");
+    let (app, ads, admin) = (reserve_port(), reserve_port(), reserve_port());
+    let web_ip = format!("127.0.{net}.6");
+    let (_ng, _ndir) = web_app("sidecar-bad", &web_ip, app, "web $http_host");
+    let manifests = dir.path("mesh");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(manifests.join("shop.yaml"), shop(net, app, "")).unwrap();
+    let state = dir.path("state");
+    let ctl = run_controller(&manifests, ads, admin, &state);
+    let client = flowgate_sidecar(
+        &dir,
+        "client-1.shop",
+        "shop/client",
+        ads,
+        &state,
+        reserve_port(),
+    );
+    let web_admin = reserve_port();
+    let web = flowgate_sidecar(&dir, "web-1.shop", "shop/web", ads, &state, web_admin);
+    let client_ip = format!("127.0.{net}.5");
+    let ok = || call(&client_ip, "GET", "/");
+    assert!(
+        common::wait_until(Duration::from_secs(30), || ok().0 == "200"),
+        "no answer: {:?}; controller: {}; client: {}; web: {}",
+        ok(),
+        ctl.stderr_so_far(),
+        client.stderr_so_far(),
+        web.stderr_so_far()
+    );
+
+    // Garbage closes its own connection only.
+    let mut good = std::net::TcpStream::connect((client_ip.as_str(), 15001)).unwrap();
+    good.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut good_reader = BufReader::new(good.try_clone().unwrap());
+    let mut ask = |tag: &str| {
+        write!(good, "GET / HTTP/1.1\r\nHost: web.shop\r\n\r\n").unwrap();
+        let mut status = String::new();
+        good_reader.read_line(&mut status).unwrap();
+        let mut length = 0;
+        loop {
+            let mut h = String::new();
+            good_reader.read_line(&mut h).unwrap();
+            if h.trim().is_empty() {
+                break;
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        good_reader.read_exact(&mut body).unwrap();
+        assert!(status.contains(" 200 "), "{tag}: {status}");
+    };
+    ask("before");
+    let mut bad = std::net::TcpStream::connect((client_ip.as_str(), 15001)).unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    bad.write_all(b"\x16\x03\x01\x00\xffGARBAGE \x00\x01\x02 not http\r\n\r\n")
+        .unwrap();
+    // Closed, with a FIN or — bytes of the garbage left unread — a reset; not left open.
+    let mut answer = Vec::new();
+    let closed = bad.read_to_end(&mut answer);
+    assert!(
+        match &closed {
+            Ok(_) => true,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+            ),
+        },
+        "the garbage connection was not closed: {closed:?}"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "garbage was answered {answer:?}"
+    );
+    ask("after");
+    assert_eq!(ok().0, "200");
+
+    // Callers from another CA are refused at the inbound port; the mesh's CA is let in.
+    let pki = common::OpensslPki::new(&dir, "evil");
+    let inbound = format!("https://{web_ip}:15006/");
+    let with_cert = |cert: &Path, key: &Path| {
+        common::curl(&[
+            "-s",
+            "-k",
+            "-m",
+            "3",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            &inbound,
+        ])
+    };
+    for (leaf, id) in [
+        ("other-domain", "URI:spiffe://evil.local/ns/shop/sa/client"),
+        ("forged", "URI:spiffe://cluster.local/ns/shop/sa/client"),
+    ] {
+        let (cert, key) = pki.leaf_with(leaf, leaf, id, true);
+        let (passed, code, _) = with_cert(&cert, &key);
+        assert!(!passed, "{leaf} ({id}) was let in: {code}");
+    }
+    // A mesh certificate for `account`, made by the controller: the directory it is in.
+    let mesh_certificate = |account: &str, out: &str| {
+        let out = dir.path(out);
+        let (code, _, err) = controller(&[
+            "certificate",
+            account,
+            "--out",
+            out.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let mesh_cert = mesh_certificate("shop/client", "mesh-client");
+    let (passed, code, _) = with_cert(&mesh_cert.join("cert.pem"), &mesh_cert.join("key.pem"));
+    assert!(
+        passed && code == "200",
+        "the mesh's own certificate: {code}"
+    );
+
+    // A server with the wrong SPIFFE ID where web's sidecar was: refused by the caller.
+    drop(web);
+    let impostor_cert = mesh_certificate("shop/thief", "impostor");
+    let impostor = daemon(
+        Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept"])
+            .arg(format!("{web_ip}:15006"))
+            .arg("-cert")
+            .arg(impostor_cert.join("cert.pem"))
+            .arg("-key")
+            .arg(impostor_cert.join("key.pem")),
+        "impostor",
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect((web_ip.as_str(), 15006)).is_ok()
+        }),
+        "openssl s_server: {}",
+        impostor.stderr_so_far()
+    );
+    let answer = ok();
+    assert_eq!(answer.0, "503", "the impostor was trusted: {answer:?}");
+    drop(impostor);
+    let web = flowgate_sidecar(&dir, "web-1.shop", "shop/web", ads, &state, web_admin);
+    assert!(
+        common::wait_until(Duration::from_secs(30), || ok().0 == "200"),
+        "web's sidecar back: {:?}; web: {}",
+        ok(),
+        web.stderr_so_far()
+    );
+    drop((client, web, ctl));
+}

@@ -8,7 +8,7 @@
 //! | a listener with TLS filter chains | `accept-tls` (the chains' certificate; client certificates checked against the roots), then a `branch` by server name and ALPN to each chain; the default chain takes the rest, else the connection is closed |
 //! | a listener with one plaintext chain | that chain |
 //! | pinned peer SANs, network RBAC | a `branch` on the peer's verified identity, decided when the connection starts; others are closed |
-//! | `http_connection_manager` | `demux-http` (HTTP/1.1 and HTTP/2), HTTP `rbac`, then the route table |
+//! | `http_connection_manager` | `demux-http` (HTTP/1.1 and HTTP/2; an upstream that failed before answering gets 503, as from Envoy), HTTP `rbac`, then the route table |
 //! | a route table | a `route` by authority in Envoy's order (exact domains, then `*.suffix` longest first, then `*`), then per virtual host a `route` by path; no match: 404 |
 //! | a route | `timeout` (Envoy's default 15 s), `retry` (`num_retries` + 1 tries, the per-try timeout, the statuses `5xx`, `gateway-error` and `retriable-status-codes` name, the back-off), then the cluster, a weighted `route` split, or `respond` |
 //! | an HTTP cluster | `balance-http` over its endpoints (weights, the policy, outlier detection, upstream TLS checked by identity); no endpoints: 503 |
@@ -318,7 +318,12 @@ impl Out<'_> {
                 }
                 self.add(
                     format!("{name}/http"),
-                    json!([{ "demux-http": { "pipeline": request, "http2": { "enabled": true } } }]),
+                    json!([{ "demux-http": {
+                        "pipeline": request,
+                        "http2": { "enabled": true },
+                        // Envoy's answer to an upstream that failed before answering.
+                        "upstream_failure_status": 503,
+                    } }]),
                 )
             }
         };

@@ -497,7 +497,7 @@ pub fn traffic_split_case(tag: &str, net: u8, sidecar: &StartSidecar) -> (f64, D
 }
 
 /// An HTTP workload on `ip`:`port` (python3): `/flaky` answers 503 and 200 in turn (the
-/// count of requests in the body), `/slow` answers 200 after a second, anything else 200.
+/// count of requests in the body), `/slow` answers 200 after 5 s, anything else 200.
 pub fn flaky_app(ip: &str, port: u16) -> Proc {
     let script = format!(
         r#"import http.server, threading, time
@@ -514,7 +514,7 @@ class H(http.server.BaseHTTPRequestHandler):
                 k = n
             code, body = (503 if k % 2 else 200), ('try %d\n' % k).encode()
         elif self.path.startswith('/slow'):
-            time.sleep(1.0)
+            time.sleep(5.0)
             body = b'slow\n'
         self.send_response(code)
         self.send_header('Content-Length', str(len(body)))
@@ -538,9 +538,9 @@ http.server.ThreadingHTTPServer(('{ip}', {port}), H).serve_forever()
 }
 
 /// An OSM `Retry` through sidecars started by `sidecar`, on 127.0.NET.0/24 (the [`shop`]
-/// pods): the client's calls to `web` retry `5xx` twice with 400 ms per try. A workload
-/// failing every other request is never seen failing; one that takes a second is answered
-/// 504 after the three tries time out. With the `Retry` removed, the failures show and
+/// pods): the client's calls to `web` retry `5xx` twice with 1 s per try. A workload
+/// failing every other request is never seen failing; one that takes 5 s is answered 504
+/// after the three tries time out. With the `Retry` removed, the failures show and
 /// the slow answer arrives. The same answers through Envoy and Flowgate sidecars are the
 /// differential check. Returns the statuses seen, in order.
 pub fn retry_case(tag: &str, net: u8, sidecar: &StartSidecar) -> Vec<String> {
@@ -554,7 +554,7 @@ pub fn retry_case(tag: &str, net: u8, sidecar: &StartSidecar) -> Vec<String> {
     std::fs::write(manifests.join("shop.yaml"), shop(net, app, "")).unwrap();
     std::fs::write(
         manifests.join("retry.yaml"),
-        "apiVersion: policy.openservicemesh.io/v1alpha1\nkind: Retry\nmetadata: { name: web, namespace: shop }\nspec:\n  source: { kind: ServiceAccount, name: client }\n  destinations: [{ kind: Service, name: web }]\n  retryPolicy: { retryOn: 5xx, numRetries: 2, perTryTimeout: 400ms, retryBackoffBaseInterval: 10ms }\n",
+        "apiVersion: policy.openservicemesh.io/v1alpha1\nkind: Retry\nmetadata: { name: web, namespace: shop }\nspec:\n  source: { kind: ServiceAccount, name: client }\n  destinations: [{ kind: Service, name: web }]\n  retryPolicy: { retryOn: 5xx, numRetries: 2, perTryTimeout: 1s, retryBackoffBaseInterval: 10ms }\n",
     )
     .unwrap();
     let state = dir.path("state");
@@ -577,14 +577,28 @@ pub fn retry_case(tag: &str, net: u8, sidecar: &StartSidecar) -> Vec<String> {
         assert_eq!(code, "200", "{tag}: a retried call failed: {body:?}");
         seen.push(code);
     }
-    // Three tries of 400 ms, then 504.
+    // Three tries of a second, then 504 (before the workload's 5 s are up).
+    let slow = || {
+        let (_, out, _) = super::curl(&[
+            "-s",
+            "-m",
+            "20",
+            "-H",
+            "Host: web.shop",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{ip}:15001/slow"),
+        ]);
+        let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
+        (code.to_string(), body.to_string())
+    };
     let started = Instant::now();
-    let (code, _) = call(&ip, "GET", "/slow");
+    let (code, _) = slow();
     let took = started.elapsed();
     assert_eq!(code, "504", "{tag}: the slow call after {took:?}");
     assert!(
-        took >= Duration::from_millis(1100) && took < Duration::from_millis(2900),
-        "{tag}: three tries of 400 ms took {took:?}"
+        took >= Duration::from_millis(2900) && took < Duration::from_millis(4900),
+        "{tag}: three tries of a second took {took:?}"
     );
     seen.push(code);
     // Without the Retry: the failures come through, and the slow answer arrives.
@@ -595,7 +609,7 @@ pub fn retry_case(tag: &str, net: u8, sidecar: &StartSidecar) -> Vec<String> {
         "{tag}: the Retry's removal never took effect"
     );
     seen.push("503".into());
-    let (code, body) = call(&ip, "GET", "/slow");
+    let (code, body) = slow();
     assert_eq!((code.as_str(), body.as_str()), ("200", "slow\n"), "{tag}");
     seen.push(code);
     drop((client, web, ctl));

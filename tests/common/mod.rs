@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod load;
 #[cfg(feature = "mesh")]
 pub mod mesh;
 pub mod podnet;
@@ -439,10 +440,17 @@ impl<'a> OpensslPki<'a> {
 
     /// Makes `<leaf>.pem` / `<leaf>.key` for `dns` (server) or a client certificate.
     pub fn leaf(&self, leaf: &str, dns: &str, client: bool) -> (PathBuf, PathBuf) {
+        self.leaf_with(leaf, dns, &format!("DNS:{dns}"), client)
+    }
+
+    /// [`OpensslPki::leaf`] with common name `cn` and subject alternative names `san`
+    /// (openssl's syntax: `URI:spiffe://…`, `DNS:…`).
+    pub fn leaf_with(&self, leaf: &str, cn: &str, san: &str, client: bool) -> (PathBuf, PathBuf) {
+        let dns = cn;
         let usage = if client { "clientAuth" } else { "serverAuth" };
         self.dir.write(
             &format!("{leaf}.ext"),
-            &format!("subjectAltName=DNS:{dns}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage={usage}\n"),
+            &format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage={usage}\n"),
         );
         openssl(
             self.dir,

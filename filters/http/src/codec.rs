@@ -503,9 +503,9 @@ impl EncodeResponses {
 }
 
 /// The status a failed stream is answered with, when no response has started yet: the
-/// decoder's own status for a malformed request, 504 for upstream timeouts, 502 for other
-/// upstream failures.
-fn status_for(e: &StreamError) -> Option<u16> {
+/// decoder's own status for a malformed request, 504 for upstream timeouts, 502 for a
+/// malformed upstream response, `failure` for other upstream failures.
+fn status_for(e: &StreamError, failure: u16) -> Option<u16> {
     if let Some(t) = e.cause().and_then(|c| c.downcast_ref::<HeadTimedOut>()) {
         return t.0.then_some(408);
     }
@@ -523,7 +523,7 @@ fn status_for(e: &StreamError) -> Option<u16> {
     }
     match (e.side(), e.kind()) {
         (Side::Upstream, ErrorKind::ConnectTimeout | ErrorKind::IdleTimeout) => Some(504),
-        (Side::Upstream, _) => Some(502),
+        (Side::Upstream, _) => Some(failure),
         (Side::Internal, ErrorKind::NoRoute) => Some(404),
         (Side::Internal, _) => Some(500),
         (Side::Downstream, _) => None,
@@ -537,9 +537,19 @@ fn status_for(e: &StreamError) -> Option<u16> {
 /// Interim responses do not count as the start: after a 103 or a 100 the client still
 /// waits for the final response, and the error response is that (a 1xx followed by a 502
 /// is a well-formed exchange in both HTTP versions).
-#[derive(Default)]
 pub(crate) struct AnswerFailures {
     started: bool,
+    /// The status of an upstream failure other than a timeout or a malformed response.
+    failure: u16,
+}
+
+impl AnswerFailures {
+    pub(crate) fn new(failure: u16) -> Self {
+        AnswerFailures {
+            started: false,
+            failure,
+        }
+    }
 }
 
 impl Transform for AnswerFailures {
@@ -550,7 +560,7 @@ impl Transform for AnswerFailures {
                 out(ev);
             }
             Event::StreamEnd(Some(e)) if !self.started && e.side() != Side::Downstream => {
-                match status_for(&e) {
+                match status_for(&e, self.failure) {
                     Some(status) => {
                         // A 5xx the proxy makes itself is an operator's business: say why.
                         if status >= 500 {
@@ -720,7 +730,7 @@ impl Transform for EncodeResponses {
                 if !self.out.is_empty() {
                     out(Event::Data(self.out.split().freeze()));
                 }
-                if let (false, Some(status)) = (self.in_response, status_for(&e)) {
+                if let (false, Some(status)) = (self.in_response, status_for(&e, 502)) {
                     if let Some(l) = &self.log {
                         l.status(status);
                         l.done();
@@ -1064,9 +1074,34 @@ mod tests {
     }
 
     #[test]
+    fn upstream_failures_get_the_chosen_status_and_timeouts_504() {
+        let status = |failure: u16, e: StreamError| {
+            let mut a = AnswerFailures::new(failure);
+            let mut out = Vec::new();
+            a.on_event(Event::StreamEnd(Some(e)), &mut |x| out.push(x));
+            out.iter().find_map(|e| match e {
+                Event::MessageStart(h) => h.get::<response::Parts>().map(|p| p.status.as_u16()),
+                _ => None,
+            })
+        };
+        let refused = || StreamError::new(ErrorKind::ConnectFailed, Side::Upstream);
+        let timed_out = || StreamError::new(ErrorKind::IdleTimeout, Side::Upstream);
+        assert_eq!(status(502, refused()), Some(502));
+        assert_eq!(status(503, refused()), Some(503));
+        assert_eq!(status(503, timed_out()), Some(504));
+        assert_eq!(
+            status(
+                503,
+                StreamError::new(ErrorKind::ConnectionReset, Side::Upstream)
+            ),
+            Some(503)
+        );
+    }
+
+    #[test]
     fn a_failure_after_an_interim_response_still_gets_an_error_response() {
         let run = |evs: Vec<Event>| {
-            let mut a = AnswerFailures::default();
+            let mut a = AnswerFailures::new(502);
             let mut out = Vec::new();
             for ev in evs {
                 a.on_event(ev, &mut |x| out.push(x));

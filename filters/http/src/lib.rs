@@ -258,6 +258,11 @@ pub struct DemuxHttpConfig {
     /// closed. Default 5 min.
     #[serde(default = "d_tunnel_idle", with = "flowgate_pipeline::serde_duration")]
     pub tunnel_idle_timeout: Duration,
+    /// The status a request gets when its upstream failed before answering — refused,
+    /// reset, TLS refused — other than by a timeout (504) or a malformed response (502).
+    /// Default 502, as nginx answers; Envoy (and the mesh sidecar) answer 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_failure_status: Option<u16>,
 }
 
 fn d_tunnel_idle() -> Duration {
@@ -295,6 +300,12 @@ impl FilterConfig for DemuxHttpConfig {
         if let Some(c) = &self.connect {
             c.validate()?;
         }
+        if self
+            .upstream_failure_status
+            .is_some_and(|s| !(500..=599).contains(&s))
+        {
+            return Err(ConfigError::new("upstream_failure_status", "a 5xx status"));
+        }
         Ok(Arc::new(
             DemuxHttp::new(
                 SubPipeline::named(self.pipeline.clone()),
@@ -309,7 +320,8 @@ impl FilterConfig for DemuxHttpConfig {
                 self.upgrade.clone(),
                 self.connect.clone(),
                 self.tunnel_idle_timeout,
-            ),
+            )
+            .upstream_failure_status(self.upstream_failure_status.unwrap_or(502)),
         ))
     }
 }
@@ -344,6 +356,7 @@ pub struct DemuxHttp {
     timeouts: codec::HeadTimeouts,
     access_log: Option<AccessLogFormat>,
     http2: Http2Config,
+    failure_status: u16,
 }
 
 impl DemuxHttp {
@@ -354,7 +367,7 @@ impl DemuxHttp {
             idle: d_keepalive_timeout(),
         };
         let sub = sub.into();
-        let per_request = Self::per_request(&sub, None, d_tunnel_idle());
+        let per_request = Self::per_request(&sub, None, d_tunnel_idle(), 502);
         DemuxHttp {
             demux: Arc::new(Demux::new(per_request.clone())),
             sub,
@@ -367,6 +380,7 @@ impl DemuxHttp {
             timeouts,
             access_log: None,
             http2: Http2Config::default(),
+            failure_status: 502,
         }
     }
 
@@ -377,6 +391,7 @@ impl DemuxHttp {
         sub: &SubPipeline,
         connect: Option<(Arc<HttpConnectConfig>, SubPipeline)>,
         idle: Duration,
+        failure_status: u16,
     ) -> SubPipeline {
         let per_request = Pipeline::builder("demux-http-request")
             .filter(tunnel::RequestStage {
@@ -384,7 +399,9 @@ impl DemuxHttp {
                 connect,
                 idle,
             })
-            .transform("answer-failures", codec::AnswerFailures::default)
+            .transform("answer-failures", move || {
+                codec::AnswerFailures::new(failure_status)
+            })
             .build_deferred();
         SubPipeline::from(per_request)
     }
@@ -404,7 +421,20 @@ impl DemuxHttp {
             (Arc::new(c), p)
         });
         self.tunnel_idle = idle;
-        self.per_request = Self::per_request(&self.sub, self.connect.clone(), idle);
+        self.per_request =
+            Self::per_request(&self.sub, self.connect.clone(), idle, self.failure_status);
+        let n = self.max_pending;
+        self.max_pending(n)
+    }
+
+    /// Sets the status a request gets when its upstream failed before answering, other
+    /// than by a timeout (504) or a malformed response (502): 502 by default, as nginx
+    /// answers; 503 is Envoy's.
+    #[must_use]
+    pub fn upstream_failure_status(mut self, status: u16) -> Self {
+        self.failure_status = status;
+        self.per_request =
+            Self::per_request(&self.sub, self.connect.clone(), self.tunnel_idle, status);
         let n = self.max_pending;
         self.max_pending(n)
     }
