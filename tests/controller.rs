@@ -1074,6 +1074,22 @@ fn an_osm_retry_through_envoy_sidecars_retries_and_times_out() {
     );
 }
 
+/// An OSM `UpstreamTrafficSetting` through Envoy sidecars (see `circuit_breaker_case`):
+/// the reference the Flowgate sidecars are held to in `tests/sidecar.rs`.
+#[test]
+fn an_osm_upstream_traffic_setting_through_envoy_sidecars_limits_callers() {
+    if !common::peers(&["envoy", "python3", "curl"]) {
+        return;
+    }
+    circuit_breaker_case(
+        "controller-limits",
+        22,
+        &|dir, node, account, ads, _state| {
+            envoy_sidecar(dir, node, account, reserve_port(), &[ads])
+        },
+    );
+}
+
 /// `run --source etcd:…`: the demo's manifests put under a prefix of a real etcd are the
 /// mesh; a broken key shows in `status` at its key and line, and its removal clears it.
 #[test]

@@ -841,3 +841,15 @@ fn bad_input_is_refused_and_loses_nothing() {
     );
     drop((client, web, ctl));
 }
+
+/// The OSM `UpstreamTrafficSetting` case the Envoy sidecars pass (`tests/controller.rs`),
+/// through Flowgate sidecars: the same answers.
+#[test]
+fn an_osm_upstream_traffic_setting_through_flowgate_sidecars_limits_as_envoy_does() {
+    if !common::peers(&["python3", "curl"]) {
+        return;
+    }
+    circuit_breaker_case("sidecar-limits", 23, &|dir, node, account, ads, state| {
+        flowgate_sidecar(dir, node, account, ads, state, reserve_port())
+    });
+}

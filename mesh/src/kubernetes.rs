@@ -70,6 +70,12 @@ pub const KINDS: &[(&str, &str, &str, &str)] = &[
     ),
     ("policy.openservicemesh.io", "v1alpha1", "Retry", "retries"),
     (
+        "policy.openservicemesh.io",
+        "v1alpha1",
+        "UpstreamTrafficSetting",
+        "upstreamtrafficsettings",
+    ),
+    (
         "config.flowgate.io",
         "v1alpha1",
         "MeshConfig",

@@ -86,6 +86,8 @@ pub enum Resource {
     TrafficSplit(TrafficSplit),
     /// `policy.openservicemesh.io/v1alpha1 Retry`.
     Retry(Retry),
+    /// `policy.openservicemesh.io/v1alpha1 UpstreamTrafficSetting`.
+    UpstreamTrafficSetting(UpstreamTrafficSetting),
     /// The mesh settings.
     MeshConfig(MeshConfig),
     /// FSM's `Plugin`.
@@ -110,6 +112,7 @@ impl Resource {
             Resource::TcpRoute(_) => "TCPRoute",
             Resource::TrafficSplit(_) => "TrafficSplit",
             Resource::Retry(_) => "Retry",
+            Resource::UpstreamTrafficSetting(_) => "UpstreamTrafficSetting",
             Resource::MeshConfig(_) => "MeshConfig",
             Resource::Plugin(_) => "Plugin",
             Resource::PluginChain(_) => "PluginChain",
@@ -130,6 +133,7 @@ impl Resource {
             Resource::TcpRoute(o) => &o.metadata,
             Resource::TrafficSplit(o) => &o.metadata,
             Resource::Retry(o) => &o.metadata,
+            Resource::UpstreamTrafficSetting(o) => &o.metadata,
             Resource::MeshConfig(o) => &o.metadata,
             Resource::Plugin(o) => &o.metadata,
             Resource::PluginChain(o) => &o.metadata,
@@ -175,6 +179,11 @@ const KINDS: &[(&str, &[&str], Reader)] = &[
     ("Retry", &["policy.openservicemesh.io/v1alpha1"], |t| {
         read(t, Resource::Retry)
     }),
+    (
+        "UpstreamTrafficSetting",
+        &["policy.openservicemesh.io/v1alpha1"],
+        |t| read(t, Resource::UpstreamTrafficSetting),
+    ),
     (
         "MeshConfig",
         &[

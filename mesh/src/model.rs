@@ -482,6 +482,82 @@ pub struct RetryPolicy {
     pub retry_backoff_base_interval: Option<Duration>,
 }
 
+/// `policy.openservicemesh.io/v1alpha1 UpstreamTrafficSetting`: limits on the traffic
+/// every caller sends to one service (`spec.host`), as OSM has them — applied as
+/// circuit breakers on the callers' clusters for the service's HTTP ports.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTrafficSetting {
+    /// `apiVersion`, as written.
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// `kind`, as written.
+    pub kind: String,
+    /// Its metadata.
+    pub metadata: ObjectMeta,
+    /// Its spec.
+    pub spec: UpstreamTrafficSettingSpec,
+}
+
+/// `UpstreamTrafficSetting.spec`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpstreamTrafficSettingSpec {
+    /// The service: `<name>.<namespace>.svc.cluster.local` (or `<name>.<namespace>`).
+    pub host: String,
+    /// Connection and request limits.
+    #[serde(default)]
+    pub connection_settings: ConnectionSettings,
+    /// OSM's local rate limits: not supported yet (an error when given).
+    #[serde(default)]
+    pub rate_limit: Option<serde_json::Value>,
+    /// OSM's per-route rate limits: not supported yet (an error when given).
+    #[serde(default)]
+    pub http_routes: Option<serde_json::Value>,
+}
+
+/// `connectionSettings`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionSettings {
+    /// TCP limits.
+    #[serde(default)]
+    pub tcp: TcpConnectionSettings,
+    /// HTTP limits.
+    #[serde(default)]
+    pub http: HttpConnectionSettings,
+}
+
+/// `connectionSettings.tcp`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpConnectionSettings {
+    /// Most connections to the service from one caller.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// How long connecting may take.
+    #[serde(default, with = "flowgate_config::duration::option")]
+    pub connect_timeout: Option<Duration>,
+}
+
+/// `connectionSettings.http`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpConnectionSettings {
+    /// Requests per connection before it is retired.
+    #[serde(default)]
+    pub max_requests_per_connection: Option<u32>,
+    /// Most requests waiting for a connection.
+    #[serde(default)]
+    pub max_pending_requests: Option<u32>,
+    /// Most requests in flight.
+    #[serde(default)]
+    pub max_requests: Option<u32>,
+    /// Most retries in flight: not supported yet (an error when given).
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+}
+
 // === MeshConfig ===
 
 /// The mesh-wide settings, shaped like OSM's `MeshConfig` (`config.flowgate.io/v1alpha1`,

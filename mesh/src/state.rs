@@ -34,6 +34,8 @@ pub struct MeshState {
     pub traffic_splits: BTreeMap<Key, Located<TrafficSplit>>,
     /// OSM retry policies.
     pub retries: BTreeMap<Key, Located<Retry>>,
+    /// OSM upstream traffic settings.
+    pub upstream_traffic_settings: BTreeMap<Key, Located<UpstreamTrafficSetting>>,
     /// The mesh settings (defaults when no `MeshConfig` is given).
     pub mesh_config: MeshConfigSpec,
     /// Where the `MeshConfig` was written, if one was.
@@ -169,6 +171,14 @@ impl MeshState {
                     origin,
                     o,
                     "Retry",
+                    &mut errors,
+                ),
+                Resource::UpstreamTrafficSetting(o) => put(
+                    &mut s.upstream_traffic_settings,
+                    key(&o.metadata),
+                    origin,
+                    o,
+                    "UpstreamTrafficSetting",
                     &mut errors,
                 ),
                 Resource::MeshConfig(o) => {
@@ -413,6 +423,9 @@ impl MeshState {
         for r in self.retries.values() {
             self.check_retry(r, errors);
         }
+        for u in self.upstream_traffic_settings.values() {
+            self.check_upstream_traffic_setting(u, errors);
+        }
         self.check_plugins(errors);
         let c = &self.mesh_config.certificate;
         if c.trust_domain.is_empty()
@@ -587,6 +600,86 @@ impl MeshState {
         if others > 0 {
             error("another Retry already covers a destination of this source".into());
         }
+    }
+
+    fn check_upstream_traffic_setting(
+        &self,
+        u: &Located<UpstreamTrafficSetting>,
+        errors: &mut Vec<ManifestError>,
+    ) {
+        let m = &u.value.metadata;
+        let name = format!("UpstreamTrafficSetting {}/{}", m.ns(), m.name);
+        let mut error =
+            |e: String| errors.push(ManifestError::at(&u.origin, format!("{name}: {e}")));
+        let spec = &u.value.spec;
+        match self.service_of_host(&spec.host) {
+            None => error(format!(
+                "host `{}` is not a service of the mesh (`<name>.<namespace>.svc.cluster.local`)",
+                spec.host
+            )),
+            Some(svc) => {
+                let taken = self.upstream_traffic_settings.values().any(|o| {
+                    o.value.metadata.name < m.name
+                        && self
+                            .service_of_host(&o.value.spec.host)
+                            .is_some_and(|s| s.metadata == svc.metadata)
+                });
+                if taken {
+                    error(format!(
+                        "another UpstreamTrafficSetting already names `{}`",
+                        spec.host
+                    ));
+                }
+            }
+        }
+        if spec.rate_limit.is_some() {
+            error("rateLimit is not supported yet".into());
+        }
+        if spec.http_routes.is_some() {
+            error("httpRoutes is not supported yet".into());
+        }
+        if spec.connection_settings.http.max_retries.is_some() {
+            error("connectionSettings.http.maxRetries is not supported yet".into());
+        }
+        let c = &spec.connection_settings;
+        for (field, v) in [
+            ("tcp.maxConnections", c.tcp.max_connections),
+            ("http.maxPendingRequests", c.http.max_pending_requests),
+            ("http.maxRequests", c.http.max_requests),
+            (
+                "http.maxRequestsPerConnection",
+                c.http.max_requests_per_connection,
+            ),
+        ] {
+            if v == Some(0) {
+                error(format!("connectionSettings.{field} must be at least 1"));
+            }
+        }
+    }
+
+    /// The service `host` names: `<name>.<ns>.svc.cluster.local`, `<name>.<ns>.svc` or
+    /// `<name>.<ns>`.
+    pub fn service_of_host(&self, host: &str) -> Option<&Service> {
+        let short = host
+            .strip_suffix(".svc.cluster.local")
+            .or_else(|| host.strip_suffix(".svc"))
+            .unwrap_or(host);
+        let (name, ns) = short.split_once('.')?;
+        self.services
+            .get(&(ns.to_string(), name.to_string()))
+            .map(|s| &s.value)
+    }
+
+    /// The `UpstreamTrafficSetting` for service `svc`, if one names it.
+    pub fn upstream_traffic_setting_for(
+        &self,
+        svc: &Service,
+    ) -> Option<&UpstreamTrafficSettingSpec> {
+        self.upstream_traffic_settings.values().find_map(|u| {
+            self.service_of_host(&u.value.spec.host)
+                .filter(|s| s.metadata == svc.metadata)
+                .map(|_| &u.value.spec)
+        })
     }
 
     /// The retry policy for calls from account `(ns, sa)` to service `svc`, if a `Retry`

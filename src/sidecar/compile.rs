@@ -11,7 +11,7 @@
 //! | `http_connection_manager` | `demux-http` (HTTP/1.1 and HTTP/2; an upstream that failed before answering gets 503, as from Envoy), HTTP `rbac`, then the route table |
 //! | a route table | a `route` by authority in Envoy's order (exact domains, then `*.suffix` longest first, then `*`), then per virtual host a `route` by path; no match: 404 |
 //! | a route | `timeout` (Envoy's default 15 s), `retry` (`num_retries` + 1 tries, the per-try timeout, the statuses `5xx`, `gateway-error` and `retriable-status-codes` name, the back-off), then the cluster, a weighted `route` split, or `respond` |
-//! | an HTTP cluster | `balance-http` over its endpoints (weights, the policy, outlier detection, upstream TLS checked by identity); no endpoints: 503 |
+//! | an HTTP cluster | `balance-http` over its endpoints (weights, the policy, outlier detection, circuit breakers — connections, pending and requests, Envoy's 1024 where absent —, requests per connection, upstream TLS checked by identity); no endpoints: 503 |
 //! | `tcp_proxy` | `connect` (through `connect-tls` with upstream TLS); no endpoints: closed |
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -546,14 +546,23 @@ impl Out<'_> {
         b
     }
 
-    fn upstream_limits(name: &str, c: &ClusterSpec) -> Result<(), String> {
-        if c.max_connections.is_some() || c.max_requests.is_some() {
+    /// A cluster's circuit breaker as `balance-http` takes it: Envoy's thresholds, its
+    /// defaults (1024) for the absent ones. `max_retries` is not enforced: refused below
+    /// 1024 (what control planes set to mean "no limit" passes).
+    fn circuit_breaker(name: &str, c: &ClusterSpec) -> Result<Option<Value>, String> {
+        let Some(cb) = &c.circuit else {
+            return Ok(None);
+        };
+        if cb.max_retries.is_some_and(|n| n < 1024) {
             return Err(format!(
-                "cluster `{name}`: circuit breakers (max connections or requests) are not \
-                 supported yet"
+                "cluster `{name}`: circuit_breakers max_retries below 1024 is not supported"
             ));
         }
-        Ok(())
+        Ok(Some(json!({
+            "max_connections": cb.max_connections.unwrap_or(1024),
+            "max_pending": cb.max_pending_requests.unwrap_or(1024),
+            "max_requests": cb.max_requests.unwrap_or(1024),
+        })))
     }
 
     /// An HTTP cluster's pipeline.
@@ -568,7 +577,7 @@ impl Out<'_> {
                 json!([{ "respond": { "status": 503, "body": "cluster not found" } }]),
             ));
         };
-        Self::upstream_limits(name, &c)?;
+        let breaker = Self::circuit_breaker(name, &c)?;
         if c.endpoints.is_empty() {
             return Ok(self.add(
                 pipeline,
@@ -587,6 +596,12 @@ impl Out<'_> {
         });
         if let Some(t) = c.connect_timeout.filter(|t| !t.is_zero()) {
             balance["connect_timeout"] = json!(duration(t));
+        }
+        if let Some(b) = breaker {
+            balance["circuit_breaker"] = b;
+        }
+        if let Some(n) = c.max_requests_per_connection.filter(|n| *n > 0) {
+            balance["max_requests"] = json!(n);
         }
         if let Some(tls) = &c.tls {
             balance["tls"] = self
@@ -632,7 +647,11 @@ impl Out<'_> {
             return Ok(pipeline);
         }
         let c = self.cluster(name).unwrap_or_default();
-        Self::upstream_limits(name, &c)?;
+        if c.circuit.is_some() {
+            return Err(format!(
+                "cluster `{name}`: circuit breakers on a TCP cluster are not supported"
+            ));
+        }
         if c.endpoints.is_empty() {
             // Not arrived, or no endpoints: the connection is closed.
             return Ok(self.add(
@@ -1118,6 +1137,45 @@ mod tests {
     }
 
     #[test]
+    fn an_osm_upstream_traffic_setting_limits_every_callers_cluster() {
+        let setting = "---\napiVersion: policy.openservicemesh.io/v1alpha1\nkind: UpstreamTrafficSetting\nmetadata: { name: u }\nspec:\n  host: web.default.svc.cluster.local\n  connectionSettings: { tcp: { maxConnections: 2, connectTimeout: 2s }, http: { maxPendingRequests: 3, maxRequests: 4, maxRequestsPerConnection: 5 } }\n";
+        let text = format!("{STRICT}{setting}");
+        let state = MeshState::build(parse_manifests(&text, Path::new("m.yaml")).unwrap()).unwrap();
+        let client = compile(
+            &served(&state, "default", "client-1", "client"),
+            &Options::default(),
+        )
+        .unwrap();
+        builds(&client);
+        let doc: Value = serde_json::from_str(&client.config).unwrap();
+        let b = &doc["pipelines"]["cluster:outbound|80||web.default|mtls"][0]["balance-http"];
+        assert_eq!(
+            b["circuit_breaker"],
+            json!({ "max_connections": 2, "max_pending": 3, "max_requests": 4 })
+        );
+        assert_eq!(b["max_requests"], json!(5));
+        assert_eq!(b["connect_timeout"], json!("2000ms"));
+        // What it cannot do yet, and a host that is not a service, are refused at the line.
+        for (bad, why) in [
+            (
+                "host: web.default.svc.cluster.local",
+                "host: nowhere.default.svc.cluster.local",
+            ),
+            ("maxRequests: 4,", "maxRequests: 4, maxRetries: 1,"),
+        ] {
+            let broken = text.replace(bad, why);
+            let errors = MeshState::build(parse_manifests(&broken, Path::new("m.yaml")).unwrap())
+                .unwrap_err();
+            let all: Vec<String> = errors.iter().map(|e| e.message.clone()).collect();
+            assert!(
+                all.iter()
+                    .any(|e| e.starts_with("UpstreamTrafficSetting default/u: ")),
+                "{why}: {all:?}"
+            );
+        }
+    }
+
+    #[test]
     fn the_sidecars_own_certificate_replaces_the_served_one() {
         let config = served(&strict(), "default", "web-1", "web");
         let own = Options {
@@ -1146,15 +1204,37 @@ mod tests {
             "inbound|8080".into(),
             ClusterSpec {
                 endpoints: vec![("10.0.0.6:8080".parse().unwrap(), 1)],
-                max_connections: Some(10),
+                circuit: Some(flowgate_mesh::xds::subset::CircuitSpec {
+                    max_retries: Some(3),
+                    ..Default::default()
+                }),
                 ..Default::default()
             },
         );
         let why = compile(&config, &Options::default()).unwrap_err();
         assert!(
-            why.contains("`inbound|8080`") && why.contains("circuit breakers"),
+            why.contains("`inbound|8080`") && why.contains("max_retries"),
             "{why}"
         );
+        // Thresholds it can keep: Envoy's defaults where absent; requests per connection.
+        if let Some(c) = config.clusters.get_mut("inbound|8080") {
+            c.circuit = Some(flowgate_mesh::xds::subset::CircuitSpec {
+                max_connections: Some(1),
+                max_pending_requests: Some(1),
+                ..Default::default()
+            });
+            c.max_requests_per_connection = Some(1);
+        }
+        let compiled = compile(&config, &Options::default()).unwrap();
+        let doc: Value = serde_json::from_str(&compiled.config).unwrap();
+        let b = &doc["pipelines"]["cluster:inbound|8080"][0]["balance-http"];
+        assert_eq!(
+            b["circuit_breaker"],
+            json!({ "max_connections": 1, "max_pending": 1, "max_requests": 1024 })
+        );
+        assert_eq!(b["max_requests"], json!(1));
+        builds(&compiled);
+        config.clusters.remove("inbound|8080");
 
         let deny = RbacSpec {
             deny: true,

@@ -497,7 +497,8 @@ pub fn traffic_split_case(tag: &str, net: u8, sidecar: &StartSidecar) -> (f64, D
 }
 
 /// An HTTP workload on `ip`:`port` (python3): `/flaky` answers 503 and 200 in turn (the
-/// count of requests in the body), `/slow` answers 200 after 5 s, anything else 200.
+/// count of requests in the body), `/slow` answers 200 after 5 s, `/wait` after 1 s,
+/// anything else 200.
 pub fn flaky_app(ip: &str, port: u16) -> Proc {
     let script = format!(
         r#"import http.server, threading, time
@@ -516,6 +517,9 @@ class H(http.server.BaseHTTPRequestHandler):
         elif self.path.startswith('/slow'):
             time.sleep(5.0)
             body = b'slow\n'
+        elif self.path.startswith('/wait'):
+            time.sleep(1.0)
+            body = b'waited\n'
         self.send_response(code)
         self.send_header('Content-Length', str(len(body)))
         self.end_headers()
@@ -614,4 +618,97 @@ pub fn retry_case(tag: &str, net: u8, sidecar: &StartSidecar) -> Vec<String> {
     seen.push(code);
     drop((client, web, ctl));
     seen
+}
+
+/// An OSM `UpstreamTrafficSetting` through sidecars started by `sidecar`, on
+/// 127.0.NET.0/24 (the [`shop`] pods): with one connection and one pending request allowed
+/// to `web`, five requests at once that each take a second get two answers and three 503s
+/// at once, marked `x-envoy-overloaded`; without the setting all five are answered. The
+/// same answers through Envoy and Flowgate sidecars are the differential check. Returns
+/// the statuses of the five, sorted.
+pub fn circuit_breaker_case(tag: &str, net: u8, sidecar: &StartSidecar) -> Vec<String> {
+    use super::reserve_port;
+    let dir = TempDir::new(tag);
+    let (app, ads, admin) = (reserve_port(), reserve_port(), reserve_port());
+    let _app = flaky_app(&format!("127.0.{net}.6"), app);
+    let manifests = dir.path("mesh");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(manifests.join("shop.yaml"), shop(net, app, "")).unwrap();
+    std::fs::write(
+        manifests.join("limits.yaml"),
+        "apiVersion: policy.openservicemesh.io/v1alpha1\nkind: UpstreamTrafficSetting\nmetadata: { name: web, namespace: shop }\nspec:\n  host: web.shop.svc.cluster.local\n  connectionSettings: { tcp: { maxConnections: 1 }, http: { maxPendingRequests: 1 } }\n",
+    )
+    .unwrap();
+    let state = dir.path("state");
+    let ctl = run_controller(&manifests, ads, admin, &state);
+    let client = sidecar(&dir, "client-1.shop", "shop/client", ads, &state);
+    let web = sidecar(&dir, "web-1.shop", "shop/web", ads, &state);
+    let ip = format!("127.0.{net}.5");
+    assert!(
+        super::wait_until(Duration::from_secs(30), || call(&ip, "GET", "/").0 == "200"),
+        "no answer through the sidecars: {:?}; controller: {}; client: {}; web: {}",
+        call(&ip, "GET", "/"),
+        ctl.stderr_so_far(),
+        client.stderr_so_far(),
+        web.stderr_so_far()
+    );
+    // Five at once: (status, whether marked overloaded), sorted.
+    let five = || {
+        let mut got: Vec<(String, bool)> = std::thread::scope(|s| {
+            let calls: Vec<_> = (0..5)
+                .map(|_| {
+                    s.spawn(|| {
+                        let (_, out, _) = super::curl(&[
+                            "-s",
+                            "-m",
+                            "10",
+                            "-D",
+                            "-",
+                            "-o",
+                            "/dev/null",
+                            "-H",
+                            "Host: web.shop",
+                            &format!("http://{ip}:15001/wait"),
+                        ]);
+                        let status = out
+                            .lines()
+                            .next()
+                            .and_then(|l| l.split_whitespace().nth(1))
+                            .unwrap_or("000")
+                            .to_string();
+                        let overloaded = out.lines().any(|l| {
+                            l.to_ascii_lowercase()
+                                .starts_with("x-envoy-overloaded: true")
+                        });
+                        (status, overloaded)
+                    })
+                })
+                .collect();
+            calls.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        got.sort();
+        got
+    };
+    let limited = five();
+    let want = |s: &str, o: bool| (s.to_string(), o);
+    assert_eq!(
+        limited,
+        [
+            want("200", false),
+            want("200", false),
+            want("503", true),
+            want("503", true),
+            want("503", true)
+        ],
+        "{tag}: one connection and one pending request"
+    );
+    std::fs::remove_file(manifests.join("limits.yaml")).unwrap();
+    assert!(
+        super::wait_until(Duration::from_secs(15), || five()
+            .iter()
+            .all(|(s, _)| s == "200")),
+        "{tag}: the limits stayed after their removal"
+    );
+    drop((client, web, ctl));
+    limited.into_iter().map(|(s, _)| s).collect()
 }

@@ -12,8 +12,12 @@ use std::task::{Context as TaskCx, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use flowgate_lb::circuit_breaker::Permit;
 use flowgate_lb::health::HealthCheckConfig;
-use flowgate_lb::{Algorithm, Backend, Balancer, BalancerConfig, Group, Lease, Outcome};
+use flowgate_lb::{
+    Algorithm, Backend, Balancer, BalancerConfig, CircuitBreaker, CircuitBreakerConfig, Group,
+    Lease, Outcome,
+};
 use flowgate_pipeline::joint::MuxOptions;
 use flowgate_pipeline::registry::{BuildContext, ConfigError, FilterConfig};
 use flowgate_pipeline::renamed::{self, Renamed};
@@ -92,6 +96,15 @@ pub struct BalanceHttpConfig {
     /// TLS to the endpoints (HTTPS upstreams). Default off: plain TCP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTlsConfig>,
+    /// Circuit breaking for the whole group, as Envoy's cluster thresholds:
+    /// `max_requests` caps the requests in flight; `max_connections` caps the busy
+    /// upstream connections (HTTP/1.1 only, one request per connection; idle pooled
+    /// connections are not counted), and a request over it waits for one to free up — at
+    /// most `max_pending` requests wait. A request over a cap is answered 503 with
+    /// `x-envoy-overloaded: true` at once. `max_retries` and `degradation` are not taken
+    /// here (a config error). Default off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
 }
 
 /// TLS from `balance-http` to its endpoints. ALPN offers `h2` with `protocol: http2`,
@@ -187,6 +200,7 @@ impl BalanceHttpConfig {
             renamed_version: Renamed::default(),
             http2: Http2UpstreamConfig::default(),
             tls: None,
+            circuit_breaker: None,
         }
     }
 }
@@ -247,6 +261,10 @@ struct Inner {
     lb: Group,
     pools: HashMap<SocketAddr, MuxHttp>,
     hash_header: Option<HeaderName>,
+    /// The request and pending limits.
+    breaker: Option<CircuitBreaker>,
+    /// Busy-connection slots (`max_connections`).
+    slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl BalanceHttp {
@@ -358,6 +376,32 @@ impl BalanceHttp {
         if let Some(hc) = &config.health_check {
             lb = lb.health_check(hc.clone())?;
         }
+        let (breaker, slots) = match &config.circuit_breaker {
+            None => (None, None),
+            Some(cb) => {
+                if cb.max_retries.is_some() || cb.degradation.is_some() {
+                    return Err(ConfigError::new(
+                        "circuit_breaker",
+                        "`max_retries` and `degradation` are not taken by balance-http",
+                    ));
+                }
+                if cb.max_connections.is_some() && config.protocol != UpstreamProtocol::Http1 {
+                    return Err(ConfigError::new(
+                        "circuit_breaker.max_connections",
+                        "only with `protocol: http1` (one request per connection)",
+                    ));
+                }
+                let slots = cb
+                    .max_connections
+                    .map(|n| Arc::new(tokio::sync::Semaphore::new(n as usize)));
+                let breaker = CircuitBreaker::new(CircuitBreakerConfig {
+                    max_connections: None,
+                    ..cb.clone()
+                })
+                .map_err(|e| ConfigError::new("circuit_breaker", e))?;
+                (Some(breaker), slots)
+            }
+        };
         let hash_header = match &config.hash_on {
             HashOn::Header(h) => Some(
                 HeaderName::from_bytes(h.as_bytes())
@@ -371,6 +415,8 @@ impl BalanceHttp {
                 lb,
                 pools,
                 hash_header,
+                breaker,
+                slots,
             }),
         })
     }
@@ -413,17 +459,44 @@ impl Filter for BalanceHttp {
     }
 }
 
+/// What a request holds of the circuit breaker while it runs.
+#[derive(Default)]
+struct Held {
+    _request: Option<Permit>,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// A busy-connection slot being waited for.
+type SlotWait = Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError>,
+            > + Send,
+    >,
+>;
+
 enum State {
     /// Waiting for the request head.
     Waiting(Events),
-    /// No endpoint: reading the request to its end, then answering 503.
-    Refusing(Events),
+    /// Over a circuit-breaker limit: waiting for a busy connection to free up.
+    Queued {
+        input: Events,
+        first: Event,
+        held: Held,
+        wait: SlotWait,
+        _pending: Permit,
+    },
+    /// No endpoint: reading the request to its end, then answering 503 (`overloaded`: a
+    /// circuit breaker's, with `x-envoy-overloaded`).
+    Refusing(Events, bool),
     /// The request is on its way through an endpoint's pool.
     Running {
         out: Events,
         lease: Option<Lease>,
         /// A 5xx status was recorded: a later error is the same failure, not a second one.
         failed: bool,
+        /// The circuit breaker's units, given back when the response ends.
+        held: Held,
     },
     Done,
 }
@@ -446,9 +519,24 @@ fn outcome_of(e: &StreamError) -> Outcome {
 }
 
 fn unavailable() -> [Event; 4] {
-    let body = Bytes::from_static(b"no healthy upstream\n");
+    refusal(false)
+}
+
+/// A 503: no endpoint, or (`overloaded`) a circuit breaker's limit.
+fn refusal(overloaded: bool) -> [Event; 4] {
+    let body = Bytes::from_static(if overloaded {
+        b"upstream overflow\n"
+    } else {
+        b"no healthy upstream\n"
+    });
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = StatusCode::SERVICE_UNAVAILABLE;
+    if overloaded {
+        parts.headers.insert(
+            HeaderName::from_static("x-envoy-overloaded"),
+            http::HeaderValue::from_static("true"),
+        );
+    }
     parts
         .headers
         .insert(http::header::CONTENT_LENGTH, body.len().into());
@@ -461,8 +549,51 @@ fn unavailable() -> [Event; 4] {
 }
 
 impl BalanceStream {
-    /// The request head arrived: pick an endpoint and start its pool.
-    fn start(&mut self, input: Events, first: Event) {
+    /// The request head arrived: take the circuit breaker's units (or wait for a busy
+    /// connection, or refuse), then go on to [`BalanceStream::start`].
+    fn admit(&mut self, input: Events, first: Event) {
+        let inner = self.inner.clone();
+        let mut held = Held::default();
+        let refuse = |this: &mut Self, input: Events, first: &Event, why: String| {
+            tracing::warn!("balance-http: {why}; answering 503");
+            if first.is_end() {
+                this.ready.extend(refusal(true));
+                this.state = State::Done;
+            } else {
+                this.state = State::Refusing(input, true);
+            }
+        };
+        if let Some(b) = &inner.breaker {
+            match b.try_request() {
+                Ok(p) => held._request = Some(p),
+                Err(e) => return refuse(self, input, &first, e.to_string()),
+            }
+        }
+        if let Some(slots) = &inner.slots {
+            match slots.clone().try_acquire_owned() {
+                Ok(p) => held._slot = Some(p),
+                Err(_) => {
+                    let pending = match inner.breaker.as_ref().map(CircuitBreaker::try_pending) {
+                        Some(Ok(p)) => p,
+                        Some(Err(e)) => return refuse(self, input, &first, e.to_string()),
+                        None => return refuse(self, input, &first, "no connection".into()),
+                    };
+                    self.state = State::Queued {
+                        input,
+                        first,
+                        held,
+                        wait: Box::pin(slots.clone().acquire_owned()),
+                        _pending: pending,
+                    };
+                    return;
+                }
+            }
+        }
+        self.start(input, first, held);
+    }
+
+    /// Pick an endpoint and start its pool.
+    fn start(&mut self, input: Events, first: Event, held: Held) {
         let inner = &self.inner;
         let key = match &first {
             Event::MessageStart(h) => h.get::<request::Parts>().map(|p| inner.key(&self.cx, p)),
@@ -490,7 +621,7 @@ impl BalanceStream {
                     self.ready.extend(unavailable());
                     self.state = State::Done;
                 } else {
-                    self.state = State::Refusing(input);
+                    self.state = State::Refusing(input, false);
                 }
             }
             Some((lease, pool)) => {
@@ -501,6 +632,7 @@ impl BalanceStream {
                     out,
                     lease: Some(lease),
                     failed: false,
+                    held,
                 };
             }
         }
@@ -531,21 +663,43 @@ impl Stream for BalanceStream {
                     else {
                         return Poll::Ready(None);
                     };
-                    this.start(input, first);
+                    this.admit(input, first);
                 }
-                State::Refusing(input) => match input.as_mut().poll_next(task) {
+                State::Queued { wait, .. } => {
+                    let slot = match wait.as_mut().poll(task) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(r) => r.ok(),
+                    };
+                    let State::Queued {
+                        input,
+                        first,
+                        mut held,
+                        ..
+                    } = std::mem::replace(&mut this.state, State::Done)
+                    else {
+                        return Poll::Ready(None);
+                    };
+                    held._slot = slot;
+                    this.start(input, first, held);
+                }
+                State::Refusing(input, overloaded) => match input.as_mut().poll_next(task) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Some(Event::StreamEnd(Some(e)))) => {
                         this.state = State::Done;
                         return Poll::Ready(Some(Event::StreamEnd(Some(e))));
                     }
                     Poll::Ready(Some(Event::MessageEnd(_) | Event::StreamEnd(None)) | None) => {
-                        this.ready.extend(unavailable());
+                        this.ready.extend(refusal(*overloaded));
                         this.state = State::Done;
                     }
                     Poll::Ready(Some(_)) => {}
                 },
-                State::Running { out, lease, failed } => {
+                State::Running {
+                    out,
+                    lease,
+                    failed,
+                    held,
+                } => {
                     let ev = match out.as_mut().poll_next(task) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(ev) => ev.unwrap_or(Event::END),
@@ -563,7 +717,10 @@ impl Stream for BalanceStream {
                         }
                         // The response is complete: the request no longer counts as in
                         // flight.
-                        Event::MessageEnd(_) => drop(lease.take()),
+                        Event::MessageEnd(_) => {
+                            drop(lease.take());
+                            *held = Held::default();
+                        }
                         Event::StreamEnd(e) => {
                             if let (Some(l), Some(e), false) = (lease.as_mut(), e, *failed) {
                                 l.record(outcome_of(e));

@@ -1239,10 +1239,11 @@ fn sidecar_shared_for(
                 sni: inbound_sni(sns, name, port.port),
                 ..Default::default()
             };
-            out.put(
-                cname.clone(),
-                eds_cluster(&cname, Some(tls_socket(pack_any(upstream)))),
-            );
+            let mut cluster = eds_cluster(&cname, Some(tls_socket(pack_any(upstream))));
+            if !tcp && let Some(u) = state.upstream_traffic_setting_for(svc) {
+                limit(&mut cluster, u);
+            }
+            out.put(cname.clone(), cluster);
             let eps = state
                 .pods_of(svc)
                 .filter_map(|p| p.value.status.pod_ip.as_deref())
@@ -1274,6 +1275,63 @@ fn sidecar_shared_for(
         },
     );
     out
+}
+
+/// An OSM `UpstreamTrafficSetting` on a caller's cluster: circuit-breaker thresholds
+/// (`maxConnections`, `maxPendingRequests`, `maxRequests`; Envoy's defaults for the
+/// others), the connect timeout, and requests per connection.
+fn limit(cluster: &mut Cluster, u: &crate::model::UpstreamTrafficSettingSpec) {
+    use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, circuit_breakers};
+    use envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions as CommonHttp;
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+        HttpProtocolOptions, http_protocol_options,
+    };
+    let c = &u.connection_settings;
+    let n = |v: Option<u32>| v.map(|value| UInt32Value { value });
+    if c.tcp.max_connections.is_some()
+        || c.http.max_pending_requests.is_some()
+        || c.http.max_requests.is_some()
+    {
+        cluster.circuit_breakers = Some(CircuitBreakers {
+            thresholds: vec![circuit_breakers::Thresholds {
+                max_connections: n(c.tcp.max_connections),
+                max_pending_requests: n(c.http.max_pending_requests),
+                max_requests: n(c.http.max_requests),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+    }
+    if let Some(t) = c.tcp.connect_timeout {
+        cluster.connect_timeout = Some(PbDuration {
+            seconds: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(t.subsec_nanos()).unwrap_or(0),
+        });
+    }
+    if let Some(per) = c.http.max_requests_per_connection {
+        let options = HttpProtocolOptions {
+            common_http_protocol_options: Some(CommonHttp {
+                max_requests_per_connection: Some(UInt32Value { value: per }),
+                ..Default::default()
+            }),
+            upstream_protocol_options: Some(
+                http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                    http_protocol_options::ExplicitHttpConfig {
+                        protocol_config: Some(
+                            http_protocol_options::explicit_http_config::ProtocolConfig::HttpProtocolOptions(
+                                Default::default(),
+                            ),
+                        ),
+                    },
+                ),
+            ),
+            ..Default::default()
+        };
+        cluster.typed_extension_protocol_options.insert(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+            pack_any(options),
+        );
+    }
 }
 
 /// An OSM retry policy as Envoy's.

@@ -326,10 +326,24 @@ pub struct ClusterSpec {
     pub tls: Option<UpstreamTls>,
     /// Outlier detection: ejected after this many consecutive 5xx, for this long.
     pub outlier: Option<(u32, Duration)>,
-    /// Circuit breaker: the most connections and requests at once.
+    /// Circuit breaking (the default priority's thresholds).
+    pub circuit: Option<CircuitSpec>,
+    /// Requests per upstream connection before it is retired (`HttpProtocolOptions`).
+    pub max_requests_per_connection: Option<u32>,
+}
+
+/// A cluster's circuit-breaker thresholds; Envoy's defaults (1024, 1024, 1024, 3) where
+/// absent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CircuitSpec {
+    /// Most connections open.
     pub max_connections: Option<u32>,
-    /// See `max_connections`.
+    /// Most requests waiting for a connection.
+    pub max_pending_requests: Option<u32>,
+    /// Most requests in flight.
     pub max_requests: Option<u32>,
+    /// Most retries in flight.
+    pub max_retries: Option<u32>,
 }
 
 /// A load-balancing policy.
@@ -624,18 +638,76 @@ fn read_cluster(
             duration(&o.base_ejection_time).unwrap_or(Duration::from_secs(30)),
         )
     });
-    let threshold = c
-        .circuit_breakers
-        .as_ref()
-        .and_then(|cb| cb.thresholds.first());
+    let mut circuit = None;
+    if let Some(cb) = &c.circuit_breakers {
+        if !cb.per_host_thresholds.is_empty() {
+            return Err(unsupported(&what, "circuit_breakers.per_host_thresholds"));
+        }
+        for t in &cb.thresholds {
+            if t.retry_budget.is_some() {
+                return Err(unsupported(
+                    &what,
+                    "circuit_breakers.thresholds.retry_budget",
+                ));
+            }
+            // Requests are sent at the default priority: the HIGH one's limits never apply.
+            if t.priority != 0 {
+                continue;
+            }
+            let v = |x: &Option<envoy_types::pb::google::protobuf::UInt32Value>| {
+                x.as_ref().map(|v| v.value)
+            };
+            circuit = Some(CircuitSpec {
+                max_connections: v(&t.max_connections),
+                max_pending_requests: v(&t.max_pending_requests),
+                max_requests: v(&t.max_requests),
+                max_retries: v(&t.max_retries),
+            });
+        }
+    }
+    let mut max_requests_per_connection = None;
+    for (key, any) in &c.typed_extension_protocol_options {
+        if key != "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" {
+            return Err(unsupported(
+                &what,
+                &format!("typed_extension_protocol_options `{key}`"),
+            ));
+        }
+        let o: envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions =
+            decode(any, &what)?;
+        {
+            use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+                UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+            };
+            let http1 = match &o.upstream_protocol_options {
+                None => true,
+                Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => matches!(
+                    e.protocol_config,
+                    None | Some(ProtocolConfig::HttpProtocolOptions(_))
+                ),
+                Some(_) => false,
+            };
+            if !http1 {
+                return Err(unsupported(
+                    &what,
+                    "HttpProtocolOptions.upstream_protocol_options (other than HTTP/1.1)",
+                ));
+            }
+        }
+        max_requests_per_connection = o
+            .common_http_protocol_options
+            .as_ref()
+            .and_then(|c| c.max_requests_per_connection.as_ref())
+            .map(|v| v.value);
+    }
     Ok(ClusterSpec {
         endpoints,
         lb,
         connect_timeout: duration(&c.connect_timeout),
         tls,
         outlier,
-        max_connections: threshold.and_then(|t| t.max_connections.as_ref().map(|v| v.value)),
-        max_requests: threshold.and_then(|t| t.max_requests.as_ref().map(|v| v.value)),
+        circuit,
+        max_requests_per_connection,
     })
 }
 
