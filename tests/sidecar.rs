@@ -147,9 +147,24 @@ fn flowgate_sidecars_carry_mtls_enforce_smi_and_survive_their_controller() {
     assert!(listener_versions.contains_key("inbound"), "{status}");
     let clusters: serde_json::Value =
         serde_json::from_str(&admin_get(client_admin, "/clusters")).unwrap();
+    let web_endpoint = &clusters["outbound|80||web.shop|mtls"]["endpoints"][0];
     assert_eq!(
-        clusters["outbound|80||web.shop|mtls"]["endpoints"][0]["address"],
+        web_endpoint["address"],
         format!("{web_ip}:15006"),
+        "{clusters}"
+    );
+    // As the balancer has it now: healthy, not ejected, nothing in flight.
+    assert_eq!(
+        (
+            &web_endpoint["healthy"],
+            &web_endpoint["ejected"],
+            &web_endpoint["in_flight"]
+        ),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!(false),
+            &serde_json::json!(0)
+        ),
         "{clusters}"
     );
 

@@ -46,6 +46,12 @@ pub trait Filter: Send + Sync + 'static {
     fn subs(&self) -> Vec<SubPipeline> {
         Vec::new()
     }
+
+    /// What the filter knows now, for an admin endpoint — a balancer's endpoints with
+    /// their health, say; `None` (the default) for filters without live state.
+    fn status(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// A synchronous filter instance: takes one event, emits zero or more.

@@ -14,8 +14,8 @@
 //! The admin endpoint (loopback) answers `GET /ready` (200 once a configuration runs —
 //! the saved one or the controller's —, 503 before), `GET /status` (where the running
 //! configuration came from, its resource versions, the last refusal, the certificate's
-//! identity and expiry) and `GET /clusters` (endpoints and weights; endpoint health is not
-//! reported yet).
+//! identity and expiry) and `GET /clusters` (every HTTP cluster's endpoints as its
+//! balancer has them now: weight, health, outlier ejection, requests in flight).
 //!
 //! Two ways to get the workload's traffic, chosen per pod by the controller: explicit proxy
 //! mode (the workload sends HTTP to `<pod IP>:15001` itself), or capture (a pod annotated
@@ -94,8 +94,9 @@ struct Status {
     applied_at: Option<u64>,
     /// The resource versions of the running configuration, by type and name.
     versions: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
-    /// Clusters of the running configuration: endpoints and weights.
-    clusters: std::collections::BTreeMap<String, Vec<(std::net::SocketAddr, u32)>>,
+    /// The running pipelines of the clusters (`cluster:<name>`), by cluster name: their
+    /// balancers report the endpoints' health.
+    clusters: std::collections::BTreeMap<String, Arc<flowgate_pipeline::Pipeline>>,
     /// The last configuration refused, and why.
     last_refusal: Option<String>,
     /// The certificate: its identity and expiry (Unix seconds).
@@ -137,16 +138,19 @@ impl Status {
         })
     }
 
+    /// Every HTTP cluster running: its endpoints with their weights, health, ejection and
+    /// requests in flight, as its balancer has them now (none: answered 503).
     fn clusters_json(&self) -> serde_json::Value {
         serde_json::Value::Object(
             self.clusters
                 .iter()
-                .map(|(name, eps)| {
-                    let eps: Vec<serde_json::Value> = eps
+                .map(|(name, p)| {
+                    let live = p
+                        .filters()
                         .iter()
-                        .map(|(a, w)| serde_json::json!({ "address": a.to_string(), "weight": w }))
-                        .collect();
-                    (name.clone(), serde_json::json!({ "endpoints": eps }))
+                        .find_map(|f| f.status())
+                        .unwrap_or_else(|| serde_json::json!({ "endpoints": [] }));
+                    (name.clone(), live)
                 })
                 .collect(),
         )
@@ -155,7 +159,8 @@ impl Status {
 
 /// The admin endpoint: `GET /ready` (200 once a configuration runs, else 503), `GET
 /// /status` (configuration versions and source, the last refusal, the certificate's
-/// expiry), `GET /clusters` (endpoints and weights).
+/// expiry), `GET /clusters` (endpoints with their weights, health, ejection and requests in
+/// flight).
 async fn admin(listener: tokio::net::TcpListener, status: Shared) {
     crate::admin::serve(listener, move |method, target| {
         let s = lock(&status);
@@ -364,13 +369,15 @@ pub fn run(opts: SidecarOptions, registry: Arc<Registry>) -> Result<(), SidecarE
         match config::load_with(&saved, &registry) {
             Ok(c) => {
                 let count = c.listeners.len();
-                match server.apply(c.listeners) {
+                let listeners = c.listeners;
+                match server.apply(listeners.clone()) {
                     Ok(()) => {
                         builds(&done).running = std::fs::read_to_string(&saved).ok();
                         tracing::info!(file = %saved.display(), "serving the last good configuration");
                         let mut s = lock(&status);
                         s.source = Some("saved");
                         s.listeners = count;
+                        s.clusters = cluster_pipelines(&listeners);
                         s.applied_at = Some(unix(std::time::SystemTime::now()));
                     }
                     Err(e) => {
@@ -522,6 +529,28 @@ async fn follow_once(
     out.borrow().as_deref().cloned().unwrap_or(before)
 }
 
+/// The pipelines named `cluster:<name>` reachable from `listeners`, by cluster name.
+fn cluster_pipelines(
+    listeners: &Listeners,
+) -> std::collections::BTreeMap<String, Arc<flowgate_pipeline::Pipeline>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo: Vec<Arc<flowgate_pipeline::Pipeline>> =
+        listeners.iter().map(|(_, p)| p.clone()).collect();
+    while let Some(p) = todo.pop() {
+        if !seen.insert(p.name().to_string()) {
+            continue;
+        }
+        if let Some(c) = p.name().strip_prefix("cluster:") {
+            out.insert(c.to_string(), p.clone());
+        }
+        for f in p.filters() {
+            todo.extend(f.subs().iter().filter_map(|s| s.get().cloned()));
+        }
+    }
+    out
+}
+
 /// Compiles and applies `received`; a failure keeps what runs (it was checked before its
 /// ACK, so this is a listener that could not bind after all).
 fn apply(
@@ -533,16 +562,13 @@ fn apply(
     done: &SharedBuilds,
     status: &Shared,
 ) {
-    let compiled = match subset::read(received)
-        .and_then(|read| Ok((compile_read(&read, cert, opts.workers)?, read)))
-    {
+    let compiled = match compile_received(received, cert, opts.workers) {
         Ok(x) => x,
         Err(e) => {
             tracing::error!("configuration refused: {e}");
             return;
         }
     };
-    let (compiled, read) = compiled;
     let checked = {
         let mut b = builds(done);
         if b.running.as_deref() == Some(compiled.config.as_str()) {
@@ -564,6 +590,7 @@ fn apply(
         },
     };
     let count = listeners.len();
+    let clusters = cluster_pipelines(&listeners);
     match server.apply(listeners) {
         Ok(()) => {
             tracing::info!(listeners = count, "configuration applied");
@@ -583,11 +610,7 @@ fn apply(
                     (short, v)
                 })
                 .collect();
-            s.clusters = read
-                .clusters
-                .into_iter()
-                .map(|(n, c)| (n, c.endpoints))
-                .collect();
+            s.clusters = clusters;
             drop(s);
             if let Err(e) = save(&opts.state, &compiled) {
                 tracing::warn!("cannot keep the configuration in the state directory: {e}");

@@ -449,6 +449,33 @@ impl Filter for BalanceHttp {
         Description::filter("balance-http").options(&self.inner.config)
     }
 
+    /// Each endpoint's weight (configured and in the current table), active health,
+    /// outlier ejection and requests in flight; the circuit breaker's requests in flight.
+    fn status(&self) -> Option<serde_json::Value> {
+        let endpoints: Vec<serde_json::Value> = self
+            .inner
+            .lb
+            .balancer()
+            .status()
+            .into_iter()
+            .map(|e| {
+                serde_json::json!({
+                    "address": e.backend.addr.to_string(),
+                    "weight": e.backend.weight,
+                    "effective_weight": e.effective_weight,
+                    "healthy": e.healthy,
+                    "ejected": e.ejected,
+                    "in_flight": e.in_flight,
+                })
+            })
+            .collect();
+        let mut s = serde_json::json!({ "endpoints": endpoints });
+        if let Some(b) = &self.inner.breaker {
+            s["circuit_breaker"] = serde_json::json!({ "requests": b.requests() });
+        }
+        Some(s)
+    }
+
     fn attach(&self, input: Events, cx: &Context) -> Events {
         Box::pin(BalanceStream {
             inner: self.inner.clone(),
