@@ -187,6 +187,28 @@ fn flowgate_sidecars_carry_mtls_enforce_smi_and_survive_their_controller() {
         status_of(admin)
     );
 
+    // And out again, seen on a live keep-alive connection: the next request on it is
+    // refused, and the connection is not closed for it (a change of what happens per
+    // request does not drain connections).
+    let mut live =
+        std::io::BufReader::new(std::net::TcpStream::connect((thief_ip.as_str(), 15001)).unwrap());
+    assert_eq!(keepalive_get(&mut live, "/allowed"), Some(200));
+    std::fs::write(
+        manifests.join("shop.yaml"),
+        strict_shop(net, app, db, db_app, client_only),
+    )
+    .unwrap();
+    let mut last = None;
+    assert!(
+        common::wait_until(Duration::from_secs(15), || {
+            last = keepalive_get(&mut live, "/allowed");
+            last != Some(200)
+        }),
+        "the thief was never refused again"
+    );
+    assert_eq!(last, Some(403), "the live connection was closed instead");
+    assert_eq!(keepalive_get(&mut live, "/allowed"), Some(403));
+
     // The controller goes away and web's sidecar restarts: it serves its last good
     // configuration at once.
     drop(ctl);
@@ -203,6 +225,35 @@ fn flowgate_sidecars_carry_mtls_enforce_smi_and_survive_their_controller() {
         serde_json::from_str(&admin_get(web_admin, "/status")).unwrap_or_default();
     assert_eq!(status["config"]["source"], "saved", "{status}");
     drop((client, thief, web));
+}
+
+/// `GET path` (`Host: web.shop`) on a keep-alive connection: the status, or `None` when
+/// the connection was closed.
+fn keepalive_get(c: &mut std::io::BufReader<std::net::TcpStream>, path: &str) -> Option<u16> {
+    use std::io::{BufRead, Read, Write};
+    c.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .ok()?;
+    write!(c.get_mut(), "GET {path} HTTP/1.1\r\nHost: web.shop\r\n\r\n").ok()?;
+    let mut line = String::new();
+    if c.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let status = line.split_whitespace().nth(1)?.parse().ok()?;
+    let mut length = 0;
+    loop {
+        let mut h = String::new();
+        c.read_line(&mut h).ok()?;
+        if h.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().ok()?;
+        }
+    }
+    let mut body = vec![0; length];
+    c.read_exact(&mut body).ok()?;
+    Some(status)
 }
 
 /// `flowgate-sidecar run` for `node` with its token file and state directory in `dir`.
@@ -516,7 +567,8 @@ fn an_osm_retry_through_flowgate_sidecars_retries_and_times_out_as_envoy_does() 
 /// 60 s through the client's sidecar, while the policy changes 20 times (a TrafficTarget
 /// letting a thief in comes and goes, a Retry comes and goes), a second web pod joins and
 /// leaves the service 6 times, and the sidecars' certificates (valid a minute) are renewed
-/// every half minute: no request the policy allows fails. The load reconnects after
+/// every half minute: no request the policy allows fails, and no connection is drained for
+/// it (the changes are per request: live connections take them). The load reconnects after
 /// `Connection: close` and sends a request again only when a reused connection closed
 /// before answering, as HTTP clients do (counted and printed).
 #[test]
@@ -667,6 +719,13 @@ fn hot_changes_under_load_fail_no_allowed_request() {
         sidecars[0].stderr_so_far()
     );
     assert!(report.ok > 30_000, "the load did not run: {report:?}");
+    // No change here touched what happens per connection at the client's sidecar: its
+    // connections were not drained (they took each change on their next request).
+    assert!(
+        report.reconnects < 64,
+        "{} reconnects: connections were drained for per-request changes",
+        report.reconnects
+    );
     assert_eq!(changes, 26);
     // The changes reached the sidecars: web-2 served while it was in the service, web-1's
     // configuration moved on, and every certificate was renewed during the run.

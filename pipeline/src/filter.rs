@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context as TaskCx, Poll};
 
 use futures_core::Stream;
@@ -168,11 +168,14 @@ pub fn error_stream(err: StreamError) -> Events {
 ///
 /// It is either bound at once (built from a pipeline) or named, and bound when the
 /// [`Module`](crate::Module) that holds both is built. A module whose filter names a pipeline
-/// it does not have fails to build.
+/// it does not have fails to build. A bound reference can be pointed at another pipeline
+/// of the same name later ([`SubPipeline::rebind`]): streams attached from then on run the
+/// new one — how a running configuration takes a newer one's pipelines without its live
+/// connections being closed.
 #[derive(Clone)]
 pub struct SubPipeline {
     name: Arc<str>,
-    slot: Arc<OnceLock<Arc<Pipeline>>>,
+    slot: Arc<arc_swap::ArcSwapOption<Pipeline>>,
 }
 
 impl SubPipeline {
@@ -180,7 +183,7 @@ impl SubPipeline {
     pub fn named(name: impl Into<Arc<str>>) -> Self {
         SubPipeline {
             name: name.into(),
-            slot: Arc::new(OnceLock::new()),
+            slot: Arc::new(arc_swap::ArcSwapOption::empty()),
         }
     }
 
@@ -190,20 +193,27 @@ impl SubPipeline {
     }
 
     /// The pipeline, once bound.
-    pub fn get(&self) -> Option<&Arc<Pipeline>> {
-        self.slot.get()
+    pub fn get(&self) -> Option<Arc<Pipeline>> {
+        self.slot.load_full()
     }
 
     /// Binds the reference (the first binding wins). Returns whether it is bound now.
     pub fn bind(&self, p: Arc<Pipeline>) -> bool {
-        let _ = self.slot.set(p);
-        self.slot.get().is_some()
+        if self.slot.load().is_none() {
+            self.slot.store(Some(p));
+        }
+        true
+    }
+
+    /// Points the reference at `p` from now on (streams already attached keep theirs).
+    pub fn rebind(&self, p: Arc<Pipeline>) {
+        self.slot.store(Some(p));
     }
 
     /// Attaches the referenced pipeline to `input`, or ends with a `NoRoute` error if the
     /// reference was never bound (a module always binds it; this is a guard, not a path).
     pub fn attach(&self, input: Events, cx: &Context) -> Events {
-        match self.slot.get() {
+        match &*self.slot.load() {
             Some(p) => p.attach(input, cx),
             None => error_stream(StreamError::new(ErrorKind::NoRoute, Side::Internal)),
         }
@@ -212,12 +222,10 @@ impl SubPipeline {
 
 impl From<Arc<Pipeline>> for SubPipeline {
     fn from(p: Arc<Pipeline>) -> Self {
-        let slot = OnceLock::new();
         let name: Arc<str> = p.name().into();
-        let _ = slot.set(p);
         SubPipeline {
             name,
-            slot: Arc::new(slot),
+            slot: Arc::new(arc_swap::ArcSwapOption::new(Some(p))),
         }
     }
 }

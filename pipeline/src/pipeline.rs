@@ -142,6 +142,78 @@ impl Filter for Pipeline {
     }
 }
 
+/// Every pipeline reachable from `roots` through bound sub-pipeline references (each once).
+fn reachable(roots: &[Arc<Pipeline>]) -> Vec<Arc<Pipeline>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let mut todo: Vec<Arc<Pipeline>> = roots.to_vec();
+    while let Some(p) = todo.pop() {
+        if !seen.insert(Arc::as_ptr(&p)) {
+            continue;
+        }
+        for f in &p.filters {
+            todo.extend(f.subs().iter().filter_map(SubPipeline::get));
+        }
+        out.push(p);
+    }
+    out
+}
+
+/// Points every named sub-pipeline reference reachable from `running` at the pipeline of
+/// the same name reachable from `newer` (a name two of `newer`'s pipelines share is left
+/// alone): streams started from then on — the next request on a connection that started
+/// with `running` — run `newer`'s pipelines, while what they started with stays. Returns
+/// how many references moved.
+///
+/// ```
+/// use std::sync::Arc;
+/// use flowgate_pipeline::{Event, Module, Pipeline, joint::Pipe, SubPipeline, rebind_reachable};
+/// let module = |tag: &'static str| {
+///     Module::builder()
+///         .pipeline(Pipeline::builder("front").filter(Pipe::new(SubPipeline::named("back"))))
+///         .pipeline(Pipeline::builder("back").transform("tag", move || {
+///             move |ev: Event, out: &mut dyn FnMut(Event)| match ev {
+///                 Event::Data(_) => out(Event::Data(tag.into())),
+///                 other => out(other),
+///             }
+///         }))
+///         .build()
+///         .unwrap()
+/// };
+/// let (old, new) = (module("old"), module("new"));
+/// let front = old.get("front").unwrap().clone();
+/// assert_eq!(rebind_reachable(&[front.clone()], &[new.get("front").unwrap().clone()]), 1);
+/// let out = flowgate_pipeline::testing::run_blocking(&*front, vec!["x".into()]);
+/// assert_eq!(flowgate_pipeline::testing::data_of(&out), b"new");
+/// ```
+pub fn rebind_reachable(running: &[Arc<Pipeline>], newer: &[Arc<Pipeline>]) -> usize {
+    let mut by_name: std::collections::HashMap<&str, Option<&Arc<Pipeline>>> =
+        std::collections::HashMap::new();
+    let newer = reachable(newer);
+    for p in &newer {
+        by_name
+            .entry(p.name())
+            .and_modify(|e| *e = None)
+            .or_insert(Some(p));
+    }
+    let mut moved = 0;
+    for p in reachable(running) {
+        for f in &p.filters {
+            for sub in f.subs() {
+                let Some(Some(target)) = by_name.get(sub.name()) else {
+                    continue;
+                };
+                if sub.get().is_some_and(|now| Arc::ptr_eq(&now, target)) {
+                    continue;
+                }
+                sub.rebind(Arc::clone(target));
+                moved += 1;
+            }
+        }
+    }
+    moved
+}
+
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Pipeline({}, {} filters)", self.name, self.filters.len())

@@ -9,7 +9,15 @@
 //! The last good configuration is kept in the state directory (`config.json` and the
 //! secrets it names): a sidecar restarted while its controller is down serves it at once.
 //! A renewed certificate is compiled into a new configuration: new connections use it,
-//! live connections keep the pipelines they started with.
+//! live connections keep their TLS sessions.
+//!
+//! A new configuration does not close live connections unless what happens per
+//! connection changed (TLS, the choice of filter chain, who may connect, TCP proxying —
+//! the listener and what it reaches before `demux-http`): the running pipelines' named
+//! references are moved to the new configuration's ([`flowgate_pipeline::rebind_reachable`]),
+//! so the next request on a keep-alive connection is routed, authorised and balanced by
+//! it; a listener whose connection-level part changed drains its connections, as Envoy
+//! drains a changed filter chain.
 //!
 //! The admin endpoint (loopback) answers `GET /ready` (200 once a configuration runs —
 //! the saved one or the controller's —, 503 before), `GET /status` (where the running
@@ -60,6 +68,7 @@ use std::time::Duration;
 use flowgate_mesh::workload::{self, Controller, WorkloadCert};
 use flowgate_mesh::xds::client::{ClientOptions, Received, follow};
 use flowgate_mesh::xds::subset;
+use flowgate_pipeline::SubPipeline;
 use flowgate_pipeline::registry::Registry;
 use flowgate_pipeline::server::Server;
 use tokio::signal::unix::{SignalKind, signal};
@@ -240,6 +249,12 @@ pub fn build(
 #[derive(Default)]
 struct Builds {
     running: Option<String>,
+    /// The connection-level part of the running configuration, per listener address (see
+    /// [`connection_level`]).
+    connection_level: std::collections::BTreeMap<String, String>,
+    /// The listener pipelines of every configuration applied whose connections may still
+    /// be live: their per-request references are moved to each newer configuration.
+    generations: Vec<std::sync::Weak<flowgate_pipeline::Pipeline>>,
     checked: Option<(String, Listeners)>,
 }
 
@@ -372,7 +387,13 @@ pub fn run(opts: SidecarOptions, registry: Arc<Registry>) -> Result<(), SidecarE
                 let listeners = c.listeners;
                 match server.apply(listeners.clone()) {
                     Ok(()) => {
-                        builds(&done).running = std::fs::read_to_string(&saved).ok();
+                        let text = std::fs::read_to_string(&saved).ok();
+                        let mut b = builds(&done);
+                        b.connection_level =
+                            text.as_deref().map(connection_level).unwrap_or_default();
+                        b.generations = listeners.iter().map(|(_, p)| Arc::downgrade(p)).collect();
+                        b.running = text;
+                        drop(b);
                         tracing::info!(file = %saved.display(), "serving the last good configuration");
                         let mut s = lock(&status);
                         s.source = Some("saved");
@@ -529,6 +550,59 @@ async fn follow_once(
     out.borrow().as_deref().cloned().unwrap_or(before)
 }
 
+/// Per listener address, the connection-level part of a compiled configuration (its text):
+/// the listener and the pipelines it reaches before a `demux-http` hands requests on —
+/// TLS, the choice of filter chain, who may connect, TCP proxying — without the names of
+/// certificate, key and roots files (a renewal changes them; live connections keep their
+/// TLS session). Two configurations equal here differ only per request.
+fn connection_level(config: &str) -> std::collections::BTreeMap<String, String> {
+    use serde_json::Value;
+    /// Drops file names, collects the pipelines referred to (not a `demux-http`'s).
+    fn strip(v: &mut Value, todo: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::Object(d)) = m.get_mut("demux-http") {
+                    d.remove("pipeline");
+                }
+                for key in ["certificates", "client_cert", "ca", "cert", "key"] {
+                    m.remove(key);
+                }
+                for (k, x) in m.iter_mut() {
+                    match x {
+                        Value::String(name) if k == "pipeline" || k == "otherwise" => {
+                            todo.push(name.clone());
+                        }
+                        _ => strip(x, todo),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| strip(x, todo)),
+            _ => {}
+        }
+    }
+    let doc: Value = serde_json::from_str(config).unwrap_or_default();
+    let mut out = std::collections::BTreeMap::new();
+    for l in doc["listeners"].as_array().into_iter().flatten() {
+        let (Some(addr), Some(root)) = (l["listen"].as_str(), l["pipeline"].as_str()) else {
+            continue;
+        };
+        let mut text = l.to_string();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut todo = vec![root.to_string()];
+        while let Some(name) = todo.pop() {
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            let mut p = doc["pipelines"][&name].clone();
+            strip(&mut p, &mut todo);
+            text.push_str(&name);
+            text.push_str(&p.to_string());
+        }
+        out.insert(addr.to_string(), text);
+    }
+    out
+}
+
 /// The pipelines named `cluster:<name>` reachable from `listeners`, by cluster name.
 fn cluster_pipelines(
     listeners: &Listeners,
@@ -545,7 +619,7 @@ fn cluster_pipelines(
             out.insert(c.to_string(), p.clone());
         }
         for f in p.filters() {
-            todo.extend(f.subs().iter().filter_map(|s| s.get().cloned()));
+            todo.extend(f.subs().iter().filter_map(SubPipeline::get));
         }
     }
     out
@@ -591,7 +665,34 @@ fn apply(
     };
     let count = listeners.len();
     let clusters = cluster_pipelines(&listeners);
-    match server.apply(listeners) {
+    // Connections keep running where only what happens per request changed: they take
+    // the new per-request pipelines below. A listener whose connection-level part changed
+    // drains its connections (they come back to the new one).
+    let level = connection_level(&compiled.config);
+    let before = std::mem::take(&mut builds(done).connection_level);
+    let roots: Vec<Arc<flowgate_pipeline::Pipeline>> =
+        listeners.iter().map(|(_, p)| p.clone()).collect();
+    let applied = server.apply_with(listeners, &|addr| {
+        let addr = addr.to_string();
+        before.get(&addr) != level.get(&addr)
+    });
+    let mut b = builds(done);
+    b.generations.retain(|g| g.strong_count() > 0);
+    let live: Vec<Arc<flowgate_pipeline::Pipeline>> = b
+        .generations
+        .iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .collect();
+    if applied.is_ok() {
+        let moved = flowgate_pipeline::rebind_reachable(&live, &roots);
+        tracing::debug!(moved, "live connections take the new per-request pipelines");
+        b.generations.extend(roots.iter().map(Arc::downgrade));
+        b.connection_level = level;
+    } else {
+        b.connection_level = before;
+    }
+    drop((b, live));
+    match applied {
         Ok(()) => {
             tracing::info!(listeners = count, "configuration applied");
             let mut s = lock(status);

@@ -328,6 +328,18 @@ impl Server {
         &self,
         listeners: Vec<(ListenerConfig, Arc<Pipeline>)>,
     ) -> Result<(), ServerError> {
+        self.apply_with(listeners, &|_| true)
+    }
+
+    /// [`Server::apply`], draining the connections of a replaced pipeline only where
+    /// `drain(address)` says so: elsewhere they live on with the pipeline they started with
+    /// (for a new configuration whose connection-level part is unchanged, whose per-request
+    /// pipelines the old one reaches through [`SubPipeline::rebind`](crate::SubPipeline::rebind)).
+    pub fn apply_with(
+        &self,
+        listeners: Vec<(ListenerConfig, Arc<Pipeline>)>,
+        drain: &dyn Fn(SocketAddr) -> bool,
+    ) -> Result<(), ServerError> {
         let mut current = lock(&self.listeners);
         let mut bound = lock(&self.bound);
         let wanted: HashMap<ListenerKey, (ListenerConfig, Arc<Pipeline>)> = listeners
@@ -356,7 +368,9 @@ impl Server {
                 l.pipeline.store(pipeline);
                 // Connections on the replaced pipeline close once idle: their clients come
                 // back to this one.
-                l.drain.swap(Arc::new(crate::Drain::default())).start();
+                if drain(key.0) {
+                    l.drain.swap(Arc::new(crate::Drain::default())).start();
+                }
             } else {
                 current.insert(
                     key,
