@@ -243,12 +243,12 @@ pub fn build(
     Ok(cfg.listeners)
 }
 
-/// The configuration running (its text) and the one last built by a check, so that what
+/// The configuration running (its [`fingerprint`]) and the one last built by a check, so that what
 /// was validated before its ACK is applied as it was built, and what runs is not built
 /// again.
 #[derive(Default)]
 struct Builds {
-    running: Option<String>,
+    running: Option<(usize, u64)>,
     /// The connection-level part of the running configuration, per listener address (see
     /// [`connection_level`]).
     connection_level: std::collections::BTreeMap<String, String>,
@@ -275,12 +275,21 @@ fn check(
     done: &SharedBuilds,
 ) -> Result<(), String> {
     let compiled = compile_received(received, cert, workers)?;
-    if builds(done).running.as_deref() == Some(compiled.config.as_str()) {
+    if builds(done).running == Some(fingerprint(&compiled.config)) {
         return Ok(());
     }
     let listeners = build(&compiled, state, registry)?;
     builds(done).checked = Some((compiled.config, listeners));
     Ok(())
+}
+
+/// What identifies a configuration's text (its length and a 64-bit hash) without keeping
+/// it: megabytes at a thousand services.
+fn fingerprint(text: &str) -> (usize, u64) {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    (text.len(), h.finish())
 }
 
 /// Built listeners with their pipelines, as [`Server::apply`] takes them.
@@ -392,7 +401,7 @@ pub fn run(opts: SidecarOptions, registry: Arc<Registry>) -> Result<(), SidecarE
                         b.connection_level =
                             text.as_deref().map(connection_level).unwrap_or_default();
                         b.generations = listeners.iter().map(|(_, p)| Arc::downgrade(p)).collect();
-                        b.running = text;
+                        b.running = text.as_deref().map(fingerprint);
                         drop(b);
                         tracing::info!(file = %saved.display(), "serving the last good configuration");
                         let mut s = lock(&status);
@@ -645,7 +654,7 @@ fn apply(
     };
     let checked = {
         let mut b = builds(done);
-        if b.running.as_deref() == Some(compiled.config.as_str()) {
+        if b.running == Some(fingerprint(&compiled.config)) {
             return;
         }
         b.checked
@@ -716,7 +725,7 @@ fn apply(
             if let Err(e) = save(&opts.state, &compiled) {
                 tracing::warn!("cannot keep the configuration in the state directory: {e}");
             }
-            builds(done).running = Some(compiled.config);
+            builds(done).running = Some(fingerprint(&compiled.config));
         }
         Err(e) => tracing::error!("configuration not applied: {e}"),
     }
