@@ -208,6 +208,23 @@ fn flowgate_sidecars_carry_mtls_enforce_smi_and_survive_their_controller() {
     );
     assert_eq!(last, Some(403), "the live connection was closed instead");
     assert_eq!(keepalive_get(&mut live, "/allowed"), Some(403));
+    // In and out once more, on the same connection: it follows every configuration, not
+    // just the first one after it started.
+    for (sources, want) in [(both, 200), (client_only, 403)] {
+        std::fs::write(
+            manifests.join("shop.yaml"),
+            strict_shop(net, app, db, db_app, sources),
+        )
+        .unwrap();
+        assert!(
+            common::wait_until(Duration::from_secs(15), || {
+                last = keepalive_get(&mut live, "/allowed");
+                last != Some(if want == 200 { 403 } else { 200 })
+            }),
+            "the live connection never saw {want}"
+        );
+        assert_eq!(last, Some(want), "the live connection: {last:?}");
+    }
 
     // The controller goes away and web's sidecar restarts: it serves its last good
     // configuration at once.

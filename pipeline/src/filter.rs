@@ -47,6 +47,14 @@ pub trait Filter: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// The sub-pipeline this filter runs once per request (a connection manager's, or a
+    /// demux's per message) rather than once per connection: what a newer configuration
+    /// may hand live connections ([`rebind_requests`](crate::rebind_requests)). `None` (the
+    /// default) for most filters.
+    fn request_pipeline(&self) -> Option<SubPipeline> {
+        None
+    }
+
     /// What the filter knows now, for an admin endpoint — a balancer's endpoints with
     /// their health, say; `None` (the default) for filters without live state.
     fn status(&self) -> Option<serde_json::Value> {
@@ -208,6 +216,12 @@ impl SubPipeline {
     /// Points the reference at `p` from now on (streams already attached keep theirs).
     pub fn rebind(&self, p: Arc<Pipeline>) {
         self.slot.store(Some(p));
+    }
+
+    /// Whether `other` is this same reference (a clone of it), not just one of the same
+    /// name.
+    pub fn same_as(&self, other: &SubPipeline) -> bool {
+        Arc::ptr_eq(&self.slot, &other.slot)
     }
 
     /// Attaches the referenced pipeline to `input`, or ends with a `NoRoute` error if the

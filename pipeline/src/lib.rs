@@ -58,6 +58,4 @@ pub use filter::{
 /// Old option names refused with a pointer to the new one (`flowgate_config::renamed`).
 pub use flowgate_config::renamed;
 pub use flowgate_config::{Size, parse_size};
-pub use pipeline::{
-    BuildError, Module, ModuleBuilder, Pipeline, PipelineBuilder, rebind_reachable,
-};
+pub use pipeline::{BuildError, Module, ModuleBuilder, Pipeline, PipelineBuilder, rebind_requests};

@@ -142,38 +142,50 @@ impl Filter for Pipeline {
     }
 }
 
-/// Every pipeline reachable from `roots` through bound sub-pipeline references (each once).
-fn reachable(roots: &[Arc<Pipeline>]) -> Vec<Arc<Pipeline>> {
+/// The per-request references ([`Filter::request_pipeline`]) reachable from `roots` through
+/// the per-connection ones (not below them), each once.
+fn request_references(roots: &[Arc<Pipeline>]) -> Vec<SubPipeline> {
     let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
+    let mut out: Vec<SubPipeline> = Vec::new();
     let mut todo: Vec<Arc<Pipeline>> = roots.to_vec();
     while let Some(p) = todo.pop() {
         if !seen.insert(Arc::as_ptr(&p)) {
             continue;
         }
         for f in &p.filters {
-            todo.extend(f.subs().iter().filter_map(SubPipeline::get));
+            let per_request = f.request_pipeline();
+            for sub in f.subs() {
+                if per_request.as_ref().is_some_and(|r| r.same_as(&sub)) {
+                    if !out.iter().any(|o| o.same_as(&sub)) {
+                        out.push(sub);
+                    }
+                } else if let Some(next) = sub.get() {
+                    todo.push(next);
+                }
+            }
         }
-        out.push(p);
     }
     out
 }
 
-/// Points every named sub-pipeline reference reachable from `running` at the pipeline of
-/// the same name reachable from `newer` (a name two of `newer`'s pipelines share is left
-/// alone): streams started from then on — the next request on a connection that started
-/// with `running` — run `newer`'s pipelines, while what they started with stays. Returns
-/// how many references moved.
+/// Hands the live connections of a running configuration a newer one's per-request
+/// pipelines: every per-request reference ([`Filter::request_pipeline`], a connection
+/// manager's) reachable from `running` without passing one is pointed at the pipeline
+/// the same reference in `newer` runs, matched by name (a name two of `newer`'s
+/// references give to different pipelines is left alone). The next request on such a
+/// connection runs the newer configuration from there down, whole; what happens per
+/// connection (TLS, the choice of chain) stays as it started. Meant for two
+/// configurations whose per-connection part is the same. Returns how many references
+/// moved.
 ///
 /// ```
-/// use std::sync::Arc;
-/// use flowgate_pipeline::{Event, Module, Pipeline, joint::Pipe, SubPipeline, rebind_reachable};
+/// use flowgate_pipeline::{Event, Module, Pipeline, joint::Demux, SubPipeline, rebind_requests};
 /// let module = |tag: &'static str| {
 ///     Module::builder()
-///         .pipeline(Pipeline::builder("front").filter(Pipe::new(SubPipeline::named("back"))))
+///         .pipeline(Pipeline::builder("front").filter(Demux::new(SubPipeline::named("back"))))
 ///         .pipeline(Pipeline::builder("back").transform("tag", move || {
 ///             move |ev: Event, out: &mut dyn FnMut(Event)| match ev {
-///                 Event::Data(_) => out(Event::Data(tag.into())),
+///                 Event::MessageStart(h) => out(Event::MessageStart(h)),
 ///                 other => out(other),
 ///             }
 ///         }))
@@ -182,34 +194,38 @@ fn reachable(roots: &[Arc<Pipeline>]) -> Vec<Arc<Pipeline>> {
 /// };
 /// let (old, new) = (module("old"), module("new"));
 /// let front = old.get("front").unwrap().clone();
-/// assert_eq!(rebind_reachable(&[front.clone()], &[new.get("front").unwrap().clone()]), 1);
-/// let out = flowgate_pipeline::testing::run_blocking(&*front, vec!["x".into()]);
-/// assert_eq!(flowgate_pipeline::testing::data_of(&out), b"new");
+/// let newer_back = new.get("back").unwrap().clone();
+/// assert_eq!(rebind_requests(&[front.clone()], &[new.get("front").unwrap().clone()]), 1);
+/// let demux = &front.filters()[0];
+/// let now = demux.request_pipeline().unwrap().get().unwrap();
+/// assert!(std::sync::Arc::ptr_eq(&now, &newer_back));
 /// ```
-pub fn rebind_reachable(running: &[Arc<Pipeline>], newer: &[Arc<Pipeline>]) -> usize {
-    let mut by_name: std::collections::HashMap<&str, Option<&Arc<Pipeline>>> =
+pub fn rebind_requests(running: &[Arc<Pipeline>], newer: &[Arc<Pipeline>]) -> usize {
+    let mut by_name: std::collections::HashMap<String, Option<Arc<Pipeline>>> =
         std::collections::HashMap::new();
-    let newer = reachable(newer);
-    for p in &newer {
+    for r in request_references(newer) {
+        let Some(target) = r.get() else {
+            continue;
+        };
         by_name
-            .entry(p.name())
-            .and_modify(|e| *e = None)
-            .or_insert(Some(p));
+            .entry(r.name().to_string())
+            .and_modify(|e| {
+                if e.as_ref().is_some_and(|t| !Arc::ptr_eq(t, &target)) {
+                    *e = None;
+                }
+            })
+            .or_insert(Some(target));
     }
     let mut moved = 0;
-    for p in reachable(running) {
-        for f in &p.filters {
-            for sub in f.subs() {
-                let Some(Some(target)) = by_name.get(sub.name()) else {
-                    continue;
-                };
-                if sub.get().is_some_and(|now| Arc::ptr_eq(&now, target)) {
-                    continue;
-                }
-                sub.rebind(Arc::clone(target));
-                moved += 1;
-            }
+    for sub in request_references(running) {
+        let Some(Some(target)) = by_name.get(sub.name()) else {
+            continue;
+        };
+        if sub.get().is_some_and(|now| Arc::ptr_eq(&now, target)) {
+            continue;
         }
+        sub.rebind(Arc::clone(target));
+        moved += 1;
     }
     moved
 }

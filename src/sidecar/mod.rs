@@ -14,7 +14,7 @@
 //! A new configuration does not close live connections unless what happens per
 //! connection changed (TLS, the choice of filter chain, who may connect, TCP proxying —
 //! the listener and what it reaches before `demux-http`): the running pipelines' named
-//! references are moved to the new configuration's ([`flowgate_pipeline::rebind_reachable`]),
+//! references are moved to the new configuration's ([`flowgate_pipeline::rebind_requests`]),
 //! so the next request on a keep-alive connection is routed, authorised and balanced by
 //! it; a listener whose connection-level part changed drains its connections, as Envoy
 //! drains a changed filter chain.
@@ -254,7 +254,7 @@ struct Builds {
     connection_level: std::collections::BTreeMap<String, String>,
     /// The listener pipelines of every configuration applied whose connections may still
     /// be live: their per-request references are moved to each newer configuration.
-    generations: Vec<std::sync::Weak<flowgate_pipeline::Pipeline>>,
+    generations: Vec<Generation>,
     checked: Option<(String, Listeners)>,
 }
 
@@ -400,7 +400,7 @@ pub fn run(opts: SidecarOptions, registry: Arc<Registry>) -> Result<(), SidecarE
                         let mut b = builds(&done);
                         b.connection_level =
                             text.as_deref().map(connection_level).unwrap_or_default();
-                        b.generations = listeners.iter().map(|(_, p)| Arc::downgrade(p)).collect();
+                        b.generations = generations(&listeners, &b.connection_level);
                         b.running = text.as_deref().map(fingerprint);
                         drop(b);
                         tracing::info!(file = %saved.display(), "serving the last good configuration");
@@ -559,6 +559,32 @@ async fn follow_once(
     out.borrow().as_deref().cloned().unwrap_or(before)
 }
 
+/// A listener pipeline applied, while connections it started may be live (a connection
+/// holds its root): its address and connection-level part.
+struct Generation {
+    addr: String,
+    level: String,
+    root: std::sync::Weak<flowgate_pipeline::Pipeline>,
+}
+
+/// The generations of `listeners`, with their connection-level parts from `levels`.
+fn generations(
+    listeners: &Listeners,
+    levels: &std::collections::BTreeMap<String, String>,
+) -> Vec<Generation> {
+    listeners
+        .iter()
+        .map(|(c, p)| {
+            let addr = c.listen.to_string();
+            Generation {
+                level: levels.get(&addr).cloned().unwrap_or_default(),
+                addr,
+                root: Arc::downgrade(p),
+            }
+        })
+        .collect()
+}
+
 /// Per listener address, the connection-level part of a compiled configuration (its text):
 /// the listener and the pipelines it reaches before a `demux-http` hands requests on —
 /// TLS, the choice of filter chain, who may connect, TCP proxying — without the names of
@@ -573,7 +599,16 @@ fn connection_level(config: &str) -> std::collections::BTreeMap<String, String> 
                 if let Some(Value::Object(d)) = m.get_mut("demux-http") {
                     d.remove("pipeline");
                 }
-                for key in ["certificates", "client_cert", "ca", "cert", "key"] {
+                // File names change with every renewal; endpoints change what new TCP
+                // connections dial, not live ones.
+                for key in [
+                    "certificates",
+                    "client_cert",
+                    "ca",
+                    "cert",
+                    "key",
+                    "endpoints",
+                ] {
                     m.remove(key);
                 }
                 for (k, x) in m.iter_mut() {
@@ -674,6 +709,7 @@ fn apply(
     };
     let count = listeners.len();
     let clusters = cluster_pipelines(&listeners);
+    let fresh = generations(&listeners, &connection_level(&compiled.config));
     // Connections keep running where only what happens per request changed: they take
     // the new per-request pipelines below. A listener whose connection-level part changed
     // drains its connections (they come back to the new one).
@@ -686,21 +722,35 @@ fn apply(
         before.get(&addr) != level.get(&addr)
     });
     let mut b = builds(done);
-    b.generations.retain(|g| g.strong_count() > 0);
-    let live: Vec<Arc<flowgate_pipeline::Pipeline>> = b
-        .generations
-        .iter()
-        .filter_map(std::sync::Weak::upgrade)
-        .collect();
+    b.generations.retain(|g| g.root.strong_count() > 0);
     if applied.is_ok() {
-        let moved = flowgate_pipeline::rebind_reachable(&live, &roots);
+        // Each live generation of a listener whose connection-level part is the new one's
+        // takes the new per-request pipelines (one whose part differs was drained).
+        let mut moved = 0;
+        for new in &fresh {
+            let Some(root) = new.root.upgrade() else {
+                continue;
+            };
+            for old in b
+                .generations
+                .iter()
+                .filter(|g| g.addr == new.addr && g.level == new.level)
+            {
+                if let Some(old_root) = old.root.upgrade() {
+                    moved += flowgate_pipeline::rebind_requests(
+                        &[old_root],
+                        std::slice::from_ref(&root),
+                    );
+                }
+            }
+        }
         tracing::debug!(moved, "live connections take the new per-request pipelines");
-        b.generations.extend(roots.iter().map(Arc::downgrade));
+        b.generations.extend(fresh);
         b.connection_level = level;
     } else {
         b.connection_level = before;
     }
-    drop((b, live));
+    drop((b, roots));
     match applied {
         Ok(()) => {
             tracing::info!(listeners = count, "configuration applied");

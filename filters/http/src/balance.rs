@@ -590,12 +590,6 @@ impl BalanceStream {
                 this.state = State::Refusing(input, true);
             }
         };
-        if let Some(b) = &inner.breaker {
-            match b.try_request() {
-                Ok(p) => held._request = Some(p),
-                Err(e) => return refuse(self, input, &first, e.to_string()),
-            }
-        }
         if let Some(slots) = &inner.slots {
             match slots.clone().try_acquire_owned() {
                 Ok(p) => held._slot = Some(p),
@@ -612,6 +606,27 @@ impl BalanceStream {
                         wait: Box::pin(slots.clone().acquire_owned()),
                         _pending: pending,
                     };
+                    return;
+                }
+            }
+        }
+        self.proceed(input, first, held);
+    }
+
+    /// Holding a connection slot (or without `max_connections`): take a request unit (a
+    /// waiting request is not an active one), then [`BalanceStream::start`].
+    fn proceed(&mut self, input: Events, first: Event, mut held: Held) {
+        if let Some(b) = &self.inner.breaker {
+            match b.try_request() {
+                Ok(p) => held._request = Some(p),
+                Err(e) => {
+                    tracing::warn!("balance-http: {e}; answering 503");
+                    if first.is_end() {
+                        self.ready.extend(refusal(true));
+                        self.state = State::Done;
+                    } else {
+                        self.state = State::Refusing(input, true);
+                    }
                     return;
                 }
             }
@@ -707,7 +722,7 @@ impl Stream for BalanceStream {
                         return Poll::Ready(None);
                     };
                     held._slot = slot;
-                    this.start(input, first, held);
+                    this.proceed(input, first, held);
                 }
                 State::Refusing(input, overloaded) => match input.as_mut().poll_next(task) {
                     Poll::Pending => return Poll::Pending,

@@ -526,6 +526,10 @@ impl Filter for DemuxHttp {
         }
         v
     }
+
+    fn request_pipeline(&self) -> Option<SubPipeline> {
+        Some(self.sub.clone())
+    }
 }
 
 /// What the HTTP/1 side of a connection needs.

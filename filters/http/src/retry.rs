@@ -317,12 +317,19 @@ impl Stream for RetryStream {
                     return Poll::Ready(Some(Event::MessageEnd(t)));
                 }
                 Poll::Ready(Some(Event::MessageStart(head))) => {
-                    let status = head.get::<response::Parts>().map(|p| p.status.as_u16());
-                    if status.is_some_and(|s| {
-                        this.statuses
-                            .iter()
-                            .any(|(lo, hi)| (*lo..=*hi).contains(&s))
-                    }) && this.can_retry()
+                    let parts = head.get::<response::Parts>();
+                    let status = parts.map(|p| p.status.as_u16());
+                    // A circuit breaker's own refusal is not retried (that would only take
+                    // the breaker's units again), as Envoy does not retry an overflow.
+                    let overflow =
+                        parts.is_some_and(|p| p.headers.contains_key("x-envoy-overloaded"));
+                    if !overflow
+                        && status.is_some_and(|s| {
+                            this.statuses
+                                .iter()
+                                .any(|(lo, hi)| (*lo..=*hi).contains(&s))
+                        })
+                        && this.can_retry()
                     {
                         this.schedule_retry();
                         continue;

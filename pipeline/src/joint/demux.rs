@@ -89,6 +89,10 @@ impl Filter for Demux {
     fn subs(&self) -> Vec<SubPipeline> {
         vec![self.target.clone()]
     }
+
+    fn request_pipeline(&self) -> Option<SubPipeline> {
+        Some(self.target.clone())
+    }
 }
 
 struct Child {
