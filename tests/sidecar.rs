@@ -247,30 +247,10 @@ fn flowgate_sidecars_carry_mtls_enforce_smi_and_survive_their_controller() {
 /// `GET path` (`Host: web.shop`) on a keep-alive connection: the status, or `None` when
 /// the connection was closed.
 fn keepalive_get(c: &mut std::io::BufReader<std::net::TcpStream>, path: &str) -> Option<u16> {
-    use std::io::{BufRead, Read, Write};
     c.get_mut()
         .set_read_timeout(Some(Duration::from_secs(5)))
         .ok()?;
-    write!(c.get_mut(), "GET {path} HTTP/1.1\r\nHost: web.shop\r\n\r\n").ok()?;
-    let mut line = String::new();
-    if c.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let status = line.split_whitespace().nth(1)?.parse().ok()?;
-    let mut length = 0;
-    loop {
-        let mut h = String::new();
-        c.read_line(&mut h).ok()?;
-        if h.trim().is_empty() {
-            break;
-        }
-        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = v.trim().parse().ok()?;
-        }
-    }
-    let mut body = vec![0; length];
-    c.read_exact(&mut body).ok()?;
-    Some(status)
+    common::load::get_on(c, "web.shop", path).map(|(status, _)| status)
 }
 
 /// `flowgate-sidecar run` for `node` with its token file and state directory in `dir`.
@@ -767,7 +747,7 @@ fn hot_changes_under_load_fail_no_allowed_request() {
 /// (503), until the right sidecar is back.
 #[test]
 fn bad_input_is_refused_and_loses_nothing() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufReader, Read, Write};
     if !common::peers(&["nginx", "curl", "openssl"]) {
         return;
     }
@@ -803,29 +783,9 @@ fn bad_input_is_refused_and_loses_nothing() {
     );
 
     // Garbage closes its own connection only.
-    let mut good = std::net::TcpStream::connect((client_ip.as_str(), 15001)).unwrap();
-    good.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut good_reader = BufReader::new(good.try_clone().unwrap());
-    let mut ask = |tag: &str| {
-        write!(good, "GET / HTTP/1.1\r\nHost: web.shop\r\n\r\n").unwrap();
-        let mut status = String::new();
-        good_reader.read_line(&mut status).unwrap();
-        let mut length = 0;
-        loop {
-            let mut h = String::new();
-            good_reader.read_line(&mut h).unwrap();
-            if h.trim().is_empty() {
-                break;
-            }
-            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; length];
-        good_reader.read_exact(&mut body).unwrap();
-        assert!(status.contains(" 200 "), "{tag}: {status}");
-    };
-    ask("before");
+    let mut good =
+        BufReader::new(std::net::TcpStream::connect((client_ip.as_str(), 15001)).unwrap());
+    assert_eq!(keepalive_get(&mut good, "/"), Some(200), "before");
     let mut bad = std::net::TcpStream::connect((client_ip.as_str(), 15001)).unwrap();
     bad.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     bad.write_all(b"\x16\x03\x01\x00\xffGARBAGE \x00\x01\x02 not http\r\n\r\n")
@@ -848,7 +808,7 @@ fn bad_input_is_refused_and_loses_nothing() {
         answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
         "garbage was answered {answer:?}"
     );
-    ask("after");
+    assert_eq!(keepalive_get(&mut good, "/"), Some(200), "after");
     assert_eq!(ok().0, "200");
 
     // Callers from another CA are refused at the inbound port; the mesh's CA is let in.

@@ -899,12 +899,23 @@ mod tests {
 
     /// What the controller serves pod `ns/pod` (running as `sa`) of `state`, read.
     fn served(state: &MeshState, ns: &str, pod: &str, sa: &str) -> SidecarConfig {
+        served_over(sidecar_shared(state), state, ns, pod, sa)
+    }
+
+    /// What pod `ns/pod` (account `sa`) is served over the shared resources `set`.
+    fn served_over(
+        set: Resources,
+        state: &MeshState,
+        ns: &str,
+        pod: &str,
+        sa: &str,
+    ) -> SidecarConfig {
         let ca = Ca::generate("cluster.local", Duration::from_secs(3600)).unwrap();
         let leaf = ca
             .issue(&SpiffeId::new("cluster.local", ns, sa).unwrap())
             .unwrap();
         let mut r = Resources::default();
-        r.extend(sidecar_shared(state));
+        r.extend(set);
         r.extend(sidecar_resources(state, ns, pod).unwrap());
         r.extend(sidecar_secrets(&leaf, &ca.bundle_pem()));
         read(&Received::from(&r)).unwrap()
@@ -1091,16 +1102,12 @@ mod tests {
         let state = MeshState::build(parse_manifests(&text, Path::new("m.yaml")).unwrap()).unwrap();
         let (sets, of_pod) = sidecar_sets(&state);
         let retry_of = |pod: &str, sa: &str| {
-            let ca = Ca::generate("cluster.local", Duration::from_secs(3600)).unwrap();
-            let leaf = ca
-                .issue(&SpiffeId::new("cluster.local", "default", sa).unwrap())
-                .unwrap();
-            let mut r = Resources::default();
-            r.extend(sets[&of_pod[&("default".to_string(), pod.to_string())]].clone());
-            r.extend(sidecar_resources(&state, "default", pod).unwrap());
-            r.extend(sidecar_secrets(&leaf, &ca.bundle_pem()));
-            let compiled =
-                compile(&read(&Received::from(&r)).unwrap(), &Options::default()).unwrap();
+            let set = sets[&of_pod[&("default".to_string(), pod.to_string())]].clone();
+            let compiled = compile(
+                &served_over(set, &state, "default", pod, sa),
+                &Options::default(),
+            )
+            .unwrap();
             builds(&compiled);
             let doc: Value = serde_json::from_str(&compiled.config).unwrap();
             doc["pipelines"]

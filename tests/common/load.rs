@@ -104,6 +104,15 @@ fn read_response(r: &mut BufReader<TcpStream>) -> Result<Response, TryError> {
     })
 }
 
+/// `GET path` with `Host: host` on a keep-alive connection: the status and body, or `None`
+/// when the connection was closed or the answer broke off.
+pub fn get_on(c: &mut BufReader<TcpStream>, host: &str, path: &str) -> Option<(u16, Vec<u8>)> {
+    c.get_mut()
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .ok()?;
+    read_response(c).ok().map(|r| (r.status, r.body))
+}
+
 /// `conns` connections to `addr`, each sending `GET path` with `Host: host` at
 /// `per_second` requests a second for `run`; an answer is accepted when `accept(status,
 /// body)` says so.

@@ -541,6 +541,55 @@ http.server.ThreadingHTTPServer(('{ip}', {port}), H).serve_forever()
     app
 }
 
+/// The [`shop`] pods on 127.0.NET.0/24 with [`flaky_app`] behind web, a policy file next to
+/// the shop's, the controller and both pods' sidecars (started by `sidecar`), answering.
+pub struct PolicyMesh {
+    /// The client pod's address.
+    pub ip: String,
+    /// The manifest directory (the policy file can be removed from it).
+    pub manifests: std::path::PathBuf,
+    _app: Proc,
+    client: Proc,
+    web: Proc,
+    ctl: Proc,
+    _dir: TempDir,
+}
+
+impl PolicyMesh {
+    pub fn start(tag: &str, net: u8, policy: (&str, &str), sidecar: &StartSidecar) -> PolicyMesh {
+        use super::reserve_port;
+        let dir = TempDir::new(tag);
+        let (app, ads, admin) = (reserve_port(), reserve_port(), reserve_port());
+        let app_proc = flaky_app(&format!("127.0.{net}.6"), app);
+        let manifests = dir.path("mesh");
+        std::fs::create_dir_all(&manifests).unwrap();
+        std::fs::write(manifests.join("shop.yaml"), shop(net, app, "")).unwrap();
+        std::fs::write(manifests.join(policy.0), policy.1).unwrap();
+        let state = dir.path("state");
+        let ctl = run_controller(&manifests, ads, admin, &state);
+        let client = sidecar(&dir, "client-1.shop", "shop/client", ads, &state);
+        let web = sidecar(&dir, "web-1.shop", "shop/web", ads, &state);
+        let ip = format!("127.0.{net}.5");
+        assert!(
+            super::wait_until(Duration::from_secs(30), || call(&ip, "GET", "/").0 == "200"),
+            "no answer through the sidecars: {:?}; controller: {}; client: {}; web: {}",
+            call(&ip, "GET", "/"),
+            ctl.stderr_so_far(),
+            client.stderr_so_far(),
+            web.stderr_so_far()
+        );
+        PolicyMesh {
+            ip,
+            manifests,
+            _app: app_proc,
+            client,
+            web,
+            ctl,
+            _dir: dir,
+        }
+    }
+}
+
 /// An OSM `Retry` through sidecars started by `sidecar`, on 127.0.NET.0/24 (the [`shop`]
 /// pods): the client's calls to `web` retry `5xx` twice with 1 s per try. A workload
 /// failing every other request is never seen failing; one that takes 5 s is answered 504
@@ -548,33 +597,18 @@ http.server.ThreadingHTTPServer(('{ip}', {port}), H).serve_forever()
 /// the slow answer arrives. The same answers through Envoy and Flowgate sidecars are the
 /// differential check. Returns the statuses seen, in order.
 pub fn retry_case(tag: &str, net: u8, sidecar: &StartSidecar) -> Vec<String> {
-    use super::reserve_port;
     use std::time::Instant;
-    let dir = TempDir::new(tag);
-    let (app, ads, admin) = (reserve_port(), reserve_port(), reserve_port());
-    let _app = flaky_app(&format!("127.0.{net}.6"), app);
-    let manifests = dir.path("mesh");
-    std::fs::create_dir_all(&manifests).unwrap();
-    std::fs::write(manifests.join("shop.yaml"), shop(net, app, "")).unwrap();
-    std::fs::write(
-        manifests.join("retry.yaml"),
-        "apiVersion: policy.openservicemesh.io/v1alpha1\nkind: Retry\nmetadata: { name: web, namespace: shop }\nspec:\n  source: { kind: ServiceAccount, name: client }\n  destinations: [{ kind: Service, name: web }]\n  retryPolicy: { retryOn: 5xx, numRetries: 2, perTryTimeout: 1s, retryBackoffBaseInterval: 10ms }\n",
-    )
-    .unwrap();
-    let state = dir.path("state");
-    let ctl = run_controller(&manifests, ads, admin, &state);
-    let client = sidecar(&dir, "client-1.shop", "shop/client", ads, &state);
-    let web = sidecar(&dir, "web-1.shop", "shop/web", ads, &state);
-    let ip = format!("127.0.{net}.5");
-    let mut seen = Vec::new();
-    assert!(
-        super::wait_until(Duration::from_secs(30), || call(&ip, "GET", "/").0 == "200"),
-        "no answer through the sidecars: {:?}; controller: {}; client: {}; web: {}",
-        call(&ip, "GET", "/"),
-        ctl.stderr_so_far(),
-        client.stderr_so_far(),
-        web.stderr_so_far()
+    let m = PolicyMesh::start(
+        tag,
+        net,
+        (
+            "retry.yaml",
+            "apiVersion: policy.openservicemesh.io/v1alpha1\nkind: Retry\nmetadata: { name: web, namespace: shop }\nspec:\n  source: { kind: ServiceAccount, name: client }\n  destinations: [{ kind: Service, name: web }]\n  retryPolicy: { retryOn: 5xx, numRetries: 2, perTryTimeout: 1s, retryBackoffBaseInterval: 10ms }\n",
+        ),
+        sidecar,
     );
+    let (ip, manifests) = (m.ip.clone(), m.manifests.clone());
+    let mut seen = Vec::new();
     // Every other try fails: each call's failed try is retried.
     for _ in 0..10 {
         let (code, body) = call(&ip, "GET", "/flaky");
@@ -616,7 +650,7 @@ pub fn retry_case(tag: &str, net: u8, sidecar: &StartSidecar) -> Vec<String> {
     let (code, body) = slow();
     assert_eq!((code.as_str(), body.as_str()), ("200", "slow\n"), "{tag}");
     seen.push(code);
-    drop((client, web, ctl));
+    drop(m);
     seen
 }
 
@@ -627,31 +661,16 @@ pub fn retry_case(tag: &str, net: u8, sidecar: &StartSidecar) -> Vec<String> {
 /// same answers through Envoy and Flowgate sidecars are the differential check. Returns
 /// the statuses of the five, sorted.
 pub fn circuit_breaker_case(tag: &str, net: u8, sidecar: &StartSidecar) -> Vec<String> {
-    use super::reserve_port;
-    let dir = TempDir::new(tag);
-    let (app, ads, admin) = (reserve_port(), reserve_port(), reserve_port());
-    let _app = flaky_app(&format!("127.0.{net}.6"), app);
-    let manifests = dir.path("mesh");
-    std::fs::create_dir_all(&manifests).unwrap();
-    std::fs::write(manifests.join("shop.yaml"), shop(net, app, "")).unwrap();
-    std::fs::write(
-        manifests.join("limits.yaml"),
-        "apiVersion: policy.openservicemesh.io/v1alpha1\nkind: UpstreamTrafficSetting\nmetadata: { name: web, namespace: shop }\nspec:\n  host: web.shop.svc.cluster.local\n  connectionSettings: { tcp: { maxConnections: 1 }, http: { maxPendingRequests: 1 } }\n",
-    )
-    .unwrap();
-    let state = dir.path("state");
-    let ctl = run_controller(&manifests, ads, admin, &state);
-    let client = sidecar(&dir, "client-1.shop", "shop/client", ads, &state);
-    let web = sidecar(&dir, "web-1.shop", "shop/web", ads, &state);
-    let ip = format!("127.0.{net}.5");
-    assert!(
-        super::wait_until(Duration::from_secs(30), || call(&ip, "GET", "/").0 == "200"),
-        "no answer through the sidecars: {:?}; controller: {}; client: {}; web: {}",
-        call(&ip, "GET", "/"),
-        ctl.stderr_so_far(),
-        client.stderr_so_far(),
-        web.stderr_so_far()
+    let m = PolicyMesh::start(
+        tag,
+        net,
+        (
+            "limits.yaml",
+            "apiVersion: policy.openservicemesh.io/v1alpha1\nkind: UpstreamTrafficSetting\nmetadata: { name: web, namespace: shop }\nspec:\n  host: web.shop.svc.cluster.local\n  connectionSettings: { tcp: { maxConnections: 1 }, http: { maxPendingRequests: 1 } }\n",
+        ),
+        sidecar,
     );
+    let (ip, manifests) = (m.ip.clone(), m.manifests.clone());
     // Five at once: (status, whether marked overloaded), sorted.
     let five = || {
         let mut got: Vec<(String, bool)> = std::thread::scope(|s| {
@@ -709,6 +728,6 @@ pub fn circuit_breaker_case(tag: &str, net: u8, sidecar: &StartSidecar) -> Vec<S
             .all(|(s, _)| s == "200")),
         "{tag}: the limits stayed after their removal"
     );
-    drop((client, web, ctl));
+    drop(m);
     limited.into_iter().map(|(s, _)| s).collect()
 }

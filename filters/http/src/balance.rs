@@ -579,31 +579,24 @@ impl BalanceStream {
     /// The request head arrived: take the circuit breaker's units (or wait for a busy
     /// connection, or refuse), then go on to [`BalanceStream::start`].
     fn admit(&mut self, input: Events, first: Event) {
-        let inner = self.inner.clone();
         let mut held = Held::default();
-        let refuse = |this: &mut Self, input: Events, first: &Event, why: String| {
-            tracing::warn!("balance-http: {why}; answering 503");
-            if first.is_end() {
-                this.ready.extend(refusal(true));
-                this.state = State::Done;
-            } else {
-                this.state = State::Refusing(input, true);
-            }
-        };
-        if let Some(slots) = &inner.slots {
+        if let Some(slots) = &self.inner.slots {
             match slots.clone().try_acquire_owned() {
                 Ok(p) => held._slot = Some(p),
                 Err(_) => {
-                    let pending = match inner.breaker.as_ref().map(CircuitBreaker::try_pending) {
+                    // `slots` comes with a breaker, which bounds the waiting requests.
+                    let pending = self.inner.breaker.as_ref().map(CircuitBreaker::try_pending);
+                    let pending = match pending {
                         Some(Ok(p)) => p,
-                        Some(Err(e)) => return refuse(self, input, &first, e.to_string()),
-                        None => return refuse(self, input, &first, "no connection".into()),
+                        Some(Err(e)) => return self.overloaded(input, &first, e),
+                        None => return self.overloaded(input, &first, "no connection"),
                     };
+                    let wait = Box::pin(slots.clone().acquire_owned());
                     self.state = State::Queued {
                         input,
                         first,
                         held,
-                        wait: Box::pin(slots.clone().acquire_owned()),
+                        wait,
                         _pending: pending,
                     };
                     return;
@@ -619,19 +612,21 @@ impl BalanceStream {
         if let Some(b) = &self.inner.breaker {
             match b.try_request() {
                 Ok(p) => held._request = Some(p),
-                Err(e) => {
-                    tracing::warn!("balance-http: {e}; answering 503");
-                    if first.is_end() {
-                        self.ready.extend(refusal(true));
-                        self.state = State::Done;
-                    } else {
-                        self.state = State::Refusing(input, true);
-                    }
-                    return;
-                }
+                Err(e) => return self.overloaded(input, &first, e),
             }
         }
         self.start(input, first, held);
+    }
+
+    /// Over a circuit-breaker limit: the request is answered 503 (once read to its end).
+    fn overloaded(&mut self, input: Events, first: &Event, why: impl std::fmt::Display) {
+        tracing::warn!("balance-http: {why}; answering 503");
+        if first.is_end() {
+            self.ready.extend(refusal(true));
+            self.state = State::Done;
+        } else {
+            self.state = State::Refusing(input, true);
+        }
     }
 
     /// Pick an endpoint and start its pool.
