@@ -8,7 +8,13 @@
  *                        (BPF_F_INGRESS): the bytes land in the peer's receive queue,
  *                        never crossing the loopback TCP/IP path.
  *
- * The sidecar reads orig_dst with its accepted socket's peer address as the key. */
+ * The sidecar reads orig_dst with its accepted socket's peer address as the key.
+ *
+ *   SYN to a local address ─▶ sk_lookup (attached to the network namespace): new TCP
+ *                             connections to any port not in inbound_skip are given to the
+ *                             sidecar's inbound listener (inbound_listener[0]); the accepted
+ *                             socket's local address is where the peer meant to connect.
+ *                             Without a listener set they are refused, never let through. */
 #include <linux/bpf.h>
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
@@ -42,6 +48,23 @@ struct {
     __type(value, struct fg_orig_dst);
     __uint(max_entries, 65536);
 } orig_dst SEC(".maps");
+
+/* The sidecar's inbound listening socket (one of its SO_REUSEPORT group: the kernel
+ * picks within the group afterwards). */
+struct {
+    __uint(type, BPF_MAP_TYPE_SOCKMAP);
+    __type(key, __u32);
+    __type(value, __u32);
+    __uint(max_entries, 1);
+} inbound_listener SEC(".maps");
+
+/* Local ports (host order) whose connections sk_lookup leaves alone. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __type(key, __u16);
+    __type(value, __u8);
+    __uint(max_entries, 256);
+} inbound_skip SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -137,6 +160,36 @@ int fg_connect4(struct bpf_sock_addr *ctx)
     ctx->user_port = sidecar_port;
     add(FG_SR_STEERED, 1);
     return 1;
+}
+
+SEC("sk_lookup")
+int fg_sk_lookup(struct bpf_sk_lookup *ctx)
+{
+    if (ctx->family != 2 /* AF_INET */ || ctx->protocol != IPPROTO_TCP)
+        return SK_PASS;
+    /* Local traffic is not inbound: to loopback, or from one of our own addresses (the
+     * sidecar dialling its workload on the pod address uses that address as its source),
+     * as iptables' PREROUTING never sees locally generated connections. */
+    if (is_local(ctx->local_ip4) || is_local(ctx->remote_ip4) ||
+        ctx->remote_ip4 == ctx->local_ip4)
+        return SK_PASS;
+    __u16 port = (__u16)ctx->local_port;
+    if (bpf_map_lookup_elem(&inbound_skip, &port))
+        return SK_PASS;
+    __u32 zero = 0;
+    struct bpf_sock *sk = bpf_map_lookup_elem(&inbound_listener, &zero);
+    if (!sk) {
+        add(FG_SR_INBOUND_REFUSED, 1);
+        return SK_DROP;
+    }
+    long err = bpf_sk_assign(ctx, sk, 0);
+    bpf_sk_release(sk);
+    if (err) {
+        add(FG_SR_INBOUND_REFUSED, 1);
+        return SK_DROP;
+    }
+    add(FG_SR_INBOUND, 1);
+    return SK_PASS;
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -11,6 +11,8 @@
 #define FG_SR_REDIRECTED_BYTES 2 /* bytes in those */
 #define FG_SR_PASSED_MSGS 3      /* sendmsg calls left on the TCP path */
 #define FG_SR_STEERED 4          /* connects steered to the sidecar */
+#define FG_SR_INBOUND 5          /* inbound connections steered to the sidecar (sk_lookup) */
+#define FG_SR_INBOUND_REFUSED 6  /* inbound connections refused: no sidecar listener set */
 #define FG_SR_COUNT 8
 
 /* One end of a local TCP connection; ports as the kernel reports remote_port

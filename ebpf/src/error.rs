@@ -67,16 +67,25 @@ pub enum Error {
         /// The name given.
         name: String,
     },
-    /// The program is not attached to that interface.
+    /// The program is not attached to that interface, cgroup or namespace.
     #[error("not attached to {name}")]
     NotAttached {
-        /// The interface name given.
+        /// The interface name or path given.
         name: String,
     },
     /// Opening a cgroup directory failed.
     #[error("cgroup {}: {source}", path.display())]
     Cgroup {
         /// The cgroup v2 directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Opening a network namespace file failed.
+    #[error("network namespace {}: {source}", path.display())]
+    Netns {
+        /// The namespace file (`/proc/PID/ns/net`, `/run/netns/NAME`).
         path: PathBuf,
         /// The I/O error.
         #[source]

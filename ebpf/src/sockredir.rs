@@ -14,6 +14,13 @@
 //! the cgroup (except the sidecar's own, and except to loopback) are steered to the
 //! sidecar's port; the sidecar asks [`SockRedirect::original_destination`] with the
 //! accepted socket's peer address.
+//!
+//! Inbound, [`SockRedirect::attach_netns`] attaches an `sk_lookup` program to a network
+//! namespace: every new TCP connection arriving there for a local address (not loopback,
+//! not from one of the namespace's own addresses, not to a skipped port) is handed to the
+//! sidecar's inbound listening socket ([`SockRedirect::set_inbound_listener`]) whatever
+//! port it was for, and is refused while none is set. No address is rewritten: the
+//! accepted socket's local address is the one the peer dialled.
 
 #![allow(unsafe_code)]
 
@@ -21,10 +28,13 @@ use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, MapData, PerCpuArray, SockHash};
+use std::os::fd::AsRawFd;
+
+use aya::maps::{HashMap, MapData, PerCpuArray, SockHash, SockMap};
 use aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId;
+use aya::programs::sk_lookup::SkLookupLinkId;
 use aya::programs::sock_ops::SockOpsLinkId;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkLookup, SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader, include_bytes_aligned};
 
 use crate::error::{Error, program_error, require_root};
@@ -95,11 +105,19 @@ pub struct SockRedirectStats {
     pub passed_msgs: u64,
     /// Connects steered to the sidecar.
     pub steered: u64,
+    /// Inbound connections handed to the sidecar's listener (`sk_lookup`).
+    pub inbound: u64,
+    /// Inbound connections refused because no listener was set.
+    pub inbound_refused: u64,
 }
+
+/// Most ports [`SockRedirect::attach_netns`] takes to skip (the size of its map).
+pub const MAX_SKIPPED_PORTS: usize = 256;
 
 enum CgroupLink {
     SockOps(SockOpsLinkId),
     Connect4(CgroupSockAddrLinkId),
+    SkLookup(SkLookupLinkId),
 }
 
 /// The loaded programs. Dropping it detaches them from every cgroup.
@@ -107,6 +125,9 @@ pub struct SockRedirect {
     bpf: Ebpf,
     stats: PerCpuArray<MapData, u64>,
     orig: HashMap<MapData, FgOrigKey, FgOrigDst>,
+    inbound: SockMap<MapData>,
+    skip: HashMap<MapData, u16, u8>,
+    sk_lookup_loaded: bool,
     // Held so the sockhash (and the sk_msg attachment to it) lives as long as we do.
     _socks: SockHash<MapData, FgSockKey>,
     steering: bool,
@@ -179,6 +200,9 @@ impl SockRedirect {
         Ok(Self {
             stats: take(&mut bpf, "sr_stats")?,
             orig: take(&mut bpf, "orig_dst")?,
+            inbound: take(&mut bpf, "inbound_listener")?,
+            skip: take(&mut bpf, "inbound_skip")?,
+            sk_lookup_loaded: false,
             _socks: socks,
             bpf,
             steering: cfg.sidecar.is_some(),
@@ -219,8 +243,90 @@ impl SockRedirect {
 
     /// Detaches from a cgroup this loader attached to.
     pub fn detach_cgroup(&mut self, cgroup: &Path) -> Result<(), Error> {
+        self.detach(cgroup)
+    }
+
+    /// Hands new inbound TCP connections in a network namespace (`netns`: its file, such
+    /// as `/proc/self/ns/net` or `/run/netns/NAME`) to the listener set with
+    /// [`set_inbound_listener`](Self::set_inbound_listener) — all of them but those to
+    /// loopback, from the namespace's own addresses or to a port in `skip` (which takes
+    /// over an earlier call's; put the sidecar's own listening ports in it). Until a
+    /// listener is set, they are refused.
+    pub fn attach_netns(&mut self, netns: &Path, skip: &[u16]) -> Result<(), Error> {
+        if skip.len() > MAX_SKIPPED_PORTS {
+            return Err(Error::Map {
+                map: "inbound_skip",
+                source: aya::maps::MapError::OutOfBounds {
+                    index: u32::try_from(skip.len()).unwrap_or(u32::MAX),
+                    max_entries: MAX_SKIPPED_PORTS as u32,
+                },
+            });
+        }
+        let file = File::open(netns).map_err(|source| Error::Netns {
+            path: netns.to_owned(),
+            source,
+        })?;
+        let map_err = |source| Error::Map {
+            map: "inbound_skip",
+            source,
+        };
+        let old: Vec<u16> = self.skip.keys().filter_map(Result::ok).collect();
+        for port in old.iter().filter(|p| !skip.contains(p)) {
+            self.skip.remove(port).map_err(map_err)?;
+        }
+        for port in skip {
+            self.skip.insert(port, 1, 0).map_err(map_err)?;
+        }
+        let prog = sk_lookup(&mut self.bpf)?;
+        if !self.sk_lookup_loaded {
+            prog.load().map_err(|e| {
+                program_error("fg_sk_lookup", "sk_lookup programs".into(), false, e)
+            })?;
+            self.sk_lookup_loaded = true;
+        }
+        let id = prog.attach(&file).map_err(|e| {
+            program_error(
+                "fg_sk_lookup",
+                "sk_lookup on a network namespace".into(),
+                true,
+                e,
+            )
+        })?;
+        self.links.push((netns.to_owned(), CgroupLink::SkLookup(id)));
+        Ok(())
+    }
+
+    /// Detaches from a network namespace this loader attached to.
+    pub fn detach_netns(&mut self, netns: &Path) -> Result<(), Error> {
+        self.detach(netns)
+    }
+
+    /// The listening TCP socket that inbound connections go to (any one of a
+    /// `SO_REUSEPORT` group: the kernel then picks within the group). Replaces the one set
+    /// before.
+    pub fn set_inbound_listener(&mut self, socket: &impl AsRawFd) -> Result<(), Error> {
+        self.inbound
+            .set(0, socket, 0)
+            .map_err(|source| Error::Map {
+                map: "inbound_listener",
+                source,
+            })
+    }
+
+    /// Forgets the inbound listener: inbound connections are refused until one is set.
+    pub fn clear_inbound_listener(&mut self) -> Result<(), Error> {
+        match self.inbound.clear_index(&0) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(Error::Map {
+                map: "inbound_listener",
+                source,
+            }),
+        }
+    }
+
+    fn detach(&mut self, path: &Path) -> Result<(), Error> {
         let mut found = false;
-        while let Some(pos) = self.links.iter().position(|(p, _)| p == cgroup) {
+        while let Some(pos) = self.links.iter().position(|(p, _)| p == path) {
             let (_, link) = self.links.swap_remove(pos);
             match link {
                 CgroupLink::SockOps(id) => {
@@ -239,6 +345,14 @@ impl SockRedirect {
                             source,
                         })?
                 }
+                CgroupLink::SkLookup(id) => {
+                    sk_lookup(&mut self.bpf)?
+                        .detach(id)
+                        .map_err(|source| Error::Program {
+                            program: "fg_sk_lookup",
+                            source,
+                        })?
+                }
             }
             found = true;
         }
@@ -246,7 +360,7 @@ impl SockRedirect {
             Ok(())
         } else {
             Err(Error::NotAttached {
-                name: cgroup.display().to_string(),
+                name: path.display().to_string(),
             })
         }
     }
@@ -272,6 +386,33 @@ impl SockRedirect {
         }
     }
 
+    /// [`original_destination`](Self::original_destination), forgetting the entry: a
+    /// later connection from the same address and port, steered or not, does not find it.
+    pub fn take_original_destination(
+        &mut self,
+        peer: SocketAddrV4,
+    ) -> Result<Option<SocketAddrV4>, Error> {
+        let found = self.original_destination(peer)?;
+        if found.is_some() {
+            let key = FgOrigKey {
+                ip: u32::from_ne_bytes(peer.ip().octets()),
+                port: peer.port(),
+                pad: 0,
+            };
+            match self.orig.remove(&key) {
+                // An LRU map may have dropped it meanwhile.
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(Error::Map {
+                        map: "orig_dst",
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// The programs' counters.
     pub fn stats(&self) -> Result<SockRedirectStats, Error> {
         let get = |i: u32| -> Result<u64, Error> {
@@ -287,6 +428,8 @@ impl SockRedirect {
             redirected_bytes: get(2)?,
             passed_msgs: get(3)?,
             steered: get(4)?,
+            inbound: get(5)?,
+            inbound_refused: get(6)?,
         })
     }
 }
@@ -297,6 +440,16 @@ fn sock_ops(bpf: &mut Ebpf) -> Result<&mut SockOps, Error> {
         .try_into()
         .map_err(|source| Error::Program {
             program: "fg_sockops",
+            source,
+        })
+}
+
+fn sk_lookup(bpf: &mut Ebpf) -> Result<&mut SkLookup, Error> {
+    bpf.program_mut("fg_sk_lookup")
+        .ok_or_else(|| missing("fg_sk_lookup"))?
+        .try_into()
+        .map_err(|source| Error::Program {
+            program: "fg_sk_lookup",
             source,
         })
 }

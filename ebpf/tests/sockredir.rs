@@ -245,6 +245,9 @@ fn connect4_steers_to_the_sidecar_and_records_the_destination() {
     };
     let orig = redirect.original_destination(peer).unwrap();
     assert_eq!(orig, Some("10.9.9.9:80".parse().unwrap()));
+    // Taken once: a later connection from the same address and port finds nothing.
+    assert_eq!(redirect.take_original_destination(peer).unwrap(), orig);
+    assert_eq!(redirect.original_destination(peer).unwrap(), None);
     s.write_all(format!("orig={}", orig.unwrap()).as_bytes())
         .unwrap();
     assert_eq!(app.line(), "orig=10.9.9.9:80");
@@ -252,4 +255,85 @@ fn connect4_steers_to_the_sidecar_and_records_the_destination() {
     assert_eq!(stats.steered, 1, "{stats:?}");
     // Our own connects (the sidecar's) are not in the cgroup and not steered.
     assert_eq!(redirect.original_destination(sidecar).unwrap(), None);
+}
+
+/// Accepts on a non-blocking listener within 10 s.
+fn accept_within(listener: &TcpListener) -> Option<(std::net::TcpStream, SocketAddr)> {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match listener.accept() {
+            Ok(x) => return Some(x),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Err(_) => return None,
+        }
+    }
+}
+
+#[test]
+fn sk_lookup_hands_inbound_connections_to_the_sidecar() {
+    if !can_run("sk_lookup_hands_inbound_connections_to_the_sidecar") {
+        return;
+    }
+    let client = Netns::new("c");
+    let pod = Netns::new("p");
+    let (a, b) = (unique("a"), unique("b"));
+    common::netns::veth(&a, &client, None, &b, &pod);
+    client.ip(&["addr", "add", "10.77.0.1/24", "dev", &a]);
+    pod.ip(&["addr", "add", "10.77.0.2/24", "dev", &b]);
+    // In the pod: the sidecar's inbound listener, the workload, and a port left alone.
+    let (sidecar, app, other) = pod.run(|| {
+        (
+            TcpListener::bind("0.0.0.0:15006").unwrap(),
+            TcpListener::bind("10.77.0.2:8080").unwrap(),
+            TcpListener::bind("10.77.0.2:9090").unwrap(),
+        )
+    });
+    let netns = PathBuf::from(format!("/var/run/netns/{}", pod.name));
+    let mut redirect = SockRedirect::load(SockRedirectConfig::default()).unwrap();
+    redirect.attach_netns(&netns, &[15006, 9090]).unwrap();
+    let connect = |port: u16| {
+        client.run(move || {
+            let to: SocketAddr = format!("10.77.0.2:{port}").parse().unwrap();
+            std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3))
+        })
+    };
+
+    // No listener set yet: refused, never let through to the workload.
+    let refused = connect(8080);
+    assert!(refused.is_err(), "connected with no sidecar listener set");
+    app.set_nonblocking(true).unwrap();
+    assert!(app.accept().is_err(), "the workload got a connection");
+
+    // Set: the sidecar accepts it, and its local address is what the peer dialled.
+    redirect.set_inbound_listener(&sidecar).unwrap();
+    let _c = connect(8080).unwrap();
+    let (s, peer) = accept_within(&sidecar).expect("the sidecar got nothing");
+    assert_eq!(s.local_addr().unwrap(), "10.77.0.2:8080".parse().unwrap());
+    assert_eq!(peer.ip().to_string(), "10.77.0.1");
+    let _c2 = connect(7777).unwrap();
+    let (s2, _) = accept_within(&sidecar).expect("any port reaches the sidecar");
+    assert_eq!(s2.local_addr().unwrap(), "10.77.0.2:7777".parse().unwrap());
+
+    // A skipped port reaches its own listener; so does a connection from the pod's own
+    // address (the sidecar dialling its workload).
+    let _c3 = connect(9090).unwrap();
+    assert!(accept_within(&other).is_some(), "the skipped port was taken");
+    let _c4 = pod.run(|| std::net::TcpStream::connect("10.77.0.2:8080").unwrap());
+    assert!(accept_within(&app).is_some(), "local traffic was taken");
+
+    let stats = redirect.stats().unwrap();
+    assert_eq!(stats.inbound, 2, "{stats:?}");
+    assert_eq!(stats.inbound_refused, 1, "{stats:?}");
+
+    // Cleared: refused again. Detached: the workload is reached directly.
+    redirect.clear_inbound_listener().unwrap();
+    assert!(connect(8080).is_err());
+    redirect.detach_netns(&netns).unwrap();
+    let _c5 = connect(8080).unwrap();
+    assert!(accept_within(&app).is_some(), "not reached after detaching");
+    assert!(matches!(
+        redirect.detach_netns(&netns),
+        Err(flowgate_ebpf::Error::NotAttached { .. })
+    ));
 }
