@@ -350,15 +350,30 @@ enum ClientSidecar {
 /// The proxy user the sidecars run as (whose connections capture lets pass).
 const PROXY_UID: u32 = 1337;
 
+/// How [`capture_case`] captures the pods' traffic.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum CaptureMode {
+    /// `flowgate-sidecar init` (iptables), sidecars as the proxy user.
+    Iptables,
+    /// `flowgate-sidecar run --ebpf-capture CGROUP` (root; the workloads in the cgroups).
+    #[cfg_attr(not(feature = "ebpf"), allow(dead_code))]
+    Ebpf,
+}
+
 /// Captured traffic in network namespaces: two pods annotated `flowgate.io/capture:
-/// redirect`, `flowgate-sidecar init` run in each, their sidecars run as the proxy user.
-/// The client workload dials the services' cluster IPs as it would without a mesh — HTTP
-/// (routed by `Host`) and a TCP service that speaks first (by address) — and the sidecars
-/// carry both over mTLS; the web workload's own port cannot be reached around its sidecar;
-/// the client workload reaches nothing outside the mesh (no egress) while its sidecar's
-/// user does.
-fn capture_case(segment: u8, client: ClientSidecar) {
-    let mut needs = vec!["nginx", "curl", "iptables", "setpriv", "python3"];
+/// redirect`, captured by `flowgate-sidecar init` (iptables; the sidecars run as the proxy
+/// user) or by the sidecars themselves with eBPF (the workloads run in cgroups of their
+/// own). The client workload dials the services' cluster IPs as it would without a mesh —
+/// HTTP (routed by `Host`) and a TCP service that speaks first (by address) — and the
+/// sidecars carry both over mTLS; the web workload's own port cannot be reached around its
+/// sidecar; the client workload reaches nothing outside the mesh (no egress) while what
+/// is not the workload (the proxy user; a process outside the cgroup) does.
+fn capture_case(segment: u8, client: ClientSidecar, mode: CaptureMode) {
+    let mut needs = vec!["nginx", "curl", "python3"];
+    match mode {
+        CaptureMode::Iptables => needs.extend(["iptables", "setpriv"]),
+        CaptureMode::Ebpf => needs.push("nsenter"),
+    }
     if client == ClientSidecar::Envoy {
         needs.push("envoy");
     }
@@ -367,6 +382,23 @@ fn capture_case(segment: u8, client: ClientSidecar) {
     }
     let Some(net) = PodNet::new(segment, 2) else {
         return;
+    };
+    let cgroups = match mode {
+        CaptureMode::Iptables => None,
+        CaptureMode::Ebpf => {
+            let (Some(c), Some(w)) = (
+                common::podnet::Cgroup::new(&format!("{segment}-client")),
+                common::podnet::Cgroup::new(&format!("{segment}-web")),
+            ) else {
+                return;
+            };
+            Some((c, w))
+        }
+    };
+    // The client workload: in its pod, and in its cgroup when eBPF captures.
+    let workload = |program: &str| match &cgroups {
+        Some((c, _)) => c.command(net.pod(0), program),
+        None => common::in_netns(Some(net.pod(0)), program),
     };
     let dir = TempDir::new(&format!("sidecar-capture-{segment}"));
     let (app, db_app, ads, admin) = (18080, 15432, reserve_port(), reserve_port());
@@ -417,8 +449,11 @@ fn capture_case(segment: u8, client: ClientSidecar) {
         &state,
         &[],
     );
-    // Capture in both pods.
+    // Capture in both pods (eBPF: by the sidecars).
     for i in 0..2 {
+        if mode == CaptureMode::Ebpf {
+            break;
+        }
         let out = common::in_netns(Some(net.pod(i)), env!("CARGO_BIN_EXE_flowgate-sidecar"))
             .arg("init")
             .output()
@@ -429,7 +464,20 @@ fn capture_case(segment: u8, client: ClientSidecar) {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let web = flowgate_sidecar_in(net.pod(1), &dir, "web-1.shop", "shop/web", listen, &state);
+    let cgroup = |i: usize| {
+        cgroups
+            .as_ref()
+            .map(|(c, w)| if i == 0 { c.0.clone() } else { w.0.clone() })
+    };
+    let web = flowgate_sidecar_in(
+        net.pod(1),
+        &dir,
+        "web-1.shop",
+        "shop/web",
+        listen,
+        &state,
+        cgroup(1).as_deref(),
+    );
     let client_side = match client {
         ClientSidecar::Flowgate => flowgate_sidecar_in(
             net.pod(0),
@@ -438,6 +486,7 @@ fn capture_case(segment: u8, client: ClientSidecar) {
             "shop/client",
             listen,
             &state,
+            cgroup(0).as_deref(),
         ),
         ClientSidecar::Envoy => envoy_sidecar_as(
             Some(net.pod(0)),
@@ -456,8 +505,12 @@ fn capture_case(segment: u8, client: ClientSidecar) {
             args.extend(["-H".to_string(), format!("Host: {h}")]);
         }
         args.push(format!("http://{web_vip}/"));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        net.curl(0, &args).1
+        let out = workload("curl")
+            .args(["-sS", "--max-time", "5"])
+            .args(&args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(
         common::wait_until(Duration::from_secs(30), || http(None)
@@ -471,7 +524,7 @@ fn capture_case(segment: u8, client: ClientSidecar) {
     assert_eq!(http(Some("web.shop")), "web web.shop");
     // TCP by the service's address: the database speaks first, through both sidecars.
     let tcp = || {
-        let out = common::in_netns(Some(net.pod(0)), "python3")
+        let out = workload("python3")
             .args([
                 "-c",
                 &format!(
@@ -491,21 +544,49 @@ fn capture_case(segment: u8, client: ClientSidecar) {
     // which wants a mesh certificate — not the workload.
     let (ok, body, _) = common::curl(&["-s", "-m", "3", &format!("http://{web_ip}:{app}/")]);
     assert!(!ok, "the workload answered around its sidecar: {body:?}");
-    // No egress: the workload's connection to a server outside the mesh is closed; the
-    // proxy user's passes.
+    // No egress: the workload's connection to a server outside the mesh is closed; what
+    // is not the workload (the proxy user; a process outside its cgroup) passes.
     let outside = format!("http://{host}:{outside_port}/");
-    let (ok, body) = net.curl(0, &[&outside]);
-    assert!(!ok, "the workload reached outside the mesh: {body:?}");
-    let out = common::as_user(Some(net.pod(0)), Some(PROXY_UID), "curl")
+    let out = workload("curl")
+        .args(["-sS", "-m", "5", &outside])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the workload reached outside the mesh: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let uid = (mode == CaptureMode::Iptables).then_some(PROXY_UID);
+    let out = common::as_user(Some(net.pod(0)), uid, "curl")
         .args(["-sS", "-m", "5", &outside])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "outside");
+    if mode == CaptureMode::Ebpf {
+        // eBPF did it: the sidecars' counters (admin endpoint, in each pod's loopback).
+        let capture = |i: usize| {
+            let out = common::in_netns(Some(net.pod(i)), "curl")
+                .args(["-sS", "-m", "5", "http://127.0.0.1:15021/status"])
+                .output()
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["capture"].clone()
+        };
+        let (c, w) = (capture(0), capture(1));
+        eprintln!("client sidecar capture: {c}\nweb sidecar capture: {w}");
+        assert_eq!(c["mode"], "ebpf");
+        // HTTP twice, TCP at least once, the refused egress once.
+        assert!(c["outbound_steered"].as_u64().unwrap() >= 4, "{c}");
+        // Sidecars dial each other's inbound listener (15006, left alone); what was steered
+        // is the host's attempt at the workload's own port.
+        assert_eq!(w["inbound_steered"].as_u64(), Some(1), "{w}");
+    }
     drop((client_side, web, ctl));
 }
 
 /// `flowgate-sidecar run` in network namespace `netns` as the proxy user, for pod `node`
-/// running as `account`, against the controller at `controller`.
+/// running as `account`, against the controller at `controller` — or, with `ebpf` (the
+/// workload's cgroup), as root capturing the workload itself.
 fn flowgate_sidecar_in(
     netns: &str,
     dir: &TempDir,
@@ -513,6 +594,7 @@ fn flowgate_sidecar_in(
     account: &str,
     controller_at: std::net::SocketAddr,
     state: &Path,
+    ebpf: Option<&Path>,
 ) -> Proc {
     let (code, token, err) = controller(&["token", account, "--state", state.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
@@ -520,32 +602,55 @@ fn flowgate_sidecar_in(
     let kept = dir.path(&format!("sidecar-{node}"));
     std::fs::create_dir_all(&kept).unwrap();
     std::os::unix::fs::chown(&kept, Some(PROXY_UID), Some(PROXY_UID)).unwrap();
+    let mut cmd = match ebpf {
+        // `nsenter` keeps /sys as it is (the cgroup path stays valid).
+        Some(cgroup) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/var/run/netns/{netns}"))
+                .arg(env!("CARGO_BIN_EXE_flowgate-sidecar"))
+                .arg("run")
+                .arg("--ebpf-capture")
+                .arg(cgroup);
+            c
+        }
+        None => {
+            let mut c = common::as_user(
+                Some(netns),
+                Some(PROXY_UID),
+                env!("CARGO_BIN_EXE_flowgate-sidecar"),
+            );
+            c.arg("run");
+            c
+        }
+    };
     daemon(
-        common::as_user(
-            Some(netns),
-            Some(PROXY_UID),
-            env!("CARGO_BIN_EXE_flowgate-sidecar"),
-        )
-        .args(["run", "--controller", &format!("https://{controller_at}")])
-        .arg("--trust")
-        .arg(state.join("ca.pem"))
-        .arg("--token-file")
-        .arg(&token_file)
-        .args(["--node", node, "--workers", "1"])
-        .arg("--state")
-        .arg(&kept),
+        cmd.args(["--controller", &format!("https://{controller_at}")])
+            .arg("--trust")
+            .arg(state.join("ca.pem"))
+            .arg("--token-file")
+            .arg(&token_file)
+            .args(["--node", node, "--workers", "1"])
+            .arg("--state")
+            .arg(&kept),
         node,
     )
 }
 
 #[test]
 fn captured_traffic_flows_through_flowgate_sidecars() {
-    capture_case(1, ClientSidecar::Flowgate);
+    capture_case(1, ClientSidecar::Flowgate, CaptureMode::Iptables);
 }
 
 #[test]
 fn an_envoy_sidecar_on_captured_traffic_calls_a_flowgate_sidecar() {
-    capture_case(2, ClientSidecar::Envoy);
+    capture_case(2, ClientSidecar::Envoy, CaptureMode::Iptables);
+}
+
+/// The same with eBPF capture (`cargo test --features ebpf`; `.ci/run` runs it).
+#[cfg(feature = "ebpf")]
+#[test]
+fn ebpf_captured_traffic_flows_through_flowgate_sidecars() {
+    capture_case(3, ClientSidecar::Flowgate, CaptureMode::Ebpf);
 }
 
 /// The OSM `Retry` case the Envoy sidecars pass (`tests/controller.rs`), through Flowgate

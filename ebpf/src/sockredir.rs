@@ -292,7 +292,8 @@ impl SockRedirect {
                 e,
             )
         })?;
-        self.links.push((netns.to_owned(), CgroupLink::SkLookup(id)));
+        self.links
+            .push((netns.to_owned(), CgroupLink::SkLookup(id)));
         Ok(())
     }
 
@@ -305,12 +306,10 @@ impl SockRedirect {
     /// `SO_REUSEPORT` group: the kernel then picks within the group). Replaces the one set
     /// before.
     pub fn set_inbound_listener(&mut self, socket: &impl AsRawFd) -> Result<(), Error> {
-        self.inbound
-            .set(0, socket, 0)
-            .map_err(|source| Error::Map {
-                map: "inbound_listener",
-                source,
-            })
+        self.inbound.set(0, socket, 0).map_err(|source| Error::Map {
+            map: "inbound_listener",
+            source,
+        })
     }
 
     /// Forgets the inbound listener: inbound connections are refused until one is set.

@@ -70,7 +70,7 @@ struct Cgroup(PathBuf);
 
 impl Cgroup {
     fn new() -> Self {
-        let root = common::cgroup2_root().expect("checked by can_run");
+        let root = flowgate_pipeline::testing::cgroup2_root().expect("checked by can_run");
         let p = root.join(unique("cg"));
         std::fs::create_dir(&p).unwrap();
         Self(p)
@@ -141,7 +141,8 @@ fn can_run(test: &str) -> bool {
         && require_programs(&["python3"])
         && require_peer(
             "a cgroup v2 hierarchy",
-            common::cgroup2_root().is_some_and(|r| r.join("cgroup.procs").exists()),
+            flowgate_pipeline::testing::cgroup2_root()
+                .is_some_and(|r| r.join("cgroup.procs").exists()),
             "mount cgroup2, e.g. on /sys/fs/cgroup",
         )
 }
@@ -318,7 +319,10 @@ fn sk_lookup_hands_inbound_connections_to_the_sidecar() {
     // A skipped port reaches its own listener; so does a connection from the pod's own
     // address (the sidecar dialling its workload).
     let _c3 = connect(9090).unwrap();
-    assert!(accept_within(&other).is_some(), "the skipped port was taken");
+    assert!(
+        accept_within(&other).is_some(),
+        "the skipped port was taken"
+    );
     let _c4 = pod.run(|| std::net::TcpStream::connect("10.77.0.2:8080").unwrap());
     assert!(accept_within(&app).is_some(), "local traffic was taken");
 

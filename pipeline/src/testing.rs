@@ -145,6 +145,21 @@ pub fn missing_peer_fails() -> bool {
     std::env::var_os("CI").is_some() || std::env::var_os("FLOWGATE_NO_SKIP").is_some() || is_root()
 }
 
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on unified hosts,
+/// `/sys/fs/cgroup/unified` on hybrid ones), from /proc/self/mountinfo: for tests that put
+/// processes in cgroups of their own (eBPF socket programs attach to cgroups).
+pub fn cgroup2_root() -> Option<std::path::PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        // `… mount-point options… - fstype source super-options`
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        left.split_whitespace().nth(4).map(std::path::PathBuf::from)
+    })
+}
+
 /// Whether this process runs as root (network namespaces, eBPF programs and raised limits
 /// need it).
 pub fn is_root() -> bool {

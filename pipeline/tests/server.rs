@@ -320,3 +320,105 @@ fn max_connections_counts_each_listener_over_all_workers() {
     drop((held, others));
     server.shutdown();
 }
+
+/// Answers each connection with its original destination (or `none`) and closes.
+struct SayOriginalDst;
+
+impl flowgate_pipeline::Filter for SayOriginalDst {
+    fn describe(&self) -> flowgate_pipeline::Description {
+        flowgate_pipeline::Description::filter("say-original-dst")
+    }
+    fn attach(
+        &self,
+        _input: flowgate_pipeline::Events,
+        cx: &flowgate_pipeline::Context,
+    ) -> flowgate_pipeline::Events {
+        let text = match cx.conn().original_dst {
+            Some(a) => a.to_string(),
+            None => "none".into(),
+        };
+        Box::pin(futures_util::stream::iter([
+            Event::Data(Bytes::from(text)),
+            Event::END,
+        ]))
+    }
+}
+
+fn read_all(addr: std::net::SocketAddr) -> String {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    s
+}
+
+#[test]
+fn a_transparent_listener_asks_the_original_destination_lookup() {
+    // The lookup knows the peers it is told about, as eBPF steering's map would.
+    let known = Arc::new(std::sync::Mutex::new(Vec::<std::net::SocketAddr>::new()));
+    let k = known.clone();
+    let server = Server::builder()
+        .workers(1)
+        .original_dst(Arc::new(move |peer| {
+            k.lock()
+                .unwrap()
+                .contains(&peer)
+                .then(|| "10.9.9.9:80".parse().unwrap())
+        }))
+        .start()
+        .unwrap();
+    let say = Arc::new(
+        Pipeline::builder("say")
+            .filter(SayOriginalDst)
+            .build()
+            .unwrap(),
+    );
+    let mut transparent = ListenerConfig::tcp("127.0.0.1:0".parse().unwrap());
+    transparent.transparent = true;
+    let plain = ListenerConfig::tcp("127.0.0.2:0".parse().unwrap());
+    server
+        .apply(vec![
+            (transparent.clone(), say.clone()),
+            (plain.clone(), say),
+        ])
+        .unwrap();
+    let t_addr = server
+        .local_addr(transparent.listen, Protocol::Tcp)
+        .unwrap();
+    let p_addr = server.local_addr(plain.listen, Protocol::Tcp).unwrap();
+
+    // Unknown peer and no NAT entry: no original destination.
+    assert_eq!(read_all(t_addr), "none");
+    // A known peer: the lookup's answer. Bind the client's port first to know it.
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    let me = s.local_addr().unwrap().as_socket().unwrap();
+    known.lock().unwrap().push(me);
+    s.connect(&t_addr.into()).unwrap();
+    let mut c: TcpStream = s.into();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = String::new();
+    c.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "10.9.9.9:80");
+    // A listener that is not transparent never asks.
+    known.lock().unwrap().clear();
+    assert_eq!(read_all(p_addr), "none");
+
+    // The listener's socket, for the kernel to steer to: it is the listening one.
+    let dup = server
+        .listener_socket(transparent.listen, Protocol::Tcp)
+        .unwrap();
+    assert_eq!(dup.local_addr().unwrap().as_socket(), Some(t_addr));
+    assert!(
+        server
+            .listener_socket("127.0.0.3:1".parse().unwrap(), Protocol::Tcp)
+            .is_none()
+    );
+    server.shutdown();
+}

@@ -9,6 +9,8 @@
 //!                      [--state DIR]                     the last good configuration and secrets
 //!                      [--workers N]
 //!                      [--admin ADDR|off]                GET /ready, /status, /clusters (127.0.0.1:15021)
+//!                      [--ebpf-capture CGROUP]           capture with eBPF instead of iptables (root)
+//!                      [--ebpf-netns FILE] [--exclude-inbound-ports P,…]
 //! flowgate-sidecar check --state DIR                     validate the kept configuration
 //! flowgate-sidecar init [--proxy-uid N] [--proxy-gid N]  capture the network namespace's
 //!                       [--exclude-inbound-ports P,…]     TCP traffic with iptables
@@ -21,9 +23,11 @@
 //! lifetime; the configuration is the accepted subset of Envoy's xDS compiled into Flowgate
 //! pipelines, NACKed with the reason when it cannot be served; the last good one is kept in
 //! the state directory and served at once after a restart. A pod annotated
-//! `flowgate.io/capture: redirect` has its traffic captured ([`flowgate::sidecar::capture`]:
-//! run `init` in its network namespace, then the sidecar as the proxy user); otherwise the
-//! workload sends to its sidecar explicitly.
+//! `flowgate.io/capture: redirect` has its traffic captured: with iptables
+//! ([`flowgate::sidecar::capture`]: run `init` in its network namespace, then the sidecar as
+//! the proxy user) or with eBPF (`--ebpf-capture` with the workload's cgroup: the sidecar,
+//! root, steers connections itself; built with the `ebpf` feature); otherwise the workload
+//! sends to its sidecar explicitly.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -86,6 +90,17 @@ enum Command {
         /// on loopback), or `off`.
         #[arg(long, default_value = "127.0.0.1:15021")]
         admin: String,
+        /// Capture the workload with eBPF instead of iptables: outbound TCP connects from
+        /// this cgroup v2 directory are steered to 15001 and inbound connections in this
+        /// network namespace to 15006 (root; the `ebpf` feature; no `init`).
+        #[arg(long, value_name = "CGROUP")]
+        ebpf_capture: Option<PathBuf>,
+        /// The network namespace eBPF capture takes inbound connections in (its file).
+        #[arg(long, default_value = "/proc/self/ns/net", requires = "ebpf_capture")]
+        ebpf_netns: PathBuf,
+        /// Inbound ports eBPF capture leaves alone (comma-separated).
+        #[arg(long, value_delimiter = ',', requires = "ebpf_capture")]
+        exclude_inbound_ports: Vec<u16>,
     },
     /// Capture this network namespace's TCP traffic for the sidecar with iptables (nat
     /// table): what the workload dials goes to 15001, what arrives goes to 15006. The
@@ -164,6 +179,9 @@ fn main() -> ExitCode {
             state,
             workers,
             admin,
+            ebpf_capture,
+            ebpf_netns,
+            exclude_inbound_ports,
         } => {
             let admin = match admin.as_str() {
                 "off" => None,
@@ -204,6 +222,11 @@ fn main() -> ExitCode {
                 state,
                 workers,
                 admin,
+                ebpf: ebpf_capture.map(|cgroup| flowgate::sidecar::EbpfCapture {
+                    netns: ebpf_netns,
+                    exclude_inbound_ports,
+                    ..flowgate::sidecar::EbpfCapture::new(cgroup)
+                }),
             };
             match flowgate::sidecar::run(opts, registry) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -29,7 +29,10 @@
 //! mode (the workload sends HTTP to `<pod IP>:15001` itself), or capture (a pod annotated
 //! `flowgate.io/capture: redirect`): iptables rules set by `flowgate-sidecar init`
 //! ([`capture`]) redirect what the workload dials to a listener at `0.0.0.0:15001` that
-//! reads the original destination (`SO_ORIGINAL_DST`) and picks the filter chain by it.
+//! reads the original destination (`SO_ORIGINAL_DST`) and picks the filter chain by it —
+//! or, with the `ebpf` feature and [`SidecarOptions::ebpf`], the sidecar steers the
+//! workload's connections itself with flowgate-ebpf's socket programs (outbound by the
+//! workload's cgroup, inbound by the network namespace), no iptables involved.
 //!
 //! ```
 //! use flowgate::sidecar::compile::{Options, compile};
@@ -60,6 +63,8 @@
 
 pub mod capture;
 pub mod compile;
+#[cfg(feature = "ebpf")]
+mod steering;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -89,6 +94,43 @@ pub struct SidecarOptions {
     pub workers: Option<usize>,
     /// Where the admin endpoint listens (keep it on loopback); `None`: no admin endpoint.
     pub admin: Option<std::net::SocketAddr>,
+    /// Capture the workload's traffic with eBPF (the `ebpf` feature, root) instead of
+    /// iptables rules; `None`: iptables (`flowgate-sidecar init`) or explicit proxy mode.
+    pub ebpf: Option<EbpfCapture>,
+}
+
+/// eBPF capture, set up by the sidecar itself (it needs root; no `init` step): outbound
+/// TCP connects from the workload's cgroup are steered to the outbound listener, and new
+/// inbound TCP connections in the network namespace are handed to the inbound listener —
+/// the listeners the controller sends a pod annotated `flowgate.io/capture: redirect`.
+/// Loopback, the sidecar's own connections and its own ports are left alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EbpfCapture {
+    /// The workload's cgroup v2 directory (its processes and those below it are steered).
+    pub cgroup: PathBuf,
+    /// The network namespace whose inbound connections are taken (its file; the
+    /// sidecar's own by default, `/proc/self/ns/net`).
+    pub netns: PathBuf,
+    /// Where outbound connections go (`127.0.0.1:PORT`; the listener is `0.0.0.0:PORT`).
+    pub outbound_port: u16,
+    /// The inbound listener's port (`0.0.0.0:PORT`).
+    pub inbound_port: u16,
+    /// Inbound ports left alone, besides the sidecar's own.
+    pub exclude_inbound_ports: Vec<u16>,
+}
+
+impl EbpfCapture {
+    /// Capture for the workload in `cgroup`, with the usual ports (15001 outbound, 15006
+    /// inbound) in the sidecar's own network namespace.
+    pub fn new(cgroup: impl Into<PathBuf>) -> Self {
+        EbpfCapture {
+            cgroup: cgroup.into(),
+            netns: PathBuf::from("/proc/self/ns/net"),
+            outbound_port: 15001,
+            inbound_port: 15006,
+            exclude_inbound_ports: Vec::new(),
+        }
+    }
 }
 
 /// What the admin endpoint reports.
@@ -110,6 +152,9 @@ struct Status {
     last_refusal: Option<String>,
     /// The certificate: its identity and expiry (Unix seconds).
     certificate: Option<(String, u64)>,
+    /// eBPF capture, when on.
+    #[cfg(feature = "ebpf")]
+    steering: Option<Arc<steering::Steering>>,
 }
 
 type Shared = Arc<std::sync::Mutex<Status>>;
@@ -130,7 +175,12 @@ impl Status {
 
     fn json(&self) -> serde_json::Value {
         let now = unix(std::time::SystemTime::now());
+        #[cfg(feature = "ebpf")]
+        let capture = self.steering.as_ref().map(|s| s.json());
+        #[cfg(not(feature = "ebpf"))]
+        let capture: Option<serde_json::Value> = None;
         serde_json::json!({
+            "capture": capture,
             "ready": self.ready(),
             "config": {
                 "source": self.source,
@@ -199,6 +249,9 @@ pub enum SidecarError {
     /// The workers could not start.
     #[error(transparent)]
     Server(#[from] flowgate_pipeline::server::ServerError),
+    /// eBPF capture could not be set up (or this build lacks the `ebpf` feature).
+    #[error("eBPF capture: {0}")]
+    Capture(String),
 }
 
 /// The file the last good configuration is kept in, in the state directory.
@@ -384,8 +437,22 @@ pub fn run(opts: SidecarOptions, registry: Arc<Registry>) -> Result<(), SidecarE
     if let Some(n) = opts.workers {
         builder = builder.workers(n);
     }
-    let server = builder.start()?;
     let status = Shared::default();
+    if let Some(c) = &opts.ebpf {
+        #[cfg(feature = "ebpf")]
+        {
+            let own: Vec<u16> = opts.admin.map(|a| a.port()).into_iter().collect();
+            let s = steering::Steering::start(c, &own)?;
+            builder = builder.original_dst(s.lookup());
+            lock(&status).steering = Some(s);
+        }
+        #[cfg(not(feature = "ebpf"))]
+        return Err(SidecarError::Capture(format!(
+            "this flowgate-sidecar was built without the `ebpf` feature (cgroup {})",
+            c.cgroup.display()
+        )));
+    }
+    let server = builder.start()?;
     // The last good configuration, at once.
     let saved = opts.state.join(CONFIG_FILE);
     let done = SharedBuilds::default();
@@ -409,6 +476,8 @@ pub fn run(opts: SidecarOptions, registry: Arc<Registry>) -> Result<(), SidecarE
                         s.listeners = count;
                         s.clusters = cluster_pipelines(&listeners);
                         s.applied_at = Some(unix(std::time::SystemTime::now()));
+                        drop(s);
+                        follow_listeners(&server, &status);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "the last good configuration does not bind")
@@ -669,6 +738,20 @@ fn cluster_pipelines(
     out
 }
 
+/// After a configuration was applied: eBPF capture steers inbound connections to its
+/// inbound listener.
+fn follow_listeners(server: &Server, status: &Shared) {
+    #[cfg(feature = "ebpf")]
+    {
+        let steering = lock(status).steering.clone();
+        if let Some(s) = steering {
+            s.follow(server);
+        }
+    }
+    #[cfg(not(feature = "ebpf"))]
+    let _ = (server, status);
+}
+
 /// Compiles and applies `received`; a failure keeps what runs (it was checked before its
 /// ACK, so this is a listener that could not bind after all).
 fn apply(
@@ -772,6 +855,7 @@ fn apply(
                 .collect();
             s.clusters = clusters;
             drop(s);
+            follow_listeners(server, status);
             if let Err(e) = save(&opts.state, &compiled) {
                 tracing::warn!("cannot keep the configuration in the state directory: {e}");
             }

@@ -133,3 +133,48 @@ impl Drop for PodNet {
         }
     }
 }
+
+/// A cgroup v2 directory for a pod's workload, removed on drop (once its processes are
+/// gone).
+pub struct Cgroup(pub std::path::PathBuf);
+
+impl Cgroup {
+    /// A fresh cgroup `flowgate-test-<pid>-<tag>`, or `None` where the test may skip (no
+    /// cgroup v2 mounted).
+    pub fn new(tag: &str) -> Option<Cgroup> {
+        let root =
+            flowgate_pipeline::testing::cgroup2_root().filter(|r| r.join("cgroup.procs").exists());
+        if !flowgate_pipeline::testing::require_peer(
+            "a cgroup v2 hierarchy",
+            root.is_some(),
+            "mount cgroup2, e.g. on /sys/fs/cgroup",
+        ) {
+            return None;
+        }
+        let p = root?.join(format!("flowgate-test-{}-{tag}", std::process::id()));
+        std::fs::create_dir(&p).unwrap();
+        Some(Cgroup(p))
+    }
+
+    /// `program` in network namespace `netns`, started in this cgroup (it joins first:
+    /// `ip netns exec` mounts a /sys without the cgroup tree).
+    pub fn command(&self, netns: &str, program: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(r#"echo $$ > "$0/cgroup.procs" && exec ip netns exec "$@""#)
+            .arg(&self.0)
+            .args([netns, program]);
+        c
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}

@@ -23,17 +23,3 @@ pub fn can_run(test: &str) -> bool {
 pub fn can_run_in_netns(test: &str) -> bool {
     can_run(test) && require_programs(&["ip"])
 }
-
-/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on unified hosts,
-/// `/sys/fs/cgroup/unified` on hybrid ones), from /proc/self/mountinfo.
-pub fn cgroup2_root() -> Option<std::path::PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|line| {
-        // `… mount-point options… - fstype source super-options`
-        let (left, right) = line.split_once(" - ")?;
-        if right.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        left.split_whitespace().nth(4).map(std::path::PathBuf::from)
-    })
-}

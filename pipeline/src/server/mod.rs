@@ -38,6 +38,12 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::Pipeline;
 
+/// Where a connection accepted on a `transparent` listener was going, given its peer
+/// address: for interception that leaves no NAT entry to read `SO_ORIGINAL_DST` from, such
+/// as eBPF socket steering (flowgate-ebpf's `SockRedirect`). Asked first; `None` falls back
+/// to `SO_ORIGINAL_DST`. See [`ServerBuilder::original_dst`].
+pub type OriginalDst = Arc<dyn Fn(SocketAddr) -> Option<SocketAddr> + Send + Sync>;
+
 /// The transport of a listener.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -69,8 +75,8 @@ pub struct ListenerConfig {
     /// TCP_NODELAY on accepted sockets. Default true.
     #[serde(default = "crate::registry::default_true")]
     pub nodelay: bool,
-    /// Read the original destination (`SO_ORIGINAL_DST`) of redirected connections.
-    /// Default false.
+    /// Read the original destination of redirected connections (`SO_ORIGINAL_DST`, or the
+    /// server's [`OriginalDst`] lookup). Default false.
     #[serde(default)]
     pub transparent: bool,
     /// The listen backlog. Default 1024.
@@ -172,6 +178,7 @@ pub(crate) struct Listener {
     /// The drain signal of the connections running `pipeline`: started when it is replaced.
     drain: ArcSwap<crate::Drain>,
     conns: Slots,
+    original_dst: Option<OriginalDst>,
 }
 
 /// Live connections of one listener over all workers, bounded by its `max_connections`.
@@ -244,10 +251,21 @@ struct Worker {
 }
 
 /// Settings of a [`Server`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerBuilder {
     workers: usize,
     drain_timeout: Duration,
+    original_dst: Option<OriginalDst>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("workers", &self.workers)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("original_dst", &self.original_dst.is_some())
+            .finish()
+    }
 }
 
 impl ServerBuilder {
@@ -262,6 +280,14 @@ impl ServerBuilder {
     #[must_use]
     pub fn drain_timeout(mut self, d: Duration) -> Self {
         self.drain_timeout = d;
+        self
+    }
+
+    /// How `transparent` listeners learn where a connection was going when no NAT entry
+    /// says it (asked before `SO_ORIGINAL_DST`). Default: `SO_ORIGINAL_DST` alone.
+    #[must_use]
+    pub fn original_dst(mut self, lookup: OriginalDst) -> Self {
+        self.original_dst = Some(lookup);
         self
     }
 
@@ -287,6 +313,7 @@ impl ServerBuilder {
             workers,
             listeners: Mutex::new(HashMap::new()),
             bound: Mutex::new(HashMap::new()),
+            original_dst: self.original_dst,
         })
     }
 }
@@ -295,7 +322,15 @@ impl ServerBuilder {
 pub struct Server {
     workers: Vec<Worker>,
     listeners: Mutex<HashMap<ListenerKey, Arc<Listener>>>,
-    bound: Mutex<HashMap<ListenerKey, SocketAddr>>,
+    bound: Mutex<HashMap<ListenerKey, Bound>>,
+    original_dst: Option<OriginalDst>,
+}
+
+/// A running listener's bound address, and a duplicate of one of its sockets (for
+/// [`Server::listener_socket`]).
+struct Bound {
+    addr: SocketAddr,
+    socket: Option<Socket>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -311,6 +346,7 @@ impl Server {
         ServerBuilder {
             workers: cpus,
             drain_timeout: Duration::from_secs(30),
+            original_dst: None,
         }
     }
 
@@ -379,6 +415,7 @@ impl Server {
                         pipeline: ArcSwap::new(pipeline),
                         drain: ArcSwap::from_pointee(crate::Drain::default()),
                         conns: Slots::default(),
+                        original_dst: self.original_dst.clone(),
                     }),
                 );
             }
@@ -387,7 +424,14 @@ impl Server {
             let Some(listener) = current.get(&key) else {
                 continue;
             };
-            bound.insert(key, actual);
+            let socket = sockets.first().and_then(|s| s.try_clone().ok());
+            bound.insert(
+                key,
+                Bound {
+                    addr: actual,
+                    socket,
+                },
+            );
             for (w, socket) in self.workers.iter().zip(sockets) {
                 let _ = w.tx.send(Command::Start {
                     key,
@@ -402,7 +446,17 @@ impl Server {
     /// The address actually bound for a configured listen address (differs when the
     /// configured port is 0).
     pub fn local_addr(&self, listen: SocketAddr, protocol: Protocol) -> Option<SocketAddr> {
-        lock(&self.bound).get(&(listen, protocol)).copied()
+        lock(&self.bound).get(&(listen, protocol)).map(|b| b.addr)
+    }
+
+    /// A duplicate of one of the sockets of a running listener (one of its `SO_REUSEPORT`
+    /// group), for the kernel to steer connections to: e.g. flowgate-ebpf's
+    /// `SockRedirect::set_inbound_listener`. `None` if no such listener runs.
+    pub fn listener_socket(&self, listen: SocketAddr, protocol: Protocol) -> Option<Socket> {
+        lock(&self.bound)
+            .get(&(listen, protocol))
+            .and_then(|b| b.socket.as_ref())
+            .and_then(|s| s.try_clone().ok())
     }
 
     /// Live connections (TCP) and peer sessions (UDP) over all workers.
@@ -417,6 +471,9 @@ impl Server {
         for l in lock(&self.listeners).values() {
             l.drain.load().start();
         }
+        // The kept duplicates would hold the listening sockets open (the kernel would go on
+        // completing handshakes into their backlogs).
+        lock(&self.bound).clear();
         for w in &self.workers {
             let _ = w.tx.send(Command::Shutdown);
         }
@@ -642,7 +699,13 @@ async fn accept_loop(
                 if listener.config.nodelay {
                     let _ = stream.set_nodelay(true);
                 }
-                let conn = conn_info(&stream, peer, worker, listener.config.transparent);
+                let conn = conn_info(
+                    &stream,
+                    peer,
+                    worker,
+                    listener.config.transparent,
+                    listener.original_dst.as_ref(),
+                );
                 let pipeline = listener.pipeline.load_full();
                 let cx = crate::Context::with_conn(conn);
                 cx.insert(crate::Drain::clone(&listener.drain.load()));

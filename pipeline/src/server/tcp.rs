@@ -234,19 +234,25 @@ pub async fn serve_in(stream: TcpStream, pipeline: Arc<Pipeline>, cx: Context) {
     let _ = write.shutdown().await;
 }
 
-/// The connection facts of an accepted socket.
+/// The connection facts of an accepted socket. `transparent`: read the original
+/// destination, asking `lookup` (if any) first, then `SO_ORIGINAL_DST`.
 pub fn conn_info(
     stream: &TcpStream,
     peer: SocketAddr,
     worker: usize,
     transparent: bool,
+    lookup: Option<&super::OriginalDst>,
 ) -> ConnInfo {
     let local = stream.local_addr().ok();
     let original_dst = if transparent {
-        socket2::SockRef::from(stream)
-            .original_dst()
-            .ok()
-            .and_then(|a| a.as_socket())
+        lookup
+            .and_then(|f| f(peer))
+            .or_else(|| {
+                socket2::SockRef::from(stream)
+                    .original_dst()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+            })
             .filter(|a| Some(*a) != local)
     } else {
         None
