@@ -372,7 +372,7 @@ fn capture_case(segment: u8, client: ClientSidecar, mode: CaptureMode) {
     let mut needs = vec!["nginx", "curl", "python3"];
     match mode {
         CaptureMode::Iptables => needs.extend(["iptables", "setpriv"]),
-        CaptureMode::Ebpf => needs.push("nsenter"),
+        CaptureMode::Ebpf => needs.extend(["nsenter", "mount", "umount"]),
     }
     if client == ClientSidecar::Envoy {
         needs.push("envoy");
@@ -392,12 +392,16 @@ fn capture_case(segment: u8, client: ClientSidecar, mode: CaptureMode) {
             ) else {
                 return;
             };
-            Some((c, w))
+            Some((
+                c,
+                w,
+                flowgate_pipeline::testing::BpfFs::mount(&segment.to_string()),
+            ))
         }
     };
     // The client workload: in its pod, and in its cgroup when eBPF captures.
     let workload = |program: &str| match &cgroups {
-        Some((c, _)) => c.command(net.pod(0), program),
+        Some((c, _, _)) => c.command(net.pod(0), program),
         None => common::in_netns(Some(net.pod(0)), program),
     };
     let dir = TempDir::new(&format!("sidecar-capture-{segment}"));
@@ -464,30 +468,23 @@ fn capture_case(segment: u8, client: ClientSidecar, mode: CaptureMode) {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // eBPF: (the pod's workload cgroup, where its sidecar pins its attachments).
     let cgroup = |i: usize| {
-        cgroups
-            .as_ref()
-            .map(|(c, w)| if i == 0 { c.0.clone() } else { w.0.clone() })
+        cgroups.as_ref().map(|(c, w, fs)| {
+            let cg = if i == 0 { c.0.clone() } else { w.0.clone() };
+            (cg, fs.path.join(format!("pod{i}")))
+        })
     };
-    let web = flowgate_sidecar_in(
-        net.pod(1),
-        &dir,
-        "web-1.shop",
-        "shop/web",
-        listen,
-        &state,
-        cgroup(1).as_deref(),
-    );
+    // Pod i's Flowgate sidecar (0: the client, 1: web).
+    let sidecar_of = |i: usize| {
+        let (node, account) = [("client-1.shop", "shop/client"), ("web-1.shop", "shop/web")][i];
+        let ebpf = cgroup(i);
+        let ebpf = ebpf.as_ref().map(|(c, p)| (c.as_path(), p.as_path()));
+        flowgate_sidecar_in(net.pod(i), &dir, node, account, listen, &state, ebpf)
+    };
+    let web = sidecar_of(1);
     let client_side = match client {
-        ClientSidecar::Flowgate => flowgate_sidecar_in(
-            net.pod(0),
-            &dir,
-            "client-1.shop",
-            "shop/client",
-            listen,
-            &state,
-            cgroup(0).as_deref(),
-        ),
+        ClientSidecar::Flowgate => sidecar_of(0),
         ClientSidecar::Envoy => envoy_sidecar_as(
             Some(net.pod(0)),
             Some(PROXY_UID),
@@ -547,15 +544,17 @@ fn capture_case(segment: u8, client: ClientSidecar, mode: CaptureMode) {
     // No egress: the workload's connection to a server outside the mesh is closed; what
     // is not the workload (the proxy user; a process outside its cgroup) passes.
     let outside = format!("http://{host}:{outside_port}/");
-    let out = workload("curl")
-        .args(["-sS", "-m", "5", &outside])
-        .output()
-        .unwrap();
-    assert!(
-        !out.status.success(),
-        "the workload reached outside the mesh: {:?}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    // The workload's GET outside: what it got, if it got anything.
+    let escapes = || {
+        let out = workload("curl")
+            .args(["-sS", "-m", "5", &outside])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    assert_eq!(escapes(), None, "the workload reached outside the mesh");
     let uid = (mode == CaptureMode::Iptables).then_some(PROXY_UID);
     let out = common::as_user(Some(net.pod(0)), uid, "curl")
         .args(["-sS", "-m", "5", &outside])
@@ -580,6 +579,66 @@ fn capture_case(segment: u8, client: ClientSidecar, mode: CaptureMode) {
         // Sidecars dial each other's inbound listener (15006, left alone); what was steered
         // is the host's attempt at the workload's own port.
         assert_eq!(w["inbound_steered"].as_u64(), Some(1), "{w}");
+
+        // A sidecar in its workload's cgroup is refused (its own connects would be
+        // captured).
+        let (cg, _) = cgroup(0).unwrap();
+        let out = cgroups
+            .as_ref()
+            .unwrap()
+            .0
+            .command(net.pod(0), env!("CARGO_BIN_EXE_flowgate-sidecar"))
+            .args([
+                "run",
+                "--controller",
+                "https://127.0.0.1:1",
+                "--trust",
+                "/dev/null",
+            ])
+            .args(["--node", "x.shop", "--admin", "off", "--ebpf-pin", "off"])
+            .arg("--state")
+            .arg(dir.path("refused-state"))
+            .arg("--ebpf-capture")
+            .arg(&cg)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("runs in the workload's cgroup"),
+            "{err}"
+        );
+
+        // The sidecars crash (SIGKILL): their pinned attachments stay, so the workloads'
+        // traffic stays captured — refused, never let through.
+        client_side.signal("KILL");
+        web.signal("KILL");
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            escapes(),
+            None,
+            "the workload got out with its sidecar down"
+        );
+        let (ok, body, _) = common::curl(&["-s", "-m", "3", &format!("http://{web_ip}:{app}/")]);
+        assert!(!ok, "the workload answered with its sidecar down: {body:?}");
+        drop((client_side, web));
+
+        // Restarted, the client's sidecar takes its pinned attachments over and serves.
+        let again = sidecar_of(0);
+        let restarted_web = sidecar_of(1);
+        assert!(
+            common::wait_until(Duration::from_secs(30), || http(None)
+                == format!("web {web_vip}")),
+            "after the restart: {:?}; client sidecar: {}",
+            http(None),
+            again.stderr_so_far()
+        );
+        assert!(
+            again.stderr_so_far().contains("replaced=3"),
+            "{}",
+            again.stderr_so_far()
+        );
+        drop((again, restarted_web, ctl));
+        return;
     }
     drop((client_side, web, ctl));
 }
@@ -594,7 +653,7 @@ fn flowgate_sidecar_in(
     account: &str,
     controller_at: std::net::SocketAddr,
     state: &Path,
-    ebpf: Option<&Path>,
+    ebpf: Option<(&Path, &Path)>,
 ) -> Proc {
     let (code, token, err) = controller(&["token", account, "--state", state.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
@@ -604,13 +663,15 @@ fn flowgate_sidecar_in(
     std::os::unix::fs::chown(&kept, Some(PROXY_UID), Some(PROXY_UID)).unwrap();
     let mut cmd = match ebpf {
         // `nsenter` keeps /sys as it is (the cgroup path stays valid).
-        Some(cgroup) => {
+        Some((cgroup, pins)) => {
             let mut c = Command::new("nsenter");
             c.arg(format!("--net=/var/run/netns/{netns}"))
                 .arg(env!("CARGO_BIN_EXE_flowgate-sidecar"))
                 .arg("run")
                 .arg("--ebpf-capture")
-                .arg(cgroup);
+                .arg(cgroup)
+                .arg("--ebpf-pin")
+                .arg(pins);
             c
         }
         None => {

@@ -22,6 +22,8 @@
 
 #include "sockredir.h"
 
+#define FG_EEXIST 17
+
 /* Set by the loader (network byte order); port 0 disables connect4 steering. */
 volatile const __u32 sidecar_ip = 0;
 volatile const __u32 sidecar_port = 0;
@@ -57,6 +59,15 @@ struct {
     __type(value, __u32);
     __uint(max_entries, 1);
 } inbound_listener SEC(".maps");
+
+/* The namespace's own addresses (network order): connect4 leaves connects to them alone,
+ * as iptables' OUTPUT rules do for traffic routed over lo. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __type(key, __u32);
+    __type(value, __u8);
+    __uint(max_entries, 64);
+} own_addrs SEC(".maps");
 
 /* Local ports (host order) whose connections sk_lookup leaves alone. */
 struct {
@@ -150,8 +161,8 @@ int fg_connect4(struct bpf_sock_addr *ctx)
     __u16 dport = (__u16)ctx->user_port;
     if (dip == sidecar_ip && dport == (__u16)sidecar_port)
         return 1;
-    /* Loopback destinations are local traffic, not outbound: left alone. */
-    if (is_local(dip))
+    /* Loopback and the namespace's own addresses are local traffic, not outbound. */
+    if (is_local(dip) || bpf_map_lookup_elem(&own_addrs, &dip))
         return 1;
     __u64 cookie = bpf_get_socket_cookie(ctx);
     struct fg_orig_dst o = {.ip = dip, .port = dport};
@@ -184,10 +195,10 @@ int fg_sk_lookup(struct bpf_sk_lookup *ctx)
     }
     long err = bpf_sk_assign(ctx, sk, 0);
     bpf_sk_release(sk);
-    if (err) {
-        add(FG_SR_INBOUND_REFUSED, 1);
+    if (err == -FG_EEXIST) /* another sk_lookup program chose already: its choice stands */
+        return SK_PASS;
+    if (err)
         return SK_DROP;
-    }
     add(FG_SR_INBOUND, 1);
     return SK_PASS;
 }

@@ -82,6 +82,20 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The program is already attached there.
+    #[error("already attached to {name}")]
+    AlreadyAttached {
+        /// The path given.
+        name: String,
+    },
+    /// Pinning an attachment in bpffs (or taking a pinned one away) failed.
+    #[error("pinned attachment {}: {reason} (is a bpf filesystem mounted there? `mount -t bpf bpf /sys/fs/bpf`)", path.display())]
+    Pin {
+        /// The pin's path.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// Opening a network namespace file failed.
     #[error("network namespace {}: {source}", path.display())]
     Netns {

@@ -256,12 +256,35 @@ fn connect4_steers_to_the_sidecar_and_records_the_destination() {
     assert_eq!(stats.steered, 1, "{stats:?}");
     // Our own connects (the sidecar's) are not in the cgroup and not steered.
     assert_eq!(redirect.original_destination(sidecar).unwrap(), None);
+
+    // The namespace's own addresses are local traffic: not steered.
+    ns.ip(&["addr", "add", "10.66.0.1/32", "dev", "lo"]);
+    let own = ns.run(|| flowgate_ebpf::sockredir::own_ipv4_addresses().unwrap());
+    assert_eq!(own, ["10.66.0.1".parse::<std::net::Ipv4Addr>().unwrap()]);
+    redirect.set_own_addresses(&own).unwrap();
+    let local = ns.run(|| TcpListener::bind("10.66.0.1:80").unwrap());
+    let mut app = Proc::python(&ns, &cg, APP, &["10.66.0.1", "80"]);
+    let (mut s, _) = accept_within(&local).expect("the local connect did not arrive");
+    let mut hello = [0u8; 5];
+    s.set_nonblocking(false).unwrap();
+    s.read_exact(&mut hello).unwrap();
+    s.write_all(b"local").unwrap();
+    assert_eq!(app.line(), "local");
+    assert_eq!(redirect.stats().unwrap().steered, 1);
+    // A second handle reads the same map.
+    let d = redirect.destinations().unwrap();
+    assert_eq!(d.get(peer).unwrap(), None);
 }
 
 /// Accepts on a non-blocking listener within 10 s.
 fn accept_within(listener: &TcpListener) -> Option<(std::net::TcpStream, SocketAddr)> {
+    accept_within_ms(listener, 10_000)
+}
+
+/// Accepts on a non-blocking listener within `ms` milliseconds.
+fn accept_within_ms(listener: &TcpListener, ms: u64) -> Option<(std::net::TcpStream, SocketAddr)> {
     listener.set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_millis(ms);
     loop {
         match listener.accept() {
             Ok(x) => return Some(x),
@@ -293,6 +316,12 @@ fn sk_lookup_hands_inbound_connections_to_the_sidecar() {
     let netns = PathBuf::from(format!("/var/run/netns/{}", pod.name));
     let mut redirect = SockRedirect::load(SockRedirectConfig::default()).unwrap();
     redirect.attach_netns(&netns, &[15006, 9090]).unwrap();
+    assert!(matches!(
+        redirect.attach_netns(&netns, &[15006, 9090]),
+        Err(flowgate_ebpf::Error::AlreadyAttached { .. })
+    ));
+    // Clearing an empty slot is fine.
+    redirect.clear_inbound_listener().unwrap();
     let connect = |port: u16| {
         client.run(move || {
             let to: SocketAddr = format!("10.77.0.2:{port}").parse().unwrap();
@@ -307,6 +336,8 @@ fn sk_lookup_hands_inbound_connections_to_the_sidecar() {
     assert!(app.accept().is_err(), "the workload got a connection");
 
     // Set: the sidecar accepts it, and its local address is what the peer dialled.
+    // (Setting the same socket again changes nothing.)
+    redirect.set_inbound_listener(&sidecar).unwrap();
     redirect.set_inbound_listener(&sidecar).unwrap();
     let _c = connect(8080).unwrap();
     let (s, peer) = accept_within(&sidecar).expect("the sidecar got nothing");
@@ -333,6 +364,17 @@ fn sk_lookup_hands_inbound_connections_to_the_sidecar() {
     // Cleared: refused again. Detached: the workload is reached directly.
     redirect.clear_inbound_listener().unwrap();
     assert!(connect(8080).is_err());
+    // A listener that closes leaves the map: refused, not let through.
+    let short = pod.run(|| TcpListener::bind("0.0.0.0:15007").unwrap());
+    redirect.set_inbound_listener(&short).unwrap();
+    let _c6 = connect(8080).unwrap();
+    assert!(accept_within(&short).is_some());
+    drop(short);
+    assert!(
+        connect(8080).is_err(),
+        "a closed listener let a connection through"
+    );
+    assert!(accept_within_ms(&app, 200).is_none());
     redirect.detach_netns(&netns).unwrap();
     let _c5 = connect(8080).unwrap();
     assert!(accept_within(&app).is_some(), "not reached after detaching");
@@ -340,4 +382,60 @@ fn sk_lookup_hands_inbound_connections_to_the_sidecar() {
         redirect.detach_netns(&netns),
         Err(flowgate_ebpf::Error::NotAttached { .. })
     ));
+}
+
+#[test]
+fn pinned_steering_outlives_its_loader_until_removed() {
+    if !can_run("pinned_steering_outlives_its_loader_until_removed")
+        || !require_programs(&["mount", "umount"])
+    {
+        return;
+    }
+    let client = Netns::new("c");
+    let pod = Netns::new("p");
+    let (a, b) = (unique("a"), unique("b"));
+    common::netns::veth(&a, &client, None, &b, &pod);
+    client.ip(&["addr", "add", "10.78.0.1/24", "dev", &a]);
+    pod.ip(&["addr", "add", "10.78.0.2/24", "dev", &b]);
+    let (sidecar, app) = pod.run(|| {
+        (
+            TcpListener::bind("0.0.0.0:15006").unwrap(),
+            TcpListener::bind("10.78.0.2:8080").unwrap(),
+        )
+    });
+    let connect = || {
+        client.run(|| {
+            std::net::TcpStream::connect_timeout(
+                &"10.78.0.2:8080".parse().unwrap(),
+                Duration::from_secs(3),
+            )
+        })
+    };
+    let fs = flowgate_pipeline::testing::BpfFs::mount("pin");
+    let pins = fs.path.join("sidecar");
+    let netns = PathBuf::from(format!("/var/run/netns/{}", pod.name));
+    let mut redirect = SockRedirect::load(SockRedirectConfig::default()).unwrap();
+    redirect.attach_netns(&netns, &[15006]).unwrap();
+    redirect.set_inbound_listener(&sidecar).unwrap();
+    redirect.pin(&pins).unwrap();
+    drop(redirect);
+    // The loader is gone; its attachment is not.
+    let _c = connect().unwrap();
+    assert!(
+        accept_within(&sidecar).is_some(),
+        "the pinned attachment is gone"
+    );
+    assert!(accept_within_ms(&app, 200).is_none());
+    // The sidecar's socket closing refuses what comes next (no fail-open).
+    drop(sidecar);
+    assert!(connect().is_err(), "let through with the sidecar gone");
+    assert!(accept_within_ms(&app, 200).is_none());
+    // Removed: the workload is reached directly.
+    assert_eq!(SockRedirect::remove_pinned(&pins).unwrap(), 1);
+    let _c2 = connect().unwrap();
+    assert!(
+        accept_within(&app).is_some(),
+        "still steered after removing the pin"
+    );
+    assert_eq!(SockRedirect::remove_pinned(&pins).unwrap(), 0);
 }

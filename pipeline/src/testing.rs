@@ -160,6 +160,49 @@ pub fn cgroup2_root() -> Option<std::path::PathBuf> {
     })
 }
 
+/// A bpf filesystem mounted on a fresh directory (for pinned eBPF attachments; root),
+/// unmounted and removed on drop. Check [`require_programs`]`(&["mount", "umount"])` first.
+#[derive(Debug)]
+pub struct BpfFs {
+    /// Where it is mounted.
+    pub path: std::path::PathBuf,
+}
+
+impl BpfFs {
+    /// Mounts one on `<temp>/flowgate-bpffs-<pid>-<tag>`.
+    #[allow(
+        clippy::panic,
+        reason = "a test helper: failing the calling test is its job"
+    )]
+    pub fn mount(tag: &str) -> BpfFs {
+        let path =
+            std::env::temp_dir().join(format!("flowgate-bpffs-{}-{tag}", std::process::id()));
+        if let Err(e) = std::fs::create_dir_all(&path) {
+            panic!("{}: {e}", path.display());
+        }
+        let status = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&path)
+            .status();
+        if !status.as_ref().is_ok_and(|s| s.success()) {
+            panic!(
+                "cannot mount a bpf filesystem on {}: {status:?}",
+                path.display()
+            );
+        }
+        BpfFs { path }
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.path)
+            .status();
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
 /// Whether this process runs as root (network namespaces, eBPF programs and raised limits
 /// need it).
 pub fn is_root() -> bool {

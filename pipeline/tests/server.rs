@@ -356,10 +356,12 @@ fn read_all(addr: std::net::SocketAddr) -> String {
 fn a_transparent_listener_asks_the_original_destination_lookup() {
     // The lookup knows the peers it is told about, as eBPF steering's map would.
     let known = Arc::new(std::sync::Mutex::new(Vec::<std::net::SocketAddr>::new()));
-    let k = known.clone();
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (k, n) = (known.clone(), asked.clone());
     let server = Server::builder()
         .workers(1)
         .original_dst(Arc::new(move |peer| {
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             k.lock()
                 .unwrap()
                 .contains(&peer)
@@ -407,8 +409,9 @@ fn a_transparent_listener_asks_the_original_destination_lookup() {
     c.read_to_string(&mut got).unwrap();
     assert_eq!(got, "10.9.9.9:80");
     // A listener that is not transparent never asks.
-    known.lock().unwrap().clear();
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
     assert_eq!(read_all(p_addr), "none");
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
 
     // The listener's socket, for the kernel to steer to: it is the listening one.
     let dup = server

@@ -11,6 +11,7 @@
 //!                      [--admin ADDR|off]                GET /ready, /status, /clusters (127.0.0.1:15021)
 //!                      [--ebpf-capture CGROUP]           capture with eBPF instead of iptables (root)
 //!                      [--ebpf-netns FILE] [--exclude-inbound-ports P,…]
+//!                      [--ebpf-pin DIR|off]              (/sys/fs/bpf/flowgate-sidecar/NODE)
 //! flowgate-sidecar check --state DIR                     validate the kept configuration
 //! flowgate-sidecar init [--proxy-uid N] [--proxy-gid N]  capture the network namespace's
 //!                       [--exclude-inbound-ports P,…]     TCP traffic with iptables
@@ -59,6 +60,10 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per process: boxing `Run` would buy nothing"
+)]
 enum Command {
     /// Follow the controller and serve what it sends until SIGTERM or SIGINT.
     Run {
@@ -101,6 +106,11 @@ enum Command {
         /// Inbound ports eBPF capture leaves alone (comma-separated).
         #[arg(long, value_delimiter = ',', requires = "ebpf_capture")]
         exclude_inbound_ports: Vec<u16>,
+        /// Where eBPF capture is pinned (a directory on a bpffs mount; default
+        /// /sys/fs/bpf/flowgate-sidecar/NODE): the workload stays captured, its traffic
+        /// refused, while the sidecar is down. `off`: capture goes with the sidecar.
+        #[arg(long, requires = "ebpf_capture")]
+        ebpf_pin: Option<String>,
     },
     /// Capture this network namespace's TCP traffic for the sidecar with iptables (nat
     /// table): what the workload dials goes to 15001, what arrives goes to 15006. The
@@ -182,6 +192,7 @@ fn main() -> ExitCode {
             ebpf_capture,
             ebpf_netns,
             exclude_inbound_ports,
+            ebpf_pin,
         } => {
             let admin = match admin.as_str() {
                 "off" => None,
@@ -211,6 +222,11 @@ fn main() -> ExitCode {
                 },
                 (None, None) => None,
             };
+            let pin_dir = match ebpf_pin.as_deref() {
+                Some("off") => None,
+                Some(dir) => Some(PathBuf::from(dir)),
+                None => Some(PathBuf::from("/sys/fs/bpf/flowgate-sidecar").join(&node)),
+            };
             let opts = SidecarOptions {
                 controller: Controller {
                     url: controller,
@@ -225,6 +241,7 @@ fn main() -> ExitCode {
                 ebpf: ebpf_capture.map(|cgroup| flowgate::sidecar::EbpfCapture {
                     netns: ebpf_netns,
                     exclude_inbound_ports,
+                    pin: pin_dir,
                     ..flowgate::sidecar::EbpfCapture::new(cgroup)
                 }),
             };

@@ -117,6 +117,11 @@ pub struct EbpfCapture {
     pub inbound_port: u16,
     /// Inbound ports left alone, besides the sidecar's own.
     pub exclude_inbound_ports: Vec<u16>,
+    /// Where the attachments are pinned (a directory on a bpffs mount): they outlive the
+    /// sidecar, so its workload's traffic stays captured — refused — while it is down,
+    /// and a restarted sidecar takes them over. `None`: they go with the sidecar, and the
+    /// workload's traffic flows uncaptured once it is gone.
+    pub pin: Option<PathBuf>,
 }
 
 impl EbpfCapture {
@@ -129,6 +134,7 @@ impl EbpfCapture {
             outbound_port: 15001,
             inbound_port: 15006,
             exclude_inbound_ports: Vec::new(),
+            pin: None,
         }
     }
 }

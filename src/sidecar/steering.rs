@@ -3,19 +3,29 @@
 //! feature).
 //!
 //! - **Outbound**: `cgroup/connect4` on the workload's cgroup rewrites each TCP connect
-//!   (not to loopback, not the sidecar's own) to `127.0.0.1:<outbound port>` and records
-//!   where it was going; the transparent outbound listener reads it back through the
-//!   server's [`OriginalDst`] lookup, keyed by the accepted connection's peer address.
+//!   (not to loopback or the namespace's own addresses, not the sidecar's own) to
+//!   `127.0.0.1:<outbound port>` and records where it was going; the transparent outbound
+//!   listener reads it back through the server's [`OriginalDst`] lookup, keyed by the
+//!   accepted connection's peer address. The sidecar must not be in the workload's cgroup
+//!   (it is refused): its own connects are told apart by cgroup, and by process id as a
+//!   second line where no PID namespace is in between.
 //! - **Inbound**: `sk_lookup` on the network namespace hands every new TCP connection to a
-//!   local address (not loopback, not from the namespace's own addresses, not to the
-//!   sidecar's own ports or the excluded ones) to the inbound listener at `0.0.0.0:<inbound
-//!   port>`, whose socket is set after every configuration applied; the accepted socket's
-//!   local address is the one dialled. While no such listener runs, inbound connections
-//!   are refused — never let through to the workload.
+//!   local address (not loopback, not from the address it is for, not to the inbound
+//!   port, the admin port or the excluded ones) to the inbound listener at
+//!   `0.0.0.0:<inbound port>`, whose socket is set after every configuration applied; the
+//!   accepted socket's local address is the one dialled. While no such listener runs,
+//!   inbound connections are refused — never let through to the workload.
+//! - **Pinned**: the attachments are pinned in bpffs (`EbpfCapture::pin`), so they outlive
+//!   the sidecar: when it stops or crashes, the workload's traffic stays captured and
+//!   is refused rather than let through; a restarted sidecar replaces them.
+//!
+//! IPv4 only, as the iptables rules are.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use flowgate_ebpf::sockredir::{Destinations, own_ipv4_addresses};
 use flowgate_ebpf::{Sidecar, SockRedirect, SockRedirectConfig};
 use flowgate_pipeline::server::{OriginalDst, Protocol, Server};
 
@@ -24,6 +34,9 @@ use super::{EbpfCapture, SidecarError};
 /// The loaded programs and where inbound connections go.
 pub(super) struct Steering {
     redirect: Mutex<SockRedirect>,
+    /// The original destinations, apart: the accepting workers do not wait for the
+    /// control side.
+    destinations: Mutex<Destinations>,
     inbound: SocketAddr,
     /// Whether the inbound listener is set, once known (to log changes once).
     set: Mutex<Option<bool>>,
@@ -43,6 +56,21 @@ impl Steering {
     pub(super) fn start(c: &EbpfCapture, own: &[u16]) -> Result<Arc<Self>, SidecarError> {
         let err =
             |what: &str, e: flowgate_ebpf::Error| SidecarError::Capture(format!("{what}: {e}"));
+        match holds_this_process(&c.cgroup) {
+            Ok(false) => {}
+            Ok(true) => {
+                return Err(SidecarError::Capture(format!(
+                    "the sidecar runs in the workload's cgroup {} (or below it): run it in a cgroup of its own, or its own connections would be captured",
+                    c.cgroup.display()
+                )));
+            }
+            Err(e) => {
+                return Err(SidecarError::Capture(format!(
+                    "cgroup {}: {e}",
+                    c.cgroup.display()
+                )));
+            }
+        }
         let outbound = SocketAddrV4::new(Ipv4Addr::LOCALHOST, c.outbound_port);
         let mut redirect = SockRedirect::load(SockRedirectConfig {
             sidecar: Some(Sidecar {
@@ -54,7 +82,13 @@ impl Steering {
         redirect
             .attach_cgroup(&c.cgroup)
             .map_err(|e| err("attaching to the workload's cgroup", e))?;
-        let mut skip = vec![c.inbound_port, c.outbound_port];
+        let own_addrs = own_ipv4_addresses().map_err(|e| {
+            SidecarError::Capture(format!("reading this namespace's addresses: {e}"))
+        })?;
+        redirect
+            .set_own_addresses(&own_addrs)
+            .map_err(|e| err("the namespace's own addresses", e))?;
+        let mut skip = vec![c.inbound_port];
         skip.extend(own);
         skip.extend(&c.exclude_inbound_ports);
         skip.sort_unstable();
@@ -62,16 +96,29 @@ impl Steering {
         redirect
             .attach_netns(&c.netns, &skip)
             .map_err(|e| err("attaching to the network namespace", e))?;
+        if let Some(dir) = &c.pin {
+            // A predecessor's attachments give way to ours (both ran for a moment: inbound
+            // connections were refused meanwhile, never let through).
+            let old = SockRedirect::remove_pinned(dir)
+                .map_err(|e| err("taking away the attachments pinned before", e))?;
+            redirect.pin(dir).map_err(|e| err("pinning", e))?;
+            tracing::info!(dir = %dir.display(), replaced = old, "eBPF capture pinned: it outlives the sidecar");
+        }
+        let destinations = redirect
+            .destinations()
+            .map_err(|e| err("the original destinations", e))?;
         tracing::info!(
             cgroup = %c.cgroup.display(),
             netns = %c.netns.display(),
             %outbound,
             inbound_port = c.inbound_port,
             skipped = ?skip,
+            own = ?own_addrs,
             "eBPF capture on"
         );
         Ok(Arc::new(Self {
             redirect: Mutex::new(redirect),
+            destinations: Mutex::new(destinations),
             inbound: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), c.inbound_port),
             set: Mutex::new(None),
         }))
@@ -92,7 +139,12 @@ impl Steering {
             if !peer.ip().is_loopback() {
                 return None;
             }
-            match me.redirect().take_original_destination(peer) {
+            let taken = me
+                .destinations
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(peer);
+            match taken {
                 Ok(found) => found.map(SocketAddr::V4),
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "cannot read a steered connection's destination");
@@ -145,4 +197,31 @@ impl Steering {
             Err(e) => serde_json::json!({ "mode": "ebpf", "error": e.to_string() }),
         }
     }
+}
+
+/// Whether this process is in `cgroup` or below it (as listed in its `cgroup.procs`
+/// files, which give process ids in our own PID namespace). At most 100 000 directories.
+fn holds_this_process(cgroup: &Path) -> std::io::Result<bool> {
+    let me = std::process::id().to_string();
+    let mut dirs = vec![cgroup.to_path_buf()];
+    let mut seen = 0;
+    while let Some(dir) = dirs.pop() {
+        seen += 1;
+        if seen > 100_000 {
+            return Err(std::io::Error::other("more than 100 000 cgroups below it"));
+        }
+        if std::fs::read_to_string(dir.join("cgroup.procs"))?
+            .lines()
+            .any(|l| l.trim() == me)
+        {
+            return Ok(true);
+        }
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    Ok(false)
 }

@@ -156,12 +156,12 @@ impl Cgroup {
         Some(Cgroup(p))
     }
 
-    /// `program` in network namespace `netns`, started in this cgroup (it joins first:
-    /// `ip netns exec` mounts a /sys without the cgroup tree).
+    /// `program` in network namespace `netns`, started in this cgroup (`nsenter`, not `ip
+    /// netns exec`, which mounts a /sys without the cgroup tree).
     pub fn command(&self, netns: &str, program: &str) -> Command {
         let mut c = Command::new("sh");
         c.arg("-c")
-            .arg(r#"echo $$ > "$0/cgroup.procs" && exec ip netns exec "$@""#)
+            .arg(r#"echo $$ > "$0/cgroup.procs" && ns=$1 && shift && exec nsenter --net="/var/run/netns/$ns" "$@""#)
             .arg(&self.0)
             .args([netns, program]);
         c

@@ -424,7 +424,10 @@ impl Server {
             let Some(listener) = current.get(&key) else {
                 continue;
             };
-            let socket = sockets.first().and_then(|s| s.try_clone().ok());
+            let socket = match key.1 {
+                Protocol::Tcp => sockets.first().and_then(|s| s.try_clone().ok()),
+                Protocol::Udp => None,
+            };
             bound.insert(
                 key,
                 Bound {
@@ -449,9 +452,11 @@ impl Server {
         lock(&self.bound).get(&(listen, protocol)).map(|b| b.addr)
     }
 
-    /// A duplicate of one of the sockets of a running listener (one of its `SO_REUSEPORT`
-    /// group), for the kernel to steer connections to: e.g. flowgate-ebpf's
-    /// `SockRedirect::set_inbound_listener`. `None` if no such listener runs.
+    /// A duplicate of one of the sockets of a running TCP listener (one of its
+    /// `SO_REUSEPORT` group), for the kernel to steer connections to: e.g. flowgate-ebpf's
+    /// `SockRedirect::set_inbound_listener`. `None` if no such listener runs. Drop it once
+    /// handed over: while it is held, the listening socket stays open after the listener
+    /// is removed, and the kernel goes on queueing connections on it that no one accepts.
     pub fn listener_socket(&self, listen: SocketAddr, protocol: Protocol) -> Option<Socket> {
         lock(&self.bound)
             .get(&(listen, protocol))
