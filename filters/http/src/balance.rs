@@ -259,7 +259,9 @@ pub struct BalanceHttp {
 struct Inner {
     config: BalanceHttpConfig,
     lb: Group,
-    pools: HashMap<SocketAddr, MuxHttp>,
+    /// Each endpoint's pool, built on its first request (`None` if that failed).
+    pools: HashMap<SocketAddr, std::sync::OnceLock<Option<MuxHttp>>>,
+    recipe: PoolRecipe,
     hash_header: Option<HeaderName>,
     /// The request and pending limits.
     breaker: Option<CircuitBreaker>,
@@ -267,8 +269,79 @@ struct Inner {
     slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
+/// How an endpoint's connection pool is made: on the endpoint's first request, so that a
+/// configuration with thousands of clusters (a mesh sidecar's) holds no connection
+/// machinery for the ones never called.
+struct PoolRecipe {
+    /// The client configuration, the server name and the handshake timeout.
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+        Duration,
+    )>,
+    connect_timeout: Duration,
+    limits: flowgate_http::h1::Limits,
+    opts: MuxOptions,
+    protocol: UpstreamProtocol,
+    http2: Http2UpstreamConfig,
+}
+
+impl PoolRecipe {
+    /// The pool of `addr`. What can fail was checked when the filter was built.
+    fn build(&self, addr: SocketAddr) -> Result<MuxHttp, String> {
+        let name = format!("balance-http-conn-{addr}");
+        let tcp = Connect::to(addr.to_string()).connect_timeout(self.connect_timeout);
+        let conn = match &self.tls {
+            None => Pipeline::builder(name).filter(tcp),
+            Some((client, server_name, handshake)) => {
+                let under = Pipeline::builder(format!("{name}-tcp"))
+                    .filter(tcp)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let tls = ConnectTls::new(
+                    client.clone(),
+                    server_name.clone(),
+                    SubPipeline::from(under),
+                )
+                .handshake_timeout(*handshake);
+                Pipeline::builder(name).filter(tls)
+            }
+        }
+        .build()
+        .map_err(|e| e.to_string())?;
+        let pool = MuxHttp::new(SubPipeline::from(conn), self.limits, self.opts)
+            .map_err(|e| e.to_string())?;
+        match self.protocol {
+            UpstreamProtocol::Http2 => pool.http2(self.http2).map_err(str::to_string),
+            // Without TLS there is no ALPN to choose by: HTTP/1.1, as Envoy's auto.
+            UpstreamProtocol::Auto if self.tls.is_some() => {
+                pool.auto(self.http2).map_err(str::to_string)
+            }
+            UpstreamProtocol::Auto | UpstreamProtocol::Http1 => Ok(pool),
+        }
+    }
+}
+
+impl Inner {
+    /// The pool of `addr` (built now if this is its first request); `None` if `addr` is
+    /// not an endpoint or its pool could not be built.
+    fn pool(&self, addr: SocketAddr) -> Option<&MuxHttp> {
+        self.pools
+            .get(&addr)?
+            .get_or_init(|| match self.recipe.build(addr) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::error!(%addr, error = %e, "balance-http: cannot build the endpoint's pool; its requests are answered 503");
+                    None
+                }
+            })
+            .as_ref()
+    }
+}
+
 impl BalanceHttp {
-    /// Builds the balancer and one connection pool per endpoint; errors name the field.
+    /// Builds the balancer and one connection pool per endpoint (made on the endpoint's
+    /// first request); errors name the field.
     /// Relative paths (the TLS files) resolve against the working directory.
     pub fn new(config: BalanceHttpConfig) -> Result<Self, ConfigError> {
         Self::with_context(config, &BuildContext::new("."))
@@ -320,6 +393,27 @@ impl BalanceHttp {
                 ))
             }
         };
+        // What can fail in making a pool fails here: the HTTP/2 settings.
+        match config.protocol {
+            UpstreamProtocol::Http2 => config
+                .http2
+                .validate()
+                .map_err(|e| ConfigError::new("http2", e))?,
+            UpstreamProtocol::Auto if tls.is_some() => {
+                let mut h2 = config.http2;
+                h2.scheme = UpstreamScheme::Https;
+                h2.validate().map_err(|e| ConfigError::new("http2", e))?;
+            }
+            UpstreamProtocol::Auto | UpstreamProtocol::Http1 => {}
+        }
+        let recipe = PoolRecipe {
+            tls,
+            connect_timeout: config.connect_timeout,
+            limits: config.limits.limits(),
+            opts,
+            protocol: config.protocol,
+            http2: config.http2,
+        };
         for (i, t) in config.endpoints.iter().enumerate() {
             if t.weight == 0 || t.weight > 10_000 {
                 return Err(ConfigError::new(
@@ -333,43 +427,7 @@ impl BalanceHttp {
                     format!("`{}` is listed twice", t.addr),
                 ));
             }
-            let name = format!("balance-http-conn-{}", t.addr);
-            let tcp = Connect::to(t.addr.to_string()).connect_timeout(config.connect_timeout);
-            let conn = match &tls {
-                None => Pipeline::builder(name).filter(tcp),
-                Some((client, server_name, handshake)) => {
-                    let under = Pipeline::builder(format!("{name}-tcp"))
-                        .filter(tcp)
-                        .build()
-                        .map_err(|e| ConfigError::new(format!("endpoints[{i}]"), e))?;
-                    let tls = ConnectTls::new(
-                        client.clone(),
-                        server_name.clone(),
-                        SubPipeline::from(under),
-                    )
-                    .handshake_timeout(*handshake);
-                    Pipeline::builder(name).filter(tls)
-                }
-            }
-            .build()
-            .map_err(|e| ConfigError::new(format!("endpoints[{i}]"), e))?;
-            let mut pool = MuxHttp::new(SubPipeline::from(conn), config.limits.limits(), opts)
-                .map_err(|e| ConfigError::new(format!("endpoints[{i}]"), e))?;
-            match config.protocol {
-                UpstreamProtocol::Http2 => {
-                    pool = pool
-                        .http2(config.http2)
-                        .map_err(|e| ConfigError::new("http2", e))?;
-                }
-                // Without TLS there is no ALPN to choose by: HTTP/1.1, as Envoy's auto.
-                UpstreamProtocol::Auto if tls.is_some() => {
-                    pool = pool
-                        .auto(config.http2)
-                        .map_err(|e| ConfigError::new("http2", e))?;
-                }
-                UpstreamProtocol::Auto | UpstreamProtocol::Http1 => {}
-            }
-            pools.insert(t.addr, pool);
+            pools.insert(t.addr, std::sync::OnceLock::new());
             backends.push(t.clone());
         }
         let mut lb = Group::new(config.balance.clone(), backends)?;
@@ -414,6 +472,7 @@ impl BalanceHttp {
                 config,
                 lb,
                 pools,
+                recipe,
                 hash_header,
                 breaker,
                 slots,
@@ -648,7 +707,7 @@ impl BalanceStream {
         let picked = inner
             .lb
             .pick(key)
-            .and_then(|l| inner.pools.get(&l.addr()).map(|p| (l, p)));
+            .and_then(|l| inner.pool(l.addr()).map(|p| (l, p)));
         match picked {
             None => {
                 tracing::warn!(

@@ -275,20 +275,22 @@ impl FilterConfig for RouteConfig {
         if self.routes.is_empty() {
             return Err(ConfigError::new("routes", "give at least one route"));
         }
-        let mut branch = Branch::new();
+        // Every arm is picked by the index (no closure per arm); a route that matches on an
+        // exact authority alone is a map entry and keeps no compiled match. Routes to the
+        // same pipeline share one reference to it.
+        let index = AuthorityIndex::new(&self.routes)?;
+        let mut branch = Branch::new().reserve(self.routes.len());
         let mut inner = Vec::new();
-        let mut matches = Vec::with_capacity(self.routes.len());
-        for (i, r) in self.routes.iter().enumerate() {
-            let m = CompiledMatch::new(&r.when).map_err(|e| {
-                ConfigError::new(format!("routes[{i}].match.{}", e.field), e.problem)
-            })?;
-            matches.push(m);
-        }
-        let matches = Arc::new(matches);
+        let mut splits = Vec::new();
+        let mut targets: std::collections::HashMap<&str, SubPipeline> =
+            std::collections::HashMap::new();
         for (i, r) in self.routes.iter().enumerate() {
             let field = |f: &str| format!("routes[{i}].{f}");
             let target: SubPipeline = match (&r.pipeline, r.split.is_empty()) {
-                (Some(p), true) => SubPipeline::named(p.clone()),
+                (Some(p), true) => targets
+                    .entry(p.as_str())
+                    .or_insert_with(|| SubPipeline::named(p.clone()))
+                    .clone(),
                 (None, false) => {
                     if r.split.iter().any(|w| w.weight == 0)
                         || r.split.iter().map(|w| u64::from(w.weight)).sum::<u64>() > 10_000
@@ -303,7 +305,12 @@ impl FilterConfig for RouteConfig {
                     let subs: Vec<SubPipeline> = r
                         .split
                         .iter()
-                        .map(|w| SubPipeline::named(w.pipeline.clone()))
+                        .map(|w| {
+                            targets
+                                .entry(w.pipeline.as_str())
+                                .or_insert_with(|| SubPipeline::named(w.pipeline.clone()))
+                                .clone()
+                        })
                         .collect();
                     inner.extend(subs.iter().cloned());
                     let pipe = Pipe::choose(subs, move |_cx| wrr.pick());
@@ -311,6 +318,7 @@ impl FilterConfig for RouteConfig {
                     let p = flowgate_pipeline::Pipeline::builder(format!("route-split-{i}"))
                         .filter(pipe)
                         .build_deferred();
+                    splits.push((i, r.split.clone()));
                     SubPipeline::from(p)
                 }
                 _ => {
@@ -320,88 +328,78 @@ impl FilterConfig for RouteConfig {
                     ));
                 }
             };
-            let label = serde_json::to_string(&r.when).unwrap_or_default();
-            let m = matches.clone();
-            branch = branch.when(
-                label,
-                move |_cx, head| {
-                    head.and_then(|h| h.get::<request::Parts>())
-                        .is_some_and(|p| m[i].matches(p))
-                },
-                target,
-            );
+            branch = branch.target(serde_json::to_string(&r.when).unwrap_or_default(), target);
         }
-        branch = branch.select_with(AuthorityIndex::new(&self.routes, matches).into_selector());
+        inner.shrink_to_fit();
+        branch = branch.select_with(move |_cx, head| index.pick(head));
         if let Some(d) = &self.default {
             branch = branch.otherwise(SubPipeline::named(d.clone()));
         }
-        let config = RouteConfig {
-            routes: self.routes,
-            default: self.default,
-        };
         Ok(Arc::new(Routed {
             branch,
             inner,
-            config,
+            splits,
+            default: self.default,
         }))
     }
 }
 
-/// Routes that match on an exact authority alone (a mesh sidecar's thousands of virtual
-/// hosts), found by a map; the others tried in order — the first match wins either way.
+/// Picks the route: those that match on an exact authority alone (a mesh sidecar's
+/// thousands of virtual hosts) by a map, the others tried in order — the first match wins
+/// either way.
 struct AuthorityIndex {
-    exact: std::collections::HashMap<String, usize>,
-    scan: Vec<usize>,
-    matches: Arc<Vec<CompiledMatch>>,
+    exact: std::collections::HashMap<Box<str>, usize>,
+    /// The other routes, with their index, in order.
+    scan: Vec<(usize, CompiledMatch)>,
 }
 
 impl AuthorityIndex {
-    fn new(routes: &[RouteEntry], matches: Arc<Vec<CompiledMatch>>) -> Self {
+    fn new(routes: &[RouteEntry]) -> Result<Self, ConfigError> {
         let mut exact = std::collections::HashMap::new();
         let mut scan = Vec::new();
         for (i, r) in routes.iter().enumerate() {
             match r.when.exact_authority_only() {
                 Some(a) => {
-                    exact.entry(a.to_ascii_lowercase()).or_insert(i);
+                    exact
+                        .entry(a.to_ascii_lowercase().into_boxed_str())
+                        .or_insert(i);
                 }
-                None => scan.push(i),
+                None => {
+                    let m = CompiledMatch::new(&r.when).map_err(|e| {
+                        ConfigError::new(format!("routes[{i}].match.{}", e.field), e.problem)
+                    })?;
+                    scan.push((i, m));
+                }
             }
         }
-        AuthorityIndex {
-            exact,
-            scan,
-            matches,
-        }
+        exact.shrink_to_fit();
+        scan.shrink_to_fit();
+        Ok(AuthorityIndex { exact, scan })
     }
 
-    fn into_selector(
-        self,
-    ) -> impl Fn(&Context, Option<&flowgate_pipeline::Head>) -> Option<usize> + Send + Sync + 'static
-    {
-        move |_cx, head| {
-            let p = head.and_then(|h| h.get::<request::Parts>())?;
-            let hit = if self.exact.is_empty() {
-                None
-            } else {
-                // Hosts are almost always sent in lower case: no copy then.
-                authority_of(p).and_then(|a| {
-                    if a.bytes().any(|b| b.is_ascii_uppercase()) {
-                        self.exact.get(&a.to_ascii_lowercase()).copied()
-                    } else {
-                        self.exact.get(a).copied()
-                    }
-                })
-            };
-            for &i in &self.scan {
-                if hit.is_some_and(|h| i > h) {
-                    break;
+    fn pick(&self, head: Option<&flowgate_pipeline::Head>) -> Option<usize> {
+        let p = head.and_then(|h| h.get::<request::Parts>())?;
+        let hit = if self.exact.is_empty() {
+            None
+        } else {
+            // Hosts are almost always sent in lower case: no copy then.
+            authority_of(p).and_then(|a| {
+                if a.bytes().any(|b| b.is_ascii_uppercase()) {
+                    self.exact.get(a.to_ascii_lowercase().as_str()).copied()
+                } else {
+                    self.exact.get(a).copied()
                 }
-                if self.matches[i].matches(p) {
-                    return Some(i);
-                }
+            })
+        };
+        for (i, m) in &self.scan {
+            if hit.is_some_and(|h| *i > h) {
+                break;
             }
-            hit
+            if m.matches(p) {
+                return Some(*i);
+            }
         }
+        hit
     }
 }
 
@@ -410,19 +408,41 @@ struct Routed {
     branch: Branch,
     /// The targets of weighted splits (inside their own small pipelines).
     inner: Vec<SubPipeline>,
-    config: RouteConfig,
+    /// The weighted splits, by route index (for the description).
+    splits: Vec<(usize, Vec<WeightedPipeline>)>,
+    default: Option<String>,
 }
 
 impl Filter for Routed {
     fn describe(&self) -> Description {
-        let mut d = Description::filter("route").options(&self.config);
-        d.subs = self
+        // The configuration, rebuilt from what runs: each arm's label is its match.
+        let subs = self.branch.subs();
+        let routes: Vec<serde_json::Value> = self
             .branch
-            .subs()
+            .labels()
+            .zip(&subs)
+            .enumerate()
+            .map(|(i, (label, target))| {
+                let when: serde_json::Value =
+                    serde_json::from_str(label).unwrap_or(serde_json::Value::Null);
+                match self.splits.iter().find(|(at, _)| *at == i) {
+                    Some((_, split)) => serde_json::json!({ "match": when, "split": split }),
+                    None => serde_json::json!({ "match": when, "pipeline": target.name() }),
+                }
+            })
+            .collect();
+        let mut options = serde_json::json!({ "routes": routes });
+        if let Some(d) = &self.default {
+            options["default"] = serde_json::Value::from(d.as_str());
+        }
+        let mut d = Description::filter("route").options(options);
+        let mut seen = std::collections::HashSet::new();
+        d.subs = subs
             .iter()
             .chain(&self.inner)
             .filter(|s| !s.name().starts_with("route-split-"))
             .map(|s| s.name().to_string())
+            .filter(|n| seen.insert(n.clone()))
             .collect();
         d
     }
@@ -712,18 +732,9 @@ mod tests {
             .map(|r| CompiledMatch::new(&r.when).unwrap())
             .collect();
         let linear = |p: &request::Parts| matches.iter().position(|m| m.matches(p));
-        let index = AuthorityIndex::new(
-            &routes,
-            Arc::new(
-                routes
-                    .iter()
-                    .map(|r| CompiledMatch::new(&r.when).unwrap())
-                    .collect(),
-            ),
-        );
+        let index = AuthorityIndex::new(&routes).unwrap();
         assert_eq!(index.exact.len(), 3, "a.shop:80, b.shop:81 and c.shop");
-        let select = index.into_selector();
-        let cx = Context::new();
+        assert_eq!(index.scan.len(), 3, "only the others keep a compiled match");
         for (path, host) in [
             ("/", "a.shop:80"),
             ("/", "A.Shop:80"),
@@ -735,7 +746,7 @@ mod tests {
         ] {
             let head = flowgate_pipeline::Head::new(req(path, host));
             assert_eq!(
-                select(&cx, Some(&head)),
+                index.pick(Some(&head)),
                 linear(&req(path, host)),
                 "{host}{path}"
             );

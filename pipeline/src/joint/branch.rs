@@ -21,7 +21,8 @@ pub type Selector = Arc<dyn Fn(&Context, Option<&Head>) -> Option<usize> + Send 
 #[derive(Clone)]
 struct Arm {
     label: String,
-    cond: Condition,
+    /// `None`: only a selector picks the arm (see [`Branch::target`]).
+    cond: Option<Condition>,
     target: SubPipeline,
 }
 
@@ -67,11 +68,37 @@ impl Branch {
     ) -> Self {
         let arm = Arm {
             label: label.into(),
-            cond: Arc::new(cond),
+            cond: Some(Arc::new(cond)),
             target: target.into(),
         };
         Arc::make_mut(&mut self.arms).push(arm);
         self
+    }
+
+    /// Adds an arm with no condition of its own: only the selector
+    /// ([`select_with`](Self::select_with)) picks it, by its index. For branches over
+    /// thousands of arms that an index decides, which then hold no closure per arm.
+    #[must_use]
+    pub fn target(mut self, label: impl Into<String>, target: impl Into<SubPipeline>) -> Self {
+        let arm = Arm {
+            label: label.into(),
+            cond: None,
+            target: target.into(),
+        };
+        Arc::make_mut(&mut self.arms).push(arm);
+        self
+    }
+
+    /// Room for `n` more arms (a branch built with thousands of them grows no further).
+    #[must_use]
+    pub fn reserve(mut self, n: usize) -> Self {
+        Arc::make_mut(&mut self.arms).reserve_exact(n);
+        self
+    }
+
+    /// The arms' labels, in order.
+    pub fn labels(&self) -> impl Iterator<Item = &str> {
+        self.arms.iter().map(|a| a.label.as_str())
     }
 
     /// Where streams go when no arm matches.
@@ -168,7 +195,9 @@ fn pick<'a>(
 ) -> Option<&'a SubPipeline> {
     match select {
         Some(f) => f(cx, head).and_then(|i| arms.get(i)),
-        None => arms.iter().find(|a| (a.cond)(cx, head)),
+        None => arms
+            .iter()
+            .find(|a| a.cond.as_ref().is_some_and(|c| c(cx, head))),
     }
     .map(|a| &a.target)
 }
