@@ -26,7 +26,7 @@ use crate::pipeline::Filter;
 use crate::runner::{RunError, RunOptions};
 
 /// Examples shown under `flowgate --help`.
-const EXAMPLES: &str = "\
+pub const EXAMPLES: &str = "\
 Examples:
   flowgate run examples/configs/quickstart.yaml          run a configuration (SIGHUP or a file change reloads it)
   flowgate run --workers 1 --no-watch proxy.yaml         one worker, reload on SIGHUP only

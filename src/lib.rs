@@ -38,6 +38,8 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+#[cfg(all(feature = "mesh", feature = "http"))]
+pub mod demo;
 #[cfg(feature = "http")]
 pub mod gateway;
 pub mod runner;

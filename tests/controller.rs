@@ -44,7 +44,7 @@ fn check_passes_the_demo_and_names_each_error_of_a_broken_copy() {
     let (code, _, err) = controller(&["check", dir.0.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("extra.yaml:1:1: unknown kind `Secret`"),
+        err.contains("extra.yaml:2:7: unknown kind `Secret`"),
         "{err}"
     );
     // One file alone is checked too (its references to other files then fail).
@@ -1132,7 +1132,7 @@ fn run_takes_its_mesh_from_etcd() {
     .unwrap();
     assert!(
         common::wait_until(Duration::from_secs(5), || status()
-            .contains("manifest error: /demo/zz-bad.yaml:1:1: unknown kind `Secret`")),
+            .contains("manifest error: /demo/zz-bad.yaml:2:7: unknown kind `Secret`")),
         "{}; controller: {}",
         status(),
         ctl.stderr_so_far()

@@ -777,6 +777,18 @@ fn hot_changes_under_load_fail_no_allowed_request() {
         target("web", "client"),
     );
     std::fs::write(manifests.join("shop.yaml"), &base).unwrap();
+    // web-2 moves between `web` and a standby service on the same port, so its sidecar's
+    // inbound listener is bound throughout: the controller publishes an endpoint as soon
+    // as a manifest makes it one, without waiting for that pod's sidecar to listen (the
+    // readiness gate Kubernetes puts in between has no equivalent in the directory
+    // source; see the mesh README).
+    std::fs::write(
+        manifests.join("standby.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{ name: standby, namespace: shop }}\nspec:\n  selector: {{ app: standby }}\n  ports: [{{ name: http, port: 80, targetPort: {app} }}]\n"
+        ),
+    )
+    .unwrap();
     let web2 = |serving: bool| pod("web-2", "web", if serving { "web" } else { "standby" }, 8);
     std::fs::write(manifests.join("web-2.yaml"), web2(false)).unwrap();
     let state = dir.path("state");

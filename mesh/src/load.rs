@@ -207,9 +207,9 @@ const KINDS: &[(&str, &[&str], Reader)] = &[
 #[derive(Deserialize)]
 struct Header {
     #[serde(default, rename = "apiVersion")]
-    api_version: Option<String>,
+    api_version: Option<serde_saphyr::Spanned<String>>,
     #[serde(default)]
-    kind: Option<String>,
+    kind: Option<serde_saphyr::Spanned<String>>,
 }
 
 /// One document of a YAML stream.
@@ -335,18 +335,28 @@ pub fn parse_manifests(
             errors.push(ManifestError::at(&origin, "a document without `kind`"));
             continue;
         };
+        // An error about a field points at the field.
+        let at_field = |loc: serde_saphyr::Location, message: String| ManifestError {
+            file: file.to_path_buf(),
+            line: first_line + loc.line().saturating_sub(1),
+            column: loc.column(),
+            message,
+        };
+        let (kind_at, kind) = (kind.referenced, kind.value);
         let Some((_, versions, reader)) = KINDS.iter().find(|(k, _, _)| *k == kind) else {
             let known: Vec<&str> = KINDS.iter().map(|(k, _, _)| *k).collect();
-            errors.push(ManifestError::at(
-                &origin,
+            errors.push(at_field(
+                kind_at,
                 format!("unknown kind `{kind}` (known: {})", known.join(", ")),
             ));
             continue;
         };
-        let version = header.api_version.unwrap_or_default();
+        let (version_at, version) = header
+            .api_version
+            .map_or((kind_at, String::new()), |v| (v.referenced, v.value));
         if !versions.contains(&version.as_str()) {
-            errors.push(ManifestError::at(
-                &origin,
+            errors.push(at_field(
+                version_at,
                 format!(
                     "{kind}: apiVersion `{version}` is not one of {}",
                     versions.join(", ")
@@ -432,7 +442,7 @@ mod tests {
         let bad = TWO.replace("kind: ServiceAccount", "kind: ServiceAcount");
         let e = parse_manifests(&bad, Path::new("m.yaml")).unwrap_err();
         assert_eq!(e.len(), 1);
-        assert_eq!(e[0].line, 9, "{}", e[0]);
+        assert_eq!((e[0].line, e[0].column), (10, 7), "{}", e[0]);
         assert!(
             e[0].message.contains("unknown kind `ServiceAcount`"),
             "{}",

@@ -1,0 +1,645 @@
+//! `flowgate demo`: the bookstore demo — a whole mesh on one machine, no cluster.
+//!
+//! It copies the demo's manifests (`examples/mesh/`, built into the binary) to a working
+//! directory the user edits, starts `flowgate-controller` on them (the directory
+//! source), one `flowgate-sidecar` per workload, and the five workloads ([`apps`]):
+//! bookbuyer and bookthief buy books from bookstore (v1 and v2), which restocks from
+//! bookwarehouse. Every second it shows, per workload, the requests and their status
+//! codes, which bookstore version answered, and every change of the mesh as the
+//! controller takes it (a manifest with a mistake shows its file and line, and the mesh
+//! runs on as it was). `--json` prints the same as lines.
+//!
+//! **Loopback mode** (the one built so far): every pod gets an address of its own on
+//! `127.42.0.0/16` (the manifests' `10.42.0.x` pod addresses, mapped), the sidecars run
+//! in explicit-proxy mode (each workload sends to its sidecar's `<pod IP>:15001`, naming
+//! the service in `Host`), and no privilege is needed. Network namespaces with traffic
+//! capture are not built yet.
+//!
+//! Everything it starts is stopped by its PID on Ctrl-C, SIGTERM or `--duration`.
+
+pub mod apps;
+
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand, ValueEnum};
+
+/// The demo's manifests, as in `examples/mesh/`.
+const MANIFESTS: &[(&str, &str)] = &[
+    (
+        "namespaces.yaml",
+        include_str!("../../examples/mesh/namespaces.yaml"),
+    ),
+    (
+        "mesh-config.yaml",
+        include_str!("../../examples/mesh/mesh-config.yaml"),
+    ),
+    (
+        "bookbuyer.yaml",
+        include_str!("../../examples/mesh/bookbuyer.yaml"),
+    ),
+    (
+        "bookthief.yaml",
+        include_str!("../../examples/mesh/bookthief.yaml"),
+    ),
+    (
+        "bookstore.yaml",
+        include_str!("../../examples/mesh/bookstore.yaml"),
+    ),
+    (
+        "bookwarehouse.yaml",
+        include_str!("../../examples/mesh/bookwarehouse.yaml"),
+    ),
+    (
+        "policy.yaml",
+        include_str!("../../examples/mesh/policy.yaml"),
+    ),
+    ("split.yaml", include_str!("../../examples/mesh/split.yaml")),
+];
+
+/// Examples shown under `flowgate demo --help`.
+pub const EXAMPLES: &str = "Examples:
+  flowgate demo                         the live view until Ctrl-C
+  flowgate demo --json --duration 60    JSON lines for a minute";
+
+/// The service port of bookstore and bookwarehouse (and their workloads' port).
+const APP_PORT: u16 = 14001;
+/// The sidecars' outbound (explicit proxy) port.
+const OUTBOUND_PORT: u16 = 15001;
+
+/// A workload of the demo.
+#[derive(Clone, Copy, Debug)]
+struct Workload {
+    /// Its pod (and the name shown).
+    pod: &'static str,
+    namespace: &'static str,
+    /// The last byte of its pod address (`10.42.0.X` in the manifests).
+    host: u8,
+    role: Role,
+    /// bookstore's version.
+    version: Option<&'static str>,
+}
+
+const WORKLOADS: [Workload; 5] = [
+    Workload {
+        pod: "bookbuyer",
+        namespace: "bookbuyer",
+        host: 11,
+        role: Role::Bookbuyer,
+        version: None,
+    },
+    Workload {
+        pod: "bookthief",
+        namespace: "bookthief",
+        host: 12,
+        role: Role::Bookthief,
+        version: None,
+    },
+    Workload {
+        pod: "bookstore-v1",
+        namespace: "bookstore",
+        host: 21,
+        role: Role::Bookstore,
+        version: Some("v1"),
+    },
+    Workload {
+        pod: "bookstore-v2",
+        namespace: "bookstore",
+        host: 22,
+        role: Role::Bookstore,
+        version: Some("v2"),
+    },
+    Workload {
+        pod: "bookwarehouse",
+        namespace: "bookwarehouse",
+        host: 31,
+        role: Role::Bookwarehouse,
+        version: None,
+    },
+];
+
+/// A pod's address in loopback mode.
+fn pod_ip(host: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 42, 0, host))
+}
+
+/// The controller's address in loopback mode.
+fn controller_ip() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 42, 0, 1))
+}
+
+/// What a demo workload does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// Buys books from bookstore.
+    Bookbuyer,
+    /// Buys books from bookstore too, without being allowed to.
+    Bookthief,
+    /// Sells books and restocks from bookwarehouse.
+    Bookstore,
+    /// Restocks.
+    Bookwarehouse,
+}
+
+/// `flowgate demo`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct DemoArgs {
+    /// One of the demo's workloads (started by the demo itself).
+    #[command(subcommand)]
+    pub app: Option<AppCommand>,
+    /// The working directory: the manifests (edit them while it runs), the state and
+    /// the logs.
+    #[arg(long, default_value = "flowgate-demo")]
+    pub dir: PathBuf,
+    /// Print JSON lines instead of the live view.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this many seconds (default: at Ctrl-C).
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<u64>,
+    /// Requests a second from each of bookbuyer and bookthief.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub rate: u32,
+}
+
+/// The demo's own processes.
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// Run one workload (the demo starts these).
+    #[command(hide = true)]
+    App {
+        /// Which.
+        role: Role,
+        /// Where it listens (bookstore, bookwarehouse).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Where its calls go (its sidecar's outbound listener).
+        #[arg(long)]
+        connect: Option<SocketAddr>,
+        /// bookstore's version.
+        #[arg(long, default_value = "v1")]
+        version: String,
+        /// Calls a second (bookbuyer, bookthief).
+        #[arg(long, default_value_t = 10)]
+        rate: u32,
+    },
+}
+
+/// Why the demo stopped with a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// A file or a process could not be made.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Something the demo needs is missing or failed.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Runs `flowgate demo` (or one of its workloads).
+pub fn main(args: DemoArgs) -> Result<(), DemoError> {
+    match args.app {
+        Some(AppCommand::App {
+            role,
+            listen,
+            connect,
+            version,
+            rate,
+        }) => run_app(role, listen, connect, &version, rate),
+        None => run(&args),
+    }
+}
+
+fn run_app(
+    role: Role,
+    listen: Option<SocketAddr>,
+    connect: Option<SocketAddr>,
+    version: &str,
+    rate: u32,
+) -> Result<(), DemoError> {
+    let need = |a: Option<SocketAddr>, what: &str| {
+        a.ok_or_else(|| DemoError::Setup(format!("{role:?} needs --{what}")))
+    };
+    let upstream = |service: &str| -> Result<apps::Upstream, DemoError> {
+        Ok(apps::Upstream {
+            connect: need(connect, "connect")?,
+            host: format!("{service}.{service}:{APP_PORT}"),
+        })
+    };
+    match role {
+        Role::Bookbuyer => apps::buyer("bookbuyer", upstream("bookstore")?, rate),
+        Role::Bookthief => apps::buyer("bookthief", upstream("bookstore")?, rate),
+        Role::Bookstore => {
+            apps::bookstore(need(listen, "listen")?, version, upstream("bookwarehouse")?)
+                .map_err(DemoError::Setup)
+        }
+        Role::Bookwarehouse => {
+            apps::bookwarehouse(need(listen, "listen")?).map_err(DemoError::Setup)
+        }
+    }
+}
+
+/// The processes the demo started, stopped (by PID) when dropped.
+#[derive(Default)]
+struct Children(Vec<(String, Child)>);
+
+impl Children {
+    fn start(&mut self, name: &str, cmd: &mut Command) -> Result<&mut Child, DemoError> {
+        let child = cmd
+            .spawn()
+            .map_err(|e| DemoError::Setup(format!("cannot start {name}: {e}")))?;
+        self.0.push((name.to_string(), child));
+        let last = self.0.len() - 1;
+        Ok(&mut self.0[last].1)
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            let _ = c.kill();
+        }
+        for (_, c) in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A sibling binary of this one (`cargo build` puts them side by side).
+fn sibling(name: &str) -> Result<PathBuf, DemoError> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(DemoError::Setup(format!(
+            "{name} is not next to {} (build every binary: `cargo build --release`)",
+            exe.display()
+        )))
+    }
+}
+
+/// Writes the manifests into `dir/mesh`, pod addresses mapped to loopback mode's.
+fn write_manifests(dir: &Path) -> Result<PathBuf, DemoError> {
+    let mesh = dir.join("mesh");
+    std::fs::create_dir_all(&mesh)?;
+    for (name, text) in MANIFESTS {
+        let text = text.replace("podIP: 10.42.0.", "podIP: 127.42.0.");
+        std::fs::write(mesh.join(name), text)?;
+    }
+    Ok(mesh)
+}
+
+/// `GET /status` of the controller's admin endpoint: (mesh version, errors).
+fn controller_status(admin: SocketAddr) -> Option<(String, Vec<String>)> {
+    let mut s = TcpStream::connect_timeout(&admin, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /status HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.take(4 << 20).read_to_string(&mut text).ok()?;
+    let body = text.split_once("\r\n\r\n")?.1;
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let version = v["mesh"]["version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let errors = v["mesh"]["errors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((version, errors))
+}
+
+/// One workload's second, as its app reported it.
+#[derive(Clone, Debug, Default)]
+struct Second {
+    codes: std::collections::BTreeMap<String, u64>,
+    versions: std::collections::BTreeMap<String, u64>,
+    failed: u64,
+    served: u64,
+    restocks: std::collections::BTreeMap<String, u64>,
+}
+
+impl Second {
+    fn from_json(v: &serde_json::Value) -> Second {
+        let map = |k: &str| -> std::collections::BTreeMap<String, u64> {
+            v[k].as_object()
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Second {
+            codes: map("codes"),
+            versions: map("versions"),
+            failed: v["failed"].as_u64().unwrap_or(0),
+            served: v["served"].as_u64().unwrap_or(0),
+            restocks: map("restocks"),
+        }
+    }
+}
+
+fn run(args: &DemoArgs) -> Result<(), DemoError> {
+    let controller_bin = sibling("flowgate-controller")?;
+    let sidecar_bin = sibling("flowgate-sidecar")?;
+    let me = std::env::current_exe()?;
+    let dir = &args.dir;
+    let mesh = write_manifests(dir)?;
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let state = dir.join("controller");
+    let _ = std::fs::remove_dir_all(&state);
+    let _ = std::fs::remove_dir_all(dir.join("sidecars"));
+    // A log file for a process's stdout and stderr (one file, one offset).
+    let log = |name: &str| -> Result<(Stdio, Stdio), DemoError> {
+        let f = std::fs::File::create(logs.join(format!("{name}.log")))?;
+        Ok((Stdio::from(f.try_clone()?), Stdio::from(f)))
+    };
+    let say = |text: &str| {
+        if args.json {
+            emit(&serde_json::json!({ "event": "info", "message": text }).to_string());
+        } else {
+            emit(text);
+        }
+    };
+    say(&format!(
+        "flowgate demo: loopback mode — pods on 127.42.0.0/16, sidecars in explicit-proxy mode (network namespaces with capture are not built yet); manifests in {} (edit them: changes apply live), logs in {}",
+        mesh.display(),
+        logs.display()
+    ));
+    let mut children = Children::default();
+    let ads = SocketAddr::new(controller_ip(), 15010);
+    let admin = SocketAddr::new(controller_ip(), 15000);
+    let (out, err) = log("controller")?;
+    children.start(
+        "flowgate-controller",
+        Command::new(&controller_bin)
+            .arg("run")
+            .arg("--source")
+            .arg(format!("dir:{}", mesh.display()))
+            .args(["--listen", &ads.to_string(), "--admin", &admin.to_string()])
+            .arg("--state")
+            .arg(&state)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !state.join("ca.pem").exists() {
+        if Instant::now() > deadline {
+            return Err(DemoError::Setup(format!(
+                "the controller did not start: see {}",
+                logs.join("controller.log").display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A sidecar and an app per workload; the apps' lines come to `rx`.
+    let (tx, rx) = mpsc::channel::<(usize, serde_json::Value)>();
+    for (i, w) in WORKLOADS.iter().enumerate() {
+        let account = match w.role {
+            Role::Bookstore => "bookstore",
+            _ => w.pod,
+        };
+        let out = Command::new(&controller_bin)
+            .args(["token", &format!("{}/{account}", w.namespace), "--state"])
+            .arg(&state)
+            .output()?;
+        if !out.status.success() {
+            return Err(DemoError::Setup(format!(
+                "flowgate-controller token: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let token = dir.join(format!("{}.token", w.pod));
+        std::fs::write(&token, String::from_utf8_lossy(&out.stdout).trim())?;
+        let ip = pod_ip(w.host);
+        let (out, err) = log(&format!("{}-sidecar", w.pod))?;
+        children.start(
+            &format!("{} sidecar", w.pod),
+            Command::new(&sidecar_bin)
+                .args(["run", "--controller", &format!("https://{ads}"), "--trust"])
+                .arg(state.join("ca.pem"))
+                .arg("--token-file")
+                .arg(&token)
+                .args(["--node", &format!("{}.{}", w.pod, w.namespace)])
+                .args(["--workers", "1", "--admin", &format!("{ip}:15021")])
+                .arg("--state")
+                .arg(dir.join("sidecars").join(w.pod))
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err),
+        )?;
+        let mut app = Command::new(&me);
+        app.args(["demo", "app"])
+            .arg(
+                w.role
+                    .to_possible_value()
+                    .map(|v| v.get_name().to_string())
+                    .unwrap_or_default(),
+            )
+            .args(["--connect", &SocketAddr::new(ip, OUTBOUND_PORT).to_string()])
+            .args(["--rate", &args.rate.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log(w.pod)?.1);
+        if let Some(v) = w.version {
+            app.args(["--version", v]);
+        }
+        if matches!(w.role, Role::Bookstore | Role::Bookwarehouse) {
+            app.args(["--listen", &SocketAddr::new(ip, APP_PORT).to_string()]);
+        }
+        let child = children.start(w.pod, &mut app)?;
+        if let Some(out) = child.stdout.take() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if let Ok(v) = serde_json::from_str(&line)
+                        && tx.send((i, v)).is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+    drop(tx);
+    watch(args, &rx, admin)
+}
+
+/// The live view (or JSON lines), every second, until a signal or the duration.
+fn watch(
+    args: &DemoArgs,
+    rx: &mpsc::Receiver<(usize, serde_json::Value)>,
+    admin: SocketAddr,
+) -> Result<(), DemoError> {
+    let stop = stop_flag()?;
+    let started = Instant::now();
+    let end = args.duration.map(|d| started + Duration::from_secs(d));
+    let tty = !args.json && std::io::stdout().is_terminal();
+    let mut seconds: Vec<Second> = vec![Second::default(); WORKLOADS.len()];
+    let mut version = String::new();
+    let mut errors: Vec<String> = Vec::new();
+    let mut events: Vec<String> = Vec::new();
+    let mut next = Instant::now() + Duration::from_secs(1);
+    loop {
+        if stop.load(std::sync::atomic::Ordering::Relaxed)
+            || end.is_some_and(|e| Instant::now() >= e)
+        {
+            return Ok(());
+        }
+        // What the apps said this second.
+        loop {
+            match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                Ok((i, v)) => {
+                    if let Some(s) = seconds.get_mut(i) {
+                        *s = Second::from_json(&v);
+                    }
+                    if Instant::now() >= next {
+                        break;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                // Every app has stopped: the view goes on with nothing from them.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                    break;
+                }
+            }
+        }
+        next += Duration::from_secs(1);
+        let t = started.elapsed().as_secs();
+        // The mesh as the controller has it.
+        if let Some((v, e)) = controller_status(admin) {
+            if v != version {
+                let line = format!("t={t}s mesh version {v} in force");
+                events.push(line);
+                if args.json {
+                    emit(&serde_json::json!({"t": t, "event": "mesh", "version": v}).to_string());
+                }
+                version = v;
+            }
+            if e != errors {
+                for err in &e {
+                    events.push(format!(
+                        "t={t}s manifest error (the mesh runs on as it was): {err}"
+                    ));
+                }
+                if args.json {
+                    emit(&serde_json::json!({"t": t, "event": "errors", "errors": e}).to_string());
+                }
+                errors = e;
+            }
+        }
+        if args.json {
+            for (w, s) in WORKLOADS.iter().zip(&seconds) {
+                emit(
+                    &serde_json::json!({
+                        "t": t,
+                        "workload": w.pod,
+                        "codes": s.codes,
+                        "versions": s.versions,
+                        "failed": s.failed,
+                        "served": s.served,
+                        "restocks": s.restocks,
+                    })
+                    .to_string(),
+                );
+            }
+        } else {
+            render(t, &seconds, &events, tty);
+        }
+        let _ = std::io::stdout().flush();
+        seconds = vec![Second::default(); WORKLOADS.len()];
+    }
+}
+
+fn render(t: u64, seconds: &[Second], events: &[String], tty: bool) {
+    let mut out = String::new();
+    if tty {
+        out.push_str("\x1b[H\x1b[2J");
+    }
+    out.push_str(&format!(
+        "flowgate demo — {t} s (Ctrl-C stops it)\n\n{:<14} {:>6} {:<28} {:<22} {}\n",
+        "workload", "req/s", "status codes", "served by", "restocks"
+    ));
+    for (w, s) in WORKLOADS.iter().zip(seconds) {
+        let list = |m: &std::collections::BTreeMap<String, u64>| {
+            m.iter()
+                .map(|(k, n)| format!("{k}:{n}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let mut codes = list(&s.codes);
+        if s.failed > 0 {
+            codes.push_str(&format!(" failed:{}", s.failed));
+        }
+        let rate = s.codes.values().sum::<u64>() + s.failed + s.served;
+        out.push_str(&format!(
+            "{:<14} {:>6} {:<28} {:<22} {}\n",
+            w.pod,
+            rate,
+            codes,
+            list(&s.versions),
+            list(&s.restocks)
+        ));
+    }
+    out.push_str("\nmesh changes:\n");
+    for e in events.iter().rev().take(8).rev() {
+        out.push_str(&format!("  {e}\n"));
+    }
+    emit_raw(&out);
+}
+
+/// Set on SIGINT or SIGTERM.
+fn stop_flag() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>, DemoError> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = flag.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            f.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    });
+    Ok(flag)
+}
+
+/// Writes `line` and a newline to stdout (a closed stdout is not the demo's problem).
+fn emit(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+}
+
+/// Writes `text` to stdout as it is.
+fn emit_raw(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+}
