@@ -52,7 +52,7 @@ fn the_demo_walks_osms_steps_and_leaves_nothing_behind() {
         "demo",
         "--json",
         "--duration",
-        "90",
+        "600",
         "--rate",
         "40",
         "--dir",

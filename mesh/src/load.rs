@@ -250,6 +250,8 @@ fn documents(text: &str) -> Vec<Document> {
             continue;
         }
         if line.trim_end() == "..." {
+            // An empty line in its place keeps the document's line numbers.
+            current.text.push('\n');
             continue;
         }
         let t = line.trim();
@@ -443,6 +445,10 @@ mod tests {
         let e = parse_manifests(&bad, Path::new("m.yaml")).unwrap_err();
         assert_eq!(e.len(), 1);
         assert_eq!((e[0].line, e[0].column), (10, 7), "{}", e[0]);
+        // A `...` line keeps the lines after it where they are.
+        let dots =
+            parse_manifests("...\napiVersion: v1\nkind: Nope\n", Path::new("d.yaml")).unwrap_err();
+        assert_eq!((dots[0].line, dots[0].column), (3, 7), "{}", dots[0]);
         assert!(
             e[0].message.contains("unknown kind `ServiceAcount`"),
             "{}",

@@ -31,6 +31,10 @@ const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 64 * 1024;
 /// How long one call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most connections a server app serves at once (more are closed at once).
+const MAX_CONNECTIONS: u64 = 256;
+/// Most restocks waiting to be sent (more are counted as dropped).
+const MAX_RESTOCKS_QUEUED: usize = 64;
 
 /// Where an app's outbound calls go.
 #[derive(Clone, Debug)]
@@ -208,43 +212,47 @@ pub fn bookstore(listen: SocketAddr, version: &str, warehouse: Upstream) -> Resu
     let served = Arc::new(AtomicU64::new(0));
     let sold = Arc::new(AtomicU64::new(0));
     let restocks = Arc::new(Tally::default());
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(MAX_RESTOCKS_QUEUED);
     {
         let restocks = restocks.clone();
-        std::thread::spawn(move || {
+        spawn(move || {
             for () in rx {
                 match call(&warehouse, "POST", "/restock-books") {
                     Ok(a) => restocks.add(a.status.to_string()),
                     Err(_) => restocks.add("failed"),
                 }
             }
-        });
+        })?;
     }
     {
         let (served, sold, version) = (served.clone(), sold.clone(), version.to_string());
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let (served, sold, version, tx) =
-                    (served.clone(), sold.clone(), version.clone(), tx.clone());
-                std::thread::spawn(move || {
-                    let Some(path) = answer(conn, |path| {
-                        if path.contains("a-book") && path.ends_with("new") {
-                            sold.fetch_add(1, Ordering::Relaxed);
-                        }
-                        (
-                            vec![(VERSION_HEADER, version.clone())],
-                            sold.load(Ordering::Relaxed).to_string(),
-                        )
-                    }) else {
-                        return;
-                    };
-                    served.fetch_add(1, Ordering::Relaxed);
+        let restocks = restocks.clone();
+        serve(listener, move |conn| {
+            let (served, sold, version, tx, restocks) = (
+                served.clone(),
+                sold.clone(),
+                version.clone(),
+                tx.clone(),
+                restocks.clone(),
+            );
+            move || {
+                let Some(path) = answer(conn, |path| {
                     if path.contains("a-book") && path.ends_with("new") {
-                        let _ = tx.send(());
+                        sold.fetch_add(1, Ordering::Relaxed);
                     }
-                });
+                    (
+                        vec![(VERSION_HEADER, version.clone())],
+                        sold.load(Ordering::Relaxed).to_string(),
+                    )
+                }) else {
+                    return;
+                };
+                served.fetch_add(1, Ordering::Relaxed);
+                if path.contains("a-book") && path.ends_with("new") && tx.try_send(()).is_err() {
+                    restocks.add("dropped");
+                }
             }
-        });
+        })?;
     }
     let name = format!("bookstore-{version}");
     report_every_second(move || {
@@ -263,21 +271,62 @@ pub fn bookwarehouse(listen: SocketAddr) -> Result<(), String> {
     let served = Arc::new(AtomicU64::new(0));
     {
         let served = served.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let served = served.clone();
-                std::thread::spawn(move || {
-                    if answer(conn, |_| (Vec::new(), "restocked".into())).is_some() {
-                        served.fetch_add(1, Ordering::Relaxed);
-                    }
-                });
+        serve(listener, move |conn| {
+            let served = served.clone();
+            move || {
+                if answer(conn, |_| (Vec::new(), "restocked".into())).is_some() {
+                    served.fetch_add(1, Ordering::Relaxed);
+                }
             }
-        });
+        })?;
     }
     report_every_second(
         move || serde_json::json!({ "app": "bookwarehouse", "served": served.swap(0, Ordering::Relaxed) }),
     );
     Ok(())
+}
+
+/// Starts a thread, or says why it could not.
+fn spawn(f: impl FnOnce() + Send + 'static) -> Result<(), String> {
+    std::thread::Builder::new()
+        .spawn(f)
+        .map(drop)
+        .map_err(|e| format!("cannot start a thread: {e}"))
+}
+
+/// Accepts on `listener` (on a thread of its own) and runs `handle(conn)`'s job on a
+/// thread per connection, at most [`MAX_CONNECTIONS`] at once (more are closed at once).
+fn serve<J: FnOnce() + Send + 'static>(
+    listener: TcpListener,
+    handle: impl Fn(TcpStream) -> J + Send + 'static,
+) -> Result<(), String> {
+    let live = Arc::new(AtomicU64::new(0));
+    spawn(move || {
+        loop {
+            let conn = match listener.accept() {
+                Ok((c, _)) => c,
+                Err(_) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            if live.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                live.fetch_sub(1, Ordering::AcqRel);
+                continue;
+            }
+            let job = handle(conn);
+            let l = live.clone();
+            if spawn(move || {
+                job();
+                l.fetch_sub(1, Ordering::AcqRel);
+            })
+            .is_err()
+            {
+                live.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    })
 }
 
 /// Reads one request from `conn` and answers 200 with what `respond(path)` gives (extra

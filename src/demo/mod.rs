@@ -249,13 +249,34 @@ fn run_app(
 struct Children(Vec<(String, Child)>);
 
 impl Children {
+    /// Starts `cmd` in a process group of its own: a terminal's Ctrl-C reaches the demo,
+    /// which stops its children in order, not every process at once.
     fn start(&mut self, name: &str, cmd: &mut Command) -> Result<&mut Child, DemoError> {
+        use std::os::unix::process::CommandExt;
         let child = cmd
+            .process_group(0)
             .spawn()
             .map_err(|e| DemoError::Setup(format!("cannot start {name}: {e}")))?;
         self.0.push((name.to_string(), child));
         let last = self.0.len() - 1;
         Ok(&mut self.0[last].1)
+    }
+
+    /// The children that have exited since the last call: (name, how).
+    fn exited(&mut self) -> Vec<(String, String)> {
+        let mut gone = Vec::new();
+        self.0.retain_mut(|(name, c)| match c.try_wait() {
+            Ok(None) => true,
+            Ok(Some(status)) => {
+                gone.push((name.clone(), status.to_string()));
+                false
+            }
+            Err(e) => {
+                gone.push((name.clone(), e.to_string()));
+                false
+            }
+        });
+        gone
     }
 }
 
@@ -285,9 +306,34 @@ fn sibling(name: &str) -> Result<PathBuf, DemoError> {
     }
 }
 
-/// Writes the manifests into `dir/mesh`, pod addresses mapped to loopback mode's.
+/// The file that marks a directory as the demo's own (it deletes and rewrites parts of
+/// it).
+const MARKER: &str = ".flowgate-demo";
+
+/// Makes `dir` the demo's working directory: a new or empty one, or one the demo made
+/// before (it has the marker); anything else is refused, as the demo deletes and
+/// rewrites its parts.
+fn claim(dir: &Path) -> Result<(), DemoError> {
+    let ours = dir.join(MARKER).is_file();
+    let empty = std::fs::read_dir(dir).map_or(true, |mut d| d.next().is_none());
+    if dir.exists() && !ours && !empty {
+        return Err(DemoError::Setup(format!(
+            "{} is not empty and is not a directory the demo made (no {MARKER} in it): give another --dir",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join(MARKER), "flowgate demo's working directory\n")?;
+    Ok(())
+}
+
+/// Writes the manifests into `dir/mesh` (what an earlier run left there goes), pod
+/// addresses mapped to loopback mode's.
 fn write_manifests(dir: &Path) -> Result<PathBuf, DemoError> {
     let mesh = dir.join("mesh");
+    if mesh.exists() {
+        std::fs::remove_dir_all(&mesh)?;
+    }
     std::fs::create_dir_all(&mesh)?;
     for (name, text) in MANIFESTS {
         let text = text.replace("podIP: 10.42.0.", "podIP: 127.42.0.");
@@ -332,6 +378,20 @@ struct Second {
 }
 
 impl Second {
+    fn add(&mut self, other: Second) {
+        let merge = |a: &mut std::collections::BTreeMap<String, u64>,
+                     b: std::collections::BTreeMap<String, u64>| {
+            for (k, n) in b {
+                *a.entry(k).or_default() += n;
+            }
+        };
+        merge(&mut self.codes, other.codes);
+        merge(&mut self.versions, other.versions);
+        merge(&mut self.restocks, other.restocks);
+        self.failed += other.failed;
+        self.served += other.served;
+    }
+
     fn from_json(v: &serde_json::Value) -> Second {
         let map = |k: &str| -> std::collections::BTreeMap<String, u64> {
             v[k].as_object()
@@ -353,10 +413,14 @@ impl Second {
 }
 
 fn run(args: &DemoArgs) -> Result<(), DemoError> {
+    // Signals are ours from the start: a stop while starting still stops what started.
+    let stop = stop_flag()?;
+    let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
     let controller_bin = sibling("flowgate-controller")?;
     let sidecar_bin = sibling("flowgate-sidecar")?;
     let me = std::env::current_exe()?;
     let dir = &args.dir;
+    claim(dir)?;
     let mesh = write_manifests(dir)?;
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs)?;
@@ -376,7 +440,7 @@ fn run(args: &DemoArgs) -> Result<(), DemoError> {
         }
     };
     say(&format!(
-        "flowgate demo: loopback mode — pods on 127.42.0.0/16, sidecars in explicit-proxy mode (network namespaces with capture are not built yet); manifests in {} (edit them: changes apply live), logs in {}",
+        "flowgate demo: loopback mode — pods on 127.42.0.0/16, sidecars in explicit-proxy mode (network namespaces with capture are not built yet); manifests in {} (written fresh each run; edit them: changes apply live), logs in {}",
         mesh.display(),
         logs.display()
     ));
@@ -400,6 +464,15 @@ fn run(args: &DemoArgs) -> Result<(), DemoError> {
     )?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while !state.join("ca.pem").exists() {
+        if stopped() {
+            return Ok(());
+        }
+        if let Some((_, how)) = children.exited().into_iter().next() {
+            return Err(DemoError::Setup(format!(
+                "the controller exited ({how}): see {}",
+                logs.join("controller.log").display()
+            )));
+        }
         if Instant::now() > deadline {
             return Err(DemoError::Setup(format!(
                 "the controller did not start: see {}",
@@ -411,6 +484,9 @@ fn run(args: &DemoArgs) -> Result<(), DemoError> {
     // A sidecar and an app per workload; the apps' lines come to `rx`.
     let (tx, rx) = mpsc::channel::<(usize, serde_json::Value)>();
     for (i, w) in WORKLOADS.iter().enumerate() {
+        if stopped() {
+            return Ok(());
+        }
         let account = match w.role {
             Role::Bookstore => "bookstore",
             _ => w.pod,
@@ -479,7 +555,7 @@ fn run(args: &DemoArgs) -> Result<(), DemoError> {
         }
     }
     drop(tx);
-    watch(args, &rx, admin)
+    watch(args, &rx, admin, &stop, &mut children)
 }
 
 /// The live view (or JSON lines), every second, until a signal or the duration.
@@ -487,10 +563,13 @@ fn watch(
     args: &DemoArgs,
     rx: &mpsc::Receiver<(usize, serde_json::Value)>,
     admin: SocketAddr,
+    stop: &std::sync::atomic::AtomicBool,
+    children: &mut Children,
 ) -> Result<(), DemoError> {
-    let stop = stop_flag()?;
     let started = Instant::now();
-    let end = args.duration.map(|d| started + Duration::from_secs(d));
+    let end = args
+        .duration
+        .and_then(|d| started.checked_add(Duration::from_secs(d)));
     let tty = !args.json && std::io::stdout().is_terminal();
     let mut seconds: Vec<Second> = vec![Second::default(); WORKLOADS.len()];
     let mut version = String::new();
@@ -507,8 +586,9 @@ fn watch(
         loop {
             match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
                 Ok((i, v)) => {
+                    // Two lines of one app in one second: both count.
                     if let Some(s) = seconds.get_mut(i) {
-                        *s = Second::from_json(&v);
+                        s.add(Second::from_json(&v));
                     }
                     if Instant::now() >= next {
                         break;
@@ -522,8 +602,24 @@ fn watch(
                 }
             }
         }
-        next += Duration::from_secs(1);
+        // A slow second (the controller slow to answer) does not make the next ones burst.
+        next = (next + Duration::from_secs(1)).max(Instant::now());
         let t = started.elapsed().as_secs();
+        for (name, how) in children.exited() {
+            events.push(format!("t={t}s {name} exited ({how})"));
+            if args.json {
+                emit(
+                    &serde_json::json!({"t": t, "event": "exited", "process": name, "how": how})
+                        .to_string(),
+                );
+            }
+            if name == "flowgate-controller" {
+                return Err(DemoError::Setup(format!(
+                    "the controller exited ({how}): see {}",
+                    args.dir.join("logs").join("controller.log").display()
+                )));
+            }
+        }
         // The mesh as the controller has it.
         if let Some((v, e)) = controller_status(admin) {
             if v != version {
@@ -642,4 +738,45 @@ fn emit(line: &str) {
 fn emit_raw(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_empty_or_own_directory_is_claimed() {
+        let base = std::env::temp_dir().join(format!("flowgate-demo-claim-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let fresh = base.join("fresh");
+        claim(&fresh).unwrap();
+        claim(&fresh).unwrap(); // its own, again
+        let other = base.join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("notes.txt"), "mine").unwrap();
+        assert!(claim(&other).is_err());
+        assert_eq!(
+            std::fs::read_to_string(other.join("notes.txt")).unwrap(),
+            "mine"
+        );
+        // The manifests are written fresh: what an earlier run left goes.
+        let mesh = write_manifests(&fresh).unwrap();
+        std::fs::write(mesh.join("typo.yaml"), "kind: Servise\n").unwrap();
+        let mesh = write_manifests(&fresh).unwrap();
+        assert!(!mesh.join("typo.yaml").exists());
+        let store = std::fs::read_to_string(mesh.join("bookstore.yaml")).unwrap();
+        assert!(store.contains("podIP: 127.42.0.21") && !store.contains("10.42.0."));
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn two_lines_of_one_second_both_count() {
+        let mut s = Second::from_json(&serde_json::json!({"codes": {"200": 2}, "failed": 1}));
+        s.add(Second::from_json(
+            &serde_json::json!({"codes": {"200": 3, "403": 1}}),
+        ));
+        assert_eq!(s.codes["200"], 5);
+        assert_eq!(s.codes["403"], 1);
+        assert_eq!(s.failed, 1);
+    }
 }

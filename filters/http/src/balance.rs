@@ -259,8 +259,8 @@ pub struct BalanceHttp {
 struct Inner {
     config: BalanceHttpConfig,
     lb: Group,
-    /// Each endpoint's pool, built on its first request (`None` if that failed).
-    pools: HashMap<SocketAddr, std::sync::OnceLock<Option<MuxHttp>>>,
+    /// Each endpoint's pool, built on its first request.
+    pools: HashMap<SocketAddr, std::sync::OnceLock<MuxHttp>>,
     recipe: PoolRecipe,
     hash_header: Option<HeaderName>,
     /// The request and pending limits.
@@ -325,17 +325,20 @@ impl PoolRecipe {
 impl Inner {
     /// The pool of `addr` (built now if this is its first request); `None` if `addr` is
     /// not an endpoint or its pool could not be built.
+    /// A failure is not kept: the next request tries again.
     fn pool(&self, addr: SocketAddr) -> Option<&MuxHttp> {
-        self.pools
-            .get(&addr)?
-            .get_or_init(|| match self.recipe.build(addr) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    tracing::error!(%addr, error = %e, "balance-http: cannot build the endpoint's pool; its requests are answered 503");
-                    None
-                }
-            })
-            .as_ref()
+        let cell = self.pools.get(&addr)?;
+        if let Some(p) = cell.get() {
+            return Some(p);
+        }
+        match self.recipe.build(addr) {
+            // Another worker may have built it meanwhile: one wins, the other is dropped.
+            Ok(p) => Some(cell.get_or_init(|| p)),
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "balance-http: cannot build the endpoint's pool; this request is answered 503");
+                None
+            }
+        }
     }
 }
 
