@@ -237,7 +237,11 @@ mod tests {
         );
         let errors = build(&kvs).unwrap_err();
         assert_eq!(errors[0].file, PathBuf::from("/m/bad.yaml"));
-        assert_eq!(errors[0].line, 1);
+        assert_eq!(
+            (errors[0].line, errors[0].column),
+            (2, 7),
+            "the kind's place"
+        );
         kvs.insert(b"/m/bad.yaml".to_vec(), vec![0xff, 0xfe]);
         assert!(build(&kvs).unwrap_err()[0].message.contains("UTF-8"));
     }

@@ -81,7 +81,7 @@ async fn manifests_in_etcd_follow_the_watch() {
         Some("/mesh/bad.yaml"),
         "{errors:?}"
     );
-    assert_eq!(errors[0].line, 2, "{errors:?}");
+    assert_eq!((errors[0].line, errors[0].column), (3, 7), "{errors:?}");
 
     // Removing it brings the last good state back; deleting a key changes the state.
     client.delete(b"/mesh/bad.yaml").await.unwrap();
