@@ -1,9 +1,10 @@
 //! `flowgate demo` as a script would run it (`--json`, loopback mode, no privilege): the
-//! bookstore mesh comes up, and the steps of OSM's demo take effect as the manifests in
-//! its working directory are edited — permissive mode, then the SMI policy (the buyer
-//! allowed, the thief denied), a TrafficSplit moved to 50/50, a manifest with a typo
-//! (the error with its file and line, the mesh running on as it was) — and everything it
-//! started is gone when it stops.
+//! bookstore mesh comes up, and the steps of OSM's demo take effect as `flowgate demo
+//! step` edits the manifests in its working directory — permissive mode, then the SMI
+//! policy (the buyer allowed, the thief denied), the thief let in and out again, the
+//! TrafficSplit at 50/50 then 0/100, a manifest with a typo (the error with its file and
+//! line, the mesh running on as it was) — and everything it started is gone when it
+//! stops.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
@@ -41,6 +42,20 @@ fn count(v: &Value, field: &str, key: &str) -> u64 {
 
 fn is(v: &Value, workload: &str) -> bool {
     v["workload"] == workload
+}
+
+/// `flowgate demo step NAME` on the demo working in `dir`.
+fn step(dir: &std::path::Path, name: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .args(["demo", "step", name, "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "step {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -99,16 +114,7 @@ fn the_demo_walks_osms_steps_and_leaves_nothing_behind() {
 
     // 2. Permissive mode off: the SMI policy decides — the buyer is allowed, the thief gets
     //    403.
-    let config = mesh.join("mesh-config.yaml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace(
-            "enablePermissiveTrafficPolicyMode: true",
-            "enablePermissiveTrafficPolicyMode: false",
-        ),
-    )
-    .unwrap();
+    step(&work, "permissive-off");
     let written = Instant::now();
     wait_for(&rx, Duration::from_secs(15), "thief denied", |v| {
         is(v, "bookthief") && count(v, "codes", "403") > 0 && count(v, "codes", "200") == 0
@@ -121,15 +127,18 @@ fn the_demo_walks_osms_steps_and_leaves_nothing_behind() {
         is(v, "bookbuyer") && count(v, "codes", "200") > 0 && count(v, "codes", "403") == 0
     });
 
+    // The thief let in, then out again.
+    step(&work, "allow-thief");
+    wait_for(&rx, Duration::from_secs(15), "thief allowed", |v| {
+        is(v, "bookthief") && count(v, "codes", "200") > 0 && count(v, "codes", "403") == 0
+    });
+    step(&work, "deny-thief");
+    wait_for(&rx, Duration::from_secs(15), "thief denied again", |v| {
+        is(v, "bookthief") && count(v, "codes", "403") > 0 && count(v, "codes", "200") == 0
+    });
+
     // 3. The split at 50/50: over at least 200 requests, v2 serves half (± 5 points).
-    let split = mesh.join("split.yaml");
-    let text = std::fs::read_to_string(&split).unwrap();
-    std::fs::write(
-        &split,
-        text.replace("weight: 100", "weight: 50")
-            .replace("weight: 0 }", "weight: 50 }"),
-    )
-    .unwrap();
+    step(&work, "split50");
     wait_for(&rx, Duration::from_secs(15), "v2 serving", |v| {
         is(v, "bookbuyer") && count(v, "versions", "v2") > 0
     });
@@ -148,6 +157,11 @@ fn the_demo_walks_osms_steps_and_leaves_nothing_behind() {
         (0.45..=0.55).contains(&v2),
         "v2 share {v2:.3} of {total}: {versions:?}"
     );
+    // 0/100: v2 alone.
+    step(&work, "split-v2");
+    wait_for(&rx, Duration::from_secs(15), "v2 alone", |v| {
+        is(v, "bookbuyer") && count(v, "versions", "v2") > 0 && count(v, "versions", "v1") == 0
+    });
 
     // 4. A manifest with a typo: the error with its file and line; the mesh runs on.
     std::fs::write(

@@ -64,7 +64,10 @@ const MANIFESTS: &[(&str, &str)] = &[
 /// Examples shown under `flowgate demo --help`.
 pub const EXAMPLES: &str = "Examples:
   flowgate demo                         the live view until Ctrl-C
-  flowgate demo --json --duration 60    JSON lines for a minute";
+  flowgate demo --json --duration 60    JSON lines for a minute
+  flowgate demo step permissive-off     (another terminal) the thief gets 403
+  flowgate demo step allow-thief        ... and is let in
+  flowgate demo step split50            v2 serves half of bookstore's requests";
 
 /// The service port of bookstore and bookwarehouse (and their workloads' port).
 const APP_PORT: u16 = 14001;
@@ -167,9 +170,152 @@ pub struct DemoArgs {
     pub rate: u32,
 }
 
+/// A step of OSM's demo walk-through: an edit of the running demo's manifests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Step {
+    /// Every meshed call allowed (the thief's too).
+    PermissiveOn,
+    /// Only what the SMI TrafficTargets allow: the buyer, not the thief.
+    PermissiveOff,
+    /// The thief becomes a source of bookstore's TrafficTarget.
+    AllowThief,
+    /// The thief is no longer a source.
+    DenyThief,
+    /// The bookstore split at 100/0 (v1).
+    SplitV1,
+    /// The bookstore split at 50/50.
+    Split50,
+    /// The bookstore split at 0/100 (v2).
+    SplitV2,
+}
+
+/// The line that makes the thief a source, in `policy.yaml`.
+const THIEF_SOURCE: &str =
+    "    - { kind: ServiceAccount, name: bookthief, namespace: bookthief }\n";
+/// The line after which it goes.
+const BUYER_SOURCE: &str =
+    "    - { kind: ServiceAccount, name: bookbuyer, namespace: bookbuyer }\n";
+
+/// Applies `step` to the manifests of the demo working in `dir`; says what it changed.
+pub fn step(dir: &Path, step: Step) -> Result<String, DemoError> {
+    if !dir.join(MARKER).is_file() {
+        return Err(DemoError::Setup(format!(
+            "{} is not the demo's working directory (no {MARKER}): give its --dir",
+            dir.display()
+        )));
+    }
+    let mesh = dir.join("mesh");
+    let edit = |file: &str, change: &dyn Fn(&str) -> Option<String>| -> Result<(), DemoError> {
+        let path = mesh.join(file);
+        let text = std::fs::read_to_string(&path)?;
+        let new = change(&text).ok_or_else(|| {
+            DemoError::Setup(format!(
+                "{}: not as the demo wrote it (edited by hand?): change it yourself",
+                path.display()
+            ))
+        })?;
+        // Written aside and renamed, so the controller never reads half a file.
+        let tmp = mesh.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, new)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    };
+    let permissive = |on: bool| {
+        move |t: &str| -> Option<String> {
+            let (from, to) = if on {
+                ("false", "true")
+            } else {
+                ("true", "false")
+            };
+            let key = "enablePermissiveTrafficPolicyMode: ";
+            let at = t.find(key)? + key.len();
+            let rest = &t[at..];
+            if rest.starts_with(to) {
+                Some(t.to_string())
+            } else {
+                rest.strip_prefix(from)
+                    .map(|after| format!("{}{to}{after}", &t[..at]))
+            }
+        }
+    };
+    let split = |v1: u32, v2: u32| {
+        move |t: &str| -> Option<String> {
+            let mut out = String::with_capacity(t.len());
+            let mut seen = 0;
+            for line in t.split_inclusive('\n') {
+                let weight = if line.contains("service: bookstore-v1,") {
+                    Some(v1)
+                } else if line.contains("service: bookstore-v2,") {
+                    Some(v2)
+                } else {
+                    None
+                };
+                match (weight, line.find("weight: ")) {
+                    (Some(w), Some(at)) => {
+                        seen += 1;
+                        let end = line[at..].find([' ', '}']).map_or(line.len(), |e| at + e);
+                        let end = line[end..].find('}').map_or(line.len(), |e| end + e);
+                        out.push_str(&format!("{}weight: {w} {}", &line[..at], &line[end..]));
+                    }
+                    _ => out.push_str(line),
+                }
+            }
+            (seen == 2).then_some(out)
+        }
+    };
+    let said = match step {
+        Step::PermissiveOn => {
+            edit("mesh-config.yaml", &permissive(true))?;
+            "permissive mode on: every meshed call is allowed"
+        }
+        Step::PermissiveOff => {
+            edit("mesh-config.yaml", &permissive(false))?;
+            "permissive mode off: the TrafficTargets in policy.yaml decide"
+        }
+        Step::AllowThief => {
+            edit("policy.yaml", &|t: &str| {
+                if t.contains(THIEF_SOURCE) {
+                    return Some(t.to_string());
+                }
+                let at = t.find(BUYER_SOURCE)? + BUYER_SOURCE.len();
+                Some(format!("{}{THIEF_SOURCE}{}", &t[..at], &t[at..]))
+            })?;
+            "bookthief is a source of bookstore's TrafficTarget"
+        }
+        Step::DenyThief => {
+            edit("policy.yaml", &|t: &str| {
+                t.contains(BUYER_SOURCE)
+                    .then(|| t.replace(THIEF_SOURCE, ""))
+            })?;
+            "bookthief is no longer a source of bookstore's TrafficTarget"
+        }
+        Step::SplitV1 => {
+            edit("split.yaml", &split(100, 0))?;
+            "bookstore split 100/0: v1 serves"
+        }
+        Step::Split50 => {
+            edit("split.yaml", &split(50, 50))?;
+            "bookstore split 50/50"
+        }
+        Step::SplitV2 => {
+            edit("split.yaml", &split(0, 100))?;
+            "bookstore split 0/100: v2 serves"
+        }
+    };
+    Ok(said.to_string())
+}
+
 /// The demo's own processes.
 #[derive(Debug, Subcommand)]
 pub enum AppCommand {
+    /// Take a step of the walk-through: edit the running demo's manifests.
+    Step {
+        /// Which.
+        step: Step,
+        /// The running demo's working directory.
+        #[arg(long, default_value = "flowgate-demo")]
+        dir: PathBuf,
+    },
     /// Run one workload (the demo starts these).
     #[command(hide = true)]
     App {
@@ -211,6 +357,11 @@ pub fn main(args: DemoArgs) -> Result<(), DemoError> {
             version,
             rate,
         }) => run_app(role, listen, connect, &version, rate),
+        Some(AppCommand::Step { step: s, dir }) => {
+            let said = step(&dir, s)?;
+            emit(&said);
+            Ok(())
+        }
         None => run(&args),
     }
 }
@@ -767,6 +918,54 @@ mod tests {
         let store = std::fs::read_to_string(mesh.join("bookstore.yaml")).unwrap();
         assert!(store.contains("podIP: 127.42.0.21") && !store.contains("10.42.0."));
         std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn steps_edit_the_manifests_and_keep_them_valid() {
+        let dir = std::env::temp_dir().join(format!("flowgate-demo-step-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            step(&dir, Step::PermissiveOff).is_err(),
+            "not a demo directory"
+        );
+        claim(&dir).unwrap();
+        let mesh = write_manifests(&dir).unwrap();
+        let read = |f: &str| std::fs::read_to_string(mesh.join(f)).unwrap();
+        step(&dir, Step::PermissiveOff).unwrap();
+        assert!(read("mesh-config.yaml").contains("enablePermissiveTrafficPolicyMode: false"));
+        step(&dir, Step::PermissiveOff).unwrap(); // again: nothing changes
+        step(&dir, Step::AllowThief).unwrap();
+        step(&dir, Step::AllowThief).unwrap();
+        assert_eq!(read("policy.yaml").matches(THIEF_SOURCE).count(), 1);
+        step(&dir, Step::Split50).unwrap();
+        let split = read("split.yaml");
+        assert!(
+            split.contains("{ service: bookstore-v1, weight: 50 }"),
+            "{split}"
+        );
+        assert!(
+            split.contains("{ service: bookstore-v2, weight: 50 }"),
+            "{split}"
+        );
+        // Still manifests the mesh reads.
+        let state = flowgate_mesh::load_dir(&mesh).unwrap();
+        assert!(
+            !state
+                .mesh_config
+                .traffic
+                .enable_permissive_traffic_policy_mode
+        );
+        step(&dir, Step::DenyThief).unwrap();
+        step(&dir, Step::SplitV2).unwrap();
+        step(&dir, Step::PermissiveOn).unwrap();
+        assert!(!read("policy.yaml").contains(THIEF_SOURCE));
+        assert!(read("split.yaml").contains("{ service: bookstore-v2, weight: 100 }"));
+        flowgate_mesh::load_dir(&mesh).unwrap();
+        // A file edited by hand beyond recognition is not touched.
+        std::fs::write(mesh.join("split.yaml"), "# mine\n").unwrap();
+        assert!(step(&dir, Step::SplitV1).is_err());
+        assert_eq!(read("split.yaml"), "# mine\n");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
