@@ -1,6 +1,7 @@
 //! The binaries' admin endpoint: a small HTTP/1.1 server for loopback, one request per
 //! connection, answered with JSON by a handler that gets the request line's method and
-//! target. The head is bounded (8 KiB, 5 s); bodies are not read.
+//! target. The head is bounded (8 KiB, 5 s); bodies are not read. [`call`] is the other
+//! end, for the binaries' commands that ask a running process.
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
@@ -20,6 +21,27 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The largest request head read.
 const MAX_HEAD: usize = 8192;
+
+/// Sends `request_line` (`GET /status`) to the admin endpoint at `admin` and returns the
+/// answer's status line and body (blocking; 2 s to connect, 5 s to read, at most 16 MiB).
+pub fn call(admin: std::net::SocketAddr, request_line: &str) -> Result<(String, String), String> {
+    use std::io::{Read, Write};
+    let fetched = (|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(
+            format!("{request_line} HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )?;
+        let mut text = String::new();
+        s.take(16 << 20).read_to_string(&mut text)?;
+        Ok(text)
+    })();
+    let text = fetched.map_err(|e| format!("cannot reach the admin endpoint at {admin}: {e}"))?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or_default().to_string();
+    Ok((status, body.to_string()))
+}
 
 /// Serves `handle(method, target) -> (status, JSON body)` on `listener`, forever.
 pub async fn serve<H>(listener: tokio::net::TcpListener, handle: H)

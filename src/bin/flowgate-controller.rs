@@ -280,30 +280,9 @@ async fn admin(
     .await;
 }
 
-/// Sends `request_line` (`METHOD PATH`) to the admin endpoint: the status line and body.
-fn admin_call(admin: std::net::SocketAddr, request_line: &str) -> Result<(String, String), String> {
-    use std::io::Read;
-    let fetched = (|| -> std::io::Result<String> {
-        let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(
-            format!("{request_line} HTTP/1.1\r\nhost: controller\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                .as_bytes(),
-        )?;
-        let mut text = String::new();
-        s.take(16 << 20).read_to_string(&mut text)?;
-        Ok(text)
-    })();
-    let text = fetched
-        .map_err(|e| format!("cannot reach the controller's admin endpoint at {admin}: {e}"))?;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.lines().next().unwrap_or_default().to_string();
-    Ok((status, body.to_string()))
-}
-
 /// `rotate-root`: asks the running controller to start a root rotation.
 fn rotate_root(admin: std::net::SocketAddr, overlap: Duration) -> ExitCode {
-    match admin_call(
+    match flowgate::admin::call(
         admin,
         &format!("POST /rotate-root?overlap={}s", overlap.as_secs()),
     ) {
@@ -324,7 +303,7 @@ fn rotate_root(admin: std::net::SocketAddr, overlap: Duration) -> ExitCode {
 
 /// `status`: fetches the admin endpoint's JSON and prints it, a line per proxy and type.
 fn status(admin: std::net::SocketAddr) -> ExitCode {
-    let body = match admin_call(admin, "GET /status") {
+    let body = match flowgate::admin::call(admin, "GET /status") {
         Ok((_, body)) => body,
         Err(e) => {
             eprintln!("error: {e}");

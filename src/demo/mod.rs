@@ -19,8 +19,8 @@
 
 pub mod apps;
 
-use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -495,14 +495,8 @@ fn write_manifests(dir: &Path) -> Result<PathBuf, DemoError> {
 
 /// `GET /status` of the controller's admin endpoint: (mesh version, errors).
 fn controller_status(admin: SocketAddr) -> Option<(String, Vec<String>)> {
-    let mut s = TcpStream::connect_timeout(&admin, Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /status HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    s.take(4 << 20).read_to_string(&mut text).ok()?;
-    let body = text.split_once("\r\n\r\n")?.1;
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let (_, body) = crate::admin::call(admin, "GET /status").ok()?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
     let version = v["mesh"]["version"]
         .as_str()
         .unwrap_or_default()
